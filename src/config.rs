@@ -1,0 +1,1 @@
+//! perstack.toml: discovery, parsing, validation, env files.

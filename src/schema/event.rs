@@ -1,0 +1,419 @@
+//! Events: every state change of a job, as Perstack prints them on stdout.
+//!
+//! An [`Event`] is an envelope (`type, id, expertKey?, timestamp, jobId, runId, stepNumber?`)
+//! plus one [`EventPayload`]. The 17 state events and 6 streaming events carry `expertKey` and
+//! `stepNumber`; runtime events (`initializeRuntime`, `skill*`) do not. Serialisation writes
+//! `type` first, then the envelope, then the payload fields, one compact JSON object per event.
+
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::{Map, Value};
+
+use super::{Checkpoint, InteractiveToolCallResult, Message, RunError, Step, ToolCall, ToolResult, Usage};
+
+/// One event.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    /// Event id.
+    pub id: String,
+    /// Epoch ms.
+    pub timestamp: u64,
+    /// Job id.
+    pub job_id: String,
+    /// Run id.
+    pub run_id: String,
+    /// Expert key (state and streaming events only).
+    #[serde(default)]
+    pub expert_key: Option<String>,
+    /// Step number (state and streaming events only).
+    #[serde(default)]
+    pub step_number: Option<u32>,
+    /// The typed payload, discriminated on `type`.
+    #[serde(flatten)]
+    pub payload: EventPayload,
+}
+
+impl Event {
+    /// The wire `type`.
+    pub fn kind(&self) -> &'static str {
+        self.payload.kind()
+    }
+
+    /// The checkpoint carried by this event, for the six events that persist one.
+    pub fn checkpoint(&self) -> Option<&Checkpoint> {
+        match &self.payload {
+            EventPayload::ContinueToNextStep(p) => Some(&p.checkpoint),
+            EventPayload::StopRunByInteractiveTool(p)
+            | EventPayload::StopRunByDelegate(p)
+            | EventPayload::StopRunByExceededMaxSteps(p) => Some(&p.checkpoint),
+            EventPayload::StopRunByError(p) => Some(&p.checkpoint),
+            EventPayload::CompleteRun(p) => Some(&p.checkpoint),
+            _ => None,
+        }
+    }
+
+    /// Whether Perstack stores this event (it stores events that have a `stepNumber`).
+    pub fn is_run_event(&self) -> bool {
+        self.step_number.is_some()
+    }
+}
+
+macro_rules! payloads {
+    ($( $(#[$doc:meta])* $variant:ident($ty:ty) = $name:literal, )*) => {
+        /// The payload of an event, one variant per Perstack event type.
+        #[derive(Debug, Clone, PartialEq, Deserialize)]
+        #[serde(tag = "type", rename_all = "camelCase")]
+        pub enum EventPayload {
+            $( $(#[$doc])* $variant($ty), )*
+        }
+
+        impl EventPayload {
+            /// The wire `type`.
+            pub fn kind(&self) -> &'static str {
+                match self { $( EventPayload::$variant(_) => $name, )* }
+            }
+        }
+
+        impl Serialize for Event {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                match &self.payload {
+                    $( EventPayload::$variant(p) => Wire::new($name, self, p).serialize(s), )*
+                }
+            }
+        }
+    };
+}
+
+payloads! {
+    /// A run segment starts.
+    StartRun(StartRun) = "startRun",
+    /// A generation with tools starts.
+    StartGeneration(StartGeneration) = "startGeneration",
+    /// A generation failed or was empty and will be retried in the next step.
+    Retry(Retry) = "retry",
+    /// The model called tools.
+    CallTools(CallTools) = "callTools",
+    /// The run stops for an interactive tool.
+    CallInteractiveTool(CallInteractiveTool) = "callInteractiveTool",
+    /// The run stops to delegate.
+    CallDelegate(CallDelegate) = "callDelegate",
+    /// Tool results are in.
+    ResolveToolResults(ResolveToolResults) = "resolveToolResults",
+    /// `attemptCompletion` succeeded; the result generation follows.
+    AttemptCompletion(AttemptCompletion) = "attemptCompletion",
+    /// The tool message of a step is added.
+    FinishToolCall(NewMessages) = "finishToolCall",
+    /// Pending calls resume after a stop.
+    ResumeToolCalls(ResumeToolCalls) = "resumeToolCalls",
+    /// All partial results become one tool message.
+    FinishAllToolCalls(NewMessages) = "finishAllToolCalls",
+    /// A step ends and the next begins.
+    ContinueToNextStep(ContinueToNextStep) = "continueToNextStep",
+    /// The run stopped for an interactive tool.
+    StopRunByInteractiveTool(StopRun) = "stopRunByInteractiveTool",
+    /// The run stopped to delegate.
+    StopRunByDelegate(StopRun) = "stopRunByDelegate",
+    /// The job-wide step limit stopped the run.
+    StopRunByExceededMaxSteps(StopRun) = "stopRunByExceededMaxSteps",
+    /// An error stopped the run.
+    StopRunByError(StopRunByError) = "stopRunByError",
+    /// The run completed.
+    CompleteRun(CompleteRun) = "completeRun",
+    /// Reasoning starts streaming.
+    StartStreamingReasoning(Empty) = "startStreamingReasoning",
+    /// A reasoning delta.
+    StreamReasoning(Delta) = "streamReasoning",
+    /// Reasoning finished streaming.
+    CompleteStreamingReasoning(Text) = "completeStreamingReasoning",
+    /// The run result starts streaming.
+    StartStreamingRunResult(Empty) = "startStreamingRunResult",
+    /// A run-result delta.
+    StreamRunResult(Delta) = "streamRunResult",
+    /// The run result finished streaming.
+    CompleteStreamingRunResult(Text) = "completeStreamingRunResult",
+    /// A run segment's runtime is set up.
+    InitializeRuntime(InitializeRuntime) = "initializeRuntime",
+    /// A stdio skill is being spawned.
+    SkillStarting(SkillStarting) = "skillStarting",
+    /// A skill connected.
+    SkillConnected(SkillConnected) = "skillConnected",
+    /// A skill wrote to stderr.
+    SkillStderr(SkillStderr) = "skillStderr",
+    /// A skill disconnected.
+    SkillDisconnected(SkillDisconnected) = "skillDisconnected",
+}
+
+/// The serialised form: `type`, envelope, payload fields.
+#[serde_with::skip_serializing_none]
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Wire<'a, P: Serialize> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    id: &'a str,
+    expert_key: Option<&'a str>,
+    timestamp: u64,
+    job_id: &'a str,
+    run_id: &'a str,
+    step_number: Option<u32>,
+    #[serde(flatten)]
+    payload: &'a P,
+}
+
+impl<'a, P: Serialize> Wire<'a, P> {
+    fn new(kind: &'static str, e: &'a Event, payload: &'a P) -> Self {
+        Wire {
+            kind,
+            id: &e.id,
+            expert_key: e.expert_key.as_deref(),
+            timestamp: e.timestamp,
+            job_id: &e.job_id,
+            run_id: &e.run_id,
+            step_number: e.step_number,
+            payload,
+        }
+    }
+}
+
+macro_rules! payload_struct {
+    ($(#[$doc:meta])* $name:ident { $( $(#[$fdoc:meta])* $field:ident : $ty:ty ),* $(,)? }) => {
+        $(#[$doc])*
+        #[serde_with::skip_serializing_none]
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        pub struct $name {
+            $( $(#[$fdoc])* pub $field: $ty, )*
+            /// Unknown fields.
+            #[serde(flatten)]
+            pub extra: Map<String, Value>,
+        }
+    };
+}
+
+payload_struct!(
+    /// `startRun`.
+    StartRun {
+        /// The checkpoint the segment starts from.
+        initial_checkpoint: Checkpoint,
+        /// Messages added at start.
+        input_messages: Vec<Message>,
+    }
+);
+payload_struct!(
+    /// `startGeneration`.
+    StartGeneration {
+        /// The entire history sent to the model.
+        messages: Vec<Message>,
+    }
+);
+payload_struct!(
+    /// `retry`.
+    Retry {
+        /// JSON text `{"error":..,"message":..}`.
+        reason: String,
+        /// Messages added by the retry.
+        new_messages: Vec<Message>,
+        /// Tool calls, when the retry came from a truncated tool call.
+        tool_calls: Option<Vec<ToolCall>>,
+        /// Synthetic tool results.
+        tool_results: Option<Vec<ToolResult>>,
+        /// Usage of the failed generation.
+        usage: Usage,
+    }
+);
+payload_struct!(
+    /// `callTools`.
+    CallTools {
+        /// The expert message.
+        new_message: Message,
+        /// All calls, sorted mcp, delegate, interactive.
+        tool_calls: Vec<ToolCall>,
+        /// Usage of this generation.
+        usage: Usage,
+    }
+);
+payload_struct!(
+    /// `callInteractiveTool`.
+    CallInteractiveTool {
+        /// The last expert message.
+        new_message: Message,
+        /// The interactive call.
+        tool_call: ToolCall,
+        /// Step usage.
+        usage: Usage,
+    }
+);
+payload_struct!(
+    /// `callDelegate`.
+    CallDelegate {
+        /// The last message.
+        new_message: Message,
+        /// The delegate calls.
+        tool_calls: Vec<ToolCall>,
+        /// Step usage.
+        usage: Usage,
+    }
+);
+payload_struct!(
+    /// `resolveToolResults`.
+    ResolveToolResults {
+        /// Results in call order.
+        tool_results: Vec<ToolResult>,
+    }
+);
+payload_struct!(
+    /// `attemptCompletion`.
+    AttemptCompletion {
+        /// The completion tool's result.
+        tool_result: ToolResult,
+    }
+);
+payload_struct!(
+    /// `finishToolCall` / `finishAllToolCalls`.
+    NewMessages {
+        /// The tool message.
+        new_messages: Vec<Message>,
+    }
+);
+payload_struct!(
+    /// `resumeToolCalls`.
+    ResumeToolCalls {
+        /// Calls still to run.
+        pending_tool_calls: Vec<ToolCall>,
+        /// Results gathered so far.
+        partial_tool_results: Vec<ToolResult>,
+    }
+);
+payload_struct!(
+    /// `continueToNextStep`.
+    ContinueToNextStep {
+        /// The finished step's checkpoint.
+        checkpoint: Checkpoint,
+        /// The finished step.
+        step: Step,
+        /// The next step's checkpoint (new id, step + 1).
+        next_checkpoint: Checkpoint,
+    }
+);
+payload_struct!(
+    /// `stopRunByInteractiveTool` / `stopRunByDelegate` / `stopRunByExceededMaxSteps`.
+    StopRun {
+        /// The stored checkpoint.
+        checkpoint: Checkpoint,
+        /// The last step.
+        step: Step,
+    }
+);
+payload_struct!(
+    /// `stopRunByError`.
+    StopRunByError {
+        /// The stored checkpoint.
+        checkpoint: Checkpoint,
+        /// The last step.
+        step: Step,
+        /// What went wrong.
+        error: RunError,
+    }
+);
+payload_struct!(
+    /// `completeRun`.
+    CompleteRun {
+        /// The stored checkpoint.
+        checkpoint: Checkpoint,
+        /// The last step.
+        step: Step,
+        /// The run's result text.
+        text: String,
+        /// Usage of the final generation (zero for a direct completion).
+        usage: Usage,
+    }
+);
+payload_struct!(
+    /// Streaming start events carry nothing.
+    Empty {}
+);
+payload_struct!(
+    /// A streaming delta.
+    Delta {
+        /// The delta text.
+        delta: String,
+    }
+);
+payload_struct!(
+    /// A streaming completion.
+    Text {
+        /// Everything streamed.
+        text: String,
+    }
+);
+payload_struct!(
+    /// `initializeRuntime`.
+    InitializeRuntime {
+        /// Engine version.
+        runtime_version: String,
+        /// `local`.
+        runtime: Option<String>,
+        /// The Expert of this segment.
+        expert_name: String,
+        /// Keys resolved for the segment.
+        experts: Vec<String>,
+        /// Model id.
+        model: String,
+        /// Job-wide step limit.
+        max_steps: Option<u32>,
+        /// Retry limit.
+        max_retries: u32,
+        /// Per-generation timeout, ms.
+        timeout: u64,
+        /// The query, for a fresh segment.
+        query: Option<String>,
+        /// The answer, for a resumed segment.
+        interactive_tool_call: Option<InteractiveToolCallResult>,
+    }
+);
+payload_struct!(
+    /// `skillStarting`.
+    SkillStarting {
+        /// Skill name.
+        skill_name: String,
+        /// Command.
+        command: String,
+        /// Arguments.
+        args: Vec<String>,
+    }
+);
+payload_struct!(
+    /// `skillConnected`.
+    SkillConnected {
+        /// Skill name.
+        skill_name: String,
+        /// The server's `{name, version}`.
+        server_info: Option<Value>,
+        /// Transport construction time.
+        spawn_duration_ms: Option<u64>,
+        /// `initialize` round trip.
+        handshake_duration_ms: Option<u64>,
+        /// `tools/list` time.
+        tool_discovery_duration_ms: Option<u64>,
+        /// Connect time.
+        connect_duration_ms: Option<u64>,
+        /// Total time.
+        total_duration_ms: Option<u64>,
+    }
+);
+payload_struct!(
+    /// `skillStderr`.
+    SkillStderr {
+        /// Skill name.
+        skill_name: String,
+        /// A trimmed stderr chunk.
+        message: String,
+    }
+);
+payload_struct!(
+    /// `skillDisconnected`.
+    SkillDisconnected {
+        /// Skill name.
+        skill_name: String,
+    }
+);

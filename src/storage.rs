@@ -1,0 +1,1 @@
+//! Storage of checkpoints, events, jobs and run settings.

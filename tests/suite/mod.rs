@@ -1,0 +1,3 @@
+//! Integration suites, one file per capability.
+
+mod schema_roundtrip;
