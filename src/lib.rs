@@ -16,3 +16,6 @@ pub mod schema;
 pub mod config;
 pub mod storage;
 pub mod skill;
+pub mod llm;
+pub mod agent;
+pub mod actor;

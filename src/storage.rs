@@ -1,1 +1,199 @@
 //! Storage of checkpoints, events, jobs and run settings.
+//!
+//! This module owns the [`Storage`] trait and its two implementations:
+//!
+//! | implementation | where | for |
+//! | --- | --- | --- |
+//! | [`FsStorage`] | Perstack's directory layout under `<cwd>/perstack` | the CLI, `perstack log`, resuming jobs |
+//! | [`MemoryStorage`] | a concurrent map in memory | tests and benchmarks |
+//!
+//! The file layout is Perstack's, so its tools can read what this engine writes:
+//!
+//! ```text
+//! perstack/jobs/<jobId>/job.json                                  pretty JSON (2-space)
+//! perstack/jobs/<jobId>/checkpoints/<checkpointId>.json           compact JSON
+//! perstack/jobs/<jobId>/runs/<runId>/run-setting.json             compact JSON
+//! perstack/jobs/<jobId>/runs/<runId>/event-<timestamp>-<stepNumber>-<type>.json
+//! ```
+//!
+//! Where this store deliberately differs from Perstack's `FileSystemStorage`:
+//!
+//! - every id is checked with [`is_safe_id`] before it becomes a path segment
+//!   ([`StoreError::InvalidId`]), so `../x` never escapes the store;
+//! - checkpoints, `job.json` and `run-setting.json` are written atomically and durably (temp
+//!   file in the same directory, fsync, rename, fsync of the directory);
+//! - two events with the same millisecond, step and type do not overwrite each other: the second
+//!   file name gets the next free millisecond (the event JSON keeps its real timestamp);
+//! - a file that exists but does not parse is reported as [`StoreError::Corrupt`] with its
+//!   path, by retrievals and listings alike, instead of being skipped.
+//!
+//! What it never does: write secrets (it stores the [`RunSetting`] it is given, which carries no
+//! API key), decide what to persist (the job and run actors call it), or interpret the data
+//! beyond the ids and numbers needed for paths and ordering. It talks only to [`crate::schema`].
+
+mod atomic;
+mod fs;
+mod memory;
+
+#[cfg(test)]
+mod tests;
+
+use std::io;
+use std::path::PathBuf;
+
+pub use fs::FsStorage;
+pub use memory::MemoryStorage;
+
+use crate::schema::id::is_safe_id;
+use crate::schema::{Checkpoint, Event, Job, RunSetting};
+
+/// Where checkpoints, events, jobs and run settings are kept.
+///
+/// Orderings are part of the contract, identical across implementations:
+/// checkpoints by ascending `stepNumber`, events by timestamp, jobs and run settings newest
+/// first. Ties are broken as each method documents.
+#[async_trait::async_trait]
+pub trait Storage: Send + Sync + 'static {
+    /// Store (or replace) a checkpoint under its job.
+    async fn store_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError>;
+
+    /// The checkpoint `checkpoint_id` of job `job_id`, or [`StoreError::NotFound`].
+    async fn retrieve_checkpoint(
+        &self,
+        job_id: &str,
+        checkpoint_id: &str,
+    ) -> Result<Checkpoint, StoreError>;
+
+    /// Every checkpoint of a job, by ascending `stepNumber`; checkpoints with the same step keep
+    /// the order in which they were stored (on disk: file modification time, then id). An
+    /// unknown job has none.
+    async fn checkpoints_by_job(&self, job_id: &str) -> Result<Vec<Checkpoint>, StoreError>;
+
+    /// Store an event. Events without a `stepNumber` (runtime events such as
+    /// `initializeRuntime`) are ignored, as in Perstack.
+    async fn store_event(&self, event: &Event) -> Result<(), StoreError>;
+
+    /// The stored events of a run, without their contents, by ascending step, then timestamp.
+    async fn events_by_run(&self, job_id: &str, run_id: &str)
+    -> Result<Vec<EventMeta>, StoreError>;
+
+    /// The stored events of a run whose step is at most `max_step` (all when `None`), by
+    /// timestamp, then the order in which they were stored.
+    async fn event_contents(
+        &self,
+        job_id: &str,
+        run_id: &str,
+        max_step: Option<u32>,
+    ) -> Result<Vec<Event>, StoreError>;
+
+    /// Store (or replace) a job record.
+    async fn store_job(&self, job: &Job) -> Result<(), StoreError>;
+
+    /// The job record, or `None` when it was never stored (Perstack's CLI never writes one).
+    async fn retrieve_job(&self, job_id: &str) -> Result<Option<Job>, StoreError>;
+
+    /// Every stored job record, newest `startedAt` first (ties by id).
+    async fn all_jobs(&self) -> Result<Vec<Job>, StoreError>;
+
+    /// Store a run setting. When the run already has one, only its `updatedAt` changes: it
+    /// becomes the later of the stored and the given value (the caller owns the clock).
+    async fn store_run_setting(&self, setting: &RunSetting) -> Result<(), StoreError>;
+
+    /// Every stored run setting, newest `updatedAt` first (ties by job id, then run id).
+    async fn all_run_settings(&self) -> Result<Vec<RunSetting>, StoreError>;
+}
+
+/// A stored event without its contents: what Perstack's `getEventsByRun` returns.
+///
+/// On disk these come from the file name alone, so `timestamp` is the file name's, which is
+/// the event's own timestamp unless a same-millisecond collision moved it a few ms later.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventMeta {
+    /// Epoch ms.
+    pub timestamp: u64,
+    /// Job-wide step number.
+    pub step_number: u32,
+    /// The wire `type`, such as `callTools`.
+    pub kind: String,
+}
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// An id cannot safely become a path segment; nothing was read or written.
+    #[error(
+        "invalid {what} id {id:?}: expected 1 to 255 characters of [A-Za-z0-9_.-], not \".\", \"..\" or \".tmp-…\""
+    )]
+    InvalidId {
+        /// Which id: `job`, `run` or `checkpoint`.
+        what: &'static str,
+        /// The rejected id.
+        id: String,
+    },
+    /// The requested record does not exist.
+    #[error("{what} {id:?} not found")]
+    NotFound {
+        /// Which record: `checkpoint`.
+        what: &'static str,
+        /// Its id.
+        id: String,
+    },
+    /// The file system refused an operation on `path`.
+    #[error("storage I/O failed on {}", path.display())]
+    Io {
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The operating system's error.
+        source: io::Error,
+    },
+    /// A stored file exists but is not what it should be (bad JSON, wrong shape, bad name).
+    #[error("corrupt stored file {}: {message}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A record could not be turned into JSON (a bug in the wire types, not in the data).
+    #[error("cannot serialise {what}")]
+    Serialize {
+        /// Which record: `checkpoint`, `event`, `job` or `run setting`.
+        what: &'static str,
+        /// The serialiser's error.
+        source: serde_json::Error,
+    },
+}
+
+impl StoreError {
+    /// Whether trying the same operation again could succeed: only transient I/O conditions
+    /// (interrupted, would block, timed out, busy). A full disk, a permission problem or a
+    /// corrupt file needs someone to act first.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StoreError::Io { source, .. } => matches!(
+                source.kind(),
+                io::ErrorKind::Interrupted
+                    | io::ErrorKind::WouldBlock
+                    | io::ErrorKind::TimedOut
+                    | io::ErrorKind::ResourceBusy
+            ),
+            StoreError::InvalidId { .. }
+            | StoreError::NotFound { .. }
+            | StoreError::Corrupt { .. }
+            | StoreError::Serialize { .. } => false,
+        }
+    }
+}
+
+/// Rejects an id that is not a safe path segment, or that would look like a temp file.
+fn check_id(what: &'static str, id: &str) -> Result<(), StoreError> {
+    if is_safe_id(id) && !id.starts_with(atomic::TEMP_PREFIX) {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidId {
+            what,
+            id: id.to_owned(),
+        })
+    }
+}

@@ -1,0 +1,126 @@
+//! The job actor: one per job. It starts the coordinator run (supervised by itself), keeps
+//! `job.json` current, and ends the job with exactly one terminal state, handed to the
+//! [`JobHandle`](crate::engine::JobHandle) through a oneshot.
+
+use std::sync::Arc;
+
+use kameo::prelude::*;
+use tokio::sync::oneshot;
+
+use super::context::{JobContext, now_ms};
+use super::event_bus::Unsubscribe;
+use super::run::{Parent, RunActor, RunArgs, RunFinished, Start};
+use crate::schema::{Checkpoint, CheckpointStatus, Job, JobStatus, RunError};
+use crate::storage::Storage;
+
+/// How a job ended.
+#[derive(Debug, Clone)]
+pub struct JobOutcome {
+    /// The final job record (as stored in `job.json`).
+    pub job: Job,
+    /// The coordinator's final checkpoint.
+    pub checkpoint: Checkpoint,
+    /// The coordinator's result text, when it completed.
+    pub text: Option<String>,
+}
+
+/// What a job actor starts with.
+pub struct JobArgs {
+    /// Shared context.
+    pub ctx: Arc<JobContext>,
+    /// Where `job.json` goes.
+    pub storage: Arc<dyn Storage>,
+    /// The coordinator Expert.
+    pub expert_key: String,
+    /// The coordinator's starting checkpoint.
+    pub checkpoint: Checkpoint,
+    /// Its input.
+    pub start: Start,
+    /// The job record at start.
+    pub job: Job,
+    /// Resolved when the job ends.
+    pub done: oneshot::Sender<JobOutcome>,
+}
+
+/// One job.
+pub struct JobActor {
+    ctx: Arc<JobContext>,
+    storage: Arc<dyn Storage>,
+    job: Job,
+    last: Checkpoint,
+    done: Option<oneshot::Sender<JobOutcome>>,
+}
+
+impl Actor for JobActor {
+    type Args = JobArgs;
+    type Error = std::convert::Infallible;
+
+    async fn on_start(args: JobArgs, me: ActorRef<Self>) -> Result<Self, Self::Error> {
+        if let Err(e) = args.storage.store_job(&args.job).await {
+            tracing::warn!(job = %args.job.id, "could not store job.json: {e}");
+        }
+        let run = RunArgs {
+            ctx: args.ctx.clone(),
+            expert_key: args.expert_key,
+            checkpoint: args.checkpoint.clone(),
+            start: args.start,
+            parent: Parent::Job(me.clone()),
+        };
+        RunActor::supervise(&me, run)
+            .restart_policy(kameo::supervision::RestartPolicy::Never)
+            .spawn_with_mailbox(kameo::mailbox::bounded(super::run::RUN_MAILBOX))
+            .await;
+        Ok(JobActor { ctx: args.ctx, storage: args.storage, job: args.job, last: args.checkpoint, done: Some(args.done) })
+    }
+
+    async fn on_link_died(
+        &mut self,
+        me: WeakActorRef<Self>,
+        _: ActorId,
+        reason: ActorStopReason,
+    ) -> Result<std::ops::ControlFlow<ActorStopReason>, Self::Error> {
+        if self.done.is_some() && !matches!(reason, ActorStopReason::Normal | ActorStopReason::SupervisorRestart) {
+            let mut cp = self.last.clone();
+            cp.status = CheckpointStatus::StoppedByError;
+            cp.error = Some(RunError {
+                name: "EngineError".into(),
+                message: format!("the coordinator run stopped unexpectedly: {reason}"),
+                status_code: None,
+                is_retryable: false,
+            });
+            self.finish(cp, None).await;
+            if let Some(me) = me.upgrade() {
+                let _ = me.stop_gracefully().await;
+            }
+        }
+        Ok(std::ops::ControlFlow::Continue(()))
+    }
+}
+
+impl Message<RunFinished> for JobActor {
+    type Reply = ();
+
+    async fn handle(&mut self, r: RunFinished, ctx: &mut Context<Self, Self::Reply>) {
+        self.finish(r.checkpoint, r.text).await;
+        ctx.stop();
+    }
+}
+
+impl JobActor {
+    async fn finish(&mut self, checkpoint: Checkpoint, text: Option<String>) {
+        self.job.status = JobStatus::from_checkpoint(checkpoint.status);
+        if self.job.status == JobStatus::Running {
+            self.job.status = JobStatus::StoppedByError;
+        }
+        self.job.total_steps = checkpoint.step_number;
+        self.job.usage = checkpoint.usage;
+        self.job.finished_at = Some(now_ms());
+        if let Err(e) = self.storage.store_job(&self.job).await {
+            tracing::warn!(job = %self.job.id, "could not store job.json: {e}");
+        }
+        let _ = self.ctx.bus.tell(Unsubscribe(self.job.id.clone())).await;
+        if let Some(done) = self.done.take() {
+            let _ = done.send(JobOutcome { job: self.job.clone(), checkpoint, text });
+        }
+    }
+}

@@ -1,0 +1,527 @@
+//! The run actor: one per Expert execution.
+//!
+//! It owns the run's [`Machine`] (checkpoint and history) and executes its effects: model calls
+//! and tool calls run in spawned tasks that report back with a tell, so the actor stays
+//! responsive; delegations spawn child run actors **supervised by this one** (the actor tree
+//! mirrors the Expert tree), at most `max_parallel_delegates` at a time. A child's outcome,
+//! success or failure, becomes that delegate call's tool result; a child failure never stops
+//! the parent or its siblings. Children report upward with a tell, never an ask.
+
+mod delegation;
+mod tasks;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use kameo::prelude::*;
+use serde_json::{Map, json};
+
+use self::delegation::Delegation;
+use super::context::{JobContext, now_ms};
+use super::job::JobActor;
+use super::skill::{Describe, SkillActor, SkillArgs};
+use crate::agent::{
+    BASE_SKILL, Effect, Machine, MachineSetting, Output, RunStart, ToolIndex, ToolOwner, delegate_tool_name,
+    instruction_text,
+};
+use crate::llm::ToolSpec;
+use crate::schema::{
+    Checkpoint, Event, EventPayload, Expert, InitializeRuntime, RunError, Skill, SkillConnected, SkillDisconnected,
+    id::new_id,
+};
+
+/// The mailbox size of a run actor: task results, child reports and control messages.
+/// Children report with a blocking tell; at most `max_parallel_delegates` can be waiting.
+pub const RUN_MAILBOX: usize = 64;
+
+/// Who receives a run's final report.
+#[derive(Clone)]
+pub enum Parent {
+    /// The job (this is the coordinator).
+    Job(ActorRef<JobActor>),
+    /// A parent run; `slot` is the delegate call's position in its turn.
+    Run(ActorRef<RunActor>, usize),
+}
+
+/// How a run starts.
+#[derive(Debug, Clone)]
+pub enum Start {
+    /// With a query.
+    Query(String),
+    /// With an answer to a pending call.
+    Answer(crate::schema::InteractiveToolCallResult),
+}
+
+/// What a run actor starts with.
+#[derive(Clone)]
+pub struct RunArgs {
+    /// The job's shared context.
+    pub ctx: Arc<JobContext>,
+    /// The Expert to run.
+    pub expert_key: String,
+    /// The checkpoint to start from (fresh `init`, continued, or a child's).
+    pub checkpoint: Checkpoint,
+    /// The input.
+    pub start: Start,
+    /// Who to report to.
+    pub parent: Parent,
+}
+
+/// A run's final report to its parent.
+#[derive(Debug)]
+pub struct RunFinished {
+    /// The delegate call's slot (0 for the coordinator).
+    pub slot: usize,
+    /// The final checkpoint.
+    pub checkpoint: Checkpoint,
+    /// The result text when the run completed.
+    pub text: Option<String>,
+}
+
+/// One run.
+pub struct RunActor {
+    ctx: Arc<JobContext>,
+    expert: Expert,
+    machine: Machine,
+    start: Option<Start>,
+    parent: Parent,
+    skills: HashMap<String, ActorRef<SkillActor>>,
+    tools: Arc<Vec<ToolSpec>>,
+    index: Arc<ToolIndex>,
+    delegation: Option<Delegation>,
+    startup_error: Option<RunError>,
+    result_text: Option<String>,
+    finished: bool,
+}
+
+/// Kick off the loop (sent to self from `on_start`).
+struct Begin;
+
+impl Actor for RunActor {
+    type Args = RunArgs;
+    type Error = std::convert::Infallible;
+
+    async fn on_start(args: RunArgs, me: ActorRef<Self>) -> Result<Self, Self::Error> {
+        let ctx = args.ctx;
+        let settings = ctx.settings.clone();
+        let expert = settings.experts.get(&args.expert_key).cloned().unwrap_or_else(|| Expert {
+            key: args.expert_key.clone(),
+            name: args.expert_key.clone(),
+            version: "1.0.0".into(),
+            description: None,
+            instruction: String::new(),
+            skills: Default::default(),
+            delegates: Vec::new(),
+            tags: Vec::new(),
+            provider_tools: None,
+            provider_skills: None,
+            provider_tool_options: None,
+        });
+        let setting = MachineSetting {
+            job_id: ctx.job_id.clone(),
+            run_id: args.checkpoint.run_id.clone(),
+            expert: expert.reference(),
+            max_steps: settings.max_steps,
+            max_retries: settings.max_retries,
+            context_window: settings.context_window,
+        };
+        let mut actor = RunActor {
+            machine: Machine::new(setting, ToolIndex::new(), args.checkpoint),
+            ctx,
+            expert,
+            start: Some(args.start),
+            parent: args.parent,
+            skills: HashMap::new(),
+            tools: Arc::new(Vec::new()),
+            index: Arc::new(ToolIndex::new()),
+            delegation: None,
+            startup_error: None,
+            result_text: None,
+            finished: false,
+        };
+        actor.announce_segment(now_ms()).await;
+        if let Err(e) = actor.set_up_tools(&me).await {
+            actor.startup_error = Some(e);
+        }
+        let _ = me.tell(Begin).try_send();
+        Ok(actor)
+    }
+
+    async fn on_panic(
+        &mut self,
+        me: WeakActorRef<Self>,
+        err: PanicError,
+    ) -> Result<std::ops::ControlFlow<ActorStopReason>, Self::Error> {
+        // An engine bug: still end with a terminal event, a stored checkpoint and a report.
+        tracing::error!(run = %self.machine.setting().run_id, "run actor panicked: {err}");
+        if !self.finished {
+            let out = self.machine.abort(
+                now_ms(),
+                RunError { name: "EngineError".into(), message: format!("internal error: {err}"), status_code: None, is_retryable: false },
+            );
+            for e in out.events {
+                let _ = self.ctx.publish(e).await;
+            }
+            self.close_and_report(me.upgrade()).await;
+        }
+        Ok(std::ops::ControlFlow::Break(ActorStopReason::Panicked(err)))
+    }
+
+    async fn on_link_died(
+        &mut self,
+        me: WeakActorRef<Self>,
+        id: ActorId,
+        reason: ActorStopReason,
+    ) -> Result<std::ops::ControlFlow<ActorStopReason>, Self::Error> {
+        // A child that died without reporting becomes a failed delegation; skills are ignored.
+        if !matches!(reason, ActorStopReason::Normal | ActorStopReason::SupervisorRestart) {
+            let reported = self.delegation.as_mut().and_then(|d| d.child_died(id, &reason));
+            if reported.is_some() {
+                if let Some(me) = me.upgrade() {
+                    self.after_child(&me).await;
+                }
+            }
+        }
+        Ok(std::ops::ControlFlow::Continue(()))
+    }
+}
+
+impl Message<Begin> for RunActor {
+    type Reply = ();
+
+    async fn handle(&mut self, _: Begin, ctx: &mut Context<Self, Self::Reply>) {
+        let now = now_ms();
+        let instruction = {
+            let delegates: Vec<&Expert> =
+                self.expert.delegates.iter().filter_map(|k| self.ctx.settings.experts.get(k)).collect();
+            instruction_text(&self.expert, &delegates, now, &self.ctx.settings.workspace)
+        };
+        let start = match self.start.take() {
+            Some(Start::Query(text)) => RunStart::Query { text, instruction },
+            Some(Start::Answer(a)) => RunStart::Answer(a),
+            None => return,
+        };
+        let mut out = self.machine.start(now, start);
+        if let Some(err) = self.startup_error.take() {
+            // Publish startRun only, then stop: nothing else may run without the tools.
+            out.events.truncate(1);
+            let stop = self.machine.abort(now, err);
+            out.events.extend(stop.events);
+            out.effect = Effect::Stop;
+        }
+        self.drive(out, ctx.actor_ref()).await;
+    }
+}
+
+/// The model call finished.
+struct Generated(Result<crate::llm::Generation, crate::llm::GenerationError>);
+
+impl Message<Generated> for RunActor {
+    type Reply = ();
+
+    async fn handle(&mut self, Generated(r): Generated, ctx: &mut Context<Self, Self::Reply>) {
+        let out = self.machine.handle(now_ms(), crate::agent::Input::Generated(r));
+        self.drive(out, ctx.actor_ref()).await;
+    }
+}
+
+/// The tool calls finished.
+struct ToolsDone(Vec<crate::schema::ToolResult>);
+
+impl Message<ToolsDone> for RunActor {
+    type Reply = ();
+
+    async fn handle(&mut self, ToolsDone(r): ToolsDone, ctx: &mut Context<Self, Self::Reply>) {
+        let out = self.machine.handle(now_ms(), crate::agent::Input::ToolsDone(r));
+        self.drive(out, ctx.actor_ref()).await;
+    }
+}
+
+impl Message<RunFinished> for RunActor {
+    type Reply = ();
+
+    async fn handle(&mut self, report: RunFinished, ctx: &mut Context<Self, Self::Reply>) {
+        if let Some(d) = self.delegation.as_mut() {
+            d.child_finished(report);
+        }
+        self.after_child(ctx.actor_ref()).await;
+    }
+}
+
+impl RunActor {
+    /// Publish events in order, then execute the effect. Loops instead of recursing when an
+    /// effect completes at once.
+    async fn drive(&mut self, mut out: Output, me: &ActorRef<Self>) {
+        loop {
+            for event in std::mem::take(&mut out.events) {
+                if let EventPayload::CompleteRun(c) = &event.payload {
+                    self.result_text = Some(c.text.clone());
+                }
+                if let Err(e) = self.ctx.publish(event).await {
+                    // The checkpoint could not be stored: an engine fault. Nothing more can be
+                    // made durable, so stop here and report.
+                    tracing::error!(run = %self.machine.setting().run_id, "event bus failed: {e}");
+                    self.close_and_report(Some(me.clone())).await;
+                    return;
+                }
+            }
+            if self.ctx.cancel.is_cancelled() && !matches!(out.effect, Effect::Stop) {
+                out = self.machine.abort(now_ms(), cancelled());
+                continue;
+            }
+            match out.effect {
+                Effect::Generate { messages, with_tools, retry_count } => {
+                    let tools = if with_tools { self.tools.clone() } else { Arc::new(Vec::new()) };
+                    tasks::spawn_generation(
+                        self.ctx.clone(),
+                        me.clone(),
+                        &self.machine,
+                        messages,
+                        tools,
+                        retry_count,
+                    );
+                    return;
+                }
+                Effect::CallTools(calls) => {
+                    tasks::spawn_tool_calls(self.ctx.clone(), me.clone(), self.index.clone(), self.skills.clone(), calls);
+                    return;
+                }
+                Effect::Delegate(to) => {
+                    let cp = self.machine.checkpoint().clone();
+                    let mut d = Delegation::new(to, &cp);
+                    if d.is_done() {
+                        out = self.resume(d).await;
+                        continue;
+                    }
+                    d.start_more(&self.ctx, me, &cp).await;
+                    self.delegation = Some(d);
+                    return;
+                }
+                Effect::Stop => {
+                    self.close_and_report(Some(me.clone())).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn after_child(&mut self, me: &ActorRef<Self>) {
+        let Some(mut d) = self.delegation.take() else { return };
+        if d.is_done() {
+            let out = self.resume(d).await;
+            self.drive(out, me).await;
+        } else {
+            let cp = self.machine.checkpoint().clone();
+            d.start_more(&self.ctx, me, &cp).await;
+            self.delegation = Some(d);
+        }
+    }
+
+    /// All children reported: continue as a new segment with their results.
+    async fn resume(&mut self, d: Delegation) -> Output {
+        let (last_step, usage, results) = d.into_results();
+        let run_id = new_id();
+        let now = now_ms();
+        let out = self.machine.resume_after_delegation(now, run_id, last_step, usage, results.clone());
+        let answer = results.first().map(|r| crate::schema::InteractiveToolCallResult {
+            tool_call_id: r.id.clone(),
+            tool_name: r.tool_name.clone(),
+            skill_name: r.skill_name.clone(),
+            text: r.text(),
+        });
+        self.announce(now, None, answer).await;
+        out
+    }
+
+    /// `initializeRuntime` for this segment.
+    async fn announce_segment(&mut self, now: u64) {
+        let query = match &self.start {
+            Some(Start::Query(q)) => Some(q.clone()),
+            _ => None,
+        };
+        let answer = match &self.start {
+            Some(Start::Answer(a)) => Some(a.clone()),
+            _ => None,
+        };
+        self.announce(now, query, answer).await;
+    }
+
+    async fn announce(&self, now: u64, query: Option<String>, answer: Option<crate::schema::InteractiveToolCallResult>) {
+        let s = &self.ctx.settings;
+        let event = self.runtime_event(
+            now,
+            EventPayload::InitializeRuntime(InitializeRuntime {
+                runtime_version: env!("CARGO_PKG_VERSION").into(),
+                runtime: Some("local".into()),
+                expert_name: self.expert.name.clone(),
+                experts: s.experts.keys().cloned().collect(),
+                model: s.model.clone(),
+                max_steps: Some(s.max_steps),
+                max_retries: s.max_retries,
+                timeout: u64::try_from(s.timeout.as_millis()).unwrap_or(u64::MAX),
+                query,
+                interactive_tool_call: answer,
+                extra: Map::new(),
+            }),
+        );
+        let _ = self.ctx.publish(event).await;
+    }
+
+    fn runtime_event(&self, now: u64, payload: EventPayload) -> Event {
+        Event {
+            id: new_id(),
+            timestamp: now,
+            job_id: self.ctx.job_id.clone(),
+            run_id: self.machine.setting().run_id.clone(),
+            expert_key: None,
+            step_number: None,
+            payload,
+        }
+    }
+
+    /// Start the skills, build the tool index and the tool list the model sees.
+    async fn set_up_tools(&mut self, me: &ActorRef<Self>) -> Result<(), RunError> {
+        let mut index = ToolIndex::new();
+        let mut specs = Vec::new();
+        let delegated = self.machine.checkpoint().delegated_by.is_some();
+        let mut owners: HashMap<String, String> = HashMap::new();
+        let mut claim = |tool: &str, owner: &str| -> Result<(), RunError> {
+            if let Some(prev) = owners.insert(tool.to_string(), owner.to_string()) {
+                return Err(config_error(format!(
+                    "Tool name \"{tool}\" is provided by both {prev} and {owner} in expert \"{}\"; rename one of them",
+                    self.expert.key
+                )));
+            }
+            Ok(())
+        };
+        for (name, skill) in &self.expert.skills {
+            match skill {
+                Skill::McpStdioSkill(s) if name == BASE_SKILL => {
+                    let started = now_ms();
+                    let args = SkillArgs {
+                        name: name.clone(),
+                        workspace: self.ctx.settings.workspace.clone(),
+                        omit: s.omit.clone(),
+                        pick: s.pick.clone(),
+                    };
+                    let actor = SkillActor::supervise(me, args)
+                        .restart_policy(kameo::supervision::RestartPolicy::Never)
+                        .spawn_with_mailbox(kameo::mailbox::bounded(super::skill::SKILL_MAILBOX))
+                        .await;
+                    let described = actor
+                        .ask(Describe)
+                        .await
+                        .map_err(|e| config_error(format!("skill \"{name}\" failed to start: {e}")))?;
+                    for t in &described.tools {
+                        claim(&t.name, &format!("skill \"{name}\""))?;
+                        index.insert(t.name.clone(), ToolOwner::Skill(name.clone()));
+                        specs.push(ToolSpec {
+                            name: t.name.clone(),
+                            description: t.description.clone(),
+                            input_schema: t.input_schema.clone(),
+                        });
+                    }
+                    let t = described.timings;
+                    let event = self.runtime_event(
+                        now_ms(),
+                        EventPayload::SkillConnected(SkillConnected {
+                            skill_name: name.clone(),
+                            server_info: described.server.map(|s| json!({"name": s.name, "version": s.version})),
+                            spawn_duration_ms: Some(t.spawn_duration_ms),
+                            handshake_duration_ms: Some(t.handshake_duration_ms),
+                            tool_discovery_duration_ms: Some(t.tool_discovery_duration_ms),
+                            connect_duration_ms: Some(t.connect_duration_ms),
+                            total_duration_ms: Some(now_ms().saturating_sub(started)),
+                            extra: Map::new(),
+                        }),
+                    );
+                    let _ = self.ctx.publish(event).await;
+                    self.skills.insert(name.clone(), actor);
+                }
+                Skill::InteractiveSkill(s) => {
+                    if delegated {
+                        continue; // delegated runs never get interactive tools (Perstack)
+                    }
+                    for (tool, t) in &s.tools {
+                        claim(tool, &format!("interactive skill \"{name}\""))?;
+                        let schema = serde_json::from_str(&t.input_json_schema).map_err(|e| {
+                            config_error(format!("interactive tool \"{tool}\" of skill \"{name}\": invalid inputJsonSchema: {e}"))
+                        })?;
+                        index.insert(tool.clone(), ToolOwner::Interactive(name.clone()));
+                        specs.push(ToolSpec { name: tool.clone(), description: t.description.clone(), input_schema: schema });
+                    }
+                }
+                other => {
+                    return Err(config_error(format!(
+                        "skill \"{name}\" of expert \"{}\" is a {} skill, which this engine does not run yet",
+                        self.expert.key,
+                        match other {
+                            Skill::McpSseSkill(_) => "mcpSseSkill",
+                            _ => "mcpStdioSkill",
+                        }
+                    )));
+                }
+            }
+        }
+        for key in &self.expert.delegates {
+            let Some(d) = self.ctx.settings.experts.get(key) else {
+                return Err(config_error(format!("Delegate expert \"{key}\" not found in experts")));
+            };
+            let tool = delegate_tool_name(&d.name);
+            claim(tool, &format!("delegate \"{key}\""))?;
+            index.insert(tool, ToolOwner::Delegate(d.reference()));
+            specs.push(ToolSpec {
+                name: tool.to_string(),
+                description: d.description.clone(),
+                input_schema: json!({"type":"object","properties":{"query":{"type":"string"}},"required":["query"]}),
+            });
+        }
+        self.index = Arc::new(index.clone());
+        self.tools = Arc::new(specs);
+        self.machine.set_tools(index);
+        Ok(())
+    }
+
+    /// Close skills, then report to the parent and stop.
+    async fn close_and_report(&mut self, me: Option<ActorRef<Self>>) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        for (name, skill) in std::mem::take(&mut self.skills) {
+            let _ = skill.stop_gracefully().await;
+            skill.wait_for_shutdown().await;
+            let event = self.runtime_event(
+                now_ms(),
+                EventPayload::SkillDisconnected(SkillDisconnected { skill_name: name, extra: Map::new() }),
+            );
+            let _ = self.ctx.publish(event).await;
+        }
+        let report =
+            RunFinished { slot: 0, checkpoint: self.machine.checkpoint().clone(), text: self.result_text.clone() };
+        match &self.parent {
+            Parent::Job(job) => {
+                let _ = job.tell(report).await;
+            }
+            Parent::Run(parent, slot) => {
+                let _ = parent.tell(RunFinished { slot: *slot, ..report }).await;
+            }
+        }
+        if let Some(me) = me {
+            let _ = me.stop_gracefully().await;
+        }
+    }
+}
+
+fn cancelled() -> RunError {
+    RunError {
+        name: "Cancelled".into(),
+        message: "The job was cancelled before this run finished.".into(),
+        status_code: None,
+        is_retryable: false,
+    }
+}
+
+fn config_error(message: String) -> RunError {
+    RunError { name: "ConfigurationError".into(), message, status_code: None, is_retryable: false }
+}

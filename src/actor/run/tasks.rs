@@ -1,0 +1,167 @@
+//! Work a run does off its mailbox: one model call (streaming events as it goes) and one batch
+//! of tool calls. Each task ends with a tell back to the run actor; both watch the job's
+//! cancellation token.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use kameo::prelude::*;
+use serde_json::{Map, json};
+
+use super::{Generated, RunActor, ToolsDone};
+use crate::actor::context::{JobContext, now_ms};
+use crate::actor::skill::{CallTool, SkillActor};
+use crate::agent::{Machine, ToolIndex, ToolOwner};
+use crate::llm::{Assembler, Generation, GenerationError, GenerationRequest, Signal, ToolSpec, retry::backoff};
+use crate::schema::{Delta, Empty, Event, EventPayload, Message, MessagePart, Text, ToolCall, ToolResult, id::new_id};
+
+/// Envelope fields for streaming events.
+#[derive(Clone)]
+struct Envelope {
+    job_id: String,
+    run_id: String,
+    expert_key: String,
+    step_number: u32,
+}
+
+impl Envelope {
+    fn event(&self, payload: EventPayload) -> Event {
+        Event {
+            id: new_id(),
+            timestamp: now_ms(),
+            job_id: self.job_id.clone(),
+            run_id: self.run_id.clone(),
+            expert_key: Some(self.expert_key.clone()),
+            step_number: Some(self.step_number),
+            payload,
+        }
+    }
+}
+
+/// Call the model in a task; stream reasoning (and, for the run result, text) events.
+pub(super) fn spawn_generation(
+    ctx: Arc<JobContext>,
+    me: ActorRef<RunActor>,
+    machine: &Machine,
+    messages: Vec<Message>,
+    tools: Arc<Vec<ToolSpec>>,
+    retry_count: u32,
+) {
+    let setting = machine.setting();
+    let envelope = Envelope {
+        job_id: setting.job_id.clone(),
+        run_id: setting.run_id.clone(),
+        expert_key: setting.expert.key.clone(),
+        step_number: machine.checkpoint().step_number,
+    };
+    let run_result = machine.is_generating_run_result();
+    let request = GenerationRequest {
+        expert_key: setting.expert.key.clone(),
+        model: ctx.settings.model.clone(),
+        messages,
+        tools,
+        reasoning_budget: ctx.settings.reasoning_budget,
+    };
+    tokio::spawn(async move {
+        let timeout = ctx.settings.timeout;
+        let wait = backoff(retry_count);
+        let result = tokio::select! {
+            () = ctx.cancel.cancelled() => Err(GenerationError {
+                name: "Cancelled".into(),
+                message: "The job was cancelled during a model call.".into(),
+                status_code: None,
+                retryable: false,
+            }),
+            r = async {
+                tokio::time::sleep(wait).await;
+                match tokio::time::timeout(timeout, generate(&ctx, request, &envelope, run_result)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(GenerationError {
+                        name: "TimeoutError".into(),
+                        message: format!("The model call did not finish within {} ms.", timeout.as_millis()),
+                        status_code: None,
+                        retryable: true,
+                    }),
+                }
+            } => r,
+        };
+        let _ = me.tell(Generated(result)).await;
+    });
+}
+
+async fn generate(
+    ctx: &JobContext,
+    request: GenerationRequest,
+    envelope: &Envelope,
+    run_result: bool,
+) -> Result<Generation, GenerationError> {
+    let mut stream = ctx.model.stream(request).await?;
+    let mut asm = Assembler::new();
+    while let Some(item) = stream.next().await {
+        for signal in asm.push(item?) {
+            emit(ctx, envelope, run_result, signal).await;
+        }
+    }
+    let (signals, generation) = asm.finish();
+    for signal in signals {
+        emit(ctx, envelope, run_result, signal).await;
+    }
+    generation
+}
+
+/// Reasoning events may come in either generation; result events only for the run result.
+async fn emit(ctx: &JobContext, envelope: &Envelope, run_result: bool, signal: Signal) {
+    let payload = match signal {
+        Signal::ReasoningStart => EventPayload::StartStreamingReasoning(Empty { extra: Map::new() }),
+        Signal::ReasoningDelta(delta) => EventPayload::StreamReasoning(Delta { delta, extra: Map::new() }),
+        Signal::ReasoningComplete(text) => EventPayload::CompleteStreamingReasoning(Text { text, extra: Map::new() }),
+        Signal::TextStart if run_result => EventPayload::StartStreamingRunResult(Empty { extra: Map::new() }),
+        Signal::TextDelta(delta) if run_result => EventPayload::StreamRunResult(Delta { delta, extra: Map::new() }),
+        Signal::TextComplete(text) if run_result => {
+            EventPayload::CompleteStreamingRunResult(Text { text, extra: Map::new() })
+        }
+        _ => return,
+    };
+    let _ = ctx.publish(envelope.event(payload)).await;
+}
+
+/// Run skill calls concurrently; results come back in call order.
+pub(super) fn spawn_tool_calls(
+    ctx: Arc<JobContext>,
+    me: ActorRef<RunActor>,
+    index: Arc<ToolIndex>,
+    skills: HashMap<String, ActorRef<SkillActor>>,
+    calls: Vec<ToolCall>,
+) {
+    tokio::spawn(async move {
+        let work = futures::future::join_all(calls.iter().map(|c| call_one(&index, &skills, c)));
+        let results = tokio::select! {
+            () = ctx.cancel.cancelled() => calls.iter().map(|c| error_result(c, "Cancelled", "The job was cancelled during this tool call.")).collect(),
+            r = work => r,
+        };
+        let _ = me.tell(ToolsDone(results)).await;
+    });
+}
+
+async fn call_one(index: &ToolIndex, skills: &HashMap<String, ActorRef<SkillActor>>, call: &ToolCall) -> ToolResult {
+    let skill = match index.owner(&call.tool_name) {
+        Some(ToolOwner::Skill(s)) => skills.get(s),
+        _ => None,
+    };
+    let Some(skill) = skill else {
+        return error_result(call, "ToolNotFound", &format!("Tool {} not found", call.tool_name));
+    };
+    match skill.ask(CallTool { name: call.tool_name.clone(), args: call.args.clone() }).await {
+        Ok(outcome) => ToolResult::new(call, call.skill_name.clone(), outcome.parts),
+        Err(e) => error_result(call, "SkillUnavailable", &format!("Error calling tool {}: {e}", call.tool_name)),
+    }
+}
+
+fn error_result(call: &ToolCall, name: &str, message: &str) -> ToolResult {
+    ToolResult::new(
+        call,
+        call.skill_name.clone(),
+        vec![MessagePart::text(json!({"error": name, "message": message}).to_string())],
+    )
+}

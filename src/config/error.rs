@@ -1,0 +1,281 @@
+//! [`ConfigError`] and [`Location`]: what is wrong with a `perstack.toml` or `.env` file, and
+//! where. Every message is a complete sentence that names the file (with line and column when
+//! known), the key path and what to do about it.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+/// A place in a configuration file: the file, and the 1-based line and column when known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line, when the position is known.
+    pub line: Option<usize>,
+    /// 1-based column, counted in characters, when the position is known.
+    pub column: Option<usize>,
+}
+
+impl Location {
+    /// A location that names only the file.
+    pub fn file(file: impl Into<PathBuf>) -> Self {
+        Location { file: file.into(), line: None, column: None }
+    }
+}
+
+impl fmt::Display for Location {
+    /// `file:line:column`, `file:line` or `file`, the form editors and terminals jump to.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+            if let Some(column) = self.column {
+                write!(f, ":{column}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Everything that can go wrong while finding, reading, parsing or validating the configuration.
+///
+/// All of these are usage errors: [`ConfigError::exit_code`] is 2 for every variant.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// No `perstack.toml` in the start directory or any of its parents.
+    #[error(
+        "perstack.toml not found: searched {} and every parent directory up to {}; create a \
+         perstack.toml there or pass --config <path>.",
+        start.display(), tried.display()
+    )]
+    NotFound {
+        /// The directory the search started in (the cwd).
+        start: PathBuf,
+        /// The last path tried (`perstack.toml` in the filesystem root).
+        tried: PathBuf,
+    },
+
+    /// The path given with `--config` does not exist (Perstack's wording).
+    #[error("Given config path \"{}\" is not found (looked for {}).", given.display(), resolved.display())]
+    GivenPathNotFound {
+        /// The path as the user wrote it.
+        given: PathBuf,
+        /// The path actually checked (joined to the cwd when relative).
+        resolved: PathBuf,
+    },
+
+    /// `--config` is a URL; Perstack fetches those, this engine does not yet.
+    #[error(
+        "Remote config \"{url}\" is not supported yet; download the file and pass its local path \
+         to --config."
+    )]
+    RemoteUnsupported {
+        /// The URL given.
+        url: String,
+    },
+
+    /// A file exists but could not be read.
+    #[error("Could not read {}: {source}.", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The file is not valid TOML.
+    #[error("TOML syntax error in {at}: {message}; fix the syntax at that position.")]
+    Syntax {
+        /// Where the parser stopped.
+        at: Location,
+        /// The parser's description.
+        message: String,
+    },
+
+    /// A key that Perstack does not define. Perstack silently drops such keys; this engine
+    /// rejects them so that a typo does not silently change behaviour.
+    #[error("Unknown key `{key}` in {at}; {}", unknown_key_hint(suggestion.as_deref(), expected))]
+    UnknownKey {
+        /// Where the key is written.
+        at: Location,
+        /// Its full key path, e.g. `experts."coord".instructon`.
+        key: String,
+        /// The closest valid key, when one is close enough to be a likely typo.
+        suggestion: Option<String>,
+        /// Every key valid at that place.
+        expected: Vec<String>,
+    },
+
+    /// A required key is absent.
+    #[error("Missing required key `{key}` in {at}; {hint}")]
+    MissingKey {
+        /// The table that lacks it.
+        at: Location,
+        /// The full key path of the missing key.
+        key: String,
+        /// What to add.
+        hint: String,
+    },
+
+    /// A key holds a value of the wrong type or outside its allowed range or format.
+    #[error("Invalid value for `{key}` in {at}: {message}")]
+    InvalidValue {
+        /// Where the value is written.
+        at: Location,
+        /// Its full key path.
+        key: String,
+        /// What is wrong and what to write instead (a complete sentence).
+        message: String,
+    },
+
+    /// `delegates` names an Expert that this file does not define.
+    #[error(
+        "Delegate expert \"{delegate}\" not found in experts (listed in `experts.\"{expert}\".delegates` \
+         in {at}); {}",
+        missing_delegate_hint(delegate, suggestion.as_deref())
+    )]
+    MissingDelegate {
+        /// Where the delegate is listed.
+        at: Location,
+        /// The Expert whose `delegates` lists it.
+        expert: String,
+        /// The missing key.
+        delegate: String,
+        /// The closest defined Expert key, if any is close.
+        suggestion: Option<String>,
+    },
+
+    /// An Expert has a `skills` table without `"@perstack/base"` (Perstack fails the run with
+    /// "Base skill is not defined"; this engine reports it when the file is loaded).
+    #[error(
+        "Base skill is not defined for expert \"{expert}\" in {at}: its skills table has no \
+         \"@perstack/base\" entry; add [experts.\"{expert}\".skills.\"@perstack/base\"] with \
+         type = \"mcpStdioSkill\", command = \"npx\", packageName = \"@perstack/base\", or remove the \
+         skills table to get the default base skill."
+    )]
+    MissingBaseSkill {
+        /// The Expert's table.
+        at: Location,
+        /// The Expert key.
+        expert: String,
+    },
+
+    /// A line of a dotenv file cannot be parsed.
+    #[error("Malformed line in env file {at}: {message}")]
+    EnvFile {
+        /// The file and line.
+        at: Location,
+        /// What is wrong and the expected form (a complete sentence).
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// The process exit code for this error: 2, since every configuration error is a usage error.
+    pub fn exit_code(&self) -> u8 {
+        2
+    }
+
+    /// Where in which file the problem is, when it is inside a file.
+    pub fn location(&self) -> Option<&Location> {
+        match self {
+            ConfigError::Syntax { at, .. }
+            | ConfigError::UnknownKey { at, .. }
+            | ConfigError::MissingKey { at, .. }
+            | ConfigError::InvalidValue { at, .. }
+            | ConfigError::MissingDelegate { at, .. }
+            | ConfigError::MissingBaseSkill { at, .. }
+            | ConfigError::EnvFile { at, .. } => Some(at),
+            ConfigError::NotFound { .. }
+            | ConfigError::GivenPathNotFound { .. }
+            | ConfigError::RemoteUnsupported { .. }
+            | ConfigError::Io { .. } => None,
+        }
+    }
+}
+
+fn unknown_key_hint(suggestion: Option<&str>, expected: &[String]) -> String {
+    match suggestion {
+        Some(s) => format!("did you mean `{s}`?"),
+        None if expected.is_empty() => {
+            "this table takes no keys here; remove it (Perstack would silently ignore it).".to_owned()
+        }
+        None => format!(
+            "expected one of {} (Perstack would silently ignore this key; remove it or fix its spelling).",
+            expected.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+fn missing_delegate_hint(delegate: &str, suggestion: Option<&str>) -> String {
+    match suggestion {
+        Some(s) => format!("did you mean \"{s}\"?"),
+        None => format!(
+            "define [experts.\"{delegate}\"] in this file (registry experts are not supported yet)."
+        ),
+    }
+}
+
+/// The candidate closest to `word`, when it is close enough to be a likely typo: equal after
+/// ignoring case, `_` and `-` (`max_steps` → `maxSteps`), or within an edit distance of about a
+/// third of the word's length.
+pub(crate) fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
+    let normalize = |s: &str| {
+        s.chars()
+            .filter(|c| *c != '_' && *c != '-')
+            .flat_map(char::to_lowercase)
+            .collect::<String>()
+    };
+    let word_norm = normalize(word);
+    let limit = (word.chars().count() / 3).max(1);
+    let mut best: Option<(usize, &str)> = None;
+    for candidate in candidates {
+        if candidate == word {
+            continue;
+        }
+        let distance = if normalize(candidate) == word_norm {
+            0
+        } else {
+            strsim::damerau_levenshtein(&word.to_lowercase(), &candidate.to_lowercase())
+        };
+        if distance <= limit && best.is_none_or(|(d, _)| distance < d) {
+            best = Some((distance, candidate));
+        }
+    }
+    best.map(|(_, c)| c.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn did_you_mean_finds_typos_and_case_variants() {
+        let keys = ["instruction", "description", "delegates", "maxSteps"];
+        assert_eq!(did_you_mean("instructon", keys).as_deref(), Some("instruction"));
+        assert_eq!(did_you_mean("max_steps", keys).as_deref(), Some("maxSteps"));
+        assert_eq!(did_you_mean("delegate", keys).as_deref(), Some("delegates"));
+        assert_eq!(did_you_mean("zzz", keys), None);
+    }
+
+    #[test]
+    fn location_displays_like_a_compiler_position() {
+        let mut at = Location::file("/p/perstack.toml");
+        assert_eq!(at.to_string(), "/p/perstack.toml");
+        at.line = Some(3);
+        at.column = Some(7);
+        assert_eq!(at.to_string(), "/p/perstack.toml:3:7");
+    }
+
+    #[test]
+    fn every_config_error_exits_with_2() {
+        let err = ConfigError::RemoteUnsupported { url: "https://x".into() };
+        assert_eq!(err.exit_code(), 2);
+    }
+}

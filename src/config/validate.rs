@@ -1,0 +1,450 @@
+//! From the raw serde shapes to a checked [`PerstackConfig`]: Perstack's value rules (lengths,
+//! name patterns, URL schemes, "exactly one of packageName and args"), its defaults (version
+//! `1.0.0`, the default base skill, empty lists), and the load-time checks this engine adds
+//! where Perstack fails only at run time (missing delegates, missing `@perstack/base`).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::doc::{Doc, KeyPath};
+use super::error::{ConfigError, did_you_mean};
+use super::names;
+use super::raw::{RawConfig, RawExpert, RawSkill, RawTool};
+use super::{PerstackConfig, Runtime, provider};
+use crate::schema::{
+    Expert, InteractiveSkill, InteractiveTool, McpSseSkill, McpStdioSkill, ReasoningBudget, Skill,
+};
+
+/// Name of the skill every Expert must have.
+pub(super) const BASE_SKILL: &str = "@perstack/base";
+/// Longest instruction, in UTF-16 units (`maxExpertInstructionLength`).
+const MAX_INSTRUCTION: usize = 20 * 1024;
+/// Longest Expert or skill description, and skill rule.
+const MAX_DESCRIPTION: usize = 2 * 1024;
+/// Longest interactive tool `inputJsonSchema`.
+const MAX_INPUT_SCHEMA: usize = 20 * 1024;
+
+/// Builds the validated configuration.
+pub(super) fn build(raw: RawConfig, doc: &Doc<'_>, file: &Path) -> Result<PerstackConfig, ConfigError> {
+    let v = Validator { doc };
+    let top = KeyPath::root();
+    let reasoning_budget = raw
+        .reasoning_budget
+        .map(|value| v.reasoning_budget(&top.field("reasoningBudget"), value))
+        .transpose()?;
+    let runtime = raw
+        .runtime
+        .map(|name| {
+            name.parse::<Runtime>()
+                .map_err(|e| v.invalid(&top.field("runtime"), format!("{e}.")))
+        })
+        .transpose()?;
+    let max_steps = v.number(&top.field("maxSteps"), raw.max_steps, 1)?;
+    let max_retries = v.number(&top.field("maxRetries"), raw.max_retries, 0)?;
+    let timeout = v.number(&top.field("timeout"), raw.timeout, 0)?;
+    if let Some(url) = &raw.perstack_api_base_url
+        && !names::is_https_url(url)
+    {
+        return Err(v.invalid(
+            &top.field("perstackApiBaseUrl"),
+            format!("perstackApiBaseUrl must use HTTPS, got \"{url}\"; write an https:// URL."),
+        ));
+    }
+    if let Some(command) = &raw.perstack_base_skill_command
+        && command.first().is_none_or(|c| c.is_empty())
+    {
+        return Err(v.invalid(
+            &top.field("perstackBaseSkillCommand"),
+            "the first element must be the command that starts the base skill, e.g. \
+             [\"node\", \"path/to/base.js\"]; remove the key to use the bundled base skill."
+                .to_owned(),
+        ));
+    }
+    let provider = raw.provider.map(|p| provider::validate(p, doc)).transpose()?;
+
+    let experts_path = top.field("experts");
+    let mut in_file_order: Vec<_> = raw.experts.into_iter().collect();
+    in_file_order.sort_by_key(|(key, _)| doc.at(&experts_path.key(key)).line);
+    let mut experts = BTreeMap::new();
+    let mut order = Vec::new();
+    for (key, raw_expert) in in_file_order {
+        let expert = v.expert(&experts_path.key(&key), &key, raw_expert)?;
+        order.push(key.clone());
+        experts.insert(key, expert);
+    }
+    v.delegates_exist(&experts_path, &order, &experts)?;
+
+    Ok(PerstackConfig {
+        path: file.to_owned(),
+        model: raw.model,
+        reasoning_budget,
+        runtime,
+        max_steps,
+        max_retries,
+        timeout,
+        perstack_api_base_url: raw.perstack_api_base_url,
+        perstack_base_skill_command: raw.perstack_base_skill_command,
+        env_path: raw.env_path,
+        provider,
+        experts,
+    })
+}
+
+/// Perstack's default skills for an Expert without a `skills` table.
+pub(super) fn default_skills() -> BTreeMap<String, Skill> {
+    let base = McpStdioSkill {
+        name: BASE_SKILL.to_owned(),
+        description: None,
+        rule: None,
+        pick: Vec::new(),
+        omit: Vec::new(),
+        command: "npx".to_owned(),
+        package_name: Some(BASE_SKILL.to_owned()),
+        args: Vec::new(),
+        required_env: Vec::new(),
+        lazy_init: false,
+        allowed_domains: None,
+    };
+    BTreeMap::from([(BASE_SKILL.to_owned(), Skill::McpStdioSkill(base))])
+}
+
+struct Validator<'d, 'a> {
+    doc: &'d Doc<'a>,
+}
+
+impl Validator<'_, '_> {
+    fn invalid(&self, path: &KeyPath, message: String) -> ConfigError {
+        ConfigError::InvalidValue { at: self.doc.at(path), key: path.to_string(), message }
+    }
+
+    fn missing(&self, table: &KeyPath, key: &str, hint: String) -> ConfigError {
+        ConfigError::MissingKey { at: self.doc.at(table), key: table.field(key).to_string(), hint }
+    }
+
+    /// A level name or a non-negative token count.
+    fn reasoning_budget(&self, path: &KeyPath, value: toml::Value) -> Result<ReasoningBudget, ConfigError> {
+        let levels = ["none", "minimal", "low", "medium", "high"];
+        match value {
+            toml::Value::String(s) if levels.contains(&s.as_str()) => {
+                s.parse().map_err(|e: String| self.invalid(path, format!("{e}.")))
+            }
+            toml::Value::Integer(n) if n >= 0 => Ok(ReasoningBudget::Tokens(n.unsigned_abs())),
+            other => {
+                let got = match &other {
+                    toml::Value::String(s) => format!("\"{s}\""),
+                    toml::Value::Integer(n) => n.to_string(),
+                    _ => other.type_str().to_owned(),
+                };
+                let hint = match &other {
+                    toml::Value::String(s) => did_you_mean(s, levels)
+                        .map(|l| format!(" Did you mean \"{l}\"?"))
+                        .unwrap_or_default(),
+                    _ => String::new(),
+                };
+                Err(self.invalid(
+                    path,
+                    format!(
+                        "reasoningBudget must be \"none\", \"minimal\", \"low\", \"medium\", \"high\" \
+                         or a non-negative integer token count, not {got}.{hint}"
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// An optional integer of at least `min` that fits in `T`.
+    fn number<T: TryFrom<i64>>(
+        &self,
+        path: &KeyPath,
+        value: Option<i64>,
+        min: i64,
+    ) -> Result<Option<T>, ConfigError> {
+        let Some(n) = value else { return Ok(None) };
+        match T::try_from(n) {
+            Ok(v) if n >= min => Ok(Some(v)),
+            Ok(_) => Err(self.invalid(path, format!("{path} must be an integer of at least {min}, not {n}."))),
+            Err(_) => Err(self.invalid(path, format!("{path} = {n} is out of range; use a smaller integer."))),
+        }
+    }
+
+    /// A length limit in UTF-16 units, as JavaScript's `string.length` counts.
+    fn length(&self, path: &KeyPath, what: &str, s: &str, min: usize, max: usize) -> Result<(), ConfigError> {
+        let len = s.encode_utf16().count();
+        if len < min {
+            return Err(self.invalid(path, format!("{what} must not be empty; write some text or remove the key.")));
+        }
+        if len > max {
+            return Err(self.invalid(
+                path,
+                format!("{what} is {len} characters long; the limit is {max}, so shorten it."),
+            ));
+        }
+        Ok(())
+    }
+
+    fn expert(&self, path: &KeyPath, key: &str, raw: RawExpert) -> Result<Expert, ConfigError> {
+        if !names::is_expert_name(key) {
+            return Err(self.invalid(
+                path,
+                format!(
+                    "expert key \"{key}\" is not a valid Expert name; use lowercase letters, digits, \
+                     `_` and `-` (starting with a letter or digit), optionally scoped as \
+                     \"@org/name\", at most {} characters.",
+                    names::MAX_NAME_LEN
+                ),
+            ));
+        }
+        let Some(instruction) = raw.instruction else {
+            return Err(self.missing(
+                path,
+                "instruction",
+                format!("every expert needs an instruction; add instruction = \"\"\"...\"\"\" to [{path}]."),
+            ));
+        };
+        self.length(&path.field("instruction"), "instruction", &instruction, 1, MAX_INSTRUCTION)?;
+        if let Some(description) = &raw.description {
+            self.length(&path.field("description"), "description", description, 1, MAX_DESCRIPTION)?;
+        }
+        let version = raw.version.unwrap_or_else(|| "1.0.0".to_owned());
+        if !names::is_semver(&version) {
+            return Err(self.invalid(
+                &path.field("version"),
+                format!("version \"{version}\" is not a semantic version; write it as MAJOR.MINOR.PATCH, e.g. \"1.0.0\"."),
+            ));
+        }
+        let tags = raw.tags.unwrap_or_default();
+        for (i, tag) in tags.iter().enumerate() {
+            if !names::is_tag(tag) {
+                return Err(self.invalid(
+                    &path.field("tags").index(i),
+                    format!("tag \"{tag}\" is invalid; use lowercase letters, digits, `_` and `-`, starting with a letter or digit."),
+                ));
+            }
+        }
+        let delegates = raw.delegates.unwrap_or_default();
+        for (i, delegate) in delegates.iter().enumerate() {
+            if !names::is_expert_key(delegate) {
+                return Err(self.invalid(
+                    &path.field("delegates").index(i),
+                    format!(
+                        "delegate \"{delegate}\" is not a valid Expert key; write an Expert name, \
+                         optionally followed by @version or @tag (e.g. \"@org/name@1.0.0\")."
+                    ),
+                ));
+            }
+        }
+        let skills = match raw.skills {
+            None => default_skills(),
+            Some(raw_skills) => {
+                let skills_path = path.field("skills");
+                let mut skills = BTreeMap::new();
+                for (name, raw_skill) in raw_skills {
+                    let skill = self.skill(&skills_path.key(&name), &name, raw_skill)?;
+                    skills.insert(name, skill);
+                }
+                if !skills.contains_key(BASE_SKILL) {
+                    return Err(ConfigError::MissingBaseSkill {
+                        at: self.doc.at(&skills_path),
+                        expert: key.to_owned(),
+                    });
+                }
+                skills
+            }
+        };
+        Ok(Expert {
+            key: key.to_owned(),
+            name: key.to_owned(),
+            version,
+            description: raw.description,
+            instruction,
+            skills,
+            delegates,
+            tags,
+            provider_tools: raw.provider_tools,
+            provider_skills: raw.provider_skills.map(|v| json(v)),
+            provider_tool_options: raw.provider_tool_options.map(|v| json(v)),
+        })
+    }
+
+    fn skill(&self, path: &KeyPath, name: &str, raw: RawSkill) -> Result<Skill, ConfigError> {
+        if let Some(description) = &raw.description {
+            self.length(&path.field("description"), "description", description, 0, MAX_DESCRIPTION)?;
+        }
+        if let Some(rule) = &raw.rule {
+            self.length(&path.field("rule"), "rule", rule, 0, MAX_DESCRIPTION)?;
+        }
+        for (i, domain) in raw.allowed_domains.iter().flatten().enumerate() {
+            if !names::is_domain_pattern(domain) {
+                return Err(self.invalid(
+                    &path.field("allowedDomains").index(i),
+                    format!(
+                        "Invalid domain pattern \"{domain}\". Use exact domain (example.com) or \
+                         wildcard prefix (*.example.com)."
+                    ),
+                ));
+            }
+        }
+        let kind = raw.kind.as_deref().unwrap_or_default();
+        match kind {
+            "mcpStdioSkill" => self.stdio_skill(path, name, raw),
+            "mcpSseSkill" => {
+                let Some(endpoint) = raw.endpoint else {
+                    return Err(self.missing(
+                        path,
+                        "endpoint",
+                        format!("an mcpSseSkill needs the server URL; add endpoint = \"https://...\" to [{path}]."),
+                    ));
+                };
+                if let Some(problem) = names::sse_endpoint_problem(&endpoint) {
+                    return Err(self.invalid(
+                        &path.field("endpoint"),
+                        format!("SSE endpoint must be a public HTTPS URL: {problem}."),
+                    ));
+                }
+                Ok(Skill::McpSseSkill(McpSseSkill {
+                    name: name.to_owned(),
+                    description: raw.description,
+                    rule: raw.rule,
+                    pick: raw.pick.unwrap_or_default(),
+                    omit: raw.omit.unwrap_or_default(),
+                    endpoint,
+                    allowed_domains: raw.allowed_domains,
+                }))
+            }
+            "interactiveSkill" => {
+                let Some(raw_tools) = raw.tools else {
+                    return Err(self.missing(
+                        path,
+                        "tools",
+                        format!(
+                            "an interactiveSkill needs its tools; add [{path}.tools.<toolName>] with \
+                             inputJsonSchema = '''{{\"type\":\"object\"}}'''."
+                        ),
+                    ));
+                };
+                let mut tools = BTreeMap::new();
+                for (tool_name, raw_tool) in raw_tools {
+                    let tool = self.tool(&path.field("tools").key(&tool_name), &tool_name, raw_tool)?;
+                    tools.insert(tool_name, tool);
+                }
+                Ok(Skill::InteractiveSkill(InteractiveSkill {
+                    name: name.to_owned(),
+                    description: raw.description,
+                    rule: raw.rule,
+                    tools,
+                }))
+            }
+            other => Err(self.invalid(
+                &path.field("type"),
+                format!("unknown skill type \"{other}\"; use \"mcpStdioSkill\", \"mcpSseSkill\" or \"interactiveSkill\"."),
+            )),
+        }
+    }
+
+    fn stdio_skill(&self, path: &KeyPath, name: &str, raw: RawSkill) -> Result<Skill, ConfigError> {
+        let Some(command) = raw.command.filter(|c| !c.is_empty()) else {
+            return Err(self.missing(
+                path,
+                "command",
+                format!("an mcpStdioSkill needs the command that starts it; add command = \"npx\" (or uvx, node, ...) to [{path}]."),
+            ));
+        };
+        let package_name = raw.package_name.filter(|p| !p.is_empty());
+        let args = raw.args.unwrap_or_default();
+        let args_path = path.field("args");
+        match (&package_name, args.is_empty()) {
+            (None, true) => {
+                let at = if self.doc.at(&args_path) == self.doc.at(path) { path } else { &args_path };
+                return Err(self.invalid(
+                    at,
+                    format!(
+                        "Skill {name} has no packageName or args. Please provide one of them: \
+                         packageName = \"<package>\" or args = [\"...\"]."
+                    ),
+                ));
+            }
+            (Some(_), false) => {
+                return Err(self.invalid(
+                    &args_path,
+                    format!("Skill {name} has both packageName and args. Please provide only one of them."),
+                ));
+            }
+            _ => {}
+        }
+        Ok(Skill::McpStdioSkill(McpStdioSkill {
+            name: name.to_owned(),
+            description: raw.description,
+            rule: raw.rule,
+            pick: raw.pick.unwrap_or_default(),
+            omit: raw.omit.unwrap_or_default(),
+            command,
+            package_name,
+            args,
+            required_env: raw.required_env.unwrap_or_default(),
+            lazy_init: raw.lazy_init.unwrap_or(false),
+            allowed_domains: raw.allowed_domains,
+        }))
+    }
+
+    fn tool(&self, path: &KeyPath, name: &str, raw: RawTool) -> Result<InteractiveTool, ConfigError> {
+        let Some(schema) = raw.input_json_schema else {
+            return Err(self.missing(
+                path,
+                "inputJsonSchema",
+                format!("every interactive tool needs a JSON Schema string; add inputJsonSchema = '''{{\"type\":\"object\"}}''' to [{path}]."),
+            ));
+        };
+        let schema_path = path.field("inputJsonSchema");
+        self.length(&schema_path, "inputJsonSchema", &schema, 0, MAX_INPUT_SCHEMA)?;
+        if let Err(e) = serde_json::from_str::<Value>(&schema) {
+            return Err(self.invalid(
+                &schema_path,
+                format!(
+                    "inputJsonSchema is not valid JSON ({e}); write the JSON Schema as a TOML \
+                     literal string, e.g. inputJsonSchema = '''{{\"type\":\"object\"}}'''."
+                ),
+            ));
+        }
+        Ok(InteractiveTool { name: name.to_owned(), description: raw.description, input_json_schema: schema })
+    }
+
+    /// Every delegate must be an Expert of this file (registry Experts are not supported).
+    fn delegates_exist(
+        &self,
+        experts_path: &KeyPath,
+        order: &[String],
+        experts: &BTreeMap<String, Expert>,
+    ) -> Result<(), ConfigError> {
+        for key in order {
+            let Some(expert) = experts.get(key) else { continue };
+            for (i, delegate) in expert.delegates.iter().enumerate() {
+                if experts.contains_key(delegate) {
+                    continue;
+                }
+                return Err(ConfigError::MissingDelegate {
+                    at: self.doc.at(&experts_path.key(key).field("delegates").index(i)),
+                    expert: key.clone(),
+                    delegate: delegate.clone(),
+                    suggestion: did_you_mean(delegate, experts.keys().map(String::as_str)),
+                });
+            }
+        }
+        Ok(())
+    }
+
+}
+
+/// A TOML value as JSON (for the provider-native options Perstack passes through untouched).
+fn json(value: toml::Value) -> Value {
+        match value {
+            toml::Value::String(s) => Value::String(s),
+            toml::Value::Integer(n) => Value::from(n),
+            toml::Value::Float(f) => Value::from(f),
+            toml::Value::Boolean(b) => Value::Bool(b),
+            toml::Value::Datetime(d) => Value::String(d.to_string()),
+            toml::Value::Array(items) => Value::Array(items.into_iter().map(json).collect()),
+            toml::Value::Table(t) => Value::Object(t.into_iter().map(|(k, v)| (k, json(v))).collect()),
+        }
+}

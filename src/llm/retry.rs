@@ -1,0 +1,31 @@
+//! The one retry policy: how long to wait before the next generation after `n` consecutive
+//! failures. The *whether* lives in the agent machine (retryable + `retryCount < maxRetries`,
+//! each retry a visible `retry` event); this module only computes the wait, on the tokio clock
+//! so tests run with paused time.
+
+use std::time::Duration;
+
+/// Exponential backoff with jitter: base 2^(n-1) × 500 ms, capped at 30 s, ±20 % jitter.
+pub fn backoff(retry_count: u32) -> Duration {
+    if retry_count == 0 {
+        return Duration::ZERO;
+    }
+    let exp = retry_count.saturating_sub(1).min(16);
+    let base_ms = (500u64 << exp).min(30_000);
+    let jitter = rand::random_range(0.8..1.2);
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+    Duration::from_millis((base_ms as f64 * jitter) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert_eq!(backoff(0), Duration::ZERO);
+        assert!(backoff(1) <= Duration::from_millis(600));
+        assert!(backoff(3) >= Duration::from_millis(1600));
+        assert!(backoff(30) <= Duration::from_millis(36_000));
+    }
+}

@@ -1,0 +1,223 @@
+//! The base skill served in-process: an rmcp server and an rmcp client joined by
+//! `tokio::io::duplex`, with no subprocess (Perstack does the same with the MCP SDK's
+//! `InMemoryTransport`).
+//!
+//! [`connect_in_process`] performs the MCP handshake, lists the tools once and records the
+//! timings the `skillConnected` event reports. [`InProcessBase`] owns both ends: dropping it
+//! aborts the server task; [`InProcessBase::close`] shuts both down in order.
+
+use std::time::{Duration, Instant};
+
+use rmcp::model::{
+    CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation,
+};
+use rmcp::service::{RoleClient, RoleServer, RunningService};
+use rmcp::transport::async_rw::AsyncRwTransport;
+use rmcp::{ServiceExt, handler::server::ServerHandler};
+use serde::Serialize;
+use serde_json::Value;
+use tokio::io::DuplexStream;
+use tokio_util::task::AbortOnDropHandle;
+
+use super::{BASE_SKILL_NAME, BaseSkill};
+use crate::skill::{SkillError, ToolDefinition};
+
+/// Bytes either direction of the pipe buffers before the writer waits for the reader. Only
+/// throughput depends on it: a larger message is streamed through in pieces.
+const DUPLEX_BUFFER: usize = 64 * 1024;
+
+/// Longest single JSON-RPC message either end accepts. rmcp's default (16 MiB) protects
+/// against hostile peers; both ends here are ours, and a large file read must not be
+/// silently dropped (a dropped response would leave the call waiting forever).
+const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+/// How long [`InProcessBase::close`] waits for the server task to finish before aborting it.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// The server's `{name, version}` from the handshake, as `skillConnected` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServerIdentity {
+    /// Server name (`@perstack/base`).
+    pub name: String,
+    /// Server version (this crate's version).
+    pub version: String,
+}
+
+/// Connection timings in whole milliseconds, with `skillConnected`'s meanings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectTimings {
+    /// Creating the pipe and spawning the server task.
+    pub spawn_duration_ms: u64,
+    /// The MCP `initialize` handshake.
+    pub handshake_duration_ms: u64,
+    /// `tools/list`.
+    pub tool_discovery_duration_ms: u64,
+    /// `spawn + handshake`, as Perstack defines it.
+    pub connect_duration_ms: u64,
+    /// Everything, tool discovery included.
+    pub total_duration_ms: u64,
+}
+
+/// A connected in-process base skill: the rmcp client, the server task and the tool list.
+#[derive(Debug)]
+pub struct InProcessBase {
+    /// The rmcp client; visible to the base module's tests.
+    pub(super) client: RunningService<RoleClient, ClientConfig>,
+    /// The server's task; aborted if this handle is dropped without [`InProcessBase::close`].
+    server: AbortOnDropHandle<()>,
+    tools: Vec<ToolDefinition>,
+    server_identity: ServerIdentity,
+    timings: ConnectTimings,
+}
+
+/// Serves `skill` over an in-memory pipe, connects a client, and lists its tools.
+pub async fn connect_in_process(skill: BaseSkill) -> Result<InProcessBase, SkillError> {
+    let started = Instant::now();
+    let (client_io, server_io) = tokio::io::duplex(DUPLEX_BUFFER);
+    let server = AbortOnDropHandle::new(tokio::spawn(serve(skill, server_io)));
+    let spawn = started.elapsed();
+
+    let handshake_started = Instant::now();
+    let (read, write) = tokio::io::split(client_io);
+    let transport = AsyncRwTransport::<RoleClient, _, _>::new(read, write)
+        .with_max_line_length(MAX_MESSAGE_BYTES);
+    let client = client_config()
+        .serve(transport)
+        .await
+        .map_err(|e| connect_error(format!("MCP handshake failed: {e}")))?;
+    let handshake = handshake_started.elapsed();
+
+    let discovery_started = Instant::now();
+    let listed = client
+        .list_all_tools()
+        .await
+        .map_err(|e| connect_error(format!("tools/list failed: {e}")))?;
+    let discovery = discovery_started.elapsed();
+
+    let server_identity = client
+        .peer_info()
+        .and_then(|info| info.server_info.clone())
+        .map(|i| ServerIdentity {
+            name: i.name,
+            version: i.version,
+        })
+        .unwrap_or_else(|| ServerIdentity {
+            name: BASE_SKILL_NAME.to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        });
+    let tools = listed
+        .iter()
+        .map(|t| ToolDefinition::from_mcp(BASE_SKILL_NAME, t))
+        .collect();
+    let timings = ConnectTimings {
+        spawn_duration_ms: millis(spawn),
+        handshake_duration_ms: millis(handshake),
+        tool_discovery_duration_ms: millis(discovery),
+        connect_duration_ms: millis(spawn + handshake),
+        total_duration_ms: millis(started.elapsed()),
+    };
+    Ok(InProcessBase {
+        client,
+        server,
+        tools,
+        server_identity,
+        timings,
+    })
+}
+
+impl InProcessBase {
+    /// The skill's name (`@perstack/base`).
+    pub fn skill_name(&self) -> &str {
+        BASE_SKILL_NAME
+    }
+
+    /// The tools, as listed once at connect time.
+    pub fn tools(&self) -> &[ToolDefinition] {
+        &self.tools
+    }
+
+    /// The server's `{name, version}` from the handshake.
+    pub fn server_identity(&self) -> &ServerIdentity {
+        &self.server_identity
+    }
+
+    /// How long connecting took.
+    pub fn timings(&self) -> ConnectTimings {
+        self.timings
+    }
+
+    /// Whether the connection is gone (the server task ended).
+    pub fn is_closed(&self) -> bool {
+        self.client.is_transport_closed()
+    }
+
+    /// Calls tool `name` with `args` (a JSON object, or `null` for none). Calls may run
+    /// concurrently. A protocol-level failure (unknown tool, invalid arguments) is an
+    /// `Err` whose [`SkillError::feeds_back_to_model`] is true.
+    pub async fn call(&self, name: &str, args: Value) -> Result<CallToolResult, SkillError> {
+        let arguments = match args {
+            Value::Object(map) => Some(map),
+            Value::Null => None,
+            other => {
+                return Err(SkillError::InvalidArguments {
+                    tool: name.to_owned(),
+                    message: format!("arguments must be a JSON object, got {other}"),
+                });
+            }
+        };
+        let mut params = CallToolRequestParams::new(name.to_owned());
+        params.arguments = arguments;
+        self.client
+            .call_tool(params)
+            .await
+            .map_err(|e| SkillError::from_service(BASE_SKILL_NAME, name, e))
+    }
+
+    /// Closes the client, then waits briefly for the server task to end (aborting it if it
+    /// does not).
+    pub async fn close(self) {
+        if let Err(e) = self.client.cancel().await {
+            tracing::debug!(error = %e, "base skill client task failed while closing");
+        }
+        // The server sees end-of-stream once the client's half of the pipe is dropped.
+        match tokio::time::timeout(CLOSE_GRACE, self.server).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "base skill server task failed"),
+            Err(_) => tracing::debug!("base skill server did not stop in time; aborted"),
+        }
+    }
+}
+
+/// Runs the server side until the client goes away.
+async fn serve<S: ServerHandler>(server: S, io: DuplexStream) {
+    let (read, write) = tokio::io::split(io);
+    let transport =
+        AsyncRwTransport::<RoleServer, _, _>::new(read, write).with_max_line_length(MAX_MESSAGE_BYTES);
+    match server.serve(transport).await {
+        Ok(running) => {
+            if let Err(e) = running.waiting().await {
+                tracing::debug!(error = %e, "base skill server task failed");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "base skill server handshake failed"),
+    }
+}
+
+fn client_config() -> ClientConfig {
+    ClientConfig::new(
+        ClientCapabilities::default(),
+        Implementation::new("perstack-rs", env!("CARGO_PKG_VERSION")),
+    )
+}
+
+fn connect_error(message: String) -> SkillError {
+    SkillError::Connect {
+        skill: BASE_SKILL_NAME.to_owned(),
+        message,
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

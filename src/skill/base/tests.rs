@@ -1,0 +1,224 @@
+//! End-to-end tests of the base skill through a real rmcp client, compared with the result
+//! texts recorded from Perstack (tests/fixtures/perstack-traces/s15-todo, s03, s05).
+
+use std::time::Instant;
+
+use serde_json::{Value, json};
+
+use super::*;
+use crate::skill::SkillError;
+use crate::skill::mcp_result::{mcp_error_text, to_message_parts};
+
+async fn connect() -> InProcessBase {
+    connect_in_process(BaseSkill::new("/workspace")).await.unwrap()
+}
+
+/// The single text content of a call's result.
+async fn call_text(base: &InProcessBase, name: &str, args: Value) -> String {
+    let result = base.call(name, args).await.unwrap();
+    assert_eq!(result.content.len(), 1, "{result:?}");
+    assert_eq!(result.is_error, None, "{result:?}");
+    result.content[0].as_text().unwrap().text.clone()
+}
+
+#[tokio::test]
+async fn lists_exactly_the_four_tools_with_simple_schemas() {
+    let base = connect().await;
+    let mut names: Vec<_> = base.tools().iter().map(|t| t.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["attemptCompletion", "clearTodo", "healthCheck", "todo"]);
+    for tool in base.tools() {
+        assert_eq!(tool.skill_name, "@perstack/base");
+        assert!(tool.description.as_deref().is_some_and(|d| !d.is_empty()));
+        if tool.name != "todo" {
+            assert_eq!(tool.input_schema, json!({"type": "object", "properties": {}}), "{}", tool.name);
+        }
+    }
+    let todo = base.tools().iter().find(|t| t.name == "todo").unwrap();
+    assert_eq!(todo.input_schema["properties"]["newTodos"]["type"], "array");
+    assert_eq!(todo.input_schema["properties"]["completedTodos"]["items"]["type"], "integer");
+    assert!(todo.input_schema.get("required").is_none());
+
+    assert_eq!(base.server_identity().name, "@perstack/base");
+    assert_eq!(base.server_identity().version, env!("CARGO_PKG_VERSION"));
+    let t = base.timings();
+    assert_eq!(t.connect_duration_ms, t.spawn_duration_ms + t.handshake_duration_ms);
+    assert!(t.total_duration_ms >= t.connect_duration_ms);
+    base.close().await;
+}
+
+#[tokio::test]
+async fn the_todo_flow_matches_perstacks_trace() {
+    let base = connect().await;
+    // s15-todo, step 1..4.
+    assert_eq!(
+        call_text(&base, "todo", json!({"newTodos": ["one"]})).await,
+        r#"{"todos":[{"id":0,"title":"one","completed":false}]}"#
+    );
+    assert_eq!(
+        call_text(&base, "attemptCompletion", json!({})).await,
+        r#"{"remainingTodos":[{"id":0,"title":"one","completed":false}]}"#
+    );
+    assert_eq!(
+        call_text(&base, "todo", json!({"completedTodos": [0]})).await,
+        r#"{"todos":[{"id":0,"title":"one","completed":true}]}"#
+    );
+    assert_eq!(call_text(&base, "attemptCompletion", json!({})).await, "{}");
+    base.close().await;
+}
+
+#[tokio::test]
+async fn todo_ids_increment_and_clear_todo_resets_them() {
+    let base = connect().await;
+    call_text(&base, "todo", json!({"newTodos": ["a", "b"]})).await;
+    assert_eq!(
+        call_text(&base, "todo", json!({"newTodos": ["c"], "completedTodos": [1, 2]})).await,
+        r#"{"todos":[{"id":0,"title":"a","completed":false},{"id":1,"title":"b","completed":true},{"id":2,"title":"c","completed":true}]}"#
+    );
+    // Null fields and no arguments at all are both accepted.
+    assert_eq!(
+        call_text(&base, "todo", json!({"newTodos": null})).await,
+        call_text(&base, "todo", Value::Null).await
+    );
+    assert_eq!(call_text(&base, "clearTodo", json!({})).await, r#"{"todos":[]}"#);
+    assert_eq!(call_text(&base, "attemptCompletion", Value::Null).await, "{}");
+    assert_eq!(
+        call_text(&base, "todo", json!({"newTodos": ["again"]})).await,
+        r#"{"todos":[{"id":0,"title":"again","completed":false}]}"#
+    );
+    base.close().await;
+}
+
+#[tokio::test]
+async fn two_instances_do_not_share_todos() {
+    let first = connect().await;
+    let second = connect().await;
+    call_text(&first, "todo", json!({"newTodos": ["only in the first"]})).await;
+    assert_eq!(call_text(&second, "todo", json!({})).await, r#"{"todos":[]}"#);
+    assert_eq!(call_text(&second, "attemptCompletion", json!({})).await, "{}");
+    assert!(call_text(&first, "attemptCompletion", json!({})).await.starts_with(r#"{"remainingTodos":"#));
+    first.close().await;
+    second.close().await;
+}
+
+#[tokio::test]
+async fn a_skill_instance_exposes_its_todos() {
+    let skill = BaseSkill::new("/w");
+    skill.lock_todos().apply(vec!["x".into()], &[]);
+    assert_eq!(
+        skill.todos(),
+        [TodoItem { id: 0, title: "x".into(), completed: false }]
+    );
+    assert_eq!(skill.workspace(), std::path::Path::new("/w"));
+}
+
+#[tokio::test]
+async fn health_check_has_perstacks_keys_and_shapes() {
+    let base = connect().await;
+    let text = call_text(&base, "healthCheck", json!({})).await;
+    // Key order as in s05: status, workspace, uptime, memory{heapUsed, heapTotal}, pid.
+    let keys: Vec<_> = ["\"status\"", "\"workspace\"", "\"uptime\"", "\"memory\"", "\"heapUsed\"", "\"heapTotal\"", "\"pid\""]
+        .iter()
+        .map(|k| text.find(k).unwrap())
+        .collect();
+    assert!(keys.windows(2).all(|w| w[0] < w[1]), "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["workspace"], "/workspace");
+    assert_eq!(v["uptime"], "0s");
+    assert_eq!(v["pid"], std::process::id());
+    for key in ["heapUsed", "heapTotal"] {
+        let s = v["memory"][key].as_str().unwrap();
+        assert!(s.ends_with("MB") && s[..s.len() - 2].parse::<u64>().is_ok(), "{s}");
+    }
+    base.close().await;
+}
+
+#[tokio::test]
+async fn protocol_errors_feed_back_to_the_model() {
+    let base = connect().await;
+    let err = base.call("noSuchTool", json!({})).await.unwrap_err();
+    assert!(err.feeds_back_to_model(), "{err:?}");
+    assert!(mcp_error_text("noSuchTool", &err).starts_with("Error calling tool noSuchTool: MCP error -32602"));
+
+    // rmcp reports arguments that do not deserialise as an `isError` result, not a protocol
+    // error; either way the model reads it.
+    let bad = base.call("todo", json!({"newTodos": "not a list"})).await.unwrap();
+    assert_eq!(bad.is_error, Some(true));
+    let out = to_message_parts("todo", &json!({}), &bad);
+    assert!(out.is_error);
+    assert!(out.parts[0].as_text().unwrap().contains("failed to deserialize parameters"));
+    let err = base.call("todo", json!([1])).await.unwrap_err();
+    assert!(matches!(err, SkillError::InvalidArguments { .. }), "{err:?}");
+    // The connection survives all of that.
+    assert_eq!(call_text(&base, "clearTodo", json!({})).await, r#"{"todos":[]}"#);
+    base.close().await;
+}
+
+#[tokio::test]
+async fn results_convert_to_the_parts_perstack_records() {
+    let base = connect().await;
+    let args = json!({"newTodos": ["one"]});
+    let result = base.call("todo", args.clone()).await.unwrap();
+    let out = to_message_parts("todo", &args, &result);
+    assert!(!out.is_error);
+    assert_eq!(out.parts.len(), 1);
+    assert_eq!(
+        out.parts[0].as_text(),
+        Some(r#"{"todos":[{"id":0,"title":"one","completed":false}]}"#)
+    );
+    base.close().await;
+}
+
+#[tokio::test]
+async fn concurrent_calls_all_succeed() {
+    let base = connect().await;
+    let calls = (0..32).map(|i| base.call("todo", json!({"newTodos": [format!("t{i}")]})));
+    for r in futures::future::join_all(calls).await {
+        assert!(r.is_ok());
+    }
+    assert_eq!(
+        serde_json::from_str::<Value>(&call_text(&base, "todo", json!({})).await).unwrap()["todos"]
+            .as_array()
+            .unwrap()
+            .len(),
+        32
+    );
+    base.close().await;
+}
+
+#[tokio::test]
+async fn close_ends_the_connection_and_later_calls_fail_without_feedback() {
+    let base = connect().await;
+    let probe = base.client.peer().clone();
+    base.close().await;
+    assert!(probe.is_transport_closed());
+    let err = probe
+        .call_tool(rmcp::model::CallToolRequestParams::new("clearTodo"))
+        .await
+        .map_err(|e| SkillError::from_service(BASE_SKILL_NAME, "clearTodo", e))
+        .unwrap_err();
+    assert!(!err.feeds_back_to_model(), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn measure_in_process_call_latency() {
+    let base = connect().await;
+    println!("connect timings: {:?}", base.timings());
+    for _ in 0..100 {
+        base.call("attemptCompletion", json!({})).await.unwrap();
+    }
+    const N: u32 = 1000;
+    let started = Instant::now();
+    for _ in 0..N {
+        base.call("attemptCompletion", json!({})).await.unwrap();
+    }
+    let per_call = started.elapsed() / N;
+    let started = Instant::now();
+    for _ in 0..N {
+        base.call("todo", json!({"completedTodos": [0]})).await.unwrap();
+    }
+    let per_todo = started.elapsed() / N;
+    println!("in-process base skill: attemptCompletion {per_call:?}/call, todo {per_todo:?}/call (mean of {N}, multi-thread runtime)");
+    base.close().await;
+}

@@ -1,0 +1,458 @@
+//! [`FsStorage`]: Perstack's directory layout on the local file system, written atomically.
+//!
+//! All file work runs on tokio's blocking pool (`spawn_blocking`), one task per call, so a
+//! listing of a thousand files costs one hop rather than a thousand. Ids are checked before
+//! any path is built (see [`super::check_id`]).
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::de::DeserializeOwned;
+
+use super::atomic::{self, io_error};
+use super::{EventMeta, Storage, StoreError, check_id};
+use crate::schema::{Checkpoint, Event, Job, RunSetting};
+
+/// The file-system store, rooted at a `perstack` directory (usually `<cwd>/perstack`).
+///
+/// Cheap to clone; clones share the lock that serialises run-setting updates.
+#[derive(Debug, Clone)]
+pub struct FsStorage {
+    /// The `perstack` directory; `jobs/` lives directly under it.
+    base: PathBuf,
+    /// Held (on a blocking thread, never across an await) around the read-modify-write of
+    /// `run-setting.json`, so two concurrent stores cannot lose an update. It only covers this
+    /// process; run settings are written once per run segment, so contention is nil.
+    run_setting_lock: Arc<Mutex<()>>,
+}
+
+impl FsStorage {
+    /// A store rooted at `base`, the `perstack` directory. Nothing is created until the first
+    /// write.
+    pub fn new(base: PathBuf) -> Self {
+        FsStorage {
+            base,
+            run_setting_lock: Arc::new(Mutex::new(())),
+        }
+    }
+
+    /// The `perstack` directory this store is rooted at.
+    pub fn base(&self) -> &Path {
+        &self.base
+    }
+
+    fn jobs_dir(&self) -> PathBuf {
+        self.base.join("jobs")
+    }
+
+    /// `jobs/<jobId>`; the id must have been checked.
+    fn job_dir(&self, job_id: &str) -> PathBuf {
+        self.jobs_dir().join(job_id)
+    }
+
+    /// `jobs/<jobId>/runs/<runId>`; the ids must have been checked.
+    fn run_dir(&self, job_id: &str, run_id: &str) -> PathBuf {
+        self.job_dir(job_id).join("runs").join(run_id)
+    }
+}
+
+#[async_trait::async_trait]
+impl Storage for FsStorage {
+    /// Writes `jobs/<jobId>/checkpoints/<id>.json` (compact) atomically and durably.
+    async fn store_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+        check_id("job", &checkpoint.job_id)?;
+        check_id("checkpoint", &checkpoint.id)?;
+        let bytes = to_json("checkpoint", checkpoint, false)?;
+        let path = checkpoint_path(&self.job_dir(&checkpoint.job_id), &checkpoint.id);
+        blocking(path.clone(), move || atomic::replace(&path, &bytes, true)).await
+    }
+
+    async fn retrieve_checkpoint(
+        &self,
+        job_id: &str,
+        checkpoint_id: &str,
+    ) -> Result<Checkpoint, StoreError> {
+        check_id("job", job_id)?;
+        check_id("checkpoint", checkpoint_id)?;
+        let path = checkpoint_path(&self.job_dir(job_id), checkpoint_id);
+        let id = checkpoint_id.to_owned();
+        blocking(path.clone(), move || {
+            read_json(&path)?.ok_or(StoreError::NotFound {
+                what: "checkpoint",
+                id,
+            })
+        })
+        .await
+    }
+
+    async fn checkpoints_by_job(&self, job_id: &str) -> Result<Vec<Checkpoint>, StoreError> {
+        check_id("job", job_id)?;
+        let dir = self.job_dir(job_id).join("checkpoints");
+        blocking(dir.clone(), move || {
+            let mut found = Vec::new();
+            for entry in entries(&dir)? {
+                if entry.is_dir || !entry.name.ends_with(".json") {
+                    continue;
+                }
+                // `None`: deleted between the listing and the read.
+                if let Some(checkpoint) = read_json::<Checkpoint>(&entry.path)? {
+                    let written = fs::metadata(&entry.path).and_then(|m| m.modified()).ok();
+                    found.push((checkpoint, written));
+                }
+            }
+            found.sort_by(|(a, a_written), (b, b_written)| {
+                a.step_number
+                    .cmp(&b.step_number)
+                    .then(a_written.cmp(b_written))
+                    .then_with(|| a.id.cmp(&b.id))
+            });
+            Ok(found
+                .into_iter()
+                .map(|(checkpoint, _)| checkpoint)
+                .collect())
+        })
+        .await
+    }
+
+    /// Writes `jobs/<jobId>/runs/<runId>/event-<timestamp>-<stepNumber>-<type>.json` (compact).
+    ///
+    /// When that name is taken (same millisecond, step and type, e.g. two streaming deltas), the
+    /// name's timestamp is moved forward one millisecond at a time until it is free; the JSON
+    /// keeps the event's real timestamp. The name stays parseable by Perstack's tools.
+    ///
+    /// The file is complete when it appears (temp file and link), but it is **not fsynced**:
+    /// checkpoints are the source of truth for resuming, events are a log, and an fsync per
+    /// streaming delta would dominate the run time. A power loss may lose the last events.
+    async fn store_event(&self, event: &Event) -> Result<(), StoreError> {
+        let Some(step) = event.step_number else {
+            return Ok(());
+        };
+        check_id("job", &event.job_id)?;
+        check_id("run", &event.run_id)?;
+        let bytes = to_json("event", event, false)?;
+        let dir = self.run_dir(&event.job_id, &event.run_id);
+        let (timestamp, kind) = (event.timestamp, event.kind());
+        blocking(dir.clone(), move || {
+            let name =
+                |bump: u64| dir.join(event_file_name(timestamp.saturating_add(bump), step, kind));
+            atomic::create_unique(&dir, &bytes, name).map(drop)
+        })
+        .await
+    }
+
+    async fn events_by_run(
+        &self,
+        job_id: &str,
+        run_id: &str,
+    ) -> Result<Vec<EventMeta>, StoreError> {
+        check_id("job", job_id)?;
+        check_id("run", run_id)?;
+        let dir = self.run_dir(job_id, run_id);
+        blocking(dir.clone(), move || {
+            let mut metas = Vec::new();
+            for file in event_files(&dir)? {
+                metas.push(EventMeta {
+                    timestamp: file.timestamp,
+                    step_number: file.step,
+                    kind: file.kind,
+                });
+            }
+            metas.sort_by_key(|m| (m.step_number, m.timestamp, lifecycle_rank(&m.kind)));
+            Ok(metas)
+        })
+        .await
+    }
+
+    /// Events sharing a millisecond are ordered by step, then by where their type falls in a
+    /// step's lifecycle (`startGeneration` before `callTools` before `resolveToolResults`...),
+    /// then by file name: the directory does not record write order, and that is the order in
+    /// which the run writes them. Same-type collisions keep their write order through the bumped
+    /// file-name timestamps.
+    async fn event_contents(
+        &self,
+        job_id: &str,
+        run_id: &str,
+        max_step: Option<u32>,
+    ) -> Result<Vec<Event>, StoreError> {
+        check_id("job", job_id)?;
+        check_id("run", run_id)?;
+        let dir = self.run_dir(job_id, run_id);
+        blocking(dir.clone(), move || {
+            let mut events = Vec::new();
+            for file in event_files(&dir)? {
+                if max_step.is_some_and(|max| file.step > max) {
+                    continue;
+                }
+                if let Some(event) = read_json::<Event>(&file.path)? {
+                    let key = (
+                        event.timestamp,
+                        event.step_number.unwrap_or(file.step),
+                        lifecycle_rank(event.kind()),
+                        file.timestamp,
+                    );
+                    events.push((key, event));
+                }
+            }
+            events.sort_by_key(|(key, _)| *key);
+            Ok(events.into_iter().map(|(_, event)| event).collect())
+        })
+        .await
+    }
+
+    /// Writes `jobs/<jobId>/job.json` (pretty, 2-space) atomically and durably.
+    async fn store_job(&self, job: &Job) -> Result<(), StoreError> {
+        check_id("job", &job.id)?;
+        let bytes = to_json("job", job, true)?;
+        let path = self.job_dir(&job.id).join("job.json");
+        blocking(path.clone(), move || atomic::replace(&path, &bytes, true)).await
+    }
+
+    async fn retrieve_job(&self, job_id: &str) -> Result<Option<Job>, StoreError> {
+        check_id("job", job_id)?;
+        let path = self.job_dir(job_id).join("job.json");
+        blocking(path.clone(), move || read_json(&path)).await
+    }
+
+    async fn all_jobs(&self) -> Result<Vec<Job>, StoreError> {
+        let dir = self.jobs_dir();
+        blocking(dir.clone(), move || {
+            let mut jobs = Vec::new();
+            for job_dir in entries(&dir)?.into_iter().filter(|e| e.is_dir) {
+                // A job directory without job.json is normal: Perstack's CLI never writes one.
+                if let Some(job) = read_json::<Job>(&job_dir.path.join("job.json"))? {
+                    jobs.push(job);
+                }
+            }
+            jobs.sort_by(|a, b| {
+                b.started_at
+                    .cmp(&a.started_at)
+                    .then_with(|| a.id.cmp(&b.id))
+            });
+            Ok(jobs)
+        })
+        .await
+    }
+
+    /// Writes `jobs/<jobId>/runs/<runId>/run-setting.json` (compact) atomically and durably; an
+    /// existing file only gets the later `updatedAt` (a corrupt one is reported, not replaced).
+    async fn store_run_setting(&self, setting: &RunSetting) -> Result<(), StoreError> {
+        check_id("job", &setting.job_id)?;
+        check_id("run", &setting.run_id)?;
+        let bytes = to_json("run setting", setting, false)?;
+        let updated_at = setting.updated_at;
+        let path = self
+            .run_dir(&setting.job_id, &setting.run_id)
+            .join("run-setting.json");
+        let lock = Arc::clone(&self.run_setting_lock);
+        blocking(path.clone(), move || {
+            let _guard = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            match read_json::<RunSetting>(&path)? {
+                None => atomic::replace(&path, &bytes, true),
+                Some(mut stored) => {
+                    if updated_at <= stored.updated_at {
+                        return Ok(());
+                    }
+                    stored.updated_at = updated_at;
+                    atomic::replace(&path, &to_json("run setting", &stored, false)?, true)
+                }
+            }
+        })
+        .await
+    }
+
+    async fn all_run_settings(&self) -> Result<Vec<RunSetting>, StoreError> {
+        let dir = self.jobs_dir();
+        blocking(dir.clone(), move || {
+            let mut settings = Vec::new();
+            for job_dir in entries(&dir)?.into_iter().filter(|e| e.is_dir) {
+                for run_dir in entries(&job_dir.path.join("runs"))?
+                    .into_iter()
+                    .filter(|e| e.is_dir)
+                {
+                    if let Some(setting) =
+                        read_json::<RunSetting>(&run_dir.path.join("run-setting.json"))?
+                    {
+                        settings.push(setting);
+                    }
+                }
+            }
+            settings.sort_by(|a, b| {
+                b.updated_at
+                    .cmp(&a.updated_at)
+                    .then_with(|| a.job_id.cmp(&b.job_id))
+                    .then_with(|| a.run_id.cmp(&b.run_id))
+            });
+            Ok(settings)
+        })
+        .await
+    }
+}
+
+/// Runs blocking file work on tokio's blocking pool. A panic in `f` is re-raised here; a task
+/// cancelled by runtime shutdown becomes an I/O error on `path`.
+async fn blocking<T, F>(path: PathBuf, f: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(StoreError::Io {
+            path,
+            source: io::Error::other(e),
+        }),
+    }
+}
+
+fn to_json<T: serde::Serialize>(
+    what: &'static str,
+    value: &T,
+    pretty: bool,
+) -> Result<Vec<u8>, StoreError> {
+    let bytes = if pretty {
+        serde_json::to_vec_pretty(value)
+    } else {
+        serde_json::to_vec(value)
+    };
+    bytes.map_err(|source| StoreError::Serialize { what, source })
+}
+
+fn checkpoint_path(job_dir: &Path, checkpoint_id: &str) -> PathBuf {
+    job_dir
+        .join("checkpoints")
+        .join(format!("{checkpoint_id}.json"))
+}
+
+/// `event-<timestamp>-<stepNumber>-<type>.json`.
+fn event_file_name(timestamp: u64, step: u32, kind: &str) -> String {
+    format!("event-{timestamp}-{step}-{kind}.json")
+}
+
+/// Reads and parses a JSON file; `None` when it does not exist, [`StoreError::Corrupt`] when it
+/// exists but does not parse as `T`.
+fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StoreError> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error(path)(e)),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| StoreError::Corrupt {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+}
+
+/// One directory entry that is not a temp file.
+struct Entry {
+    name: String,
+    path: PathBuf,
+    is_dir: bool,
+}
+
+/// The entries of `dir`, without temp files and names that are not UTF-8 (neither is ever
+/// written by this store); none when `dir` does not exist.
+fn entries(dir: &Path) -> Result<Vec<Entry>, StoreError> {
+    let read = match fs::read_dir(dir) {
+        Ok(read) => read,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_error(dir)(e)),
+    };
+    let mut out = Vec::new();
+    for entry in read {
+        let entry = entry.map_err(io_error(dir))?;
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        if atomic::is_temp(&name) {
+            continue;
+        }
+        let path = entry.path();
+        out.push(Entry {
+            is_dir: path.is_dir(),
+            name,
+            path,
+        });
+    }
+    Ok(out)
+}
+
+/// An event file and what its name says.
+struct EventFile {
+    path: PathBuf,
+    timestamp: u64,
+    step: u32,
+    kind: String,
+}
+
+/// The `event-*` files of a run directory; a name that does not parse is [`StoreError::Corrupt`].
+fn event_files(run_dir: &Path) -> Result<Vec<EventFile>, StoreError> {
+    let mut files = Vec::new();
+    for entry in entries(run_dir)? {
+        if entry.is_dir || !entry.name.starts_with("event-") {
+            continue;
+        }
+        let Some((timestamp, step, kind)) = parse_event_file_name(&entry.name) else {
+            return Err(StoreError::Corrupt {
+                path: entry.path,
+                message: "event file name is not event-<timestamp>-<stepNumber>-<type>.json"
+                    .to_owned(),
+            });
+        };
+        files.push(EventFile {
+            timestamp,
+            step,
+            kind: kind.to_owned(),
+            path: entry.path,
+        });
+    }
+    Ok(files)
+}
+
+/// Splits `event-<timestamp>-<stepNumber>-<type>.json` on `-`; the type keeps any further `-`.
+fn parse_event_file_name(name: &str) -> Option<(u64, u32, &str)> {
+    let rest = name.strip_prefix("event-")?.strip_suffix(".json")?;
+    let mut parts = rest.splitn(3, '-');
+    let timestamp = parts.next()?.parse().ok()?;
+    let step = parts.next()?.parse().ok()?;
+    let kind = parts.next().filter(|k| !k.is_empty())?;
+    Some((timestamp, step, kind))
+}
+
+/// Where an event type falls within one step, for ordering events that share a millisecond and
+/// a step. Unknown types go last.
+fn lifecycle_rank(kind: &str) -> usize {
+    const ORDER: [&str; 23] = [
+        "startRun",
+        "startGeneration",
+        "retry",
+        "startStreamingReasoning",
+        "streamReasoning",
+        "completeStreamingReasoning",
+        "callTools",
+        "callInteractiveTool",
+        "callDelegate",
+        "resumeToolCalls",
+        "resolveToolResults",
+        "attemptCompletion",
+        "finishToolCall",
+        "finishAllToolCalls",
+        "startStreamingRunResult",
+        "streamRunResult",
+        "completeStreamingRunResult",
+        "continueToNextStep",
+        "stopRunByInteractiveTool",
+        "stopRunByDelegate",
+        "stopRunByExceededMaxSteps",
+        "stopRunByError",
+        "completeRun",
+    ];
+    ORDER.iter().position(|k| *k == kind).unwrap_or(ORDER.len())
+}
+
+#[cfg(test)]
+mod tests;

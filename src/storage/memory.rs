@@ -1,0 +1,206 @@
+//! [`MemoryStorage`]: the same contract as [`super::FsStorage`], kept in memory.
+//!
+//! For tests and benchmarks: nothing survives the process. Ids are checked exactly as on disk,
+//! so a test against this store catches the ids the file system would reject.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use super::{EventMeta, Storage, StoreError, check_id};
+use crate::schema::{Checkpoint, Event, Job, RunSetting};
+
+/// An in-memory store. Cheap to clone; clones share the same data.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryStorage {
+    /// One entry per job id. Sharded, so parallel jobs in a benchmark rarely contend; a shard
+    /// lock is only held for the copy in or out, never across an await.
+    jobs: Arc<DashMap<String, JobEntry>>,
+}
+
+/// Everything stored under one job id.
+#[derive(Debug, Default)]
+struct JobEntry {
+    job: Option<Job>,
+    /// In the order first stored; storing an existing id replaces it in place.
+    checkpoints: Vec<Checkpoint>,
+    runs: BTreeMap<String, RunEntry>,
+}
+
+/// Everything stored under one run id.
+#[derive(Debug, Default)]
+struct RunEntry {
+    setting: Option<RunSetting>,
+    /// In the order stored.
+    events: Vec<Event>,
+}
+
+impl MemoryStorage {
+    /// An empty store.
+    pub fn new() -> Self {
+        MemoryStorage::default()
+    }
+
+    /// A copy of the events of one run, in the order stored.
+    fn run_events(&self, job_id: &str, run_id: &str) -> Vec<Event> {
+        self.jobs
+            .get(job_id)
+            .and_then(|job| job.runs.get(run_id).map(|run| run.events.clone()))
+            .unwrap_or_default()
+    }
+}
+
+#[async_trait::async_trait]
+impl Storage for MemoryStorage {
+    async fn store_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+        check_id("job", &checkpoint.job_id)?;
+        check_id("checkpoint", &checkpoint.id)?;
+        let mut job = self.jobs.entry(checkpoint.job_id.clone()).or_default();
+        match job.checkpoints.iter_mut().find(|c| c.id == checkpoint.id) {
+            Some(stored) => *stored = checkpoint.clone(),
+            None => job.checkpoints.push(checkpoint.clone()),
+        }
+        Ok(())
+    }
+
+    async fn retrieve_checkpoint(
+        &self,
+        job_id: &str,
+        checkpoint_id: &str,
+    ) -> Result<Checkpoint, StoreError> {
+        check_id("job", job_id)?;
+        check_id("checkpoint", checkpoint_id)?;
+        self.jobs
+            .get(job_id)
+            .and_then(|job| {
+                job.checkpoints
+                    .iter()
+                    .find(|c| c.id == checkpoint_id)
+                    .cloned()
+            })
+            .ok_or_else(|| StoreError::NotFound {
+                what: "checkpoint",
+                id: checkpoint_id.to_owned(),
+            })
+    }
+
+    async fn checkpoints_by_job(&self, job_id: &str) -> Result<Vec<Checkpoint>, StoreError> {
+        check_id("job", job_id)?;
+        let mut checkpoints = self
+            .jobs
+            .get(job_id)
+            .map(|job| job.checkpoints.clone())
+            .unwrap_or_default();
+        checkpoints.sort_by_key(|c| c.step_number);
+        Ok(checkpoints)
+    }
+
+    async fn store_event(&self, event: &Event) -> Result<(), StoreError> {
+        if !event.is_run_event() {
+            return Ok(());
+        }
+        check_id("job", &event.job_id)?;
+        check_id("run", &event.run_id)?;
+        let mut job = self.jobs.entry(event.job_id.clone()).or_default();
+        job.runs
+            .entry(event.run_id.clone())
+            .or_default()
+            .events
+            .push(event.clone());
+        Ok(())
+    }
+
+    async fn events_by_run(
+        &self,
+        job_id: &str,
+        run_id: &str,
+    ) -> Result<Vec<EventMeta>, StoreError> {
+        check_id("job", job_id)?;
+        check_id("run", run_id)?;
+        let mut metas: Vec<EventMeta> = self
+            .run_events(job_id, run_id)
+            .iter()
+            .map(|e| EventMeta {
+                timestamp: e.timestamp,
+                step_number: e.step_number.unwrap_or_default(),
+                kind: e.kind().to_owned(),
+            })
+            .collect();
+        metas.sort_by_key(|m| (m.step_number, m.timestamp));
+        Ok(metas)
+    }
+
+    async fn event_contents(
+        &self,
+        job_id: &str,
+        run_id: &str,
+        max_step: Option<u32>,
+    ) -> Result<Vec<Event>, StoreError> {
+        check_id("job", job_id)?;
+        check_id("run", run_id)?;
+        let mut events = self.run_events(job_id, run_id);
+        if let Some(max) = max_step {
+            events.retain(|e| e.step_number.is_some_and(|step| step <= max));
+        }
+        events.sort_by_key(|e| e.timestamp);
+        Ok(events)
+    }
+
+    async fn store_job(&self, job: &Job) -> Result<(), StoreError> {
+        check_id("job", &job.id)?;
+        self.jobs.entry(job.id.clone()).or_default().job = Some(job.clone());
+        Ok(())
+    }
+
+    async fn retrieve_job(&self, job_id: &str) -> Result<Option<Job>, StoreError> {
+        check_id("job", job_id)?;
+        Ok(self.jobs.get(job_id).and_then(|job| job.job.clone()))
+    }
+
+    async fn all_jobs(&self) -> Result<Vec<Job>, StoreError> {
+        let mut jobs: Vec<Job> = self
+            .jobs
+            .iter()
+            .filter_map(|entry| entry.job.clone())
+            .collect();
+        jobs.sort_by(|a, b| {
+            b.started_at
+                .cmp(&a.started_at)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        Ok(jobs)
+    }
+
+    async fn store_run_setting(&self, setting: &RunSetting) -> Result<(), StoreError> {
+        check_id("job", &setting.job_id)?;
+        check_id("run", &setting.run_id)?;
+        let mut job = self.jobs.entry(setting.job_id.clone()).or_default();
+        let run = job.runs.entry(setting.run_id.clone()).or_default();
+        match &mut run.setting {
+            Some(stored) => stored.updated_at = stored.updated_at.max(setting.updated_at),
+            None => run.setting = Some(setting.clone()),
+        }
+        Ok(())
+    }
+
+    async fn all_run_settings(&self) -> Result<Vec<RunSetting>, StoreError> {
+        let mut settings: Vec<RunSetting> = self
+            .jobs
+            .iter()
+            .flat_map(|job| {
+                job.runs
+                    .values()
+                    .filter_map(|run| run.setting.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        settings.sort_by(|a, b| {
+            b.updated_at
+                .cmp(&a.updated_at)
+                .then_with(|| a.job_id.cmp(&b.job_id))
+                .then_with(|| a.run_id.cmp(&b.run_id))
+        });
+        Ok(settings)
+    }
+}
