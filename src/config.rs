@@ -47,6 +47,7 @@ use crate::schema::{Expert, ReasoningBudget};
 
 pub use discover::{CONFIG_FILE_NAME, discover};
 pub use env::{DEFAULT_ENV_PATHS, load_env};
+pub(crate) use error::did_you_mean;
 pub use error::{ConfigError, Location};
 pub use provider::{ProviderName, ProviderTable, UnknownName};
 
@@ -114,8 +115,13 @@ pub enum Runtime {
 
 impl Runtime {
     /// Every runtime name Perstack accepts.
-    pub const ALL: [Runtime; 5] =
-        [Runtime::Local, Runtime::Docker, Runtime::Cursor, Runtime::ClaudeCode, Runtime::Gemini];
+    pub const ALL: [Runtime; 5] = [
+        Runtime::Local,
+        Runtime::Docker,
+        Runtime::Cursor,
+        Runtime::ClaudeCode,
+        Runtime::Gemini,
+    ];
 
     /// The name as written in `perstack.toml` and on the command line.
     pub fn as_str(self) -> &'static str {
@@ -147,8 +153,10 @@ impl FromStr for Runtime {
 
 /// Reads and validates the configuration file at `path`.
 pub fn load(path: &Path) -> Result<PerstackConfig, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Io { path: path.to_owned(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
     parse(&text, path)
 }
 
@@ -159,7 +167,9 @@ pub fn parse(text: &str, path: &Path) -> Result<PerstackConfig, ConfigError> {
     keys::check(&doc)?;
     let raw = raw::RawConfig::deserialize(doc.deserializer()).map_err(|e| {
         let offset = e.span().map(|s| s.start);
-        let key = offset.map(|o| doc.path_at(o).to_string()).filter(|k| !k.is_empty());
+        let key = offset
+            .map(|o| doc.path_at(o).to_string())
+            .filter(|k| !k.is_empty());
         let message = e
             .message()
             .replace("expected i64", "expected an integer")

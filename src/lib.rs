@@ -12,10 +12,12 @@
 //! - [`engine`]: the embedding API: `Engine` builder and `JobHandle`.
 //! - [`cli`]: the `perstack` command line.
 
-pub mod schema;
-pub mod config;
-pub mod storage;
-pub mod skill;
-pub mod llm;
-pub mod agent;
 pub mod actor;
+pub mod agent;
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod llm;
+pub mod schema;
+pub mod skill;
+pub mod storage;

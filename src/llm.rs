@@ -8,6 +8,7 @@
 
 mod assemble;
 mod generation;
+pub mod models;
 pub mod retry;
 pub mod scripted;
 

@@ -22,11 +22,12 @@ pub use event::*;
 pub use expert::{Expert, InteractiveSkill, InteractiveTool, McpSseSkill, McpStdioSkill, Skill};
 pub use job::{Job, JobStatus};
 pub use message::{
-    BinaryPart, InlinePart, Message, MessageBody, MessagePart, TextPart, ThinkingPart, ToolCallPart,
-    ToolResultPart, UrlPart,
+    BinaryPart, InlinePart, Message, MessageBody, MessagePart, TextPart, ThinkingPart,
+    ToolCallPart, ToolResultPart, UrlPart,
 };
 pub use run_setting::{
-    InteractiveToolCallResult, ProviderConfig, ReasoningBudget, ReasoningLevel, RunInput, RunSetting,
+    InteractiveToolCallResult, ProviderConfig, ReasoningBudget, ReasoningLevel, RunInput,
+    RunSetting,
 };
 pub use step::Step;
 pub use tool::{ToolCall, ToolResult};

@@ -82,7 +82,9 @@ impl Actor for EventBus {
 
     async fn on_start(args: BusArgs, _: ActorRef<Self>) -> Result<Self, Self::Error> {
         Ok(EventBus {
-            sink: args.sink.map(|s| tokio::io::BufWriter::with_capacity(64 * 1024, s)),
+            sink: args
+                .sink
+                .map(|s| tokio::io::BufWriter::with_capacity(64 * 1024, s)),
             storage: args.storage,
             callbacks: args.callbacks,
             subscribers: HashMap::new(),
@@ -99,12 +101,19 @@ pub struct Publish(pub Event);
 impl Message<Publish> for EventBus {
     type Reply = Result<u64, BusError>;
 
-    async fn handle(&mut self, Publish(event): Publish, _: &mut Context<Self, Self::Reply>) -> Self::Reply {
+    async fn handle(
+        &mut self,
+        Publish(event): Publish,
+        _: &mut Context<Self, Self::Reply>,
+    ) -> Self::Reply {
         if let Some(cp) = event.checkpoint() {
             self.storage
                 .store_checkpoint(cp)
                 .await
-                .map_err(|source| BusError::Checkpoint { checkpoint_id: cp.id.clone(), source })?;
+                .map_err(|source| BusError::Checkpoint {
+                    checkpoint_id: cp.id.clone(),
+                    source,
+                })?;
         }
         self.seq += 1;
         if let Some(sink) = self.sink.as_mut() {
@@ -120,7 +129,10 @@ impl Message<Publish> for EventBus {
                 tracing::warn!(error = %e, kind = event.kind(), "could not store event");
             }
         }
-        let sequenced = Sequenced { seq: self.seq, event: Arc::new(event) };
+        let sequenced = Sequenced {
+            seq: self.seq,
+            event: Arc::new(event),
+        };
         for cb in &self.callbacks {
             cb(&sequenced);
         }
@@ -139,7 +151,10 @@ impl Message<Publish> for EventBus {
 
 /// Streaming deltas are printed but not stored (Perstack stores one file per delta).
 fn is_delta(e: &Event) -> bool {
-    matches!(e.payload, EventPayload::StreamReasoning(_) | EventPayload::StreamRunResult(_))
+    matches!(
+        e.payload,
+        EventPayload::StreamReasoning(_) | EventPayload::StreamRunResult(_)
+    )
 }
 
 /// Receive the events of one job.

@@ -70,7 +70,13 @@ impl Actor for JobActor {
             .restart_policy(kameo::supervision::RestartPolicy::Never)
             .spawn_with_mailbox(kameo::mailbox::bounded(super::run::RUN_MAILBOX))
             .await;
-        Ok(JobActor { ctx: args.ctx, storage: args.storage, job: args.job, last: args.checkpoint, done: Some(args.done) })
+        Ok(JobActor {
+            ctx: args.ctx,
+            storage: args.storage,
+            job: args.job,
+            last: args.checkpoint,
+            done: Some(args.done),
+        })
     }
 
     async fn on_link_died(
@@ -79,7 +85,12 @@ impl Actor for JobActor {
         _: ActorId,
         reason: ActorStopReason,
     ) -> Result<std::ops::ControlFlow<ActorStopReason>, Self::Error> {
-        if self.done.is_some() && !matches!(reason, ActorStopReason::Normal | ActorStopReason::SupervisorRestart) {
+        if self.done.is_some()
+            && !matches!(
+                reason,
+                ActorStopReason::Normal | ActorStopReason::SupervisorRestart
+            )
+        {
             let mut cp = self.last.clone();
             cp.status = CheckpointStatus::StoppedByError;
             cp.error = Some(RunError {
@@ -120,7 +131,11 @@ impl JobActor {
         }
         let _ = self.ctx.bus.tell(Unsubscribe(self.job.id.clone())).await;
         if let Some(done) = self.done.take() {
-            let _ = done.send(JobOutcome { job: self.job.clone(), checkpoint, text });
+            let _ = done.send(JobOutcome {
+                job: self.job.clone(),
+                checkpoint,
+                text,
+            });
         }
     }
 }

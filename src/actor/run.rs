@@ -21,13 +21,13 @@ use super::context::{JobContext, now_ms};
 use super::job::JobActor;
 use super::skill::{Describe, SkillActor, SkillArgs};
 use crate::agent::{
-    BASE_SKILL, Effect, Machine, MachineSetting, Output, RunStart, ToolIndex, ToolOwner, delegate_tool_name,
-    instruction_text,
+    BASE_SKILL, Effect, Machine, MachineSetting, Output, RunStart, ToolIndex, ToolOwner,
+    delegate_tool_name, instruction_text,
 };
 use crate::llm::ToolSpec;
 use crate::schema::{
-    Checkpoint, Event, EventPayload, Expert, InitializeRuntime, RunError, Skill, SkillConnected, SkillDisconnected,
-    id::new_id,
+    Checkpoint, Event, EventPayload, Expert, InitializeRuntime, RunError, Skill, SkillConnected,
+    SkillDisconnected, id::new_id,
 };
 
 /// The mailbox size of a run actor: task results, child reports and control messages.
@@ -104,19 +104,23 @@ impl Actor for RunActor {
     async fn on_start(args: RunArgs, me: ActorRef<Self>) -> Result<Self, Self::Error> {
         let ctx = args.ctx;
         let settings = ctx.settings.clone();
-        let expert = settings.experts.get(&args.expert_key).cloned().unwrap_or_else(|| Expert {
-            key: args.expert_key.clone(),
-            name: args.expert_key.clone(),
-            version: "1.0.0".into(),
-            description: None,
-            instruction: String::new(),
-            skills: Default::default(),
-            delegates: Vec::new(),
-            tags: Vec::new(),
-            provider_tools: None,
-            provider_skills: None,
-            provider_tool_options: None,
-        });
+        let expert = settings
+            .experts
+            .get(&args.expert_key)
+            .cloned()
+            .unwrap_or_else(|| Expert {
+                key: args.expert_key.clone(),
+                name: args.expert_key.clone(),
+                version: "1.0.0".into(),
+                description: None,
+                instruction: String::new(),
+                skills: Default::default(),
+                delegates: Vec::new(),
+                tags: Vec::new(),
+                provider_tools: None,
+                provider_skills: None,
+                provider_tool_options: None,
+            });
         let setting = MachineSetting {
             job_id: ctx.job_id.clone(),
             run_id: args.checkpoint.run_id.clone(),
@@ -157,7 +161,12 @@ impl Actor for RunActor {
         if !self.finished {
             let out = self.machine.abort(
                 now_ms(),
-                RunError { name: "EngineError".into(), message: format!("internal error: {err}"), status_code: None, is_retryable: false },
+                RunError {
+                    name: "EngineError".into(),
+                    message: format!("internal error: {err}"),
+                    status_code: None,
+                    is_retryable: false,
+                },
             );
             for e in out.events {
                 let _ = self.ctx.publish(e).await;
@@ -174,13 +183,22 @@ impl Actor for RunActor {
         reason: ActorStopReason,
     ) -> Result<std::ops::ControlFlow<ActorStopReason>, Self::Error> {
         // A child that died without reporting becomes a failed delegation; skills are ignored.
-        if !matches!(reason, ActorStopReason::Normal | ActorStopReason::SupervisorRestart) {
-            let reported = self.delegation.as_mut().and_then(|d| d.child_died(id, &reason));
+        if !matches!(
+            reason,
+            ActorStopReason::Normal | ActorStopReason::SupervisorRestart
+        ) {
+            let reported = self
+                .delegation
+                .as_mut()
+                .and_then(|d| d.child_died(id, &reason));
             if reported.is_some() {
                 if let Some(me) = me.upgrade() {
                     self.after_child(&me).await;
                 }
             }
+        }
+        if self.finished {
+            return Ok(std::ops::ControlFlow::Break(ActorStopReason::Normal));
         }
         Ok(std::ops::ControlFlow::Continue(()))
     }
@@ -192,8 +210,12 @@ impl Message<Begin> for RunActor {
     async fn handle(&mut self, _: Begin, ctx: &mut Context<Self, Self::Reply>) {
         let now = now_ms();
         let instruction = {
-            let delegates: Vec<&Expert> =
-                self.expert.delegates.iter().filter_map(|k| self.ctx.settings.experts.get(k)).collect();
+            let delegates: Vec<&Expert> = self
+                .expert
+                .delegates
+                .iter()
+                .filter_map(|k| self.ctx.settings.experts.get(k))
+                .collect();
             instruction_text(&self.expert, &delegates, now, &self.ctx.settings.workspace)
         };
         let start = match self.start.take() {
@@ -210,6 +232,9 @@ impl Message<Begin> for RunActor {
             out.effect = Effect::Stop;
         }
         self.drive(out, ctx.actor_ref()).await;
+        if self.finished {
+            ctx.stop();
+        }
     }
 }
 
@@ -220,8 +245,13 @@ impl Message<Generated> for RunActor {
     type Reply = ();
 
     async fn handle(&mut self, Generated(r): Generated, ctx: &mut Context<Self, Self::Reply>) {
-        let out = self.machine.handle(now_ms(), crate::agent::Input::Generated(r));
+        let out = self
+            .machine
+            .handle(now_ms(), crate::agent::Input::Generated(r));
         self.drive(out, ctx.actor_ref()).await;
+        if self.finished {
+            ctx.stop();
+        }
     }
 }
 
@@ -232,8 +262,13 @@ impl Message<ToolsDone> for RunActor {
     type Reply = ();
 
     async fn handle(&mut self, ToolsDone(r): ToolsDone, ctx: &mut Context<Self, Self::Reply>) {
-        let out = self.machine.handle(now_ms(), crate::agent::Input::ToolsDone(r));
+        let out = self
+            .machine
+            .handle(now_ms(), crate::agent::Input::ToolsDone(r));
         self.drive(out, ctx.actor_ref()).await;
+        if self.finished {
+            ctx.stop();
+        }
     }
 }
 
@@ -245,6 +280,9 @@ impl Message<RunFinished> for RunActor {
             d.child_finished(report);
         }
         self.after_child(ctx.actor_ref()).await;
+        if self.finished {
+            ctx.stop();
+        }
     }
 }
 
@@ -270,8 +308,16 @@ impl RunActor {
                 continue;
             }
             match out.effect {
-                Effect::Generate { messages, with_tools, retry_count } => {
-                    let tools = if with_tools { self.tools.clone() } else { Arc::new(Vec::new()) };
+                Effect::Generate {
+                    messages,
+                    with_tools,
+                    retry_count,
+                } => {
+                    let tools = if with_tools {
+                        self.tools.clone()
+                    } else {
+                        Arc::new(Vec::new())
+                    };
                     tasks::spawn_generation(
                         self.ctx.clone(),
                         me.clone(),
@@ -283,7 +329,13 @@ impl RunActor {
                     return;
                 }
                 Effect::CallTools(calls) => {
-                    tasks::spawn_tool_calls(self.ctx.clone(), me.clone(), self.index.clone(), self.skills.clone(), calls);
+                    tasks::spawn_tool_calls(
+                        self.ctx.clone(),
+                        me.clone(),
+                        self.index.clone(),
+                        self.skills.clone(),
+                        calls,
+                    );
                     return;
                 }
                 Effect::Delegate(to) => {
@@ -306,7 +358,9 @@ impl RunActor {
     }
 
     async fn after_child(&mut self, me: &ActorRef<Self>) {
-        let Some(mut d) = self.delegation.take() else { return };
+        let Some(mut d) = self.delegation.take() else {
+            return;
+        };
         if d.is_done() {
             let out = self.resume(d).await;
             self.drive(out, me).await;
@@ -322,13 +376,17 @@ impl RunActor {
         let (last_step, usage, results) = d.into_results();
         let run_id = new_id();
         let now = now_ms();
-        let out = self.machine.resume_after_delegation(now, run_id, last_step, usage, results.clone());
-        let answer = results.first().map(|r| crate::schema::InteractiveToolCallResult {
-            tool_call_id: r.id.clone(),
-            tool_name: r.tool_name.clone(),
-            skill_name: r.skill_name.clone(),
-            text: r.text(),
-        });
+        let out =
+            self.machine
+                .resume_after_delegation(now, run_id, last_step, usage, results.clone());
+        let answer = results
+            .first()
+            .map(|r| crate::schema::InteractiveToolCallResult {
+                tool_call_id: r.id.clone(),
+                tool_name: r.tool_name.clone(),
+                skill_name: r.skill_name.clone(),
+                text: r.text(),
+            });
         self.announce(now, None, answer).await;
         out
     }
@@ -346,7 +404,12 @@ impl RunActor {
         self.announce(now, query, answer).await;
     }
 
-    async fn announce(&self, now: u64, query: Option<String>, answer: Option<crate::schema::InteractiveToolCallResult>) {
+    async fn announce(
+        &self,
+        now: u64,
+        query: Option<String>,
+        answer: Option<crate::schema::InteractiveToolCallResult>,
+    ) {
         let s = &self.ctx.settings;
         let event = self.runtime_event(
             now,
@@ -408,10 +471,9 @@ impl RunActor {
                         .restart_policy(kameo::supervision::RestartPolicy::Never)
                         .spawn_with_mailbox(kameo::mailbox::bounded(super::skill::SKILL_MAILBOX))
                         .await;
-                    let described = actor
-                        .ask(Describe)
-                        .await
-                        .map_err(|e| config_error(format!("skill \"{name}\" failed to start: {e}")))?;
+                    let described = actor.ask(Describe).await.map_err(|e| {
+                        config_error(format!("skill \"{name}\" failed to start: {e}"))
+                    })?;
                     for t in &described.tools {
                         claim(&t.name, &format!("skill \"{name}\""))?;
                         index.insert(t.name.clone(), ToolOwner::Skill(name.clone()));
@@ -426,7 +488,9 @@ impl RunActor {
                         now_ms(),
                         EventPayload::SkillConnected(SkillConnected {
                             skill_name: name.clone(),
-                            server_info: described.server.map(|s| json!({"name": s.name, "version": s.version})),
+                            server_info: described
+                                .server
+                                .map(|s| json!({"name": s.name, "version": s.version})),
                             spawn_duration_ms: Some(t.spawn_duration_ms),
                             handshake_duration_ms: Some(t.handshake_duration_ms),
                             tool_discovery_duration_ms: Some(t.tool_discovery_duration_ms),
@@ -448,7 +512,11 @@ impl RunActor {
                             config_error(format!("interactive tool \"{tool}\" of skill \"{name}\": invalid inputJsonSchema: {e}"))
                         })?;
                         index.insert(tool.clone(), ToolOwner::Interactive(name.clone()));
-                        specs.push(ToolSpec { name: tool.clone(), description: t.description.clone(), input_schema: schema });
+                        specs.push(ToolSpec {
+                            name: tool.clone(),
+                            description: t.description.clone(),
+                            input_schema: schema,
+                        });
                     }
                 }
                 other => {
@@ -465,7 +533,9 @@ impl RunActor {
         }
         for key in &self.expert.delegates {
             let Some(d) = self.ctx.settings.experts.get(key) else {
-                return Err(config_error(format!("Delegate expert \"{key}\" not found in experts")));
+                return Err(config_error(format!(
+                    "Delegate expert \"{key}\" not found in experts"
+                )));
             };
             let tool = delegate_tool_name(&d.name);
             claim(tool, &format!("delegate \"{key}\""))?;
@@ -489,27 +559,37 @@ impl RunActor {
         }
         self.finished = true;
         for (name, skill) in std::mem::take(&mut self.skills) {
+            // Not awaited to completion: the skill closes its connection in its own `on_stop`,
+            // and waiting here (inside this actor's handler) would block its link notice.
             let _ = skill.stop_gracefully().await;
-            skill.wait_for_shutdown().await;
             let event = self.runtime_event(
                 now_ms(),
-                EventPayload::SkillDisconnected(SkillDisconnected { skill_name: name, extra: Map::new() }),
+                EventPayload::SkillDisconnected(SkillDisconnected {
+                    skill_name: name,
+                    extra: Map::new(),
+                }),
             );
             let _ = self.ctx.publish(event).await;
         }
-        let report =
-            RunFinished { slot: 0, checkpoint: self.machine.checkpoint().clone(), text: self.result_text.clone() };
+        let report = RunFinished {
+            slot: 0,
+            checkpoint: self.machine.checkpoint().clone(),
+            text: self.result_text.clone(),
+        };
         match &self.parent {
             Parent::Job(job) => {
                 let _ = job.tell(report).await;
             }
             Parent::Run(parent, slot) => {
-                let _ = parent.tell(RunFinished { slot: *slot, ..report }).await;
+                let _ = parent
+                    .tell(RunFinished {
+                        slot: *slot,
+                        ..report
+                    })
+                    .await;
             }
         }
-        if let Some(me) = me {
-            let _ = me.stop_gracefully().await;
-        }
+        let _ = me;
     }
 }
 
@@ -523,5 +603,10 @@ fn cancelled() -> RunError {
 }
 
 fn config_error(message: String) -> RunError {
-    RunError { name: "ConfigurationError".into(), message, status_code: None, is_retryable: false }
+    RunError {
+        name: "ConfigurationError".into(),
+        message,
+        status_code: None,
+        is_retryable: false,
+    }
 }

@@ -51,10 +51,18 @@ impl Actor for SkillActor {
             .filter(|t| args.pick.is_empty() || args.pick.contains(&t.name))
             .cloned()
             .collect();
-        Ok(SkillActor { name: args.name, conn: Some(Arc::new(conn)), tools })
+        Ok(SkillActor {
+            name: args.name,
+            conn: Some(Arc::new(conn)),
+            tools,
+        })
     }
 
-    async fn on_stop(&mut self, _: WeakActorRef<Self>, _: ActorStopReason) -> Result<(), SkillError> {
+    async fn on_stop(
+        &mut self,
+        _: WeakActorRef<Self>,
+        _: ActorStopReason,
+    ) -> Result<(), SkillError> {
         if let Some(conn) = self.conn.take() {
             if let Ok(conn) = Arc::try_unwrap(conn) {
                 conn.close().await;
@@ -112,29 +120,45 @@ pub struct ToolOutcome {
 impl Message<CallTool> for SkillActor {
     type Reply = DelegatedReply<ToolOutcome>;
 
-    async fn handle(&mut self, call: CallTool, ctx: &mut Context<Self, Self::Reply>) -> Self::Reply {
+    async fn handle(
+        &mut self,
+        call: CallTool,
+        ctx: &mut Context<Self, Self::Reply>,
+    ) -> Self::Reply {
         let known = self.tools.iter().any(|t| t.name == call.name);
         let conn = self.conn.clone();
         let skill = self.name.clone();
         ctx.spawn(async move {
             if !known {
                 return ToolOutcome {
-                    parts: vec![MessagePart::text(format!("Tool {} not found in skill {skill}", call.name))],
+                    parts: vec![MessagePart::text(format!(
+                        "Tool {} not found in skill {skill}",
+                        call.name
+                    ))],
                     is_error: true,
                 };
             }
             let Some(conn) = conn else {
                 return ToolOutcome {
-                    parts: vec![MessagePart::text(format!("Error calling tool {}: skill {skill} is closed", call.name))],
+                    parts: vec![MessagePart::text(format!(
+                        "Error calling tool {}: skill {skill} is closed",
+                        call.name
+                    ))],
                     is_error: true,
                 };
             };
             match conn.call(&call.name, call.args.clone()).await {
                 Ok(r) => {
                     let c = to_message_parts(&call.name, &call.args, &r);
-                    ToolOutcome { parts: c.parts, is_error: c.is_error }
+                    ToolOutcome {
+                        parts: c.parts,
+                        is_error: c.is_error,
+                    }
                 }
-                Err(e) => ToolOutcome { parts: vec![MessagePart::text(mcp_error_text(&call.name, &e))], is_error: true },
+                Err(e) => ToolOutcome {
+                    parts: vec![MessagePart::text(mcp_error_text(&call.name, &e))],
+                    is_error: true,
+                },
             }
         })
     }

@@ -20,7 +20,12 @@ turn. A final answer is requested from you separately after that.
 - Other experts you delegate to see only the query you give them, never this conversation.";
 
 /// Build the instruction text for `expert`, listing `delegates` (already resolved Experts).
-pub fn instruction_text(expert: &Expert, delegates: &[&Expert], started_at_ms: u64, cwd: &Path) -> String {
+pub fn instruction_text(
+    expert: &Expert,
+    delegates: &[&Expert],
+    started_at_ms: u64,
+    cwd: &Path,
+) -> String {
     let mut s = String::with_capacity(1024 + expert.instruction.len());
     s.push_str(PREAMBLE);
     s.push_str("\n\n");
@@ -43,7 +48,12 @@ pub fn instruction_text(expert: &Expert, delegates: &[&Expert], started_at_ms: u
             "\n\nYou can delegate tasks to the following experts by calling delegate expert name as a tool:",
         );
         for d in delegates {
-            let _ = write!(s, "\n\nAbout \"{}\":\n{}", d.name, d.description.as_deref().unwrap_or(""));
+            let _ = write!(
+                s,
+                "\n\nAbout \"{}\":\n{}",
+                d.name,
+                d.description.as_deref().unwrap_or("")
+            );
         }
     }
     s

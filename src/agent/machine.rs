@@ -12,13 +12,14 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::llm::{FinishReason, Generation, GenerationError};
 use super::tools::{ATTEMPT_COMPLETION, BASE_SKILL, ToolIndex, ToolOwner};
+use crate::llm::{FinishReason, Generation, GenerationError};
 use crate::schema::{
-    AttemptCompletion, CallDelegate, CallInteractiveTool, CallTools, Checkpoint, CheckpointStatus, CompleteRun,
-    ContinueToNextStep, DelegateTo, Event, EventPayload, ExpertRef, InteractiveToolCallResult, Message, MessagePart,
-    NewMessages, ResolveToolResults, ResumeToolCalls, Retry, RunError, StartGeneration, StartRun, Step, StopRun,
-    StopRunByError, ThinkingPart, ToolCall, ToolCallPart, ToolResult, Usage, id::new_id,
+    AttemptCompletion, CallDelegate, CallInteractiveTool, CallTools, Checkpoint, CheckpointStatus,
+    CompleteRun, ContinueToNextStep, DelegateTo, Event, EventPayload, ExpertRef,
+    InteractiveToolCallResult, Message, MessagePart, NewMessages, ResolveToolResults,
+    ResumeToolCalls, Retry, RunError, StartGeneration, StartRun, Step, StopRun, StopRunByError,
+    ThinkingPart, ToolCall, ToolCallPart, ToolResult, Usage, id::new_id,
 };
 
 /// Limits and identity of one run.
@@ -97,8 +98,13 @@ pub struct Output {
 enum Phase {
     Init,
     GeneratingToolCall,
-    GeneratingRunResult { completion: ToolResult, skipped: Vec<ToolResult> },
-    CallingCompletion { skipped: Vec<ToolResult> },
+    GeneratingRunResult {
+        completion: ToolResult,
+        skipped: Vec<ToolResult>,
+    },
+    CallingCompletion {
+        skipped: Vec<ToolResult>,
+    },
     CallingTools(Plan),
     Delegating,
     Stopped,
@@ -126,7 +132,13 @@ impl Machine {
     /// A machine positioned at `Init` on `checkpoint` (fresh, continued or delegated).
     pub fn new(setting: MachineSetting, tools: ToolIndex, checkpoint: Checkpoint) -> Self {
         let step = Step::new(checkpoint.step_number, 0);
-        Machine { setting, tools, checkpoint, step, phase: Phase::Init }
+        Machine {
+            setting,
+            tools,
+            checkpoint,
+            step,
+            phase: Phase::Init,
+        }
     }
 
     /// A fresh `init` checkpoint for a new run.
@@ -204,7 +216,10 @@ impl Machine {
                 }
             }
             RunStart::Answer(answer) => {
-                let call = cp.pending_tool_calls.as_ref().and_then(|p| p.iter().find(|c| c.id == answer.tool_call_id));
+                let call = cp
+                    .pending_tool_calls
+                    .as_ref()
+                    .and_then(|p| p.iter().find(|c| c.id == answer.tool_call_id));
                 let result = ToolResult {
                     id: answer.tool_call_id.clone(),
                     skill_name: answer.skill_name.clone(),
@@ -262,13 +277,19 @@ impl Machine {
     pub fn handle(&mut self, now: u64, input: Input) -> Output {
         match (std::mem::replace(&mut self.phase, Phase::Stopped), input) {
             (Phase::GeneratingToolCall, Input::Generated(r)) => self.on_tool_generation(now, r),
-            (Phase::GeneratingRunResult { completion, skipped }, Input::Generated(r)) => {
-                self.on_run_result(now, completion, skipped, r)
-            }
+            (
+                Phase::GeneratingRunResult {
+                    completion,
+                    skipped,
+                },
+                Input::Generated(r),
+            ) => self.on_run_result(now, completion, skipped, r),
             (Phase::CallingCompletion { skipped }, Input::ToolsDone(results)) => {
                 self.on_completion_result(now, skipped, results)
             }
-            (Phase::CallingTools(plan), Input::ToolsDone(results)) => self.on_tool_results(now, plan, results),
+            (Phase::CallingTools(plan), Input::ToolsDone(results)) => {
+                self.on_tool_results(now, plan, results)
+            }
             (phase, input) => {
                 let what = format!("{input:?}");
                 self.phase = phase;
@@ -277,7 +298,10 @@ impl Machine {
                     Vec::new(),
                     RunError {
                         name: "EngineError".into(),
-                        message: format!("unexpected input in this state: {}", &what[..what.len().min(80)]),
+                        message: format!(
+                            "unexpected input in this state: {}",
+                            &what[..what.len().min(80)]
+                        ),
                         status_code: None,
                         is_retryable: false,
                     },
@@ -289,15 +313,26 @@ impl Machine {
     /// Stop the run with an error from outside the loop (cancellation, an engine fault).
     pub fn abort(&mut self, now: u64, error: RunError) -> Output {
         if self.is_stopped() {
-            return Output { events: Vec::new(), effect: Effect::Stop };
+            return Output {
+                events: Vec::new(),
+                effect: Effect::Stop,
+            };
         }
         self.stop_by_error(now, Vec::new(), error)
     }
 
     // PreparingForStep
     fn prepare(&mut self, now: u64, mut events: Vec<Event>) -> Output {
-        let pending = self.checkpoint.pending_tool_calls.clone().unwrap_or_default();
-        let partial = self.checkpoint.partial_tool_results.clone().unwrap_or_default();
+        let pending = self
+            .checkpoint
+            .pending_tool_calls
+            .clone()
+            .unwrap_or_default();
+        let partial = self
+            .checkpoint
+            .partial_tool_results
+            .clone()
+            .unwrap_or_default();
         if !pending.is_empty() {
             events.push(self.event(
                 now,
@@ -316,7 +351,10 @@ impl Machine {
             let msg = Message::tool(&partial);
             events.push(self.event(
                 now,
-                EventPayload::FinishAllToolCalls(NewMessages { new_messages: vec![msg.clone()], extra: Map::new() }),
+                EventPayload::FinishAllToolCalls(NewMessages {
+                    new_messages: vec![msg.clone()],
+                    extra: Map::new(),
+                }),
             ));
             self.step.tool_results = Some(partial);
             self.checkpoint.messages.push(msg.clone());
@@ -369,11 +407,17 @@ impl Machine {
                 let first = &g.tool_calls[0];
                 let call = ToolCall::new(
                     first.id.clone(),
-                    self.tools.skill_name(&first.name).unwrap_or("unknown").to_string(),
+                    self.tools
+                        .skill_name(&first.name)
+                        .unwrap_or("unknown")
+                        .to_string(),
                     first.name.clone(),
                     first.args.clone(),
                 );
-                let partial = Generation { tool_calls: vec![first.clone()], ..g.clone() };
+                let partial = Generation {
+                    tool_calls: vec![first.clone()],
+                    ..g.clone()
+                };
                 let expert = Message::expert(expert_parts(&partial, true));
                 let failed = ToolResult::new(
                     &call,
@@ -414,7 +458,10 @@ impl Machine {
             .map(|c| {
                 ToolCall::new(
                     c.id.clone(),
-                    self.tools.skill_name(&c.name).unwrap_or("unknown").to_string(),
+                    self.tools
+                        .skill_name(&c.name)
+                        .unwrap_or("unknown")
+                        .to_string(),
                     c.name.clone(),
                     c.args.clone(),
                 )
@@ -492,7 +539,10 @@ impl Machine {
                 })
                 .collect();
             self.phase = Phase::CallingCompletion { skipped };
-            return Output { events, effect: Effect::CallTools(vec![completion]) };
+            return Output {
+                events,
+                effect: Effect::CallTools(vec![completion]),
+            };
         }
         if plan.mcp.is_empty() {
             let phase_plan = plan.clone();
@@ -501,10 +551,18 @@ impl Machine {
         }
         let calls = plan.mcp.clone();
         self.phase = Phase::CallingTools(plan);
-        Output { events, effect: Effect::CallTools(calls) }
+        Output {
+            events,
+            effect: Effect::CallTools(calls),
+        }
     }
 
-    fn on_completion_result(&mut self, now: u64, skipped: Vec<ToolResult>, results: Vec<ToolResult>) -> Output {
+    fn on_completion_result(
+        &mut self,
+        now: u64,
+        skipped: Vec<ToolResult>,
+        results: Vec<ToolResult>,
+    ) -> Output {
         let Some(result) = results.into_iter().next() else {
             return self.stop_by_error(
                 now,
@@ -519,14 +577,21 @@ impl Machine {
         };
         let remaining = serde_json::from_str::<Value>(&result.text())
             .ok()
-            .and_then(|v| v.get("remainingTodos").and_then(Value::as_array).map(|a| !a.is_empty()))
+            .and_then(|v| {
+                v.get("remainingTodos")
+                    .and_then(Value::as_array)
+                    .map(|a| !a.is_empty())
+            })
             .unwrap_or(false);
         if remaining {
             let mut all = skipped;
             all.push(result);
             let events = vec![self.event(
                 now,
-                EventPayload::ResolveToolResults(ResolveToolResults { tool_results: all.clone(), extra: Map::new() }),
+                EventPayload::ResolveToolResults(ResolveToolResults {
+                    tool_results: all.clone(),
+                    extra: Map::new(),
+                }),
             )];
             self.step.tool_results = Some(all.clone());
             return self.resolve(now, events, all);
@@ -550,18 +615,36 @@ impl Machine {
         }
         let events = vec![self.event(
             now,
-            EventPayload::AttemptCompletion(AttemptCompletion { tool_result: result.clone(), extra: Map::new() }),
+            EventPayload::AttemptCompletion(AttemptCompletion {
+                tool_result: result.clone(),
+                extra: Map::new(),
+            }),
         )];
         let mut messages = self.checkpoint.messages.clone();
         messages.push(Message::tool(&all));
-        self.phase = Phase::GeneratingRunResult { completion: result, skipped };
-        Output { events, effect: Effect::Generate { messages, with_tools: false, retry_count: 0 } }
+        self.phase = Phase::GeneratingRunResult {
+            completion: result,
+            skipped,
+        };
+        Output {
+            events,
+            effect: Effect::Generate {
+                messages,
+                with_tools: false,
+                retry_count: 0,
+            },
+        }
     }
 
     fn on_tool_results(&mut self, now: u64, plan: Plan, results: Vec<ToolResult>) -> Output {
         let mut events = Vec::new();
         if !plan.delegates.is_empty() {
-            let last = self.checkpoint.messages.last().cloned().unwrap_or_else(|| Message::expert(Vec::new()));
+            let last = self
+                .checkpoint
+                .messages
+                .last()
+                .cloned()
+                .unwrap_or_else(|| Message::expert(Vec::new()));
             events.push(self.event(
                 now,
                 EventPayload::CallDelegate(CallDelegate {
@@ -592,14 +675,26 @@ impl Machine {
                     )),
                 }
             }
-            let mut partial = self.checkpoint.partial_tool_results.clone().unwrap_or_default();
+            let mut partial = self
+                .checkpoint
+                .partial_tool_results
+                .clone()
+                .unwrap_or_default();
             partial.extend(results);
             partial.extend(bad);
-            let pending: Vec<ToolCall> = plan.delegates.iter().chain(&plan.interactive).cloned().collect();
+            let pending: Vec<ToolCall> = plan
+                .delegates
+                .iter()
+                .chain(&plan.interactive)
+                .cloned()
+                .collect();
             self.checkpoint.status = CheckpointStatus::StoppedByDelegate;
             self.checkpoint.delegate_to = Some(delegate_to.clone());
-            self.checkpoint.pending_tool_calls =
-                if plan.interactive.is_empty() { None } else { Some(plan.interactive.clone()) };
+            self.checkpoint.pending_tool_calls = if plan.interactive.is_empty() {
+                None
+            } else {
+                Some(plan.interactive.clone())
+            };
             self.checkpoint.partial_tool_results = Some(partial.clone());
             self.step.pending_tool_calls = Some(pending);
             self.step.partial_tool_results = Some(partial);
@@ -615,10 +710,16 @@ impl Machine {
             if delegate_to.is_empty() {
                 // Every delegate call was malformed: nothing to run, resume at once.
                 self.phase = Phase::Delegating;
-                return Output { events, effect: Effect::Delegate(Vec::new()) };
+                return Output {
+                    events,
+                    effect: Effect::Delegate(Vec::new()),
+                };
             }
             self.phase = Phase::Delegating;
-            return Output { events, effect: Effect::Delegate(delegate_to) };
+            return Output {
+                events,
+                effect: Effect::Delegate(delegate_to),
+            };
         }
         if let Some(first) = plan.interactive.first().cloned() {
             let last = self
@@ -629,7 +730,11 @@ impl Machine {
                 .find(|m| m.is_expert())
                 .cloned()
                 .unwrap_or_else(|| Message::expert(Vec::new()));
-            let mut partial = self.checkpoint.partial_tool_results.clone().unwrap_or_default();
+            let mut partial = self
+                .checkpoint
+                .partial_tool_results
+                .clone()
+                .unwrap_or_default();
             partial.extend(results);
             events.push(self.event(
                 now,
@@ -655,14 +760,24 @@ impl Machine {
                 }),
             ));
             self.phase = Phase::Stopped;
-            return Output { events, effect: Effect::Stop };
+            return Output {
+                events,
+                effect: Effect::Stop,
+            };
         }
-        let mut all = self.checkpoint.partial_tool_results.take().unwrap_or_default();
+        let mut all = self
+            .checkpoint
+            .partial_tool_results
+            .take()
+            .unwrap_or_default();
         all.extend(results);
         self.checkpoint.pending_tool_calls = None;
         events.push(self.event(
             now,
-            EventPayload::ResolveToolResults(ResolveToolResults { tool_results: all.clone(), extra: Map::new() }),
+            EventPayload::ResolveToolResults(ResolveToolResults {
+                tool_results: all.clone(),
+                extra: Map::new(),
+            }),
         ));
         self.step.tool_results = Some(all.clone());
         self.resolve(now, events, all)
@@ -673,7 +788,10 @@ impl Machine {
         let msg = Message::tool(&results);
         events.push(self.event(
             now,
-            EventPayload::FinishToolCall(NewMessages { new_messages: vec![msg.clone()], extra: Map::new() }),
+            EventPayload::FinishToolCall(NewMessages {
+                new_messages: vec![msg.clone()],
+                extra: Map::new(),
+            }),
         ));
         self.checkpoint.messages.push(msg.clone());
         self.step.new_messages.push(msg);
@@ -714,7 +832,12 @@ impl Machine {
             return self.stop_by_error(
                 now,
                 Vec::new(),
-                RunError { name: e.name, message: e.message, status_code: e.status_code, is_retryable: false },
+                RunError {
+                    name: e.name,
+                    message: e.message,
+                    status_code: e.status_code,
+                    is_retryable: false,
+                },
             );
         }
         if count >= self.setting.max_retries {
@@ -723,7 +846,10 @@ impl Machine {
                 Vec::new(),
                 RunError {
                     name: e.name,
-                    message: format!("Max retries ({}) exceeded: {}", self.setting.max_retries, e.message),
+                    message: format!(
+                        "Max retries ({}) exceeded: {}",
+                        self.setting.max_retries, e.message
+                    ),
                     status_code: e.status_code,
                     is_retryable: false,
                 },
@@ -751,7 +877,10 @@ impl Machine {
                 Vec::new(),
                 RunError {
                     name: "MaxRetriesExceeded".into(),
-                    message: format!("Max retries ({}) exceeded: {short}", self.setting.max_retries),
+                    message: format!(
+                        "Max retries ({}) exceeded: {short}",
+                        self.setting.max_retries
+                    ),
                     status_code: None,
                     is_retryable: false,
                 },
@@ -761,7 +890,13 @@ impl Machine {
         self.retry(now, reason, prefix, usage)
     }
 
-    fn retry(&mut self, now: u64, reason: String, mut new_messages: Vec<Message>, usage: Usage) -> Output {
+    fn retry(
+        &mut self,
+        now: u64,
+        reason: String,
+        mut new_messages: Vec<Message>,
+        usage: Usage,
+    ) -> Output {
         new_messages.push(Message::user(reason.clone()));
         let events = vec![self.event(
             now,
@@ -774,7 +909,9 @@ impl Machine {
                 extra: Map::new(),
             }),
         )];
-        self.checkpoint.messages.extend(new_messages.iter().cloned());
+        self.checkpoint
+            .messages
+            .extend(new_messages.iter().cloned());
         self.checkpoint.usage += usage;
         self.checkpoint.retry_count = Some(self.checkpoint.retry_count.unwrap_or(0) + 1);
         self.step.new_messages.extend(new_messages);
@@ -782,8 +919,16 @@ impl Machine {
         self.finish_step(now, events)
     }
 
-    fn complete(&mut self, now: u64, new_messages: Vec<Message>, text: String, usage: Usage) -> Output {
-        self.checkpoint.messages.extend(new_messages.iter().cloned());
+    fn complete(
+        &mut self,
+        now: u64,
+        new_messages: Vec<Message>,
+        text: String,
+        usage: Usage,
+    ) -> Output {
+        self.checkpoint
+            .messages
+            .extend(new_messages.iter().cloned());
         self.checkpoint.usage += usage;
         self.checkpoint.status = CheckpointStatus::Completed;
         self.checkpoint.retry_count = Some(0);
@@ -804,7 +949,10 @@ impl Machine {
             }),
         )];
         self.phase = Phase::Stopped;
-        Output { events, effect: Effect::Stop }
+        Output {
+            events,
+            effect: Effect::Stop,
+        }
     }
 
     fn stop_by_error(&mut self, now: u64, mut events: Vec<Event>, error: RunError) -> Output {
@@ -822,7 +970,10 @@ impl Machine {
             }),
         ));
         self.phase = Phase::Stopped;
-        Output { events, effect: Effect::Stop }
+        Output {
+            events,
+            effect: Effect::Stop,
+        }
     }
 
     // FinishingStep
@@ -839,7 +990,10 @@ impl Machine {
                 }),
             ));
             self.phase = Phase::Stopped;
-            return Output { events, effect: Effect::Stop };
+            return Output {
+                events,
+                effect: Effect::Stop,
+            };
         }
         self.checkpoint.status = CheckpointStatus::Proceeding;
         let mut next = self.checkpoint.clone();
@@ -864,7 +1018,8 @@ impl Machine {
         if let Some(window) = self.setting.context_window.filter(|w| *w > 0) {
             let u = self.checkpoint.usage;
             #[allow(clippy::cast_precision_loss)]
-            let ratio = (u.input_tokens + u.cached_input_tokens + u.output_tokens) as f64 / window as f64;
+            let ratio =
+                (u.input_tokens + u.cached_input_tokens + u.output_tokens) as f64 / window as f64;
             self.checkpoint.context_window_usage = Some(ratio);
         }
     }
@@ -881,7 +1036,9 @@ impl Output {
 /// Append results to `partialToolResults` and drop the answered calls from `pendingToolCalls`.
 fn absorb_results(cp: &mut Checkpoint, results: Vec<ToolResult>) {
     let answered: Vec<String> = results.iter().map(|r| r.id.clone()).collect();
-    cp.partial_tool_results.get_or_insert_with(Vec::new).extend(results);
+    cp.partial_tool_results
+        .get_or_insert_with(Vec::new)
+        .extend(results);
     if let Some(p) = cp.pending_tool_calls.as_mut() {
         p.retain(|c| !answered.contains(&c.id));
         if p.is_empty() {

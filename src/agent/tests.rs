@@ -8,7 +8,11 @@ use crate::llm::{FinishReason, GeneratedToolCall, Generation, GenerationError};
 use crate::schema::{CheckpointStatus, ExpertRef, MessagePart, ToolCall, ToolResult, Usage};
 
 fn expert(key: &str) -> ExpertRef {
-    ExpertRef { key: key.into(), name: key.into(), version: "1.0.0".into() }
+    ExpertRef {
+        key: key.into(),
+        name: key.into(),
+        version: "1.0.0".into(),
+    }
 }
 
 fn setting(max_steps: u32, max_retries: u32) -> MachineSetting {
@@ -34,11 +38,23 @@ fn index() -> ToolIndex {
 }
 
 fn usage() -> Usage {
-    Usage { input_tokens: 100, output_tokens: 10, reasoning_tokens: 0, total_tokens: 110, cached_input_tokens: 5 }
+    Usage {
+        input_tokens: 100,
+        output_tokens: 10,
+        reasoning_tokens: 0,
+        total_tokens: 110,
+        cached_input_tokens: 5,
+    }
 }
 
 fn text(t: &str) -> Generation {
-    Generation { thinking: vec![], text: t.into(), tool_calls: vec![], finish_reason: FinishReason::Stop, usage: usage() }
+    Generation {
+        thinking: vec![],
+        text: t.into(),
+        tool_calls: vec![],
+        finish_reason: FinishReason::Stop,
+        usage: usage(),
+    }
 }
 
 fn calls(names: &[(&str, serde_json::Value)]) -> Generation {
@@ -48,7 +64,11 @@ fn calls(names: &[(&str, serde_json::Value)]) -> Generation {
         tool_calls: names
             .iter()
             .enumerate()
-            .map(|(i, (n, a))| GeneratedToolCall { id: format!("call_{n}_{i}"), name: (*n).into(), args: a.clone() })
+            .map(|(i, (n, a))| GeneratedToolCall {
+                id: format!("call_{n}_{i}"),
+                name: (*n).into(),
+                args: a.clone(),
+            })
             .collect(),
         finish_reason: FinishReason::ToolCalls,
         usage: usage(),
@@ -65,17 +85,26 @@ impl Driver {
     fn new(max_steps: u32, max_retries: u32) -> Self {
         let s = setting(max_steps, max_retries);
         let cp = Machine::fresh_checkpoint(&s, 1);
-        Driver { m: Machine::new(s, index(), cp), log: Vec::new() }
+        Driver {
+            m: Machine::new(s, index(), cp),
+            log: Vec::new(),
+        }
     }
 
     fn record(&mut self, out: &Output) {
         for e in &out.events {
-            self.log.push(format!("{}@{}", e.kind(), e.step_number.unwrap_or(0)));
+            self.log
+                .push(format!("{}@{}", e.kind(), e.step_number.unwrap_or(0)));
         }
     }
 
     /// Runs until Stop or Delegate; returns the last effect.
-    fn run(&mut self, mut out: Output, gens: &mut Vec<Result<Generation, GenerationError>>, todos: &mut Vec<bool>) -> Effect {
+    fn run(
+        &mut self,
+        mut out: Output,
+        gens: &mut Vec<Result<Generation, GenerationError>>,
+        todos: &mut Vec<bool>,
+    ) -> Effect {
         loop {
             self.record(&out);
             match out.effect {
@@ -119,20 +148,42 @@ fn answer(c: &ToolCall, todos: &mut Vec<bool>) -> ToolResult {
 }
 
 fn start(d: &mut Driver) -> Output {
-    d.m.start(0, RunStart::Query { text: "please do the thing".into(), instruction: "be good".into() })
+    d.m.start(
+        0,
+        RunStart::Query {
+            text: "please do the thing".into(),
+            instruction: "be good".into(),
+        },
+    )
 }
 
 #[test]
 fn s01_attempt_completion_without_text_generates_the_run_result() {
     let mut d = Driver::new(100, 0);
     let out = start(&mut d);
-    let mut gens = vec![Ok(calls(&[("attemptCompletion", json!({}))])), Ok(text("Final answer."))];
+    let mut gens = vec![
+        Ok(calls(&[("attemptCompletion", json!({}))])),
+        Ok(text("Final answer.")),
+    ];
     assert!(matches!(d.run(out, &mut gens, &mut vec![]), Effect::Stop));
-    assert_eq!(d.log, ["startRun@1", "startGeneration@1", "callTools@1", "attemptCompletion@1", "completeRun@1"]);
+    assert_eq!(
+        d.log,
+        [
+            "startRun@1",
+            "startGeneration@1",
+            "callTools@1",
+            "attemptCompletion@1",
+            "completeRun@1"
+        ]
+    );
     let cp = d.m.checkpoint();
     assert_eq!(cp.status, CheckpointStatus::Completed);
     assert_eq!(cp.usage.input_tokens, 200);
-    assert_eq!(cp.messages.len(), 5, "instruction, user, expert(call), tool, expert(text)");
+    assert_eq!(
+        cp.messages.len(),
+        5,
+        "instruction, user, expert(call), tool, expert(text)"
+    );
     assert_eq!(cp.context_window_usage, Some(0.00115));
 }
 
@@ -151,7 +202,10 @@ fn s03_text_with_attempt_completion_completes_without_another_generation() {
     let mut with_text = calls(&[("attemptCompletion", json!({}))]);
     with_text.text = "Summary text.".into();
     let mut gens = vec![
-        Ok(calls(&[("healthCheck", json!({})), ("readTextFile", json!({"path":"nope.txt"}))])),
+        Ok(calls(&[
+            ("healthCheck", json!({})),
+            ("readTextFile", json!({"path":"nope.txt"})),
+        ])),
         Ok(with_text),
     ];
     d.run(out, &mut gens, &mut vec![]);
@@ -176,11 +230,22 @@ fn s03_text_with_attempt_completion_completes_without_another_generation() {
 fn s09_max_steps_stops_after_the_third_tool_step() {
     let mut d = Driver::new(3, 0);
     let out = start(&mut d);
-    let mut gens: Vec<_> = (0..3).map(|_| Ok(calls(&[("healthCheck", json!({}))]))).collect();
+    let mut gens: Vec<_> = (0..3)
+        .map(|_| Ok(calls(&[("healthCheck", json!({}))])))
+        .collect();
     d.run(out, &mut gens, &mut vec![]);
     assert_eq!(d.log.last().unwrap(), "stopRunByExceededMaxSteps@3");
-    assert_eq!(d.log.iter().filter(|l| l.starts_with("continueToNextStep")).count(), 2);
-    assert_eq!(d.m.checkpoint().status, CheckpointStatus::StoppedByExceededMaxSteps);
+    assert_eq!(
+        d.log
+            .iter()
+            .filter(|l| l.starts_with("continueToNextStep"))
+            .count(),
+        2
+    );
+    assert_eq!(
+        d.m.checkpoint().status,
+        CheckpointStatus::StoppedByExceededMaxSteps
+    );
 }
 
 #[test]
@@ -190,11 +255,21 @@ fn s10_empty_generation_is_retried_then_stops_with_max_retries_exceeded() {
     d.run(out, &mut vec![Ok(text("")), Ok(text(""))], &mut vec![]);
     assert_eq!(
         d.log,
-        ["startRun@1", "startGeneration@1", "retry@1", "continueToNextStep@1", "startGeneration@2", "stopRunByError@2"]
+        [
+            "startRun@1",
+            "startGeneration@1",
+            "retry@1",
+            "continueToNextStep@1",
+            "startGeneration@2",
+            "stopRunByError@2"
+        ]
     );
     let err = d.m.checkpoint().error.clone().unwrap();
     assert_eq!(err.name, "MaxRetriesExceeded");
-    assert_eq!(err.message, "Max retries (1) exceeded: No tool call or text generated");
+    assert_eq!(
+        err.message,
+        "Max retries (1) exceeded: No tool call or text generated"
+    );
 }
 
 #[test]
@@ -209,7 +284,13 @@ fn s15_attempt_completion_is_refused_while_todos_remain() {
         Ok(text("Done.")),
     ];
     d.run(out, &mut gens, &mut vec![]);
-    assert_eq!(d.log.iter().filter(|l| l.starts_with("resolveToolResults")).count(), 3);
+    assert_eq!(
+        d.log
+            .iter()
+            .filter(|l| l.starts_with("resolveToolResults"))
+            .count(),
+        3
+    );
     assert!(d.log.contains(&"attemptCompletion@4".to_string()));
     assert_eq!(d.log.last().unwrap(), "completeRun@4");
 }
@@ -218,8 +299,13 @@ fn s15_attempt_completion_is_refused_while_todos_remain() {
 fn parallel_delegation_stops_then_resumes_as_a_new_segment_after_the_children() {
     let mut d = Driver::new(100, 0);
     let out = start(&mut d);
-    let mut gens = vec![Ok(calls(&[("helper-a", json!({"query":"do A"})), ("helper-b", json!({"query":"do B"}))]))];
-    let Effect::Delegate(to) = d.run(out, &mut gens, &mut vec![]) else { panic!("expected delegation") };
+    let mut gens = vec![Ok(calls(&[
+        ("helper-a", json!({"query":"do A"})),
+        ("helper-b", json!({"query":"do B"})),
+    ]))];
+    let Effect::Delegate(to) = d.run(out, &mut gens, &mut vec![]) else {
+        panic!("expected delegation")
+    };
     assert_eq!(to.len(), 2);
     assert_eq!(to[1].expert.key, "@org/helper-b");
     assert_eq!(d.m.checkpoint().status, CheckpointStatus::StoppedByDelegate);
@@ -234,14 +320,27 @@ fn parallel_delegation_stops_then_resumes_as_a_new_segment_after_the_children() 
         })
         .collect();
     d.log.clear();
-    let out = d.m.resume_after_delegation(2, "run2".into(), 3, usage(), results);
+    let out =
+        d.m.resume_after_delegation(2, "run2".into(), 3, usage(), results);
     let mut gens = vec![Ok(text("All done."))];
     d.run(out, &mut gens, &mut vec![]);
-    assert_eq!(d.log, ["startRun@4", "finishAllToolCalls@4", "continueToNextStep@4", "startGeneration@5", "completeRun@5"]);
+    assert_eq!(
+        d.log,
+        [
+            "startRun@4",
+            "finishAllToolCalls@4",
+            "continueToNextStep@4",
+            "startGeneration@5",
+            "completeRun@5"
+        ]
+    );
     let cp = d.m.checkpoint();
     assert_eq!(cp.run_id, "run2");
     assert!(cp.delegate_to.is_none());
-    assert_eq!(cp.usage.input_tokens, 300, "parent + children + final generation");
+    assert_eq!(
+        cp.usage.input_tokens, 300,
+        "parent + children + final generation"
+    );
 }
 
 #[test]
@@ -253,10 +352,18 @@ fn a_mixed_turn_runs_tools_then_delegates_then_stops_for_the_interactive_call() 
         ("helper-a", json!({"query":"q"})),
         ("healthCheck", json!({})),
     ]))];
-    let Effect::Delegate(to) = d.run(out, &mut gens, &mut vec![]) else { panic!() };
+    let Effect::Delegate(to) = d.run(out, &mut gens, &mut vec![]) else {
+        panic!()
+    };
     let cp = d.m.checkpoint();
-    assert_eq!(cp.pending_tool_calls.as_ref().unwrap()[0].tool_name, "askUser");
-    assert_eq!(cp.partial_tool_results.as_ref().unwrap()[0].tool_name, "healthCheck");
+    assert_eq!(
+        cp.pending_tool_calls.as_ref().unwrap()[0].tool_name,
+        "askUser"
+    );
+    assert_eq!(
+        cp.partial_tool_results.as_ref().unwrap()[0].tool_name,
+        "healthCheck"
+    );
     let r = ToolResult {
         id: to[0].tool_call_id.clone(),
         skill_name: "delegate/helper-a".into(),
@@ -265,9 +372,18 @@ fn a_mixed_turn_runs_tools_then_delegates_then_stops_for_the_interactive_call() 
         extra: Default::default(),
     };
     d.log.clear();
-    let out = d.m.resume_after_delegation(2, "run2".into(), 2, Usage::default(), vec![r]);
+    let out =
+        d.m.resume_after_delegation(2, "run2".into(), 2, Usage::default(), vec![r]);
     assert!(matches!(d.run(out, &mut vec![], &mut vec![]), Effect::Stop));
-    assert_eq!(d.log, ["startRun@3", "resumeToolCalls@3", "callInteractiveTool@3", "stopRunByInteractiveTool@3"]);
+    assert_eq!(
+        d.log,
+        [
+            "startRun@3",
+            "resumeToolCalls@3",
+            "callInteractiveTool@3",
+            "stopRunByInteractiveTool@3"
+        ]
+    );
     let cp = d.m.checkpoint();
     assert_eq!(cp.status, CheckpointStatus::StoppedByInteractiveTool);
     assert_eq!(cp.partial_tool_results.as_ref().unwrap().len(), 2);
@@ -279,9 +395,14 @@ fn an_unknown_tool_name_is_classified_for_an_error_result_not_a_crash() {
     let out = start(&mut d);
     let out = {
         d.record(&out);
-        d.m.handle(1, Input::Generated(Ok(calls(&[("inventedTool", json!({}))]))))
+        d.m.handle(
+            1,
+            Input::Generated(Ok(calls(&[("inventedTool", json!({}))]))),
+        )
     };
-    let Effect::CallTools(c) = &out.effect else { panic!() };
+    let Effect::CallTools(c) = &out.effect else {
+        panic!()
+    };
     assert_eq!(c[0].tool_name, "inventedTool");
     assert_eq!(c[0].skill_name, "unknown");
 }
@@ -290,20 +411,40 @@ fn an_unknown_tool_name_is_classified_for_an_error_result_not_a_crash() {
 fn a_non_retryable_api_error_stops_the_run_with_its_status() {
     let mut d = Driver::new(100, 5);
     let out = start(&mut d);
-    let err = GenerationError { name: "APICallError".into(), message: "bad".into(), status_code: Some(400), retryable: false };
+    let err = GenerationError {
+        name: "APICallError".into(),
+        message: "bad".into(),
+        status_code: Some(400),
+        retryable: false,
+    };
     d.run(out, &mut vec![Err(err)], &mut vec![]);
     assert_eq!(d.log.last().unwrap(), "stopRunByError@1");
-    assert_eq!(d.m.checkpoint().error.as_ref().unwrap().status_code, Some(400));
+    assert_eq!(
+        d.m.checkpoint().error.as_ref().unwrap().status_code,
+        Some(400)
+    );
 }
 
 #[test]
 fn a_retryable_api_error_is_retried_as_a_visible_step() {
     let mut d = Driver::new(100, 2);
     let out = start(&mut d);
-    let err = GenerationError { name: "APICallError".into(), message: "overloaded".into(), status_code: Some(529), retryable: true };
+    let err = GenerationError {
+        name: "APICallError".into(),
+        message: "overloaded".into(),
+        status_code: Some(529),
+        retryable: true,
+    };
     d.run(out, &mut vec![Err(err), Ok(text("ok"))], &mut vec![]);
     assert_eq!(
         d.log,
-        ["startRun@1", "startGeneration@1", "retry@1", "continueToNextStep@1", "startGeneration@2", "completeRun@2"]
+        [
+            "startRun@1",
+            "startGeneration@1",
+            "retry@1",
+            "continueToNextStep@1",
+            "startGeneration@2",
+            "completeRun@2"
+        ]
     );
 }

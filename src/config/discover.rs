@@ -21,13 +21,18 @@ pub fn discover(explicit: Option<&Path>, cwd: &Path) -> Result<PathBuf, ConfigEr
         let text = given.to_string_lossy();
         let lower = text.to_ascii_lowercase();
         if lower.starts_with("https://") || lower.starts_with("http://") {
-            return Err(ConfigError::RemoteUnsupported { url: text.into_owned() });
+            return Err(ConfigError::RemoteUnsupported {
+                url: text.into_owned(),
+            });
         }
         let resolved = cwd.join(given);
         return if resolved.is_file() {
             Ok(resolved)
         } else {
-            Err(ConfigError::GivenPathNotFound { given: given.to_owned(), resolved })
+            Err(ConfigError::GivenPathNotFound {
+                given: given.to_owned(),
+                resolved,
+            })
         };
     }
     let mut tried = cwd.join(CONFIG_FILE_NAME);
@@ -37,7 +42,10 @@ pub fn discover(explicit: Option<&Path>, cwd: &Path) -> Result<PathBuf, ConfigEr
             return Ok(tried);
         }
     }
-    Err(ConfigError::NotFound { start: cwd.to_owned(), tried })
+    Err(ConfigError::NotFound {
+        start: cwd.to_owned(),
+        tried,
+    })
 }
 
 #[cfg(test)]
@@ -51,8 +59,14 @@ mod tests {
         std::fs::create_dir_all(&nested).unwrap();
         std::fs::write(root.path().join("a/perstack.toml"), "").unwrap();
         std::fs::write(root.path().join("perstack.toml"), "").unwrap();
-        assert_eq!(discover(None, &nested).unwrap(), root.path().join("a/perstack.toml"));
-        assert_eq!(discover(None, root.path()).unwrap(), root.path().join("perstack.toml"));
+        assert_eq!(
+            discover(None, &nested).unwrap(),
+            root.path().join("a/perstack.toml")
+        );
+        assert_eq!(
+            discover(None, root.path()).unwrap(),
+            root.path().join("perstack.toml")
+        );
     }
 
     #[test]
@@ -64,7 +78,10 @@ mod tests {
 
         let err = discover(Some(Path::new("nonexistent.toml")), root.path()).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.starts_with("Given config path \"nonexistent.toml\" is not found"), "{msg}");
+        assert!(
+            msg.starts_with("Given config path \"nonexistent.toml\" is not found"),
+            "{msg}"
+        );
         assert_eq!(err.exit_code(), 2);
     }
 
@@ -79,12 +96,19 @@ mod tests {
     fn not_found_names_the_start_directory() {
         let root = tempfile::tempdir().unwrap();
         // A temp dir normally has no perstack.toml above it; skip if this machine has one.
-        if root.path().ancestors().any(|d| d.join(CONFIG_FILE_NAME).is_file()) {
+        if root
+            .path()
+            .ancestors()
+            .any(|d| d.join(CONFIG_FILE_NAME).is_file())
+        {
             return;
         }
         let err = discover(None, root.path()).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.starts_with("perstack.toml not found: searched "), "{msg}");
+        assert!(
+            msg.starts_with("perstack.toml not found: searched "),
+            "{msg}"
+        );
         assert!(msg.contains(&root.path().display().to_string()), "{msg}");
         assert!(msg.contains("--config"), "{msg}");
     }

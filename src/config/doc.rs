@@ -116,7 +116,10 @@ impl<'a> Doc<'a> {
 
     /// The location of byte `offset`, or of the file alone when `None`.
     pub(super) fn location(&self, offset: Option<usize>) -> Location {
-        Location { file: self.file.to_owned(), ..position(self.text, offset) }
+        Location {
+            file: self.file.to_owned(),
+            ..position(self.text, offset)
+        }
     }
 
     /// Where the value at `path` is written; for a path that does not exist (a missing key),
@@ -152,13 +155,19 @@ impl<'a> Doc<'a> {
 
 /// The entry `name` of `table`.
 pub(super) fn get<'t, 'a>(table: &'t DeTable<'a>, name: &str) -> Option<&'t Spanned<DeValue<'a>>> {
-    table.iter().find(|(k, _)| k.get_ref().as_ref() == name).map(|(_, v)| v)
+    table
+        .iter()
+        .find(|(k, _)| k.get_ref().as_ref() == name)
+        .map(|(_, v)| v)
 }
 
 /// The entries of `table` in the order they are written in the file.
 pub(super) fn entries_in_file_order<'t, 'a>(
     table: &'t DeTable<'a>,
-) -> Vec<(&'t Spanned<std::borrow::Cow<'a, str>>, &'t Spanned<DeValue<'a>>)> {
+) -> Vec<(
+    &'t Spanned<std::borrow::Cow<'a, str>>,
+    &'t Spanned<DeValue<'a>>,
+)> {
     let mut entries: Vec<_> = table.iter().collect();
     entries.sort_by_key(|(k, _)| k.span().start);
     entries
@@ -198,7 +207,7 @@ fn position(text: &str, offset: Option<usize>) -> Location {
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     let line = before.matches('\n').count() + 1;
     let column = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
-    Location { file: Default::default(), line: Some(line), column: Some(column) }
+    Location::at("", line, column)
 }
 
 #[cfg(test)]
@@ -209,9 +218,17 @@ mod tests {
 
     #[test]
     fn key_paths_quote_user_chosen_keys_only() {
-        let p = KeyPath::root().field("experts").key("coord").field("skills").key("fs").field("args");
+        let p = KeyPath::root()
+            .field("experts")
+            .key("coord")
+            .field("skills")
+            .key("fs")
+            .field("args");
         assert_eq!(p.to_string(), "experts.\"coord\".skills.\"fs\".args");
-        assert_eq!(KeyPath::root().field("delegates").index(2).to_string(), "delegates[2]");
+        assert_eq!(
+            KeyPath::root().field("delegates").index(2).to_string(),
+            "delegates[2]"
+        );
     }
 
     #[test]
@@ -231,12 +248,17 @@ mod tests {
     fn path_at_names_the_key_behind_an_offset() {
         let doc = Doc::parse(TEXT, Path::new("p.toml")).unwrap();
         let offset = TEXT.find("3]").unwrap();
-        assert_eq!(doc.path_at(offset).to_string(), "experts.\"a\".delegates[1]");
+        assert_eq!(
+            doc.path_at(offset).to_string(),
+            "experts.\"a\".delegates[1]"
+        );
     }
 
     #[test]
     fn syntax_errors_carry_line_and_column() {
-        let err = Doc::parse("a = 1\nb = [1,\n", Path::new("p.toml")).err().unwrap();
+        let err = Doc::parse("a = 1\nb = [1,\n", Path::new("p.toml"))
+            .err()
+            .unwrap();
         let msg = err.to_string();
         assert!(msg.starts_with("TOML syntax error in p.toml:2:"), "{msg}");
     }

@@ -30,8 +30,10 @@ pub fn load_env(
     env_paths: &[String],
     process_env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<BTreeMap<String, String>, ConfigError> {
-    let mut env: BTreeMap<String, String> =
-        process_env.into_iter().filter(|(_, value)| !value.is_empty()).collect();
+    let mut env: BTreeMap<String, String> = process_env
+        .into_iter()
+        .filter(|(_, value)| !value.is_empty())
+        .collect();
     for env_path in env_paths {
         let path = base_dir.join(env_path);
         let text = match std::fs::read_to_string(&path) {
@@ -55,7 +57,7 @@ fn parse_dotenv(text: &str, path: &Path) -> Result<BTreeMap<String, String>, Con
     while i < lines.len() {
         let line_no = i + 1;
         let malformed = |column: usize, message: String| ConfigError::EnvFile {
-            at: Location { file: path.to_owned(), line: Some(line_no), column: Some(column) },
+            at: Location::at(path, line_no, column),
             message,
         };
         let line = lines[i];
@@ -72,7 +74,7 @@ fn parse_dotenv(text: &str, path: &Path) -> Result<BTreeMap<String, String>, Con
             .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-'))
             .unwrap_or(body.len());
         let (key, rest) = body.split_at(key_len);
-        let column = line.len() - body.len() + 1;
+        let column = line[..line.len() - body.len()].chars().count() + 1;
         if key.is_empty() {
             return Err(malformed(
                 column,
@@ -84,7 +86,10 @@ fn parse_dotenv(text: &str, path: &Path) -> Result<BTreeMap<String, String>, Con
         let rest = rest.trim_start_matches([' ', '\t']);
         let value_src = if let Some(v) = rest.strip_prefix('=') {
             v
-        } else if let Some(v) = rest.strip_prefix(':').filter(|v| v.starts_with([' ', '\t'])) {
+        } else if let Some(v) = rest
+            .strip_prefix(':')
+            .filter(|v| v.starts_with([' ', '\t']))
+        {
             v
         } else {
             return Err(malformed(
@@ -93,7 +98,10 @@ fn parse_dotenv(text: &str, path: &Path) -> Result<BTreeMap<String, String>, Con
             ));
         };
         let value_src = value_src.trim_start_matches([' ', '\t']);
-        let quote = value_src.chars().next().filter(|c| matches!(c, '"' | '\'' | '`'));
+        let quote = value_src
+            .chars()
+            .next()
+            .filter(|c| matches!(c, '"' | '\'' | '`'));
         let value = match quote {
             None => value_src.split('#').next().unwrap_or("").trim().to_owned(),
             Some(q) => {
@@ -106,7 +114,9 @@ fn parse_dotenv(text: &str, path: &Path) -> Result<BTreeMap<String, String>, Con
                     let Some(next) = lines.get(i) else {
                         return Err(malformed(
                             column,
-                            format!("the value of `{key}` opens a {q} quote that is never closed; add the closing {q}."),
+                            format!(
+                                "the value of `{key}` opens a {q} quote that is never closed; add the closing {q}."
+                            ),
                         ));
                     };
                     raw.push('\n');
@@ -117,11 +127,17 @@ fn parse_dotenv(text: &str, path: &Path) -> Result<BTreeMap<String, String>, Con
                 if !after.is_empty() && !after.starts_with('#') {
                     return Err(malformed(
                         column,
-                        format!("unexpected text `{after}` after the closing {q} of `{key}`; put comments after a `#`."),
+                        format!(
+                            "unexpected text `{after}` after the closing {q} of `{key}`; put comments after a `#`."
+                        ),
                     ));
                 }
                 let inner = &raw[..close];
-                if q == '"' { inner.replace("\\n", "\n").replace("\\r", "\r") } else { inner.to_owned() }
+                if q == '"' {
+                    inner.replace("\\n", "\n").replace("\\r", "\r")
+                } else {
+                    inner.to_owned()
+                }
             }
         };
         vars.insert(key.to_owned(), value);
@@ -176,22 +192,43 @@ mod tests {
     fn malformed_lines_name_the_file_and_line() {
         let err = parse_dotenv("A=1\nnot a variable\n", Path::new("/p/.env")).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.starts_with("Malformed line in env file /p/.env:2:1: expected `=` after `not`"), "{msg}");
+        assert!(
+            msg.starts_with("Malformed line in env file /p/.env:2:1: expected `=` after `not`"),
+            "{msg}"
+        );
 
         let err = parse_dotenv("A=1\n\nB=\"open\nstill open\n", Path::new("/p/.env")).unwrap_err();
-        assert!(err.to_string().contains("/p/.env:3:1: the value of `B` opens a \" quote"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("/p/.env:3:1: the value of `B` opens a \" quote"),
+            "{err}"
+        );
 
         let err = parse_dotenv("  =x\n", Path::new("/p/.env")).unwrap_err();
-        assert!(err.to_string().contains("/p/.env:1:3: expected KEY=value"), "{err}");
+        assert!(
+            err.to_string().contains("/p/.env:1:3: expected KEY=value"),
+            "{err}"
+        );
     }
 
     #[test]
     fn process_env_beats_earlier_files_which_beat_later_files() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(".env"), "A=from-env\nB=from-env\nC=from-env\n").unwrap();
-        std::fs::write(dir.path().join(".env.local"), "B=from-local\nD=from-local\n").unwrap();
+        std::fs::write(
+            dir.path().join(".env"),
+            "A=from-env\nB=from-env\nC=from-env\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join(".env.local"),
+            "B=from-local\nD=from-local\n",
+        )
+        .unwrap();
         let paths: Vec<String> = DEFAULT_ENV_PATHS.iter().map(|p| (*p).to_owned()).collect();
-        let process = [("A".to_owned(), "from-process".to_owned()), ("C".to_owned(), String::new())];
+        let process = [
+            ("A".to_owned(), "from-process".to_owned()),
+            ("C".to_owned(), String::new()),
+        ];
         let env = load_env(dir.path(), &paths, process).unwrap();
         assert_eq!(env["A"], "from-process");
         assert_eq!(env["B"], "from-env");

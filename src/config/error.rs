@@ -12,15 +12,29 @@ pub struct Location {
     /// The file.
     pub file: PathBuf,
     /// 1-based line, when the position is known.
-    pub line: Option<usize>,
+    pub line: Option<u32>,
     /// 1-based column, counted in characters, when the position is known.
-    pub column: Option<usize>,
+    pub column: Option<u32>,
 }
 
 impl Location {
     /// A location that names only the file.
     pub fn file(file: impl Into<PathBuf>) -> Self {
-        Location { file: file.into(), line: None, column: None }
+        Location {
+            file: file.into(),
+            line: None,
+            column: None,
+        }
+    }
+
+    /// A location in `file` at 1-based `line` and `column` (saturating at `u32::MAX`).
+    pub(crate) fn at(file: impl Into<PathBuf>, line: usize, column: usize) -> Self {
+        let clamp = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Location {
+            file: file.into(),
+            line: Some(clamp(line)),
+            column: Some(clamp(column)),
+        }
     }
 }
 
@@ -201,11 +215,16 @@ fn unknown_key_hint(suggestion: Option<&str>, expected: &[String]) -> String {
     match suggestion {
         Some(s) => format!("did you mean `{s}`?"),
         None if expected.is_empty() => {
-            "this table takes no keys here; remove it (Perstack would silently ignore it).".to_owned()
+            "this table takes no keys here; remove it (Perstack would silently ignore it)."
+                .to_owned()
         }
         None => format!(
             "expected one of {} (Perstack would silently ignore this key; remove it or fix its spelling).",
-            expected.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+            expected
+                .iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     }
 }
@@ -220,8 +239,9 @@ fn missing_delegate_hint(delegate: &str, suggestion: Option<&str>) -> String {
 }
 
 /// The candidate closest to `word`, when it is close enough to be a likely typo: equal after
-/// ignoring case, `_` and `-` (`max_steps` → `maxSteps`), or within an edit distance of about a
-/// third of the word's length.
+/// ignoring case, `_` and `-` (`max_steps` → `maxSteps`), within one edit per three characters
+/// of the word (`instructon`), or very similar by Jaro-Winkler, which favours a
+/// shared beginning (`inputSchema` → `inputJsonSchema`).
 pub(crate) fn did_you_mean<'a>(
     word: &str,
     candidates: impl IntoIterator<Item = &'a str>,
@@ -233,19 +253,26 @@ pub(crate) fn did_you_mean<'a>(
             .collect::<String>()
     };
     let word_norm = normalize(word);
-    let limit = (word.chars().count() / 3).max(1);
-    let mut best: Option<(usize, &str)> = None;
+    // One edit per three characters: none for one- or two-letter words, where any guess is noise.
+    let limit = word.chars().count() / 3;
+    let mut best: Option<(f64, &str)> = None;
     for candidate in candidates {
         if candidate == word {
             continue;
         }
-        let distance = if normalize(candidate) == word_norm {
-            0
+        let cand_norm = normalize(candidate);
+        let similarity = strsim::jaro_winkler(&word_norm, &cand_norm);
+        let close = cand_norm == word_norm
+            || strsim::damerau_levenshtein(&word_norm, &cand_norm) <= limit
+            || similarity >= 0.9;
+        // An exact match after normalising outranks any similarity score.
+        let score = if cand_norm == word_norm {
+            2.0
         } else {
-            strsim::damerau_levenshtein(&word.to_lowercase(), &candidate.to_lowercase())
+            similarity
         };
-        if distance <= limit && best.is_none_or(|(d, _)| distance < d) {
-            best = Some((distance, candidate));
+        if close && best.is_none_or(|(s, _)| score > s) {
+            best = Some((score, candidate));
         }
     }
     best.map(|(_, c)| c.to_owned())
@@ -258,10 +285,26 @@ mod tests {
     #[test]
     fn did_you_mean_finds_typos_and_case_variants() {
         let keys = ["instruction", "description", "delegates", "maxSteps"];
-        assert_eq!(did_you_mean("instructon", keys).as_deref(), Some("instruction"));
+        assert_eq!(
+            did_you_mean("instructon", keys).as_deref(),
+            Some("instruction")
+        );
         assert_eq!(did_you_mean("max_steps", keys).as_deref(), Some("maxSteps"));
         assert_eq!(did_you_mean("delegate", keys).as_deref(), Some("delegates"));
         assert_eq!(did_you_mean("zzz", keys), None);
+        assert_eq!(did_you_mean("model", keys), None);
+        let tool_keys = ["name", "description", "inputJsonSchema"];
+        assert_eq!(
+            did_you_mean("inputSchema", tool_keys).as_deref(),
+            Some("inputJsonSchema")
+        );
+        let types = ["mcpStdioSkill", "mcpSseSkill", "interactiveSkill"];
+        assert_eq!(
+            did_you_mean("mcpStdio", types).as_deref(),
+            Some("mcpStdioSkill")
+        );
+        assert_eq!(did_you_mean("stdio", types), None);
+        assert_eq!(did_you_mean("b", ["a", "c"]), None);
     }
 
     #[test]
@@ -275,7 +318,9 @@ mod tests {
 
     #[test]
     fn every_config_error_exits_with_2() {
-        let err = ConfigError::RemoteUnsupported { url: "https://x".into() };
+        let err = ConfigError::RemoteUnsupported {
+            url: "https://x".into(),
+        };
         assert_eq!(err.exit_code(), 2);
     }
 }

@@ -13,9 +13,7 @@ use toml::de::{DeTable, DeValue};
 
 use super::doc::{Doc, KeyPath, entries_in_file_order, get};
 use super::error::{ConfigError, did_you_mean};
-use super::raw::{
-    EXPERT_KEYS, PROVIDER_KEYS, SKILL_TYPES, TOOL_KEYS, TOP_KEYS, skill_keys,
-};
+use super::raw::{EXPERT_KEYS, PROVIDER_KEYS, SKILL_TYPES, TOOL_KEYS, TOP_KEYS, skill_keys};
 
 /// Rejects the first unknown key, in file order within each table.
 pub(super) fn check(doc: &Doc<'_>) -> Result<(), ConfigError> {
@@ -39,7 +37,9 @@ pub(super) fn check(doc: &Doc<'_>) -> Result<(), ConfigError> {
     if let Some(experts) = table(root, "experts") {
         let experts_path = top.field("experts");
         for (key, expert) in entries_in_file_order(experts) {
-            let DeValue::Table(expert) = expert.get_ref() else { continue };
+            let DeValue::Table(expert) = expert.get_ref() else {
+                continue;
+            };
             let path = experts_path.key(key.get_ref());
             check_table(doc, expert, &path, EXPERT_KEYS)?;
             if let Some(skills) = table(expert, "skills") {
@@ -52,7 +52,9 @@ pub(super) fn check(doc: &Doc<'_>) -> Result<(), ConfigError> {
 
 fn check_skills(doc: &Doc<'_>, skills: &DeTable<'_>, path: &KeyPath) -> Result<(), ConfigError> {
     for (name, skill) in entries_in_file_order(skills) {
-        let DeValue::Table(skill) = skill.get_ref() else { continue };
+        let DeValue::Table(skill) = skill.get_ref() else {
+            continue;
+        };
         let path = path.key(name.get_ref());
         let Some(kind) = get(skill, "type") else {
             return Err(ConfigError::MissingKey {
@@ -87,7 +89,9 @@ fn check_skills(doc: &Doc<'_>, skills: &DeTable<'_>, path: &KeyPath) -> Result<(
         {
             let tools_path = path.field("tools");
             for (tool_name, tool) in entries_in_file_order(tools) {
-                let DeValue::Table(tool) = tool.get_ref() else { continue };
+                let DeValue::Table(tool) = tool.get_ref() else {
+                    continue;
+                };
                 check_table(doc, tool, &tools_path.key(tool_name.get_ref()), TOOL_KEYS)?;
             }
         }

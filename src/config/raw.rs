@@ -31,7 +31,7 @@ pub(super) const TOP_KEYS: &[&str] = &[
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct RawConfig {
     pub(super) model: Option<String>,
-    #[allow(dead_code)] // accepted for compatibility, never used
+    #[expect(dead_code, reason = "accepted for compatibility, never used")]
     pub(super) temperature: Option<f64>,
     /// A level name or a token count; checked by `validate`.
     pub(super) reasoning_budget: Option<toml::Value>,
@@ -59,7 +59,10 @@ pub(super) struct RawProvider {
     pub(super) provider_name: Option<String>,
     /// Checked key by key against the provider's allowed settings by `provider`.
     pub(super) setting: Option<toml::Table>,
-    #[allow(dead_code)] // misplaced top-level key; warned about by `keys`, then ignored
+    #[expect(
+        dead_code,
+        reason = "misplaced top-level key; warned about by keys, then ignored"
+    )]
     pub(super) env_path: Option<toml::Value>,
 }
 
@@ -82,7 +85,7 @@ pub(super) const EXPERT_KEYS: &[&str] = &[
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct RawExpert {
     pub(super) version: Option<String>,
-    #[allow(dead_code)] // registry metadata; no effect on a run
+    #[expect(dead_code, reason = "registry metadata; no effect on a run")]
     pub(super) min_runtime_version: Option<String>,
     pub(super) description: Option<String>,
     pub(super) instruction: Option<String>,
@@ -113,8 +116,15 @@ pub(super) const STDIO_SKILL_KEYS: &[&str] = &[
 ];
 
 /// Keys of a `type = "mcpSseSkill"` table.
-pub(super) const SSE_SKILL_KEYS: &[&str] =
-    &["type", "endpoint", "description", "rule", "pick", "omit", "allowedDomains"];
+pub(super) const SSE_SKILL_KEYS: &[&str] = &[
+    "type",
+    "endpoint",
+    "description",
+    "rule",
+    "pick",
+    "omit",
+    "allowedDomains",
+];
 
 /// Keys of a `type = "interactiveSkill"` table.
 pub(super) const INTERACTIVE_SKILL_KEYS: &[&str] = &["type", "description", "rule", "tools"];
@@ -160,7 +170,7 @@ pub(super) const TOOL_KEYS: &[&str] = &["name", "description", "inputJsonSchema"
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct RawTool {
-    #[allow(dead_code)] // ignored: the table key is the name
+    #[expect(dead_code, reason = "ignored: the table key is the name")]
     pub(super) name: Option<String>,
     pub(super) description: Option<String>,
     pub(super) input_json_schema: Option<String>,

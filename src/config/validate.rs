@@ -27,7 +27,11 @@ const MAX_DESCRIPTION: usize = 2 * 1024;
 const MAX_INPUT_SCHEMA: usize = 20 * 1024;
 
 /// Builds the validated configuration.
-pub(super) fn build(raw: RawConfig, doc: &Doc<'_>, file: &Path) -> Result<PerstackConfig, ConfigError> {
+pub(super) fn build(
+    raw: RawConfig,
+    doc: &Doc<'_>,
+    file: &Path,
+) -> Result<PerstackConfig, ConfigError> {
     let v = Validator { doc };
     let top = KeyPath::root();
     let reasoning_budget = raw
@@ -62,7 +66,10 @@ pub(super) fn build(raw: RawConfig, doc: &Doc<'_>, file: &Path) -> Result<Persta
                 .to_owned(),
         ));
     }
-    let provider = raw.provider.map(|p| provider::validate(p, doc)).transpose()?;
+    let provider = raw
+        .provider
+        .map(|p| provider::validate(p, doc))
+        .transpose()?;
 
     let experts_path = top.field("experts");
     let mut in_file_order: Vec<_> = raw.experts.into_iter().collect();
@@ -116,20 +123,32 @@ struct Validator<'d, 'a> {
 
 impl Validator<'_, '_> {
     fn invalid(&self, path: &KeyPath, message: String) -> ConfigError {
-        ConfigError::InvalidValue { at: self.doc.at(path), key: path.to_string(), message }
+        ConfigError::InvalidValue {
+            at: self.doc.at(path),
+            key: path.to_string(),
+            message,
+        }
     }
 
     fn missing(&self, table: &KeyPath, key: &str, hint: String) -> ConfigError {
-        ConfigError::MissingKey { at: self.doc.at(table), key: table.field(key).to_string(), hint }
+        ConfigError::MissingKey {
+            at: self.doc.at(table),
+            key: table.field(key).to_string(),
+            hint,
+        }
     }
 
     /// A level name or a non-negative token count.
-    fn reasoning_budget(&self, path: &KeyPath, value: toml::Value) -> Result<ReasoningBudget, ConfigError> {
+    fn reasoning_budget(
+        &self,
+        path: &KeyPath,
+        value: toml::Value,
+    ) -> Result<ReasoningBudget, ConfigError> {
         let levels = ["none", "minimal", "low", "medium", "high"];
         match value {
-            toml::Value::String(s) if levels.contains(&s.as_str()) => {
-                s.parse().map_err(|e: String| self.invalid(path, format!("{e}.")))
-            }
+            toml::Value::String(s) if levels.contains(&s.as_str()) => s
+                .parse()
+                .map_err(|e: String| self.invalid(path, format!("{e}."))),
             toml::Value::Integer(n) if n >= 0 => Ok(ReasoningBudget::Tokens(n.unsigned_abs())),
             other => {
                 let got = match &other {
@@ -162,18 +181,35 @@ impl Validator<'_, '_> {
         min: i64,
     ) -> Result<Option<T>, ConfigError> {
         let Some(n) = value else { return Ok(None) };
-        match T::try_from(n) {
-            Ok(v) if n >= min => Ok(Some(v)),
-            Ok(_) => Err(self.invalid(path, format!("{path} must be an integer of at least {min}, not {n}."))),
-            Err(_) => Err(self.invalid(path, format!("{path} = {n} is out of range; use a smaller integer."))),
+        if n < min {
+            return Err(self.invalid(
+                path,
+                format!("{path} must be an integer of at least {min}, not {n}."),
+            ));
         }
+        T::try_from(n).map(Some).map_err(|_| {
+            self.invalid(
+                path,
+                format!("{path} = {n} is out of range; use a smaller integer."),
+            )
+        })
     }
 
     /// A length limit in UTF-16 units, as JavaScript's `string.length` counts.
-    fn length(&self, path: &KeyPath, what: &str, s: &str, min: usize, max: usize) -> Result<(), ConfigError> {
+    fn length(
+        &self,
+        path: &KeyPath,
+        what: &str,
+        s: &str,
+        min: usize,
+        max: usize,
+    ) -> Result<(), ConfigError> {
         let len = s.encode_utf16().count();
         if len < min {
-            return Err(self.invalid(path, format!("{what} must not be empty; write some text or remove the key.")));
+            return Err(self.invalid(
+                path,
+                format!("{what} must not be empty; write some text or remove the key."),
+            ));
         }
         if len > max {
             return Err(self.invalid(
@@ -203,9 +239,21 @@ impl Validator<'_, '_> {
                 format!("every expert needs an instruction; add instruction = \"\"\"...\"\"\" to [{path}]."),
             ));
         };
-        self.length(&path.field("instruction"), "instruction", &instruction, 1, MAX_INSTRUCTION)?;
+        self.length(
+            &path.field("instruction"),
+            "instruction",
+            &instruction,
+            1,
+            MAX_INSTRUCTION,
+        )?;
         if let Some(description) = &raw.description {
-            self.length(&path.field("description"), "description", description, 1, MAX_DESCRIPTION)?;
+            self.length(
+                &path.field("description"),
+                "description",
+                description,
+                1,
+                MAX_DESCRIPTION,
+            )?;
         }
         let version = raw.version.unwrap_or_else(|| "1.0.0".to_owned());
         if !names::is_semver(&version) {
@@ -263,14 +311,20 @@ impl Validator<'_, '_> {
             delegates,
             tags,
             provider_tools: raw.provider_tools,
-            provider_skills: raw.provider_skills.map(|v| json(v)),
-            provider_tool_options: raw.provider_tool_options.map(|v| json(v)),
+            provider_skills: raw.provider_skills.map(json),
+            provider_tool_options: raw.provider_tool_options.map(json),
         })
     }
 
     fn skill(&self, path: &KeyPath, name: &str, raw: RawSkill) -> Result<Skill, ConfigError> {
         if let Some(description) = &raw.description {
-            self.length(&path.field("description"), "description", description, 0, MAX_DESCRIPTION)?;
+            self.length(
+                &path.field("description"),
+                "description",
+                description,
+                0,
+                MAX_DESCRIPTION,
+            )?;
         }
         if let Some(rule) = &raw.rule {
             self.length(&path.field("rule"), "rule", rule, 0, MAX_DESCRIPTION)?;
@@ -352,13 +406,13 @@ impl Validator<'_, '_> {
             ));
         };
         let package_name = raw.package_name.filter(|p| !p.is_empty());
+        let args_written = raw.args.is_some();
         let args = raw.args.unwrap_or_default();
         let args_path = path.field("args");
         match (&package_name, args.is_empty()) {
             (None, true) => {
-                let at = if self.doc.at(&args_path) == self.doc.at(path) { path } else { &args_path };
                 return Err(self.invalid(
-                    at,
+                    if args_written { &args_path } else { path },
                     format!(
                         "Skill {name} has no packageName or args. Please provide one of them: \
                          packageName = \"<package>\" or args = [\"...\"]."
@@ -388,7 +442,12 @@ impl Validator<'_, '_> {
         }))
     }
 
-    fn tool(&self, path: &KeyPath, name: &str, raw: RawTool) -> Result<InteractiveTool, ConfigError> {
+    fn tool(
+        &self,
+        path: &KeyPath,
+        name: &str,
+        raw: RawTool,
+    ) -> Result<InteractiveTool, ConfigError> {
         let Some(schema) = raw.input_json_schema else {
             return Err(self.missing(
                 path,
@@ -397,7 +456,13 @@ impl Validator<'_, '_> {
             ));
         };
         let schema_path = path.field("inputJsonSchema");
-        self.length(&schema_path, "inputJsonSchema", &schema, 0, MAX_INPUT_SCHEMA)?;
+        self.length(
+            &schema_path,
+            "inputJsonSchema",
+            &schema,
+            0,
+            MAX_INPUT_SCHEMA,
+        )?;
         if let Err(e) = serde_json::from_str::<Value>(&schema) {
             return Err(self.invalid(
                 &schema_path,
@@ -407,7 +472,11 @@ impl Validator<'_, '_> {
                 ),
             ));
         }
-        Ok(InteractiveTool { name: name.to_owned(), description: raw.description, input_json_schema: schema })
+        Ok(InteractiveTool {
+            name: name.to_owned(),
+            description: raw.description,
+            input_json_schema: schema,
+        })
     }
 
     /// Every delegate must be an Expert of this file (registry Experts are not supported).
@@ -418,13 +487,17 @@ impl Validator<'_, '_> {
         experts: &BTreeMap<String, Expert>,
     ) -> Result<(), ConfigError> {
         for key in order {
-            let Some(expert) = experts.get(key) else { continue };
+            let Some(expert) = experts.get(key) else {
+                continue;
+            };
             for (i, delegate) in expert.delegates.iter().enumerate() {
                 if experts.contains_key(delegate) {
                     continue;
                 }
                 return Err(ConfigError::MissingDelegate {
-                    at: self.doc.at(&experts_path.key(key).field("delegates").index(i)),
+                    at: self
+                        .doc
+                        .at(&experts_path.key(key).field("delegates").index(i)),
                     expert: key.clone(),
                     delegate: delegate.clone(),
                     suggestion: did_you_mean(delegate, experts.keys().map(String::as_str)),
@@ -433,18 +506,17 @@ impl Validator<'_, '_> {
         }
         Ok(())
     }
-
 }
 
 /// A TOML value as JSON (for the provider-native options Perstack passes through untouched).
 fn json(value: toml::Value) -> Value {
-        match value {
-            toml::Value::String(s) => Value::String(s),
-            toml::Value::Integer(n) => Value::from(n),
-            toml::Value::Float(f) => Value::from(f),
-            toml::Value::Boolean(b) => Value::Bool(b),
-            toml::Value::Datetime(d) => Value::String(d.to_string()),
-            toml::Value::Array(items) => Value::Array(items.into_iter().map(json).collect()),
-            toml::Value::Table(t) => Value::Object(t.into_iter().map(|(k, v)| (k, json(v))).collect()),
-        }
+    match value {
+        toml::Value::String(s) => Value::String(s),
+        toml::Value::Integer(n) => Value::from(n),
+        toml::Value::Float(f) => Value::from(f),
+        toml::Value::Boolean(b) => Value::Bool(b),
+        toml::Value::Datetime(d) => Value::String(d.to_string()),
+        toml::Value::Array(items) => Value::Array(items.into_iter().map(json).collect()),
+        toml::Value::Table(t) => Value::Object(t.into_iter().map(|(k, v)| (k, json(v))).collect()),
+    }
 }

@@ -77,10 +77,15 @@ impl Assembler {
 
     fn close_reasoning(&mut self, out: &mut Vec<Signal>) {
         if let Some(text) = self.reasoning_open.take() {
-            self.thinking.push(Thinking { text, signature: None });
+            self.thinking.push(Thinking {
+                text,
+                signature: None,
+            });
         }
         if !self.reasoning_streamed.is_empty() {
-            out.push(Signal::ReasoningComplete(std::mem::take(&mut self.reasoning_streamed)));
+            out.push(Signal::ReasoningComplete(std::mem::take(
+                &mut self.reasoning_streamed,
+            )));
         }
     }
 
@@ -126,9 +131,14 @@ mod tests {
         let mut sig = Vec::new();
         sig.extend(a.push(StreamPart::ReasoningDelta("th".into())));
         sig.extend(a.push(StreamPart::ReasoningDelta("ink".into())));
-        sig.extend(a.push(StreamPart::ReasoningEnd { signature: Some("sig".into()) }));
+        sig.extend(a.push(StreamPart::ReasoningEnd {
+            signature: Some("sig".into()),
+        }));
         sig.extend(a.push(StreamPart::TextDelta("Hi".into())));
-        sig.extend(a.push(StreamPart::Finish { reason: FinishReason::Stop, usage: Usage::default() }));
+        sig.extend(a.push(StreamPart::Finish {
+            reason: FinishReason::Stop,
+            usage: Usage::default(),
+        }));
         let (end, g) = a.finish();
         sig.extend(end);
         assert_eq!(
@@ -144,7 +154,13 @@ mod tests {
             ]
         );
         let g = g.unwrap();
-        assert_eq!(g.thinking, vec![Thinking { text: "think".into(), signature: Some("sig".into()) }]);
+        assert_eq!(
+            g.thinking,
+            vec![Thinking {
+                text: "think".into(),
+                signature: Some("sig".into())
+            }]
+        );
         assert_eq!(g.text, "Hi");
     }
 

@@ -13,7 +13,11 @@ pub fn backoff(retry_count: u32) -> Duration {
     let exp = retry_count.saturating_sub(1).min(16);
     let base_ms = (500u64 << exp).min(30_000);
     let jitter = rand::random_range(0.8..1.2);
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
     Duration::from_millis((base_ms as f64 * jitter) as u64)
 }
 

@@ -29,7 +29,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::{
-    FinishReason, GeneratedToolCall, GenerationError, GenerationRequest, LanguageModel, PartStream, StreamPart,
+    FinishReason, GeneratedToolCall, GenerationError, GenerationRequest, LanguageModel, PartStream,
+    StreamPart,
 };
 use crate::schema::{Message, Usage};
 
@@ -150,25 +151,35 @@ impl ScriptedModel {
     /// A model playing `script`.
     pub fn new(script: Script) -> Self {
         let used = Mutex::new(vec![false; script.turns.len()]);
-        ScriptedModel { turns: script.turns, used }
+        ScriptedModel {
+            turns: script.turns,
+            used,
+        }
     }
 
     /// Parse a script from TOML text; `path` names it in errors.
     pub fn parse(text: &str, path: &str) -> Result<Self, ScriptError> {
-        let script: Script =
-            toml::from_str(text).map_err(|e| ScriptError::Invalid { path: path.into(), message: e.to_string() })?;
+        let script: Script = toml::from_str(text).map_err(|e| ScriptError::Invalid {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
         Ok(ScriptedModel::new(script))
     }
 
     /// Load a script file.
     pub fn load(path: &Path) -> Result<Self, ScriptError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ScriptError::Io { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ScriptError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
         Self::parse(&text, &path.display().to_string())
     }
 
     fn take_turn(&self, expert: &str, query: Option<&str>) -> Option<(usize, Turn)> {
-        let mut used = self.used.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut used = self
+            .used
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let i = self.turns.iter().enumerate().position(|(i, t)| {
             !used[i] && t.expert == expert && t.query.as_deref().is_none_or(|q| Some(q) == query)
         })?;
@@ -198,7 +209,9 @@ impl LanguageModel for ScriptedModel {
                 message: format!(
                     "scripted provider: no turn left for expert \"{}\"{}",
                     request.expert_key,
-                    query.map(|q| format!(" with query {q:?}")).unwrap_or_default()
+                    query
+                        .map(|q| format!(" with query {q:?}"))
+                        .unwrap_or_default()
                 ),
                 status_code: None,
                 retryable: false,
@@ -208,7 +221,9 @@ impl LanguageModel for ScriptedModel {
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
         if let Some(e) = turn.error {
-            let retryable = e.retryable.unwrap_or(matches!(e.status, Some(429) | Some(500..=599)));
+            let retryable = e
+                .retryable
+                .unwrap_or(matches!(e.status, Some(429) | Some(500..=599)));
             return Err(GenerationError {
                 name: e.name.unwrap_or_else(|| "APICallError".into()),
                 message: e.message,
@@ -216,7 +231,9 @@ impl LanguageModel for ScriptedModel {
                 retryable,
             });
         }
-        Ok(Box::pin(futures::stream::iter(turn_parts(index, turn).into_iter().map(Ok))))
+        Ok(Box::pin(futures::stream::iter(
+            turn_parts(index, turn).into_iter().map(Ok),
+        )))
     }
 }
 
@@ -224,10 +241,15 @@ fn turn_parts(index: usize, turn: Turn) -> Vec<StreamPart> {
     let mut parts = Vec::new();
     if let Some(r) = turn.reasoning.filter(|r| !r.is_empty()) {
         parts.push(StreamPart::ReasoningDelta(r));
-        parts.push(StreamPart::ReasoningEnd { signature: turn.signature });
+        parts.push(StreamPart::ReasoningEnd {
+            signature: turn.signature,
+        });
     }
     if let Some(t) = turn.text.filter(|t| !t.is_empty()) {
-        let mid = t.char_indices().nth(t.chars().count() / 2).map_or(t.len(), |(i, _)| i);
+        let mid = t
+            .char_indices()
+            .nth(t.chars().count() / 2)
+            .map_or(t.len(), |(i, _)| i);
         let (a, b) = t.split_at(mid);
         for d in [a, b].into_iter().filter(|d| !d.is_empty()) {
             parts.push(StreamPart::TextDelta(d.to_string()));
@@ -236,7 +258,9 @@ fn turn_parts(index: usize, turn: Turn) -> Vec<StreamPart> {
     let has_calls = !turn.tool_calls.is_empty();
     for (n, c) in turn.tool_calls.into_iter().enumerate() {
         parts.push(StreamPart::ToolCall(GeneratedToolCall {
-            id: c.id.unwrap_or_else(|| format!("call_{}_{index}_{n}", c.name)),
+            id: c
+                .id
+                .unwrap_or_else(|| format!("call_{}_{index}_{n}", c.name)),
             name: c.name,
             args: c.args.unwrap_or_else(|| Value::Object(Map::new())),
         }));
@@ -320,7 +344,8 @@ mod tests {
 
     #[test]
     fn unknown_keys_in_a_script_are_errors_naming_the_file() {
-        let e = ScriptedModel::parse("[[turns]]\nexpert = \"a\"\ntxt = \"x\"\n", "s.toml").unwrap_err();
+        let e =
+            ScriptedModel::parse("[[turns]]\nexpert = \"a\"\ntxt = \"x\"\n", "s.toml").unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains("s.toml") && msg.contains("txt"), "{msg}");
     }

@@ -8,7 +8,9 @@
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
 
-use super::{Checkpoint, InteractiveToolCallResult, Message, RunError, Step, ToolCall, ToolResult, Usage};
+use super::{
+    Checkpoint, InteractiveToolCallResult, Message, RunError, Step, ToolCall, ToolResult, Usage,
+};
 
 /// One event.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -40,7 +40,10 @@ mod tests {
         let id = new_id();
         assert_eq!(id.len(), 24);
         assert!(id.chars().next().is_some_and(|c| c.is_ascii_lowercase()));
-        assert!(id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
+        assert!(
+            id.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        );
         assert_ne!(new_id(), new_id());
     }
 

@@ -29,9 +29,9 @@ impl JobStatus {
             CheckpointStatus::StoppedByInteractiveTool => JobStatus::StoppedByInteractiveTool,
             CheckpointStatus::StoppedByExceededMaxSteps => JobStatus::StoppedByMaxSteps,
             CheckpointStatus::StoppedByError => JobStatus::StoppedByError,
-            CheckpointStatus::Init | CheckpointStatus::Proceeding | CheckpointStatus::StoppedByDelegate => {
-                JobStatus::Running
-            }
+            CheckpointStatus::Init
+            | CheckpointStatus::Proceeding
+            | CheckpointStatus::StoppedByDelegate => JobStatus::Running,
         }
     }
 }

@@ -146,7 +146,11 @@ pub struct ToolResultPart {
 impl MessagePart {
     /// A new text part.
     pub fn text(text: impl Into<String>) -> Self {
-        MessagePart::TextPart(TextPart { id: new_id(), text: text.into(), extra: Map::new() })
+        MessagePart::TextPart(TextPart {
+            id: new_id(),
+            text: text.into(),
+            extra: Map::new(),
+        })
     }
 
     /// The text of a `textPart`.
@@ -161,7 +165,9 @@ impl MessagePart {
     pub fn is_tool_result_content(&self) -> bool {
         matches!(
             self,
-            MessagePart::TextPart(_) | MessagePart::ImageInlinePart(_) | MessagePart::FileInlinePart(_)
+            MessagePart::TextPart(_)
+                | MessagePart::ImageInlinePart(_)
+                | MessagePart::FileInlinePart(_)
         )
     }
 
@@ -214,7 +220,12 @@ pub struct MessageBody {
 impl MessageBody {
     /// A body with a fresh id.
     pub fn new(contents: Vec<MessagePart>) -> Self {
-        MessageBody { id: new_id(), contents, cache: None, extra: Map::new() }
+        MessageBody {
+            id: new_id(),
+            contents,
+            cache: None,
+            extra: Map::new(),
+        }
     }
 }
 

@@ -41,8 +41,19 @@ pub struct ToolResult {
 
 impl ToolCall {
     /// A call with no extra fields.
-    pub fn new(id: impl Into<String>, skill_name: impl Into<String>, tool_name: impl Into<String>, args: Value) -> Self {
-        ToolCall { id: id.into(), skill_name: skill_name.into(), tool_name: tool_name.into(), args, extra: Map::new() }
+    pub fn new(
+        id: impl Into<String>,
+        skill_name: impl Into<String>,
+        tool_name: impl Into<String>,
+        args: Value,
+    ) -> Self {
+        ToolCall {
+            id: id.into(),
+            skill_name: skill_name.into(),
+            tool_name: tool_name.into(),
+            args,
+            extra: Map::new(),
+        }
     }
 }
 
@@ -60,6 +71,10 @@ impl ToolResult {
 
     /// The concatenated text of the result's text parts.
     pub fn text(&self) -> String {
-        self.result.iter().filter_map(MessagePart::as_text).collect::<Vec<_>>().join("")
+        self.result
+            .iter()
+            .filter_map(MessagePart::as_text)
+            .collect::<Vec<_>>()
+            .join("")
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! | MCP content | Part |
 //! |---|---|
-//! | (no content at all) | `textPart` "Tool <name> returned nothing with arguments: <json>" |
+//! | (no content at all) | `textPart` `Tool <name> returned nothing with arguments: <json>` |
 //! | `text` | `textPart`; an empty text becomes "Error: No content" |
 //! | `image` | `imageInlinePart` |
 //! | `resource` with text | `textPart` |
@@ -16,7 +16,8 @@
 //! - an image without data or MIME type becomes the text
 //!   "Error: Image part must have both data and mimeType";
 //! - a blob resource without a MIME type is inlined as `application/octet-stream`;
-//! - a text resource needs no MIME type, and an empty one becomes "Error: No content".
+//! - a text resource needs no MIME type, and an empty one becomes "Error: No content";
+//! - a resource kind newer than rmcp 3.11 becomes "Error: Unsupported resource type".
 //!
 //! This module does no I/O; the `readImageFile`/`readPdfFile` inlining happens in the caller.
 
@@ -57,7 +58,7 @@ pub fn to_message_parts(tool_name: &str, args: &Value, result: &CallToolResult) 
 }
 
 /// The text Perstack gives the model when a call fails at the protocol level:
-/// "Error calling tool <name>: <message>".
+/// `Error calling tool <name>: <message>`.
 pub fn mcp_error_text(tool_name: &str, err: &impl Display) -> String {
     format!("Error calling tool {tool_name}: {err}")
 }
@@ -151,7 +152,10 @@ mod tests {
         let [MessagePart::ImageInlinePart(p)] = out.parts.as_slice() else {
             panic!("{:?}", out.parts)
         };
-        assert_eq!((p.encoded_data.as_str(), p.mime_type.as_str()), ("aGk=", "image/png"));
+        assert_eq!(
+            (p.encoded_data.as_str(), p.mime_type.as_str()),
+            ("aGk=", "image/png")
+        );
         assert_eq!(p.id.len(), 24);
     }
 
@@ -170,10 +174,14 @@ mod tests {
         let r = CallToolResult::success(vec![
             ContentBlock::embedded_text("file:///a.txt", "hello"),
             ContentBlock::resource(
-                ResourceContents::blob("JVBERi0=", "file:///a.pdf").with_mime_type("application/pdf"),
+                ResourceContents::blob("JVBERi0=", "file:///a.pdf")
+                    .with_mime_type("application/pdf"),
             ),
             ContentBlock::resource(ResourceContents::blob("AAA=", "file:///x")),
-            ContentBlock::Resource(EmbeddedResource::new(ResourceContents::text("", "file:///e"))),
+            ContentBlock::Resource(EmbeddedResource::new(ResourceContents::text(
+                "",
+                "file:///e",
+            ))),
         ]);
         let out = to_message_parts("t", &json!({}), &r);
         assert_eq!(out.parts.len(), 4);
@@ -181,7 +189,10 @@ mod tests {
         let MessagePart::FileInlinePart(pdf) = &out.parts[1] else {
             panic!("{:?}", out.parts[1])
         };
-        assert_eq!((pdf.encoded_data.as_str(), pdf.mime_type.as_str()), ("JVBERi0=", "application/pdf"));
+        assert_eq!(
+            (pdf.encoded_data.as_str(), pdf.mime_type.as_str()),
+            ("JVBERi0=", "application/pdf")
+        );
         let MessagePart::FileInlinePart(blob) = &out.parts[2] else {
             panic!("{:?}", out.parts[2])
         };

@@ -8,7 +8,10 @@ use serde_json::Value;
 
 fn traces() -> Vec<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/perstack-traces");
-    let mut v: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     v.sort();
     v
 }
@@ -23,7 +26,14 @@ fn every_recorded_event_round_trips_to_an_equal_json_value() {
             let event: Event = serde_json::from_str(line)
                 .unwrap_or_else(|e| panic!("{}:{}: {e}", dir.display(), n + 1));
             let again = serde_json::to_value(&event).unwrap();
-            assert_eq!(original, again, "{}:{} ({})", dir.display(), n + 1, event.kind());
+            assert_eq!(
+                original,
+                again,
+                "{}:{} ({})",
+                dir.display(),
+                n + 1,
+                event.kind()
+            );
             count += 1;
         }
     }
@@ -36,7 +46,12 @@ fn every_recorded_final_checkpoint_round_trips_to_an_equal_json_value() {
         let text = std::fs::read_to_string(dir.join("result.json")).unwrap();
         let original: Value = serde_json::from_str(&text).unwrap();
         let cp: Checkpoint = serde_json::from_value(original.clone()).unwrap();
-        assert_eq!(original, serde_json::to_value(&cp).unwrap(), "{}", dir.display());
+        assert_eq!(
+            original,
+            serde_json::to_value(&cp).unwrap(),
+            "{}",
+            dir.display()
+        );
     }
 }
 
@@ -47,5 +62,8 @@ fn unknown_fields_survive_a_round_trip() {
     let event: Event = serde_json::from_str(line).unwrap();
     assert_eq!(original, serde_json::to_value(&event).unwrap());
     let first_key = serde_json::to_string(&event).unwrap();
-    assert!(first_key.starts_with(r#"{"type":"streamRunResult""#), "{first_key}");
+    assert!(
+        first_key.starts_with(r#"{"type":"streamRunResult""#),
+        "{first_key}"
+    );
 }

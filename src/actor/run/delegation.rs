@@ -14,7 +14,10 @@ use serde_json::Map;
 use super::{Parent, RunActor, RunArgs, RunFinished, Start};
 use crate::actor::context::JobContext;
 use crate::agent::{Machine, MachineSetting};
-use crate::schema::{Checkpoint, CheckpointStatus, DelegateTo, DelegatedBy, MessagePart, ToolResult, Usage, id::new_id};
+use crate::schema::{
+    Checkpoint, CheckpointStatus, DelegateTo, DelegatedBy, MessagePart, ToolResult, Usage,
+    id::new_id,
+};
 
 /// The delegations of one turn.
 pub(super) struct Delegation {
@@ -48,9 +51,16 @@ impl Delegation {
     }
 
     /// Start queued children while slots are free.
-    pub(super) async fn start_more(&mut self, ctx: &Arc<JobContext>, me: &ActorRef<RunActor>, parent: &Checkpoint) {
+    pub(super) async fn start_more(
+        &mut self,
+        ctx: &Arc<JobContext>,
+        me: &ActorRef<RunActor>,
+        parent: &Checkpoint,
+    ) {
         while self.running < ctx.settings.max_parallel_delegates.max(1) {
-            let Some(slot) = self.queue.pop_front() else { break };
+            let Some(slot) = self.queue.pop_front() else {
+                break;
+            };
             let call = &self.calls[slot];
             let setting = MachineSetting {
                 job_id: ctx.job_id.clone(),
@@ -86,7 +96,9 @@ impl Delegation {
 
     /// A child reported.
     pub(super) fn child_finished(&mut self, r: RunFinished) {
-        let Some(call) = self.calls.get(r.slot) else { return };
+        let Some(call) = self.calls.get(r.slot) else {
+            return;
+        };
         if self.results[r.slot].is_some() {
             return;
         }
@@ -98,7 +110,12 @@ impl Delegation {
             (CheckpointStatus::Completed, Some(text)) => text,
             (CheckpointStatus::Completed, None) => String::new(),
             (status, _) => {
-                let why = r.checkpoint.error.as_ref().map(|e| format!(": {}: {}", e.name, e.message)).unwrap_or_default();
+                let why = r
+                    .checkpoint
+                    .error
+                    .as_ref()
+                    .map(|e| format!(": {}: {}", e.name, e.message))
+                    .unwrap_or_default();
                 format!(
                     "Delegation to expert \"{}\" failed: it stopped with status {}{why}",
                     call.expert.key,
@@ -117,14 +134,21 @@ impl Delegation {
         }
         self.running = self.running.saturating_sub(1);
         let call = &self.calls[slot];
-        let text = format!("Delegation to expert \"{}\" failed: the run crashed ({reason})", call.expert.key);
+        let text = format!(
+            "Delegation to expert \"{}\" failed: the run crashed ({reason})",
+            call.expert.key
+        );
         self.results[slot] = Some(result_for(call, text));
         Some(slot)
     }
 
     /// The highest step any child reached, their summed usage, and results in call order.
     pub(super) fn into_results(self) -> (u32, Usage, Vec<ToolResult>) {
-        (self.last_step, self.usage, self.results.into_iter().flatten().collect())
+        (
+            self.last_step,
+            self.usage,
+            self.results.into_iter().flatten().collect(),
+        )
     }
 }
 

@@ -13,8 +13,12 @@ use super::{Generated, RunActor, ToolsDone};
 use crate::actor::context::{JobContext, now_ms};
 use crate::actor::skill::{CallTool, SkillActor};
 use crate::agent::{Machine, ToolIndex, ToolOwner};
-use crate::llm::{Assembler, Generation, GenerationError, GenerationRequest, Signal, ToolSpec, retry::backoff};
-use crate::schema::{Delta, Empty, Event, EventPayload, Message, MessagePart, Text, ToolCall, ToolResult, id::new_id};
+use crate::llm::{
+    Assembler, Generation, GenerationError, GenerationRequest, Signal, ToolSpec, retry::backoff,
+};
+use crate::schema::{
+    Delta, Empty, Event, EventPayload, Message, MessagePart, Text, ToolCall, ToolResult, id::new_id,
+};
 
 /// Envelope fields for streaming events.
 #[derive(Clone)]
@@ -113,13 +117,29 @@ async fn generate(
 /// Reasoning events may come in either generation; result events only for the run result.
 async fn emit(ctx: &JobContext, envelope: &Envelope, run_result: bool, signal: Signal) {
     let payload = match signal {
-        Signal::ReasoningStart => EventPayload::StartStreamingReasoning(Empty { extra: Map::new() }),
-        Signal::ReasoningDelta(delta) => EventPayload::StreamReasoning(Delta { delta, extra: Map::new() }),
-        Signal::ReasoningComplete(text) => EventPayload::CompleteStreamingReasoning(Text { text, extra: Map::new() }),
-        Signal::TextStart if run_result => EventPayload::StartStreamingRunResult(Empty { extra: Map::new() }),
-        Signal::TextDelta(delta) if run_result => EventPayload::StreamRunResult(Delta { delta, extra: Map::new() }),
+        Signal::ReasoningStart => {
+            EventPayload::StartStreamingReasoning(Empty { extra: Map::new() })
+        }
+        Signal::ReasoningDelta(delta) => EventPayload::StreamReasoning(Delta {
+            delta,
+            extra: Map::new(),
+        }),
+        Signal::ReasoningComplete(text) => EventPayload::CompleteStreamingReasoning(Text {
+            text,
+            extra: Map::new(),
+        }),
+        Signal::TextStart if run_result => {
+            EventPayload::StartStreamingRunResult(Empty { extra: Map::new() })
+        }
+        Signal::TextDelta(delta) if run_result => EventPayload::StreamRunResult(Delta {
+            delta,
+            extra: Map::new(),
+        }),
         Signal::TextComplete(text) if run_result => {
-            EventPayload::CompleteStreamingRunResult(Text { text, extra: Map::new() })
+            EventPayload::CompleteStreamingRunResult(Text {
+                text,
+                extra: Map::new(),
+            })
         }
         _ => return,
     };
@@ -144,17 +164,35 @@ pub(super) fn spawn_tool_calls(
     });
 }
 
-async fn call_one(index: &ToolIndex, skills: &HashMap<String, ActorRef<SkillActor>>, call: &ToolCall) -> ToolResult {
+async fn call_one(
+    index: &ToolIndex,
+    skills: &HashMap<String, ActorRef<SkillActor>>,
+    call: &ToolCall,
+) -> ToolResult {
     let skill = match index.owner(&call.tool_name) {
         Some(ToolOwner::Skill(s)) => skills.get(s),
         _ => None,
     };
     let Some(skill) = skill else {
-        return error_result(call, "ToolNotFound", &format!("Tool {} not found", call.tool_name));
+        return error_result(
+            call,
+            "ToolNotFound",
+            &format!("Tool {} not found", call.tool_name),
+        );
     };
-    match skill.ask(CallTool { name: call.tool_name.clone(), args: call.args.clone() }).await {
+    match skill
+        .ask(CallTool {
+            name: call.tool_name.clone(),
+            args: call.args.clone(),
+        })
+        .await
+    {
         Ok(outcome) => ToolResult::new(call, call.skill_name.clone(), outcome.parts),
-        Err(e) => error_result(call, "SkillUnavailable", &format!("Error calling tool {}: {e}", call.tool_name)),
+        Err(e) => error_result(
+            call,
+            "SkillUnavailable",
+            &format!("Error calling tool {}: {e}", call.tool_name),
+        ),
     }
 }
 
@@ -162,6 +200,8 @@ fn error_result(call: &ToolCall, name: &str, message: &str) -> ToolResult {
     ToolResult::new(
         call,
         call.skill_name.clone(),
-        vec![MessagePart::text(json!({"error": name, "message": message}).to_string())],
+        vec![MessagePart::text(
+            json!({"error": name, "message": message}).to_string(),
+        )],
     )
 }

@@ -192,8 +192,8 @@ impl InProcessBase {
 /// Runs the server side until the client goes away.
 async fn serve<S: ServerHandler>(server: S, io: DuplexStream) {
     let (read, write) = tokio::io::split(io);
-    let transport =
-        AsyncRwTransport::<RoleServer, _, _>::new(read, write).with_max_line_length(MAX_MESSAGE_BYTES);
+    let transport = AsyncRwTransport::<RoleServer, _, _>::new(read, write)
+        .with_max_line_length(MAX_MESSAGE_BYTES);
     match server.serve(transport).await {
         Ok(running) => {
             if let Err(e) = running.waiting().await {

@@ -10,7 +10,9 @@ use crate::skill::SkillError;
 use crate::skill::mcp_result::{mcp_error_text, to_message_parts};
 
 async fn connect() -> InProcessBase {
-    connect_in_process(BaseSkill::new("/workspace")).await.unwrap()
+    connect_in_process(BaseSkill::new("/workspace"))
+        .await
+        .unwrap()
 }
 
 /// The single text content of a call's result.
@@ -26,23 +28,37 @@ async fn lists_exactly_the_four_tools_with_simple_schemas() {
     let base = connect().await;
     let mut names: Vec<_> = base.tools().iter().map(|t| t.name.as_str()).collect();
     names.sort_unstable();
-    assert_eq!(names, ["attemptCompletion", "clearTodo", "healthCheck", "todo"]);
+    assert_eq!(
+        names,
+        ["attemptCompletion", "clearTodo", "healthCheck", "todo"]
+    );
     for tool in base.tools() {
         assert_eq!(tool.skill_name, "@perstack/base");
         assert!(tool.description.as_deref().is_some_and(|d| !d.is_empty()));
         if tool.name != "todo" {
-            assert_eq!(tool.input_schema, json!({"type": "object", "properties": {}}), "{}", tool.name);
+            assert_eq!(
+                tool.input_schema,
+                json!({"type": "object", "properties": {}}),
+                "{}",
+                tool.name
+            );
         }
     }
     let todo = base.tools().iter().find(|t| t.name == "todo").unwrap();
     assert_eq!(todo.input_schema["properties"]["newTodos"]["type"], "array");
-    assert_eq!(todo.input_schema["properties"]["completedTodos"]["items"]["type"], "integer");
+    assert_eq!(
+        todo.input_schema["properties"]["completedTodos"]["items"]["type"],
+        "integer"
+    );
     assert!(todo.input_schema.get("required").is_none());
 
     assert_eq!(base.server_identity().name, "@perstack/base");
     assert_eq!(base.server_identity().version, env!("CARGO_PKG_VERSION"));
     let t = base.timings();
-    assert_eq!(t.connect_duration_ms, t.spawn_duration_ms + t.handshake_duration_ms);
+    assert_eq!(
+        t.connect_duration_ms,
+        t.spawn_duration_ms + t.handshake_duration_ms
+    );
     assert!(t.total_duration_ms >= t.connect_duration_ms);
     base.close().await;
 }
@@ -72,7 +88,12 @@ async fn todo_ids_increment_and_clear_todo_resets_them() {
     let base = connect().await;
     call_text(&base, "todo", json!({"newTodos": ["a", "b"]})).await;
     assert_eq!(
-        call_text(&base, "todo", json!({"newTodos": ["c"], "completedTodos": [1, 2]})).await,
+        call_text(
+            &base,
+            "todo",
+            json!({"newTodos": ["c"], "completedTodos": [1, 2]})
+        )
+        .await,
         r#"{"todos":[{"id":0,"title":"a","completed":false},{"id":1,"title":"b","completed":true},{"id":2,"title":"c","completed":true}]}"#
     );
     // Null fields and no arguments at all are both accepted.
@@ -80,8 +101,14 @@ async fn todo_ids_increment_and_clear_todo_resets_them() {
         call_text(&base, "todo", json!({"newTodos": null})).await,
         call_text(&base, "todo", Value::Null).await
     );
-    assert_eq!(call_text(&base, "clearTodo", json!({})).await, r#"{"todos":[]}"#);
-    assert_eq!(call_text(&base, "attemptCompletion", Value::Null).await, "{}");
+    assert_eq!(
+        call_text(&base, "clearTodo", json!({})).await,
+        r#"{"todos":[]}"#
+    );
+    assert_eq!(
+        call_text(&base, "attemptCompletion", Value::Null).await,
+        "{}"
+    );
     assert_eq!(
         call_text(&base, "todo", json!({"newTodos": ["again"]})).await,
         r#"{"todos":[{"id":0,"title":"again","completed":false}]}"#
@@ -94,9 +121,19 @@ async fn two_instances_do_not_share_todos() {
     let first = connect().await;
     let second = connect().await;
     call_text(&first, "todo", json!({"newTodos": ["only in the first"]})).await;
-    assert_eq!(call_text(&second, "todo", json!({})).await, r#"{"todos":[]}"#);
-    assert_eq!(call_text(&second, "attemptCompletion", json!({})).await, "{}");
-    assert!(call_text(&first, "attemptCompletion", json!({})).await.starts_with(r#"{"remainingTodos":"#));
+    assert_eq!(
+        call_text(&second, "todo", json!({})).await,
+        r#"{"todos":[]}"#
+    );
+    assert_eq!(
+        call_text(&second, "attemptCompletion", json!({})).await,
+        "{}"
+    );
+    assert!(
+        call_text(&first, "attemptCompletion", json!({}))
+            .await
+            .starts_with(r#"{"remainingTodos":"#)
+    );
     first.close().await;
     second.close().await;
 }
@@ -107,7 +144,11 @@ async fn a_skill_instance_exposes_its_todos() {
     skill.lock_todos().apply(vec!["x".into()], &[]);
     assert_eq!(
         skill.todos(),
-        [TodoItem { id: 0, title: "x".into(), completed: false }]
+        [TodoItem {
+            id: 0,
+            title: "x".into(),
+            completed: false
+        }]
     );
     assert_eq!(skill.workspace(), std::path::Path::new("/w"));
 }
@@ -117,10 +158,18 @@ async fn health_check_has_perstacks_keys_and_shapes() {
     let base = connect().await;
     let text = call_text(&base, "healthCheck", json!({})).await;
     // Key order as in s05: status, workspace, uptime, memory{heapUsed, heapTotal}, pid.
-    let keys: Vec<_> = ["\"status\"", "\"workspace\"", "\"uptime\"", "\"memory\"", "\"heapUsed\"", "\"heapTotal\"", "\"pid\""]
-        .iter()
-        .map(|k| text.find(k).unwrap())
-        .collect();
+    let keys: Vec<_> = [
+        "\"status\"",
+        "\"workspace\"",
+        "\"uptime\"",
+        "\"memory\"",
+        "\"heapUsed\"",
+        "\"heapTotal\"",
+        "\"pid\"",
+    ]
+    .iter()
+    .map(|k| text.find(k).unwrap())
+    .collect();
     assert!(keys.windows(2).all(|w| w[0] < w[1]), "{text}");
     let v: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["status"], "ok");
@@ -129,7 +178,10 @@ async fn health_check_has_perstacks_keys_and_shapes() {
     assert_eq!(v["pid"], std::process::id());
     for key in ["heapUsed", "heapTotal"] {
         let s = v["memory"][key].as_str().unwrap();
-        assert!(s.ends_with("MB") && s[..s.len() - 2].parse::<u64>().is_ok(), "{s}");
+        assert!(
+            s.ends_with("MB") && s[..s.len() - 2].parse::<u64>().is_ok(),
+            "{s}"
+        );
     }
     base.close().await;
 }
@@ -139,19 +191,36 @@ async fn protocol_errors_feed_back_to_the_model() {
     let base = connect().await;
     let err = base.call("noSuchTool", json!({})).await.unwrap_err();
     assert!(err.feeds_back_to_model(), "{err:?}");
-    assert!(mcp_error_text("noSuchTool", &err).starts_with("Error calling tool noSuchTool: MCP error -32602"));
+    assert!(
+        mcp_error_text("noSuchTool", &err)
+            .starts_with("Error calling tool noSuchTool: MCP error -32602")
+    );
 
     // rmcp reports arguments that do not deserialise as an `isError` result, not a protocol
     // error; either way the model reads it.
-    let bad = base.call("todo", json!({"newTodos": "not a list"})).await.unwrap();
+    let bad = base
+        .call("todo", json!({"newTodos": "not a list"}))
+        .await
+        .unwrap();
     assert_eq!(bad.is_error, Some(true));
     let out = to_message_parts("todo", &json!({}), &bad);
     assert!(out.is_error);
-    assert!(out.parts[0].as_text().unwrap().contains("failed to deserialize parameters"));
+    assert!(
+        out.parts[0]
+            .as_text()
+            .unwrap()
+            .contains("failed to deserialize parameters")
+    );
     let err = base.call("todo", json!([1])).await.unwrap_err();
-    assert!(matches!(err, SkillError::InvalidArguments { .. }), "{err:?}");
+    assert!(
+        matches!(err, SkillError::InvalidArguments { .. }),
+        "{err:?}"
+    );
     // The connection survives all of that.
-    assert_eq!(call_text(&base, "clearTodo", json!({})).await, r#"{"todos":[]}"#);
+    assert_eq!(
+        call_text(&base, "clearTodo", json!({})).await,
+        r#"{"todos":[]}"#
+    );
     base.close().await;
 }
 
@@ -216,9 +285,13 @@ async fn measure_in_process_call_latency() {
     let per_call = started.elapsed() / N;
     let started = Instant::now();
     for _ in 0..N {
-        base.call("todo", json!({"completedTodos": [0]})).await.unwrap();
+        base.call("todo", json!({"completedTodos": [0]}))
+            .await
+            .unwrap();
     }
     let per_todo = started.elapsed() / N;
-    println!("in-process base skill: attemptCompletion {per_call:?}/call, todo {per_todo:?}/call (mean of {N}, multi-thread runtime)");
+    println!(
+        "in-process base skill: attemptCompletion {per_call:?}/call, todo {per_todo:?}/call (mean of {N}, multi-thread runtime)"
+    );
     base.close().await;
 }

@@ -51,7 +51,7 @@ impl TodoList {
         }
         for item in &mut self.items {
             // Ids stay far below 2^53, so the conversion is exact.
-            if completed.iter().any(|&c| c == item.id as f64) {
+            if completed.contains(&(item.id as f64)) {
                 item.completed = true;
             }
         }
@@ -63,7 +63,11 @@ impl TodoList {
     }
 
     fn remaining(&self) -> Vec<TodoItem> {
-        self.items.iter().filter(|t| !t.completed).cloned().collect()
+        self.items
+            .iter()
+            .filter(|t| !t.completed)
+            .cloned()
+            .collect()
     }
 }
 

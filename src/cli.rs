@@ -1,0 +1,34 @@
+//! The `perstack` command line: argument parsing and one file per command.
+//!
+//! Exit codes: 0 when the job completed or stopped for user input, 1 when it stopped by error
+//! or max steps (or an engine fault), 2 for usage and configuration errors. Events go to stdout,
+//! one JSON object per line; diagnostics go to stderr.
+
+mod run;
+
+use clap::{Parser, Subcommand};
+
+pub use run::RunArgs;
+
+/// Perstack-compatible engine for multi-Expert AI agents.
+#[derive(Debug, Parser)]
+#[command(name = "perstack", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run an Expert headless, printing every event as a JSON line.
+    Run(RunArgs),
+}
+
+/// Run the parsed command; returns the process exit code.
+pub async fn main(cli: Cli) -> u8 {
+    match cli.command {
+        Command::Run(args) => run::execute(args).await,
+    }
+}

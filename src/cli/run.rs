@@ -1,0 +1,214 @@
+//! `perstack run <expertKey> <query>`: load the configuration, build the engine on stdout and
+//! the filesystem store, run one job, and map its end to an exit code. SIGINT and SIGTERM
+//! cancel the job: every run ends with a terminal event and its checkpoint, then the process
+//! exits.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::config::{self, PerstackConfig, ProviderName};
+use crate::engine::{Engine, EngineError, JobRequest, Settings};
+use crate::llm::LanguageModel;
+use crate::llm::models::context_window;
+use crate::llm::scripted::ScriptedModel;
+use crate::schema::{JobStatus, ReasoningBudget};
+use crate::storage::FsStorage;
+
+/// Options of `perstack run` (Perstack's names).
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The Expert to run (a key of perstack.toml).
+    #[arg(value_name = "expertKey")]
+    pub expert_key: String,
+    /// The query.
+    #[arg(value_name = "query")]
+    pub query: String,
+    /// Path to perstack.toml (default: the nearest one walking up from the current directory).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Provider: anthropic, google, openai, ollama, azure-openai, amazon-bedrock, google-vertex,
+    /// deepseek, or scripted (plays turns from a script file).
+    #[arg(long)]
+    pub provider: Option<String>,
+    /// Model id (default claude-sonnet-4-5).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Job-wide step limit (default 100).
+    #[arg(long)]
+    pub max_steps: Option<u32>,
+    /// Consecutive generation retries (default 5).
+    #[arg(long)]
+    pub max_retries: Option<u32>,
+    /// Per-generation timeout in milliseconds (default 300000).
+    #[arg(long)]
+    pub timeout: Option<u64>,
+    /// none, minimal, low, medium, high, or a token count (default low).
+    #[arg(long)]
+    pub reasoning_budget: Option<ReasoningBudget>,
+    /// Job id to use instead of a generated one.
+    #[arg(long)]
+    pub job_id: Option<String>,
+    /// dotenv files to load (repeatable; default .env and .env.local).
+    #[arg(long = "env-path")]
+    pub env_path: Vec<String>,
+    /// Runtime; only `local` runs here.
+    #[arg(long)]
+    pub runtime: Option<String>,
+    /// Script file for the scripted provider (default: `[provider.setting] script`).
+    #[arg(long)]
+    pub script: Option<PathBuf>,
+    /// More diagnostics on stderr.
+    #[arg(long)]
+    pub verbose: bool,
+}
+
+/// Run and return the exit code.
+pub(super) async fn execute(args: RunArgs) -> u8 {
+    match run(args).await {
+        Ok(status) => match status {
+            JobStatus::Completed | JobStatus::StoppedByInteractiveTool => 0,
+            _ => 1,
+        },
+        Err(e) => {
+            eprintln!("perstack: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> Result<JobStatus, EngineError> {
+    let cwd = std::env::current_dir()
+        .map_err(|e| EngineError::Usage(format!("cannot read the current directory: {e}")))?;
+    let path = config::discover(args.config.as_deref(), &cwd)?;
+    let cfg = config::load(&path)?;
+    if let Some(rt) = args.runtime.as_deref().or(cfg.runtime.map(|r| r.as_str())) {
+        if rt != "local" {
+            if args.runtime.is_some() {
+                return Err(EngineError::Usage(format!(
+                    "runtime \"{rt}\" is not supported by this engine; use --runtime local"
+                )));
+            }
+            tracing::warn!("perstack.toml asks for runtime \"{rt}\"; running locally");
+        }
+    }
+    let env_paths: Vec<String> = if !args.env_path.is_empty() {
+        args.env_path.clone()
+    } else {
+        cfg.env_path.clone().unwrap_or_else(|| {
+            config::DEFAULT_ENV_PATHS
+                .iter()
+                .map(|s| (*s).to_string())
+                .collect()
+        })
+    };
+    let env = config::load_env(&cwd, &env_paths, std::env::vars())?;
+    let provider = provider_name(&args, &cfg)?;
+    let model_id = args
+        .model
+        .clone()
+        .or(cfg.model.clone())
+        .unwrap_or_else(|| "claude-sonnet-4-5".into());
+    let model = build_model(provider, &args, &cfg)?;
+
+    let mut settings = Settings::new(cfg.experts.clone());
+    settings.model = model_id.clone();
+    settings.provider_name = provider.as_str().into();
+    settings.reasoning_budget = args
+        .reasoning_budget
+        .or(cfg.reasoning_budget)
+        .unwrap_or_default();
+    settings.max_steps = args.max_steps.or(cfg.max_steps).unwrap_or(100);
+    settings.max_retries = args.max_retries.or(cfg.max_retries).unwrap_or(5);
+    settings.timeout = Duration::from_millis(args.timeout.or(cfg.timeout).unwrap_or(300_000));
+    settings.workspace = cwd.clone();
+    settings.context_window = context_window(&model_id);
+    settings.env = env;
+
+    let engine = Engine::builder()
+        .settings(settings)
+        .model(model)
+        .storage(Arc::new(FsStorage::new(cwd.join("perstack"))))
+        .sink(Box::new(tokio::io::stdout()))
+        .build();
+    let mut request = JobRequest::new(args.expert_key, args.query);
+    if let Some(id) = args.job_id {
+        request = request.job_id(id);
+    }
+    let handle = engine.start(request).await?;
+    let cancel = handle.cancel_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::warn!("signal received: cancelling the job");
+        cancel.cancel();
+    });
+    let outcome = handle.wait().await;
+    engine.shutdown().await;
+    Ok(outcome?.job.status)
+}
+
+fn provider_name(args: &RunArgs, cfg: &PerstackConfig) -> Result<ProviderName, EngineError> {
+    match &args.provider {
+        Some(p) => p
+            .parse::<ProviderName>()
+            .map_err(|e| EngineError::Usage(e.to_string())),
+        None => Ok(cfg
+            .provider
+            .as_ref()
+            .map_or(ProviderName::Anthropic, |p| p.provider_name)),
+    }
+}
+
+fn build_model(
+    provider: ProviderName,
+    args: &RunArgs,
+    cfg: &PerstackConfig,
+) -> Result<Arc<dyn LanguageModel>, EngineError> {
+    match provider {
+        ProviderName::Scripted => {
+            let script = match &args.script {
+                Some(p) => p.clone(),
+                None => cfg
+                    .provider
+                    .as_ref()
+                    .and_then(|p| p.setting_str("script"))
+                    .map(|s| cfg.resolve_relative(s))
+                    .ok_or_else(|| {
+                        EngineError::Usage(format!(
+                            "the scripted provider needs a script: pass --script <file> or set [provider.setting] script in {}",
+                            cfg.path.display()
+                        ))
+                    })?,
+            };
+            Ok(Arc::new(ScriptedModel::load(Path::new(&script))?))
+        }
+        other => Err(EngineError::Usage(format!(
+            "provider \"{}\" is not available in this build yet; use --provider scripted with --script <file>",
+            other.as_str()
+        ))),
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,396 @@
+//! The embedding API: build an [`Engine`] once, start jobs on it, get a [`JobHandle`] per job.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), perstack::engine::EngineError> {
+//! use std::sync::Arc;
+//! use perstack::engine::{Engine, Settings};
+//! use perstack::llm::scripted::ScriptedModel;
+//!
+//! let config = perstack::config::load(std::path::Path::new("experts/fanout/perstack.toml"))?;
+//! let model = ScriptedModel::load(&config.resolve_relative("script.toml"))?;
+//! let engine = Engine::builder()
+//!     .settings(Settings::new(config.experts.clone()))
+//!     .model(Arc::new(model))
+//!     .build();
+//! let mut job = engine.start(perstack::engine::JobRequest::new("coordinator", "hello").subscribe()).await?;
+//! let mut events = job.take_events().expect("subscribed");
+//! tokio::spawn(async move { while let Some(e) = events.recv().await { println!("{}", e.event.kind()); } });
+//! let outcome = job.wait().await?;
+//! println!("{:?}: {:?}", outcome.job.status, outcome.text);
+//! engine.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! One engine runs any number of concurrent jobs over one event bus, one storage and one
+//! provider. Events reach the optional sink (stdout for the CLI), callbacks, and each job's
+//! subscribers, in one global order.
+
+use std::sync::Arc;
+
+use kameo::prelude::*;
+use serde_json::Map;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+pub use crate::actor::context::Settings;
+pub use crate::actor::event_bus::{Callback, Sequenced, Sink};
+pub use crate::actor::job::JobOutcome;
+
+use crate::actor::context::{JobContext, now_ms};
+use crate::actor::event_bus::{BUS_MAILBOX, BusArgs, EventBus, Flush, Subscribe};
+use crate::actor::job::{JobActor, JobArgs};
+use crate::actor::run::Start;
+use crate::agent::{Machine, MachineSetting};
+use crate::llm::LanguageModel;
+use crate::schema::{
+    Job, JobStatus, ProviderConfig, RunInput, RunSetting, id::is_safe_id, id::new_id,
+};
+use crate::storage::{MemoryStorage, Storage};
+
+/// Why a job could not start or finish.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The script file of the scripted provider is invalid.
+    #[error(transparent)]
+    Script(#[from] crate::llm::scripted::ScriptError),
+    /// No Expert has this key.
+    #[error("expert \"{key}\" is not defined in the configuration{hint}")]
+    UnknownExpert {
+        /// The key asked for.
+        key: String,
+        /// A "did you mean" hint, possibly empty.
+        hint: String,
+    },
+    /// The job id cannot be used.
+    #[error("invalid job id {0:?}: use 1-255 characters of letters, digits, '_', '-' or '.'")]
+    InvalidJobId(String),
+    /// Storage failed before the job started.
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StoreError),
+    /// The job's actor stopped without reporting an outcome (an engine bug).
+    #[error("the job ended without an outcome")]
+    Lost,
+    /// Anything else about usage (unsupported provider, bad option).
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl EngineError {
+    /// Process exit code: 2 for usage and configuration errors, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            EngineError::Config(_)
+            | EngineError::Script(_)
+            | EngineError::UnknownExpert { .. }
+            | EngineError::InvalidJobId(_)
+            | EngineError::Usage(_) => 2,
+            EngineError::Storage(_) | EngineError::Lost => 1,
+        }
+    }
+}
+
+/// Builds an [`Engine`].
+#[derive(Default)]
+pub struct EngineBuilder {
+    settings: Option<Settings>,
+    storage: Option<Arc<dyn Storage>>,
+    model: Option<Arc<dyn LanguageModel>>,
+    sink: Option<Sink>,
+    callbacks: Vec<Callback>,
+}
+
+impl EngineBuilder {
+    /// Experts and limits.
+    pub fn settings(mut self, settings: Settings) -> Self {
+        self.settings = Some(settings);
+        self
+    }
+
+    /// Where checkpoints, events and job records go (default: in memory).
+    pub fn storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+
+    /// The provider every run calls.
+    pub fn model(mut self, model: Arc<dyn LanguageModel>) -> Self {
+        self.model = Some(model);
+        self
+    }
+
+    /// Write every event as a JSON line here (the CLI passes stdout).
+    pub fn sink(mut self, sink: Sink) -> Self {
+        self.sink = Some(sink);
+        self
+    }
+
+    /// Call this for every event of every job, on the bus task (keep it cheap).
+    pub fn on_event(mut self, callback: impl Fn(&Sequenced) + Send + Sync + 'static) -> Self {
+        self.callbacks.push(Arc::new(callback));
+        self
+    }
+
+    /// Start the engine's event bus. Must be called inside a tokio runtime.
+    pub fn build(self) -> Engine {
+        let storage: Arc<dyn Storage> = self
+            .storage
+            .unwrap_or_else(|| Arc::new(MemoryStorage::new()));
+        let bus = EventBus::spawn_with_mailbox(
+            BusArgs {
+                sink: self.sink,
+                storage: storage.clone(),
+                callbacks: self.callbacks,
+            },
+            kameo::mailbox::bounded(BUS_MAILBOX),
+        );
+        let settings = self
+            .settings
+            .unwrap_or_else(|| Settings::new(Default::default()));
+        let model = self.model.unwrap_or_else(|| {
+            Arc::new(crate::llm::scripted::ScriptedModel::new(Default::default()))
+        });
+        Engine {
+            bus,
+            storage,
+            model,
+            settings: Arc::new(settings),
+        }
+    }
+}
+
+/// What job to start.
+#[derive(Debug, Clone)]
+pub struct JobRequest {
+    /// The coordinator Expert.
+    pub expert_key: String,
+    /// The query.
+    pub query: String,
+    /// A job id to use instead of a generated one.
+    pub job_id: Option<String>,
+    /// Whether the handle receives a typed event stream.
+    pub subscribe: bool,
+    /// How many events the stream buffers before the engine waits for the reader.
+    pub buffer: usize,
+}
+
+impl JobRequest {
+    /// A new job of `expert_key` with `query`.
+    pub fn new(expert_key: impl Into<String>, query: impl Into<String>) -> Self {
+        JobRequest {
+            expert_key: expert_key.into(),
+            query: query.into(),
+            job_id: None,
+            subscribe: false,
+            buffer: 256,
+        }
+    }
+
+    /// Use this job id.
+    pub fn job_id(mut self, id: impl Into<String>) -> Self {
+        self.job_id = Some(id.into());
+        self
+    }
+
+    /// Deliver the job's events to [`JobHandle::take_events`]. The reader must keep up: a full
+    /// stream makes the engine wait (events are never dropped).
+    pub fn subscribe(mut self) -> Self {
+        self.subscribe = true;
+        self
+    }
+}
+
+/// The engine: one event bus, one storage, one provider, many jobs.
+pub struct Engine {
+    bus: ActorRef<EventBus>,
+    storage: Arc<dyn Storage>,
+    model: Arc<dyn LanguageModel>,
+    settings: Arc<Settings>,
+}
+
+/// A running job.
+pub struct JobHandle {
+    /// The job id.
+    pub job_id: String,
+    events: Option<mpsc::Receiver<Sequenced>>,
+    done: oneshot::Receiver<JobOutcome>,
+    cancel: CancellationToken,
+}
+
+impl JobHandle {
+    /// The typed event stream, when the request subscribed (once).
+    pub fn take_events(&mut self) -> Option<mpsc::Receiver<Sequenced>> {
+        self.events.take()
+    }
+
+    /// Stop the job: every run ends with `stopRunByError` ("Cancelled") and its checkpoint.
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    /// A token that cancels this job (for signal handlers).
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Wait for the job's terminal state.
+    pub async fn wait(self) -> Result<JobOutcome, EngineError> {
+        self.done.await.map_err(|_| EngineError::Lost)
+    }
+}
+
+impl Engine {
+    /// A builder.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder::default()
+    }
+
+    /// The settings jobs run with.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The storage.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    /// Start a job of `expert_key` with `query`.
+    pub async fn run(&self, expert_key: &str, query: &str) -> Result<JobHandle, EngineError> {
+        self.start(JobRequest::new(expert_key, query)).await
+    }
+
+    /// Start a job.
+    pub async fn start(&self, request: JobRequest) -> Result<JobHandle, EngineError> {
+        let Some(expert) = self.settings.experts.get(&request.expert_key) else {
+            let hint = crate::config::did_you_mean(
+                &request.expert_key,
+                self.settings.experts.keys().map(String::as_str),
+            )
+            .map(|s| format!("; did you mean \"{s}\"?"))
+            .unwrap_or_default();
+            return Err(EngineError::UnknownExpert {
+                key: request.expert_key,
+                hint,
+            });
+        };
+        let job_id = request.job_id.clone().unwrap_or_else(new_id);
+        if !is_safe_id(&job_id) {
+            return Err(EngineError::InvalidJobId(job_id));
+        }
+        let run_id = new_id();
+        let now = now_ms();
+        let setting = MachineSetting {
+            job_id: job_id.clone(),
+            run_id: run_id.clone(),
+            expert: expert.reference(),
+            max_steps: self.settings.max_steps,
+            max_retries: self.settings.max_retries,
+            context_window: self.settings.context_window,
+        };
+        let checkpoint = Machine::fresh_checkpoint(&setting, 1);
+        self.storage
+            .store_run_setting(&self.run_setting(&job_id, &run_id, &request, now))
+            .await?;
+        let events = if request.subscribe {
+            let (tx, rx) = mpsc::channel(request.buffer.max(1));
+            self.bus
+                .ask(Subscribe {
+                    job_id: job_id.clone(),
+                    tx,
+                })
+                .await
+                .map_err(|e| EngineError::Usage(format!("event bus unavailable: {e}")))?;
+            Some(rx)
+        } else {
+            None
+        };
+        let cancel = CancellationToken::new();
+        let ctx = Arc::new(JobContext {
+            job_id: job_id.clone(),
+            settings: self.settings.clone(),
+            model: self.model.clone(),
+            bus: self.bus.clone(),
+            cancel: cancel.clone(),
+        });
+        let (done_tx, done) = oneshot::channel();
+        let job = Job {
+            id: job_id.clone(),
+            status: JobStatus::Running,
+            coordinator_expert_key: request.expert_key.clone(),
+            total_steps: 0,
+            max_steps: Some(self.settings.max_steps),
+            usage: Default::default(),
+            started_at: now,
+            finished_at: None,
+            extra: Map::new(),
+        };
+        JobActor::spawn_with_mailbox(
+            JobArgs {
+                ctx,
+                storage: self.storage.clone(),
+                expert_key: request.expert_key,
+                checkpoint,
+                start: Start::Query(request.query),
+                job,
+                done: done_tx,
+            },
+            kameo::mailbox::bounded(crate::actor::run::RUN_MAILBOX),
+        );
+        Ok(JobHandle {
+            job_id,
+            events,
+            done,
+            cancel,
+        })
+    }
+
+    fn run_setting(
+        &self,
+        job_id: &str,
+        run_id: &str,
+        request: &JobRequest,
+        now: u64,
+    ) -> RunSetting {
+        let s = &self.settings;
+        RunSetting {
+            model: s.model.clone(),
+            provider_config: ProviderConfig {
+                provider_name: s.provider_name.clone(),
+                base_url: None,
+                extra: Map::new(),
+            },
+            job_id: job_id.into(),
+            run_id: run_id.into(),
+            expert_key: request.expert_key.clone(),
+            input: RunInput {
+                text: Some(request.query.clone()),
+                interactive_tool_call_result: None,
+            },
+            experts: s.experts.clone(),
+            reasoning_budget: s.reasoning_budget,
+            max_steps: s.max_steps,
+            max_retries: s.max_retries,
+            timeout: u64::try_from(s.timeout.as_millis()).unwrap_or(u64::MAX),
+            started_at: now,
+            updated_at: now,
+            perstack_api_base_url: "https://api.perstack.ai".into(),
+            perstack_base_skill_command: None,
+            // Never written: values may be secrets (Perstack writes the whole environment).
+            env: Default::default(),
+            proxy_url: None,
+            verbose: None,
+            extra: Map::new(),
+        }
+    }
+
+    /// Flush the sink and stop the bus. Jobs still running lose their output.
+    pub async fn shutdown(self) {
+        let _ = self.bus.ask(Flush).await;
+        let _ = self.bus.stop_gracefully().await;
+        self.bus.wait_for_shutdown().await;
+    }
+}
