@@ -1,3 +1,4 @@
 //! Integration suites, one file per capability.
 
 mod schema_roundtrip;
+mod cli;
