@@ -124,10 +124,11 @@ impl Message<Publish> for EventBus {
                 sink.flush().await.map_err(BusError::Sink)?;
             }
         }
-        if event.is_run_event() && !is_delta(&event) {
-            if let Err(e) = self.storage.store_event(&event).await {
-                tracing::warn!(error = %e, kind = event.kind(), "could not store event");
-            }
+        if event.is_run_event()
+            && !is_delta(&event)
+            && let Err(e) = self.storage.store_event(&event).await
+        {
+            tracing::warn!(error = %e, kind = event.kind(), "could not store event");
         }
         let sequenced = Sequenced {
             seq: self.seq,

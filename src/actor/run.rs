@@ -191,10 +191,10 @@ impl Actor for RunActor {
                 .delegation
                 .as_mut()
                 .and_then(|d| d.child_died(id, &reason));
-            if reported.is_some() {
-                if let Some(me) = me.upgrade() {
-                    self.after_child(&me).await;
-                }
+            if reported.is_some()
+                && let Some(me) = me.upgrade()
+            {
+                self.after_child(&me).await;
             }
         }
         if self.finished {

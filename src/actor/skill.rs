@@ -63,10 +63,10 @@ impl Actor for SkillActor {
         _: WeakActorRef<Self>,
         _: ActorStopReason,
     ) -> Result<(), SkillError> {
-        if let Some(conn) = self.conn.take() {
-            if let Ok(conn) = Arc::try_unwrap(conn) {
-                conn.close().await;
-            }
+        if let Some(conn) = self.conn.take()
+            && let Ok(conn) = Arc::try_unwrap(conn)
+        {
+            conn.close().await;
         }
         Ok(())
     }

@@ -693,7 +693,7 @@ impl Machine {
             self.checkpoint.pending_tool_calls = if plan.interactive.is_empty() {
                 None
             } else {
-                Some(plan.interactive.clone())
+                Some(plan.interactive)
             };
             self.checkpoint.partial_tool_results = Some(partial.clone());
             self.step.pending_tool_calls = Some(pending);

@@ -84,15 +84,15 @@ async fn run(args: RunArgs) -> Result<JobStatus, EngineError> {
         .map_err(|e| EngineError::Usage(format!("cannot read the current directory: {e}")))?;
     let path = config::discover(args.config.as_deref(), &cwd)?;
     let cfg = config::load(&path)?;
-    if let Some(rt) = args.runtime.as_deref().or(cfg.runtime.map(|r| r.as_str())) {
-        if rt != "local" {
-            if args.runtime.is_some() {
-                return Err(EngineError::Usage(format!(
-                    "runtime \"{rt}\" is not supported by this engine; use --runtime local"
-                )));
-            }
-            tracing::warn!("perstack.toml asks for runtime \"{rt}\"; running locally");
+    if let Some(rt) = args.runtime.as_deref().or(cfg.runtime.map(|r| r.as_str()))
+        && rt != "local"
+    {
+        if args.runtime.is_some() {
+            return Err(EngineError::Usage(format!(
+                "runtime \"{rt}\" is not supported by this engine; use --runtime local"
+            )));
         }
+        tracing::warn!("perstack.toml asks for runtime \"{rt}\"; running locally");
     }
     let env_paths: Vec<String> = if !args.env_path.is_empty() {
         args.env_path.clone()

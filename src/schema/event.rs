@@ -63,6 +63,9 @@ impl Event {
 macro_rules! payloads {
     ($( $(#[$doc:meta])* $variant:ident($ty:ty) = $name:literal, )*) => {
         /// The payload of an event, one variant per Perstack event type.
+        // Checkpoint-carrying variants are large; events are built once and moved, never
+        // copied in bulk, so boxing them would only add an allocation per event.
+        #[allow(clippy::large_enum_variant)]
         #[derive(Debug, Clone, PartialEq, Deserialize)]
         #[serde(tag = "type", rename_all = "camelCase")]
         pub enum EventPayload {

@@ -12,11 +12,18 @@ fn bin() -> &'static str {
 }
 
 fn experts(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("experts").join(name).join("perstack.toml")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("experts")
+        .join(name)
+        .join("perstack.toml")
 }
 
 fn run_in(dir: &Path, args: &[&str]) -> Output {
-    Command::new(bin()).args(args).current_dir(dir).output().expect("spawn perstack")
+    Command::new(bin())
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("spawn perstack")
 }
 
 fn events(out: &Output) -> Vec<Value> {
@@ -58,7 +65,11 @@ fn segments(events: &[Value]) -> Vec<(String, Vec<String>)> {
         let item = format!("{kind}@{}", e["stepNumber"]);
         match out.iter_mut().find(|(r, _, _)| *r == run) {
             Some((_, _, v)) => v.push(item),
-            None => out.push((run, e["expertKey"].as_str().unwrap_or_default().to_string(), vec![item])),
+            None => out.push((
+                run,
+                e["expertKey"].as_str().unwrap_or_default().to_string(),
+                vec![item],
+            )),
         }
     }
     out.into_iter().map(|(_, k, v)| (k, v)).collect()
@@ -67,8 +78,21 @@ fn segments(events: &[Value]) -> Vec<(String, Vec<String>)> {
 #[test]
 fn fanout_follows_the_recorded_parallel_delegation_and_leaves_parseable_files() {
     let dir = tempfile::tempdir().unwrap();
-    let out = run_in(dir.path(), &["run", "--config", experts("fanout").to_str().unwrap(), "coordinator", "hello"]);
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let out = run_in(
+        dir.path(),
+        &[
+            "run",
+            "--config",
+            experts("fanout").to_str().unwrap(),
+            "coordinator",
+            "hello",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let evs = events(&out);
     let segs = segments(&evs);
     let want = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
@@ -76,7 +100,13 @@ fn fanout_follows_the_recorded_parallel_delegation_and_leaves_parseable_files() 
     assert_eq!(segs[0].0, "coordinator");
     assert_eq!(
         segs[0].1,
-        want(&["startRun@1", "startGeneration@1", "callTools@1", "callDelegate@1", "stopRunByDelegate@1"])
+        want(&[
+            "startRun@1",
+            "startGeneration@1",
+            "callTools@1",
+            "callDelegate@1",
+            "stopRunByDelegate@1"
+        ])
     );
     // Both children start at the parent's step + 1 and complete.
     let mut children: Vec<_> = segs[1..3].to_vec();
@@ -85,7 +115,13 @@ fn fanout_follows_the_recorded_parallel_delegation_and_leaves_parseable_files() 
         assert_eq!(children[i].0, *key);
         assert_eq!(
             children[i].1,
-            want(&["startRun@2", "startGeneration@2", "callTools@2", "attemptCompletion@2", "completeRun@2"])
+            want(&[
+                "startRun@2",
+                "startGeneration@2",
+                "callTools@2",
+                "attemptCompletion@2",
+                "completeRun@2"
+            ])
         );
     }
     // The coordinator resumes as a new segment at the children's last step + 1, as in s05.
@@ -104,22 +140,42 @@ fn fanout_follows_the_recorded_parallel_delegation_and_leaves_parseable_files() 
     );
     assert_eq!(segs.len(), 4);
     // Every line is one complete event; the resumed startRun starts from stoppedByDelegate.
-    let resumed = evs.iter().filter(|e| e["type"] == "startRun").nth(3).unwrap();
+    let resumed = evs
+        .iter()
+        .filter(|e| e["type"] == "startRun")
+        .nth(3)
+        .unwrap();
     assert_eq!(resumed["initialCheckpoint"]["status"], "stoppedByDelegate");
-    assert_eq!(resumed["initialCheckpoint"]["partialToolResults"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        resumed["initialCheckpoint"]["partialToolResults"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
 
     // Files: job.json, run-setting.json, checkpoints and events, all parseable.
     let jobs = dir.path().join("perstack/jobs");
-    let job_dir = std::fs::read_dir(&jobs).unwrap().next().unwrap().unwrap().path();
-    let job: Value = serde_json::from_str(&std::fs::read_to_string(job_dir.join("job.json")).unwrap()).unwrap();
+    let job_dir = std::fs::read_dir(&jobs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let job: Value =
+        serde_json::from_str(&std::fs::read_to_string(job_dir.join("job.json")).unwrap()).unwrap();
     assert_eq!(job["status"], "completed");
     assert_eq!(job["totalSteps"], 4);
     assert_eq!(job["coordinatorExpertKey"], "coordinator");
-    let checkpoints: Vec<_> = std::fs::read_dir(job_dir.join("checkpoints")).unwrap().map(|e| e.unwrap().path()).collect();
+    let checkpoints: Vec<_> = std::fs::read_dir(job_dir.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     // One per step end: coordinator step 1, two children, coordinator steps 3 and 4.
     assert_eq!(checkpoints.len(), 5, "{checkpoints:?}");
     for c in &checkpoints {
-        let cp: perstack::schema::Checkpoint = serde_json::from_str(&std::fs::read_to_string(c).unwrap()).unwrap();
+        let cp: perstack::schema::Checkpoint =
+            serde_json::from_str(&std::fs::read_to_string(c).unwrap()).unwrap();
         assert!(!cp.messages.is_empty());
     }
     let mut settings = 0;
@@ -146,10 +202,26 @@ fn fanout_follows_the_recorded_parallel_delegation_and_leaves_parseable_files() 
 
 #[test]
 fn the_single_and_chain_examples_complete() {
-    for (tree, expert, last) in [("single", "assistant", "completeRun@2"), ("chain", "chain", "completeRun@7")] {
+    for (tree, expert, last) in [
+        ("single", "assistant", "completeRun@2"),
+        ("chain", "chain", "completeRun@7"),
+    ] {
         let dir = tempfile::tempdir().unwrap();
-        let out = run_in(dir.path(), &["run", "--config", experts(tree).to_str().unwrap(), expert, "go"]);
-        assert!(out.status.success(), "{tree}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = run_in(
+            dir.path(),
+            &[
+                "run",
+                "--config",
+                experts(tree).to_str().unwrap(),
+                expert,
+                "go",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{tree}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let segs = segments(&events(&out));
         assert_eq!(segs.last().unwrap().1.last().unwrap(), last, "{tree}");
     }
@@ -174,22 +246,41 @@ instruction = "Answer."
 #[test]
 fn a_malformed_perstack_toml_fails_with_exit_code_2_naming_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
-    write_config(dir.path(), "[experts.\"solo\"]\ninstruction = \"x\"\nmaxStep = 3\n", "");
+    write_config(
+        dir.path(),
+        "[experts.\"solo\"]\ninstruction = \"x\"\nmaxStep = 3\n",
+        "",
+    );
     let out = run_in(dir.path(), &["run", "solo", "q"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("perstack.toml") && err.contains(":3"), "{err}");
     assert!(out.stdout.is_empty(), "nothing may run");
 
-    std::fs::write(dir.path().join("perstack.toml"), "[experts.\"solo\"\ninstruction = 1").unwrap();
+    std::fs::write(
+        dir.path().join("perstack.toml"),
+        "[experts.\"solo\"\ninstruction = 1",
+    )
+    .unwrap();
     let out = run_in(dir.path(), &["run", "solo", "q"]);
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn a_missing_delegate_fails_before_anything_runs() {
     let dir = tempfile::tempdir().unwrap();
-    write_config(dir.path(), &format!("{ONE_EXPERT}delegates = [\"helpr\"]\n[experts.\"helper\"]\ninstruction = \"h\"\n"), "");
+    write_config(
+        dir.path(),
+        &format!(
+            "{ONE_EXPERT}delegates = [\"helpr\"]\n[experts.\"helper\"]\ninstruction = \"h\"\n"
+        ),
+        "",
+    );
     let out = run_in(dir.path(), &["run", "solo", "q"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -204,7 +295,10 @@ fn an_unknown_expert_and_a_missing_config_are_usage_errors() {
     let out = run_in(dir.path(), &["run", "sol", "q"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("did you mean \"solo\""));
-    let out = run_in(dir.path(), &["run", "--config", "nonexistent.toml", "solo", "q"]);
+    let out = run_in(
+        dir.path(),
+        &["run", "--config", "nonexistent.toml", "solo", "q"],
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nonexistent.toml"));
 }
@@ -212,15 +306,32 @@ fn an_unknown_expert_and_a_missing_config_are_usage_errors() {
 #[test]
 fn a_run_that_stops_by_error_exits_1_with_a_stored_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    write_config(dir.path(), ONE_EXPERT, "[[turns]]\nexpert = \"solo\"\nerror = { status = 401, message = \"invalid x-api-key\" }\n");
+    write_config(
+        dir.path(),
+        ONE_EXPERT,
+        "[[turns]]\nexpert = \"solo\"\nerror = { status = 401, message = \"invalid x-api-key\" }\n",
+    );
     let out = run_in(dir.path(), &["run", "solo", "q"]);
     assert_eq!(out.status.code(), Some(1));
     let evs = events(&out);
-    let stop = evs.iter().find(|e| e["type"] == "stopRunByError").expect("stopRunByError");
+    let stop = evs
+        .iter()
+        .find(|e| e["type"] == "stopRunByError")
+        .expect("stopRunByError");
     assert_eq!(stop["error"]["statusCode"], 401);
     assert_eq!(stop["checkpoint"]["error"]["message"], "invalid x-api-key");
-    let job_dir = std::fs::read_dir(dir.path().join("perstack/jobs")).unwrap().next().unwrap().unwrap().path();
-    assert_eq!(std::fs::read_dir(job_dir.join("checkpoints")).unwrap().count(), 1);
+    let job_dir = std::fs::read_dir(dir.path().join("perstack/jobs"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert_eq!(
+        std::fs::read_dir(job_dir.join("checkpoints"))
+            .unwrap()
+            .count(),
+        1
+    );
 }
 
 #[test]
@@ -228,10 +339,21 @@ fn help_and_version_work() {
     let out = Command::new(bin()).arg("--version").output().unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("perstack "));
-    let out = Command::new(bin()).args(["run", "--help"]).output().unwrap();
+    let out = Command::new(bin())
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for flag in ["expertKey", "query", "--config", "--max-steps", "--reasoning-budget", "--job-id", "--env-path"] {
+    for flag in [
+        "expertKey",
+        "query",
+        "--config",
+        "--max-steps",
+        "--reasoning-budget",
+        "--job-id",
+        "--env-path",
+    ] {
         assert!(help.contains(flag), "{flag} missing from help");
     }
 }
@@ -269,30 +391,53 @@ text = "too late"
         if done {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "first step never finished");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "first step never finished"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
     let start = std::time::Instant::now();
     let out = loop {
         if let Some(_status) = child.try_wait().unwrap() {
             break child.wait_with_output().unwrap();
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "did not stop after SIGTERM");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "did not stop after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.ends_with('\n'), "stdout must end on a complete line");
     let evs = events(&out);
-    let stop = evs.iter().find(|e| e["type"] == "stopRunByError").expect("terminal event");
+    let stop = evs
+        .iter()
+        .find(|e| e["type"] == "stopRunByError")
+        .expect("terminal event");
     assert_eq!(stop["error"]["name"], "Cancelled");
-    let job_dir = std::fs::read_dir(dir.path().join("perstack/jobs")).unwrap().next().unwrap().unwrap().path();
-    let job: Value = serde_json::from_str(&std::fs::read_to_string(job_dir.join("job.json")).unwrap()).unwrap();
+    let job_dir = std::fs::read_dir(dir.path().join("perstack/jobs"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let job: Value =
+        serde_json::from_str(&std::fs::read_to_string(job_dir.join("job.json")).unwrap()).unwrap();
     assert_eq!(job["status"], "stoppedByError");
     let stored: Vec<perstack::schema::Checkpoint> = std::fs::read_dir(job_dir.join("checkpoints"))
         .unwrap()
-        .map(|f| serde_json::from_str(&std::fs::read_to_string(f.unwrap().path()).unwrap()).unwrap())
+        .map(|f| {
+            serde_json::from_str(&std::fs::read_to_string(f.unwrap().path()).unwrap()).unwrap()
+        })
         .collect();
-    assert!(stored.iter().any(|c| c.status == perstack::schema::CheckpointStatus::StoppedByError));
+    assert!(
+        stored
+            .iter()
+            .any(|c| c.status == perstack::schema::CheckpointStatus::StoppedByError)
+    );
 }

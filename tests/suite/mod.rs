@@ -1,4 +1,6 @@
 //! Integration suites, one file per capability.
 
-mod schema_roundtrip;
 mod cli;
+mod delegation;
+mod schema_roundtrip;
+mod traces;
