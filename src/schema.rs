@@ -17,6 +17,9 @@ mod step;
 mod tool;
 mod usage;
 
+#[cfg(test)]
+mod proptests;
+
 pub use checkpoint::{Checkpoint, CheckpointStatus, DelegateTo, DelegatedBy, ExpertRef, RunError};
 pub use event::*;
 pub use expert::{Expert, InteractiveSkill, InteractiveTool, McpSseSkill, McpStdioSkill, Skill};
