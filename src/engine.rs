@@ -43,7 +43,7 @@ use crate::actor::run::Start;
 use crate::agent::{Machine, MachineSetting};
 use crate::llm::LanguageModel;
 use crate::schema::{
-    Job, JobStatus, ProviderConfig, RunInput, RunSetting, id::is_safe_id, id::new_id,
+    Job, JobStatus, id::is_safe_id, id::new_id,
 };
 use crate::storage::{MemoryStorage, Storage};
 
@@ -292,9 +292,6 @@ impl Engine {
             context_window: self.settings.context_window,
         };
         let checkpoint = Machine::fresh_checkpoint(&setting, 1);
-        self.storage
-            .store_run_setting(&self.run_setting(&job_id, &run_id, &request, now))
-            .await?;
         let events = if request.subscribe {
             let (tx, rx) = mpsc::channel(request.buffer.max(1));
             self.bus
@@ -315,6 +312,7 @@ impl Engine {
             model: self.model.clone(),
             bus: self.bus.clone(),
             cancel: cancel.clone(),
+            storage: self.storage.clone(),
         });
         let (done_tx, done) = oneshot::channel();
         let job = Job {
@@ -346,45 +344,6 @@ impl Engine {
             done,
             cancel,
         })
-    }
-
-    fn run_setting(
-        &self,
-        job_id: &str,
-        run_id: &str,
-        request: &JobRequest,
-        now: u64,
-    ) -> RunSetting {
-        let s = &self.settings;
-        RunSetting {
-            model: s.model.clone(),
-            provider_config: ProviderConfig {
-                provider_name: s.provider_name.clone(),
-                base_url: None,
-                extra: Map::new(),
-            },
-            job_id: job_id.into(),
-            run_id: run_id.into(),
-            expert_key: request.expert_key.clone(),
-            input: RunInput {
-                text: Some(request.query.clone()),
-                interactive_tool_call_result: None,
-            },
-            experts: s.experts.clone(),
-            reasoning_budget: s.reasoning_budget,
-            max_steps: s.max_steps,
-            max_retries: s.max_retries,
-            timeout: u64::try_from(s.timeout.as_millis()).unwrap_or(u64::MAX),
-            started_at: now,
-            updated_at: now,
-            perstack_api_base_url: "https://api.perstack.ai".into(),
-            perstack_base_skill_command: None,
-            // Never written: values may be secrets (Perstack writes the whole environment).
-            env: Default::default(),
-            proxy_url: None,
-            verbose: None,
-            extra: Map::new(),
-        }
     }
 
     /// Flush the sink and stop the bus. Jobs still running lose their output.

@@ -10,7 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::event_bus::{EventBus, Publish};
 use crate::llm::LanguageModel;
-use crate::schema::{Event, Expert, ReasoningBudget};
+use crate::schema::{Event, Expert, ProviderConfig, ReasoningBudget, RunInput, RunSetting};
+use crate::storage::Storage;
 
 /// Engine-wide run settings, resolved from perstack.toml, the CLI and defaults.
 #[derive(Debug, Clone)]
@@ -71,6 +72,8 @@ pub struct JobContext {
     pub bus: ActorRef<EventBus>,
     /// Cancelled on SIGINT/SIGTERM or by the embedding API; every run watches it.
     pub cancel: CancellationToken,
+    /// Where run settings go (checkpoints and events go through the bus).
+    pub storage: Arc<dyn Storage>,
 }
 
 impl JobContext {
@@ -80,6 +83,38 @@ impl JobContext {
         match self.bus.ask(Publish(event)).await {
             Ok(seq) => Ok(seq),
             Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+impl Settings {
+    /// The `run-setting.json` of one run segment. Never contains secrets: no API key, and no
+    /// environment values (Perstack writes both).
+    pub fn run_setting(&self, job_id: &str, run_id: &str, expert_key: &str, input: RunInput, now: u64) -> RunSetting {
+        RunSetting {
+            model: self.model.clone(),
+            provider_config: ProviderConfig {
+                provider_name: self.provider_name.clone(),
+                base_url: None,
+                extra: serde_json::Map::new(),
+            },
+            job_id: job_id.into(),
+            run_id: run_id.into(),
+            expert_key: expert_key.into(),
+            input,
+            experts: self.experts.clone(),
+            reasoning_budget: self.reasoning_budget,
+            max_steps: self.max_steps,
+            max_retries: self.max_retries,
+            timeout: u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
+            started_at: now,
+            updated_at: now,
+            perstack_api_base_url: "https://api.perstack.ai".into(),
+            perstack_base_skill_command: None,
+            env: BTreeMap::new(),
+            proxy_url: None,
+            verbose: None,
+            extra: serde_json::Map::new(),
         }
     }
 }

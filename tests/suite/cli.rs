@@ -196,7 +196,7 @@ fn fanout_follows_the_recorded_parallel_delegation_and_leaves_parseable_files() 
             }
         }
     }
-    assert_eq!(settings, 1);
+    assert_eq!(settings, 4, "one run-setting.json per run segment");
     assert!(event_files >= 20, "{event_files}");
 }
 
