@@ -7,10 +7,12 @@
 
 mod instruction;
 mod machine;
+mod recovery;
 mod tools;
 
 pub use instruction::{instruction_text, iso8601};
 pub use machine::{Effect, Input, Machine, MachineSetting, Output, RunStart};
+pub use recovery::{Resumption, latest_coordinator, plan};
 pub use tools::{ATTEMPT_COMPLETION, BASE_SKILL, ToolIndex, ToolOwner, delegate_tool_name};
 
 #[cfg(test)]

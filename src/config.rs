@@ -14,16 +14,25 @@
 //! | TOML syntax, keeping every span | `doc` | [`ConfigError::Syntax`] |
 //! | unknown keys, with "did you mean" | `keys` | [`ConfigError::UnknownKey`] |
 //! | types, via serde into the raw shapes | `raw` | [`ConfigError::InvalidValue`] |
-//! | values, defaults, cross-references | `validate`, `provider`, `names` | [`ConfigError::InvalidValue`], [`ConfigError::MissingKey`], [`ConfigError::MissingDelegate`], [`ConfigError::MissingBaseSkill`] |
+//! | values, defaults | `validate`, `provider`, `names` | [`ConfigError::InvalidValue`], [`ConfigError::MissingKey`] |
+//! | per-Expert problems, recorded, not failed | `validate` | [`PerstackConfig::check_runnable`]: [`ConfigError::MissingDelegate`], [`ConfigError::MissingBaseSkill`], [`ConfigError::InvalidValue`] |
+//!
+//! A file loads when everything but the per-Expert problems is right, as in Perstack, which
+//! runs the valid Experts of a file that also has broken ones. Those problems (a delegate that
+//! is not an Expert of the file, a `skills` table without `@perstack/base`, an `mcpStdioSkill`
+//! without exactly one of `packageName`/`args`) are kept in [`PerstackConfig::problems`];
+//! [`PerstackConfig::check_runnable`] reports the first one of an Expert and everything it
+//! can delegate to, before anything runs, and [`PerstackConfig::check_all`] the first one of
+//! the file.
 //!
 //! Where this differs from Perstack, on purpose:
 //! - unknown keys are errors (Perstack's zod strips them silently), except the misplaced
 //!   `envPath` inside `[provider]` found in Perstack's e2e configs (a warning) and `name` inside
 //!   interactive tool tables (ignored); `temperature`, from Perstack's older schema, is accepted
 //!   and ignored;
-//! - a delegate that is not an Expert of the file, a `skills` table without `@perstack/base`,
-//!   and an `mcpStdioSkill` without exactly one of `packageName`/`args` fail at load time,
-//!   where Perstack fails (or asks its registry) only when the run starts;
+//! - the per-Expert problems fail [`PerstackConfig::check_runnable`] before the run starts,
+//!   where Perstack fails (or asks its registry, for a missing delegate) while it sets the run
+//!   up;
 //! - the provider list has this engine's `scripted` provider.
 
 mod discover;
@@ -36,7 +45,7 @@ mod provider;
 mod raw;
 mod validate;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -48,7 +57,7 @@ use crate::schema::{Expert, ReasoningBudget};
 pub use discover::{CONFIG_FILE_NAME, discover};
 pub use env::{DEFAULT_ENV_PATHS, load_env};
 pub(crate) use error::did_you_mean;
-pub use error::{ConfigError, Location};
+pub use error::{ConfigError, ExpertProblem, Location};
 pub use provider::{ProviderName, ProviderTable, UnknownName};
 
 /// A parsed and validated `perstack.toml`. Optional fields are `None` when the file does not
@@ -80,7 +89,17 @@ pub struct PerstackConfig {
     pub provider: Option<ProviderTable>,
     /// `[experts."<key>"]`, in runtime form: name = key, version `1.0.0` by default, the default
     /// `@perstack/base` skill when there is no `skills` table, empty lists by default.
+    ///
+    /// An Expert with entries in [`PerstackConfig::problems`] is here too, but must not run:
+    /// call [`PerstackConfig::check_runnable`] first. Its `delegates` and a `skills` table
+    /// without `@perstack/base` are kept as written; an `mcpStdioSkill` without exactly one of
+    /// `packageName` and `args` is left out of its `skills`, so that it can never be started.
     pub experts: BTreeMap<String, Expert>,
+    /// Per Expert key, the problems that make that Expert unrunnable without failing the load,
+    /// in the order they are reported: missing delegates (in `delegates` order), then a
+    /// missing `@perstack/base`, then unstartable skills (in name order). Experts without
+    /// problems have no entry.
+    pub problems: BTreeMap<String, Vec<ExpertProblem>>,
 }
 
 impl PerstackConfig {
@@ -95,6 +114,46 @@ impl PerstackConfig {
     /// `p` as written in the file, resolved against [`PerstackConfig::base_dir`] when relative.
     pub fn resolve_relative(&self, p: impl AsRef<Path>) -> PathBuf {
         self.base_dir().join(p)
+    }
+
+    /// Fails with the first recorded problem of `expert_key` or of any Expert it can reach
+    /// through `delegates` (cycles are followed once): the Expert's own problems first, then
+    /// its delegates' breadth-first, in `delegates` order. The error is the one a whole-file
+    /// check would give, with file, line and "did you mean".
+    ///
+    /// Only recorded problems are checked: an `expert_key` that is not in
+    /// [`PerstackConfig::experts`] has none, so it is `Ok` here; reporting unknown Experts is
+    /// the caller's (the engine does, with its own "did you mean").
+    pub fn check_runnable(&self, expert_key: &str) -> Result<(), ConfigError> {
+        let mut seen = BTreeSet::from([expert_key]);
+        let mut queue = VecDeque::from([expert_key]);
+        while let Some(key) = queue.pop_front() {
+            if let Some(problem) = self.problems.get(key).and_then(|p| p.first()) {
+                return Err(problem.to_error());
+            }
+            let Some(expert) = self.experts.get(key) else {
+                continue;
+            };
+            for delegate in &expert.delegates {
+                if seen.insert(delegate.as_str()) {
+                    queue.push_back(delegate.as_str());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails with the recorded problem written first in the file (by line and column), of any
+    /// Expert, whether or not it would ever run; `Ok` when every Expert is runnable.
+    pub fn check_all(&self) -> Result<(), ConfigError> {
+        let position = |p: &ExpertProblem| {
+            let at = p.location();
+            (at.line.unwrap_or(u32::MAX), at.column.unwrap_or(u32::MAX))
+        };
+        match self.problems.values().flatten().min_by_key(|p| position(p)) {
+            Some(problem) => Err(problem.to_error()),
+            None => Ok(()),
+        }
     }
 }
 

@@ -32,6 +32,9 @@ use serde_json::Map;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+mod resume;
+
+pub use resume::{ContinueInput, ContinueRequest};
 pub use crate::actor::context::Settings;
 pub use crate::actor::event_bus::{Callback, Sequenced, Sink};
 pub use crate::actor::job::JobOutcome;
@@ -292,8 +295,32 @@ impl Engine {
             context_window: self.settings.context_window,
         };
         let checkpoint = Machine::fresh_checkpoint(&setting, 1);
-        let events = if request.subscribe {
-            let (tx, rx) = mpsc::channel(request.buffer.max(1));
+        let job = Job {
+            id: job_id.clone(),
+            status: JobStatus::Running,
+            coordinator_expert_key: request.expert_key.clone(),
+            total_steps: 0,
+            max_steps: Some(self.settings.max_steps),
+            usage: Default::default(),
+            started_at: now,
+            finished_at: None,
+            extra: Map::new(),
+        };
+        self.launch(job, checkpoint, Start::Query(request.query), request.subscribe.then_some(request.buffer))
+            .await
+    }
+
+    /// Spawn the job actor for `job`, its coordinator starting from `checkpoint` with `start`.
+    pub(crate) async fn launch(
+        &self,
+        job: Job,
+        checkpoint: crate::schema::Checkpoint,
+        start: Start,
+        subscribe: Option<usize>,
+    ) -> Result<JobHandle, EngineError> {
+        let job_id = job.id.clone();
+        let events = if let Some(buffer) = subscribe {
+            let (tx, rx) = mpsc::channel(buffer.max(1));
             self.bus
                 .ask(Subscribe {
                     job_id: job_id.clone(),
@@ -315,24 +342,13 @@ impl Engine {
             storage: self.storage.clone(),
         });
         let (done_tx, done) = oneshot::channel();
-        let job = Job {
-            id: job_id.clone(),
-            status: JobStatus::Running,
-            coordinator_expert_key: request.expert_key.clone(),
-            total_steps: 0,
-            max_steps: Some(self.settings.max_steps),
-            usage: Default::default(),
-            started_at: now,
-            finished_at: None,
-            extra: Map::new(),
-        };
         JobActor::spawn_with_mailbox(
             JobArgs {
                 ctx,
                 storage: self.storage.clone(),
-                expert_key: request.expert_key,
+                expert_key: job.coordinator_expert_key.clone(),
                 checkpoint,
-                start: Start::Query(request.query),
+                start,
                 job,
                 done: done_tx,
             },

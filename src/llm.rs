@@ -6,8 +6,10 @@
 //! messages and tools of one call; they classify their own failures into [`GenerationError`]
 //! (retryable or not) exactly once.
 
+pub mod anthropic;
 mod assemble;
 mod generation;
+pub mod http;
 pub mod models;
 pub mod retry;
 pub mod scripted;

@@ -13,6 +13,7 @@
 
 pub mod base;
 pub mod error;
+pub mod mcp;
 pub mod mcp_result;
 pub mod tool_definition;
 

@@ -17,6 +17,7 @@ use kameo::prelude::*;
 use serde_json::{Map, json};
 
 use self::delegation::Delegation;
+pub(crate) use self::delegation::next_segment as delegation_next_segment;
 use super::context::{JobContext, now_ms};
 use super::job::JobActor;
 use super::skill::{Describe, SkillActor, SkillArgs};
@@ -50,6 +51,11 @@ pub enum Start {
     Query(String),
     /// With an answer to a pending call.
     Answer(crate::schema::InteractiveToolCallResult),
+    /// From a stored mid-run checkpoint, with no new input (crash recovery).
+    Resume,
+    /// From a stored `stoppedByDelegate` checkpoint: finish the children that had not
+    /// finished, then go on with all their results.
+    Recover(Vec<(crate::schema::DelegateTo, crate::agent::Resumption)>),
 }
 
 /// What a run actor starts with.
@@ -221,6 +227,22 @@ impl Message<Begin> for RunActor {
         let start = match self.start.take() {
             Some(Start::Query(text)) => RunStart::Query { text, instruction },
             Some(Start::Answer(a)) => RunStart::Answer(a),
+            Some(Start::Resume) => RunStart::Resume,
+            Some(Start::Recover(children)) => {
+                let cp = self.machine.checkpoint().clone();
+                let mut d = Delegation::recover(children, &cp);
+                if d.is_done() {
+                    let out = self.resume(d).await;
+                    self.drive(out, ctx.actor_ref()).await;
+                } else {
+                    d.start_more(&self.ctx, ctx.actor_ref(), &cp).await;
+                    self.delegation = Some(d);
+                }
+                if self.finished {
+                    ctx.stop();
+                }
+                return;
+            }
             None => return,
         };
         let mut out = self.machine.start(now, start);

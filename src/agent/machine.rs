@@ -53,6 +53,9 @@ pub enum RunStart {
     Answer(InteractiveToolCallResult),
     /// Results of delegated runs, resuming a `stoppedByDelegate` checkpoint.
     DelegateResults(Vec<ToolResult>),
+    /// Pick up a stored mid-run checkpoint (after a crash): no new input, the loop goes on
+    /// with the step after the stored one.
+    Resume,
 }
 
 /// What the actor must do next.
@@ -234,6 +237,7 @@ impl Machine {
                 absorb_results(&mut cp, results);
                 Vec::new()
             }
+            RunStart::Resume => Vec::new(),
         };
         events.push(self.event(
             now,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::config::{self, PerstackConfig, ProviderName};
-use crate::engine::{Engine, EngineError, JobRequest, Settings};
+use crate::engine::{ContinueInput, ContinueRequest, Engine, EngineError, JobRequest, Settings};
 use crate::llm::LanguageModel;
 use crate::llm::models::context_window;
 use crate::llm::scripted::ScriptedModel;
@@ -63,6 +63,18 @@ pub struct RunArgs {
     /// More diagnostics on stderr.
     #[arg(long)]
     pub verbose: bool,
+    /// Continue the most recent job with a new run.
+    #[arg(long = "continue")]
+    pub continue_latest: bool,
+    /// Continue the given job from its latest checkpoint.
+    #[arg(long, value_name = "jobId")]
+    pub continue_job: Option<String>,
+    /// Continue from this coordinator checkpoint (requires --continue-job).
+    #[arg(long, value_name = "checkpointId")]
+    pub resume_from: Option<String>,
+    /// Treat the query as the answer to the pending interactive tool call.
+    #[arg(short = 'i', long = "interactive-tool-call-result")]
+    pub interactive: bool,
 }
 
 /// Run and return the exit code.
@@ -80,10 +92,19 @@ pub(super) async fn execute(args: RunArgs) -> u8 {
 }
 
 async fn run(args: RunArgs) -> Result<JobStatus, EngineError> {
+    if args.resume_from.is_some() && args.continue_job.is_none() {
+        return Err(EngineError::Usage("--resume-from requires --continue-job".into()));
+    }
+    if args.interactive && args.continue_job.is_none() && !args.continue_latest {
+        return Err(EngineError::Usage("-i answers a stopped job: use it with --continue or --continue-job".into()));
+    }
     let cwd = std::env::current_dir()
         .map_err(|e| EngineError::Usage(format!("cannot read the current directory: {e}")))?;
     let path = config::discover(args.config.as_deref(), &cwd)?;
     let cfg = config::load(&path)?;
+    if cfg.experts.contains_key(&args.expert_key) {
+        cfg.check_runnable(&args.expert_key)?;
+    }
     if let Some(rt) = args.runtime.as_deref().or(cfg.runtime.map(|r| r.as_str()))
         && rt != "local"
     {
@@ -133,11 +154,24 @@ async fn run(args: RunArgs) -> Result<JobStatus, EngineError> {
         .storage(Arc::new(FsStorage::new(cwd.join("perstack"))))
         .sink(Box::new(tokio::io::stdout()))
         .build();
-    let mut request = JobRequest::new(args.expert_key, args.query);
-    if let Some(id) = args.job_id {
-        request = request.job_id(id);
-    }
-    let handle = engine.start(request).await?;
+    let handle = if args.continue_latest || args.continue_job.is_some() {
+        let input = if args.interactive { ContinueInput::Answer(args.query) } else { ContinueInput::Query(args.query) };
+        engine
+            .continue_job(ContinueRequest {
+                job_id: args.continue_job,
+                expert_key: args.expert_key,
+                resume_from: args.resume_from,
+                input,
+                subscribe: None,
+            })
+            .await?
+    } else {
+        let mut request = JobRequest::new(args.expert_key, args.query);
+        if let Some(id) = args.job_id {
+            request = request.job_id(id);
+        }
+        engine.start(request).await?
+    };
     let cancel = handle.cancel_token();
     tokio::spawn(async move {
         wait_for_signal().await;

@@ -163,7 +163,8 @@ pub enum ConfigError {
     },
 
     /// An Expert has a `skills` table without `"@perstack/base"` (Perstack fails the run with
-    /// "Base skill is not defined"; this engine reports it when the file is loaded).
+    /// "Base skill is not defined"; this engine reports it before the run starts, from
+    /// [`crate::config::PerstackConfig::check_runnable`]).
     #[error(
         "Base skill is not defined for expert \"{expert}\" in {at}: its skills table has no \
          \"@perstack/base\" entry; add [experts.\"{expert}\".skills.\"@perstack/base\"] with \
@@ -208,6 +209,111 @@ impl ConfigError {
             | ConfigError::RemoteUnsupported { .. }
             | ConfigError::Io { .. } => None,
         }
+    }
+}
+
+/// A problem that makes one Expert unrunnable but not the file unloadable: a delegate that is
+/// not an Expert of the file, a `skills` table without `"@perstack/base"`, or an
+/// `mcpStdioSkill` without exactly one of `packageName` and `args`. Perstack reports these only
+/// when the Expert (or an Expert delegating to it) runs, so the loader records them in
+/// [`crate::config::PerstackConfig::problems`] instead of rejecting the file.
+///
+/// [`ExpertProblem::to_error`] gives the [`ConfigError`] to report (the same message, location
+/// and "did you mean" a whole-file failure would have had).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpertProblem(Problem);
+
+/// The data of an [`ExpertProblem`], kept apart from [`ConfigError`] (which is neither `Clone`
+/// nor `PartialEq`, since it can hold an `io::Error`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Problem {
+    /// Becomes [`ConfigError::MissingDelegate`].
+    MissingDelegate {
+        at: Location,
+        expert: String,
+        delegate: String,
+        suggestion: Option<String>,
+    },
+    /// Becomes [`ConfigError::MissingBaseSkill`].
+    MissingBaseSkill { at: Location, expert: String },
+    /// A skill table with an invalid combination of keys; becomes [`ConfigError::InvalidValue`].
+    InvalidSkill {
+        at: Location,
+        key: String,
+        message: String,
+    },
+}
+
+impl ExpertProblem {
+    /// `delegate`, listed in `expert`'s `delegates` at `at`, is not an Expert of the file.
+    pub(crate) fn missing_delegate(
+        at: Location,
+        expert: &str,
+        delegate: &str,
+        suggestion: Option<String>,
+    ) -> Self {
+        ExpertProblem(Problem::MissingDelegate {
+            at,
+            expert: expert.to_owned(),
+            delegate: delegate.to_owned(),
+            suggestion,
+        })
+    }
+
+    /// `expert`'s skills table, at `at`, has no `"@perstack/base"`.
+    pub(crate) fn missing_base_skill(at: Location, expert: &str) -> Self {
+        ExpertProblem(Problem::MissingBaseSkill {
+            at,
+            expert: expert.to_owned(),
+        })
+    }
+
+    /// The skill table at key path `key` (written at `at`) cannot be started: `message` says why.
+    pub(crate) fn invalid_skill(at: Location, key: String, message: String) -> Self {
+        ExpertProblem(Problem::InvalidSkill { at, key, message })
+    }
+
+    /// The error to report: [`ConfigError::MissingDelegate`], [`ConfigError::MissingBaseSkill`]
+    /// or [`ConfigError::InvalidValue`].
+    pub fn to_error(&self) -> ConfigError {
+        match &self.0 {
+            Problem::MissingDelegate {
+                at,
+                expert,
+                delegate,
+                suggestion,
+            } => ConfigError::MissingDelegate {
+                at: at.clone(),
+                expert: expert.clone(),
+                delegate: delegate.clone(),
+                suggestion: suggestion.clone(),
+            },
+            Problem::MissingBaseSkill { at, expert } => ConfigError::MissingBaseSkill {
+                at: at.clone(),
+                expert: expert.clone(),
+            },
+            Problem::InvalidSkill { at, key, message } => ConfigError::InvalidValue {
+                at: at.clone(),
+                key: key.clone(),
+                message: message.clone(),
+            },
+        }
+    }
+
+    /// Where in the file the problem is.
+    pub fn location(&self) -> &Location {
+        match &self.0 {
+            Problem::MissingDelegate { at, .. }
+            | Problem::MissingBaseSkill { at, .. }
+            | Problem::InvalidSkill { at, .. } => at,
+        }
+    }
+}
+
+impl fmt::Display for ExpertProblem {
+    /// The message of [`ExpertProblem::to_error`].
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.to_error(), f)
     }
 }
 

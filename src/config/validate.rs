@@ -1,7 +1,8 @@
 //! From the raw serde shapes to a checked [`PerstackConfig`]: Perstack's value rules (lengths,
-//! name patterns, URL schemes, "exactly one of packageName and args"), its defaults (version
-//! `1.0.0`, the default base skill, empty lists), and the load-time checks this engine adds
-//! where Perstack fails only at run time (missing delegates, missing `@perstack/base`).
+//! name patterns, URL schemes), its defaults (version `1.0.0`, the default base skill, empty
+//! lists), and the per-Expert problems that Perstack reports only when the Expert runs (missing
+//! delegates, missing `@perstack/base`, "exactly one of packageName and args"), which are
+//! recorded as [`ExpertProblem`]s instead of failing the load.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -9,7 +10,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::doc::{Doc, KeyPath};
-use super::error::{ConfigError, did_you_mean};
+use super::error::{ConfigError, ExpertProblem, did_you_mean};
 use super::names;
 use super::raw::{RawConfig, RawExpert, RawSkill, RawTool};
 use super::{PerstackConfig, Runtime, provider};
@@ -75,13 +76,22 @@ pub(super) fn build(
     let mut in_file_order: Vec<_> = raw.experts.into_iter().collect();
     in_file_order.sort_by_key(|(key, _)| doc.at(&experts_path.key(key)).line);
     let mut experts = BTreeMap::new();
-    let mut order = Vec::new();
+    let mut own_problems = BTreeMap::new();
     for (key, raw_expert) in in_file_order {
-        let expert = v.expert(&experts_path.key(&key), &key, raw_expert)?;
-        order.push(key.clone());
+        let (expert, problems) = v.expert(&experts_path.key(&key), &key, raw_expert)?;
+        own_problems.insert(key.clone(), problems);
         experts.insert(key, expert);
     }
-    v.delegates_exist(&experts_path, &order, &experts)?;
+    // Per Expert: missing delegates (in `delegates` order) first, as Perstack resolves the
+    // Expert tree before it starts any skill, then the skill problems.
+    let mut problems = BTreeMap::new();
+    for (key, own) in own_problems {
+        let mut list = v.missing_delegates(&experts_path, &key, &experts);
+        list.extend(own);
+        if !list.is_empty() {
+            problems.insert(key, list);
+        }
+    }
 
     Ok(PerstackConfig {
         path: file.to_owned(),
@@ -96,6 +106,7 @@ pub(super) fn build(
         env_path: raw.env_path,
         provider,
         experts,
+        problems,
     })
 }
 
@@ -220,7 +231,14 @@ impl Validator<'_, '_> {
         Ok(())
     }
 
-    fn expert(&self, path: &KeyPath, key: &str, raw: RawExpert) -> Result<Expert, ConfigError> {
+    /// The Expert at `path`, and its skill problems: a missing `@perstack/base` first, then the
+    /// unstartable skills in name order (left out of the returned Expert's skills).
+    fn expert(
+        &self,
+        path: &KeyPath,
+        key: &str,
+        raw: RawExpert,
+    ) -> Result<(Expert, Vec<ExpertProblem>), ConfigError> {
         if !names::is_expert_name(key) {
             return Err(self.invalid(
                 path,
@@ -283,25 +301,33 @@ impl Validator<'_, '_> {
                 ));
             }
         }
+        let mut problems = Vec::new();
         let skills = match raw.skills {
             None => default_skills(),
             Some(raw_skills) => {
                 let skills_path = path.field("skills");
+                // Checked on the table as written, so that a broken `@perstack/base` entry is
+                // reported as such rather than as a missing base skill.
+                if !raw_skills.contains_key(BASE_SKILL) {
+                    problems.push(ExpertProblem::missing_base_skill(
+                        self.doc.at(&skills_path),
+                        key,
+                    ));
+                }
                 let mut skills = BTreeMap::new();
                 for (name, raw_skill) in raw_skills {
-                    let skill = self.skill(&skills_path.key(&name), &name, raw_skill)?;
-                    skills.insert(name, skill);
-                }
-                if !skills.contains_key(BASE_SKILL) {
-                    return Err(ConfigError::MissingBaseSkill {
-                        at: self.doc.at(&skills_path),
-                        expert: key.to_owned(),
-                    });
+                    let skill_path = skills_path.key(&name);
+                    match self.skill(&skill_path, &name, raw_skill)? {
+                        Ok(skill) => {
+                            skills.insert(name, skill);
+                        }
+                        Err(problem) => problems.push(problem),
+                    }
                 }
                 skills
             }
         };
-        Ok(Expert {
+        let expert = Expert {
             key: key.to_owned(),
             name: key.to_owned(),
             version,
@@ -313,10 +339,18 @@ impl Validator<'_, '_> {
             provider_tools: raw.provider_tools,
             provider_skills: raw.provider_skills.map(json),
             provider_tool_options: raw.provider_tool_options.map(json),
-        })
+        };
+        Ok((expert, problems))
     }
 
-    fn skill(&self, path: &KeyPath, name: &str, raw: RawSkill) -> Result<Skill, ConfigError> {
+    /// The skill at `path`. The outer error fails the load; the inner one is a problem that
+    /// only makes this skill (and so its Expert) unrunnable.
+    fn skill(
+        &self,
+        path: &KeyPath,
+        name: &str,
+        raw: RawSkill,
+    ) -> Result<Result<Skill, ExpertProblem>, ConfigError> {
         if let Some(description) = &raw.description {
             self.length(
                 &path.field("description"),
@@ -357,7 +391,7 @@ impl Validator<'_, '_> {
                         format!("SSE endpoint must be a public HTTPS URL: {problem}."),
                     ));
                 }
-                Ok(Skill::McpSseSkill(McpSseSkill {
+                Ok(Ok(Skill::McpSseSkill(McpSseSkill {
                     name: name.to_owned(),
                     description: raw.description,
                     rule: raw.rule,
@@ -365,7 +399,7 @@ impl Validator<'_, '_> {
                     omit: raw.omit.unwrap_or_default(),
                     endpoint,
                     allowed_domains: raw.allowed_domains,
-                }))
+                })))
             }
             "interactiveSkill" => {
                 let Some(raw_tools) = raw.tools else {
@@ -383,12 +417,12 @@ impl Validator<'_, '_> {
                     let tool = self.tool(&path.field("tools").key(&tool_name), &tool_name, raw_tool)?;
                     tools.insert(tool_name, tool);
                 }
-                Ok(Skill::InteractiveSkill(InteractiveSkill {
+                Ok(Ok(Skill::InteractiveSkill(InteractiveSkill {
                     name: name.to_owned(),
                     description: raw.description,
                     rule: raw.rule,
                     tools,
-                }))
+                })))
             }
             other => Err(self.invalid(
                 &path.field("type"),
@@ -397,7 +431,15 @@ impl Validator<'_, '_> {
         }
     }
 
-    fn stdio_skill(&self, path: &KeyPath, name: &str, raw: RawSkill) -> Result<Skill, ConfigError> {
+    /// An `mcpStdioSkill`: a missing command fails the load; anything but exactly one of
+    /// `packageName` and `args` is a problem of the Expert, as in Perstack, which reports it
+    /// when it starts the skill.
+    fn stdio_skill(
+        &self,
+        path: &KeyPath,
+        name: &str,
+        raw: RawSkill,
+    ) -> Result<Result<Skill, ExpertProblem>, ConfigError> {
         let Some(command) = raw.command.filter(|c| !c.is_empty()) else {
             return Err(self.missing(
                 path,
@@ -409,25 +451,30 @@ impl Validator<'_, '_> {
         let args_written = raw.args.is_some();
         let args = raw.args.unwrap_or_default();
         let args_path = path.field("args");
-        match (&package_name, args.is_empty()) {
-            (None, true) => {
-                return Err(self.invalid(
-                    if args_written { &args_path } else { path },
-                    format!(
-                        "Skill {name} has no packageName or args. Please provide one of them: \
-                         packageName = \"<package>\" or args = [\"...\"]."
-                    ),
-                ));
-            }
-            (Some(_), false) => {
-                return Err(self.invalid(
-                    &args_path,
-                    format!("Skill {name} has both packageName and args. Please provide only one of them."),
-                ));
-            }
-            _ => {}
+        let problem = match (&package_name, args.is_empty()) {
+            (None, true) => Some((
+                if args_written { &args_path } else { path },
+                format!(
+                    "Skill {name} has no packageName or args. Please provide one of them: \
+                     packageName = \"<package>\" or args = [\"...\"]."
+                ),
+            )),
+            (Some(_), false) => Some((
+                &args_path,
+                format!(
+                    "Skill {name} has both packageName and args. Please provide only one of them."
+                ),
+            )),
+            _ => None,
+        };
+        if let Some((at, message)) = problem {
+            return Ok(Err(ExpertProblem::invalid_skill(
+                self.doc.at(at),
+                at.to_string(),
+                message,
+            )));
         }
-        Ok(Skill::McpStdioSkill(McpStdioSkill {
+        Ok(Ok(Skill::McpStdioSkill(McpStdioSkill {
             name: name.to_owned(),
             description: raw.description,
             rule: raw.rule,
@@ -439,7 +486,7 @@ impl Validator<'_, '_> {
             required_env: raw.required_env.unwrap_or_default(),
             lazy_init: raw.lazy_init.unwrap_or(false),
             allowed_domains: raw.allowed_domains,
-        }))
+        })))
     }
 
     fn tool(
@@ -479,32 +526,32 @@ impl Validator<'_, '_> {
         })
     }
 
-    /// Every delegate must be an Expert of this file (registry Experts are not supported).
-    fn delegates_exist(
+    /// The delegates of `key` that are not Experts of this file (registry Experts are not
+    /// supported), in `delegates` order.
+    fn missing_delegates(
         &self,
         experts_path: &KeyPath,
-        order: &[String],
+        key: &str,
         experts: &BTreeMap<String, Expert>,
-    ) -> Result<(), ConfigError> {
-        for key in order {
-            let Some(expert) = experts.get(key) else {
-                continue;
-            };
-            for (i, delegate) in expert.delegates.iter().enumerate() {
-                if experts.contains_key(delegate) {
-                    continue;
-                }
-                return Err(ConfigError::MissingDelegate {
-                    at: self
-                        .doc
+    ) -> Vec<ExpertProblem> {
+        let Some(expert) = experts.get(key) else {
+            return Vec::new();
+        };
+        expert
+            .delegates
+            .iter()
+            .enumerate()
+            .filter(|(_, delegate)| !experts.contains_key(*delegate))
+            .map(|(i, delegate)| {
+                ExpertProblem::missing_delegate(
+                    self.doc
                         .at(&experts_path.key(key).field("delegates").index(i)),
-                    expert: key.clone(),
-                    delegate: delegate.clone(),
-                    suggestion: did_you_mean(delegate, experts.keys().map(String::as_str)),
-                });
-            }
-        }
-        Ok(())
+                    key,
+                    delegate,
+                    did_you_mean(delegate, experts.keys().map(String::as_str)),
+                )
+            })
+            .collect()
     }
 }
 

@@ -17,10 +17,16 @@
 //! error = { status = 529, message = "Overloaded", retryable = true }
 //! ```
 //!
-//! Each generation takes the first unused turn whose `expert` matches the calling Expert and
-//! whose `query` (when given) equals the run's first user message, so parallel children are
-//! deterministic. A run with no turn left gets a non-retryable error naming the Expert.
+//! The turns that answer a run are those whose `expert` matches the calling Expert and whose
+//! `query` (when given) equals the run's first user message, in file order; parallel children
+//! with different queries are therefore deterministic. A run's n-th generation takes the n-th of
+//! its turns, where n is the larger of the generations this process already answered for that
+//! Expert and query and the number of model turns (expert messages) already in the history. The
+//! second part makes a job continued in a new process (after a crash) pick up the right turn
+//! without replaying finished ones. A run with no turn left gets a non-retryable error naming
+//! the Expert.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -143,17 +149,16 @@ pub enum ScriptError {
 #[derive(Debug)]
 pub struct ScriptedModel {
     turns: Vec<Turn>,
-    /// Which turns were used; guarded so parallel runs take distinct turns.
-    used: Mutex<Vec<bool>>,
+    /// Generations answered per (Expert, query) in this process.
+    used: Mutex<HashMap<(String, Option<String>), usize>>,
 }
 
 impl ScriptedModel {
     /// A model playing `script`.
     pub fn new(script: Script) -> Self {
-        let used = Mutex::new(vec![false; script.turns.len()]);
         ScriptedModel {
             turns: script.turns,
-            used,
+            used: Mutex::new(HashMap::new()),
         }
     }
 
@@ -175,16 +180,18 @@ impl ScriptedModel {
         Self::parse(&text, &path.display().to_string())
     }
 
-    fn take_turn(&self, expert: &str, query: Option<&str>) -> Option<(usize, Turn)> {
-        let mut used = self
-            .used
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let i = self.turns.iter().enumerate().position(|(i, t)| {
-            !used[i] && t.expert == expert && t.query.as_deref().is_none_or(|q| Some(q) == query)
-        })?;
-        used[i] = true;
-        Some((i, self.turns[i].clone()))
+    fn take_turn(&self, expert: &str, query: Option<&str>, in_history: usize) -> Option<(usize, Turn)> {
+        let mut used = self.used.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = used.entry((expert.to_string(), query.map(str::to_owned))).or_insert(0);
+        let n = (*count).max(in_history);
+        let (i, turn) = self
+            .turns
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.expert == expert && t.query.as_deref().is_none_or(|q| Some(q) == query))
+            .nth(n)?;
+        *count = n + 1;
+        Some((i, turn.clone()))
     }
 }
 
@@ -203,7 +210,8 @@ impl LanguageModel for ScriptedModel {
 
     async fn stream(&self, request: GenerationRequest) -> Result<PartStream, GenerationError> {
         let query = first_user_text(&request.messages);
-        let Some((index, turn)) = self.take_turn(&request.expert_key, query) else {
+        let in_history = request.messages.iter().filter(|m| m.is_expert()).count();
+        let Some((index, turn)) = self.take_turn(&request.expert_key, query, in_history) else {
             return Err(GenerationError {
                 name: "ScriptExhausted".into(),
                 message: format!(

@@ -13,7 +13,7 @@ use serde_json::Map;
 
 use super::{Parent, RunActor, RunArgs, RunFinished, Start};
 use crate::actor::context::JobContext;
-use crate::agent::{Machine, MachineSetting};
+use crate::agent::{Machine, MachineSetting, Resumption};
 use crate::schema::{
     Checkpoint, CheckpointStatus, DelegateTo, DelegatedBy, MessagePart, ToolResult, Usage,
     id::new_id,
@@ -22,7 +22,8 @@ use crate::schema::{
 /// The delegations of one turn.
 pub(super) struct Delegation {
     calls: Vec<DelegateTo>,
-    queue: VecDeque<usize>,
+    /// Slots waiting for a free place, with how each child starts.
+    queue: VecDeque<(usize, Resumption)>,
     results: Vec<Option<ToolResult>>,
     children: HashMap<ActorId, usize>,
     running: usize,
@@ -34,9 +35,10 @@ pub(super) struct Delegation {
 impl Delegation {
     pub(super) fn new(calls: Vec<DelegateTo>, parent: &Checkpoint) -> Self {
         let n = calls.len();
+        let queue = calls.iter().cloned().enumerate().map(|(i, call)| (i, Resumption::Fresh { call })).collect();
         Delegation {
             calls,
-            queue: (0..n).collect(),
+            queue,
             results: vec![None; n],
             children: HashMap::new(),
             running: 0,
@@ -44,6 +46,25 @@ impl Delegation {
             usage: Usage::default(),
             parent_step: parent.step_number,
         }
+    }
+
+    /// The delegations of a stored `stoppedByDelegate` checkpoint: finished children count as
+    /// reported, the others queue to resume or start again.
+    pub(super) fn recover(children: Vec<(DelegateTo, Resumption)>, parent: &Checkpoint) -> Self {
+        let calls: Vec<DelegateTo> = children.iter().map(|(c, _)| c.clone()).collect();
+        let mut d = Delegation::new(calls, parent);
+        d.queue.clear();
+        for (slot, (_, r)) in children.into_iter().enumerate() {
+            match r {
+                Resumption::Done { checkpoint } => {
+                    let text = final_text(&checkpoint);
+                    d.running += 1; // balanced by `child_finished`
+                    d.child_finished(RunFinished { slot, checkpoint, text });
+                }
+                other => d.queue.push_back((slot, other)),
+            }
+        }
+        d
     }
 
     pub(super) fn is_done(&self) -> bool {
@@ -58,31 +79,39 @@ impl Delegation {
         parent: &Checkpoint,
     ) {
         while self.running < ctx.settings.max_parallel_delegates.max(1) {
-            let Some(slot) = self.queue.pop_front() else {
-                break;
-            };
+            let Some((slot, resumption)) = self.queue.pop_front() else { break };
             let call = &self.calls[slot];
-            let setting = MachineSetting {
-                job_id: ctx.job_id.clone(),
-                run_id: new_id(),
-                expert: call.expert.clone(),
-                max_steps: ctx.settings.max_steps,
-                max_retries: ctx.settings.max_retries,
-                context_window: ctx.settings.context_window,
+            let (checkpoint, start) = match resumption {
+                Resumption::Fresh { .. } | Resumption::Done { .. } => {
+                    let setting = MachineSetting {
+                        job_id: ctx.job_id.clone(),
+                        run_id: new_id(),
+                        expert: call.expert.clone(),
+                        max_steps: ctx.settings.max_steps,
+                        max_retries: ctx.settings.max_retries,
+                        context_window: ctx.settings.context_window,
+                    };
+                    let mut checkpoint = Machine::fresh_checkpoint(&setting, self.parent_step + 1);
+                    checkpoint.delegated_by = Some(DelegatedBy {
+                        expert: parent.expert.clone(),
+                        tool_call_id: call.tool_call_id.clone(),
+                        tool_name: call.tool_name.clone(),
+                        checkpoint_id: parent.id.clone(),
+                        run_id: parent.run_id.clone(),
+                    });
+                    (checkpoint, Start::Query(call.query.clone()))
+                }
+                Resumption::Continue { checkpoint } => (next_segment(checkpoint), Start::Resume),
+                Resumption::AwaitChildren { mut checkpoint, children } => {
+                    checkpoint.run_id = new_id();
+                    (checkpoint, Start::Recover(children))
+                }
             };
-            let mut checkpoint = Machine::fresh_checkpoint(&setting, self.parent_step + 1);
-            checkpoint.delegated_by = Some(DelegatedBy {
-                expert: parent.expert.clone(),
-                tool_call_id: call.tool_call_id.clone(),
-                tool_name: call.tool_name.clone(),
-                checkpoint_id: parent.id.clone(),
-                run_id: parent.run_id.clone(),
-            });
             let args = RunArgs {
                 ctx: ctx.clone(),
                 expert_key: call.expert.key.clone(),
                 checkpoint,
-                start: Start::Query(call.query.clone()),
+                start,
                 parent: Parent::Run(me.clone(), slot),
             };
             let child = RunActor::supervise(me, args)
@@ -150,6 +179,22 @@ impl Delegation {
             self.results.into_iter().flatten().collect(),
         )
     }
+}
+
+/// A stored checkpoint continued as a new segment: new id and run id, the next step.
+pub(crate) fn next_segment(mut checkpoint: Checkpoint) -> Checkpoint {
+    checkpoint.id = new_id();
+    checkpoint.run_id = new_id();
+    checkpoint.step_number += 1;
+    checkpoint
+}
+
+/// A finished run's result text: the first text of its last expert message (Perstack's rule).
+pub(crate) fn final_text(checkpoint: &Checkpoint) -> Option<String> {
+    if checkpoint.status != CheckpointStatus::Completed {
+        return None;
+    }
+    checkpoint.messages.last().filter(|m| m.is_expert()).and_then(|m| m.first_text()).map(str::to_owned)
 }
 
 fn result_for(call: &DelegateTo, text: String) -> ToolResult {

@@ -1,0 +1,163 @@
+//! Continuing a stored job: `--continue`, `--continue-job`, `--resume-from`, `-i`.
+//!
+//! The coordinator goes on from its latest checkpoint (or the one named), as REFERENCE §4.7
+//! describes, with the fixes COMPATIBILITY.md lists: an interactive answer goes to the call that
+//! is really pending, and a job that stopped mid-run or mid-delegation (a crash, `kill -9`)
+//! resumes from its last durable step, running only the children that had not finished.
+
+use serde_json::Map;
+
+use super::{Engine, EngineError, JobHandle};
+use crate::actor::context::now_ms;
+use crate::actor::run::Start;
+use crate::actor::run::delegation_next_segment;
+use crate::agent::{Resumption, latest_coordinator, plan};
+use crate::schema::{Checkpoint, CheckpointStatus, InteractiveToolCallResult, Job, JobStatus};
+
+/// What to continue, and with what.
+#[derive(Debug, Clone)]
+pub struct ContinueRequest {
+    /// The job; `None` means the most recently started one.
+    pub job_id: Option<String>,
+    /// The coordinator Expert (must be the job's).
+    pub expert_key: String,
+    /// A checkpoint of the coordinator to continue from instead of the latest.
+    pub resume_from: Option<String>,
+    /// The new input.
+    pub input: ContinueInput,
+    /// Deliver events to the handle (buffer size).
+    pub subscribe: Option<usize>,
+}
+
+/// The input of a continued run.
+#[derive(Debug, Clone)]
+pub enum ContinueInput {
+    /// A new query (appended to the coordinator's history), or ignored when the job resumes a
+    /// run that was cut off mid-way.
+    Query(String),
+    /// The answer to the pending interactive call: plain text, or Perstack's JSON form
+    /// `{"toolCallId","toolName","skillName","text"}`.
+    Answer(String),
+}
+
+impl Engine {
+    /// Continue a stored job.
+    pub async fn continue_job(&self, request: ContinueRequest) -> Result<JobHandle, EngineError> {
+        let storage = self.storage.clone();
+        let job_id = match request.job_id.clone() {
+            Some(id) => id,
+            None => storage
+                .all_jobs()
+                .await?
+                .into_iter()
+                .next()
+                .map(|j| j.id)
+                .ok_or_else(|| EngineError::Usage("No job found to continue in this storage".into()))?,
+        };
+        let all = storage.checkpoints_by_job(&job_id).await?;
+        let base = match &request.resume_from {
+            Some(id) => storage.retrieve_checkpoint(&job_id, id).await?,
+            None => latest_coordinator(&all)
+                .cloned()
+                .ok_or_else(|| EngineError::Usage(format!("No checkpoint found for job \"{job_id}\"")))?,
+        };
+        if base.delegated_by.is_some() {
+            return Err(EngineError::Usage(format!(
+                "checkpoint \"{}\" belongs to delegated expert \"{}\"; only the coordinator's checkpoints can be resumed from",
+                base.id, base.expert.key
+            )));
+        }
+        if base.expert.key != request.expert_key {
+            return Err(EngineError::Usage(format!(
+                "job \"{job_id}\" was run by expert \"{}\", not \"{}\"; continue it with that expert key",
+                base.expert.key, request.expert_key
+            )));
+        }
+        let (checkpoint, start) = self.plan_start(base, &all, request.input)?;
+        let now = now_ms();
+        let mut job = storage.retrieve_job(&job_id).await?.unwrap_or_else(|| Job {
+            id: job_id.clone(),
+            status: JobStatus::Running,
+            coordinator_expert_key: request.expert_key.clone(),
+            total_steps: checkpoint.step_number,
+            max_steps: Some(self.settings.max_steps),
+            usage: checkpoint.usage,
+            started_at: now,
+            finished_at: None,
+            extra: Map::new(),
+        });
+        job.status = JobStatus::Running;
+        job.finished_at = None;
+        job.max_steps = Some(self.settings.max_steps);
+        self.launch(job, checkpoint, start, request.subscribe).await
+    }
+
+    fn plan_start(
+        &self,
+        base: Checkpoint,
+        all: &[Checkpoint],
+        input: ContinueInput,
+    ) -> Result<(Checkpoint, Start), EngineError> {
+        let resumption = plan(&base, all);
+        match (resumption, input) {
+            (Resumption::AwaitChildren { mut checkpoint, children }, input) => {
+                if let ContinueInput::Query(q) = input {
+                    tracing::info!(query = %q, "the job was waiting for delegated experts; resuming them, query ignored");
+                }
+                checkpoint.run_id = crate::schema::id::new_id();
+                Ok((checkpoint, Start::Recover(children)))
+            }
+            (Resumption::Continue { checkpoint }, _) => Ok((delegation_next_segment(checkpoint), Start::Resume)),
+            (Resumption::Done { checkpoint }, ContinueInput::Answer(text)) => {
+                if checkpoint.status != CheckpointStatus::StoppedByInteractiveTool {
+                    return Err(EngineError::Usage(format!(
+                        "-i answers a pending interactive tool call, but checkpoint \"{}\" is {}",
+                        checkpoint.id,
+                        checkpoint.status.as_str()
+                    )));
+                }
+                let answer = answer_for(&checkpoint, &text)?;
+                Ok((delegation_next_segment(checkpoint), Start::Answer(answer)))
+            }
+            (Resumption::Done { checkpoint }, ContinueInput::Query(text)) => {
+                if checkpoint.status == CheckpointStatus::StoppedByInteractiveTool {
+                    return Err(EngineError::Usage(format!(
+                        "job is waiting for an answer to tool \"{}\"; pass it with -i",
+                        checkpoint
+                            .pending_tool_calls
+                            .as_ref()
+                            .and_then(|p| p.first())
+                            .map_or("?", |c| c.tool_name.as_str())
+                    )));
+                }
+                Ok((delegation_next_segment(checkpoint), Start::Query(text)))
+            }
+            (Resumption::Fresh { .. }, _) => Err(EngineError::Usage("nothing to continue".into())),
+        }
+    }
+}
+
+/// The answer to the call that is really pending: the JSON form names it; plain text answers
+/// the first pending interactive call (Perstack guesses the first tool call of the last
+/// message, which is wrong after a mixed turn).
+fn answer_for(checkpoint: &Checkpoint, text: &str) -> Result<InteractiveToolCallResult, EngineError> {
+    let pending = checkpoint.pending_tool_calls.as_deref().unwrap_or_default();
+    if let Ok(json) = serde_json::from_str::<InteractiveToolCallResult>(text) {
+        if pending.iter().any(|c| c.id == json.tool_call_id) {
+            return Ok(json);
+        }
+        return Err(EngineError::Usage(format!(
+            "tool call \"{}\" is not pending in checkpoint \"{}\"",
+            json.tool_call_id, checkpoint.id
+        )));
+    }
+    let call = pending.first().ok_or_else(|| {
+        EngineError::Usage(format!("checkpoint \"{}\" has no pending tool call to answer", checkpoint.id))
+    })?;
+    Ok(InteractiveToolCallResult {
+        tool_call_id: call.id.clone(),
+        tool_name: call.tool_name.clone(),
+        skill_name: call.skill_name.clone(),
+        text: text.to_string(),
+    })
+}

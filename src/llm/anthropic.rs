@@ -1,0 +1,246 @@
+//! The Anthropic provider: the Messages API with SSE streaming.
+//!
+//! | step | where |
+//! | --- | --- |
+//! | configuration from `ANTHROPIC_*` variables and `[provider.setting]` | [`AnthropicConfig::from_env`] |
+//! | messages, tools, thinking budget → request body | `anthropic/request.rs` |
+//! | event stream → [`StreamPart`](super::StreamPart)s | `anthropic/stream.rs` |
+//! | HTTP and transport failures → [`GenerationError`] | [`super::http`] |
+//!
+//! The provider makes one HTTP call per generation and never retries: a failure is classified
+//! once (retryable or not) and the agent machine decides. The API key travels only in the
+//! `x-api-key` header, marked sensitive, and is scrubbed from every error message.
+
+mod request;
+mod stream;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use reqwest::header::HeaderMap;
+use serde_json::{Map, Value};
+
+use super::http::{self, ProviderConfigError};
+use super::{GenerationError, GenerationRequest, LanguageModel, PartStream};
+
+/// The public API's base URL, in Perstack's form (with `/v1`).
+pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com/v1";
+
+/// The `anthropic-version` header sent with every request.
+pub const API_VERSION: &str = "2023-06-01";
+
+/// Default output limit per generation. When the thinking budget reaches it, the request asks
+/// for budget + this much, so there is always room for the answer after the reasoning.
+pub const DEFAULT_MAX_TOKENS: u32 = 8192;
+
+const PROVIDER: &str = "anthropic";
+
+/// How to reach the API. `Debug` never shows the key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AnthropicConfig {
+    /// The API key (`ANTHROPIC_API_KEY`), sent as `x-api-key`.
+    pub api_key: String,
+    /// Base URL including `/v1`; requests go to `{base_url}/messages`.
+    pub base_url: String,
+    /// Extra headers, sent after (and so overriding) the default ones.
+    pub headers: BTreeMap<String, String>,
+    /// `max_tokens` of each request: the output limit. A generation that hits it finishes with
+    /// `Length`, which the agent machine retries.
+    pub max_tokens: u32,
+}
+
+impl AnthropicConfig {
+    /// A configuration for the public API with `api_key` and the defaults.
+    pub fn new(api_key: impl Into<String>) -> Self {
+        AnthropicConfig {
+            api_key: api_key.into(),
+            base_url: DEFAULT_BASE_URL.into(),
+            headers: BTreeMap::new(),
+            max_tokens: DEFAULT_MAX_TOKENS,
+        }
+    }
+
+    /// Perstack's configuration rules: the key from `ANTHROPIC_API_KEY` (required), the base
+    /// URL from `baseUrl` in `[provider.setting]`, else `ANTHROPIC_BASE_URL`, else the public
+    /// API; `headers` from `[provider.setting]`.
+    pub fn from_env(
+        setting: &Map<String, Value>,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Self, ProviderConfigError> {
+        let api_key = http::required_env(env, PROVIDER, "ANTHROPIC_API_KEY")?;
+        let base_url = match http::setting_str(setting, PROVIDER, "baseUrl")? {
+            Some(url) => checked_base(url, "provider.setting.baseUrl")?,
+            None => match http::optional_env(env, "ANTHROPIC_BASE_URL") {
+                Some(url) => checked_base(url, "ANTHROPIC_BASE_URL")?,
+                None => DEFAULT_BASE_URL.into(),
+            },
+        };
+        Ok(AnthropicConfig {
+            api_key,
+            base_url,
+            headers: http::setting_headers(setting, PROVIDER)?,
+            max_tokens: DEFAULT_MAX_TOKENS,
+        })
+    }
+}
+
+fn checked_base(url: String, origin: &str) -> Result<String, ProviderConfigError> {
+    match http::endpoint(PROVIDER, &url, "messages", DEFAULT_BASE_URL) {
+        Ok(_) => Ok(url),
+        Err(ProviderConfigError::InvalidBaseUrl {
+            provider,
+            url,
+            problem,
+            example,
+            ..
+        }) => Err(ProviderConfigError::InvalidBaseUrl {
+            provider,
+            url,
+            origin: origin.into(),
+            problem,
+            example,
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+impl fmt::Debug for AnthropicConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AnthropicConfig")
+            .field("api_key", &http::REDACTED)
+            .field("base_url", &self.base_url)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("max_tokens", &self.max_tokens)
+            .finish()
+    }
+}
+
+/// The Anthropic provider. Cheap to share behind an `Arc`; one connection pool for all calls.
+pub struct AnthropicModel {
+    client: reqwest::Client,
+    /// `{base_url}/messages`.
+    endpoint: reqwest::Url,
+    /// Key, version, content type and custom headers; the key is marked sensitive.
+    headers: HeaderMap,
+    /// Scrubbed from every error message.
+    api_key: String,
+    max_tokens: u32,
+}
+
+impl fmt::Debug for AnthropicModel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AnthropicModel")
+            .field("endpoint", &self.endpoint.as_str())
+            .field("max_tokens", &self.max_tokens)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AnthropicModel {
+    /// A provider for `config`. Fails on a base URL that is not an http(s) URL, on a header
+    /// that HTTP cannot carry, or when TLS cannot be initialised.
+    pub fn new(config: AnthropicConfig) -> Result<Self, ProviderConfigError> {
+        let endpoint = http::endpoint(PROVIDER, &config.base_url, "messages", DEFAULT_BASE_URL)?;
+        let defaults = [
+            ("x-api-key", config.api_key.as_str()),
+            ("anthropic-version", API_VERSION),
+            ("content-type", "application/json"),
+            ("accept", "text/event-stream"),
+        ];
+        let custom = config.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        let headers = http::header_map(
+            PROVIDER,
+            defaults.into_iter().chain(custom),
+            &["x-api-key", "authorization"],
+        )?;
+        Ok(AnthropicModel {
+            client: http::client(PROVIDER)?,
+            endpoint,
+            headers,
+            api_key: config.api_key,
+            max_tokens: config.max_tokens,
+        })
+    }
+
+    fn secrets(&self) -> [&str; 1] {
+        [self.api_key.as_str()]
+    }
+}
+
+#[async_trait::async_trait]
+impl LanguageModel for AnthropicModel {
+    fn name(&self) -> &str {
+        PROVIDER
+    }
+
+    async fn stream(&self, req: GenerationRequest) -> Result<PartStream, GenerationError> {
+        let body = request::body(&req, self.max_tokens)?;
+        let response = self
+            .client
+            .post(self.endpoint.clone())
+            .headers(self.headers.clone())
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| http::transport_error(e, &self.secrets()))?;
+        let status = response.status();
+        if !status.is_success() {
+            let headers = response.headers().clone();
+            let text = response.text().await.unwrap_or_default();
+            return Err(http::status_error(
+                status.as_u16(),
+                &headers,
+                &text,
+                &self.secrets(),
+            ));
+        }
+        Ok(stream::parts(response.bytes_stream(), self.api_key.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn from_env_requires_the_key_and_lets_the_setting_base_url_win() {
+        let e = AnthropicConfig::from_env(&Map::new(), &env(&[])).unwrap_err();
+        assert!(e.to_string().contains("ANTHROPIC_API_KEY"), "{e}");
+        let vars = env(&[
+            ("ANTHROPIC_API_KEY", "k"),
+            ("ANTHROPIC_BASE_URL", "http://env.example/v1"),
+        ]);
+        let c = AnthropicConfig::from_env(&Map::new(), &vars).unwrap();
+        assert_eq!(c.base_url, "http://env.example/v1");
+        let setting: Map<String, Value> = serde_json::from_str(
+            r#"{"baseUrl":"https://proxy.example/v1","headers":{"anthropic-beta":"x"}}"#,
+        )
+        .unwrap();
+        let c = AnthropicConfig::from_env(&setting, &vars).unwrap();
+        assert_eq!(c.base_url, "https://proxy.example/v1");
+        assert_eq!(c.headers["anthropic-beta"], "x");
+        assert_eq!(c.max_tokens, DEFAULT_MAX_TOKENS);
+    }
+
+    #[test]
+    fn bad_base_urls_and_headers_are_config_errors_without_the_key() {
+        let vars = env(&[
+            ("ANTHROPIC_API_KEY", "k"),
+            ("ANTHROPIC_BASE_URL", "not a url"),
+        ]);
+        let e = AnthropicConfig::from_env(&Map::new(), &vars).unwrap_err();
+        assert!(e.to_string().contains("ANTHROPIC_BASE_URL"), "{e}");
+        let mut c = AnthropicConfig::new("sk-ant-SECRET");
+        c.headers.insert("bad header".into(), "v".into());
+        let e = AnthropicModel::new(c.clone()).unwrap_err();
+        assert!(e.to_string().contains("bad header"), "{e}");
+        assert!(!format!("{c:?}").contains("SECRET"));
+    }
+}
