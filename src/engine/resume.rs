@@ -57,9 +57,10 @@ impl Engine {
         let all = storage.checkpoints_by_job(&job_id).await?;
         let base = match &request.resume_from {
             Some(id) => storage.retrieve_checkpoint(&job_id, id).await?,
-            None => latest_coordinator(&all)
-                .cloned()
-                .ok_or_else(|| EngineError::Usage(format!("No checkpoint found for job \"{job_id}\"")))?,
+            None => match latest_coordinator(&all) {
+                Some(cp) => cp.clone(),
+                None => return self.restart(&job_id, request).await,
+            },
         };
         if base.delegated_by.is_some() {
             return Err(EngineError::Usage(format!(
@@ -90,6 +91,26 @@ impl Engine {
         job.finished_at = None;
         job.max_steps = Some(self.settings.max_steps);
         self.launch(job, checkpoint, start, request.subscribe).await
+    }
+
+    /// The job stopped before its first step ended: start it again, same job id, with its
+    /// original query (from its first run setting).
+    async fn restart(&self, job_id: &str, request: ContinueRequest) -> Result<JobHandle, EngineError> {
+        let settings = self.storage.all_run_settings().await?;
+        let original = settings
+            .iter()
+            .filter(|s| s.job_id == job_id && s.expert_key == request.expert_key)
+            .min_by_key(|s| s.started_at)
+            .and_then(|s| s.input.text.clone());
+        let Some(query) = original else {
+            return Err(EngineError::Usage(format!("No checkpoint found for job \"{job_id}\"")));
+        };
+        let mut start = super::JobRequest::new(request.expert_key, query).job_id(job_id);
+        if let Some(buffer) = request.subscribe {
+            start = start.subscribe();
+            start.buffer = buffer;
+        }
+        self.start(start).await
     }
 
     fn plan_start(
