@@ -174,7 +174,7 @@ proptest! {
                 extra: Map::new(),
             }),
         };
-        prop_assert_eq!(round_trip(&event), event.clone());
+        prop_assert_eq!(&round_trip(&event), &event);
         let mut value = serde_json::to_value(&event).expect("value");
         value["someFutureField"] = json!({"a": [1, 2.5, "x"]});
         let back: Event = serde_json::from_value(value.clone()).expect("with unknown field");
