@@ -1,0 +1,204 @@
+//! The event bus and the actor tree under load: one global order, per-job streams that lose
+//! nothing, checkpoints durable before their events are visible, bounded delegation fan-out.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use perstack::engine::{Engine, JobRequest, Settings};
+use perstack::llm::scripted::ScriptedModel;
+use perstack::schema::{Checkpoint, Event, Job, JobStatus, RunSetting};
+use perstack::storage::{EventMeta, MemoryStorage, Storage, StoreError};
+
+const FANOUT: &str = r#"
+[experts."coordinator"]
+instruction = "Delegate."
+delegates = ["child-a", "child-b", "child-c"]
+[experts."child-a"]
+description = "a"
+instruction = "a"
+[experts."child-b"]
+description = "b"
+instruction = "b"
+[experts."child-c"]
+description = "c"
+instruction = "c"
+"#;
+
+fn fanout_script(jobs: usize) -> String {
+    let mut s = String::new();
+    for _ in 0..jobs {
+        s.push_str(
+            r#"
+[[turns]]
+expert = "coordinator"
+toolCalls = [
+  { name = "child-a", args = { query = "a" } },
+  { name = "child-b", args = { query = "b" } },
+  { name = "child-c", args = { query = "c" } },
+]
+[[turns]]
+expert = "child-a"
+delayMs = 5
+text = "A"
+[[turns]]
+expert = "child-b"
+delayMs = 5
+text = "B"
+[[turns]]
+expert = "child-c"
+delayMs = 5
+text = "C"
+[[turns]]
+expert = "coordinator"
+text = "done"
+"#,
+        );
+    }
+    s
+}
+
+fn settings() -> Settings {
+    let cfg = perstack::config::parse(FANOUT, std::path::Path::new("perstack.toml")).unwrap();
+    Settings::new(cfg.experts)
+}
+
+/// Storage that remembers which checkpoints were stored, to check visibility order.
+#[derive(Default)]
+struct Recording {
+    inner: MemoryStorage,
+    stored: Mutex<HashSet<String>>,
+}
+
+#[async_trait::async_trait]
+impl Storage for Recording {
+    async fn store_checkpoint(&self, c: &Checkpoint) -> Result<(), StoreError> {
+        tokio::time::sleep(Duration::from_millis(1)).await; // a slow disk
+        self.inner.store_checkpoint(c).await?;
+        self.stored.lock().unwrap().insert(c.id.clone());
+        Ok(())
+    }
+    async fn retrieve_checkpoint(&self, j: &str, c: &str) -> Result<Checkpoint, StoreError> {
+        self.inner.retrieve_checkpoint(j, c).await
+    }
+    async fn checkpoints_by_job(&self, j: &str) -> Result<Vec<Checkpoint>, StoreError> {
+        self.inner.checkpoints_by_job(j).await
+    }
+    async fn store_event(&self, e: &Event) -> Result<(), StoreError> {
+        self.inner.store_event(e).await
+    }
+    async fn events_by_run(&self, j: &str, r: &str) -> Result<Vec<EventMeta>, StoreError> {
+        self.inner.events_by_run(j, r).await
+    }
+    async fn event_contents(&self, j: &str, r: &str, m: Option<u32>) -> Result<Vec<Event>, StoreError> {
+        self.inner.event_contents(j, r, m).await
+    }
+    async fn store_job(&self, j: &Job) -> Result<(), StoreError> {
+        self.inner.store_job(j).await
+    }
+    async fn retrieve_job(&self, j: &str) -> Result<Option<Job>, StoreError> {
+        self.inner.retrieve_job(j).await
+    }
+    async fn all_jobs(&self) -> Result<Vec<Job>, StoreError> {
+        self.inner.all_jobs().await
+    }
+    async fn store_run_setting(&self, s: &RunSetting) -> Result<(), StoreError> {
+        self.inner.store_run_setting(s).await
+    }
+    async fn all_run_settings(&self) -> Result<Vec<RunSetting>, StoreError> {
+        self.inner.all_run_settings().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_jobs_get_one_global_order_and_complete_streams_with_durable_checkpoints() {
+    const JOBS: usize = 20;
+    let storage = Arc::new(Recording::default());
+    let seen_total = Arc::new(AtomicU64::new(0));
+    let violations = Arc::new(AtomicU64::new(0));
+    let last_seq = Arc::new(AtomicU64::new(0));
+    let engine = {
+        let (storage2, seen, bad, last) = (storage.clone(), seen_total.clone(), violations.clone(), last_seq.clone());
+        Engine::builder()
+            .settings(settings())
+            .model(Arc::new(ScriptedModel::parse(&fanout_script(JOBS), "s").unwrap()))
+            .storage(storage.clone())
+            .on_event(move |e| {
+                seen.fetch_add(1, Ordering::SeqCst);
+                // One global, strictly increasing order.
+                if last.swap(e.seq, Ordering::SeqCst) >= e.seq {
+                    bad.fetch_add(1, Ordering::SeqCst);
+                }
+                // A carried checkpoint is stored before anyone sees the event.
+                if let Some(cp) = e.event.checkpoint()
+                    && !storage2.stored.lock().unwrap().contains(&cp.id)
+                {
+                    bad.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+            .build()
+    };
+    let mut handles = Vec::new();
+    for i in 0..JOBS {
+        let mut req = JobRequest::new("coordinator", "go").subscribe();
+        req.buffer = 1; // the smallest stream: the bus must wait, never drop
+        let mut h = engine.start(req.job_id(format!("job-{i}"))).await.unwrap();
+        let mut rx = h.take_events().unwrap();
+        let reader = tokio::spawn(async move {
+            let mut n = 0u64;
+            let mut jobs = HashSet::new();
+            while let Some(e) = rx.recv().await {
+                jobs.insert(e.event.job_id.clone());
+                n += 1;
+                if n % 7 == 0 {
+                    tokio::time::sleep(Duration::from_millis(1)).await; // a slow reader
+                }
+            }
+            (n, jobs)
+        });
+        handles.push((h, reader));
+    }
+    let mut per_job_total = 0;
+    for (i, (h, reader)) in handles.into_iter().enumerate() {
+        let outcome = h.wait().await.unwrap();
+        assert_eq!(outcome.job.status, JobStatus::Completed);
+        assert_eq!(outcome.text.as_deref(), Some("done"));
+        let (n, jobs) = reader.await.unwrap();
+        assert_eq!(jobs.into_iter().collect::<Vec<_>>(), vec![format!("job-{i}")], "a stream sees only its job");
+        per_job_total += n;
+    }
+    engine.shutdown().await;
+    assert_eq!(violations.load(Ordering::SeqCst), 0);
+    assert_eq!(per_job_total, seen_total.load(Ordering::SeqCst), "every event reached its job's stream");
+    assert!(per_job_total > 20 * JOBS as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delegation_fan_out_is_bounded() {
+    let mut s = settings();
+    s.max_parallel_delegates = 1;
+    let engine = Engine::builder()
+        .settings(s)
+        .model(Arc::new(ScriptedModel::parse(&fanout_script(1), "s").unwrap()))
+        .build();
+    let mut h = engine.start(JobRequest::new("coordinator", "go").subscribe()).await.unwrap();
+    let mut rx = h.take_events().unwrap();
+    let outcome = h.wait().await.unwrap();
+    assert_eq!(outcome.job.status, JobStatus::Completed);
+    // With one slot, a child starts only after the previous one completed.
+    let mut running = 0i32;
+    let mut max_running = 0;
+    while let Ok(e) = rx.try_recv() {
+        if e.event.expert_key.as_deref().is_some_and(|k| k.starts_with("child")) {
+            match e.event.kind() {
+                "startRun" => running += 1,
+                "completeRun" | "stopRunByError" => running -= 1,
+                _ => {}
+            }
+            max_running = max_running.max(running);
+        }
+    }
+    assert_eq!(max_running, 1);
+    engine.shutdown().await;
+}
