@@ -4,6 +4,7 @@
 //! or max steps (or an engine fault), 2 for usage and configuration errors. Events go to stdout,
 //! one JSON object per line; diagnostics go to stderr.
 
+mod log;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -24,11 +25,14 @@ pub struct Cli {
 pub enum Command {
     /// Run an Expert headless, printing every event as a JSON line.
     Run(RunArgs),
+    /// View execution history
+    Log(log::LogArgs),
 }
 
 /// Run the parsed command; returns the process exit code.
 pub async fn main(cli: Cli) -> u8 {
     match cli.command {
         Command::Run(args) => run::execute(args).await,
+        Command::Log(args) => log::execute(args).await,
     }
 }

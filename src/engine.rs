@@ -60,6 +60,9 @@ pub enum EngineError {
     /// The script file of the scripted provider is invalid.
     #[error(transparent)]
     Script(#[from] crate::llm::scripted::ScriptError),
+    /// The provider could not be built (missing key, bad URL, unsupported provider).
+    #[error(transparent)]
+    Provider(#[from] crate::llm::select::SelectError),
     /// No Expert has this key.
     #[error("expert \"{key}\" is not defined in the configuration{hint}")]
     UnknownExpert {
@@ -88,6 +91,7 @@ impl EngineError {
         match self {
             EngineError::Config(_)
             | EngineError::Script(_)
+            | EngineError::Provider(_)
             | EngineError::UnknownExpert { .. }
             | EngineError::InvalidJobId(_)
             | EngineError::Usage(_) => 2,

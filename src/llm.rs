@@ -11,8 +11,10 @@ mod assemble;
 mod generation;
 pub mod http;
 pub mod models;
+pub mod openai;
 pub mod retry;
 pub mod scripted;
+pub mod select;
 
 use std::pin::Pin;
 use std::sync::Arc;

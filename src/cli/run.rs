@@ -3,7 +3,7 @@
 //! cancel the job: every run ends with a terminal event and its checkpoint, then the process
 //! exits.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +13,6 @@ use crate::config::{self, PerstackConfig, ProviderName};
 use crate::engine::{ContinueInput, ContinueRequest, Engine, EngineError, JobRequest, Settings};
 use crate::llm::LanguageModel;
 use crate::llm::models::context_window;
-use crate::llm::scripted::ScriptedModel;
 use crate::schema::{JobStatus, ReasoningBudget};
 use crate::storage::FsStorage;
 
@@ -132,7 +131,7 @@ async fn run(args: RunArgs) -> Result<JobStatus, EngineError> {
         .clone()
         .or(cfg.model.clone())
         .unwrap_or_else(|| "claude-sonnet-4-5".into());
-    let model = build_model(provider, &args, &cfg)?;
+    let model = build_model(provider, &args, &cfg, &env)?;
 
     let mut settings = Settings::new(cfg.experts.clone());
     settings.model = model_id.clone();
@@ -199,30 +198,17 @@ fn build_model(
     provider: ProviderName,
     args: &RunArgs,
     cfg: &PerstackConfig,
+    env: &std::collections::BTreeMap<String, String>,
 ) -> Result<Arc<dyn LanguageModel>, EngineError> {
-    match provider {
-        ProviderName::Scripted => {
-            let script = match &args.script {
-                Some(p) => p.clone(),
-                None => cfg
-                    .provider
-                    .as_ref()
-                    .and_then(|p| p.setting_str("script"))
-                    .map(|s| cfg.resolve_relative(s))
-                    .ok_or_else(|| {
-                        EngineError::Usage(format!(
-                            "the scripted provider needs a script: pass --script <file> or set [provider.setting] script in {}",
-                            cfg.path.display()
-                        ))
-                    })?,
-            };
-            Ok(Arc::new(ScriptedModel::load(Path::new(&script))?))
-        }
-        other => Err(EngineError::Usage(format!(
-            "provider \"{}\" is not available in this build yet; use --provider scripted with --script <file>",
-            other.as_str()
-        ))),
-    }
+    // `[provider.setting]` belongs to the provider named next to it.
+    let table = cfg.provider.as_ref().filter(|p| p.provider_name == provider);
+    let empty = serde_json::Map::new();
+    let setting = table.map_or(&empty, |p| &p.setting);
+    let script = args
+        .script
+        .clone()
+        .or_else(|| table.and_then(|p| p.setting_str("script")).map(|s| cfg.resolve_relative(s)));
+    Ok(crate::llm::select::provider(provider, setting, env, script)?)
 }
 
 async fn wait_for_signal() {

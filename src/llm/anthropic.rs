@@ -16,6 +16,7 @@ mod stream;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use reqwest::header::HeaderMap;
 use serde_json::{Map, Value};
@@ -85,23 +86,9 @@ impl AnthropicConfig {
 }
 
 fn checked_base(url: String, origin: &str) -> Result<String, ProviderConfigError> {
-    match http::endpoint(PROVIDER, &url, "messages", DEFAULT_BASE_URL) {
-        Ok(_) => Ok(url),
-        Err(ProviderConfigError::InvalidBaseUrl {
-            provider,
-            url,
-            problem,
-            example,
-            ..
-        }) => Err(ProviderConfigError::InvalidBaseUrl {
-            provider,
-            url,
-            origin: origin.into(),
-            problem,
-            example,
-        }),
-        Err(e) => Err(e),
-    }
+    http::endpoint(PROVIDER, &url, "messages", DEFAULT_BASE_URL)
+        .map_err(|e| e.with_origin(origin))?;
+    Ok(url)
 }
 
 impl fmt::Debug for AnthropicConfig {
@@ -122,8 +109,8 @@ pub struct AnthropicModel {
     endpoint: reqwest::Url,
     /// Key, version, content type and custom headers; the key is marked sensitive.
     headers: HeaderMap,
-    /// Scrubbed from every error message.
-    api_key: String,
+    /// The key and credential-like custom header values, scrubbed from every error message.
+    secrets: Arc<Vec<String>>,
     max_tokens: u32,
 }
 
@@ -140,7 +127,8 @@ impl AnthropicModel {
     /// A provider for `config`. Fails on a base URL that is not an http(s) URL, on a header
     /// that HTTP cannot carry, or when TLS cannot be initialised.
     pub fn new(config: AnthropicConfig) -> Result<Self, ProviderConfigError> {
-        let endpoint = http::endpoint(PROVIDER, &config.base_url, "messages", DEFAULT_BASE_URL)?;
+        let endpoint = http::endpoint(PROVIDER, &config.base_url, "messages", DEFAULT_BASE_URL)
+            .map_err(|e| e.with_origin("AnthropicConfig::base_url"))?;
         let defaults = [
             ("x-api-key", config.api_key.as_str()),
             ("anthropic-version", API_VERSION),
@@ -148,22 +136,23 @@ impl AnthropicModel {
             ("accept", "text/event-stream"),
         ];
         let custom = config.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-        let headers = http::header_map(
-            PROVIDER,
-            defaults.into_iter().chain(custom),
-            &["x-api-key", "authorization"],
-        )?;
+        let headers = http::header_map(PROVIDER, defaults.into_iter().chain(custom))?;
+        let secrets = std::iter::once(config.api_key.clone())
+            .chain(
+                config
+                    .headers
+                    .iter()
+                    .filter(|(k, _)| http::is_secret_header(k))
+                    .map(|(_, v)| v.clone()),
+            )
+            .collect();
         Ok(AnthropicModel {
             client: http::client(PROVIDER)?,
             endpoint,
             headers,
-            api_key: config.api_key,
+            secrets: Arc::new(secrets),
             max_tokens: config.max_tokens,
         })
-    }
-
-    fn secrets(&self) -> [&str; 1] {
-        [self.api_key.as_str()]
     }
 }
 
@@ -182,7 +171,7 @@ impl LanguageModel for AnthropicModel {
             .json(&body)
             .send()
             .await
-            .map_err(|e| http::transport_error(e, &self.secrets()))?;
+            .map_err(|e| http::transport_error(e, &self.secrets))?;
         let status = response.status();
         if !status.is_success() {
             let headers = response.headers().clone();
@@ -191,10 +180,10 @@ impl LanguageModel for AnthropicModel {
                 status.as_u16(),
                 &headers,
                 &text,
-                &self.secrets(),
+                &self.secrets,
             ));
         }
-        Ok(stream::parts(response.bytes_stream(), self.api_key.clone()))
+        Ok(stream::parts(response.bytes_stream(), self.secrets.clone()))
     }
 }
 

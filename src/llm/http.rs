@@ -107,6 +107,15 @@ impl ProviderConfigError {
     pub fn is_retryable(&self) -> bool {
         false
     }
+
+    /// The same error, naming where an invalid base URL came from (`ANTHROPIC_BASE_URL`,
+    /// `provider.setting.baseUrl`, ...). Other variants are returned unchanged.
+    pub fn with_origin(mut self, origin: &str) -> Self {
+        if let ProviderConfigError::InvalidBaseUrl { origin: o, .. } = &mut self {
+            *o = origin.into();
+        }
+        self
+    }
 }
 
 /// A required environment variable, non-empty.
@@ -189,7 +198,8 @@ fn json_kind(v: &Value) -> &'static str {
     }
 }
 
-/// `{base}/{path}` as a URL; `base` may end with `/`.
+/// `{base}/{path}` as an http(s) URL; `base` may end with `/`. An error names `example` as
+/// a valid base; use [`ProviderConfigError::with_origin`] to say where `base` came from.
 pub fn endpoint(
     provider: &str,
     base: &str,
@@ -215,13 +225,21 @@ pub fn endpoint(
     Ok(url)
 }
 
+/// Whether a header may carry a credential (its name mentions a key, token, auth, secret,
+/// cookie or password): its value is marked sensitive and scrubbed from messages.
+pub fn is_secret_header(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["key", "token", "auth", "secret", "cookie", "password"]
+        .iter()
+        .any(|s| name.contains(s))
+}
+
 /// A header map from name/value pairs. Later pairs replace earlier ones with the same name
-/// (so custom headers can override defaults). Values of `sensitive` names are marked sensitive
-/// so they are never printed by `Debug`.
+/// (so custom headers can override defaults). Values of [`is_secret_header`] names are marked
+/// sensitive so `Debug` never prints them.
 pub fn header_map<'a>(
     provider: &str,
     pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
-    sensitive: &[&str],
 ) -> Result<HeaderMap, ProviderConfigError> {
     let mut map = HeaderMap::new();
     for (name, value) in pairs {
@@ -234,9 +252,7 @@ pub fn header_map<'a>(
             HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad("not a valid header name"))?;
         let mut val = HeaderValue::from_str(value)
             .map_err(|_| bad("the value holds characters HTTP headers cannot carry"))?;
-        if sensitive.iter().any(|s| s.eq_ignore_ascii_case(name)) {
-            val.set_sensitive(true);
-        }
+        val.set_sensitive(is_secret_header(name));
         map.insert(key, val);
     }
     Ok(map)
@@ -255,9 +271,9 @@ pub fn client(provider: &str) -> Result<reqwest::Client, ProviderConfigError> {
 }
 
 /// `text` with every non-empty secret replaced by [`REDACTED`].
-pub fn redact(text: &str, secrets: &[&str]) -> String {
+pub fn redact<S: AsRef<str>>(text: &str, secrets: &[S]) -> String {
     let mut out = text.to_string();
-    for s in secrets.iter().filter(|s| !s.is_empty()) {
+    for s in secrets.iter().map(AsRef::as_ref).filter(|s| !s.is_empty()) {
         if out.contains(s) {
             out = out.replace(s, REDACTED);
         }
@@ -266,7 +282,7 @@ pub fn redact(text: &str, secrets: &[&str]) -> String {
 }
 
 /// `e` with secrets scrubbed from its message.
-pub fn redact_error(mut e: GenerationError, secrets: &[&str]) -> GenerationError {
+pub fn redact_error<S: AsRef<str>>(mut e: GenerationError, secrets: &[S]) -> GenerationError {
     e.message = redact(&e.message, secrets);
     e
 }
@@ -286,15 +302,15 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
     };
+    // try_from: a huge or negative value is ignored instead of panicking.
     if let Some(ms) = get("retry-after-ms").and_then(|v| v.parse::<f64>().ok())
-        && ms.is_finite()
-        && ms >= 0.0
+        && let Ok(wait) = Duration::try_from_secs_f64(ms / 1000.0)
     {
-        return Some(Duration::from_secs_f64(ms / 1000.0));
+        return Some(wait);
     }
     let value = get("retry-after")?;
     if let Ok(secs) = value.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+        return Duration::try_from_secs_f64(secs).ok();
     }
     let at = http_date(value)?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
@@ -315,7 +331,8 @@ fn http_date(s: &str) -> Option<u64> {
     let year: u64 = it.next()?.parse().ok()?;
     let mut hms = it.next()?.split(':').map(|x| x.parse::<u64>().ok());
     let (h, m, sec) = (hms.next()??, hms.next()??, hms.next()??);
-    if it.next()? != "GMT" || !(1..=31).contains(&day) || year < 1970 {
+    let in_range = (1..=31).contains(&day) && (1970..=9999).contains(&year);
+    if it.next()? != "GMT" || !in_range || h > 23 || m > 59 || sec > 60 {
         return None;
     }
     // Days from civil (Howard Hinnant's algorithm), for years >= 1970.
@@ -351,11 +368,11 @@ pub fn api_error(body: &str) -> Option<(Option<String>, String)> {
 /// Classify a non-success HTTP answer: `APICallError` with the status, the API's own message
 /// (or the start of the body), the `Retry-After` wait when given, retryable per
 /// [`is_retryable_status`], and no secret.
-pub fn status_error(
+pub fn status_error<S: AsRef<str>>(
     status: u16,
     headers: &HeaderMap,
     body: &str,
-    secrets: &[&str],
+    secrets: &[S],
 ) -> GenerationError {
     let message = match api_error(body) {
         Some((Some(kind), m)) => format!("{kind}: {m}"),
@@ -377,7 +394,7 @@ pub fn status_error(
 
 /// Classify a failed request or body read: `TimeoutError` or `APIConnectionError`, both
 /// retryable; the message is the error chain without the URL and without secrets.
-pub fn transport_error(e: reqwest::Error, secrets: &[&str]) -> GenerationError {
+pub fn transport_error<S: AsRef<str>>(e: reqwest::Error, secrets: &[S]) -> GenerationError {
     let timeout = e.is_timeout();
     let status = e.status().map(|s| s.as_u16());
     let e = e.without_url();
@@ -422,7 +439,7 @@ mod tests {
     use super::*;
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        header_map("t", pairs.iter().copied(), &[]).unwrap()
+        header_map("t", pairs.iter().copied()).unwrap()
     }
 
     #[test]
@@ -436,6 +453,12 @@ mod tests {
             Some(Duration::from_millis(250))
         );
         assert_eq!(retry_after(&headers(&[("retry-after", "soon")])), None);
+        assert_eq!(retry_after(&headers(&[("retry-after", "1e300")])), None);
+        assert_eq!(retry_after(&headers(&[("retry-after", "-1")])), None);
+        assert_eq!(
+            http_date("Sun, 06 Nov 99999999999999999 08:49:37 GMT"),
+            None
+        );
         assert_eq!(retry_after(&headers(&[])), None);
         assert_eq!(
             http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
@@ -458,10 +481,10 @@ mod tests {
         assert_eq!(e.name, "APICallError");
         assert_eq!(e.message, "invalid_request_error: bad key [REDACTED]");
         assert!(!e.retryable);
-        let e = status_error(429, &headers(&[("retry-after", "3")]), "", &[]);
+        let e = status_error(429, &headers(&[("retry-after", "3")]), "", &[] as &[&str]);
         assert!(e.retryable && e.message.contains("retry after 3s"), "{e:?}");
         for s in [500, 502, 503, 504, 529] {
-            assert!(status_error(s, &HeaderMap::new(), "oops", &[]).retryable);
+            assert!(status_error(s, &HeaderMap::new(), "oops", &[""]).retryable);
         }
         for s in [400, 401, 403, 404] {
             assert!(!is_retryable_status(s));
@@ -482,7 +505,7 @@ mod tests {
         assert!(e.to_string().contains("headers"), "{e}");
         let e = required_env(&BTreeMap::new(), "anthropic", "ANTHROPIC_API_KEY").unwrap_err();
         assert!(e.to_string().contains("ANTHROPIC_API_KEY"), "{e}");
-        let e = header_map("anthropic", [("x-key", "secret\nvalue")], &[]).unwrap_err();
+        let e = header_map("anthropic", [("x-key", "secret\nvalue")]).unwrap_err();
         assert!(!e.to_string().contains("secret"), "{e}");
     }
 }

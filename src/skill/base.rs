@@ -14,16 +14,30 @@
 //! |---|---|
 //! | `base/todo.rs` | `todo`, `clearTodo`, `attemptCompletion` |
 //! | `base/health.rs` | `healthCheck` |
+//! | `base/files.rs` | `readTextFile`, `writeTextFile`, `appendTextFile`, `editTextFile`, `deleteFile` |
+//! | `base/info.rs` | `getFileInfo` |
+//! | `base/dirs.rs` | `listDirectory`, `createDirectory`, `deleteDirectory`, `moveFile` |
+//! | `base/media.rs` | `readImageFile`, `readPdfFile` (and [`read_inline_file`] for the runtime) |
+//! | `base/exec.rs` | `exec` |
 //!
 //! Each file adds its tools with its own `#[tool_router(router = ..)]` block; [`BaseSkill::new`]
-//! merges the routers. New tools (exec, the file tools) go in sibling files the same way.
-//! This module never touches the event stream or checkpoints.
+//! merges the routers. Every file tool and `exec`'s working directory go through
+//! `base/path.rs`, which confines them to the workspace (outside `perstack/`) without the
+//! symlink and TOCTOU holes of Perstack's `validatePath`. This module never touches the event
+//! stream or checkpoints.
 
+mod dirs;
+mod exec;
+mod files;
 mod health;
 mod in_process;
+mod info;
+mod media;
+mod path;
 pub mod result;
 mod todo;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -32,6 +46,7 @@ use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::{ServerHandler, tool_handler};
 
 pub use in_process::{ConnectTimings, InProcessBase, ServerIdentity, connect_in_process};
+pub use media::read_inline_file;
 pub use todo::TodoItem;
 
 /// The base skill's name, as servers, tool definitions and events report it.
@@ -40,8 +55,13 @@ pub const BASE_SKILL_NAME: &str = "@perstack/base";
 /// The `@perstack/base` MCP server. One instance per run.
 #[derive(Debug)]
 pub struct BaseSkill {
-    /// The directory the file tools are confined to; reported by `healthCheck`.
+    /// The directory the file tools are confined to (canonical when it exists); reported by
+    /// `healthCheck`.
     workspace: PathBuf,
+    /// The safe subset (`PATH`, `HOME`, `SHELL`, `TERM`, `NODE_PATH`, proxy settings) of the
+    /// configured environment: the base of `exec`'s environment, and `HOME` for `~`. Nothing
+    /// else is kept, so no secret can reach a command through it.
+    env: BTreeMap<String, String>,
     /// When this instance was created; `healthCheck`'s uptime counts from here.
     started: Instant,
     /// This run's todo list. Locked only for in-memory edits, never across an `.await`.
@@ -53,15 +73,36 @@ pub struct BaseSkill {
 impl BaseSkill {
     /// A fresh base skill (empty todo list) for the given workspace directory.
     ///
-    /// The path is used as given; pass an absolute, canonical path (Perstack uses the realpath
-    /// of the working directory).
+    /// The path is canonicalised once, here (Perstack uses the realpath of the working
+    /// directory); if that fails (it does not exist) it is kept as given. The environment is
+    /// the safe subset of this process's environment; see [`BaseSkill::with_env`].
     pub fn new(workspace: impl Into<PathBuf>) -> Self {
+        let workspace = workspace.into();
+        let process_env = std::env::vars_os()
+            .filter_map(|(key, value)| Some((key.into_string().ok()?, value.into_string().ok()?)));
         BaseSkill {
-            workspace: workspace.into(),
+            workspace: std::fs::canonicalize(&workspace).unwrap_or(workspace),
+            env: exec::safe_env(process_env),
             started: Instant::now(),
             todos: Arc::default(),
-            tool_router: Self::todo_router() + Self::health_router(),
+            tool_router: Self::todo_router()
+                + Self::health_router()
+                + Self::files_router()
+                + Self::info_router()
+                + Self::dirs_router()
+                + Self::media_router()
+                + Self::exec_router(),
         }
+    }
+
+    /// Takes `exec`'s base environment (and `~`'s `HOME`) from `env`, the run's environment
+    /// (process environment merged with the env files), instead of this process's. Only the
+    /// safe variables are kept: `PATH`, `HOME`, `SHELL`, `TERM`, `NODE_PATH`, `HTTP_PROXY`,
+    /// `HTTPS_PROXY`, `http_proxy`, `https_proxy`, `NO_PROXY`, `no_proxy`,
+    /// `PERSTACK_PROXY_URL`, `NPM_CONFIG_PROXY`, `NPM_CONFIG_HTTPS_PROXY`.
+    pub fn with_env(mut self, env: BTreeMap<String, String>) -> Self {
+        self.env = exec::safe_env(env);
+        self
     }
 
     /// The workspace directory.
@@ -72,6 +113,12 @@ impl BaseSkill {
     /// A snapshot of the todo list, in creation order.
     pub fn todos(&self) -> Vec<TodoItem> {
         self.lock_todos().items().to_vec()
+    }
+
+    /// The confinement the file tools work in.
+    fn ws(&self) -> path::Workspace {
+        let home = self.env.get("HOME").map(PathBuf::from);
+        path::Workspace::from_canonical(self.workspace.clone(), home)
     }
 
     fn lock_todos(&self) -> std::sync::MutexGuard<'_, todo::TodoList> {

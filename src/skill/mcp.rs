@@ -43,7 +43,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use rmcp::model::{CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation, Tool};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation, Tool,
+};
 use rmcp::service::{NotificationContext, RoleClient, RunningService, ServiceError};
 use rmcp::transport::IntoTransport;
 use rmcp::transport::async_rw::AsyncRwTransport;
@@ -534,14 +536,21 @@ mod tests {
     fn omit_is_applied_before_pick() {
         let all = || vec![def("a"), def("b"), def("c")];
         assert_eq!(names(&filter_tools(all(), &[], &[])), ["a", "b", "c"]);
-        assert_eq!(names(&filter_tools(all(), &[], &strings(&["b"]))), ["a", "c"]);
+        assert_eq!(
+            names(&filter_tools(all(), &[], &strings(&["b"]))),
+            ["a", "c"]
+        );
         assert_eq!(
             names(&filter_tools(all(), &strings(&["a", "b", "zzz"]), &[])),
             ["a", "b"]
         );
         // A name both picked and omitted is gone.
         assert_eq!(
-            names(&filter_tools(all(), &strings(&["a", "b"]), &strings(&["b"]))),
+            names(&filter_tools(
+                all(),
+                &strings(&["a", "b"]),
+                &strings(&["b"])
+            )),
             ["a"]
         );
     }

@@ -2,10 +2,13 @@
 
 mod bus;
 mod cli;
+mod cli_providers;
 mod delegation;
 mod fake_server;
+mod log;
 mod mcp;
 mod provider_anthropic;
+mod provider_openai;
 mod recovery;
 mod schema_roundtrip;
 mod traces;

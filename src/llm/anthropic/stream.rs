@@ -6,6 +6,7 @@
 //! after `message_stop`; if the body ends or breaks first, the last item is a retryable error.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use eventsource_stream::{EventStreamError, Eventsource};
@@ -233,8 +234,8 @@ fn invalid_data(message: String) -> GenerationError {
     }
 }
 
-/// The parts of one response body. Every error is scrubbed of `secret`.
-pub(super) fn parts<S>(body: S, secret: String) -> PartStream
+/// The parts of one response body. Every error is scrubbed of `secrets`.
+pub(super) fn parts<S>(body: S, secrets: Arc<Vec<String>>) -> PartStream
 where
     S: Stream<Item = Result<Bytes, reqwest::Error>> + Send + 'static,
 {
@@ -243,19 +244,19 @@ where
         decoder: Decoder,
         queue: VecDeque<Result<StreamPart, GenerationError>>,
         finished: bool,
-        secret: String,
+        secrets: Arc<Vec<String>>,
     }
     let state = State {
         events: Box::pin(body.eventsource()),
         decoder: Decoder::default(),
         queue: VecDeque::new(),
         finished: false,
-        secret,
+        secrets,
     };
     Box::pin(futures::stream::unfold(state, |mut st| async move {
         loop {
             if let Some(item) = st.queue.pop_front() {
-                let item = item.map_err(|e| redact_error(e, &[&st.secret]));
+                let item = item.map_err(|e| redact_error(e, &st.secrets));
                 return Some((item, st));
             }
             if st.finished {
@@ -275,7 +276,7 @@ where
                 Some(Err(e)) => {
                     let e = match e {
                         EventStreamError::Transport(e) => {
-                            let mut e = transport_error(e, &[]);
+                            let mut e = transport_error(e, &st.secrets);
                             e.message = format!("The stream broke off: {}", e.message);
                             e
                         }
@@ -309,7 +310,7 @@ mod tests {
                 .map(|c| Ok(Bytes::copy_from_slice(c)))
                 .collect::<Vec<_>>(),
         );
-        parts(body, "SECRET".into()).collect().await
+        parts(body, Arc::new(vec!["SECRET".into()])).collect().await
     }
 
     #[tokio::test]

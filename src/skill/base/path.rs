@@ -20,7 +20,7 @@
 //! symlinks, but with a small race window. Errors name the path as the model gave it, never a
 //! resolved path outside the workspace (such as a symlink's target).
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::fs::{File, Metadata, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
@@ -144,11 +144,6 @@ pub(super) struct Resolved {
 }
 
 impl Resolved {
-    /// Whether the entry is a symbolic link.
-    pub(super) fn is_symlink(&self) -> bool {
-        self.meta.as_ref().is_some_and(|m| m.file_type().is_symlink())
-    }
-
     /// The resolved target if something exists there (following an in-workspace symlink).
     pub(super) fn existing_target(&self) -> Option<&Path> {
         self.meta.as_ref()?;
@@ -242,21 +237,30 @@ impl Workspace {
                 Some(Component::CurDir) => {}
                 Some(Component::ParentDir) => {
                     return Err(ToolError::new(format!(
-                        "Access denied - '..' cannot be resolved in {shown}: part of the path does not exist"
+                        "Access denied - '..' cannot be resolved in {shown}: part of the path \
+                         does not exist"
                     )));
                 }
                 _ => return Err(outside(shown)),
             }
             cursor = cursor.parent().ok_or_else(|| outside(shown))?;
         };
-        if let Some(first) = missing.last() {
-            if std::fs::symlink_metadata(base.join(first)).is_ok() {
-                return Err(ToolError::new(format!(
-                    "Access denied - {shown} goes through a symbolic link that cannot be resolved"
-                )));
-            }
+        if let Some(first) = missing.last()
+            && std::fs::symlink_metadata(base.join(first)).is_ok()
+        {
+            return Err(ToolError::new(format!(
+                "Access denied - {shown} goes through a symbolic link that cannot be resolved"
+            )));
         }
-        Ok(missing.iter().rev().fold(base, |path, name| path.join(name)))
+        Ok(missing
+            .iter()
+            .rev()
+            .fold(base, |path, name| path.join(name)))
+    }
+
+    /// Whether `path` (already canonical) is inside the root and outside `perstack/`.
+    pub(super) fn allows(&self, path: &Path) -> bool {
+        self.check(path, "").is_ok()
     }
 
     /// Refuses paths outside the root and under `<root>/perstack`.
@@ -436,12 +440,12 @@ fn open_dir_nofollow(path: &Path) -> io::Result<File> {
 /// where known, otherwise with an `lstat` before and an inode comparison after the open.
 pub(super) fn open_nofollow(path: &Path, options: &mut OpenOptions) -> io::Result<File> {
     if let Some(flags) = NOFOLLOW_FLAGS {
-        return options.custom_flags(flags).open(path).map_err(|e| {
-            match std::fs::symlink_metadata(path) {
+        return options.custom_flags(flags).open(path).map_err(
+            |e| match std::fs::symlink_metadata(path) {
                 Ok(m) if m.file_type().is_symlink() => symlink_refused(),
                 _ => e,
-            }
-        });
+            },
+        );
     }
     let before = match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_symlink() => return Err(symlink_refused()),
@@ -499,7 +503,52 @@ pub(super) fn io_error(shown: &str, e: &io::Error) -> ToolError {
     ToolError::new(format!("Failed to access {shown}: {e}"))
 }
 
-/// The last component of `path` as an owned name (empty for `/`).
-pub(super) fn file_name(path: &Path) -> OsString {
-    path.file_name().map(OsStr::to_os_string).unwrap_or_default()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn on_linux_names_are_looked_up_through_directory_handles() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = Workspace::new(dir.path(), None);
+        let root = ws.open_dir(ws.root(), false).unwrap();
+        assert!(root.handle_path().starts_with("/proc/self/fd/"));
+        assert!(root.is_root());
+        assert!(NOFOLLOW_FLAGS.is_some());
+    }
+
+    #[test]
+    fn resolution_keeps_the_entry_and_checks_the_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = tempfile::tempdir().unwrap();
+        let ws = Workspace::new(dir.path(), Some(home.path().to_path_buf()));
+        let root = ws.root().to_path_buf();
+        std::fs::write(root.join("f"), "x").unwrap();
+        std::os::unix::fs::symlink(root.join("f"), root.join("l")).unwrap();
+        let link = ws.resolve("l").unwrap();
+        assert_eq!(link.entry, root.join("l"));
+        assert_eq!(link.existing_target(), Some(root.join("f").as_path()));
+        let new = ws.resolve("a/b/../c").unwrap_err();
+        assert!(new.message.contains("'..' cannot be resolved"), "{new:?}");
+        let new = ws.resolve("./a/./b").unwrap();
+        assert_eq!((new.entry, new.meta.is_none()), (root.join("a/b"), true));
+        assert!(ws.resolve("~/x").is_err());
+        assert!(ws.resolve("~x").is_ok());
+        assert!(ws.resolve("PerStack/x").is_err());
+        assert!(ws.allows(&root.join("perstackx")));
+        assert!(!ws.allows(&root.join("PERSTACK")));
+    }
+
+    #[test]
+    fn child_names_must_be_single_plain_components() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = Workspace::new(dir.path(), None);
+        let root = ws.open_dir(ws.root(), false).unwrap();
+        for bad in ["..", ".", "a/b", "/etc", "perstack", "PerStack", ""] {
+            assert!(root.child(OsStr::new(bad)).is_err(), "{bad}");
+        }
+        assert!(root.child(OsStr::new("ok.txt")).is_ok());
+        assert_eq!(quote(&"x".repeat(500)).len(), MAX_QUOTED_CHARS + 3);
+    }
 }

@@ -4,8 +4,11 @@
 //! can fix is `{"error":"<Name>","message":"..."}` (Perstack's `errorToolResult`), also as plain
 //! text and *not* flagged `isError`, so the model simply reads it and corrects itself.
 
-use rmcp::model::{CallToolResult, ContentBlock};
+use std::sync::Arc;
+
+use rmcp::model::{CallToolResult, ContentBlock, JsonObject};
 use serde::Serialize;
+use serde_json::Value;
 
 /// A successful result: `value` as compact JSON in one text content.
 pub fn json_result<T: Serialize>(value: &T) -> CallToolResult {
@@ -29,6 +32,16 @@ pub fn json_error(name: &str, message: &str) -> CallToolResult {
     })
     .unwrap_or_default();
     text_result(text)
+}
+
+/// A tool's input schema from a JSON literal: `{"type":"object","properties":..,"required":..}`.
+/// Written by hand, like Perstack's zod shapes, so optional fields stay plain (no
+/// `["string","null"]` unions) and every field carries its description.
+pub(super) fn input_schema(schema: Value) -> Arc<JsonObject> {
+    match schema {
+        Value::Object(map) => Arc::new(map),
+        _ => Arc::default(),
+    }
 }
 
 /// One text content, without an `isError` field (Perstack's results have none).

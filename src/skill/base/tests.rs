@@ -1,6 +1,18 @@
 //! End-to-end tests of the base skill through a real rmcp client, compared with the result
 //! texts recorded from Perstack (tests/fixtures/perstack-traces/s15-todo, s03, s05).
+//!
+//! The file, directory, media and exec tools have their own files under `tests/`, sharing the
+//! [`Fixture`] below (a temporary workspace with a connected skill); `tests/security.rs` holds
+//! the escape attempts.
 
+mod dir_tools;
+mod exec_tool;
+mod file_tools;
+mod media_tools;
+mod security;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde_json::{Value, json};
@@ -8,6 +20,109 @@ use serde_json::{Value, json};
 use super::*;
 use crate::skill::SkillError;
 use crate::skill::mcp_result::{mcp_error_text, to_message_parts};
+
+/// A temporary workspace (canonical path `root`), a second temporary directory standing for
+/// "outside the workspace", and a skill connected in-process. `HOME` is the outside directory,
+/// so `~` leads out of the workspace.
+struct Fixture {
+    _workspace: tempfile::TempDir,
+    _outside: tempfile::TempDir,
+    root: PathBuf,
+    outside: PathBuf,
+    base: InProcessBase,
+}
+
+impl Fixture {
+    async fn new() -> Fixture {
+        Fixture::with_env(BTreeMap::new()).await
+    }
+
+    /// A fixture whose skill is configured with `PATH`, `HOME` and `extra`.
+    async fn with_env(extra: BTreeMap<String, String>) -> Fixture {
+        let workspace = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(workspace.path()).unwrap();
+        let outside_path = std::fs::canonicalize(outside.path()).unwrap();
+        let mut env = BTreeMap::from([
+            (
+                "PATH".to_owned(),
+                std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()),
+            ),
+            ("HOME".to_owned(), outside_path.display().to_string()),
+        ]);
+        env.extend(extra);
+        let base = connect_in_process(BaseSkill::new(&root).with_env(env))
+            .await
+            .unwrap();
+        Fixture {
+            _workspace: workspace,
+            _outside: outside,
+            root,
+            outside: outside_path,
+            base,
+        }
+    }
+
+    /// `rel` inside the workspace.
+    fn at(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    /// `rel` inside the outside directory.
+    fn out(&self, rel: &str) -> PathBuf {
+        self.outside.join(rel)
+    }
+
+    /// Writes `text` to `rel` in the workspace, creating parents.
+    fn write(&self, rel: &str, text: &str) -> PathBuf {
+        let path = self.at(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// The result text of a call (one text content, no `isError`).
+    async fn text(&self, name: &str, args: Value) -> String {
+        call_text(&self.base, name, args).await
+    }
+
+    /// The result of a call, parsed.
+    async fn call(&self, name: &str, args: Value) -> Value {
+        serde_json::from_str(&self.text(name, args).await).unwrap()
+    }
+
+    /// Calls and asserts a `{"error":"Error","message":..}` answer containing `needle` and
+    /// nothing from the outside directory; returns the message.
+    async fn refused(&self, name: &str, args: Value, needle: &str) -> String {
+        let v = self.call(name, args.clone()).await;
+        assert_error(&v, needle, &format!("{name} {args}"));
+        let message = v["message"].as_str().unwrap().to_owned();
+        assert!(
+            !message.contains(&self.outside.display().to_string())
+                || args
+                    .to_string()
+                    .contains(&self.outside.display().to_string()),
+            "{name} leaked an outside path: {message}"
+        );
+        message
+    }
+}
+
+/// Asserts `v` is exactly `{"error":"Error","message":<containing needle>}`.
+fn assert_error(v: &Value, needle: &str, context: &str) {
+    assert_eq!(v["error"], "Error", "{context}: {v}");
+    assert_eq!(v.as_object().map(|o| o.len()), Some(2), "{context}: {v}");
+    let message = v["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(needle),
+        "{context}: {message:?} lacks {needle:?}"
+    );
+}
+
+/// Creates a symlink at `link` pointing to `target`.
+fn symlink(target: &Path, link: &Path) {
+    std::os::unix::fs::symlink(target, link).unwrap();
+}
 
 async fn connect() -> InProcessBase {
     connect_in_process(BaseSkill::new("/workspace"))
@@ -24,18 +139,48 @@ async fn call_text(base: &InProcessBase, name: &str, args: Value) -> String {
 }
 
 #[tokio::test]
-async fn lists_exactly_the_four_tools_with_simple_schemas() {
+async fn lists_perstacks_seventeen_tools_with_simple_schemas() {
     let base = connect().await;
     let mut names: Vec<_> = base.tools().iter().map(|t| t.name.as_str()).collect();
     names.sort_unstable();
     assert_eq!(
         names,
-        ["attemptCompletion", "clearTodo", "healthCheck", "todo"]
+        [
+            "appendTextFile",
+            "attemptCompletion",
+            "clearTodo",
+            "createDirectory",
+            "deleteDirectory",
+            "deleteFile",
+            "editTextFile",
+            "exec",
+            "getFileInfo",
+            "healthCheck",
+            "listDirectory",
+            "moveFile",
+            "readImageFile",
+            "readPdfFile",
+            "readTextFile",
+            "todo",
+            "writeTextFile",
+        ]
     );
     for tool in base.tools() {
         assert_eq!(tool.skill_name, "@perstack/base");
         assert!(tool.description.as_deref().is_some_and(|d| !d.is_empty()));
-        if tool.name != "todo" {
+        assert_eq!(tool.input_schema["type"], "object", "{}", tool.name);
+        let text = tool.input_schema.to_string();
+        assert!(!text.contains("null"), "{}: {text}", tool.name);
+        for required in tool.input_schema["required"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let key = required.as_str().unwrap();
+            let property = &tool.input_schema["properties"][key];
+            assert!(property["description"].is_string(), "{}.{key}", tool.name);
+        }
+        if ["attemptCompletion", "clearTodo", "healthCheck"].contains(&tool.name.as_str()) {
             assert_eq!(
                 tool.input_schema,
                 json!({"type": "object", "properties": {}}),
@@ -44,6 +189,11 @@ async fn lists_exactly_the_four_tools_with_simple_schemas() {
             );
         }
     }
+    let exec = base.tools().iter().find(|t| t.name == "exec").unwrap();
+    assert_eq!(
+        exec.input_schema["required"],
+        json!(["command", "args", "env", "cwd", "stdout", "stderr"])
+    );
     let todo = base.tools().iter().find(|t| t.name == "todo").unwrap();
     assert_eq!(todo.input_schema["properties"]["newTodos"]["type"], "array");
     assert_eq!(

@@ -77,14 +77,18 @@ mod tests {
         let (_, args) = command_args(&skill("npx", None, &["pkg", "-y"])).unwrap();
         assert_eq!(args, ["pkg", "-y"]);
         let (cmd, args) = command_args(&skill("uvx", None, &["mcp-server-git"])).unwrap();
-        assert_eq!((cmd.as_str(), args), ("uvx", vec!["mcp-server-git".to_owned()]));
+        assert_eq!(
+            (cmd.as_str(), args),
+            ("uvx", vec!["mcp-server-git".to_owned()])
+        );
     }
 
     #[test]
     fn exactly_one_of_package_name_and_args() {
         let none = command_args(&skill("npx", None, &[])).unwrap_err();
         assert!(
-            none.to_string().contains("Skill s has no packageName or args"),
+            none.to_string()
+                .contains("Skill s has no packageName or args"),
             "{none}"
         );
         let both = command_args(&skill("npx", Some("p"), &["q"])).unwrap_err();

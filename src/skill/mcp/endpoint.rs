@@ -182,7 +182,10 @@ pub fn check_addrs(host: &str, addrs: &[IpAddr], allow_private: bool) -> Result<
 
 /// The full guard: [`parse_endpoint`], then DNS resolution of a domain and [`check_addrs`] on
 /// every answer. Returns the first address to connect to.
-pub async fn check_endpoint(raw: &str, allow_private: bool) -> Result<CheckedEndpoint, EndpointError> {
+pub async fn check_endpoint(
+    raw: &str,
+    allow_private: bool,
+) -> Result<CheckedEndpoint, EndpointError> {
     let parsed = parse_endpoint(raw, allow_private)?;
     match parsed.host {
         EndpointHost::Ip(ip) => Ok(CheckedEndpoint {
@@ -200,10 +203,13 @@ pub async fn check_endpoint(raw: &str, allow_private: bool) -> Result<CheckedEnd
                 .collect();
             let ips: Vec<IpAddr> = resolved.iter().map(SocketAddr::ip).collect();
             check_addrs(&name, &ips, allow_private)?;
-            let addr = resolved.first().copied().ok_or_else(|| EndpointError::Resolve {
-                host: name.clone(),
-                reason: "no addresses".to_owned(),
-            })?;
+            let addr = resolved
+                .first()
+                .copied()
+                .ok_or_else(|| EndpointError::Resolve {
+                    host: name.clone(),
+                    reason: "no addresses".to_owned(),
+                })?;
             Ok(CheckedEndpoint {
                 url: parsed.url,
                 domain: Some(name),
@@ -230,17 +236,45 @@ fn blocked_v4(ip: Ipv4Addr) -> Option<&'static str> {
     const RANGES: &[([u8; 4], u32, &str)] = &[
         ([0, 0, 0, 0], 8, "the \"this network\" range 0.0.0.0/8"),
         ([10, 0, 0, 0], 8, "a private address (10.0.0.0/8)"),
-        ([100, 64, 0, 0], 10, "a carrier-grade NAT address (100.64.0.0/10)"),
+        (
+            [100, 64, 0, 0],
+            10,
+            "a carrier-grade NAT address (100.64.0.0/10)",
+        ),
         ([127, 0, 0, 0], 8, "a loopback address (127.0.0.0/8)"),
-        ([169, 254, 0, 0], 16, "a link-local address (169.254.0.0/16)"),
+        (
+            [169, 254, 0, 0],
+            16,
+            "a link-local address (169.254.0.0/16)",
+        ),
         ([172, 16, 0, 0], 12, "a private address (172.16.0.0/12)"),
-        ([192, 0, 0, 0], 24, "an IETF protocol assignment (192.0.0.0/24)"),
+        (
+            [192, 0, 0, 0],
+            24,
+            "an IETF protocol assignment (192.0.0.0/24)",
+        ),
         ([192, 0, 2, 0], 24, "a documentation address (192.0.2.0/24)"),
-        ([192, 88, 99, 0], 24, "the 6to4 relay anycast range (192.88.99.0/24)"),
+        (
+            [192, 88, 99, 0],
+            24,
+            "the 6to4 relay anycast range (192.88.99.0/24)",
+        ),
         ([192, 168, 0, 0], 16, "a private address (192.168.0.0/16)"),
-        ([198, 18, 0, 0], 15, "a benchmarking address (198.18.0.0/15)"),
-        ([198, 51, 100, 0], 24, "a documentation address (198.51.100.0/24)"),
-        ([203, 0, 113, 0], 24, "a documentation address (203.0.113.0/24)"),
+        (
+            [198, 18, 0, 0],
+            15,
+            "a benchmarking address (198.18.0.0/15)",
+        ),
+        (
+            [198, 51, 100, 0],
+            24,
+            "a documentation address (198.51.100.0/24)",
+        ),
+        (
+            [203, 0, 113, 0],
+            24,
+            "a documentation address (203.0.113.0/24)",
+        ),
         ([224, 0, 0, 0], 4, "a multicast address (224.0.0.0/4)"),
         ([255, 255, 255, 255], 32, "the broadcast address"),
         ([240, 0, 0, 0], 4, "a reserved address (240.0.0.0/4)"),
@@ -279,12 +313,24 @@ fn blocked_v6(ip: Ipv6Addr) -> Option<&'static str> {
         return blocked_v4(low_v4).map(|_| "a NAT64 form (64:ff9b::/96) of a blocked IPv4 address");
     }
     const RANGES: &[(u128, u32, &str)] = &[
-        (0x0064_ff9b_0001 << 80, 48, "a local-use NAT64 address (64:ff9b:1::/48)"),
+        (
+            0x0064_ff9b_0001 << 80,
+            48,
+            "a local-use NAT64 address (64:ff9b:1::/48)",
+        ),
         (0x0100 << 112, 64, "a discard-only address (100::/64)"),
         (0x2001_0000 << 96, 32, "a Teredo address (2001::/32)"),
-        (0x2001_0002 << 96, 48, "a benchmarking address (2001:2::/48)"),
+        (
+            0x2001_0002 << 96,
+            48,
+            "a benchmarking address (2001:2::/48)",
+        ),
         (0x2001_0010 << 96, 28, "an ORCHID address (2001:10::/28)"),
-        (0x2001_0db8 << 96, 32, "a documentation address (2001:db8::/32)"),
+        (
+            0x2001_0db8 << 96,
+            32,
+            "a documentation address (2001:db8::/32)",
+        ),
         (0x3fff << 112, 20, "a documentation address (3fff::/20)"),
         (0xfc00 << 112, 7, "a unique local address (fc00::/7)"),
         (0xfe80 << 112, 10, "a link-local address (fe80::/10)"),

@@ -166,10 +166,16 @@ mod tests {
             ("Node_Options", "--require /tmp/x.js"),
             ("PYTHONPATH", "/tmp"),
         ]);
-        let required: Vec<String> = ["LD_PRELOAD", "ld_preload", "Node_Options", "PYTHONPATH", "path"]
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect();
+        let required: Vec<String> = [
+            "LD_PRELOAD",
+            "ld_preload",
+            "Node_Options",
+            "PYTHONPATH",
+            "path",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
         let out = child_env("s", &required, &env).unwrap();
         assert_eq!(names(&out), ["PATH"]);
         // A protected name is skipped even when missing from the map: no error either.

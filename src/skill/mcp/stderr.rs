@@ -176,7 +176,12 @@ mod tests {
         while let Some(line) = stream.recv().await {
             got.push(line);
         }
-        assert_eq!(got.len(), 4, "{:?}", got.iter().map(String::len).collect::<Vec<_>>());
+        assert_eq!(
+            got.len(),
+            4,
+            "{:?}",
+            got.iter().map(String::len).collect::<Vec<_>>()
+        );
         assert_eq!(got[0], "hello ***");
         assert_eq!(got[1].len(), MAX_STDERR_CHUNK);
         assert_eq!(got[2], "y".repeat(10));

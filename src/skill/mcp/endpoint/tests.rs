@@ -79,7 +79,10 @@ fn public_literals_pass_and_are_pinned_without_dns() {
     for (url, addr) in [
         ("https://1.1.1.1/mcp", "1.1.1.1:443"),
         ("https://8.8.8.8:8443/", "8.8.8.8:8443"),
-        ("https://[2606:4700:4700::1111]/", "[2606:4700:4700::1111]:443"),
+        (
+            "https://[2606:4700:4700::1111]/",
+            "[2606:4700:4700::1111]:443",
+        ),
         ("https://[::ffff:1.1.1.1]/", "[::ffff:1.1.1.1]:443"),
         ("https://[2002:0808:0808::1]/", "[2002:808:808::1]:443"),
         ("https://93.184.216.34/", "93.184.216.34:443"),
@@ -102,7 +105,9 @@ async fn check_endpoint_pins_an_ip_literal() {
     assert_eq!(checked.addr, "1.1.1.1:443".parse().unwrap());
     assert_eq!(checked.domain, None);
     assert_eq!(checked.url.path(), "/mcp");
-    let err = check_endpoint("https://[::1]:8443/", false).await.unwrap_err();
+    let err = check_endpoint("https://[::1]:8443/", false)
+        .await
+        .unwrap_err();
     assert!(matches!(err, EndpointError::Blocked { .. }), "{err}");
 }
 
@@ -141,5 +146,8 @@ fn the_opt_in_allows_loopback_and_plain_http_but_not_punycode() {
         parse_endpoint("ftp://127.0.0.1/", true),
         Err(EndpointError::Scheme { .. })
     ));
-    assert!(matches!(refused("http://127.0.0.1:8080/"), EndpointError::Scheme { .. }));
+    assert!(matches!(
+        refused("http://127.0.0.1:8080/"),
+        EndpointError::Scheme { .. }
+    ));
 }

@@ -1,0 +1,599 @@
+//! The Anthropic provider against a fake Messages API: recorded-shape SSE streams become the
+//! right parts, captured request bodies and headers have the API's shape, every failure of the
+//! fault matrix ends in a classified `GenerationError` (never a panic or a hang), and no error
+//! or part ever carries the API key. Ends with a job run through the engine.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use perstack::engine::{Engine, JobRequest, Settings};
+use perstack::llm::anthropic::{AnthropicConfig, AnthropicModel};
+use perstack::llm::{
+    FinishReason, GeneratedToolCall, GenerationError, GenerationRequest, LanguageModel, StreamPart,
+    ToolSpec,
+};
+use perstack::schema::{
+    Message, MessagePart, ReasoningBudget, ReasoningLevel, ThinkingPart, ToolCallPart, ToolResult,
+    Usage,
+};
+use pretty_assertions::assert_eq;
+use serde_json::{Map, Value, json};
+
+use super::fake_server::{FakeServer, Reply, sse_event};
+
+const KEY: &str = "sk-ant-test-SECRET";
+
+fn model(server: &FakeServer) -> AnthropicModel {
+    let headers = [("x-custom".to_string(), "custom-value".to_string())].into();
+    let base_url = format!("{}/v1", server.url());
+    AnthropicModel::new(AnthropicConfig {
+        base_url,
+        headers,
+        ..AnthropicConfig::new(KEY)
+    })
+    .unwrap()
+}
+
+fn tool(name: &str) -> ToolSpec {
+    ToolSpec {
+        name: name.into(),
+        description: Some(format!("The {name} tool")),
+        input_schema: json!({"type": "object", "properties": {"path": {"type": "string"}}}),
+    }
+}
+
+fn request(messages: Vec<Message>, tools: Vec<ToolSpec>, budget: &str) -> GenerationRequest {
+    GenerationRequest {
+        expert_key: "coord".into(),
+        model: "claude-sonnet-4-5".into(),
+        messages,
+        tools: Arc::new(tools),
+        reasoning_budget: budget.parse().unwrap(),
+    }
+}
+
+fn simple(budget: &str) -> GenerationRequest {
+    let messages = vec![
+        Message::instruction("You are Perstack."),
+        Message::user("Hi"),
+    ];
+    request(messages, vec![tool("readTextFile")], budget)
+}
+
+/// Stream `req` to the end (bounded by a timeout): the parts, and the error that ended it.
+/// Asserts the key appears in neither.
+async fn run(
+    model: &AnthropicModel,
+    req: GenerationRequest,
+) -> (Vec<StreamPart>, Option<GenerationError>) {
+    let outcome = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut stream = match model.stream(req).await {
+            Ok(s) => s,
+            Err(e) => return (Vec::new(), Some(e)),
+        };
+        let mut parts = Vec::new();
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(p) => parts.push(p),
+                Err(e) => return (parts, Some(e)),
+            }
+        }
+        (parts, None)
+    })
+    .await
+    .expect("the provider hung");
+    let text = format!("{outcome:?}");
+    assert!(!text.contains("SECRET"), "the API key leaked: {text}");
+    outcome
+}
+
+fn ev(name: &str, data: Value) -> String {
+    sse_event(name, &data)
+}
+
+fn message_start(input: u64, cached: u64) -> String {
+    ev(
+        "message_start",
+        json!({"type": "message_start", "message": {
+            "id": "msg_01XFDUDYJgAACzvnptvVoYEL", "type": "message", "role": "assistant",
+            "model": "claude-sonnet-4-5-20250929", "content": [], "stop_reason": null,
+            "stop_sequence": null, "usage": {"input_tokens": input, "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": cached, "output_tokens": 1}}}),
+    )
+}
+
+/// A content block: its start event, one delta event per `deltas`, its stop event.
+fn block(index: u64, start: Value, deltas: impl IntoIterator<Item = Value>) -> Vec<String> {
+    let event = |kind: &str, body: Value| {
+        let mut v = json!({"type": kind, "index": index});
+        v.as_object_mut()
+            .unwrap()
+            .extend(body.as_object().unwrap().clone());
+        ev(kind, v)
+    };
+    let mut out = vec![event(
+        "content_block_start",
+        json!({"content_block": start}),
+    )];
+    out.extend(
+        deltas
+            .into_iter()
+            .map(|d| event("content_block_delta", json!({"delta": d}))),
+    );
+    out.push(event("content_block_stop", json!({})));
+    out
+}
+
+fn message_end(stop_reason: &str, output: u64) -> Vec<String> {
+    let delta = json!({"type": "message_delta", "delta": {"stop_reason": stop_reason,
+        "stop_sequence": null}, "usage": {"output_tokens": output}});
+    vec![
+        ev("message_delta", delta),
+        ev("message_stop", json!({"type": "message_stop"})),
+    ]
+}
+
+fn tool_use(index: u64, id: &str, name: &str, pieces: &[&str]) -> Vec<String> {
+    let start = json!({"type": "tool_use", "id": id, "name": name, "input": {}});
+    let deltas = pieces
+        .iter()
+        .map(|p| json!({"type": "input_json_delta", "partial_json": p}));
+    block(index, start, deltas)
+}
+
+fn text_block(index: u64, pieces: &[&str]) -> Vec<String> {
+    let deltas = pieces
+        .iter()
+        .map(|p| json!({"type": "text_delta", "text": p}));
+    block(index, json!({"type": "text", "text": ""}), deltas)
+}
+
+fn thinking_block(index: u64, pieces: &[&str], signature: &str) -> Vec<String> {
+    let start = json!({"type": "thinking", "thinking": "", "signature": ""});
+    let deltas = pieces
+        .iter()
+        .map(|p| json!({"type": "thinking_delta", "thinking": p}))
+        .chain([json!({"type": "signature_delta", "signature": signature})]);
+    block(index, start, deltas)
+}
+
+fn stream_of(groups: Vec<Vec<String>>) -> Reply {
+    Reply::sse(groups.into_iter().flatten().collect())
+}
+
+fn call(id: &str, name: &str, args: Value) -> StreamPart {
+    StreamPart::ToolCall(GeneratedToolCall {
+        id: id.into(),
+        name: name.into(),
+        args,
+    })
+}
+
+fn finish(reason: FinishReason, input: u64, output: u64, cached: u64) -> StreamPart {
+    StreamPart::Finish {
+        reason,
+        usage: Usage {
+            input_tokens: input,
+            output_tokens: output,
+            reasoning_tokens: 0,
+            total_tokens: input + output,
+            cached_input_tokens: cached,
+        },
+    }
+}
+
+/// `{"path": "README.md"}` in pieces, as the API streams it (the first one empty).
+const SPLIT_ARGS: &[&str] = &["", "{\"pa", "th\": \"READ", "ME.md\"}"];
+
+#[tokio::test]
+async fn a_tool_calling_turn_assembles_arguments_split_across_deltas() {
+    let server = FakeServer::start(vec![stream_of(vec![
+        vec![message_start(472, 100), ev("ping", json!({"type": "ping"}))],
+        text_block(0, &["Reading it."]),
+        tool_use(1, "toolu_01A", "readTextFile", SPLIT_ARGS),
+        message_end("tool_use", 89),
+    ])])
+    .await;
+    let (parts, err) = run(&model(&server), simple("low")).await;
+    assert_eq!(err, None);
+    assert_eq!(
+        parts,
+        vec![
+            StreamPart::TextDelta("Reading it.".into()),
+            call("toolu_01A", "readTextFile", json!({"path": "README.md"})),
+            finish(FinishReason::ToolCalls, 472, 89, 100),
+        ]
+    );
+
+    let requests = server.requests().await;
+    assert_eq!(requests.len(), 1);
+    let r = &requests[0];
+    assert_eq!(
+        (r.method.as_str(), r.path.as_str()),
+        ("POST", "/v1/messages")
+    );
+    let headers = [
+        ("x-api-key", KEY),
+        ("anthropic-version", "2023-06-01"),
+        ("content-type", "application/json"),
+        ("x-custom", "custom-value"),
+    ];
+    for (name, value) in headers {
+        assert_eq!(r.headers[name], value, "header {name}");
+    }
+    let schema = json!({"type": "object", "properties": {"path": {"type": "string"}}});
+    assert_eq!(
+        r.body,
+        json!({
+            "model": "claude-sonnet-4-5", "max_tokens": 8192, "stream": true,
+            "thinking": {"type": "enabled", "budget_tokens": 2048},
+            "system": [{"type": "text", "text": "You are Perstack.",
+                        "cache_control": {"type": "ephemeral"}}],
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}],
+            "tools": [{"name": "readTextFile", "description": "The readTextFile tool",
+                       "input_schema": schema}],
+        })
+    );
+}
+
+#[tokio::test]
+async fn parallel_tool_calls_come_out_in_block_order() {
+    let server = FakeServer::start(vec![stream_of(vec![
+        vec![message_start(10, 0)],
+        tool_use(0, "toolu_a", "child-a", &["{\"query\":", " \"do A\"}"]),
+        tool_use(1, "toolu_b", "child-b", &["{\"query\": \"do B\"}"]),
+        message_end("tool_use", 30),
+    ])])
+    .await;
+    let (parts, err) = run(&model(&server), simple("none")).await;
+    assert_eq!(err, None);
+    assert_eq!(
+        parts,
+        vec![
+            call("toolu_a", "child-a", json!({"query": "do A"})),
+            call("toolu_b", "child-b", json!({"query": "do B"})),
+            finish(FinishReason::ToolCalls, 10, 30, 0),
+        ]
+    );
+    let body = &server.requests().await[0].body;
+    assert!(
+        body.get("thinking").is_none(),
+        "reasoning off sends no thinking: {body}"
+    );
+}
+
+#[tokio::test]
+async fn a_reasoning_turn_streams_thinking_with_its_signature_then_text() {
+    let server = FakeServer::start(vec![stream_of(vec![
+        vec![message_start(50, 0)],
+        thinking_block(0, &["Let me ", "think."], "EqQBCgIYAhIM1gbcDa9GJwZA2b3h"),
+        text_block(1, &["The answer", " is 4."]),
+        message_end("end_turn", 120),
+    ])])
+    .await;
+    let (parts, err) = run(&model(&server), simple("low")).await;
+    assert_eq!(err, None);
+    assert_eq!(
+        parts,
+        vec![
+            StreamPart::ReasoningDelta("Let me ".into()),
+            StreamPart::ReasoningDelta("think.".into()),
+            StreamPart::ReasoningEnd {
+                signature: Some("EqQBCgIYAhIM1gbcDa9GJwZA2b3h".into())
+            },
+            StreamPart::TextDelta("The answer".into()),
+            StreamPart::TextDelta(" is 4.".into()),
+            finish(FinishReason::Stop, 50, 120, 0),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_plain_text_completion_finishes_with_stop_and_usage() {
+    let server = FakeServer::start(vec![stream_of(vec![
+        vec![message_start(12, 3)],
+        text_block(0, &["Hello", "!"]),
+        message_end("end_turn", 2),
+    ])])
+    .await;
+    let req = request(vec![Message::user("Hi")], Vec::new(), "none");
+    let (parts, err) = run(&model(&server), req).await;
+    assert_eq!(err, None);
+    assert_eq!(
+        parts,
+        vec![
+            StreamPart::TextDelta("Hello".into()),
+            StreamPart::TextDelta("!".into()),
+            finish(FinishReason::Stop, 12, 2, 3),
+        ]
+    );
+    let body = &server.requests().await[0].body;
+    assert!(
+        body.get("tools").is_none() && body.get("system").is_none(),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_history_maps_signed_thinking_tool_use_and_tool_results_to_anthropic_blocks() {
+    let server = FakeServer::start(vec![stream_of(vec![
+        vec![message_start(1, 0)],
+        text_block(0, &["ok"]),
+        message_end("end_turn", 1),
+    ])])
+    .await;
+    let thinking = |text: &str, signature: Option<&str>| {
+        MessagePart::ThinkingPart(ThinkingPart {
+            id: "t".into(),
+            thinking: text.into(),
+            signature: signature.map(str::to_string),
+            extra: Map::new(),
+        })
+    };
+    let expert = Message::expert(vec![
+        thinking("I should read it.", Some("sig-1")),
+        thinking("unsigned", None),
+        MessagePart::text("Reading."),
+        MessagePart::ToolCallPart(ToolCallPart {
+            id: "p".into(),
+            tool_call_id: "toolu_01".into(),
+            tool_name: "readTextFile".into(),
+            args: json!({"path": "a.txt"}),
+            extra: Map::new(),
+        }),
+    ]);
+    let results = [ToolResult {
+        id: "toolu_01".into(),
+        skill_name: "@perstack/base".into(),
+        tool_name: "readTextFile".into(),
+        result: vec![MessagePart::text("contents of a")],
+        extra: Map::new(),
+    }];
+    let history = vec![
+        Message::instruction("sys"),
+        Message::user("Read a.txt"),
+        expert,
+        Message::tool(&results),
+        Message::user("Now summarise."),
+    ];
+    let (_, err) = run(
+        &model(&server),
+        request(history, vec![tool("readTextFile")], "low"),
+    )
+    .await;
+    assert_eq!(err, None);
+    assert_eq!(
+        server.requests().await[0].body["messages"],
+        json!([
+            {"role": "user", "content": [{"type": "text", "text": "Read a.txt"}]},
+            {"role": "assistant", "content": [
+                {"type": "thinking", "thinking": "I should read it.", "signature": "sig-1"},
+                {"type": "text", "text": "Reading."},
+                {"type": "tool_use", "id": "toolu_01", "name": "readTextFile", "input": {"path": "a.txt"}}
+            ]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_01",
+                 "content": [{"type": "text", "text": "contents of a"}]},
+                {"type": "text", "text": "Now summarise."}
+            ]}
+        ])
+    );
+}
+
+/// Asserts the class of `e`: name, status and retry policy.
+fn assert_class(e: &GenerationError, name: &str, status: Option<u16>, retryable: bool) {
+    let got = (e.name.as_str(), e.status_code, e.retryable);
+    assert_eq!(got, (name, status, retryable), "{e:?}");
+}
+
+/// Run `simple` against one reply and return the error it must end in.
+async fn failure(reply: Reply) -> GenerationError {
+    let server = FakeServer::start(vec![reply]).await;
+    let (_, err) = run(&model(&server), simple("low")).await;
+    err.expect("the call must fail")
+}
+
+fn api_error(kind: &str, message: &str) -> Value {
+    json!({"type": "error", "error": {"type": kind, "message": message}})
+}
+
+#[tokio::test]
+async fn a_429_is_retryable_and_carries_the_retry_after_wait() {
+    let limited = api_error(
+        "rate_limit_error",
+        "Number of requests exceeds your rate limit",
+    );
+    let e = failure(Reply::status(429).header("retry-after", "1").json(limited)).await;
+    assert_class(&e, "APICallError", Some(429), true);
+    let wait_named = e.message.contains("rate limit") && e.message.contains("retry after 1s");
+    assert!(wait_named, "{e:?}");
+    let headers = [(reqwest::header::RETRY_AFTER, "1".parse().unwrap())]
+        .into_iter()
+        .collect();
+    let wait = perstack::llm::http::retry_after(&headers);
+    assert_eq!(wait, Some(Duration::from_secs(1)));
+}
+
+#[tokio::test]
+async fn a_500_and_a_529_are_retryable() {
+    let e = failure(Reply::status(500).json(api_error("api_error", "Internal server error"))).await;
+    assert_class(&e, "APICallError", Some(500), true);
+    let e = failure(Reply::status(529).json(api_error("overloaded_error", "Overloaded"))).await;
+    assert_class(&e, "APICallError", Some(529), true);
+    assert!(e.message.contains("Overloaded"), "{e:?}");
+}
+
+#[tokio::test]
+async fn an_overloaded_error_event_mid_stream_is_retryable_with_status_529() {
+    let e = failure(stream_of(vec![
+        vec![message_start(1, 0)],
+        text_block(0, &["Hel"]),
+        vec![ev("error", api_error("overloaded_error", "Overloaded"))],
+    ]))
+    .await;
+    assert_class(&e, "APICallError", Some(529), true);
+}
+
+#[tokio::test]
+async fn a_connection_reset_mid_stream_ends_in_a_retryable_error() {
+    let reply = stream_of(vec![vec![message_start(1, 0)], text_block(0, &["partial"])])
+        .delay(Duration::from_millis(10))
+        .reset_mid_stream();
+    let server = FakeServer::start(vec![reply]).await;
+    let (parts, err) = run(&model(&server), simple("low")).await;
+    assert_eq!(parts, vec![StreamPart::TextDelta("partial".into())]);
+    let e = err.expect("a reset stream must fail");
+    assert_class(&e, "APIConnectionError", None, true);
+}
+
+#[tokio::test]
+async fn a_connection_closed_before_message_stop_ends_in_a_retryable_error() {
+    let e = failure(stream_of(vec![vec![message_start(1, 0)]]).close_mid_stream()).await;
+    assert_class(&e, "APIConnectionError", None, true);
+    let e = failure(stream_of(vec![vec![message_start(1, 0)]])).await;
+    assert_class(&e, "StreamClosed", None, true);
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_a_retryable_api_connection_error() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut config = AnthropicConfig::new(KEY);
+    config.base_url = format!("http://127.0.0.1:{port}/v1");
+    let (_, err) = run(&AnthropicModel::new(config).unwrap(), simple("low")).await;
+    let e = err.unwrap();
+    assert_class(&e, "APIConnectionError", None, true);
+}
+
+#[tokio::test]
+async fn a_400_is_not_retryable_and_surfaces_the_api_message() {
+    let e = failure(Reply::status(400).json(api_error(
+        "invalid_request_error",
+        "messages.1.content.0: unexpected `tool_use_id` found in `tool_result` blocks",
+    )))
+    .await;
+    assert_class(&e, "APICallError", Some(400), false);
+    assert!(e.message.contains("unexpected `tool_use_id`"), "{e:?}");
+}
+
+#[tokio::test]
+async fn a_401_is_not_retryable_and_never_echoes_the_key() {
+    let e = failure(Reply::status(401).json(api_error(
+        "authentication_error",
+        &format!("invalid x-api-key {KEY}"),
+    )))
+    .await;
+    assert_class(&e, "APICallError", Some(401), false);
+    assert!(e.message.contains("authentication_error"), "{e:?}");
+}
+
+#[tokio::test]
+async fn invalid_tool_call_json_is_a_retryable_invalid_tool_call_json_error() {
+    let e = failure(stream_of(vec![
+        vec![message_start(1, 0)],
+        tool_use(0, "toolu_x", "readTextFile", &["{\"path\": \"a", ".txt\""]),
+        message_end("tool_use", 5),
+    ]))
+    .await;
+    assert_class(&e, "InvalidToolCallJSON", None, true);
+    assert!(e.message.contains("readTextFile"), "{e:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_through_the_engine_completes_with_the_result_text_and_no_tools_on_the_result_call() {
+    let server = FakeServer::start(vec![
+        stream_of(vec![
+            vec![message_start(900, 0)],
+            thinking_block(0, &["Done already."], "sig-e2e"),
+            tool_use(1, "toolu_done", "attemptCompletion", &["{}"]),
+            message_end("tool_use", 20),
+        ]),
+        stream_of(vec![
+            vec![message_start(950, 900)],
+            text_block(0, &["Final ", "answer."]),
+            message_end("end_turn", 5),
+        ]),
+    ])
+    .await;
+    let toml = r#"
+model = "claude-sonnet-4-5"
+
+[experts."coord"]
+description = "Answers"
+instruction = "Answer the question."
+
+[experts."coord".skills."@perstack/base"]
+type = "mcpStdioSkill"
+command = "npx"
+packageName = "@perstack/base"
+pick = ["attemptCompletion"]
+"#;
+    let config = perstack::config::parse(toml, Path::new("perstack.toml")).unwrap();
+    let workspace = tempfile::tempdir().unwrap();
+    let mut settings = Settings::new(config.experts.clone());
+    settings.workspace = workspace.path().to_path_buf();
+    settings.reasoning_budget = ReasoningBudget::Level(ReasoningLevel::Low);
+    let engine = Engine::builder()
+        .settings(settings)
+        .model(Arc::new(model(&server)))
+        .build();
+    let mut handle = engine
+        .start(JobRequest::new("coord", "What is 2+2?").subscribe())
+        .await
+        .unwrap();
+    let mut rx = handle.take_events().unwrap();
+    let events = tokio::spawn(async move {
+        let mut all = String::new();
+        while let Some(e) = rx.recv().await {
+            all.push_str(&format!("{:?}\n", e.event));
+        }
+        all
+    });
+    let outcome = tokio::time::timeout(Duration::from_secs(30), handle.wait())
+        .await
+        .expect("the job did not finish")
+        .unwrap();
+    engine.shutdown().await;
+    assert_eq!(outcome.text.as_deref(), Some("Final answer."));
+    let events = tokio::time::timeout(Duration::from_secs(10), events)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(events.contains("Done already.") && !events.contains("SECRET"));
+
+    let requests = server.requests().await;
+    assert_eq!(requests.len(), 2);
+    let first_tools = &requests[0].body["tools"];
+    assert_eq!(
+        first_tools.as_array().map(Vec::len),
+        Some(1),
+        "{first_tools}"
+    );
+    assert_eq!(first_tools[0]["name"], "attemptCompletion");
+    let second = &requests[1].body;
+    assert!(
+        second.get("tools").is_none(),
+        "the result call offers no tools: {second}"
+    );
+    let messages = second["messages"].as_array().unwrap();
+    let assistant = messages
+        .iter()
+        .find(|m| m["role"] == "assistant")
+        .expect("the history holds the model's turn");
+    assert_eq!(
+        assistant["content"][0],
+        json!({"type": "thinking", "thinking": "Done already.", "signature": "sig-e2e"})
+    );
+    assert_eq!(assistant["content"][1]["type"], "tool_use");
+    let has_result = messages.iter().any(|m| {
+        m["content"].as_array().is_some_and(|c| {
+            c.iter()
+                .any(|b| b["type"] == "tool_result" && b["tool_use_id"] == "toolu_done")
+        })
+    });
+    assert!(has_result, "the tool result follows: {second}");
+}
