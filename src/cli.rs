@@ -4,11 +4,14 @@
 //! or max steps (or an engine fault), 2 for usage and configuration errors. Events go to stdout,
 //! one JSON object per line; diagnostics go to stderr.
 
+mod base;
 mod log;
 mod run;
 
 use clap::{Parser, Subcommand};
 
+pub use base::BaseArgs;
+pub use log::LogArgs;
 pub use run::RunArgs;
 
 /// Perstack-compatible engine for multi-Expert AI agents.
@@ -27,6 +30,8 @@ pub enum Command {
     Run(RunArgs),
     /// View execution history
     Log(log::LogArgs),
+    /// Serve the built-in @perstack/base skill as an MCP server over stdio.
+    Base(base::BaseArgs),
 }
 
 /// Run the parsed command; returns the process exit code.
@@ -34,5 +39,6 @@ pub async fn main(cli: Cli) -> u8 {
     match cli.command {
         Command::Run(args) => run::execute(args).await,
         Command::Log(args) => log::execute(args).await,
+        Command::Base(args) => base::execute(args).await,
     }
 }

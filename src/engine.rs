@@ -34,10 +34,10 @@ use tokio_util::sync::CancellationToken;
 
 mod resume;
 
-pub use resume::{ContinueInput, ContinueRequest};
 pub use crate::actor::context::Settings;
 pub use crate::actor::event_bus::{Callback, Sequenced, Sink};
 pub use crate::actor::job::JobOutcome;
+pub use resume::{ContinueInput, ContinueRequest};
 
 use crate::actor::context::{JobContext, now_ms};
 use crate::actor::event_bus::{BUS_MAILBOX, BusArgs, EventBus, Flush, Subscribe};
@@ -45,9 +45,7 @@ use crate::actor::job::{JobActor, JobArgs};
 use crate::actor::run::Start;
 use crate::agent::{Machine, MachineSetting};
 use crate::llm::LanguageModel;
-use crate::schema::{
-    Job, JobStatus, id::is_safe_id, id::new_id,
-};
+use crate::schema::{Job, JobStatus, id::is_safe_id, id::new_id};
 use crate::storage::{MemoryStorage, Storage};
 
 /// Why a job could not start or finish.
@@ -310,8 +308,13 @@ impl Engine {
             finished_at: None,
             extra: Map::new(),
         };
-        self.launch(job, checkpoint, Start::Query(request.query), request.subscribe.then_some(request.buffer))
-            .await
+        self.launch(
+            job,
+            checkpoint,
+            Start::Query(request.query),
+            request.subscribe.then_some(request.buffer),
+        )
+        .await
     }
 
     /// Spawn the job actor for `job`, its coordinator starting from `checkpoint` with `start`.

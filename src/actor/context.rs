@@ -90,7 +90,14 @@ impl JobContext {
 impl Settings {
     /// The `run-setting.json` of one run segment. Never contains secrets: no API key, and no
     /// environment values (Perstack writes both).
-    pub fn run_setting(&self, job_id: &str, run_id: &str, expert_key: &str, input: RunInput, now: u64) -> RunSetting {
+    pub fn run_setting(
+        &self,
+        job_id: &str,
+        run_id: &str,
+        expert_key: &str,
+        input: RunInput,
+        now: u64,
+    ) -> RunSetting {
         RunSetting {
             model: self.model.clone(),
             provider_config: ProviderConfig {

@@ -433,8 +433,17 @@ impl RunActor {
         answer: Option<crate::schema::InteractiveToolCallResult>,
     ) {
         let s = &self.ctx.settings;
-        let input = crate::schema::RunInput { text: query.clone(), interactive_tool_call_result: answer.clone() };
-        let setting = s.run_setting(&self.ctx.job_id, &self.machine.setting().run_id, &self.expert.key, input, now);
+        let input = crate::schema::RunInput {
+            text: query.clone(),
+            interactive_tool_call_result: answer.clone(),
+        };
+        let setting = s.run_setting(
+            &self.ctx.job_id,
+            &self.machine.setting().run_id,
+            &self.expert.key,
+            input,
+            now,
+        );
         if let Err(e) = self.ctx.storage.store_run_setting(&setting).await {
             tracing::warn!(run = %setting.run_id, "could not store run-setting.json: {e}");
         }

@@ -39,7 +39,10 @@ pub enum Resumption {
 /// The coordinator's latest checkpoint: the highest step among checkpoints without
 /// `delegatedBy` (children's steps can be higher while they run).
 pub fn latest_coordinator(checkpoints: &[Checkpoint]) -> Option<&Checkpoint> {
-    checkpoints.iter().filter(|c| c.delegated_by.is_none()).max_by_key(|c| (c.step_number, rank(c.status)))
+    checkpoints
+        .iter()
+        .filter(|c| c.delegated_by.is_none())
+        .max_by_key(|c| (c.step_number, rank(c.status)))
 }
 
 /// The plan for a run whose latest checkpoint is `latest`, given every checkpoint of the job.
@@ -69,10 +72,17 @@ fn plan_depth(latest: &Checkpoint, all: &[Checkpoint], depth: usize) -> Resumpti
                     (call, r)
                 })
                 .collect();
-            Resumption::AwaitChildren { checkpoint: latest.clone(), children }
+            Resumption::AwaitChildren {
+                checkpoint: latest.clone(),
+                children,
+            }
         }
-        CheckpointStatus::Proceeding | CheckpointStatus::Init => Resumption::Continue { checkpoint: latest.clone() },
-        _ => Resumption::Done { checkpoint: latest.clone() },
+        CheckpointStatus::Proceeding | CheckpointStatus::Init => Resumption::Continue {
+            checkpoint: latest.clone(),
+        },
+        _ => Resumption::Done {
+            checkpoint: latest.clone(),
+        },
     }
 }
 
@@ -94,10 +104,20 @@ mod tests {
     use crate::schema::{DelegatedBy, ExpertRef, Usage};
 
     fn expert(k: &str) -> ExpertRef {
-        ExpertRef { key: k.into(), name: k.into(), version: "1.0.0".into() }
+        ExpertRef {
+            key: k.into(),
+            name: k.into(),
+            version: "1.0.0".into(),
+        }
     }
 
-    fn cp(id: &str, key: &str, step: u32, status: CheckpointStatus, parent: Option<(&str, &str)>) -> Checkpoint {
+    fn cp(
+        id: &str,
+        key: &str,
+        step: u32,
+        status: CheckpointStatus,
+        parent: Option<(&str, &str)>,
+    ) -> Checkpoint {
         Checkpoint {
             id: id.into(),
             job_id: "j".into(),
@@ -127,7 +147,12 @@ mod tests {
     }
 
     fn call(id: &str, key: &str) -> DelegateTo {
-        DelegateTo { expert: expert(key), tool_call_id: id.into(), tool_name: key.into(), query: format!("do {key}") }
+        DelegateTo {
+            expert: expert(key),
+            tool_call_id: id.into(),
+            tool_name: key.into(),
+            query: format!("do {key}"),
+        }
     }
 
     #[test]
@@ -136,14 +161,36 @@ mod tests {
         parent.delegate_to = Some(vec![call("ca", "a"), call("cb", "b"), call("cc", "c")]);
         let all = vec![
             parent.clone(),
-            cp("a2", "a", 2, CheckpointStatus::Proceeding, Some(("p1", "ca"))),
-            cp("a3", "a", 3, CheckpointStatus::Completed, Some(("p1", "ca"))),
-            cp("b2", "b", 2, CheckpointStatus::Proceeding, Some(("p1", "cb"))),
+            cp(
+                "a2",
+                "a",
+                2,
+                CheckpointStatus::Proceeding,
+                Some(("p1", "ca")),
+            ),
+            cp(
+                "a3",
+                "a",
+                3,
+                CheckpointStatus::Completed,
+                Some(("p1", "ca")),
+            ),
+            cp(
+                "b2",
+                "b",
+                2,
+                CheckpointStatus::Proceeding,
+                Some(("p1", "cb")),
+            ),
         ];
         assert_eq!(latest_coordinator(&all).map(|c| c.id.as_str()), Some("p1"));
-        let Resumption::AwaitChildren { children, .. } = plan(&parent, &all) else { panic!() };
+        let Resumption::AwaitChildren { children, .. } = plan(&parent, &all) else {
+            panic!()
+        };
         assert!(matches!(&children[0].1, Resumption::Done { checkpoint } if checkpoint.id == "a3"));
-        assert!(matches!(&children[1].1, Resumption::Continue { checkpoint } if checkpoint.id == "b2"));
+        assert!(
+            matches!(&children[1].1, Resumption::Continue { checkpoint } if checkpoint.id == "b2")
+        );
         assert!(matches!(&children[2].1, Resumption::Fresh { call } if call.tool_call_id == "cc"));
     }
 
@@ -163,12 +210,33 @@ mod tests {
     fn nested_delegations_are_planned_recursively() {
         let mut parent = cp("p1", "coord", 1, CheckpointStatus::StoppedByDelegate, None);
         parent.delegate_to = Some(vec![call("ca", "a")]);
-        let mut mid = cp("a2", "a", 2, CheckpointStatus::StoppedByDelegate, Some(("p1", "ca")));
+        let mut mid = cp(
+            "a2",
+            "a",
+            2,
+            CheckpointStatus::StoppedByDelegate,
+            Some(("p1", "ca")),
+        );
         mid.delegate_to = Some(vec![call("cl", "leaf")]);
-        let leaf = cp("l3", "leaf", 3, CheckpointStatus::Proceeding, Some(("a2", "cl")));
+        let leaf = cp(
+            "l3",
+            "leaf",
+            3,
+            CheckpointStatus::Proceeding,
+            Some(("a2", "cl")),
+        );
         let all = vec![parent.clone(), mid, leaf];
-        let Resumption::AwaitChildren { children, .. } = plan(&parent, &all) else { panic!() };
-        let Resumption::AwaitChildren { children: inner, .. } = &children[0].1 else { panic!() };
-        assert!(matches!(&inner[0].1, Resumption::Continue { checkpoint } if checkpoint.id == "l3"));
+        let Resumption::AwaitChildren { children, .. } = plan(&parent, &all) else {
+            panic!()
+        };
+        let Resumption::AwaitChildren {
+            children: inner, ..
+        } = &children[0].1
+        else {
+            panic!()
+        };
+        assert!(
+            matches!(&inner[0].1, Resumption::Continue { checkpoint } if checkpoint.id == "l3")
+        );
     }
 }

@@ -92,10 +92,14 @@ pub(super) async fn execute(args: RunArgs) -> u8 {
 
 async fn run(args: RunArgs) -> Result<JobStatus, EngineError> {
     if args.resume_from.is_some() && args.continue_job.is_none() {
-        return Err(EngineError::Usage("--resume-from requires --continue-job".into()));
+        return Err(EngineError::Usage(
+            "--resume-from requires --continue-job".into(),
+        ));
     }
     if args.interactive && args.continue_job.is_none() && !args.continue_latest {
-        return Err(EngineError::Usage("-i answers a stopped job: use it with --continue or --continue-job".into()));
+        return Err(EngineError::Usage(
+            "-i answers a stopped job: use it with --continue or --continue-job".into(),
+        ));
     }
     let cwd = std::env::current_dir()
         .map_err(|e| EngineError::Usage(format!("cannot read the current directory: {e}")))?;
@@ -154,7 +158,11 @@ async fn run(args: RunArgs) -> Result<JobStatus, EngineError> {
         .sink(Box::new(tokio::io::stdout()))
         .build();
     let handle = if args.continue_latest || args.continue_job.is_some() {
-        let input = if args.interactive { ContinueInput::Answer(args.query) } else { ContinueInput::Query(args.query) };
+        let input = if args.interactive {
+            ContinueInput::Answer(args.query)
+        } else {
+            ContinueInput::Query(args.query)
+        };
         engine
             .continue_job(ContinueRequest {
                 job_id: args.continue_job,
@@ -201,14 +209,20 @@ fn build_model(
     env: &std::collections::BTreeMap<String, String>,
 ) -> Result<Arc<dyn LanguageModel>, EngineError> {
     // `[provider.setting]` belongs to the provider named next to it.
-    let table = cfg.provider.as_ref().filter(|p| p.provider_name == provider);
+    let table = cfg
+        .provider
+        .as_ref()
+        .filter(|p| p.provider_name == provider);
     let empty = serde_json::Map::new();
     let setting = table.map_or(&empty, |p| &p.setting);
-    let script = args
-        .script
-        .clone()
-        .or_else(|| table.and_then(|p| p.setting_str("script")).map(|s| cfg.resolve_relative(s)));
-    Ok(crate::llm::select::provider(provider, setting, env, script)?)
+    let script = args.script.clone().or_else(|| {
+        table
+            .and_then(|p| p.setting_str("script"))
+            .map(|s| cfg.resolve_relative(s))
+    });
+    Ok(crate::llm::select::provider(
+        provider, setting, env, script,
+    )?)
 }
 
 async fn wait_for_signal() {

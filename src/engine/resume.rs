@@ -52,7 +52,9 @@ impl Engine {
                 .into_iter()
                 .next()
                 .map(|j| j.id)
-                .ok_or_else(|| EngineError::Usage("No job found to continue in this storage".into()))?,
+                .ok_or_else(|| {
+                    EngineError::Usage("No job found to continue in this storage".into())
+                })?,
         };
         let all = storage.checkpoints_by_job(&job_id).await?;
         let base = match &request.resume_from {
@@ -95,7 +97,11 @@ impl Engine {
 
     /// The job stopped before its first step ended: start it again, same job id, with its
     /// original query (from its first run setting).
-    async fn restart(&self, job_id: &str, request: ContinueRequest) -> Result<JobHandle, EngineError> {
+    async fn restart(
+        &self,
+        job_id: &str,
+        request: ContinueRequest,
+    ) -> Result<JobHandle, EngineError> {
         let settings = self.storage.all_run_settings().await?;
         let original = settings
             .iter()
@@ -103,7 +109,9 @@ impl Engine {
             .min_by_key(|s| s.started_at)
             .and_then(|s| s.input.text.clone());
         let Some(query) = original else {
-            return Err(EngineError::Usage(format!("No checkpoint found for job \"{job_id}\"")));
+            return Err(EngineError::Usage(format!(
+                "No checkpoint found for job \"{job_id}\""
+            )));
         };
         let mut start = super::JobRequest::new(request.expert_key, query).job_id(job_id);
         if let Some(buffer) = request.subscribe {
@@ -121,14 +129,22 @@ impl Engine {
     ) -> Result<(Checkpoint, Start), EngineError> {
         let resumption = plan(&base, all);
         match (resumption, input) {
-            (Resumption::AwaitChildren { mut checkpoint, children }, input) => {
+            (
+                Resumption::AwaitChildren {
+                    mut checkpoint,
+                    children,
+                },
+                input,
+            ) => {
                 if let ContinueInput::Query(q) = input {
                     tracing::info!(query = %q, "the job was waiting for delegated experts; resuming them, query ignored");
                 }
                 checkpoint.run_id = crate::schema::id::new_id();
                 Ok((checkpoint, Start::Recover(children)))
             }
-            (Resumption::Continue { checkpoint }, _) => Ok((delegation_next_segment(checkpoint), Start::Resume)),
+            (Resumption::Continue { checkpoint }, _) => {
+                Ok((delegation_next_segment(checkpoint), Start::Resume))
+            }
             (Resumption::Done { checkpoint }, ContinueInput::Answer(text)) => {
                 if checkpoint.status != CheckpointStatus::StoppedByInteractiveTool {
                     return Err(EngineError::Usage(format!(
@@ -161,7 +177,10 @@ impl Engine {
 /// The answer to the call that is really pending: the JSON form names it; plain text answers
 /// the first pending interactive call (Perstack guesses the first tool call of the last
 /// message, which is wrong after a mixed turn).
-fn answer_for(checkpoint: &Checkpoint, text: &str) -> Result<InteractiveToolCallResult, EngineError> {
+fn answer_for(
+    checkpoint: &Checkpoint,
+    text: &str,
+) -> Result<InteractiveToolCallResult, EngineError> {
     let pending = checkpoint.pending_tool_calls.as_deref().unwrap_or_default();
     if let Ok(json) = serde_json::from_str::<InteractiveToolCallResult>(text) {
         if pending.iter().any(|c| c.id == json.tool_call_id) {
@@ -173,7 +192,10 @@ fn answer_for(checkpoint: &Checkpoint, text: &str) -> Result<InteractiveToolCall
         )));
     }
     let call = pending.first().ok_or_else(|| {
-        EngineError::Usage(format!("checkpoint \"{}\" has no pending tool call to answer", checkpoint.id))
+        EngineError::Usage(format!(
+            "checkpoint \"{}\" has no pending tool call to answer",
+            checkpoint.id
+        ))
     })?;
     Ok(InteractiveToolCallResult {
         tool_call_id: call.id.clone(),

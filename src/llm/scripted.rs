@@ -180,15 +180,27 @@ impl ScriptedModel {
         Self::parse(&text, &path.display().to_string())
     }
 
-    fn take_turn(&self, expert: &str, query: Option<&str>, in_history: usize) -> Option<(usize, Turn)> {
-        let mut used = self.used.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let count = used.entry((expert.to_string(), query.map(str::to_owned))).or_insert(0);
+    fn take_turn(
+        &self,
+        expert: &str,
+        query: Option<&str>,
+        in_history: usize,
+    ) -> Option<(usize, Turn)> {
+        let mut used = self
+            .used
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = used
+            .entry((expert.to_string(), query.map(str::to_owned)))
+            .or_insert(0);
         let n = (*count).max(in_history);
         let (i, turn) = self
             .turns
             .iter()
             .enumerate()
-            .filter(|(_, t)| t.expert == expert && t.query.as_deref().is_none_or(|q| Some(q) == query))
+            .filter(|(_, t)| {
+                t.expert == expert && t.query.as_deref().is_none_or(|q| Some(q) == query)
+            })
             .nth(n)?;
         *count = n + 1;
         Some((i, turn.clone()))

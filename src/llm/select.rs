@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 use super::LanguageModel;
 use super::anthropic::{AnthropicConfig, AnthropicModel};
 use super::http::ProviderConfigError;
+use super::openai::{Flavor, OpenAiConfig, OpenAiModel};
 use super::scripted::{ScriptError, ScriptedModel};
 use crate::config::ProviderName;
 
@@ -30,7 +31,9 @@ pub enum SelectError {
     )]
     NoScript,
     /// The provider exists in Perstack but not in this engine yet.
-    #[error("provider \"{0}\" is not supported by this engine yet (see the README's compatibility table)")]
+    #[error(
+        "provider \"{0}\" is not supported by this engine yet (see the README's compatibility table)"
+    )]
     Unsupported(&'static str),
 }
 
@@ -47,7 +50,22 @@ pub fn provider(
             let script = script.ok_or(SelectError::NoScript)?;
             Ok(Arc::new(ScriptedModel::load(&script)?))
         }
-        ProviderName::Anthropic => Ok(Arc::new(AnthropicModel::new(AnthropicConfig::from_env(setting, env)?)?)),
+        ProviderName::Anthropic => Ok(Arc::new(AnthropicModel::new(AnthropicConfig::from_env(
+            setting, env,
+        )?)?)),
+        ProviderName::OpenAi => openai(Flavor::OpenAi, setting, env),
+        ProviderName::DeepSeek => openai(Flavor::DeepSeek, setting, env),
+        ProviderName::AzureOpenAi => openai(Flavor::AzureOpenAi, setting, env),
         other => Err(SelectError::Unsupported(other.as_str())),
     }
+}
+
+fn openai(
+    flavor: Flavor,
+    setting: &Map<String, Value>,
+    env: &BTreeMap<String, String>,
+) -> Result<Arc<dyn LanguageModel>, SelectError> {
+    Ok(Arc::new(OpenAiModel::new(OpenAiConfig::from_env(
+        flavor, setting, env,
+    )?)?))
 }

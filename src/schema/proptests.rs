@@ -19,19 +19,35 @@ fn args() -> impl Strategy<Value = Value> {
     prop_oneof![
         Just(json!({})),
         (text(), any::<i32>()).prop_map(|(s, n)| json!({"query": s, "n": n})),
-        proptest::collection::vec(any::<bool>(), 0..3).prop_map(|v| json!({"flags": v, "nested": {"x": null}})),
+        proptest::collection::vec(any::<bool>(), 0..3)
+            .prop_map(|v| json!({"flags": v, "nested": {"x": null}})),
     ]
 }
 
 fn part() -> impl Strategy<Value = MessagePart> {
     let extra = Map::new;
     prop_oneof![
-        (id(), text()).prop_map(move |(id, text)| MessagePart::TextPart(TextPart { id, text, extra: extra() })),
+        (id(), text()).prop_map(move |(id, text)| MessagePart::TextPart(TextPart {
+            id,
+            text,
+            extra: extra()
+        })),
         (id(), text(), prop::option::of(text())).prop_map(move |(id, thinking, signature)| {
-            MessagePart::ThinkingPart(ThinkingPart { id, thinking, signature, extra: extra() })
+            MessagePart::ThinkingPart(ThinkingPart {
+                id,
+                thinking,
+                signature,
+                extra: extra(),
+            })
         }),
         (id(), id(), text(), args()).prop_map(move |(id, tool_call_id, tool_name, args)| {
-            MessagePart::ToolCallPart(ToolCallPart { id, tool_call_id, tool_name, args, extra: extra() })
+            MessagePart::ToolCallPart(ToolCallPart {
+                id,
+                tool_call_id,
+                tool_name,
+                args,
+                extra: extra(),
+            })
         }),
         (id(), "[A-Za-z0-9+/]{0,16}").prop_map(move |(id, encoded_data)| {
             MessagePart::ImageInlinePart(InlinePart {
@@ -41,31 +57,42 @@ fn part() -> impl Strategy<Value = MessagePart> {
                 extra: extra(),
             })
         }),
-        (id(), id(), text(), prop::option::of(any::<bool>())).prop_map(move |(id, call, t, is_error)| {
-            MessagePart::ToolResultPart(ToolResultPart {
-                id,
-                tool_call_id: call,
-                tool_name: "tool".into(),
-                contents: vec![MessagePart::text(t)],
-                is_error,
-                extra: extra(),
-            })
-        }),
+        (id(), id(), text(), prop::option::of(any::<bool>())).prop_map(
+            move |(id, call, t, is_error)| {
+                MessagePart::ToolResultPart(ToolResultPart {
+                    id,
+                    tool_call_id: call,
+                    tool_name: "tool".into(),
+                    contents: vec![MessagePart::text(t)],
+                    is_error,
+                    extra: extra(),
+                })
+            }
+        ),
     ]
 }
 
 fn message() -> impl Strategy<Value = Message> {
-    (0..4u8, id(), proptest::collection::vec(part(), 0..4), prop::option::of(any::<bool>())).prop_map(
-        |(kind, id, contents, cache)| {
-            let body = MessageBody { id, contents, cache, extra: Map::new() };
+    (
+        0..4u8,
+        id(),
+        proptest::collection::vec(part(), 0..4),
+        prop::option::of(any::<bool>()),
+    )
+        .prop_map(|(kind, id, contents, cache)| {
+            let body = MessageBody {
+                id,
+                contents,
+                cache,
+                extra: Map::new(),
+            };
             match kind {
                 0 => Message::InstructionMessage(body),
                 1 => Message::UserMessage(body),
                 2 => Message::ExpertMessage(body),
                 _ => Message::ToolMessage(body),
             }
-        },
-    )
+        })
 }
 
 fn usage() -> impl Strategy<Value = Usage> {
@@ -96,7 +123,14 @@ fn call() -> impl Strategy<Value = ToolCall> {
 
 fn checkpoint() -> impl Strategy<Value = Checkpoint> {
     (
-        (id(), id(), status(), 1..10_000u32, proptest::collection::vec(message(), 0..5), usage()),
+        (
+            id(),
+            id(),
+            status(),
+            1..10_000u32,
+            proptest::collection::vec(message(), 0..5),
+            usage(),
+        ),
         (
             prop::option::of(0..1_000_000u64),
             prop::option::of(0.0..1.0f64),
@@ -106,39 +140,52 @@ fn checkpoint() -> impl Strategy<Value = Checkpoint> {
             prop::option::of(id()),
         ),
     )
-        .prop_map(|((id, run, status, step, messages, usage), (cw, cwu, pending, error, retry, parent))| {
-            Checkpoint {
-                id,
-                job_id: "job".into(),
-                run_id: run.clone(),
-                status,
-                step_number: step,
-                messages,
-                expert: ExpertRef { key: "@org/x".into(), name: "@org/x".into(), version: "1.0.0".into() },
-                delegate_to: None,
-                delegated_by: parent.map(|p| DelegatedBy {
-                    expert: ExpertRef { key: "p".into(), name: "p".into(), version: "2.0.0".into() },
-                    tool_call_id: "c".into(),
-                    tool_name: "x".into(),
-                    checkpoint_id: p,
-                    run_id: run,
-                }),
-                usage,
-                context_window: cw,
-                context_window_usage: cwu,
-                pending_tool_calls: pending,
-                partial_tool_results: None,
-                metadata: None,
-                error: error.map(|(message, status_code, is_retryable)| RunError {
-                    name: "E".into(),
-                    message,
-                    status_code,
-                    is_retryable,
-                }),
-                retry_count: retry,
-                extra: Map::new(),
-            }
-        })
+        .prop_map(
+            |(
+                (id, run, status, step, messages, usage),
+                (cw, cwu, pending, error, retry, parent),
+            )| {
+                Checkpoint {
+                    id,
+                    job_id: "job".into(),
+                    run_id: run.clone(),
+                    status,
+                    step_number: step,
+                    messages,
+                    expert: ExpertRef {
+                        key: "@org/x".into(),
+                        name: "@org/x".into(),
+                        version: "1.0.0".into(),
+                    },
+                    delegate_to: None,
+                    delegated_by: parent.map(|p| DelegatedBy {
+                        expert: ExpertRef {
+                            key: "p".into(),
+                            name: "p".into(),
+                            version: "2.0.0".into(),
+                        },
+                        tool_call_id: "c".into(),
+                        tool_name: "x".into(),
+                        checkpoint_id: p,
+                        run_id: run,
+                    }),
+                    usage,
+                    context_window: cw,
+                    context_window_usage: cwu,
+                    pending_tool_calls: pending,
+                    partial_tool_results: None,
+                    metadata: None,
+                    error: error.map(|(message, status_code, is_retryable)| RunError {
+                        name: "E".into(),
+                        message,
+                        status_code,
+                        is_retryable,
+                    }),
+                    retry_count: retry,
+                    extra: Map::new(),
+                }
+            },
+        )
 }
 
 fn round_trip<T>(v: &T) -> T

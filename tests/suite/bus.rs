@@ -91,7 +91,12 @@ impl Storage for Recording {
     async fn events_by_run(&self, j: &str, r: &str) -> Result<Vec<EventMeta>, StoreError> {
         self.inner.events_by_run(j, r).await
     }
-    async fn event_contents(&self, j: &str, r: &str, m: Option<u32>) -> Result<Vec<Event>, StoreError> {
+    async fn event_contents(
+        &self,
+        j: &str,
+        r: &str,
+        m: Option<u32>,
+    ) -> Result<Vec<Event>, StoreError> {
         self.inner.event_contents(j, r, m).await
     }
     async fn store_job(&self, j: &Job) -> Result<(), StoreError> {
@@ -119,10 +124,17 @@ async fn concurrent_jobs_get_one_global_order_and_complete_streams_with_durable_
     let violations = Arc::new(AtomicU64::new(0));
     let last_seq = Arc::new(AtomicU64::new(0));
     let engine = {
-        let (storage2, seen, bad, last) = (storage.clone(), seen_total.clone(), violations.clone(), last_seq.clone());
+        let (storage2, seen, bad, last) = (
+            storage.clone(),
+            seen_total.clone(),
+            violations.clone(),
+            last_seq.clone(),
+        );
         Engine::builder()
             .settings(settings())
-            .model(Arc::new(ScriptedModel::parse(&fanout_script(JOBS), "s").unwrap()))
+            .model(Arc::new(
+                ScriptedModel::parse(&fanout_script(JOBS), "s").unwrap(),
+            ))
             .storage(storage.clone())
             .on_event(move |e| {
                 seen.fetch_add(1, Ordering::SeqCst);
@@ -151,7 +163,7 @@ async fn concurrent_jobs_get_one_global_order_and_complete_streams_with_durable_
             while let Some(e) = rx.recv().await {
                 jobs.insert(e.event.job_id.clone());
                 n += 1;
-                if n % 7 == 0 {
+                if n.is_multiple_of(7) {
                     tokio::time::sleep(Duration::from_millis(1)).await; // a slow reader
                 }
             }
@@ -165,12 +177,20 @@ async fn concurrent_jobs_get_one_global_order_and_complete_streams_with_durable_
         assert_eq!(outcome.job.status, JobStatus::Completed);
         assert_eq!(outcome.text.as_deref(), Some("done"));
         let (n, jobs) = reader.await.unwrap();
-        assert_eq!(jobs.into_iter().collect::<Vec<_>>(), vec![format!("job-{i}")], "a stream sees only its job");
+        assert_eq!(
+            jobs.into_iter().collect::<Vec<_>>(),
+            vec![format!("job-{i}")],
+            "a stream sees only its job"
+        );
         per_job_total += n;
     }
     engine.shutdown().await;
     assert_eq!(violations.load(Ordering::SeqCst), 0);
-    assert_eq!(per_job_total, seen_total.load(Ordering::SeqCst), "every event reached its job's stream");
+    assert_eq!(
+        per_job_total,
+        seen_total.load(Ordering::SeqCst),
+        "every event reached its job's stream"
+    );
     assert!(per_job_total > 20 * JOBS as u64);
 }
 
@@ -180,9 +200,14 @@ async fn delegation_fan_out_is_bounded() {
     s.max_parallel_delegates = 1;
     let engine = Engine::builder()
         .settings(s)
-        .model(Arc::new(ScriptedModel::parse(&fanout_script(1), "s").unwrap()))
+        .model(Arc::new(
+            ScriptedModel::parse(&fanout_script(1), "s").unwrap(),
+        ))
         .build();
-    let mut h = engine.start(JobRequest::new("coordinator", "go").subscribe()).await.unwrap();
+    let mut h = engine
+        .start(JobRequest::new("coordinator", "go").subscribe())
+        .await
+        .unwrap();
     let mut rx = h.take_events().unwrap();
     let outcome = h.wait().await.unwrap();
     assert_eq!(outcome.job.status, JobStatus::Completed);
@@ -190,7 +215,11 @@ async fn delegation_fan_out_is_bounded() {
     let mut running = 0i32;
     let mut max_running = 0;
     while let Ok(e) = rx.try_recv() {
-        if e.event.expert_key.as_deref().is_some_and(|k| k.starts_with("child")) {
+        if e.event
+            .expert_key
+            .as_deref()
+            .is_some_and(|k| k.starts_with("child"))
+        {
             match e.event.kind() {
                 "startRun" => running += 1,
                 "completeRun" | "stopRunByError" => running -= 1,

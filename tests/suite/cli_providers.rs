@@ -39,14 +39,23 @@ fn anthropic_stream(blocks: Vec<Value>, stop_reason: &str) -> Reply {
                 json!({"type":"tool_use","id":b["id"],"name":b["name"],"input":{}}),
                 json!({"type":"input_json_delta","partial_json":b["input"].to_string()}),
             ),
-            _ => (json!({"type":"text","text":""}), json!({"type":"text_delta","text":b["text"]})),
+            _ => (
+                json!({"type":"text","text":""}),
+                json!({"type":"text_delta","text":b["text"]}),
+            ),
         };
         events.push(sse_event(
             "content_block_start",
             &json!({"type":"content_block_start","index":i,"content_block":start}),
         ));
-        events.push(sse_event("content_block_delta", &json!({"type":"content_block_delta","index":i,"delta":delta})));
-        events.push(sse_event("content_block_stop", &json!({"type":"content_block_stop","index":i})));
+        events.push(sse_event(
+            "content_block_delta",
+            &json!({"type":"content_block_delta","index":i,"delta":delta}),
+        ));
+        events.push(sse_event(
+            "content_block_stop",
+            &json!({"type":"content_block_stop","index":i}),
+        ));
     }
     events.push(sse_event(
         "message_delta",
@@ -59,8 +68,14 @@ fn anthropic_stream(blocks: Vec<Value>, stop_reason: &str) -> Reply {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unchanged_anthropic_config_runs_against_a_local_messages_server() {
     let server = FakeServer::start(vec![
-        anthropic_stream(vec![json!({"type":"tool_use","id":"toolu_1","name":"attemptCompletion","input":{}})], "tool_use"),
-        anthropic_stream(vec![json!({"type":"text","text":"The answer is 42."})], "end_turn"),
+        anthropic_stream(
+            vec![json!({"type":"tool_use","id":"toolu_1","name":"attemptCompletion","input":{}})],
+            "tool_use",
+        ),
+        anthropic_stream(
+            vec![json!({"type":"text","text":"The answer is 42."})],
+            "end_turn",
+        ),
     ])
     .await;
     let dir = tempfile::tempdir().unwrap();
@@ -74,16 +89,32 @@ async fn an_unchanged_anthropic_config_runs_against_a_local_messages_server() {
         .await
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!stdout.contains("SECRET"));
-    let events: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let events: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let kinds: Vec<&str> = events
         .iter()
         .filter(|e| e.get("stepNumber").is_some())
         .map(|e| e["type"].as_str().unwrap())
         .filter(|k| !k.contains("Streaming") && !k.starts_with("stream"))
         .collect();
-    assert_eq!(kinds, ["startRun", "startGeneration", "callTools", "attemptCompletion", "completeRun"]);
+    assert_eq!(
+        kinds,
+        [
+            "startRun",
+            "startGeneration",
+            "callTools",
+            "attemptCompletion",
+            "completeRun"
+        ]
+    );
     let done = events.iter().find(|e| e["type"] == "completeRun").unwrap();
     assert_eq!(done["text"], "The answer is 42.");
 
@@ -92,15 +123,31 @@ async fn an_unchanged_anthropic_config_runs_against_a_local_messages_server() {
     let first = &requests[0];
     assert_eq!(first.path, "/v1/messages");
     assert_eq!(first.body["model"], "claude-sonnet-4-5");
-    assert!(first.body.get("thinking").is_none(), "reasoningBudget none sends no thinking");
-    assert_eq!(first.body["system"][0]["cache_control"]["type"], "ephemeral");
-    let tools: Vec<&str> = first.body["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert!(
+        first.body.get("thinking").is_none(),
+        "reasoningBudget none sends no thinking"
+    );
+    assert_eq!(
+        first.body["system"][0]["cache_control"]["type"],
+        "ephemeral"
+    );
+    let tools: Vec<&str> = first.body["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
     assert_eq!(tools.len(), 2);
     assert!(tools.contains(&"attemptCompletion") && tools.contains(&"healthCheck"));
     assert_eq!(first.body["messages"][0]["role"], "user");
     // The run-result generation offers no tools and carries the completion's tool result.
     let second = &requests[1];
-    assert!(second.body.get("tools").is_none_or(|t| t.as_array().is_some_and(|a| a.is_empty())));
+    assert!(
+        second
+            .body
+            .get("tools")
+            .is_none_or(|t| t.as_array().is_some_and(|a| a.is_empty()))
+    );
     let last = second.body["messages"].as_array().unwrap().last().unwrap();
     assert_eq!(last["content"][0]["type"], "tool_result");
     assert_eq!(last["content"][0]["tool_use_id"], "toolu_1");

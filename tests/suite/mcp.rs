@@ -20,7 +20,7 @@ use perstack::skill::mcp::{
     ConnectOptions, McpConnection, SAFE_ENV_VARS, StderrStream, connect_stdio,
 };
 use rmcp::model::CallToolResult;
-use serde_json::json;
+use serde_json::{Value, json};
 
 mod http;
 

@@ -35,7 +35,12 @@ pub(super) struct Delegation {
 impl Delegation {
     pub(super) fn new(calls: Vec<DelegateTo>, parent: &Checkpoint) -> Self {
         let n = calls.len();
-        let queue = calls.iter().cloned().enumerate().map(|(i, call)| (i, Resumption::Fresh { call })).collect();
+        let queue = calls
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, call)| (i, Resumption::Fresh { call }))
+            .collect();
         Delegation {
             calls,
             queue,
@@ -59,7 +64,11 @@ impl Delegation {
                 Resumption::Done { checkpoint } => {
                     let text = final_text(&checkpoint);
                     d.running += 1; // balanced by `child_finished`
-                    d.child_finished(RunFinished { slot, checkpoint, text });
+                    d.child_finished(RunFinished {
+                        slot,
+                        checkpoint,
+                        text,
+                    });
                 }
                 other => d.queue.push_back((slot, other)),
             }
@@ -79,7 +88,9 @@ impl Delegation {
         parent: &Checkpoint,
     ) {
         while self.running < ctx.settings.max_parallel_delegates.max(1) {
-            let Some((slot, resumption)) = self.queue.pop_front() else { break };
+            let Some((slot, resumption)) = self.queue.pop_front() else {
+                break;
+            };
             let call = &self.calls[slot];
             let (checkpoint, start) = match resumption {
                 Resumption::Fresh { .. } | Resumption::Done { .. } => {
@@ -102,7 +113,10 @@ impl Delegation {
                     (checkpoint, Start::Query(call.query.clone()))
                 }
                 Resumption::Continue { checkpoint } => (next_segment(checkpoint), Start::Resume),
-                Resumption::AwaitChildren { mut checkpoint, children } => {
+                Resumption::AwaitChildren {
+                    mut checkpoint,
+                    children,
+                } => {
                     checkpoint.run_id = new_id();
                     (checkpoint, Start::Recover(children))
                 }
@@ -194,7 +208,12 @@ pub(crate) fn final_text(checkpoint: &Checkpoint) -> Option<String> {
     if checkpoint.status != CheckpointStatus::Completed {
         return None;
     }
-    checkpoint.messages.last().filter(|m| m.is_expert()).and_then(|m| m.first_text()).map(str::to_owned)
+    checkpoint
+        .messages
+        .last()
+        .filter(|m| m.is_expert())
+        .and_then(|m| m.first_text())
+        .map(str::to_owned)
 }
 
 fn result_for(call: &DelegateTo, text: String) -> ToolResult {

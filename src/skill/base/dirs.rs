@@ -171,10 +171,12 @@ fn describe(ws: &Workspace, dir: &Dir, name: &OsStr) -> Option<Item> {
     let path = dir.path().join(name);
     let (kind, meta) = if own.file_type().is_symlink() {
         match std::fs::canonicalize(&path) {
-            Ok(target) if ws.allows(&target) => {
-                let meta = std::fs::metadata(&target).ok()?;
-                (kind_of(&meta), meta)
-            }
+            // Described through the checked walk, so a link swapped meanwhile shows nothing of
+            // the outside.
+            Ok(target) if ws.allows(&target) => match ws.lstat(&target) {
+                Ok(meta) if !meta.file_type().is_symlink() => (kind_of(&meta), meta),
+                _ => ("symlink", own),
+            },
             Ok(target) if target.starts_with(ws.root()) => return None,
             _ => ("symlink", own),
         }

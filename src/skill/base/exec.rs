@@ -98,6 +98,9 @@ const REAP_GRACE: Duration = Duration::from_secs(2);
 /// Size of each read from a pipe.
 const CHUNK_BYTES: usize = 64 * 1024;
 
+/// Longest command line quoted back in an error message (a long `sh -c` script is cut).
+const MAX_QUOTED_COMMAND_CHARS: usize = 1000;
+
 const NO_OUTPUT: &str = "Command executed successfully, but produced no output.";
 
 /// The [`SAFE_ENV_KEYS`] entries of `vars`.
@@ -297,10 +300,12 @@ async fn run(
     let text = |bytes: Vec<u8>, wanted: bool| {
         (wanted && !bytes.is_empty()).then(|| String::from_utf8_lossy(&bytes).into_owned())
     };
-    let command_line = std::iter::once(args.command.as_str())
-        .chain(args.args.iter().map(String::as_str))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let command_line = shorten(
+        &std::iter::once(args.command.as_str())
+            .chain(args.args.iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join(" "),
+    );
     let error = match end {
         End::Exited(Ok(status)) if status.success() => {
             guard.armed = false;
@@ -339,6 +344,14 @@ async fn run(
         }
     };
     failure(error, text(out, args.stdout), text(err, args.stderr))
+}
+
+/// The command line as quoted in an error: at most [`MAX_QUOTED_COMMAND_CHARS`] characters.
+fn shorten(command_line: &str) -> String {
+    match command_line.char_indices().nth(MAX_QUOTED_COMMAND_CHARS) {
+        Some((end, _)) => format!("{}...", &command_line[..end]),
+        None => command_line.to_owned(),
+    }
 }
 
 fn failure(error: String, stdout: Option<String>, stderr: Option<String>) -> CallToolResult {
@@ -530,6 +543,13 @@ mod tests {
         assert!(keep(&mut a, b"12345", b.len(), 10));
         assert!(!keep(&mut a, b"678", b.len(), 10));
         assert_eq!(a, b"1234567");
+    }
+
+    #[test]
+    fn long_command_lines_are_cut_in_messages() {
+        assert_eq!(shorten("ls -l"), "ls -l");
+        let long = "é".repeat(MAX_QUOTED_COMMAND_CHARS + 5);
+        assert_eq!(shorten(&long).chars().count(), MAX_QUOTED_COMMAND_CHARS + 3);
     }
 
     #[test]

@@ -24,9 +24,10 @@ use super::path::{ToolError, Workspace, io_error, open_nofollow, quote, run_bloc
 use super::result::input_schema;
 
 /// Largest file the text tools read into memory. Perstack has no limit; this keeps one call
-/// from exhausting memory or the in-process pipe's message limit. Larger files are refused
-/// with a hint to read them piecewise with `exec`.
-const MAX_TEXT_BYTES: u64 = 64 * 1024 * 1024;
+/// from exhausting memory, and keeps the answer (JSON escaping can grow text sixfold) under the
+/// in-process pipe's 256 MiB message limit. Larger files are refused with a hint to read them
+/// piecewise with `exec`.
+const MAX_TEXT_BYTES: u64 = 32 * 1024 * 1024;
 
 /// `{path}`: the arguments of the tools that take only a path.
 #[derive(Debug, Deserialize)]

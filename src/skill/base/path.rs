@@ -439,7 +439,15 @@ fn open_dir_nofollow(path: &Path) -> io::Result<File> {
 /// Opens `path` with `options`, refusing a symlink as the last component: with `O_NOFOLLOW`
 /// where known, otherwise with an `lstat` before and an inode comparison after the open.
 pub(super) fn open_nofollow(path: &Path, options: &mut OpenOptions) -> io::Result<File> {
-    if let Some(flags) = NOFOLLOW_FLAGS {
+    open_nofollow_with(NOFOLLOW_FLAGS, path, options)
+}
+
+fn open_nofollow_with(
+    nofollow_flags: Option<i32>,
+    path: &Path,
+    options: &mut OpenOptions,
+) -> io::Result<File> {
+    if let Some(flags) = nofollow_flags {
         return options.custom_flags(flags).open(path).map_err(
             |e| match std::fs::symlink_metadata(path) {
                 Ok(m) if m.file_type().is_symlink() => symlink_refused(),
@@ -538,6 +546,26 @@ mod tests {
         assert!(ws.resolve("PerStack/x").is_err());
         assert!(ws.allows(&root.join("perstackx")));
         assert!(!ws.allows(&root.join("PERSTACK")));
+    }
+
+    #[test]
+    fn symlinks_are_refused_with_and_without_o_nofollow() {
+        let dir = tempfile::tempdir().unwrap();
+        let (file, link) = (dir.path().join("f"), dir.path().join("l"));
+        std::fs::write(&file, "x").unwrap();
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        for flags in [NOFOLLOW_FLAGS, None] {
+            let read = || OpenOptions::new().read(true).clone();
+            assert!(open_nofollow_with(flags, &file, &mut read()).is_ok());
+            let err = open_nofollow_with(flags, &link, &mut read()).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{flags:?}");
+            let mut create = OpenOptions::new();
+            create.write(true).create(true);
+            let new = dir.path().join(format!("new-{flags:?}"));
+            assert!(open_nofollow_with(flags, &new, &mut create).is_ok());
+            assert!(open_nofollow_with(flags, &link, &mut create).is_err());
+        }
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "x");
     }
 
     #[test]
