@@ -1,159 +1,87 @@
-//! Probe (temporary).
-#![allow(clippy::expect_used)]
-use perstack::engine::{Engine, JobRequest, Settings};
-use perstack::llm::{
-    FinishReason, GeneratedToolCall, GenerationError, GenerationRequest, LanguageModel, PartStream,
-    StreamPart,
-};
-use perstack::schema::{JobStatus, Message, Usage};
-use perstack::storage::MemoryStorage;
-use serde_json::json;
+//! One-shot load test of the reference workload (`docs/PERFORMANCE.md`, targets T1 and T2),
+//! without criterion: N concurrent fan-out jobs on one engine with an instant model and
+//! [`MemoryStorage`], repeated for a number of rounds, each on a fresh engine and store.
+//!
+//! ```text
+//! cargo run --release --example fanout_load -- [N=1000] [ROUNDS=3]
+//! ```
+//!
+//! Per round it prints wall and CPU time per job and the process RSS, then checks that the
+//! round's engine, store and jobs were freed: after `shutdown` and the last job handle, nothing
+//! but this program should still hold the store or the model (the store is new each round; the
+//! model count adds up over rounds). It exits 1 when something does
+//! (a leak: memory then grows with every job ever run) and panics if a job does not complete.
+
+#[path = "support/fanout.rs"]
+mod support;
+
 use std::sync::Arc;
-use std::time::Instant;
-const COORDINATOR: &str = "coordinator";
-fn kib(key: &str) -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").expect("status");
-    s.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-        .expect("key")
-        .split_whitespace()
-        .next()
-        .expect("n")
-        .parse()
-        .expect("num")
-}
-/// An instant model that answers the fan-out workload from the request alone, so one instance
-/// serves any number of concurrent jobs (the scripted provider consumes each turn once).
-///
-/// It plays the turns of `experts/fanout/script.toml`:
-/// * no tools offered: the run-result generation after `attemptCompletion` -> text;
-/// * a tool message in the history (the coordinator after its delegates) -> `attemptCompletion`;
-/// * the coordinator's first generation -> reasoning, then `child-a` and `child-b` at once;
-/// * a child's first generation -> `attemptCompletion`.
-struct FanoutModel;
+use std::time::{Duration, Instant};
 
-fn usage(input: u64, output: u64) -> Usage {
-    Usage {
-        input_tokens: input,
-        output_tokens: output,
-        reasoning_tokens: 0,
-        total_tokens: input + output,
-        cached_input_tokens: 0,
-    }
-}
+use perstack::engine::Engine;
+use perstack::llm::LanguageModel;
+use perstack::storage::MemoryStorage;
 
-fn call(id: &str, name: &str, args: serde_json::Value) -> StreamPart {
-    StreamPart::ToolCall(GeneratedToolCall {
-        id: id.into(),
-        name: name.into(),
-        args,
-    })
-}
+use support::{FanoutModel, peak_rss, process_cpu, reset_peak_rss, run_jobs, status_kib};
 
-fn finish(reason: FinishReason, input: u64, output: u64) -> StreamPart {
-    StreamPart::Finish {
-        reason,
-        usage: usage(input, output),
-    }
-}
-
-#[async_trait::async_trait]
-impl LanguageModel for FanoutModel {
-    fn name(&self) -> &str {
-        "instant-fanout"
-    }
-
-    async fn stream(&self, request: GenerationRequest) -> Result<PartStream, GenerationError> {
-        let coordinator = request.expert_key == COORDINATOR;
-        let after_tools = request
-            .messages
-            .iter()
-            .any(|m| matches!(m, Message::ToolMessage(_)));
-        let parts = if request.tools.is_empty() {
-            // Two deltas, as the scripted provider streams text.
-            let (a, b) = if coordinator {
-                (
-                    "Both halves are done: ",
-                    "first half done, second half done.",
-                )
-            } else {
-                ("Half ", "done.")
-            };
-            vec![
-                StreamPart::TextDelta(a.into()),
-                StreamPart::TextDelta(b.into()),
-                finish(FinishReason::Stop, 220, 20),
-            ]
-        } else if coordinator && !after_tools {
-            vec![
-                StreamPart::ReasoningDelta("Two independent halves: delegate both at once.".into()),
-                StreamPart::ReasoningEnd { signature: None },
-                call(
-                    "call_child_a",
-                    "child-a",
-                    json!({ "query": "Do the first half" }),
-                ),
-                call(
-                    "call_child_b",
-                    "child-b",
-                    json!({ "query": "Do the second half" }),
-                ),
-                finish(FinishReason::ToolCalls, 120, 30),
-            ]
-        } else {
-            vec![
-                call("call_done", "attemptCompletion", json!({})),
-                finish(FinishReason::ToolCalls, 80, 10),
-            ]
-        };
-        Ok(Box::pin(futures::stream::iter(parts.into_iter().map(Ok))))
-    }
+fn arg(n: usize, default: usize) -> usize {
+    std::env::args()
+        .nth(n)
+        .map(|a| {
+            a.parse()
+                .unwrap_or_else(|_| panic!("argument {n} must be a number, not {a:?}"))
+        })
+        .unwrap_or(default)
 }
 
 #[tokio::main]
-async fn main() {
-    let n: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(1);
-    let iters: usize = std::env::args()
-        .nth(2)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(1);
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("experts/fanout");
-    let config = perstack::config::load(&dir.join("perstack.toml")).expect("config");
+async fn main() -> std::process::ExitCode {
+    let n = arg(1, 1_000);
+    let rounds = arg(2, 3);
+    let settings = support::settings();
     let model: Arc<dyn LanguageModel> = Arc::new(FanoutModel);
-    println!("start: rss {} KiB", kib("VmRSS"));
-    for i in 0..iters {
+    let rss = || status_kib("VmRSS").map_or(0.0, |kib| kib as f64 / 1024.0);
+    println!("before: RSS {:.1} MB", rss());
+
+    let mut leaked = false;
+    for round in 1..=rounds {
+        let reset = reset_peak_rss();
         let storage = Arc::new(MemoryStorage::new());
         let engine = Engine::builder()
-            .settings(Settings::new(config.experts.clone()))
+            .settings(settings.clone())
             .model(model.clone())
             .storage(storage.clone())
             .build();
+        let cpu0 = process_cpu();
         let t0 = Instant::now();
-        let mut hs = Vec::new();
-        for _ in 0..n {
-            hs.push(
-                engine
-                    .start(JobRequest::new("coordinator", "hello"))
-                    .await
-                    .expect("start"),
-            );
-        }
-        for h in hs {
-            let o = h.wait().await.expect("wait");
-            assert_eq!(o.job.status, JobStatus::Completed);
-        }
-        let el = t0.elapsed();
+        run_jobs(&engine, n).await;
+        let wall = t0.elapsed();
+        let cpu = process_cpu().saturating_sub(cpu0);
+        let rss_done = rss();
         engine.shutdown().await;
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        // Let actors that are still stopping finish before counting references.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let storage_refs = Arc::strong_count(&storage) - 1;
+        let model_refs = Arc::strong_count(&model) - 1;
+        drop(storage);
         println!(
-            "iter {i}: {el:?} rss {} KiB hwm {} storage strong refs {} model refs {}",
-            kib("VmRSS"),
-            kib("VmHWM"),
-            Arc::strong_count(&storage),
-            Arc::strong_count(&model)
+            "round {round}: N={n}: {:.3} ms wall/job, {:.3} ms CPU/job, peak RSS {}{}; RSS {rss_done:.1} MB with the round's store, {:.1} MB after it was dropped; references left by the engine: to this round's store {storage_refs}, to the model (all rounds so far) {model_refs}",
+            wall.as_secs_f64() * 1e3 / n as f64,
+            cpu.as_secs_f64() * 1e3 / n as f64,
+            peak_rss(),
+            if reset { "" } else { " (process peak)" },
+            rss(),
         );
+        if storage_refs > 0 || model_refs > 0 {
+            leaked = true;
+        }
+    }
+    if leaked {
+        eprintln!(
+            "leak: finished jobs still hold the store or the model after Engine::shutdown (see the counts above)"
+        );
+        std::process::ExitCode::FAILURE
+    } else {
+        std::process::ExitCode::SUCCESS
     }
 }

@@ -9,8 +9,10 @@
 pub mod anthropic;
 mod assemble;
 mod generation;
+pub mod google;
 pub mod http;
 pub mod models;
+pub mod ollama;
 pub mod openai;
 pub mod retry;
 pub mod scripted;

@@ -39,6 +39,8 @@ pub struct Settings {
     pub context_window: Option<u64>,
     /// Environment visible to skills (values never stored).
     pub env: BTreeMap<String, String>,
+    /// `perstackBaseSkillCommand`: spawn this instead of the bundled base skill.
+    pub base_skill_command: Option<Vec<String>>,
 }
 
 impl Settings {
@@ -56,6 +58,7 @@ impl Settings {
             max_parallel_delegates: 16,
             context_window: None,
             env: BTreeMap::new(),
+            base_skill_command: None,
         }
     }
 }

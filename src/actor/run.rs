@@ -20,15 +20,14 @@ use self::delegation::Delegation;
 pub(crate) use self::delegation::next_segment as delegation_next_segment;
 use super::context::{JobContext, now_ms};
 use super::job::JobActor;
-use super::skill::{Describe, SkillActor, SkillArgs};
+use super::skill::{Describe, SkillActor, SkillArgs, SkillKind};
 use crate::agent::{
     BASE_SKILL, Effect, Machine, MachineSetting, Output, RunStart, ToolIndex, ToolOwner,
     delegate_tool_name, instruction_text,
 };
 use crate::llm::ToolSpec;
 use crate::schema::{
-    Checkpoint, Event, EventPayload, Expert, InitializeRuntime, RunError, Skill, SkillConnected,
-    SkillDisconnected, id::new_id,
+    Checkpoint, Event, EventPayload, Expert, InitializeRuntime, RunError, Skill, id::new_id,
 };
 
 /// The mailbox size of a run actor: task results, child reports and control messages.
@@ -98,6 +97,11 @@ pub struct RunActor {
     startup_error: Option<RunError>,
     result_text: Option<String>,
     finished: bool,
+    /// Skills still shutting down after the run finished; the report waits for them (their
+    /// `skillDisconnected` events come first), delivered from `on_link_died`.
+    closing: std::collections::HashSet<ActorId>,
+    /// The report to send once `closing` is empty.
+    pending_report: Option<RunFinished>,
 }
 
 /// Kick off the loop (sent to self from `on_start`).
@@ -148,6 +152,8 @@ impl Actor for RunActor {
             startup_error: None,
             result_text: None,
             finished: false,
+            closing: Default::default(),
+            pending_report: None,
         };
         actor.announce_segment(now_ms()).await;
         if let Err(e) = actor.set_up_tools(&me).await {
@@ -177,7 +183,8 @@ impl Actor for RunActor {
             for e in out.events {
                 let _ = self.ctx.publish(e).await;
             }
-            self.close_and_report(me.upgrade()).await;
+            let _ = me;
+            self.close_and_report(None).await;
         }
         Ok(std::ops::ControlFlow::Break(ActorStopReason::Panicked(err)))
     }
@@ -203,7 +210,10 @@ impl Actor for RunActor {
                 self.after_child(&me).await;
             }
         }
-        if self.finished {
+        if self.closing.remove(&id) && self.closing.is_empty() {
+            self.send_report().await;
+        }
+        if self.is_done() {
             return Ok(std::ops::ControlFlow::Break(ActorStopReason::Normal));
         }
         Ok(std::ops::ControlFlow::Continue(()))
@@ -238,7 +248,7 @@ impl Message<Begin> for RunActor {
                     d.start_more(&self.ctx, ctx.actor_ref(), &cp).await;
                     self.delegation = Some(d);
                 }
-                if self.finished {
+                if self.is_done() {
                     ctx.stop();
                 }
                 return;
@@ -254,7 +264,7 @@ impl Message<Begin> for RunActor {
             out.effect = Effect::Stop;
         }
         self.drive(out, ctx.actor_ref()).await;
-        if self.finished {
+        if self.is_done() {
             ctx.stop();
         }
     }
@@ -271,7 +281,7 @@ impl Message<Generated> for RunActor {
             .machine
             .handle(now_ms(), crate::agent::Input::Generated(r));
         self.drive(out, ctx.actor_ref()).await;
-        if self.finished {
+        if self.is_done() {
             ctx.stop();
         }
     }
@@ -288,7 +298,7 @@ impl Message<ToolsDone> for RunActor {
             .machine
             .handle(now_ms(), crate::agent::Input::ToolsDone(r));
         self.drive(out, ctx.actor_ref()).await;
-        if self.finished {
+        if self.is_done() {
             ctx.stop();
         }
     }
@@ -302,7 +312,7 @@ impl Message<RunFinished> for RunActor {
             d.child_finished(report);
         }
         self.after_child(ctx.actor_ref()).await;
-        if self.finished {
+        if self.is_done() {
             ctx.stop();
         }
     }
@@ -478,39 +488,69 @@ impl RunActor {
         }
     }
 
-    /// Start the skills, build the tool index and the tool list the model sees.
+    /// Start the skills (all at once), build the tool index and the tool list the model sees.
     async fn set_up_tools(&mut self, me: &ActorRef<Self>) -> Result<(), RunError> {
         let mut index = ToolIndex::new();
         let mut specs = Vec::new();
         let delegated = self.machine.checkpoint().delegated_by.is_some();
         let mut owners: HashMap<String, String> = HashMap::new();
+        let expert_key = self.expert.key.clone();
         let mut claim = |tool: &str, owner: &str| -> Result<(), RunError> {
             if let Some(prev) = owners.insert(tool.to_string(), owner.to_string()) {
                 return Err(config_error(format!(
-                    "Tool name \"{tool}\" is provided by both {prev} and {owner} in expert \"{}\"; rename one of them",
-                    self.expert.key
+                    "Tool name \"{tool}\" is provided by both {prev} and {owner} in expert \"{expert_key}\"; rename one of them"
                 )));
             }
             Ok(())
         };
+        // Spawn every MCP skill first, then wait for all of them: they connect concurrently.
+        let mut started = Vec::new();
         for (name, skill) in &self.expert.skills {
-            match skill {
-                Skill::McpStdioSkill(s) if name == BASE_SKILL => {
-                    let started = now_ms();
-                    let args = SkillArgs {
-                        name: name.clone(),
-                        workspace: self.ctx.settings.workspace.clone(),
-                        omit: s.omit.clone(),
-                        pick: s.pick.clone(),
-                    };
-                    let actor = SkillActor::supervise(me, args)
-                        .restart_policy(kameo::supervision::RestartPolicy::Never)
-                        .spawn_with_mailbox(kameo::mailbox::bounded(super::skill::SKILL_MAILBOX))
-                        .await;
-                    let described = actor.ask(Describe).await.map_err(|e| {
-                        config_error(format!("skill \"{name}\" failed to start: {e}"))
-                    })?;
-                    for t in &described.tools {
+            let (kind, pick, omit) = match skill {
+                Skill::McpStdioSkill(s) => (
+                    skill_kind(name, s, &self.ctx.settings),
+                    s.pick.clone(),
+                    s.omit.clone(),
+                ),
+                Skill::McpSseSkill(s) => {
+                    (SkillKind::Http(s.clone()), s.pick.clone(), s.omit.clone())
+                }
+                Skill::InteractiveSkill(_) => continue,
+            };
+            let args = SkillArgs {
+                ctx: self.ctx.clone(),
+                run_id: self.machine.setting().run_id.clone(),
+                name: name.clone(),
+                kind,
+                omit,
+                pick,
+            };
+            let actor = SkillActor::supervise(me, args)
+                .restart_policy(kameo::supervision::RestartPolicy::Transient)
+                .restart_limit(
+                    super::skill::SKILL_RESTARTS,
+                    super::skill::SKILL_RESTART_WINDOW,
+                )
+                .spawn_with_mailbox(kameo::mailbox::bounded(super::skill::SKILL_MAILBOX))
+                .await;
+            started.push((name.clone(), actor));
+        }
+        let described = futures::future::join_all(started.iter().map(|(name, actor)| async move {
+            actor
+                .wait_for_startup_with_result(|r| r.map_err(|e| e.to_string()))
+                .await
+                .map_err(|e| config_error(format!("skill \"{name}\" failed to start: {e}")))?;
+            actor
+                .ask(Describe)
+                .await
+                .map_err(|e| config_error(format!("skill \"{name}\" failed to start: {e}")))
+        }))
+        .await;
+        let mut first_error = None;
+        for ((name, actor), d) in started.into_iter().zip(described) {
+            match d {
+                Ok(d) => {
+                    for t in &d.tools {
                         claim(&t.name, &format!("skill \"{name}\""))?;
                         index.insert(t.name.clone(), ToolOwner::Skill(name.clone()));
                         specs.push(ToolSpec {
@@ -519,52 +559,34 @@ impl RunActor {
                             input_schema: t.input_schema.clone(),
                         });
                     }
-                    let t = described.timings;
-                    let event = self.runtime_event(
-                        now_ms(),
-                        EventPayload::SkillConnected(SkillConnected {
-                            skill_name: name.clone(),
-                            server_info: described
-                                .server
-                                .map(|s| json!({"name": s.name, "version": s.version})),
-                            spawn_duration_ms: Some(t.spawn_duration_ms),
-                            handshake_duration_ms: Some(t.handshake_duration_ms),
-                            tool_discovery_duration_ms: Some(t.tool_discovery_duration_ms),
-                            connect_duration_ms: Some(t.connect_duration_ms),
-                            total_duration_ms: Some(now_ms().saturating_sub(started)),
-                            extra: Map::new(),
-                        }),
-                    );
-                    let _ = self.ctx.publish(event).await;
-                    self.skills.insert(name.clone(), actor);
+                    self.skills.insert(name, actor);
                 }
-                Skill::InteractiveSkill(s) => {
-                    if delegated {
-                        continue; // delegated runs never get interactive tools (Perstack)
-                    }
-                    for (tool, t) in &s.tools {
-                        claim(tool, &format!("interactive skill \"{name}\""))?;
-                        let schema = serde_json::from_str(&t.input_json_schema).map_err(|e| {
-                            config_error(format!("interactive tool \"{tool}\" of skill \"{name}\": invalid inputJsonSchema: {e}"))
-                        })?;
-                        index.insert(tool.clone(), ToolOwner::Interactive(name.clone()));
-                        specs.push(ToolSpec {
-                            name: tool.clone(),
-                            description: t.description.clone(),
-                            input_schema: schema,
-                        });
-                    }
+                Err(e) => {
+                    first_error.get_or_insert(e);
                 }
-                other => {
-                    return Err(config_error(format!(
-                        "skill \"{name}\" of expert \"{}\" is a {} skill, which this engine does not run yet",
-                        self.expert.key,
-                        match other {
-                            Skill::McpSseSkill(_) => "mcpSseSkill",
-                            _ => "mcpStdioSkill",
-                        }
-                    )));
-                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        for (name, skill) in &self.expert.skills {
+            let Skill::InteractiveSkill(s) = skill else {
+                continue;
+            };
+            if delegated {
+                continue; // delegated runs never get interactive tools (Perstack)
+            }
+            for (tool, t) in &s.tools {
+                claim(tool, &format!("interactive skill \"{name}\""))?;
+                let schema = serde_json::from_str(&t.input_json_schema).map_err(|e| {
+                    config_error(format!("interactive tool \"{tool}\" of skill \"{name}\": invalid inputJsonSchema: {e}"))
+                })?;
+                index.insert(tool.clone(), ToolOwner::Interactive(name.clone()));
+                specs.push(ToolSpec {
+                    name: tool.clone(),
+                    description: t.description.clone(),
+                    input_schema: schema,
+                });
             }
         }
         for key in &self.expert.delegates {
@@ -588,29 +610,34 @@ impl RunActor {
         Ok(())
     }
 
-    /// Close skills, then report to the parent and stop.
+    /// Close skills, then report to the parent (once every skill is down) and stop.
     async fn close_and_report(&mut self, me: Option<ActorRef<Self>>) {
         if self.finished {
             return;
         }
         self.finished = true;
-        for (name, skill) in std::mem::take(&mut self.skills) {
-            // Not awaited to completion: the skill closes its connection in its own `on_stop`,
-            // and waiting here (inside this actor's handler) would block its link notice.
-            let _ = skill.stop_gracefully().await;
-            let event = self.runtime_event(
-                now_ms(),
-                EventPayload::SkillDisconnected(SkillDisconnected {
-                    skill_name: name,
-                    extra: Map::new(),
-                }),
-            );
-            let _ = self.ctx.publish(event).await;
-        }
-        let report = RunFinished {
+        self.pending_report = Some(RunFinished {
             slot: 0,
             checkpoint: self.machine.checkpoint().clone(),
             text: self.result_text.clone(),
+        });
+        // Skills stop concurrently; each publishes its own `skillDisconnected` before stopping.
+        // Their link notices arrive in this mailbox, so waiting for them here would deadlock:
+        // `on_link_died` sends the report when the last one is down.
+        for (_, skill) in std::mem::take(&mut self.skills) {
+            if skill.is_alive() && skill.tell(super::skill::Close).await.is_ok() {
+                self.closing.insert(skill.id());
+            }
+        }
+        if self.closing.is_empty() || me.is_none() {
+            self.closing.clear();
+            self.send_report().await;
+        }
+    }
+
+    async fn send_report(&mut self) {
+        let Some(report) = self.pending_report.take() else {
+            return;
         };
         match &self.parent {
             Parent::Job(job) => {
@@ -625,7 +652,41 @@ impl RunActor {
                     .await;
             }
         }
-        let _ = me;
+    }
+
+    /// Finished and reported: the actor may stop.
+    fn is_done(&self) -> bool {
+        self.finished && self.pending_report.is_none()
+    }
+}
+
+/// The bundled base skill unless it is pinned (`@perstack/base@x.y.z`) or replaced by
+/// `perstackBaseSkillCommand`; every other stdio skill is spawned.
+fn skill_kind(
+    name: &str,
+    skill: &crate::schema::McpStdioSkill,
+    settings: &super::context::Settings,
+) -> SkillKind {
+    if name != BASE_SKILL {
+        return SkillKind::Stdio(skill.clone());
+    }
+    if let Some([command, args @ ..]) = settings.base_skill_command.as_deref() {
+        let mut s = skill.clone();
+        s.command = command.clone();
+        s.args = args.to_vec();
+        s.package_name = None;
+        s.lazy_init = false;
+        return SkillKind::Stdio(s);
+    }
+    let pinned = skill
+        .package_name
+        .iter()
+        .chain(skill.args.iter())
+        .any(|a| a.starts_with("@perstack/base@"));
+    if pinned {
+        SkillKind::Stdio(skill.clone())
+    } else {
+        SkillKind::Base
     }
 }
 

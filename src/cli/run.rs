@@ -150,6 +150,7 @@ async fn run(args: RunArgs) -> Result<JobStatus, EngineError> {
     settings.workspace = cwd.clone();
     settings.context_window = context_window(&model_id);
     settings.env = env;
+    settings.base_skill_command = cfg.perstack_base_skill_command.clone();
 
     let engine = Engine::builder()
         .settings(settings)

@@ -10,7 +10,9 @@ use serde_json::{Map, Value};
 
 use super::LanguageModel;
 use super::anthropic::{AnthropicConfig, AnthropicModel};
+use super::google::{GoogleConfig, GoogleModel};
 use super::http::ProviderConfigError;
+use super::ollama::{OllamaConfig, OllamaModel};
 use super::openai::{Flavor, OpenAiConfig, OpenAiModel};
 use super::scripted::{ScriptError, ScriptedModel};
 use crate::config::ProviderName;
@@ -51,6 +53,12 @@ pub fn provider(
             Ok(Arc::new(ScriptedModel::load(&script)?))
         }
         ProviderName::Anthropic => Ok(Arc::new(AnthropicModel::new(AnthropicConfig::from_env(
+            setting, env,
+        )?)?)),
+        ProviderName::Google => Ok(Arc::new(GoogleModel::new(GoogleConfig::from_env(
+            setting, env,
+        )?)?)),
+        ProviderName::Ollama => Ok(Arc::new(OllamaModel::new(OllamaConfig::from_env(
             setting, env,
         )?)?)),
         ProviderName::OpenAi => openai(Flavor::OpenAi, setting, env),

@@ -8,6 +8,8 @@ mod fake_server;
 mod log;
 mod mcp;
 mod provider_anthropic;
+mod provider_google;
+mod provider_ollama;
 mod provider_openai;
 mod recovery;
 mod schema_roundtrip;

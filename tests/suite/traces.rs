@@ -502,7 +502,6 @@ async fn a_text_only_answer_completes_implicitly_as_recorded_in_s02() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the in-process base skill has no readTextFile yet: the call resolves as unknown/ToolNotFound instead of @perstack/base's \"File nope.txt does not exist.\""]
 async fn mcp_calls_then_text_with_attempt_completion_complete_at_once_as_recorded_in_s03() {
     reproduce("s03-mcp-then-complete-with-text", "maxRetries = 0").await;
 }
