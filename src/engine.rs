@@ -282,6 +282,7 @@ impl Engine {
                 hint,
             });
         };
+        self.preflight(&request.expert_key)?;
         let job_id = request.job_id.clone().unwrap_or_else(new_id);
         if !is_safe_id(&job_id) {
             return Err(EngineError::InvalidJobId(job_id));
@@ -315,6 +316,31 @@ impl Engine {
             request.subscribe.then_some(request.buffer),
         )
         .await
+    }
+
+    /// Checks that need no model call, for the Expert and every Expert it can delegate to:
+    /// each stdio skill's `requiredEnv` is set. Fails before anything runs.
+    fn preflight(&self, expert_key: &str) -> Result<(), EngineError> {
+        let mut queue = std::collections::VecDeque::from([expert_key.to_string()]);
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = queue.pop_front() {
+            if !seen.insert(key.clone()) {
+                continue;
+            }
+            let Some(expert) = self.settings.experts.get(&key) else {
+                continue;
+            };
+            for (name, skill) in &expert.skills {
+                if let crate::schema::Skill::McpStdioSkill(s) = skill
+                    && name != crate::agent::BASE_SKILL
+                {
+                    crate::skill::mcp::child_env(name, &s.required_env, &self.settings.env)
+                        .map_err(|e| EngineError::Usage(format!("expert \"{key}\": {e}")))?;
+                }
+            }
+            queue.extend(expert.delegates.iter().cloned());
+        }
+        Ok(())
     }
 
     /// Spawn the job actor for `job`, its coordinator starting from `checkpoint` with `start`.

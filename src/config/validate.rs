@@ -385,7 +385,11 @@ impl Validator<'_, '_> {
                         format!("an mcpSseSkill needs the server URL; add endpoint = \"https://...\" to [{path}]."),
                     ));
                 };
-                if let Some(problem) = names::sse_endpoint_problem(&endpoint) {
+                // The documented opt-in for local development and tests also relaxes this
+                // lexical check; the connect-time guard (which resolves the host) still applies
+                // its own rules under the same opt-in.
+                let allow_private = std::env::var(crate::skill::mcp::ALLOW_PRIVATE_ENDPOINTS_ENV).is_ok_and(|v| v == "1");
+                if !allow_private && let Some(problem) = names::sse_endpoint_problem(&endpoint) {
                     return Err(self.invalid(
                         &path.field("endpoint"),
                         format!("SSE endpoint must be a public HTTPS URL: {problem}."),

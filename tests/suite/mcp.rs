@@ -22,11 +22,11 @@ use perstack::skill::mcp::{
 use rmcp::model::CallToolResult;
 use serde_json::{Value, json};
 
-mod http;
+pub(crate) mod http;
 
 const SECRET: &str = "s3cr3t-t0ken-value";
 
-fn fixture_bin() -> &'static Path {
+pub(crate) fn fixture_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         // target/<profile>/deps/all-<hash> → target/<profile>/examples/mcp_fixture_server

@@ -13,4 +13,5 @@ mod provider_ollama;
 mod provider_openai;
 mod recovery;
 mod schema_roundtrip;
+mod skills_e2e;
 mod traces;

@@ -105,8 +105,13 @@ fn everything_package() -> Option<PathBuf> {
 }
 
 /// `node <bin>` entry of server-everything, or `None` with a skip note.
-fn everything_entry(test: &str) -> Option<String> {
+pub(crate) fn everything_entry(test: &str) -> Option<String> {
     let Some(pkg) = everything_package() else {
+        // CI installs it (.ci/run); there, a missing package is a failure, not a skip.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test}: @modelcontextprotocol/server-everything is not installed"
+        );
         println!(
             "SKIP {test}: @modelcontextprotocol/server-everything not installed \
              (npm install -g @modelcontextprotocol/server-everything, or set MCP_EVERYTHING_DIR)"

@@ -1,0 +1,265 @@
+//! Skills end to end through `perstack run`: base file tools, `exec`, a real npm MCP server
+//! over stdio and over Streamable HTTP, and a skill server that crashes mid-call and is
+//! restarted.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::mcp::fixture_bin;
+use super::mcp::http::everything_entry;
+
+fn run(dir: &Path, expert: &str, env: &[(&str, &str)]) -> (i32, Vec<Value>, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_perstack"));
+    cmd.args(["run", expert, "go"]).current_dir(dir);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let events = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (
+        out.status.code().unwrap_or(-1),
+        events,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Result texts by tool name, in order.
+fn results(events: &[Value]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "resolveToolResults")
+        .flat_map(|e| e["toolResults"].as_array().unwrap().clone())
+        .map(|r| {
+            let text = r["result"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|p| p["text"].as_str())
+                .collect::<String>();
+            (r["toolName"].as_str().unwrap().to_owned(), text)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expert_uses_file_tools_exec_and_a_real_mcp_server_over_stdio_and_http() {
+    let Some(entry) = everything_entry("skills_e2e") else {
+        return;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _http = tokio::process::Command::new("node")
+        .args([entry.as_str(), "streamableHttp"])
+        .env("PORT", port.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let mut up = false;
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(&addr).await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "server-everything did not listen on {addr}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        r#"
+[provider]
+providerName = "scripted"
+[provider.setting]
+script = "script.toml"
+
+[experts."worker"]
+instruction = "Use every tool you have."
+
+[experts."worker".skills."@perstack/base"]
+type = "mcpStdioSkill"
+command = "npx"
+packageName = "@perstack/base"
+pick = ["writeTextFile", "readTextFile", "exec", "attemptCompletion"]
+
+[experts."worker".skills."everything"]
+type = "mcpStdioSkill"
+command = "node"
+args = ["{entry}", "stdio"]
+pick = ["echo"]
+
+[experts."worker".skills."remote"]
+type = "mcpSseSkill"
+endpoint = "http://{addr}/mcp"
+pick = ["get-sum"]
+"#
+    );
+    std::fs::write(dir.path().join("perstack.toml"), toml).unwrap();
+    std::fs::write(
+        dir.path().join("script.toml"),
+        r#"
+[[turns]]
+expert = "worker"
+toolCalls = [{ id = "w", name = "writeTextFile", args = { path = "notes/hello.txt", text = "hello from the engine" } }]
+[[turns]]
+expert = "worker"
+toolCalls = [
+  { id = "r", name = "readTextFile", args = { path = "notes/hello.txt" } },
+  { id = "x", name = "exec", args = { command = "cat", args = ["notes/hello.txt"], env = {}, cwd = ".", stdout = true, stderr = true } },
+  { id = "e", name = "echo", args = { message = "over stdio" } },
+  { id = "a", name = "get-sum", args = { a = 2, b = 3 } },
+]
+[[turns]]
+expert = "worker"
+toolCalls = [{ id = "done", name = "attemptCompletion" }]
+[[turns]]
+expert = "worker"
+text = "All tools worked."
+"#,
+    )
+    .unwrap();
+    let (code, events, stderr) = run(
+        dir.path(),
+        "worker",
+        &[("PERSTACK_ALLOW_PRIVATE_MCP_ENDPOINTS", "1")],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("notes/hello.txt")).unwrap(),
+        "hello from the engine"
+    );
+    let r = results(&events);
+    let get = |tool: &str| {
+        r.iter()
+            .find(|(t, _)| t == tool)
+            .map(|(_, x)| x.clone())
+            .unwrap_or_default()
+    };
+    assert!(
+        get("readTextFile").contains("hello from the engine"),
+        "{r:?}"
+    );
+    assert!(get("exec").contains("hello from the engine"), "{r:?}");
+    assert!(get("echo").contains("over stdio"), "{r:?}");
+    assert!(get("get-sum").contains('5'), "{r:?}");
+    let connected: Vec<&str> = events
+        .iter()
+        .filter(|e| e["type"] == "skillConnected")
+        .filter_map(|e| e["skillName"].as_str())
+        .collect();
+    for skill in ["@perstack/base", "everything", "remote"] {
+        assert!(
+            connected.contains(&skill),
+            "{skill} not connected: {connected:?}"
+        );
+    }
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "completeRun" && e["text"] == "All tools worked.")
+    );
+}
+
+#[test]
+fn a_skill_server_killed_mid_call_is_restarted_and_the_next_call_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        r#"
+[provider]
+providerName = "scripted"
+[provider.setting]
+script = "script.toml"
+
+[experts."worker"]
+instruction = "Call the fixture."
+
+[experts."worker".skills."@perstack/base"]
+type = "mcpStdioSkill"
+command = "npx"
+packageName = "@perstack/base"
+pick = ["attemptCompletion"]
+
+[experts."worker".skills."fixture"]
+type = "mcpStdioSkill"
+command = "{}"
+args = ["--stdio"]
+"#,
+        fixture_bin().display()
+    );
+    std::fs::write(dir.path().join("perstack.toml"), toml).unwrap();
+    std::fs::write(
+        dir.path().join("script.toml"),
+        r#"
+[[turns]]
+expert = "worker"
+toolCalls = [{ id = "c1", name = "crash" }]
+[[turns]]
+expert = "worker"
+toolCalls = [{ id = "c2", name = "echo", args = { text = "back again" } }]
+[[turns]]
+expert = "worker"
+text = "Recovered."
+"#,
+    )
+    .unwrap();
+    let (code, events, stderr) = run(dir.path(), "worker", &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let r = results(&events);
+    assert_eq!(r[0].0, "crash");
+    assert!(r[0].1.contains("Error calling tool crash"), "{r:?}");
+    assert_eq!(r[1], ("echo".to_owned(), "back again".to_owned()), "{r:?}");
+    let connects = events
+        .iter()
+        .filter(|e| e["type"] == "skillConnected" && e["skillName"] == "fixture")
+        .count();
+    assert_eq!(connects, 2, "the server was restarted once");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "completeRun" && e["text"] == "Recovered.")
+    );
+}
+
+#[test]
+fn a_missing_required_env_names_the_skill_and_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        r#"
+[provider]
+providerName = "scripted"
+[provider.setting]
+script = "script.toml"
+[experts."worker"]
+instruction = "x"
+[experts."worker".skills."@perstack/base"]
+type = "mcpStdioSkill"
+command = "npx"
+packageName = "@perstack/base"
+[experts."worker".skills."fixture"]
+type = "mcpStdioSkill"
+command = "{}"
+args = ["--stdio"]
+requiredEnv = ["FIXTURE_TOKEN_FOR_TEST"]
+"#,
+        fixture_bin().display()
+    );
+    std::fs::write(dir.path().join("perstack.toml"), toml).unwrap();
+    std::fs::write(dir.path().join("script.toml"), "").unwrap();
+    let (code, events, stderr) = run(dir.path(), "worker", &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("fixture") && stderr.contains("FIXTURE_TOKEN_FOR_TEST"),
+        "{stderr}"
+    );
+    assert!(events.is_empty(), "nothing may run");
+}
