@@ -5,12 +5,14 @@
 //! one JSON object per line; diagnostics go to stderr.
 
 mod base;
+mod install;
 mod log;
 mod run;
 
 use clap::{Parser, Subcommand};
 
 pub use base::BaseArgs;
+pub use install::InstallArgs;
 pub use log::LogArgs;
 pub use run::RunArgs;
 
@@ -32,6 +34,8 @@ pub enum Command {
     Log(log::LogArgs),
     /// Serve the built-in @perstack/base skill as an MCP server over stdio.
     Base(base::BaseArgs),
+    /// Collect every Expert's tool definitions into perstack.lock.
+    Install(install::InstallArgs),
 }
 
 /// Run the parsed command; returns the process exit code.
@@ -40,5 +44,6 @@ pub async fn main(cli: Cli) -> u8 {
         Command::Run(args) => run::execute(args).await,
         Command::Log(args) => log::execute(args).await,
         Command::Base(args) => base::execute(args).await,
+        Command::Install(args) => install::execute(args).await,
     }
 }

@@ -54,6 +54,8 @@ use serde::Deserialize;
 
 use crate::schema::{Expert, ReasoningBudget};
 
+pub mod lockfile;
+
 pub use discover::{CONFIG_FILE_NAME, discover};
 pub use env::{DEFAULT_ENV_PATHS, load_env};
 pub(crate) use error::did_you_mean;

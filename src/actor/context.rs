@@ -41,6 +41,9 @@ pub struct Settings {
     pub env: BTreeMap<String, String>,
     /// `perstackBaseSkillCommand`: spawn this instead of the bundled base skill.
     pub base_skill_command: Option<Vec<String>>,
+    /// `perstack.lock`: tool definitions known without starting any skill. Skills of Experts
+    /// it lists start on their first call instead of before the first model call.
+    pub lockfile: Option<Arc<crate::config::lockfile::Lockfile>>,
 }
 
 impl Settings {
@@ -59,6 +62,7 @@ impl Settings {
             context_window: None,
             env: BTreeMap::new(),
             base_skill_command: None,
+            lockfile: None,
         }
     }
 }

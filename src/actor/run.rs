@@ -524,6 +524,12 @@ impl RunActor {
                 kind,
                 omit,
                 pick,
+                locked_tools: self
+                    .ctx
+                    .settings
+                    .lockfile
+                    .as_ref()
+                    .and_then(|l| l.tools_of(&self.expert.key, name)),
             };
             let actor = SkillActor::supervise(me, args)
                 .restart_policy(kameo::supervision::RestartPolicy::Transient)

@@ -62,6 +62,8 @@ pub struct SkillArgs {
     pub omit: Vec<String>,
     /// Tool names to keep (empty: all).
     pub pick: Vec<String>,
+    /// Tool definitions from `perstack.lock`: when set, nothing starts until the first call.
+    pub locked_tools: Option<Vec<ToolDefinition>>,
 }
 
 enum Conn {
@@ -125,65 +127,19 @@ impl Actor for SkillActor {
     type Args = SkillArgs;
     type Error = SkillError;
 
-    async fn on_start(args: SkillArgs, me: ActorRef<Self>) -> Result<Self, SkillError> {
-        let started = now_ms();
-        let settings = args.ctx.settings.clone();
-        let opts = ConnectOptions {
-            workspace: Some(settings.workspace.clone()),
-            allow_private_endpoints: ConnectOptions::private_endpoints_allowed(&settings.env),
-            ..ConnectOptions::default()
-        };
-        let (conn, inline_from) = match &args.kind {
-            SkillKind::Base => {
-                let skill =
-                    BaseSkill::new(settings.workspace.clone()).with_env(settings.env.clone());
-                (
-                    Conn::Base(connect_in_process(skill).await?),
-                    Some(settings.workspace.clone()),
-                )
-            }
-            SkillKind::Stdio(skill) => {
-                let (command, cmd_args) = command_args(skill)?;
-                publish(
-                    &args,
-                    EventPayload::SkillStarting(SkillStarting {
-                        skill_name: args.name.clone(),
-                        command,
-                        args: cmd_args,
-                        extra: Map::new(),
-                    }),
-                )
-                .await;
-                let (conn, stderr) = connect_stdio(skill, &settings.env, &opts).await?;
-                forward_stderr(args.clone(), stderr);
-                (Conn::Mcp(conn), None)
-            }
-            SkillKind::Http(skill) => (Conn::Mcp(connect_http(skill, &opts).await?), None),
-        };
-        let tools = conn
-            .tools()
-            .iter()
-            .filter(|t| !args.omit.contains(&t.name))
-            .filter(|t| args.pick.is_empty() || args.pick.contains(&t.name))
-            .cloned()
-            .collect();
-        let t = conn.timings();
-        let id = conn.identity();
-        publish(
-            &args,
-            EventPayload::SkillConnected(SkillConnected {
-                skill_name: args.name.clone(),
-                server_info: Some(json!({"name": id.name, "version": id.version})),
-                spawn_duration_ms: Some(t.spawn_duration_ms),
-                handshake_duration_ms: Some(t.handshake_duration_ms),
-                tool_discovery_duration_ms: Some(t.tool_discovery_duration_ms),
-                connect_duration_ms: Some(t.connect_duration_ms),
-                total_duration_ms: Some(now_ms().saturating_sub(started)),
-                extra: Map::new(),
-            }),
-        )
-        .await;
-        let _ = me;
+    async fn on_start(args: SkillArgs, _: ActorRef<Self>) -> Result<Self, SkillError> {
+        if let Some(locked) = &args.locked_tools {
+            // Lazy: the lockfile says what the tools are; connect on the first call.
+            let tools = filter(locked, &args);
+            return Ok(SkillActor {
+                args,
+                conn: None,
+                tools,
+                inline_from: None,
+            });
+        }
+        let (conn, inline_from) = connect(&args).await?;
+        let tools = filter(conn.tools(), &args);
         Ok(SkillActor {
             args,
             conn: Some(Arc::new(conn)),
@@ -217,9 +173,12 @@ impl Message<Close> for SkillActor {
     type Reply = ();
 
     async fn handle(&mut self, _: Close, ctx: &mut Context<Self, Self::Reply>) {
-        if let Some(conn) = self.conn.take()
-            && let Ok(conn) = Arc::try_unwrap(conn)
-        {
+        let Some(conn) = self.conn.take() else {
+            // A lazy skill that was never called never connected: nothing to close or report.
+            ctx.stop();
+            return;
+        };
+        if let Ok(conn) = Arc::try_unwrap(conn) {
             conn.close().await;
         }
         publish(
@@ -232,6 +191,70 @@ impl Message<Close> for SkillActor {
         .await;
         ctx.stop();
     }
+}
+
+/// Tools after `omit`, then `pick`.
+fn filter(tools: &[ToolDefinition], args: &SkillArgs) -> Vec<ToolDefinition> {
+    tools
+        .iter()
+        .filter(|t| !args.omit.contains(&t.name))
+        .filter(|t| args.pick.is_empty() || args.pick.contains(&t.name))
+        .cloned()
+        .collect()
+}
+
+/// Connect the skill, publishing `skillStarting` (stdio) and `skillConnected`.
+async fn connect(args: &SkillArgs) -> Result<(Conn, Option<std::path::PathBuf>), SkillError> {
+    let started = now_ms();
+    let settings = args.ctx.settings.clone();
+    let opts = ConnectOptions {
+        workspace: Some(settings.workspace.clone()),
+        allow_private_endpoints: ConnectOptions::private_endpoints_allowed(&settings.env),
+        ..ConnectOptions::default()
+    };
+    let (conn, inline_from) = match &args.kind {
+        SkillKind::Base => {
+            let skill = BaseSkill::new(settings.workspace.clone()).with_env(settings.env.clone());
+            (
+                Conn::Base(connect_in_process(skill).await?),
+                Some(settings.workspace.clone()),
+            )
+        }
+        SkillKind::Stdio(skill) => {
+            let (command, cmd_args) = command_args(skill)?;
+            publish(
+                args,
+                EventPayload::SkillStarting(SkillStarting {
+                    skill_name: args.name.clone(),
+                    command,
+                    args: cmd_args,
+                    extra: Map::new(),
+                }),
+            )
+            .await;
+            let (conn, stderr) = connect_stdio(skill, &settings.env, &opts).await?;
+            forward_stderr(args.clone(), stderr);
+            (Conn::Mcp(conn), None)
+        }
+        SkillKind::Http(skill) => (Conn::Mcp(connect_http(skill, &opts).await?), None),
+    };
+    let t = conn.timings();
+    let id = conn.identity();
+    publish(
+        args,
+        EventPayload::SkillConnected(SkillConnected {
+            skill_name: args.name.clone(),
+            server_info: Some(json!({"name": id.name, "version": id.version})),
+            spawn_duration_ms: Some(t.spawn_duration_ms),
+            handshake_duration_ms: Some(t.handshake_duration_ms),
+            tool_discovery_duration_ms: Some(t.tool_discovery_duration_ms),
+            connect_duration_ms: Some(t.connect_duration_ms),
+            total_duration_ms: Some(now_ms().saturating_sub(started)),
+            extra: Map::new(),
+        }),
+    )
+    .await;
+    Ok((conn, inline_from))
 }
 
 async fn publish(args: &SkillArgs, payload: EventPayload) {
@@ -341,6 +364,22 @@ impl Message<CallTool> for SkillActor {
         ctx: &mut Context<Self, Self::Reply>,
     ) -> Self::Reply {
         let known = self.tools.iter().any(|t| t.name == call.name);
+        if known && self.conn.is_none() && self.args.locked_tools.is_some() {
+            // First call of a lazily started skill: connect now (later calls queue behind it).
+            match connect(&self.args).await {
+                Ok((conn, inline_from)) => {
+                    self.conn = Some(Arc::new(conn));
+                    self.inline_from = inline_from;
+                }
+                Err(e) => {
+                    let text = format!(
+                        "Error calling tool {}: skill {} failed to start: {e}",
+                        call.name, self.args.name
+                    );
+                    return ctx.spawn(async move { ToolOutcome::error(text) });
+                }
+            }
+        }
         let conn = self.conn.clone();
         let skill = self.args.name.clone();
         let inline_from = self.inline_from.clone();

@@ -151,6 +151,11 @@ async fn run(args: RunArgs) -> Result<JobStatus, EngineError> {
     settings.context_window = context_window(&model_id);
     settings.env = env;
     settings.base_skill_command = cfg.perstack_base_skill_command.clone();
+    if let Some(lock) = crate::config::lockfile::Lockfile::find(&path) {
+        let lock = crate::config::lockfile::Lockfile::load(&lock)
+            .map_err(|e| EngineError::Usage(e.to_string()))?;
+        settings.lockfile = Some(Arc::new(lock));
+    }
 
     let engine = Engine::builder()
         .settings(settings)

@@ -5,6 +5,7 @@ mod cli;
 mod cli_providers;
 mod delegation;
 mod fake_server;
+mod lockfile;
 mod log;
 mod mcp;
 mod provider_anthropic;

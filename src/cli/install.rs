@@ -1,0 +1,117 @@
+//! `perstack install`: start every Expert's MCP skills once, collect their tool definitions
+//! and write `perstack.lock` next to `perstack.toml`. With the lockfile, `perstack run` offers
+//! tools to the model without starting any skill first; each skill starts on its first call.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::config::lockfile::{LOCKFILE_NAME, Lockfile};
+use crate::config::{self, DEFAULT_ENV_PATHS};
+use crate::schema::Skill;
+use crate::skill::base::connect_in_process;
+use crate::skill::mcp::{ConnectOptions, connect_http, connect_stdio};
+use crate::skill::{BaseSkill, ToolDefinition};
+
+/// Options of `perstack install`.
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// Path to perstack.toml (default: the nearest one walking up from the current directory).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// dotenv files to load (repeatable; default .env and .env.local).
+    #[arg(long = "env-path")]
+    pub env_path: Vec<String>,
+}
+
+/// Write the lockfile; returns the exit code.
+pub(super) async fn execute(args: InstallArgs) -> u8 {
+    match install(args).await {
+        Ok(path) => {
+            println!("Generated {}", path.display());
+            0
+        }
+        Err((code, message)) => {
+            eprintln!("perstack: {message}");
+            code
+        }
+    }
+}
+
+async fn install(args: InstallArgs) -> Result<PathBuf, (u8, String)> {
+    let usage = |e: &dyn std::fmt::Display| (2u8, e.to_string());
+    let cwd = std::env::current_dir().map_err(|e| usage(&e))?;
+    let path = config::discover(args.config.as_deref(), &cwd).map_err(|e| usage(&e))?;
+    let cfg = config::load(&path).map_err(|e| usage(&e))?;
+    cfg.check_all().map_err(|e| usage(&e))?;
+    println!(
+        "Resolving experts: {}",
+        cfg.experts.keys().cloned().collect::<Vec<_>>().join(", ")
+    );
+    let env_paths: Vec<String> = if args.env_path.is_empty() {
+        cfg.env_path
+            .clone()
+            .unwrap_or_else(|| DEFAULT_ENV_PATHS.iter().map(|s| (*s).to_string()).collect())
+    } else {
+        args.env_path
+    };
+    let env = config::load_env(&cwd, &env_paths, std::env::vars()).map_err(|e| usage(&e))?;
+    let opts = ConnectOptions {
+        workspace: Some(cwd.clone()),
+        allow_private_endpoints: ConnectOptions::private_endpoints_allowed(&env),
+        ..ConnectOptions::default()
+    };
+    println!("Collecting tool definitions");
+    let mut tools: BTreeMap<String, Vec<ToolDefinition>> = BTreeMap::new();
+    for (key, expert) in &cfg.experts {
+        let mut defs = Vec::new();
+        for (name, skill) in &expert.skills {
+            let found = match skill {
+                Skill::McpStdioSkill(s) if name == crate::agent::BASE_SKILL && !is_pinned(s) => {
+                    let c = connect_in_process(BaseSkill::new(cwd.clone()))
+                        .await
+                        .map_err(|e| (1, format!("{key}/{name}: {e}")))?;
+                    let t = c.tools().to_vec();
+                    c.close().await;
+                    t
+                }
+                Skill::McpStdioSkill(s) => {
+                    let (c, _stderr) = connect_stdio(s, &env, &opts)
+                        .await
+                        .map_err(|e| (1, format!("{key}/{name}: {e}")))?;
+                    let t = c.tools().to_vec();
+                    c.close().await;
+                    t
+                }
+                Skill::McpSseSkill(s) => {
+                    let c = connect_http(s, &opts)
+                        .await
+                        .map_err(|e| (1, format!("{key}/{name}: {e}")))?;
+                    let t = c.tools().to_vec();
+                    c.close().await;
+                    t
+                }
+                Skill::InteractiveSkill(_) => continue,
+            };
+            println!("  {key} / {name}: {} tools", found.len());
+            defs.extend(found.into_iter().map(|mut t| {
+                t.skill_name = name.clone();
+                t
+            }));
+        }
+        tools.insert(key.clone(), defs);
+    }
+    let now = crate::actor::context::now_ms();
+    let lock = Lockfile::new(&path, &cfg.experts, tools, now);
+    let out = path.parent().unwrap_or(&cwd).join(LOCKFILE_NAME);
+    lock.write(&out).map_err(|e| (1, e.to_string()))?;
+    Ok(out)
+}
+
+fn is_pinned(s: &crate::schema::McpStdioSkill) -> bool {
+    s.package_name
+        .iter()
+        .chain(s.args.iter())
+        .any(|a| a.starts_with("@perstack/base@"))
+}
