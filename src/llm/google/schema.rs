@@ -20,14 +20,20 @@
 //! | `required` naming a dropped property | the name is dropped |
 //! | `$schema`, `$id`, `additionalProperties`, `default`, `examples`, `pattern`, ... | dropped |
 
+use std::cell::Cell;
+
 use serde_json::{Map, Value, json};
 
 /// How deep nesting is followed before a subschema is dropped.
 const MAX_DEPTH: usize = 32;
 
 /// How many `$ref`s are inlined along one path before a subschema is dropped (bounds the
-/// expansion of recursive and repeated references).
+/// expansion of recursive references).
 const MAX_REFS: usize = 3;
+
+/// How many subschemas one normalisation visits at most; past that, the rest are dropped
+/// (bounds the expansion of repeated references in a hostile schema).
+const MAX_NODES: usize = 10_000;
 
 /// Numeric constraints Gemini understands, copied when they are numbers.
 const NUMERIC: [&str; 8] = [
@@ -44,7 +50,28 @@ const NUMERIC: [&str; 8] = [
 /// `schema` in the form Gemini accepts, or `None` when nothing is left to send (an object
 /// schema without properties, `false`): the caller then omits `parameters`.
 pub fn normalize_schema(schema: &Value) -> Option<Value> {
-    convert(schema, schema, Level::default())
+    let cx = Context {
+        root: schema,
+        budget: Cell::new(MAX_NODES),
+    };
+    convert(schema, &cx, Level::default())
+}
+
+/// What every step of one normalisation shares.
+struct Context<'a> {
+    /// The whole schema, which `$ref`s point into.
+    root: &'a Value,
+    /// Subschemas still allowed to be visited.
+    budget: Cell<usize>,
+}
+
+impl Context<'_> {
+    /// Count one visit; `false` once the budget is spent.
+    fn visit(&self) -> bool {
+        let left = self.budget.get();
+        self.budget.set(left.saturating_sub(1));
+        left > 0
+    }
 }
 
 /// Where a subschema sits: how deep, and behind how many inlined `$ref`s.
@@ -63,8 +90,8 @@ impl Level {
     }
 }
 
-fn convert(node: &Value, root: &Value, level: Level) -> Option<Value> {
-    if level.depth > MAX_DEPTH {
+fn convert(node: &Value, cx: &Context<'_>, level: Level) -> Option<Value> {
+    if level.depth > MAX_DEPTH || !cx.visit() {
         return None;
     }
     let node = match node {
@@ -72,7 +99,8 @@ fn convert(node: &Value, root: &Value, level: Level) -> Option<Value> {
         Value::Object(map) => map,
         _ => return None,
     };
-    let merged = flatten(node, root, level)?;
+    // Children count the `$ref`s inlined into this node.
+    let (merged, level) = flatten(node, cx, level)?;
     let mut out = Map::new();
     for key in ["title", "description"] {
         if let Some(Value::String(s)) = merged.get(key) {
@@ -129,7 +157,7 @@ fn convert(node: &Value, root: &Value, level: Level) -> Option<Value> {
     if let Some(Value::Object(props)) = merged.get("properties") {
         let props: Map<String, Value> = props
             .iter()
-            .filter_map(|(k, v)| Some((k.clone(), convert(v, root, level.deeper())?)))
+            .filter_map(|(k, v)| Some((k.clone(), convert(v, cx, level.deeper())?)))
             .collect();
         if let Some(Value::Array(required)) = merged.get("required") {
             let required: Vec<Value> = required
@@ -149,7 +177,7 @@ fn convert(node: &Value, root: &Value, level: Level) -> Option<Value> {
         Some(Value::Array(tuple)) => tuple.first(),
         other => other,
     };
-    if let Some(items) = items.and_then(|i| convert(i, root, level.deeper())) {
+    if let Some(items) = items.and_then(|i| convert(i, cx, level.deeper())) {
         out.insert("items".into(), items);
     }
     let branches = ["anyOf", "oneOf"]
@@ -157,7 +185,7 @@ fn convert(node: &Value, root: &Value, level: Level) -> Option<Value> {
         .filter_map(|k| merged.get(*k).and_then(Value::as_array))
         .flatten();
     let mut kept = Vec::new();
-    for b in branches.filter_map(|b| convert(b, root, level.deeper())) {
+    for b in branches.filter_map(|b| convert(b, cx, level.deeper())) {
         if b.get("type").and_then(Value::as_str) == Some("null") {
             nullable = true;
         } else {
@@ -187,32 +215,43 @@ fn convert(node: &Value, root: &Value, level: Level) -> Option<Value> {
     Some(Value::Object(out))
 }
 
-/// `node` with its `$ref` inlined and its `allOf` branches merged into it.
-fn flatten(node: &Map<String, Value>, root: &Value, level: Level) -> Option<Map<String, Value>> {
-    if level.depth > MAX_DEPTH {
+/// `node` with its `$ref` inlined and its `allOf` branches merged into it, and the level its
+/// children are at: as deep and behind as many `$ref`s as the deepest part merged.
+fn flatten(
+    node: &Map<String, Value>,
+    cx: &Context<'_>,
+    level: Level,
+) -> Option<(Map<String, Value>, Level)> {
+    if level.depth > MAX_DEPTH || !cx.visit() {
         return None;
     }
     let mut merged = node.clone();
+    let mut reached = level;
+    let mut absorb = |merged: &mut Map<String, Value>, (part, at): (Map<String, Value>, Level)| {
+        merge_into(merged, part);
+        reached.depth = reached.depth.max(at.depth);
+        reached.refs = reached.refs.max(at.refs);
+    };
     if let Some(Value::String(r)) = merged.remove("$ref") {
         if level.refs >= MAX_REFS {
             return None;
         }
-        if let Some(Value::Object(target)) = pointer(root, &r) {
+        if let Some(Value::Object(target)) = pointer(cx.root, &r) {
             let inner = Level {
                 depth: level.depth + 1,
                 refs: level.refs + 1,
             };
-            merge_into(&mut merged, flatten(target, root, inner)?);
+            absorb(&mut merged, flatten(target, cx, inner)?);
         }
     }
     if let Some(Value::Array(all)) = merged.remove("allOf") {
         for branch in all {
             if let Value::Object(b) = branch {
-                merge_into(&mut merged, flatten(&b, root, level.deeper())?);
+                absorb(&mut merged, flatten(&b, cx, level.deeper())?);
             }
         }
     }
-    Some(merged)
+    Some((merged, reached))
 }
 
 /// `other`'s keys into `into`: `properties` and `required` united, other keys kept when
@@ -339,6 +378,23 @@ mod tests {
             assert_eq!(normalize_schema(&empty), None, "{empty}");
         }
         assert_eq!(normalize_schema(&json!(true)), Some(json!({})));
+    }
+
+    #[test]
+    fn repeated_references_are_expanded_a_bounded_number_of_times() {
+        let wide: Map<String, Value> = (0..40)
+            .map(|i| (format!("p{i}"), json!({"$ref": "#"})))
+            .chain([("leaf".to_string(), json!({"type": "string"}))])
+            .collect();
+        let schema = json!({"type": "object", "properties": wide});
+        let started = std::time::Instant::now();
+        let got = normalize_schema(&schema).unwrap();
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        assert_eq!(got["properties"]["leaf"], json!({"type": "string"}));
+        assert_eq!(
+            got["properties"]["p0"]["properties"]["leaf"]["type"],
+            "string"
+        );
     }
 
     fn arb_schema() -> impl Strategy<Value = Value> {
