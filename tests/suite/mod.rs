@@ -3,6 +3,7 @@
 mod bus;
 mod cli;
 mod cli_providers;
+mod continue_job;
 mod delegation;
 mod fake_server;
 mod lockfile;
