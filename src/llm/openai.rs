@@ -353,17 +353,7 @@ impl LanguageModel for OpenAiModel {
             .send()
             .await
             .map_err(|e| http::transport_error(e, &self.secrets))?;
-        let status = response.status();
-        if !status.is_success() {
-            let headers = response.headers().clone();
-            let text = response.text().await.unwrap_or_default();
-            return Err(http::status_error(
-                status.as_u16(),
-                &headers,
-                &text,
-                &self.secrets,
-            ));
-        }
+        let response = http::check_status(response, &self.secrets, |t| t).await?;
         Ok(stream::parts(response.bytes_stream(), self.secrets.clone()))
     }
 }
