@@ -434,6 +434,23 @@ pub fn truncate(s: &str, max: usize) -> String {
     }
 }
 
+/// Pass a successful response through; turn any other status into the classified
+/// [`GenerationError`] (reading the body, with secrets redacted). `body` may rewrite the error
+/// body first (Google wraps it in an array).
+pub async fn check_status<S: AsRef<str>>(
+    response: reqwest::Response,
+    secrets: &[S],
+    body: impl FnOnce(String) -> String,
+) -> Result<reqwest::Response, GenerationError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let headers = response.headers().clone();
+    let text = body(response.text().await.unwrap_or_default());
+    Err(status_error(status.as_u16(), &headers, &text, secrets))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -508,21 +525,4 @@ mod tests {
         let e = header_map("anthropic", [("x-key", "secret\nvalue")]).unwrap_err();
         assert!(!e.to_string().contains("secret"), "{e}");
     }
-}
-
-/// Pass a successful response through; turn any other status into the classified
-/// [`GenerationError`] (reading the body, with secrets redacted). `body` may rewrite the error
-/// body first (Google wraps it in an array).
-pub async fn check_status<S: AsRef<str>>(
-    response: reqwest::Response,
-    secrets: &[S],
-    body: impl FnOnce(String) -> String,
-) -> Result<reqwest::Response, GenerationError> {
-    let status = response.status();
-    if status.is_success() {
-        return Ok(response);
-    }
-    let headers = response.headers().clone();
-    let text = body(response.text().await.unwrap_or_default());
-    Err(status_error(status.as_u16(), &headers, &text, secrets))
 }
