@@ -344,6 +344,7 @@ impl RunActor {
                     messages,
                     with_tools,
                     retry_count,
+                    retry_after,
                 } => {
                     let tools = if with_tools {
                         self.tools.clone()
@@ -357,6 +358,7 @@ impl RunActor {
                         messages,
                         tools,
                         retry_count,
+                        retry_after,
                     );
                     return;
                 }

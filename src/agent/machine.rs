@@ -10,6 +10,8 @@
 //! problem into a tool result or a `stopRunByError`, so every run ends with a terminal event and
 //! a stored checkpoint. See COMPATIBILITY.md.
 
+use std::time::Duration;
+
 use serde_json::{Map, Value, json};
 
 use super::tools::{ATTEMPT_COMPLETION, BASE_SKILL, ToolIndex, ToolOwner};
@@ -69,6 +71,8 @@ pub enum Effect {
         with_tools: bool,
         /// Consecutive failures so far, for the backoff before this call.
         retry_count: u32,
+        /// The wait the provider asked for after the failure that caused this retry.
+        retry_after: Option<Duration>,
     },
     /// Execute these skill calls concurrently and answer with [`Input::ToolsDone`] in the same
     /// order. Calls whose tool is unknown must be answered with an error result.
@@ -129,6 +133,8 @@ pub struct Machine {
     checkpoint: Checkpoint,
     step: Step,
     phase: Phase,
+    /// `Retry-After` of the last failed generation, for the next [`Effect::Generate`].
+    retry_after: Option<Duration>,
 }
 
 impl Machine {
@@ -141,6 +147,7 @@ impl Machine {
             checkpoint,
             step,
             phase: Phase::Init,
+            retry_after: None,
         }
     }
 
@@ -381,6 +388,7 @@ impl Machine {
                 messages: self.checkpoint.messages.clone(),
                 with_tools: true,
                 retry_count: self.checkpoint.retry_count.unwrap_or(0),
+                retry_after: self.retry_after.take(),
             },
         }
     }
@@ -636,6 +644,7 @@ impl Machine {
                 messages,
                 with_tools: false,
                 retry_count: 0,
+                retry_after: None,
             },
         }
     }
@@ -860,6 +869,7 @@ impl Machine {
             );
         }
         let reason = json!({"error": e.name, "message": e.message}).to_string();
+        self.retry_after = e.retry_after;
         self.retry(now, reason, prefix, Usage::default())
     }
 

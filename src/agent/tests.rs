@@ -416,6 +416,7 @@ fn a_non_retryable_api_error_stops_the_run_with_its_status() {
         message: "bad".into(),
         status_code: Some(400),
         retryable: false,
+        retry_after: None,
     };
     d.run(out, &mut vec![Err(err)], &mut vec![]);
     assert_eq!(d.log.last().unwrap(), "stopRunByError@1");
@@ -434,6 +435,7 @@ fn a_retryable_api_error_is_retried_as_a_visible_step() {
         message: "overloaded".into(),
         status_code: Some(529),
         retryable: true,
+        retry_after: None,
     };
     d.run(out, &mut vec![Err(err), Ok(text("ok"))], &mut vec![]);
     assert_eq!(

@@ -105,6 +105,7 @@ impl Assembler {
                     message: "The model stream ended before its finish message.".into(),
                     status_code: None,
                     retryable: true,
+                    retry_after: None,
                 }),
             );
         };

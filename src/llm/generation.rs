@@ -1,5 +1,7 @@
 //! What one model call produced, assembled from its stream, and how it can fail.
 
+use std::time::Duration;
+
 use serde_json::Value;
 
 use crate::schema::Usage;
@@ -63,4 +65,6 @@ pub struct GenerationError {
     pub status_code: Option<u16>,
     /// Whether trying again may succeed.
     pub retryable: bool,
+    /// How long the server asked us to wait before trying again (`Retry-After`).
+    pub retry_after: Option<Duration>,
 }

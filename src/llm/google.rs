@@ -159,6 +159,7 @@ impl GoogleModel {
             message: format!("the Google provider cannot build a URL for model {model:?}: {what}"),
             status_code: None,
             retryable: false,
+            retry_after: None,
         };
         let model = model.trim().trim_matches('/');
         if model.is_empty() {

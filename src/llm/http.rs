@@ -380,7 +380,8 @@ pub fn status_error<S: AsRef<str>>(
         None if body.trim().is_empty() => format!("HTTP status {status}"),
         None => format!("HTTP status {status}: {}", truncate(body.trim(), 500)),
     };
-    let message = match retry_after(headers) {
+    let wait = retry_after(headers);
+    let message = match wait {
         Some(wait) => format!("{message} (retry after {wait:?})"),
         None => message,
     };
@@ -389,6 +390,7 @@ pub fn status_error<S: AsRef<str>>(
         message: redact(&message, secrets),
         status_code: Some(status),
         retryable: is_retryable_status(status),
+        retry_after: wait,
     }
 }
 
@@ -408,6 +410,7 @@ pub fn transport_error<S: AsRef<str>>(e: reqwest::Error, secrets: &[S]) -> Gener
         message: redact(&error_chain(&e), secrets),
         status_code: status,
         retryable: true,
+        retry_after: None,
     }
 }
 

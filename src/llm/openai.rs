@@ -328,6 +328,7 @@ impl OpenAiModel {
                 message: format!("cannot append a deployment to {}", self.endpoint),
                 status_code: None,
                 retryable: false,
+                retry_after: None,
             })?
             .pop_if_empty()
             .extend([model, "chat", "completions"]);

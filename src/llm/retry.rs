@@ -5,6 +5,20 @@
 
 use std::time::Duration;
 
+/// The longest `Retry-After` the engine honours; a server asking for more gets this.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// The wait before retry number `retry_count` (0 = first attempt, no wait): exponential
+/// backoff with jitter, or the server's `Retry-After` (capped at [`MAX_RETRY_AFTER`]) when
+/// that is longer. A server never makes the engine retry sooner than its own backoff.
+pub fn wait(retry_count: u32, retry_after: Option<Duration>) -> Duration {
+    let backoff = backoff(retry_count);
+    match retry_after {
+        Some(asked) if retry_count > 0 => backoff.max(asked.min(MAX_RETRY_AFTER)),
+        _ => backoff,
+    }
+}
+
 /// Exponential backoff with jitter: base 2^(n-1) × 500 ms, capped at 30 s, ±20 % jitter.
 pub fn backoff(retry_count: u32) -> Duration {
     if retry_count == 0 {
@@ -31,5 +45,17 @@ mod tests {
         assert!(backoff(1) <= Duration::from_millis(600));
         assert!(backoff(3) >= Duration::from_millis(1600));
         assert!(backoff(30) <= Duration::from_millis(36_000));
+    }
+
+    #[test]
+    fn retry_after_wins_when_longer_and_is_capped() {
+        let secs = Duration::from_secs;
+        assert_eq!(wait(1, Some(secs(7))), secs(7));
+        assert_eq!(wait(1, Some(secs(3600))), MAX_RETRY_AFTER);
+        // Shorter than the backoff: the backoff stands.
+        let w = wait(3, Some(Duration::ZERO));
+        assert!(w >= Duration::from_millis(1600) && w <= Duration::from_millis(2400));
+        // The first attempt never waits.
+        assert_eq!(wait(0, Some(secs(7))), Duration::ZERO);
     }
 }

@@ -15,6 +15,10 @@
 //! [[turns]]
 //! expert = "child-a"
 //! error = { status = 529, message = "Overloaded", retryable = true }
+//!
+//! [[turns]]
+//! expert = "child-b"
+//! error = { status = 429, message = "Slow down", retryAfterMs = 2000 }
 //! ```
 //!
 //! The turns that answer a run are those whose `expert` matches the calling Expert and whose
@@ -121,6 +125,9 @@ pub struct ScriptedError {
     pub message: String,
     /// Whether a retry may help; default: status is 429 or 5xx.
     pub retryable: Option<bool>,
+    /// The wait the "server" asks for, as a `Retry-After` header would.
+    #[serde(rename = "retryAfterMs")]
+    pub retry_after_ms: Option<u64>,
 }
 
 /// Why a script could not be loaded.
@@ -235,6 +242,7 @@ impl LanguageModel for ScriptedModel {
                 ),
                 status_code: None,
                 retryable: false,
+                retry_after: None,
             });
         };
         if let Some(ms) = turn.delay_ms {
@@ -249,6 +257,7 @@ impl LanguageModel for ScriptedModel {
                 message: e.message,
                 status_code: e.status,
                 retryable,
+                retry_after: e.retry_after_ms.map(Duration::from_millis),
             });
         }
         Ok(Box::pin(futures::stream::iter(

@@ -14,6 +14,7 @@ mod provider_google;
 mod provider_ollama;
 mod provider_openai;
 mod recovery;
+mod retry_policy;
 mod schema_roundtrip;
 mod skills_e2e;
 mod traces;

@@ -409,6 +409,7 @@ async fn a_429_is_retryable_and_carries_the_retry_after_wait() {
     assert_class(&e, "APICallError", Some(429), true);
     let wait_named = e.message.contains("rate limit") && e.message.contains("retry after 1s");
     assert!(wait_named, "{e:?}");
+    assert_eq!(e.retry_after, Some(std::time::Duration::from_secs(1)));
     let headers = [(reqwest::header::RETRY_AFTER, "1".parse().unwrap())]
         .into_iter()
         .collect();

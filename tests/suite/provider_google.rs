@@ -477,6 +477,7 @@ async fn a_429_is_retryable_and_carries_the_retry_after_wait() {
         "{e:?}"
     );
     assert!(says("retry after 7s"), "{e:?}");
+    assert_eq!(e.retry_after, Some(std::time::Duration::from_secs(7)));
 }
 
 #[tokio::test]

@@ -404,6 +404,7 @@ async fn a_429_is_retryable_and_carries_the_retry_after_wait() {
     assert_class(&e, "APICallError", Some(429), true);
     let says = |s: &str| e.message.contains(s);
     assert!(says("server busy") && says("retry after 3s"), "{e:?}");
+    assert_eq!(e.retry_after, Some(std::time::Duration::from_secs(3)));
 }
 
 #[tokio::test]

@@ -470,6 +470,7 @@ async fn a_429_is_retryable_and_carries_the_retry_after_wait() {
         says("Rate limit reached") && says("retry after 2s"),
         "{e:?}"
     );
+    assert_eq!(e.retry_after, Some(std::time::Duration::from_secs(2)));
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use kameo::prelude::*;
@@ -14,7 +15,7 @@ use crate::actor::context::{JobContext, now_ms};
 use crate::actor::skill::{CallTool, SkillActor};
 use crate::agent::{Machine, ToolIndex, ToolOwner};
 use crate::llm::{
-    Assembler, Generation, GenerationError, GenerationRequest, Signal, ToolSpec, retry::backoff,
+    Assembler, Generation, GenerationError, GenerationRequest, Signal, ToolSpec, retry,
 };
 use crate::schema::{
     Delta, Empty, Event, EventPayload, Message, MessagePart, Text, ToolCall, ToolResult, id::new_id,
@@ -51,6 +52,7 @@ pub(super) fn spawn_generation(
     messages: Vec<Message>,
     tools: Arc<Vec<ToolSpec>>,
     retry_count: u32,
+    retry_after: Option<Duration>,
 ) {
     let setting = machine.setting();
     let envelope = Envelope {
@@ -69,13 +71,14 @@ pub(super) fn spawn_generation(
     };
     tokio::spawn(async move {
         let timeout = ctx.settings.timeout;
-        let wait = backoff(retry_count);
+        let wait = retry::wait(retry_count, retry_after);
         let result = tokio::select! {
             () = ctx.cancel.cancelled() => Err(GenerationError {
                 name: "Cancelled".into(),
                 message: "The job was cancelled during a model call.".into(),
                 status_code: None,
                 retryable: false,
+                retry_after: None,
             }),
             r = async {
                 tokio::time::sleep(wait).await;
@@ -86,6 +89,7 @@ pub(super) fn spawn_generation(
                         message: format!("The model call did not finish within {} ms.", timeout.as_millis()),
                         status_code: None,
                         retryable: true,
+                        retry_after: None,
                     }),
                 }
             } => r,

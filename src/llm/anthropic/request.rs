@@ -198,6 +198,7 @@ fn unsupported(what: &str) -> GenerationError {
         message: format!("The Anthropic provider cannot send {what}."),
         status_code: None,
         retryable: false,
+        retry_after: None,
     }
 }
 

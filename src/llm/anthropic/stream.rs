@@ -137,6 +137,7 @@ impl Decoder {
                             ),
                             status_code: None,
                             retryable: true,
+                            retry_after: None,
                         })?
                     };
                     out.push(StreamPart::ToolCall(GeneratedToolCall { id, name, args }));
@@ -222,6 +223,7 @@ fn stream_error(v: &Value) -> GenerationError {
         message: format!("{kind}: {}", s("/error/message").unwrap_or("stream error")),
         status_code: Some(status),
         retryable: crate::llm::http::is_retryable_status(status),
+        retry_after: None,
     }
 }
 
@@ -231,6 +233,7 @@ fn invalid_data(message: String) -> GenerationError {
         message,
         status_code: None,
         retryable: true,
+        retry_after: None,
     }
 }
 
@@ -291,6 +294,7 @@ where
                         message: "The model stream ended before its message_stop event.".into(),
                         status_code: None,
                         retryable: true,
+                        retry_after: None,
                     }));
                     st.finished = true;
                 }

@@ -239,6 +239,7 @@ fn binary(p: &BinaryPart) -> Result<Value, GenerationError> {
             ),
             status_code: None,
             retryable: false,
+            retry_after: None,
         }),
     }
 }

@@ -157,6 +157,7 @@ impl Decoder {
                 message: "The model stream ended before its finishReason.".into(),
                 status_code: None,
                 retryable: true,
+                retry_after: None,
             });
         };
         let reason = match finish_reason(reason) {
@@ -243,6 +244,7 @@ fn stream_error(e: &Value) -> GenerationError {
         },
         status_code: Some(status),
         retryable: is_retryable_status(status),
+        retry_after: None,
     }
 }
 
@@ -252,6 +254,7 @@ fn invalid_data(message: String) -> GenerationError {
         message,
         status_code: None,
         retryable: true,
+        retry_after: None,
     }
 }
 

@@ -204,6 +204,7 @@ fn unsupported(what: &str) -> GenerationError {
         message: format!("The Ollama provider cannot send {what}."),
         status_code: None,
         retryable: false,
+        retry_after: None,
     }
 }
 

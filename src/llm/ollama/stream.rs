@@ -64,6 +64,7 @@ impl Decoder {
                 message,
                 status_code: None,
                 retryable: true,
+                retry_after: None,
             });
         }
         let mut out = Vec::new();
@@ -129,6 +130,7 @@ impl Decoder {
                 ),
                 status_code: None,
                 retryable: true,
+                retry_after: None,
             })?,
             other => other.clone(),
         };
@@ -145,6 +147,7 @@ impl Decoder {
             message: "The model stream ended before its done message.".into(),
             status_code: None,
             retryable: true,
+            retry_after: None,
         })
     }
 
@@ -161,6 +164,7 @@ fn invalid_data(message: String) -> GenerationError {
         message,
         status_code: None,
         retryable: true,
+        retry_after: None,
     }
 }
 

@@ -238,6 +238,7 @@ fn unsupported(flavor: Flavor, what: &str) -> GenerationError {
         message: format!("The {} provider cannot send {what}.", flavor.as_str()),
         status_code: None,
         retryable: false,
+        retry_after: None,
     }
 }
 

@@ -116,6 +116,7 @@ impl Decoder {
             message: "The model stream ended before its finish_reason and [DONE].".into(),
             status_code: None,
             retryable: true,
+            retry_after: None,
         })
     }
 
@@ -198,6 +199,7 @@ impl Decoder {
                         ),
                         status_code: None,
                         retryable: true,
+                        retry_after: None,
                     })?
                 };
                 Ok(StreamPart::ToolCall(GeneratedToolCall {
@@ -263,6 +265,7 @@ fn stream_error(e: &Value) -> GenerationError {
         },
         status_code: Some(status),
         retryable: is_retryable_status(status),
+        retry_after: None,
     }
 }
 
@@ -272,6 +275,7 @@ fn invalid_data(message: String) -> GenerationError {
         message,
         status_code: None,
         retryable: true,
+        retry_after: None,
     }
 }
 
