@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::schema::Usage;
 
@@ -67,4 +67,83 @@ pub struct GenerationError {
     pub retryable: bool,
     /// How long the server asked us to wait before trying again (`Retry-After`).
     pub retry_after: Option<Duration>,
+}
+
+impl GeneratedToolCall {
+    /// Arguments from the model's raw JSON text (Anthropic's `input_json_delta`s, OpenAI's
+    /// `arguments` fragments, joined): empty text means `{}`; anything but a JSON object is a
+    /// retryable `InvalidToolCallJSON` error, since the model may do better on the next try.
+    pub fn parse_args(name: &str, id: &str, raw: &str) -> Result<Value, GenerationError> {
+        if raw.trim().is_empty() {
+            return Ok(Value::Object(Map::new()));
+        }
+        match serde_json::from_str::<Value>(raw) {
+            Ok(v @ Value::Object(_)) => Ok(v),
+            Ok(_) => Err(invalid_args(name, id, "not a JSON object", raw)),
+            Err(e) => Err(invalid_args(name, id, &e.to_string(), raw)),
+        }
+    }
+
+    /// Arguments sent as a JSON value (Gemini's `args`, Ollama's `arguments`): an object as it
+    /// is, a missing value as `{}`, a string as raw JSON text (some gateways send one), and
+    /// anything else as an `InvalidToolCallJSON` error.
+    pub fn args_from_value(
+        name: &str,
+        id: &str,
+        v: Option<&Value>,
+    ) -> Result<Value, GenerationError> {
+        match v {
+            None | Some(Value::Null) => Ok(Value::Object(Map::new())),
+            Some(v @ Value::Object(_)) => Ok(v.clone()),
+            Some(Value::String(s)) => Self::parse_args(name, id, s),
+            Some(other) => Err(invalid_args(
+                name,
+                id,
+                "not a JSON object",
+                &other.to_string(),
+            )),
+        }
+    }
+}
+
+fn invalid_args(name: &str, id: &str, why: &str, raw: &str) -> GenerationError {
+    GenerationError {
+        name: "InvalidToolCallJSON".into(),
+        message: format!(
+            "The model produced invalid JSON arguments for tool {name:?} (call {id}): {why}: {}",
+            crate::llm::http::truncate(raw, 200)
+        ),
+        status_code: None,
+        retryable: true,
+        retry_after: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::GeneratedToolCall;
+
+    #[test]
+    fn arguments_must_be_a_json_object() {
+        let parse = |raw| GeneratedToolCall::parse_args("f", "c1", raw);
+        assert_eq!(parse("").unwrap(), json!({}));
+        assert_eq!(parse(r#"{"a":1}"#).unwrap(), json!({"a": 1}));
+        for bad in [r#"{"a":"#, "[1]", "5", "\"s\"", "null"] {
+            let e = parse(bad).unwrap_err();
+            assert!(
+                e.retryable && e.name == "InvalidToolCallJSON",
+                "{bad}: {e:?}"
+            );
+        }
+        let value = |v: Option<serde_json::Value>| {
+            GeneratedToolCall::args_from_value("f", "c1", v.as_ref())
+        };
+        assert_eq!(value(None).unwrap(), json!({}));
+        assert_eq!(value(Some(json!({"a": 1}))).unwrap(), json!({"a": 1}));
+        assert_eq!(value(Some(json!(r#"{"b":2}"#))).unwrap(), json!({"b": 2}));
+        assert!(value(Some(json!(r#"{"b":"#))).is_err());
+        assert!(value(Some(json!([1]))).is_err());
+    }
 }

@@ -10,6 +10,7 @@ mod lockfile;
 mod log;
 mod mcp;
 mod provider_anthropic;
+mod provider_corpus;
 mod provider_google;
 mod provider_ollama;
 mod provider_openai;

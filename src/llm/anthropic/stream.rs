@@ -122,23 +122,10 @@ impl Decoder {
                     json,
                     initial,
                 }) => {
-                    let args = if json.trim().is_empty() {
-                        match initial {
-                            Value::Null => Value::Object(Default::default()),
-                            v => v,
-                        }
-                    } else {
-                        serde_json::from_str(&json).map_err(|e| GenerationError {
-                            name: "InvalidToolCallJSON".into(),
-                            message: format!(
-                                "The model produced invalid JSON arguments for tool {name:?} \
-                                 (call {id}): {e}: {}",
-                                truncate(&json, 200)
-                            ),
-                            status_code: None,
-                            retryable: true,
-                            retry_after: None,
-                        })?
+                    let args = match (json.trim().is_empty(), initial) {
+                        (true, Value::Null) => Value::Object(Default::default()),
+                        (true, v) => v,
+                        (false, _) => GeneratedToolCall::parse_args(&name, &id, &json)?,
                     };
                     out.push(StreamPart::ToolCall(GeneratedToolCall { id, name, args }));
                 }

@@ -98,7 +98,7 @@ impl Decoder {
             .and_then(Value::as_array);
         for part in parts.into_iter().flatten() {
             if let Value::Object(part) = part {
-                self.part(part, out);
+                self.part(part, out)?;
             }
         }
         if let Some(reason) = candidate.get("finishReason").and_then(Value::as_str) {
@@ -108,7 +108,11 @@ impl Decoder {
         Ok(())
     }
 
-    fn part(&mut self, part: &Map<String, Value>, out: &mut Vec<StreamPart>) {
+    fn part(
+        &mut self,
+        part: &Map<String, Value>,
+        out: &mut Vec<StreamPart>,
+    ) -> Result<(), GenerationError> {
         let signature = part
             .get("thoughtSignature")
             .and_then(Value::as_str)
@@ -122,12 +126,15 @@ impl Decoder {
                 out.push(StreamPart::ReasoningEnd { signature });
             }
             let name = call["name"].as_str().unwrap_or_default().to_string();
-            let args = match call.get("args") {
-                Some(a @ Value::Object(_)) => a.clone(),
-                _ => Value::Object(Map::new()),
-            };
+            if name.is_empty() {
+                return Err(invalid_data(format!(
+                    "a function call lacks its name: {}",
+                    truncate(&call.to_string(), 200)
+                )));
+            }
             let id = format!("call_{}_{name}", self.calls);
             self.calls += 1;
+            let args = GeneratedToolCall::args_from_value(&name, &id, call.get("args"))?;
             out.push(StreamPart::ToolCall(GeneratedToolCall { id, name, args }));
         } else if thought {
             if let Some(t) = text.filter(|t| !t.is_empty()) {
@@ -147,6 +154,7 @@ impl Decoder {
                 out.push(StreamPart::ReasoningEnd { signature });
             }
         }
+        Ok(())
     }
 
     /// The body ended: finish if a finish reason came, else fail.

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::llm::http::{redact_error, transport_error, truncate};
 use crate::llm::{FinishReason, GeneratedToolCall, GenerationError, PartStream, StreamPart};
@@ -118,22 +118,7 @@ impl Decoder {
         }
         let id = format!("call_{}_{name}", self.calls);
         self.calls += 1;
-        let args = match &f["arguments"] {
-            Value::Null => Value::Object(Map::new()),
-            Value::String(s) if s.trim().is_empty() => Value::Object(Map::new()),
-            Value::String(s) => serde_json::from_str(s).map_err(|e| GenerationError {
-                name: "InvalidToolCallJSON".into(),
-                message: format!(
-                    "The model produced invalid JSON arguments for tool {name:?} (call {id}): \
-                     {e}: {}",
-                    truncate(s, 200)
-                ),
-                status_code: None,
-                retryable: true,
-                retry_after: None,
-            })?,
-            other => other.clone(),
-        };
+        let args = GeneratedToolCall::args_from_value(&name, &id, f.get("arguments"))?;
         Ok(StreamPart::ToolCall(GeneratedToolCall { id, name, args }))
     }
 

@@ -185,23 +185,7 @@ impl Decoder {
                         c.id, c.name
                     )));
                 }
-                let args = if c.arguments.trim().is_empty() {
-                    Value::Object(Default::default())
-                } else {
-                    serde_json::from_str(&c.arguments).map_err(|e| GenerationError {
-                        name: "InvalidToolCallJSON".into(),
-                        message: format!(
-                            "The model produced invalid JSON arguments for tool {:?} (call {}): \
-                             {e}: {}",
-                            c.name,
-                            c.id,
-                            truncate(&c.arguments, 200)
-                        ),
-                        status_code: None,
-                        retryable: true,
-                        retry_after: None,
-                    })?
-                };
+                let args = GeneratedToolCall::parse_args(&c.name, &c.id, &c.arguments)?;
                 Ok(StreamPart::ToolCall(GeneratedToolCall {
                     id: c.id,
                     name: c.name,
