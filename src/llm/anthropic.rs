@@ -30,10 +30,6 @@ pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com/v1";
 /// The `anthropic-version` header sent with every request.
 pub const API_VERSION: &str = "2023-06-01";
 
-/// Default output limit per generation. When the thinking budget reaches it, the request asks
-/// for budget + this much, so there is always room for the answer after the reasoning.
-pub const DEFAULT_MAX_TOKENS: u32 = 8192;
-
 const PROVIDER: &str = "anthropic";
 
 /// How to reach the API. `Debug` never shows the key.
@@ -45,9 +41,10 @@ pub struct AnthropicConfig {
     pub base_url: String,
     /// Extra headers, sent after (and so overriding) the default ones.
     pub headers: BTreeMap<String, String>,
-    /// `max_tokens` of each request: the output limit. A generation that hits it finishes with
+    /// The output limit of each request; `None` (Perstack's behaviour) asks for the model's
+    /// own maximum (see [`max_output_tokens`]). A generation that hits it finishes with
     /// `Length`, which the agent machine retries.
-    pub max_tokens: u32,
+    pub max_tokens: Option<u32>,
 }
 
 impl AnthropicConfig {
@@ -57,7 +54,7 @@ impl AnthropicConfig {
             api_key: api_key.into(),
             base_url: DEFAULT_BASE_URL.into(),
             headers: BTreeMap::new(),
-            max_tokens: DEFAULT_MAX_TOKENS,
+            max_tokens: None,
         }
     }
 
@@ -80,7 +77,7 @@ impl AnthropicConfig {
             api_key,
             base_url,
             headers: http::setting_headers(setting, PROVIDER)?,
-            max_tokens: DEFAULT_MAX_TOKENS,
+            max_tokens: None,
         })
     }
 }
@@ -111,7 +108,7 @@ pub struct AnthropicModel {
     headers: HeaderMap,
     /// The key and credential-like custom header values, scrubbed from every error message.
     secrets: Arc<Vec<String>>,
-    max_tokens: u32,
+    max_tokens: Option<u32>,
 }
 
 impl fmt::Debug for AnthropicModel {
@@ -205,7 +202,7 @@ mod tests {
         let c = AnthropicConfig::from_env(&setting, &vars).unwrap();
         assert_eq!(c.base_url, "https://proxy.example/v1");
         assert_eq!(c.headers["anthropic-beta"], "x");
-        assert_eq!(c.max_tokens, DEFAULT_MAX_TOKENS);
+        assert_eq!(c.max_tokens, None);
     }
 
     #[test]

@@ -15,8 +15,8 @@ use perstack::llm::{
     ToolSpec,
 };
 use perstack::schema::{
-    Message, MessagePart, ReasoningBudget, ReasoningLevel, ThinkingPart, ToolCallPart, ToolResult,
-    Usage,
+    InlinePart, Message, MessagePart, ReasoningBudget, ReasoningLevel, ThinkingPart, ToolCallPart,
+    ToolResult, Usage,
 };
 use pretty_assertions::assert_eq;
 use serde_json::{Map, Value, json};
@@ -227,13 +227,16 @@ async fn a_tool_calling_turn_assembles_arguments_split_across_deltas() {
     assert_eq!(
         r.body,
         json!({
-            "model": "claude-sonnet-4-5", "max_tokens": 8192, "stream": true,
+            // The AI SDK asks for the model's maximum output (64000 for Sonnet 4.5) plus the
+            // thinking budget, clamped to that maximum; tool_choice is auto.
+            "model": "claude-sonnet-4-5", "max_tokens": 64000, "stream": true,
             "thinking": {"type": "enabled", "budget_tokens": 2048},
             "system": [{"type": "text", "text": "You are Perstack.",
                         "cache_control": {"type": "ephemeral"}}],
             "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}],
             "tools": [{"name": "readTextFile", "description": "The readTextFile tool",
                        "input_schema": schema}],
+            "tool_choice": {"type": "auto"},
         })
     );
 }
@@ -316,8 +319,14 @@ async fn a_plain_text_completion_finishes_with_stop_and_usage() {
     );
 }
 
+/// A Perstack history (instruction with `cache: true`, a user query, an expert turn with
+/// signed and unsigned reasoning, text and a tool call, the tool message, a follow-up query)
+/// becomes exactly the body the AI SDK's Anthropic provider sends for it: the instruction as a
+/// cached system block; unsigned reasoning dropped; tool and user messages merged into one user
+/// turn; a single-text tool result as a plain string (`output: {type: "text"}`), a result with
+/// an image as a block list (`output: {type: "content"}`).
 #[tokio::test]
-async fn a_history_maps_signed_thinking_tool_use_and_tool_results_to_anthropic_blocks() {
+async fn a_perstack_history_becomes_the_request_the_ai_sdk_sends() {
     let server = FakeServer::start(vec![stream_of(vec![
         vec![message_start(1, 0)],
         text_block(0, &["ok"]),
@@ -332,53 +341,100 @@ async fn a_history_maps_signed_thinking_tool_use_and_tool_results_to_anthropic_b
             extra: Map::new(),
         })
     };
-    let expert = Message::expert(vec![
-        thinking("I should read it.", Some("sig-1")),
-        thinking("unsigned", None),
-        MessagePart::text("Reading."),
+    let call = |id: &str, path: &str| {
         MessagePart::ToolCallPart(ToolCallPart {
             id: "p".into(),
-            tool_call_id: "toolu_01".into(),
-            tool_name: "readTextFile".into(),
-            args: json!({"path": "a.txt"}),
+            tool_call_id: id.into(),
+            tool_name: if path.ends_with(".png") {
+                "readImageFile"
+            } else {
+                "readTextFile"
+            }
+            .into(),
+            args: json!({"path": path}),
             extra: Map::new(),
-        }),
+        })
+    };
+    let expert = Message::expert(vec![
+        thinking("I should read both.", Some("sig-1")),
+        thinking("unsigned", None),
+        MessagePart::text("Reading."),
+        call("toolu_01", "a.txt"),
+        call("toolu_02", "b.png"),
     ]);
-    let results = [ToolResult {
-        id: "toolu_01".into(),
-        skill_name: "@perstack/base".into(),
-        tool_name: "readTextFile".into(),
-        result: vec![MessagePart::text("contents of a")],
+    let image = MessagePart::ImageInlinePart(InlinePart {
+        id: "i".into(),
+        encoded_data: "iVBORw0KGgo=".into(),
+        mime_type: "image/png".into(),
         extra: Map::new(),
-    }];
+    });
+    let results = [
+        ToolResult {
+            id: "toolu_01".into(),
+            skill_name: "@perstack/base".into(),
+            tool_name: "readTextFile".into(),
+            result: vec![MessagePart::text("contents of a")],
+            extra: Map::new(),
+        },
+        ToolResult {
+            id: "toolu_02".into(),
+            skill_name: "@perstack/base".into(),
+            tool_name: "readImageFile".into(),
+            result: vec![MessagePart::text("b.png, 8 bytes"), image],
+            extra: Map::new(),
+        },
+    ];
     let history = vec![
-        Message::instruction("sys"),
-        Message::user("Read a.txt"),
+        Message::instruction("You are Perstack."),
+        Message::user("Read a.txt and b.png"),
         expert,
         Message::tool(&results),
         Message::user("Now summarise."),
     ];
     let (_, err) = run(
         &model(&server),
-        request(history, vec![tool("readTextFile")], "low"),
+        request(
+            history,
+            vec![tool("readTextFile"), tool("readImageFile")],
+            "medium",
+        ),
     )
     .await;
     assert_eq!(err, None);
+    let schema = json!({"type": "object", "properties": {"path": {"type": "string"}}});
+    let tool = |name: &str| json!({"name": name, "description": format!("The {name} tool"), "input_schema": schema});
     assert_eq!(
-        server.requests().await[0].body["messages"],
-        json!([
-            {"role": "user", "content": [{"type": "text", "text": "Read a.txt"}]},
-            {"role": "assistant", "content": [
-                {"type": "thinking", "thinking": "I should read it.", "signature": "sig-1"},
-                {"type": "text", "text": "Reading."},
-                {"type": "tool_use", "id": "toolu_01", "name": "readTextFile", "input": {"path": "a.txt"}}
-            ]},
-            {"role": "user", "content": [
-                {"type": "tool_result", "tool_use_id": "toolu_01",
-                 "content": [{"type": "text", "text": "contents of a"}]},
-                {"type": "text", "text": "Now summarise."}
-            ]}
-        ])
+        server.requests().await[0].body,
+        json!({
+            "model": "claude-sonnet-4-5",
+            "max_tokens": 64000,
+            "thinking": {"type": "enabled", "budget_tokens": 5000},
+            "system": [{"type": "text", "text": "You are Perstack.",
+                        "cache_control": {"type": "ephemeral"}}],
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "Read a.txt and b.png"}]},
+                {"role": "assistant", "content": [
+                    {"type": "thinking", "thinking": "I should read both.", "signature": "sig-1"},
+                    {"type": "text", "text": "Reading."},
+                    {"type": "tool_use", "id": "toolu_01", "name": "readTextFile",
+                     "input": {"path": "a.txt"}},
+                    {"type": "tool_use", "id": "toolu_02", "name": "readImageFile",
+                     "input": {"path": "b.png"}}
+                ]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_01", "content": "contents of a"},
+                    {"type": "tool_result", "tool_use_id": "toolu_02", "content": [
+                        {"type": "text", "text": "b.png, 8 bytes"},
+                        {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                                     "data": "iVBORw0KGgo="}}
+                    ]},
+                    {"type": "text", "text": "Now summarise."}
+                ]}
+            ],
+            "tools": [tool("readTextFile"), tool("readImageFile")],
+            "tool_choice": {"type": "auto"},
+            "stream": true
+        })
     );
 }
 

@@ -218,6 +218,7 @@ async fn a_tool_calling_turn_yields_a_call_with_a_synthesised_id_and_its_signatu
             "systemInstruction": {"parts": [{"text": "You are Perstack."}]},
             "contents": [{"role": "user", "parts": [{"text": "Hi"}]}],
             "tools": [{"functionDeclarations": [declaration("readTextFile")]}],
+            "toolConfig": {"functionCallingConfig": {"mode": "AUTO"}},
             "generationConfig": {"thinkingConfig": {"thinkingBudget": 2048, "includeThoughts": true}},
         })
     );

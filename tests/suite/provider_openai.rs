@@ -233,6 +233,7 @@ async fn a_tool_calling_turn_assembles_arguments_split_across_chunks() {
                          {"role": "user", "content": "Hi"}],
             "tools": [{"type": "function", "function": {"name": "readTextFile",
                        "description": "The readTextFile tool", "parameters": schema}}],
+            "tool_choice": "auto",
             "stream": true, "stream_options": {"include_usage": true},
             "reasoning_effort": "low",
         })

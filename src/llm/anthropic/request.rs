@@ -15,9 +15,30 @@ use crate::schema::{BinaryPart, InlinePart, Message, MessagePart, ToolResultPart
 /// The smallest thinking budget the API accepts; smaller budgets are raised to it.
 pub(super) const MIN_THINKING_BUDGET: u64 = 1024;
 
-/// The JSON body of one streaming Messages call. `max_tokens` is raised above the thinking
-/// budget when the budget would not leave room for an answer.
-pub(super) fn body(req: &GenerationRequest, max_tokens: u32) -> Result<Value, GenerationError> {
+/// The output limit of `model` as the AI SDK's Anthropic provider knows it, and whether the
+/// model is known at all (an unknown one gets 4096 and no clamping).
+pub fn max_output_tokens(model: &str) -> (u64, bool) {
+    let has = |s: &str| model.contains(s);
+    if has("claude-sonnet-4-5") || has("claude-opus-4-5") || has("claude-haiku-4-5") {
+        (64_000, true)
+    } else if has("claude-opus-4-1") || has("claude-opus-4-") {
+        (32_000, true)
+    } else if has("claude-sonnet-4-") || has("claude-3-7-sonnet") {
+        (64_000, true)
+    } else if has("claude-3-5-haiku") {
+        (8_192, true)
+    } else if has("claude-3-haiku") {
+        (4_096, true)
+    } else {
+        (4_096, false)
+    }
+}
+
+/// The JSON body of one streaming Messages call, as the AI SDK's Anthropic provider builds it
+/// for Perstack: `max_tokens` is `limit` (default: the model's maximum) plus the thinking
+/// budget, clamped to the model's maximum when the model is known; `tool_choice` is `auto`
+/// whenever tools are offered.
+pub(super) fn body(req: &GenerationRequest, limit: Option<u32>) -> Result<Value, GenerationError> {
     let mut system = Vec::new();
     let mut turns: Vec<(&'static str, Vec<Value>)> = Vec::new();
     for m in &req.messages {
@@ -48,16 +69,18 @@ pub(super) fn body(req: &GenerationRequest, max_tokens: u32) -> Result<Value, Ge
     }
     let mut out = Map::new();
     out.insert("model".into(), json!(req.model));
-    let mut max_tokens = u64::from(max_tokens);
+    let (model_max, known) = max_output_tokens(&req.model);
+    let mut max_tokens = limit.map_or(model_max, u64::from);
     if let Some(budget) = req.reasoning_budget.tokens() {
         let budget = budget.max(MIN_THINKING_BUDGET);
-        if budget >= max_tokens {
-            max_tokens += budget;
-        }
+        max_tokens += budget;
         out.insert(
             "thinking".into(),
             json!({"type": "enabled", "budget_tokens": budget}),
         );
+    }
+    if known {
+        max_tokens = max_tokens.min(model_max);
     }
     out.insert("max_tokens".into(), json!(max_tokens));
     if !system.is_empty() {
@@ -81,6 +104,7 @@ pub(super) fn body(req: &GenerationRequest, max_tokens: u32) -> Result<Value, Ge
             Value::Object(tool)
         });
         out.insert("tools".into(), tools.collect());
+        out.insert("tool_choice".into(), json!({"type": "auto"}));
     }
     out.insert("stream".into(), Value::Bool(true));
     Ok(Value::Object(out))
@@ -135,8 +159,16 @@ fn tool_result(r: &ToolResultPart) -> Result<Value, GenerationError> {
     let mut block = Map::new();
     block.insert("type".into(), json!("tool_result"));
     block.insert("tool_use_id".into(), json!(r.tool_call_id));
-    if !content.is_empty() {
-        block.insert("content".into(), Value::Array(content));
+    // One text is sent as a plain string (Perstack's `output: {type: "text"}`), anything else
+    // as a list of blocks.
+    match content.as_mut_slice() {
+        [] => {}
+        [one] if one["type"] == "text" => {
+            block.insert("content".into(), one["text"].take());
+        }
+        _ => {
+            block.insert("content".into(), Value::Array(content));
+        }
     }
     if let Some(e) = r.is_error {
         block.insert("is_error".into(), Value::Bool(e));
@@ -248,7 +280,7 @@ mod tests {
             Message::expert(vec![thinking(None), thinking(Some("s")), call]),
             Message::expert(vec![thinking(None)]),
         ];
-        let b = body(&request(msgs, ReasoningBudget::Tokens(10)), 8192).unwrap();
+        let b = body(&request(msgs, ReasoningBudget::Tokens(10)), None).unwrap();
         assert_eq!(
             b["system"],
             json!([{"type":"text","text":"sys","cache_control":{"type":"ephemeral"}}])
@@ -270,13 +302,31 @@ mod tests {
     }
 
     #[test]
-    fn max_tokens_leaves_room_above_a_large_thinking_budget() {
+    fn max_tokens_is_the_model_limit_plus_the_budget_clamped_for_known_models() {
         let high = ReasoningBudget::Level(ReasoningLevel::High);
-        let b = body(&request(vec![Message::user("q")], high), 8192).unwrap();
-        assert_eq!(b["max_tokens"], 18192);
         let none = ReasoningBudget::Level(ReasoningLevel::None);
-        let b = body(&request(vec![Message::user("q")], none), 8192).unwrap();
-        assert_eq!(b["max_tokens"], 8192);
+        let with = |model: &str, budget: ReasoningBudget, limit: Option<u32>| {
+            let mut r = request(vec![Message::user("q")], budget);
+            r.model = model.into();
+            body(&r, limit).unwrap()
+        };
+        // A known model: its maximum, with or without thinking.
+        assert_eq!(with("claude-sonnet-4-5", high, None)["max_tokens"], 64_000);
+        assert_eq!(with("claude-opus-4-1", none, None)["max_tokens"], 32_000);
+        // An explicit limit leaves room for the budget, within the model's maximum.
+        assert_eq!(
+            with("claude-sonnet-4-5", high, Some(8192))["max_tokens"],
+            18_192
+        );
+        assert_eq!(
+            with("claude-3-5-haiku-latest", high, Some(8192))["max_tokens"],
+            8192
+        );
+        // An unknown model: 4096 plus the budget, not clamped.
+        let b = with("my-proxy-model", high, None);
+        assert_eq!(b["max_tokens"], 14_096);
+        let b = with("my-proxy-model", none, None);
+        assert_eq!(b["max_tokens"], 4096);
         assert!(b.get("thinking").is_none());
     }
 
@@ -289,7 +339,7 @@ mod tests {
             extra: Map::new(),
         });
         let m = Message::UserMessage(crate::schema::MessageBody::new(vec![part]));
-        let e = body(&request(vec![m], ReasoningBudget::default()), 8192).unwrap_err();
+        let e = body(&request(vec![m], ReasoningBudget::default()), None).unwrap_err();
         assert!(
             !e.retryable && e.message.contains("application/zip"),
             "{e:?}"

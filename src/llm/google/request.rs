@@ -91,6 +91,11 @@ pub(super) fn body(req: &GenerationRequest) -> Result<Value, GenerationError> {
             "tools".into(),
             json!([{"functionDeclarations": declarations}]),
         );
+        // Perstack's `toolChoice: "auto"`, as the AI SDK writes it for Gemini.
+        out.insert(
+            "toolConfig".into(),
+            json!({"functionCallingConfig": {"mode": "AUTO"}}),
+        );
     }
     if let Some(budget) = req.reasoning_budget.tokens() {
         out.insert(

@@ -63,6 +63,8 @@ pub(super) fn body(req: &GenerationRequest, flavor: Flavor) -> Result<Value, Gen
             json!({"type": "function", "function": function})
         });
         out.insert("tools".into(), tools.collect());
+        // Perstack asks for `toolChoice: "auto"`, which the AI SDK always writes out.
+        out.insert("tool_choice".into(), json!("auto"));
     }
     out.insert("stream".into(), Value::Bool(true));
     out.insert("stream_options".into(), json!({"include_usage": true}));
