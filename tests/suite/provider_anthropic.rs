@@ -604,11 +604,14 @@ pick = ["attemptCompletion"]
         .unwrap();
     let mut rx = handle.take_events().unwrap();
     let events = tokio::spawn(async move {
-        let mut all = String::new();
+        let (mut all, mut kinds) = (String::new(), Vec::new());
         while let Some(e) = rx.recv().await {
             all.push_str(&format!("{:?}\n", e.event));
+            if e.event.expert_key.is_some() {
+                kinds.push(e.event.kind().to_string());
+            }
         }
-        all
+        (all, kinds)
     });
     let outcome = tokio::time::timeout(Duration::from_secs(30), handle.wait())
         .await
@@ -620,7 +623,27 @@ pick = ["attemptCompletion"]
         .await
         .unwrap()
         .unwrap();
+    let (events, kinds) = events;
     assert!(events.contains("Done already.") && !events.contains("SECRET"));
+    // Perstack's s01 sequence, with the reasoning of the first call streamed in front of it
+    // (reasoning streams in both generations; the result text only in the run-result one).
+    assert_eq!(
+        kinds,
+        [
+            "startRun",
+            "startGeneration",
+            "startStreamingReasoning",
+            "streamReasoning",
+            "completeStreamingReasoning",
+            "callTools",
+            "attemptCompletion",
+            "startStreamingRunResult",
+            "streamRunResult",
+            "streamRunResult",
+            "completeStreamingRunResult",
+            "completeRun",
+        ]
+    );
 
     let requests = server.requests().await;
     assert_eq!(requests.len(), 2);
