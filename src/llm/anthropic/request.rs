@@ -17,7 +17,7 @@ pub(super) const MIN_THINKING_BUDGET: u64 = 1024;
 
 /// The output limit of `model` as the AI SDK's Anthropic provider knows it, and whether the
 /// model is known at all (an unknown one gets 4096 and no clamping).
-pub fn max_output_tokens(model: &str) -> (u64, bool) {
+pub(super) fn max_output_tokens(model: &str) -> (u64, bool) {
     let has = |s: &str| model.contains(s);
     if has("claude-sonnet-4-5") || has("claude-opus-4-5") || has("claude-haiku-4-5") {
         (64_000, true)
