@@ -7,12 +7,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use perstack::engine::{Engine, JobRequest, Settings};
 use perstack::llm::anthropic::{AnthropicConfig, AnthropicModel};
 use perstack::llm::{
-    FinishReason, GeneratedToolCall, GenerationError, GenerationRequest, LanguageModel, StreamPart,
-    ToolSpec,
+    FinishReason, GeneratedToolCall, GenerationError, GenerationRequest, StreamPart, ToolSpec,
 };
 use perstack::schema::{
     InlinePart, Message, MessagePart, ReasoningBudget, ReasoningLevel, ThinkingPart, ToolCallPart,
@@ -22,6 +20,7 @@ use pretty_assertions::assert_eq;
 use serde_json::{Map, Value, json};
 
 use super::fake_server::{FakeServer, Reply, sse_event};
+use super::wire::drain;
 
 const KEY: &str = "sk-ant-test-SECRET";
 
@@ -60,33 +59,6 @@ fn simple(budget: &str) -> GenerationRequest {
         Message::user("Hi"),
     ];
     request(messages, vec![tool("readTextFile")], budget)
-}
-
-/// Stream `req` to the end (bounded by a timeout): the parts, and the error that ended it.
-/// Asserts the key appears in neither.
-async fn run(
-    model: &AnthropicModel,
-    req: GenerationRequest,
-) -> (Vec<StreamPart>, Option<GenerationError>) {
-    let outcome = tokio::time::timeout(Duration::from_secs(10), async {
-        let mut stream = match model.stream(req).await {
-            Ok(s) => s,
-            Err(e) => return (Vec::new(), Some(e)),
-        };
-        let mut parts = Vec::new();
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(p) => parts.push(p),
-                Err(e) => return (parts, Some(e)),
-            }
-        }
-        (parts, None)
-    })
-    .await
-    .expect("the provider hung");
-    let text = format!("{outcome:?}");
-    assert!(!text.contains("SECRET"), "the API key leaked: {text}");
-    outcome
 }
 
 fn ev(name: &str, data: Value) -> String {
@@ -196,7 +168,7 @@ async fn a_tool_calling_turn_assembles_arguments_split_across_deltas() {
         message_end("tool_use", 89),
     ])])
     .await;
-    let (parts, err) = run(&model(&server), simple("low")).await;
+    let (parts, err) = drain(&model(&server), simple("low")).await;
     assert_eq!(err, None);
     assert_eq!(
         parts,
@@ -250,7 +222,7 @@ async fn parallel_tool_calls_come_out_in_block_order() {
         message_end("tool_use", 30),
     ])])
     .await;
-    let (parts, err) = run(&model(&server), simple("none")).await;
+    let (parts, err) = drain(&model(&server), simple("none")).await;
     assert_eq!(err, None);
     assert_eq!(
         parts,
@@ -276,7 +248,7 @@ async fn a_reasoning_turn_streams_thinking_with_its_signature_then_text() {
         message_end("end_turn", 120),
     ])])
     .await;
-    let (parts, err) = run(&model(&server), simple("low")).await;
+    let (parts, err) = drain(&model(&server), simple("low")).await;
     assert_eq!(err, None);
     assert_eq!(
         parts,
@@ -302,7 +274,7 @@ async fn a_plain_text_completion_finishes_with_stop_and_usage() {
     ])])
     .await;
     let req = request(vec![Message::user("Hi")], Vec::new(), "none");
-    let (parts, err) = run(&model(&server), req).await;
+    let (parts, err) = drain(&model(&server), req).await;
     assert_eq!(err, None);
     assert_eq!(
         parts,
@@ -391,7 +363,7 @@ async fn a_perstack_history_becomes_the_request_the_ai_sdk_sends() {
         Message::tool(&results),
         Message::user("Now summarise."),
     ];
-    let (_, err) = run(
+    let (_, err) = drain(
         &model(&server),
         request(
             history,
@@ -447,7 +419,7 @@ fn assert_class(e: &GenerationError, name: &str, status: Option<u16>, retryable:
 /// Run `simple` against one reply and return the error it must end in.
 async fn failure(reply: Reply) -> GenerationError {
     let server = FakeServer::start(vec![reply]).await;
-    let (_, err) = run(&model(&server), simple("low")).await;
+    let (_, err) = drain(&model(&server), simple("low")).await;
     err.expect("the call must fail")
 }
 
@@ -499,7 +471,7 @@ async fn a_connection_reset_mid_stream_ends_in_a_retryable_error() {
         .delay(Duration::from_millis(10))
         .reset_mid_stream();
     let server = FakeServer::start(vec![reply]).await;
-    let (parts, err) = run(&model(&server), simple("low")).await;
+    let (parts, err) = drain(&model(&server), simple("low")).await;
     assert_eq!(parts, vec![StreamPart::TextDelta("partial".into())]);
     let e = err.expect("a reset stream must fail");
     assert_class(&e, "APIConnectionError", None, true);
@@ -521,7 +493,7 @@ async fn a_refused_connection_is_a_retryable_api_connection_error() {
     };
     let mut config = AnthropicConfig::new(KEY);
     config.base_url = format!("http://127.0.0.1:{port}/v1");
-    let (_, err) = run(&AnthropicModel::new(config).unwrap(), simple("low")).await;
+    let (_, err) = drain(&AnthropicModel::new(config).unwrap(), simple("low")).await;
     let e = err.unwrap();
     assert_class(&e, "APIConnectionError", None, true);
 }

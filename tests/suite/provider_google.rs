@@ -10,14 +10,14 @@ use futures::StreamExt;
 use perstack::config::ProviderName;
 use perstack::llm::google::{GoogleConfig, GoogleModel};
 use perstack::llm::{
-    FinishReason, GeneratedToolCall, GenerationError, GenerationRequest, LanguageModel, StreamPart,
-    ToolSpec,
+    FinishReason, GeneratedToolCall, GenerationError, GenerationRequest, StreamPart, ToolSpec,
 };
 use perstack::schema::{Message, MessagePart, ThinkingPart, ToolCallPart, ToolResult, Usage};
 use pretty_assertions::assert_eq;
 use serde_json::{Map, Value, json};
 
 use super::fake_server::{FakeServer, Reply};
+use super::wire::drain;
 
 const KEY: &str = "AIzaSy-test-SECRET";
 
@@ -69,33 +69,6 @@ fn simple(budget: &str) -> GenerationRequest {
         Message::user("Hi"),
     ];
     request(messages, vec![tool("readTextFile")], budget)
-}
-
-/// Stream `req` to the end (bounded by a timeout): the parts, and the error that ended it.
-/// Asserts the key appears in neither.
-async fn run(
-    model: &GoogleModel,
-    req: GenerationRequest,
-) -> (Vec<StreamPart>, Option<GenerationError>) {
-    let outcome = tokio::time::timeout(Duration::from_secs(10), async {
-        let mut stream = match model.stream(req).await {
-            Ok(s) => s,
-            Err(e) => return (Vec::new(), Some(e)),
-        };
-        let mut parts = Vec::new();
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(p) => parts.push(p),
-                Err(e) => return (parts, Some(e)),
-            }
-        }
-        (parts, None)
-    })
-    .await
-    .expect("the provider hung");
-    let text = format!("{outcome:?}");
-    assert!(!text.contains("SECRET"), "the API key leaked: {text}");
-    outcome
 }
 
 /// One `data:` event holding a GenerateContentResponse with `parts` for candidate 0.
@@ -172,7 +145,7 @@ async fn a_tool_calling_turn_yields_a_call_with_a_synthesised_id_and_its_signatu
         chunk(json!([call_part]), Some("STOP"), Some([472, 12, 64, 100])),
     ])])
     .await;
-    let (parts, err) = run(&google(&server), simple("low")).await;
+    let (parts, err) = drain(&google(&server), simple("low")).await;
     assert_eq!(err, None);
     assert_eq!(
         parts,
@@ -242,7 +215,7 @@ async fn parallel_function_calls_get_distinct_ids_in_order() {
         ),
     ])])
     .await;
-    let (parts, err) = run(&google(&server), simple("none")).await;
+    let (parts, err) = drain(&google(&server), simple("none")).await;
     assert_eq!(err, None);
     assert_eq!(
         parts,
@@ -270,7 +243,7 @@ async fn a_reasoning_turn_streams_thoughts_then_text_and_asks_for_the_budget() {
     ])])
     .await;
     let req = request(vec![Message::user("2+2?")], Vec::new(), "high");
-    let (parts, err) = run(&google(&server), req).await;
+    let (parts, err) = drain(&google(&server), req).await;
     assert_eq!(err, None);
     assert_eq!(
         parts,
@@ -299,7 +272,7 @@ async fn a_plain_text_completion_without_reasoning_finishes_with_stop() {
     ])])
     .await;
     let req = request(vec![Message::user("Hi")], Vec::new(), "none");
-    let (parts, err) = run(&google(&server), req).await;
+    let (parts, err) = drain(&google(&server), req).await;
     assert_eq!(err, None);
     assert_eq!(
         parts,
@@ -328,9 +301,9 @@ async fn max_tokens_and_safety_map_to_length_and_other() {
     ])
     .await;
     let model = google(&server);
-    let (parts, _) = run(&model, simple("low")).await;
+    let (parts, _) = drain(&model, simple("low")).await;
     assert_eq!(parts.last(), Some(&finish(FinishReason::Length, [0; 4])));
-    let (parts, _) = run(&model, simple("low")).await;
+    let (parts, _) = drain(&model, simple("low")).await;
     let filtered = FinishReason::Other("content-filter".into());
     assert_eq!(parts, vec![finish(filtered, [0; 4])]);
 }
@@ -381,7 +354,7 @@ async fn a_history_maps_calls_signatures_and_results_to_contents() {
         Message::user("Now summarise."),
     ];
     let req = request(history, vec![tool("readTextFile")], "none");
-    let (_, err) = run(&google(&server), req).await;
+    let (_, err) = drain(&google(&server), req).await;
     assert_eq!(err, None);
     let response = |text: &str| json!({"functionResponse": {"name": "readTextFile", "response": {"content": text}}});
     let body = &server.requests().await[0].body;
@@ -459,7 +432,7 @@ fn assert_class(e: &GenerationError, name: &str, status: Option<u16>, retryable:
 /// Run `simple` against one reply and return the error it must end in.
 async fn failure(reply: Reply) -> GenerationError {
     let server = FakeServer::start(vec![reply]).await;
-    let (_, err) = run(&google(&server), simple("low")).await;
+    let (_, err) = drain(&google(&server), simple("low")).await;
     err.expect("the call must fail")
 }
 
@@ -500,7 +473,7 @@ async fn a_connection_reset_mid_stream_ends_in_a_retryable_error() {
         .delay(Duration::from_millis(10))
         .reset_mid_stream();
     let server = FakeServer::start(vec![reply]).await;
-    let (parts, err) = run(&google(&server), simple("low")).await;
+    let (parts, err) = drain(&google(&server), simple("low")).await;
     assert_eq!(parts, vec![StreamPart::TextDelta("partial".into())]);
     assert_class(
         &err.expect("a reset stream must fail"),
@@ -563,7 +536,7 @@ async fn no_error_text_contains_the_api_key_or_a_secret_custom_header() {
     let model = GoogleModel::new(config.clone()).unwrap();
     for _ in 0..3 {
         // `run` asserts that neither the parts nor the error mention "SECRET".
-        let (_, err) = run(&model, simple("low")).await;
+        let (_, err) = drain(&model, simple("low")).await;
         let e = err.expect("each reply fails");
         assert!(e.message.contains("[REDACTED]"), "{e:?}");
     }

@@ -10,14 +10,14 @@ use futures::StreamExt;
 use perstack::config::ProviderName;
 use perstack::llm::ollama::{OllamaConfig, OllamaModel};
 use perstack::llm::{
-    FinishReason, GeneratedToolCall, GenerationError, GenerationRequest, LanguageModel, StreamPart,
-    ToolSpec,
+    FinishReason, GeneratedToolCall, GenerationError, GenerationRequest, StreamPart, ToolSpec,
 };
 use perstack::schema::{Message, MessagePart, ThinkingPart, ToolCallPart, ToolResult, Usage};
 use pretty_assertions::assert_eq;
 use serde_json::{Map, Value, json};
 
 use super::fake_server::{FakeServer, Reply};
+use super::wire::drain;
 
 const TOKEN: &str = "Bearer proxy-SECRET";
 
@@ -63,33 +63,6 @@ fn simple(budget: &str) -> GenerationRequest {
         Message::user("Hi"),
     ];
     request(messages, vec![tool("readTextFile")], budget)
-}
-
-/// Stream `req` to the end (bounded by a timeout): the parts, and the error that ended it.
-/// Asserts the secret header value appears in neither.
-async fn run(
-    model: &OllamaModel,
-    req: GenerationRequest,
-) -> (Vec<StreamPart>, Option<GenerationError>) {
-    let outcome = tokio::time::timeout(Duration::from_secs(10), async {
-        let mut stream = match model.stream(req).await {
-            Ok(s) => s,
-            Err(e) => return (Vec::new(), Some(e)),
-        };
-        let mut parts = Vec::new();
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(p) => parts.push(p),
-                Err(e) => return (parts, Some(e)),
-            }
-        }
-        (parts, None)
-    })
-    .await
-    .expect("the provider hung");
-    let text = format!("{outcome:?}");
-    assert!(!text.contains("SECRET"), "a secret leaked: {text}");
-    outcome
 }
 
 /// One NDJSON line with an assistant `message`.
@@ -161,7 +134,7 @@ async fn a_tool_calling_turn_yields_a_call_with_a_synthesised_id() {
         done("stop", 472, 89),
     ])])
     .await;
-    let (parts, err) = run(&ollama(&server), simple("low")).await;
+    let (parts, err) = drain(&ollama(&server), simple("low")).await;
     assert_eq!(err, None);
     assert_eq!(
         parts,
@@ -211,7 +184,7 @@ async fn parallel_tool_calls_in_one_line_get_distinct_ids_in_order() {
         done("stop", 10, 30),
     ])])
     .await;
-    let (parts, err) = run(&ollama(&server), simple("none")).await;
+    let (parts, err) = drain(&ollama(&server), simple("none")).await;
     assert_eq!(err, None);
     assert_eq!(
         parts,
@@ -234,7 +207,7 @@ async fn a_reasoning_turn_streams_thinking_then_content() {
     ])])
     .await;
     let req = request(vec![Message::user("2+2?")], Vec::new(), "high");
-    let (parts, err) = run(&ollama(&server), req).await;
+    let (parts, err) = drain(&ollama(&server), req).await;
     assert_eq!(err, None);
     assert_eq!(
         parts,
@@ -261,7 +234,7 @@ async fn a_plain_text_completion_without_reasoning_sends_think_false() {
     .await;
     let model = ollama(&server);
     let req = request(vec![Message::user("Hi")], Vec::new(), "none");
-    let (parts, err) = run(&model, req.clone()).await;
+    let (parts, err) = drain(&model, req.clone()).await;
     assert_eq!(err, None);
     assert_eq!(
         parts,
@@ -271,7 +244,7 @@ async fn a_plain_text_completion_without_reasoning_sends_think_false() {
             finish(FinishReason::Stop, 12, 2),
         ]
     );
-    let (parts, _) = run(&model, req).await;
+    let (parts, _) = drain(&model, req).await;
     assert_eq!(parts.last(), Some(&finish(FinishReason::Length, 12, 1)));
     let body = &server.requests().await[0].body;
     assert_eq!(
@@ -285,14 +258,14 @@ async fn a_plain_text_completion_without_reasoning_sends_think_false() {
 async fn a_model_without_thinking_is_asked_again_with_think_false() {
     let unsupported = json!({"error": "\"gemma3:1b\" does not support thinking"});
     let server = FakeServer::start(vec![Reply::status(400).json(unsupported), ok()]).await;
-    let (parts, err) = run(&ollama(&server), simple("low")).await;
+    let (parts, err) = drain(&ollama(&server), simple("low")).await;
     assert_eq!((parts.len(), err), (2, None));
     let requests = server.requests().await;
     let think: Vec<_> = requests.iter().map(|r| r.body["think"].clone()).collect();
     assert_eq!(think, vec![json!(true), json!(false)]);
     // Without thinking requested, the same 400 is an ordinary failure.
     let server = FakeServer::start(vec![Reply::status(400).json(json!({"error": "nope"}))]).await;
-    let (_, err) = run(&ollama(&server), simple("none")).await;
+    let (_, err) = drain(&ollama(&server), simple("none")).await;
     assert_class(&err.unwrap(), "APICallError", Some(400), false);
     assert_eq!(server.requests().await.len(), 1);
 }
@@ -338,7 +311,7 @@ async fn a_history_maps_tool_calls_thinking_and_results_to_chat_messages() {
         Message::user("Now summarise."),
     ];
     let req = request(history, vec![tool("readTextFile")], "low");
-    let (_, err) = run(&ollama(&server), req).await;
+    let (_, err) = drain(&ollama(&server), req).await;
     assert_eq!(err, None);
     let tool_calls = json!([
         function("readTextFile", json!({"path": "a.txt"})),
@@ -391,7 +364,7 @@ fn assert_class(e: &GenerationError, name: &str, status: Option<u16>, retryable:
 /// Run `simple` against one reply and return the error it must end in.
 async fn failure(reply: Reply) -> GenerationError {
     let server = FakeServer::start(vec![reply]).await;
-    let (_, err) = run(&ollama(&server), simple("none")).await;
+    let (_, err) = drain(&ollama(&server), simple("none")).await;
     err.expect("the call must fail")
 }
 
@@ -430,7 +403,7 @@ async fn a_connection_reset_mid_stream_ends_in_a_retryable_error() {
         .delay(Duration::from_millis(10))
         .reset_mid_stream();
     let server = FakeServer::start(vec![reply]).await;
-    let (parts, err) = run(&ollama(&server), simple("none")).await;
+    let (parts, err) = drain(&ollama(&server), simple("none")).await;
     assert_eq!(parts, vec![StreamPart::TextDelta("partial".into())]);
     assert_class(
         &err.expect("a reset stream must fail"),

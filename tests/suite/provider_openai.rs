@@ -18,6 +18,7 @@ use pretty_assertions::assert_eq;
 use serde_json::{Map, Value, json};
 
 use super::fake_server::{FakeServer, Reply};
+use super::wire::drain;
 
 const KEY: &str = "sk-proj-test-SECRET";
 
@@ -69,33 +70,6 @@ fn simple(budget: &str) -> GenerationRequest {
         Message::user("Hi"),
     ];
     request("o4-mini", messages, vec![tool("readTextFile")], budget)
-}
-
-/// Stream `req` to the end (bounded by a timeout): the parts, and the error that ended it.
-/// Asserts the key appears in neither.
-async fn run(
-    model: &OpenAiModel,
-    req: GenerationRequest,
-) -> (Vec<StreamPart>, Option<GenerationError>) {
-    let outcome = tokio::time::timeout(Duration::from_secs(10), async {
-        let mut stream = match model.stream(req).await {
-            Ok(s) => s,
-            Err(e) => return (Vec::new(), Some(e)),
-        };
-        let mut parts = Vec::new();
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(p) => parts.push(p),
-                Err(e) => return (parts, Some(e)),
-            }
-        }
-        (parts, None)
-    })
-    .await
-    .expect("the provider hung");
-    let text = format!("{outcome:?}");
-    assert!(!text.contains("SECRET"), "the API key leaked: {text}");
-    outcome
 }
 
 /// One `data:` event holding a chat.completion.chunk with `delta` for choice 0.
@@ -194,7 +168,7 @@ async fn a_tool_calling_turn_assembles_arguments_split_across_chunks() {
         usage_and_done(472, 89, 100, 64),
     ])])
     .await;
-    let (parts, err) = run(&openai(&server), simple("low")).await;
+    let (parts, err) = drain(&openai(&server), simple("low")).await;
     assert_eq!(err, None);
     assert_eq!(
         parts,
@@ -251,7 +225,7 @@ async fn parallel_tool_calls_interleaved_by_index_come_out_in_index_order() {
         usage_and_done(10, 30, 0, 0),
     ])])
     .await;
-    let (parts, err) = run(&openai(&server), simple("none")).await;
+    let (parts, err) = drain(&openai(&server), simple("none")).await;
     assert_eq!(err, None);
     assert_eq!(
         parts,
@@ -278,7 +252,7 @@ async fn a_deepseek_reasoning_turn_streams_reasoning_content_then_text() {
     ])])
     .await;
     let model = at(&server, OpenAiConfig::deepseek(KEY));
-    let (parts, err) = run(&model, ask("deepseek-reasoner", "high")).await;
+    let (parts, err) = drain(&model, ask("deepseek-reasoner", "high")).await;
     assert_eq!(err, None);
     assert_eq!(
         parts,
@@ -304,7 +278,7 @@ async fn a_plain_text_completion_finishes_with_stop_and_usage() {
         usage_and_done(12, 2, 3, 0),
     ])])
     .await;
-    let (parts, err) = run(&openai(&server), ask("gpt-4.1", "high")).await;
+    let (parts, err) = drain(&openai(&server), ask("gpt-4.1", "high")).await;
     assert_eq!(err, None);
     assert_eq!(
         parts,
@@ -330,7 +304,7 @@ async fn the_reasoning_budget_maps_to_reasoning_effort_for_reasoning_models() {
     let server = FakeServer::start(budgets.map(|_| ok()).into()).await;
     let model = openai(&server);
     for (budget, _) in budgets {
-        let (_, err) = run(&model, simple(budget)).await;
+        let (_, err) = drain(&model, simple(budget)).await;
         assert_eq!(err, None);
     }
     let requests = server.requests().await;
@@ -382,7 +356,7 @@ async fn a_history_maps_tool_calls_and_tool_results_to_chat_messages() {
         Message::user("Now summarise."),
     ];
     let req = request("gpt-4.1", history, vec![tool("readTextFile")], "low");
-    let (_, err) = run(&openai(&server), req).await;
+    let (_, err) = drain(&openai(&server), req).await;
     assert_eq!(err, None);
     let tool_calls = json!([
         {"id": "call_1", "type": "function",
@@ -417,7 +391,7 @@ async fn azure_posts_to_the_deployment_url_with_the_api_key_header() {
     let config = OpenAiConfig::from_env(flavor, &setting, &env).unwrap();
     let model = OpenAiModel::new(config.clone()).unwrap();
     assert_eq!(model.name(), "azure-openai");
-    let (parts, err) = run(&model, simple("high")).await;
+    let (parts, err) = drain(&model, simple("high")).await;
     assert_eq!((parts.len(), err), (2, None));
     let r = &server.requests().await[0];
     assert_eq!(
@@ -435,7 +409,7 @@ async fn azure_posts_to_the_deployment_url_with_the_api_key_header() {
         ..config
     })
     .unwrap();
-    let (_, err) = run(&model, ask("my-gpt", "none")).await;
+    let (_, err) = drain(&model, ask("my-gpt", "none")).await;
     assert_eq!(err, None);
     let r = &server.requests().await[1];
     assert_eq!(
@@ -453,7 +427,7 @@ fn assert_class(e: &GenerationError, name: &str, status: Option<u16>, retryable:
 /// Run `simple` against one reply and return the error it must end in.
 async fn failure(reply: Reply) -> GenerationError {
     let server = FakeServer::start(vec![reply]).await;
-    let (_, err) = run(&openai(&server), simple("low")).await;
+    let (_, err) = drain(&openai(&server), simple("low")).await;
     err.expect("the call must fail")
 }
 
@@ -493,7 +467,7 @@ async fn a_connection_reset_mid_stream_ends_in_a_retryable_error() {
         .delay(Duration::from_millis(10))
         .reset_mid_stream();
     let server = FakeServer::start(vec![reply]).await;
-    let (parts, err) = run(&openai(&server), simple("low")).await;
+    let (parts, err) = drain(&openai(&server), simple("low")).await;
     assert_eq!(parts, vec![StreamPart::TextDelta("partial".into())]);
     let e = err.expect("a reset stream must fail");
     assert_class(&e, "APIConnectionError", None, true);
@@ -507,7 +481,7 @@ async fn a_stream_ending_before_finish_and_done_ends_in_a_retryable_error() {
     assert_class(&e, "StreamClosed", None, true);
     // A finished choice whose body ends without [DONE] still finishes.
     let server = FakeServer::start(vec![sse(vec![vec![text("ok"), stop("length")]])]).await;
-    let (parts, err) = run(&openai(&server), simple("low")).await;
+    let (parts, err) = drain(&openai(&server), simple("low")).await;
     assert_eq!(err, None);
     let end = finish(FinishReason::Length, [0; 4]);
     assert_eq!(parts.last(), Some(&end));
@@ -521,7 +495,7 @@ async fn a_refused_connection_is_a_retryable_api_connection_error() {
     };
     let mut config = OpenAiConfig::openai(KEY);
     config.base_url = format!("http://127.0.0.1:{port}/v1");
-    let (_, err) = run(&OpenAiModel::new(config).unwrap(), simple("low")).await;
+    let (_, err) = drain(&OpenAiModel::new(config).unwrap(), simple("low")).await;
     assert_class(&err.unwrap(), "APIConnectionError", None, true);
 }
 
@@ -588,7 +562,7 @@ async fn no_error_text_contains_the_api_key_or_a_secret_custom_header() {
     let model = at(&server, config);
     for _ in 0..4 {
         // `run` asserts that neither the parts nor the error mention "SECRET".
-        let (_, err) = run(&model, simple("low")).await;
+        let (_, err) = drain(&model, simple("low")).await;
         let e = err.expect("each reply fails");
         assert!(e.message.contains("[REDACTED]"), "{e:?}");
     }

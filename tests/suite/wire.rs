@@ -3,7 +3,11 @@
 //! `streamGenerateContent` SSE and Ollama NDJSON. Each [`Wire`] builds good and broken answers
 //! of one format, so the corpus and the CLI tests drive every provider the same way.
 
+use std::time::Duration;
+
+use futures::StreamExt;
 use perstack::config::ProviderName;
+use perstack::llm::{GenerationError, GenerationRequest, LanguageModel, StreamPart};
 use serde_json::{Value, json};
 
 use super::fake_server::{Reply, sse_event};
@@ -12,6 +16,34 @@ use super::fake_server::{Reply, sse_event};
 pub(crate) const KEY: &str = "test-key-SECRET";
 /// The text of a good answer.
 pub(crate) const FINE: &str = "All fine.";
+
+/// Stream `req` from `model` to the end (bounded by a timeout): the parts, and the error that
+/// ended it. Asserts that nothing in either contains `SECRET` (every test key or secret header
+/// holds it).
+pub(crate) async fn drain(
+    model: &dyn LanguageModel,
+    req: GenerationRequest,
+) -> (Vec<StreamPart>, Option<GenerationError>) {
+    let outcome = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut stream = match model.stream(req).await {
+            Ok(s) => s,
+            Err(e) => return (Vec::new(), Some(e)),
+        };
+        let mut parts = Vec::new();
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(p) => parts.push(p),
+                Err(e) => return (parts, Some(e)),
+            }
+        }
+        (parts, None)
+    })
+    .await
+    .expect("the provider hung");
+    let text = format!("{outcome:?}");
+    assert!(!text.contains("SECRET"), "a secret leaked: {text}");
+    outcome
+}
 
 /// One provider's wire format: how its answers look, and how it is pointed at a server.
 pub(crate) struct Wire {
