@@ -1,6 +1,11 @@
 //! The job actor: one per job. It starts the coordinator run (supervised by itself), keeps
 //! `job.json` current, and ends the job with exactly one terminal state, handed to the
 //! [`JobHandle`](crate::engine::JobHandle) through a oneshot.
+//!
+//! The job actor is the root of the job's actor tree and the only actor of a job that is not
+//! supervised: when it stops, kameo frees its links, and with them every run's and skill's
+//! spawn arguments. Nothing of the job may hold it in a cycle (see `run`'s module docs), and it
+//! must always stop: after the coordinator's report, or after the coordinator's death notice.
 
 use std::sync::Arc;
 
@@ -9,7 +14,7 @@ use tokio::sync::oneshot;
 
 use super::context::{JobContext, now_ms};
 use super::event_bus::Unsubscribe;
-use super::run::{Parent, RunActor, RunArgs, RunFinished, Start};
+use super::run::{Begin, Parent, RunActor, RunArgs, RunFinished, Start};
 use crate::schema::{Checkpoint, CheckpointStatus, Job, JobStatus, RunError};
 use crate::storage::Storage;
 
@@ -44,6 +49,12 @@ pub struct JobArgs {
 
 /// One job.
 pub struct JobActor {
+    /// This actor, held while it runs. The engine keeps no reference to a job actor; without
+    /// this one, only the coordinator's state would, and kameo delivers the coordinator's death
+    /// notice through a weak reference to this mailbox, which fails once the coordinator's
+    /// state is gone: a coordinator dying without a report would then leave the job without an
+    /// outcome. Dropped with the state when the actor stops, so it keeps nothing alive after.
+    _me: ActorRef<JobActor>,
     ctx: Arc<JobContext>,
     storage: Arc<dyn Storage>,
     job: Job,
@@ -64,13 +75,21 @@ impl Actor for JobActor {
             expert_key: args.expert_key,
             checkpoint: args.checkpoint.clone(),
             start: args.start,
-            parent: Parent::Job(me.clone()),
         };
-        RunActor::supervise(&me, run)
+        let coordinator = RunActor::supervise(&me, run)
             .restart_policy(kameo::supervision::RestartPolicy::Never)
             .spawn_with_mailbox(kameo::mailbox::bounded(super::run::RUN_MAILBOX))
             .await;
+        // A new mailbox nobody else knows: this never waits. A coordinator that failed to start
+        // refuses it, and its death notice ends the job.
+        let begin = Begin {
+            parent: Parent::Job(me.clone()),
+        };
+        if let Err(e) = coordinator.tell(begin).await {
+            tracing::warn!(job = %args.job.id, "the coordinator run did not start: {e}");
+        }
         Ok(JobActor {
+            _me: me,
             ctx: args.ctx,
             storage: args.storage,
             job: args.job,
@@ -81,30 +100,25 @@ impl Actor for JobActor {
 
     async fn on_link_died(
         &mut self,
-        me: WeakActorRef<Self>,
+        _: WeakActorRef<Self>,
         _: ActorId,
         reason: ActorStopReason,
     ) -> Result<std::ops::ControlFlow<ActorStopReason>, Self::Error> {
-        if self.done.is_some()
-            && !matches!(
-                reason,
-                ActorStopReason::Normal | ActorStopReason::SupervisorRestart
-            )
-        {
+        // The coordinator is the only child. Its report is queued before its death notice, so
+        // a notice while the job is still open means it died without reporting (an engine
+        // fault, whatever the reason): end the job with an error instead of waiting forever.
+        if self.done.is_some() {
             let mut cp = self.last.clone();
             cp.status = CheckpointStatus::StoppedByError;
             cp.error = Some(RunError {
                 name: "EngineError".into(),
-                message: format!("the coordinator run stopped unexpectedly: {reason}"),
+                message: format!("the coordinator run stopped without reporting: {reason}"),
                 status_code: None,
                 is_retryable: false,
             });
             self.finish(cp, None).await;
-            if let Some(me) = me.upgrade() {
-                let _ = me.stop_gracefully().await;
-            }
         }
-        Ok(std::ops::ControlFlow::Continue(()))
+        Ok(std::ops::ControlFlow::Break(ActorStopReason::Normal))
     }
 }
 

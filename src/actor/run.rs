@@ -6,6 +6,17 @@
 //! mirrors the Expert tree), at most `max_parallel_delegates` at a time. A child's outcome,
 //! success or failure, becomes that delegate call's tool result; a child failure never stops
 //! the parent or its siblings. Children report upward with a tell, never an ask.
+//!
+//! # Lifetime
+//!
+//! kameo keeps a supervised child's spawn arguments in its supervisor's links for as long as
+//! the supervisor exists (to rebuild the child on a restart), and an `ActorRef` (weak or
+//! strong) owns the links of the actor it points to. A reference to the parent inside
+//! [`RunArgs`] would therefore make the parent's links own themselves: the whole job (every
+//! run's arguments, checkpoints and the [`JobContext`]) would never be freed. So [`RunArgs`]
+//! carry nothing that points back up the tree; whoever spawns a run sends it [`Begin`] right
+//! after, with the [`Parent`] to report to. Everything of a job is freed when its job actor
+//! stops (`tests/suite/lifecycle.rs`).
 
 mod delegation;
 mod tasks;
@@ -57,7 +68,9 @@ pub enum Start {
     Recover(Vec<(crate::schema::DelegateTo, crate::agent::Resumption)>),
 }
 
-/// What a run actor starts with.
+/// What a run actor starts with. Kept by the supervisor for the run's lifetime (see the module
+/// docs), so it must never hold a reference to an actor of the job: the parent comes with
+/// [`Begin`].
 #[derive(Clone)]
 pub struct RunArgs {
     /// The job's shared context.
@@ -68,8 +81,6 @@ pub struct RunArgs {
     pub checkpoint: Checkpoint,
     /// The input.
     pub start: Start,
-    /// Who to report to.
-    pub parent: Parent,
 }
 
 /// A run's final report to its parent.
@@ -89,7 +100,13 @@ pub struct RunActor {
     expert: Expert,
     machine: Machine,
     start: Option<Start>,
-    parent: Parent,
+    /// Who receives the final report; set by [`Begin`], the first message a run handles.
+    parent: Option<Parent>,
+    /// This actor, held strongly while it runs: `on_link_died` only gets a weak reference,
+    /// which cannot be upgraded once no message or task holds a strong one (a child that
+    /// crashed without reporting would then leave this run waiting forever). Dropped with the
+    /// actor's state when it stops, so it keeps nothing alive afterwards.
+    me: ActorRef<RunActor>,
     skills: HashMap<String, ActorRef<SkillActor>>,
     tools: Arc<Vec<ToolSpec>>,
     index: Arc<ToolIndex>,
@@ -104,8 +121,14 @@ pub struct RunActor {
     pending_report: Option<RunFinished>,
 }
 
-/// Kick off the loop (sent to self from `on_start`).
-struct Begin;
+/// Start the run's loop, reporting to `parent` when it ends. Sent by whoever spawned the run
+/// (the job actor or the parent run) right after spawning it; it is the first message a run
+/// handles. The parent travels here rather than in [`RunArgs`] so that no spawn argument points
+/// back up the actor tree (see the module docs).
+pub struct Begin {
+    /// Who receives the final report.
+    pub parent: Parent,
+}
 
 impl Actor for RunActor {
     type Args = RunArgs;
@@ -144,7 +167,8 @@ impl Actor for RunActor {
             ctx,
             expert,
             start: Some(args.start),
-            parent: args.parent,
+            parent: None,
+            me: me.clone(),
             skills: HashMap::new(),
             tools: Arc::new(Vec::new()),
             index: Arc::new(ToolIndex::new()),
@@ -159,7 +183,6 @@ impl Actor for RunActor {
         if let Err(e) = actor.set_up_tools(&me).await {
             actor.startup_error = Some(e);
         }
-        let _ = me.tell(Begin).try_send();
         Ok(actor)
     }
 
@@ -191,7 +214,7 @@ impl Actor for RunActor {
 
     async fn on_link_died(
         &mut self,
-        me: WeakActorRef<Self>,
+        _: WeakActorRef<Self>,
         id: ActorId,
         reason: ActorStopReason,
     ) -> Result<std::ops::ControlFlow<ActorStopReason>, Self::Error> {
@@ -204,9 +227,8 @@ impl Actor for RunActor {
                 .delegation
                 .as_mut()
                 .and_then(|d| d.child_died(id, &reason));
-            if reported.is_some()
-                && let Some(me) = me.upgrade()
-            {
+            if reported.is_some() {
+                let me = self.me.clone();
                 self.after_child(&me).await;
             }
         }
@@ -223,7 +245,8 @@ impl Actor for RunActor {
 impl Message<Begin> for RunActor {
     type Reply = ();
 
-    async fn handle(&mut self, _: Begin, ctx: &mut Context<Self, Self::Reply>) {
+    async fn handle(&mut self, begin: Begin, ctx: &mut Context<Self, Self::Reply>) {
+        self.parent = Some(begin.parent);
         let now = now_ms();
         let instruction = {
             let delegates: Vec<&Expert> = self
@@ -648,10 +671,14 @@ impl RunActor {
             return;
         };
         match &self.parent {
-            Parent::Job(job) => {
+            None => {
+                // Unreachable: the report is only made after `Begin`.
+                tracing::error!(run = %self.machine.setting().run_id, "run finished before it began; no parent to report to");
+            }
+            Some(Parent::Job(job)) => {
                 let _ = job.tell(report).await;
             }
-            Parent::Run(parent, slot) => {
+            Some(Parent::Run(parent, slot)) => {
                 let _ = parent
                     .tell(RunFinished {
                         slot: *slot,

@@ -6,6 +6,7 @@ mod cli_providers;
 mod continue_job;
 mod delegation;
 mod fake_server;
+mod lifecycle;
 mod lockfile;
 mod log;
 mod mcp;

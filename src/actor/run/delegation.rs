@@ -11,7 +11,7 @@ use std::sync::Arc;
 use kameo::prelude::*;
 use serde_json::Map;
 
-use super::{Parent, RunActor, RunArgs, RunFinished, Start};
+use super::{Begin, Parent, RunActor, RunArgs, RunFinished, Start};
 use crate::actor::context::JobContext;
 use crate::agent::{Machine, MachineSetting, Resumption};
 use crate::schema::{
@@ -126,7 +126,6 @@ impl Delegation {
                 expert_key: call.expert.key.clone(),
                 checkpoint,
                 start,
-                parent: Parent::Run(me.clone(), slot),
             };
             let child = RunActor::supervise(me, args)
                 .restart_policy(kameo::supervision::RestartPolicy::Never)
@@ -134,6 +133,14 @@ impl Delegation {
                 .await;
             self.children.insert(child.id(), slot);
             self.running += 1;
+            // The child's mailbox is new and only we know it, so this never waits for space. A
+            // child that failed to start refuses it; its death notice then fails the slot.
+            let begin = Begin {
+                parent: Parent::Run(me.clone(), slot),
+            };
+            if let Err(e) = child.tell(begin).await {
+                tracing::warn!(job = %ctx.job_id, slot, "delegated run did not start: {e}");
+            }
         }
     }
 
