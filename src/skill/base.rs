@@ -85,14 +85,25 @@ impl BaseSkill {
             env: exec::safe_env(process_env),
             started: Instant::now(),
             todos: Arc::default(),
-            tool_router: Self::todo_router()
-                + Self::health_router()
-                + Self::files_router()
-                + Self::info_router()
-                + Self::dirs_router()
-                + Self::media_router()
-                + Self::exec_router(),
+            tool_router: Self::router(),
         }
+    }
+
+    /// Every tool, merged from the per-file routers. Building it generates the input schemas,
+    /// so it is built once per process; each instance gets a cheap clone.
+    fn router() -> ToolRouter<BaseSkill> {
+        static ROUTER: std::sync::OnceLock<ToolRouter<BaseSkill>> = std::sync::OnceLock::new();
+        ROUTER
+            .get_or_init(|| {
+                Self::todo_router()
+                    + Self::health_router()
+                    + Self::files_router()
+                    + Self::info_router()
+                    + Self::dirs_router()
+                    + Self::media_router()
+                    + Self::exec_router()
+            })
+            .clone()
     }
 
     /// Takes `exec`'s base environment (and `~`'s `HOME`) from `env`, the run's environment

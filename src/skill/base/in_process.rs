@@ -1,35 +1,34 @@
-//! The base skill served in-process: an rmcp server and an rmcp client joined by
-//! `tokio::io::duplex`, with no subprocess (Perstack does the same with the MCP SDK's
-//! `InMemoryTransport`).
+//! The base skill served in-process: an rmcp server and an rmcp client joined by two bounded
+//! channels of typed JSON-RPC messages, with no subprocess and no JSON encoding in between
+//! (Perstack does the same with the MCP SDK's `InMemoryTransport`).
 //!
-//! [`connect_in_process`] performs the MCP handshake, lists the tools once and records the
-//! timings the `skillConnected` event reports. [`InProcessBase`] owns both ends: dropping it
-//! aborts the server task; [`InProcessBase::close`] shuts both down in order.
+//! [`connect_in_process`] performs the MCP handshake and records the timings the
+//! `skillConnected` event reports. The tool list is the same for every instance, so it is
+//! listed over the protocol once per process and reused. [`InProcessBase`] owns both ends:
+//! dropping it aborts the server task; [`InProcessBase::close`] shuts both down in order.
 
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use futures::channel::mpsc;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation,
+    CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, ClientJsonRpcMessage,
+    Implementation, ServerJsonRpcMessage,
 };
-use rmcp::service::{RoleClient, RoleServer, RunningService};
-use rmcp::transport::async_rw::AsyncRwTransport;
+use rmcp::service::{RoleClient, RunningService};
 use rmcp::{ServiceExt, handler::server::ServerHandler};
 use serde::Serialize;
 use serde_json::Value;
-use tokio::io::DuplexStream;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::{BASE_SKILL_NAME, BaseSkill};
 use crate::skill::{SkillError, ToolDefinition};
 
-/// Bytes either direction of the pipe buffers before the writer waits for the reader. Only
-/// throughput depends on it: a larger message is streamed through in pieces.
-const DUPLEX_BUFFER: usize = 64 * 1024;
+/// Messages either direction holds before the sender waits for the receiver.
+const CHANNEL_BUFFER: usize = 32;
 
-/// Longest single JSON-RPC message either end accepts. rmcp's default (16 MiB) protects
-/// against hostile peers; both ends here are ours, and a large file read must not be
-/// silently dropped (a dropped response would leave the call waiting forever).
-const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+/// The base skill's tools, listed over the protocol by the first connection of this process.
+static TOOLS: OnceLock<Vec<ToolDefinition>> = OnceLock::new();
 
 /// How long [`InProcessBase::close`] waits for the server task to finish before aborting it.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -74,25 +73,33 @@ pub struct InProcessBase {
 /// Serves `skill` over an in-memory pipe, connects a client, and lists its tools.
 pub async fn connect_in_process(skill: BaseSkill) -> Result<InProcessBase, SkillError> {
     let started = Instant::now();
-    let (client_io, server_io) = tokio::io::duplex(DUPLEX_BUFFER);
-    let server = AbortOnDropHandle::new(tokio::spawn(serve(skill, server_io)));
+    let (to_server, from_client) = mpsc::channel::<ClientJsonRpcMessage>(CHANNEL_BUFFER);
+    let (to_client, from_server) = mpsc::channel::<ServerJsonRpcMessage>(CHANNEL_BUFFER);
+    let server = AbortOnDropHandle::new(tokio::spawn(serve(skill, (to_client, from_client))));
     let spawn = started.elapsed();
 
     let handshake_started = Instant::now();
-    let (read, write) = tokio::io::split(client_io);
-    let transport = AsyncRwTransport::<RoleClient, _, _>::new(read, write)
-        .with_max_line_length(MAX_MESSAGE_BYTES);
     let client = client_config()
-        .serve(transport)
+        .serve((to_server, from_server))
         .await
         .map_err(|e| connect_error(format!("MCP handshake failed: {e}")))?;
     let handshake = handshake_started.elapsed();
 
     let discovery_started = Instant::now();
-    let listed = client
-        .list_all_tools()
-        .await
-        .map_err(|e| connect_error(format!("tools/list failed: {e}")))?;
+    let tools = match TOOLS.get() {
+        Some(tools) => tools.clone(),
+        None => {
+            let listed = client
+                .list_all_tools()
+                .await
+                .map_err(|e| connect_error(format!("tools/list failed: {e}")))?;
+            let tools: Vec<ToolDefinition> = listed
+                .iter()
+                .map(|t| ToolDefinition::from_mcp(BASE_SKILL_NAME, t))
+                .collect();
+            TOOLS.get_or_init(|| tools).clone()
+        }
+    };
     let discovery = discovery_started.elapsed();
 
     let server_identity = client
@@ -106,10 +113,6 @@ pub async fn connect_in_process(skill: BaseSkill) -> Result<InProcessBase, Skill
             name: BASE_SKILL_NAME.to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
         });
-    let tools = listed
-        .iter()
-        .map(|t| ToolDefinition::from_mcp(BASE_SKILL_NAME, t))
-        .collect();
     let timings = ConnectTimings {
         spawn_duration_ms: millis(spawn),
         handshake_duration_ms: millis(handshake),
@@ -180,7 +183,7 @@ impl InProcessBase {
         if let Err(e) = self.client.cancel().await {
             tracing::debug!(error = %e, "base skill client task failed while closing");
         }
-        // The server sees end-of-stream once the client's half of the pipe is dropped.
+        // The server sees end-of-stream once the client's sender is dropped.
         match tokio::time::timeout(CLOSE_GRACE, self.server).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::debug!(error = %e, "base skill server task failed"),
@@ -190,10 +193,13 @@ impl InProcessBase {
 }
 
 /// Runs the server side until the client goes away.
-async fn serve<S: ServerHandler>(server: S, io: DuplexStream) {
-    let (read, write) = tokio::io::split(io);
-    let transport = AsyncRwTransport::<RoleServer, _, _>::new(read, write)
-        .with_max_line_length(MAX_MESSAGE_BYTES);
+async fn serve<S: ServerHandler>(
+    server: S,
+    transport: (
+        mpsc::Sender<ServerJsonRpcMessage>,
+        mpsc::Receiver<ClientJsonRpcMessage>,
+    ),
+) {
     match server.serve(transport).await {
         Ok(running) => {
             if let Err(e) = running.waiting().await {
