@@ -3,6 +3,8 @@
 //! Every message and every part carries an `id`; both are discriminated on `type` with
 //! Perstack's names (`textPart`, `expertMessage`, ...). Unknown fields are kept in `extra`.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -189,17 +191,21 @@ impl MessagePart {
 }
 
 /// A message, discriminated on `type`.
+///
+/// Messages never change once written, and every event and checkpoint of a run carries the
+/// history, so each body is shared: cloning a message (or a whole history) copies pointers,
+/// not text. Edit one with [`Arc::make_mut`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
 pub enum Message {
     /// The system prompt.
-    InstructionMessage(MessageBody),
+    InstructionMessage(Arc<MessageBody>),
     /// A user turn.
-    UserMessage(MessageBody),
+    UserMessage(Arc<MessageBody>),
     /// A model turn: thinking, then text, then tool calls.
-    ExpertMessage(MessageBody),
+    ExpertMessage(Arc<MessageBody>),
     /// Tool results.
-    ToolMessage(MessageBody),
+    ToolMessage(Arc<MessageBody>),
 }
 
 /// The fields every message has.
@@ -234,17 +240,17 @@ impl Message {
     pub fn instruction(text: impl Into<String>) -> Self {
         let mut b = MessageBody::new(vec![MessagePart::text(text)]);
         b.cache = Some(true);
-        Message::InstructionMessage(b)
+        Message::InstructionMessage(Arc::new(b))
     }
 
     /// A user message holding one text part.
     pub fn user(text: impl Into<String>) -> Self {
-        Message::UserMessage(MessageBody::new(vec![MessagePart::text(text)]))
+        Message::UserMessage(Arc::new(MessageBody::new(vec![MessagePart::text(text)])))
     }
 
     /// An expert message with the given parts.
     pub fn expert(contents: Vec<MessagePart>) -> Self {
-        Message::ExpertMessage(MessageBody::new(contents))
+        Message::ExpertMessage(Arc::new(MessageBody::new(contents)))
     }
 
     /// A tool message with one `toolResultPart` per result, keeping only text, inline image
@@ -268,7 +274,7 @@ impl Message {
                 })
             })
             .collect();
-        Message::ToolMessage(MessageBody::new(contents))
+        Message::ToolMessage(Arc::new(MessageBody::new(contents)))
     }
 
     /// The common fields.

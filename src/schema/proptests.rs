@@ -87,10 +87,10 @@ fn message() -> impl Strategy<Value = Message> {
                 extra: Map::new(),
             };
             match kind {
-                0 => Message::InstructionMessage(body),
-                1 => Message::UserMessage(body),
-                2 => Message::ExpertMessage(body),
-                _ => Message::ToolMessage(body),
+                0 => Message::InstructionMessage(std::sync::Arc::new(body)),
+                1 => Message::UserMessage(std::sync::Arc::new(body)),
+                2 => Message::ExpertMessage(std::sync::Arc::new(body)),
+                _ => Message::ToolMessage(std::sync::Arc::new(body)),
             }
         })
 }

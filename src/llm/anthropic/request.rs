@@ -338,7 +338,7 @@ mod tests {
             mime_type: "application/zip".into(),
             extra: Map::new(),
         });
-        let m = Message::UserMessage(crate::schema::MessageBody::new(vec![part]));
+        let m = Message::UserMessage(crate::schema::MessageBody::new(vec![part]).into());
         let e = body(&request(vec![m], ReasoningBudget::default()), None).unwrap_err();
         assert!(
             !e.retryable && e.message.contains("application/zip"),

@@ -405,7 +405,7 @@ mod tests {
                 mime_type: "application/pdf".into(),
                 extra: Map::new(),
             }),
-        ]));
+        ]).into());
         let b = body(&request("gemini-2.5-flash", vec![user], "none")).unwrap();
         assert_eq!(
             b["contents"][0]["parts"],
@@ -422,7 +422,7 @@ mod tests {
             mime_type: "image/png".into(),
             extra: Map::new(),
         });
-        let m = Message::UserMessage(crate::schema::MessageBody::new(vec![bad]));
+        let m = Message::UserMessage(crate::schema::MessageBody::new(vec![bad]).into());
         let e = body(&request("g", vec![m], "none")).unwrap_err();
         assert!(!e.retryable, "{e:?}");
     }

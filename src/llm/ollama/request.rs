@@ -245,7 +245,7 @@ mod tests {
             MessagePart::text("see"),
             MessagePart::ImageInlinePart(inline("image/png", "iVBO")),
             MessagePart::FileInlinePart(inline("text/plain", "aGVsbG8=")),
-        ]));
+        ]).into());
         let b = body(&request(vec![user], "none")).unwrap();
         assert_eq!(
             b["messages"],
@@ -275,7 +275,7 @@ mod tests {
         });
         let zip = MessagePart::FileInlinePart(inline("application/zip", "AAAA"));
         for part in [url, zip] {
-            let m = Message::UserMessage(MessageBody::new(vec![part]));
+            let m = Message::UserMessage(MessageBody::new(vec![part]).into());
             let e = body(&request(vec![m], "low")).unwrap_err();
             assert!(
                 !e.retryable && e.name == "UnsupportedFunctionalityError",

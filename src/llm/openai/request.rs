@@ -316,7 +316,7 @@ mod tests {
         });
         let msgs = vec![
             Message::expert(vec![thinking]),
-            Message::ToolMessage(MessageBody::new(vec![result])),
+            Message::ToolMessage(MessageBody::new(vec![result]).into()),
         ];
         let b = body(
             &request("m", msgs, ReasoningBudget::default()),
@@ -343,7 +343,7 @@ mod tests {
             mime_type: "application/zip".into(),
             extra: Map::new(),
         });
-        let m = Message::UserMessage(MessageBody::new(vec![zip]));
+        let m = Message::UserMessage(MessageBody::new(vec![zip]).into());
         let e = body(
             &request("m", vec![m], ReasoningBudget::default()),
             Flavor::DeepSeek,
