@@ -89,6 +89,11 @@ impl BaseSkill {
         }
     }
 
+    /// The tools' MCP definitions, sorted by name as `tools/list` gives them.
+    pub(crate) fn list_tools() -> Vec<rmcp::model::Tool> {
+        Self::router().list_all()
+    }
+
     /// Every tool, merged from the per-file routers. Building it generates the input schemas,
     /// so it is built once per process; each instance gets a cheap clone.
     fn router() -> ToolRouter<BaseSkill> {

@@ -1,37 +1,28 @@
-//! The base skill served in-process: an rmcp server and an rmcp client joined by two bounded
-//! channels of typed JSON-RPC messages, with no subprocess and no JSON encoding in between
-//! (Perstack does the same with the MCP SDK's `InMemoryTransport`).
+//! The base skill in-process: its tools are called directly through the skill's rmcp tool
+//! router, with no transport, no JSON encoding and no task per run (Perstack joins an MCP
+//! client and server with the SDK's `InMemoryTransport`; the effect on the wire is the same).
 //!
-//! [`connect_in_process`] performs the MCP handshake and records the timings the
-//! `skillConnected` event reports. The tool list is the same for every instance, so it is
-//! listed over the protocol once per process and reused. [`InProcessBase`] owns both ends:
-//! dropping it aborts the server task; [`InProcessBase::close`] shuts both down in order.
+//! [`connect_in_process`] wraps a [`BaseSkill`] (one per run: it owns the run's todo list) and
+//! records the timings the `skillConnected` event reports. The tool list is the same for every
+//! instance, so it is built once per process and shared. The same skill is served over stdio by
+//! `perstack base` for `perstackBaseSkillCommand` and for other MCP clients.
 
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::channel::mpsc;
+use rmcp::handler::server::tool::ToolCallContext;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, ClientJsonRpcMessage,
-    Implementation, ServerJsonRpcMessage,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ClientJsonRpcMessage, NumberOrString,
+    ServerJsonRpcMessage,
 };
-use rmcp::service::{RoleClient, RunningService};
-use rmcp::{ServiceExt, handler::server::ServerHandler};
+use rmcp::service::{Peer, RequestContext, RoleServer};
 use serde::Serialize;
 use serde_json::Value;
-use tokio_util::task::AbortOnDropHandle;
 
 use super::{BASE_SKILL_NAME, BaseSkill};
 use crate::skill::{SkillError, ToolDefinition};
-
-/// Messages either direction holds before the sender waits for the receiver.
-const CHANNEL_BUFFER: usize = 32;
-
-/// The base skill's tools, listed over the protocol by the first connection of this process.
-static TOOLS: OnceLock<Vec<ToolDefinition>> = OnceLock::new();
-
-/// How long [`InProcessBase::close`] waits for the server task to finish before aborting it.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// The server's `{name, version}` from the handshake, as `skillConnected` reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -58,74 +49,73 @@ pub struct ConnectTimings {
     pub total_duration_ms: u64,
 }
 
-/// A connected in-process base skill: the rmcp client, the server task and the tool list.
+/// A connected in-process base skill: the run's [`BaseSkill`] and the shared tool list.
 #[derive(Debug)]
 pub struct InProcessBase {
-    /// The rmcp client; visible to the base module's tests.
-    pub(super) client: RunningService<RoleClient, ClientConfig>,
-    /// The server's task; aborted if this handle is dropped without [`InProcessBase::close`].
-    server: AbortOnDropHandle<()>,
-    tools: Vec<ToolDefinition>,
+    skill: BaseSkill,
+    tools: Arc<[ToolDefinition]>,
     server_identity: ServerIdentity,
     timings: ConnectTimings,
+    /// Set by [`InProcessBase::close`]; visible to the base module's tests.
+    pub(super) closed: AtomicBool,
+    next_request: AtomicI64,
 }
 
-/// Serves `skill` over an in-memory pipe, connects a client, and lists its tools.
-pub async fn connect_in_process(skill: BaseSkill) -> Result<InProcessBase, SkillError> {
-    let started = Instant::now();
-    let (to_server, from_client) = mpsc::channel::<ClientJsonRpcMessage>(CHANNEL_BUFFER);
-    let (to_client, from_server) = mpsc::channel::<ServerJsonRpcMessage>(CHANNEL_BUFFER);
-    let server = AbortOnDropHandle::new(tokio::spawn(serve(skill, (to_client, from_client))));
-    let spawn = started.elapsed();
-
-    let handshake_started = Instant::now();
-    let client = client_config()
-        .serve((to_server, from_server))
-        .await
-        .map_err(|e| connect_error(format!("MCP handshake failed: {e}")))?;
-    let handshake = handshake_started.elapsed();
-
-    let discovery_started = Instant::now();
-    let tools = match TOOLS.get() {
-        Some(tools) => tools.clone(),
-        None => {
-            let listed = client
-                .list_all_tools()
-                .await
-                .map_err(|e| connect_error(format!("tools/list failed: {e}")))?;
-            let tools: Vec<ToolDefinition> = listed
+/// The base skill's tools, in the order MCP's `tools/list` gives them.
+fn tools() -> Arc<[ToolDefinition]> {
+    static TOOLS: OnceLock<Arc<[ToolDefinition]>> = OnceLock::new();
+    TOOLS
+        .get_or_init(|| {
+            BaseSkill::list_tools()
                 .iter()
                 .map(|t| ToolDefinition::from_mcp(BASE_SKILL_NAME, t))
-                .collect();
-            TOOLS.get_or_init(|| tools).clone()
-        }
-    };
-    let discovery = discovery_started.elapsed();
-
-    let server_identity = client
-        .peer_info()
-        .and_then(|info| info.server_info.clone())
-        .map(|i| ServerIdentity {
-            name: i.name,
-            version: i.version,
+                .collect()
         })
-        .unwrap_or_else(|| ServerIdentity {
+        .clone()
+}
+
+/// The peer handed to tools in their request context. The base tools never talk back to the
+/// client, so one detached peer (its service stopped at once) serves every call.
+fn detached_peer() -> Peer<RoleServer> {
+    static PEER: OnceLock<Peer<RoleServer>> = OnceLock::new();
+    PEER.get_or_init(|| {
+        let (to_client, _) = mpsc::channel::<ServerJsonRpcMessage>(1);
+        let (_, from_client) = mpsc::channel::<ClientJsonRpcMessage>(1);
+        let service = rmcp::service::serve_directly::<RoleServer, _, _, _, _>(
+            super::BaseSkill::new("."),
+            (to_client, from_client),
+            None,
+        );
+        let peer = service.peer().clone();
+        // Dropping the running service stops it; the peer stays a valid value.
+        drop(service);
+        peer
+    })
+    .clone()
+}
+
+/// Wraps `skill` for direct calls. Never fails; async and fallible like the MCP connections
+/// it stands beside.
+pub async fn connect_in_process(skill: BaseSkill) -> Result<InProcessBase, SkillError> {
+    let started = Instant::now();
+    let tools = tools();
+    let elapsed = millis(started.elapsed());
+    Ok(InProcessBase {
+        skill,
+        tools,
+        server_identity: ServerIdentity {
             name: BASE_SKILL_NAME.to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
-        });
-    let timings = ConnectTimings {
-        spawn_duration_ms: millis(spawn),
-        handshake_duration_ms: millis(handshake),
-        tool_discovery_duration_ms: millis(discovery),
-        connect_duration_ms: millis(spawn + handshake),
-        total_duration_ms: millis(started.elapsed()),
-    };
-    Ok(InProcessBase {
-        client,
-        server,
-        tools,
-        server_identity,
-        timings,
+        },
+        timings: ConnectTimings {
+            spawn_duration_ms: 0,
+            handshake_duration_ms: 0,
+            tool_discovery_duration_ms: elapsed,
+            connect_duration_ms: 0,
+            total_duration_ms: elapsed,
+        },
+        closed: AtomicBool::new(false),
+        next_request: AtomicI64::new(0),
     })
 }
 
@@ -135,12 +125,12 @@ impl InProcessBase {
         BASE_SKILL_NAME
     }
 
-    /// The tools, as listed once at connect time.
+    /// The tools (shared by every instance).
     pub fn tools(&self) -> &[ToolDefinition] {
         &self.tools
     }
 
-    /// The server's `{name, version}` from the handshake.
+    /// The server's `{name, version}`, as a handshake would report it.
     pub fn server_identity(&self) -> &ServerIdentity {
         &self.server_identity
     }
@@ -150,15 +140,20 @@ impl InProcessBase {
         self.timings
     }
 
-    /// Whether the connection is gone (the server task ended).
+    /// Whether [`InProcessBase::close`] was called.
     pub fn is_closed(&self) -> bool {
-        self.client.is_transport_closed()
+        self.closed.load(Ordering::Acquire)
     }
 
     /// Calls tool `name` with `args` (a JSON object, or `null` for none). Calls may run
     /// concurrently. A protocol-level failure (unknown tool, invalid arguments) is an
-    /// `Err` whose [`SkillError::feeds_back_to_model`] is true.
+    /// `Err` whose [`SkillError::feeds_back_to_model`] is true, exactly as over MCP.
     pub async fn call(&self, name: &str, args: Value) -> Result<CallToolResult, SkillError> {
+        if self.is_closed() {
+            return Err(SkillError::TransportClosed {
+                skill: BASE_SKILL_NAME.to_owned(),
+            });
+        }
         let arguments = match args {
             Value::Object(map) => Some(map),
             Value::Null => None,
@@ -171,56 +166,31 @@ impl InProcessBase {
         };
         let mut params = CallToolRequestParams::new(name.to_owned());
         params.arguments = arguments;
-        self.client
-            .call_tool(params)
-            .await
-            .map_err(|e| SkillError::from_service(BASE_SKILL_NAME, name, e))
+        let id = NumberOrString::Number(self.next_request.fetch_add(1, Ordering::Relaxed));
+        let context = ToolCallContext::new(
+            &self.skill,
+            params,
+            RequestContext::new(id, detached_peer()),
+        );
+        match self.skill.tool_router.call(context).await {
+            Ok(CallToolResponse::Complete(result)) => Ok(result),
+            Ok(other) => Err(SkillError::UnexpectedResponse {
+                skill: BASE_SKILL_NAME.to_owned(),
+                tool: name.to_owned(),
+                detail: format!("{other:?}"),
+            }),
+            Err(e) => Err(SkillError::Mcp {
+                skill: BASE_SKILL_NAME.to_owned(),
+                tool: name.to_owned(),
+                code: e.code.0,
+                message: e.message.into_owned(),
+            }),
+        }
     }
 
-    /// Closes the client, then waits briefly for the server task to end (aborting it if it
-    /// does not).
+    /// Ends the connection: later calls fail with `TransportClosed`.
     pub async fn close(self) {
-        if let Err(e) = self.client.cancel().await {
-            tracing::debug!(error = %e, "base skill client task failed while closing");
-        }
-        // The server sees end-of-stream once the client's sender is dropped.
-        match tokio::time::timeout(CLOSE_GRACE, self.server).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::debug!(error = %e, "base skill server task failed"),
-            Err(_) => tracing::debug!("base skill server did not stop in time; aborted"),
-        }
-    }
-}
-
-/// Runs the server side until the client goes away.
-async fn serve<S: ServerHandler>(
-    server: S,
-    transport: (
-        mpsc::Sender<ServerJsonRpcMessage>,
-        mpsc::Receiver<ClientJsonRpcMessage>,
-    ),
-) {
-    match server.serve(transport).await {
-        Ok(running) => {
-            if let Err(e) = running.waiting().await {
-                tracing::debug!(error = %e, "base skill server task failed");
-            }
-        }
-        Err(e) => tracing::debug!(error = %e, "base skill server handshake failed"),
-    }
-}
-
-fn client_config() -> ClientConfig {
-    ClientConfig::new(
-        ClientCapabilities::default(),
-        Implementation::new("perstack-rs", env!("CARGO_PKG_VERSION")),
-    )
-}
-
-fn connect_error(message: String) -> SkillError {
-    SkillError::Connect {
-        skill: BASE_SKILL_NAME.to_owned(),
-        message,
+        self.closed.store(true, Ordering::Release);
     }
 }
 
