@@ -1,8 +1,9 @@
 //! The bundled `@perstack/base` skill: an rmcp MCP server that runs inside the engine.
 //!
-//! [`BaseSkill`] is the server; [`connect_in_process`] serves it over an in-memory duplex pipe
-//! and connects an rmcp client to it, so the engine calls it exactly as it calls any other MCP
-//! server. Each run gets its own instance: state such as the todo list lives in the instance,
+//! [`BaseSkill`] is the server. In the engine, [`connect_in_process`] calls its tools directly
+//! through the server's own rmcp tool router (same arguments, results and protocol errors as
+//! over MCP, without a transport or a task); `perstack base` serves it over stdio for other MCP
+//! clients and for `perstackBaseSkillCommand`. Each run gets its own instance: state such as the todo list lives in the instance,
 //! never in a global (Perstack's todo list is a module-level singleton shared by every run in
 //! the process; ours is not).
 //!
