@@ -40,6 +40,7 @@ mod tests;
 
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 pub use fs::FsStorage;
 pub use memory::MemoryStorage;
@@ -72,6 +73,13 @@ pub trait Storage: Send + Sync + 'static {
     /// Store an event. Events without a `stepNumber` (runtime events such as
     /// `initializeRuntime`) are ignored, as in Perstack.
     async fn store_event(&self, event: &Event) -> Result<(), StoreError>;
+
+    /// Store an event the caller shares (the event bus does). The default stores it like
+    /// [`Storage::store_event`]; a store that keeps events in memory keeps the shared value
+    /// instead of a copy.
+    async fn store_shared_event(&self, event: &Arc<Event>) -> Result<(), StoreError> {
+        self.store_event(event).await
+    }
 
     /// The stored events of a run, without their contents, by ascending step, then timestamp.
     async fn events_by_run(&self, job_id: &str, run_id: &str)

@@ -17,7 +17,7 @@ use crate::storage::Storage;
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Every Expert of the configuration, by key.
-    pub experts: BTreeMap<String, Expert>,
+    pub experts: Arc<BTreeMap<String, Expert>>,
     /// Model id.
     pub model: String,
     /// Provider name (`anthropic`, `scripted`, ...).
@@ -50,7 +50,7 @@ impl Settings {
     /// Settings with Perstack's defaults for the given Experts.
     pub fn new(experts: BTreeMap<String, Expert>) -> Self {
         Settings {
-            experts,
+            experts: Arc::new(experts),
             model: "claude-sonnet-4-5".into(),
             provider_name: "anthropic".into(),
             reasoning_budget: ReasoningBudget::default(),

@@ -124,15 +124,16 @@ impl Message<Publish> for EventBus {
                 sink.flush().await.map_err(BusError::Sink)?;
             }
         }
+        let event = Arc::new(event);
         if event.is_run_event()
             && !is_delta(&event)
-            && let Err(e) = self.storage.store_event(&event).await
+            && let Err(e) = self.storage.store_shared_event(&event).await
         {
             tracing::warn!(error = %e, kind = event.kind(), "could not store event");
         }
         let sequenced = Sequenced {
             seq: self.seq,
-            event: Arc::new(event),
+            event,
         };
         for cb in &self.callbacks {
             cb(&sequenced);

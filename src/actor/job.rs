@@ -67,35 +67,40 @@ impl Actor for JobActor {
     type Error = std::convert::Infallible;
 
     async fn on_start(args: JobArgs, me: ActorRef<Self>) -> Result<Self, Self::Error> {
-        if let Err(e) = args.storage.store_job(&args.job).await {
-            tracing::warn!(job = %args.job.id, "could not store job.json: {e}");
-        }
-        let run = RunArgs {
-            ctx: args.ctx.clone(),
-            expert_key: args.expert_key,
-            checkpoint: args.checkpoint.clone(),
-            start: args.start,
-        };
-        let coordinator = RunActor::supervise(&me, run)
-            .restart_policy(kameo::supervision::RestartPolicy::Never)
-            .spawn_with_mailbox(kameo::mailbox::bounded(super::run::RUN_MAILBOX))
-            .await;
-        // A new mailbox nobody else knows: this never waits. A coordinator that failed to start
-        // refuses it, and its death notice ends the job.
-        let begin = Begin {
-            parent: Parent::Job(me.clone()),
-        };
-        if let Err(e) = coordinator.tell(begin).await {
-            tracing::warn!(job = %args.job.id, "the coordinator run did not start: {e}");
-        }
-        Ok(JobActor {
-            _me: me,
-            ctx: args.ctx,
-            storage: args.storage,
-            job: args.job,
-            last: args.checkpoint,
-            done: Some(args.done),
+        // Boxed: this hook is inlined into the actor's task, which would otherwise be as
+        // large as its largest await for the actor's whole life.
+        Box::pin(async move {
+            if let Err(e) = args.storage.store_job(&args.job).await {
+                tracing::warn!(job = %args.job.id, "could not store job.json: {e}");
+            }
+            let run = RunArgs {
+                ctx: args.ctx.clone(),
+                expert_key: args.expert_key,
+                checkpoint: args.checkpoint.clone(),
+                start: args.start,
+            };
+            let coordinator = RunActor::supervise(&me, run)
+                .restart_policy(kameo::supervision::RestartPolicy::Never)
+                .spawn_with_mailbox(kameo::mailbox::bounded(super::run::RUN_MAILBOX))
+                .await;
+            // A new mailbox nobody else knows: this never waits. A coordinator that failed to start
+            // refuses it, and its death notice ends the job.
+            let begin = Begin {
+                parent: Parent::Job(me.clone()),
+            };
+            if let Err(e) = coordinator.tell(begin).await {
+                tracing::warn!(job = %args.job.id, "the coordinator run did not start: {e}");
+            }
+            Ok(JobActor {
+                _me: me,
+                ctx: args.ctx,
+                storage: args.storage,
+                job: args.job,
+                last: args.checkpoint,
+                done: Some(args.done),
+            })
         })
+        .await
     }
 
     async fn on_link_died(
@@ -104,21 +109,26 @@ impl Actor for JobActor {
         _: ActorId,
         reason: ActorStopReason,
     ) -> Result<std::ops::ControlFlow<ActorStopReason>, Self::Error> {
-        // The coordinator is the only child. Its report is queued before its death notice, so
-        // a notice while the job is still open means it died without reporting (an engine
-        // fault, whatever the reason): end the job with an error instead of waiting forever.
-        if self.done.is_some() {
-            let mut cp = self.last.clone();
-            cp.status = CheckpointStatus::StoppedByError;
-            cp.error = Some(RunError {
-                name: "EngineError".into(),
-                message: format!("the coordinator run stopped without reporting: {reason}"),
-                status_code: None,
-                is_retryable: false,
-            });
-            self.finish(cp, None).await;
-        }
-        Ok(std::ops::ControlFlow::Break(ActorStopReason::Normal))
+        // Boxed: this hook is inlined into the actor's task, which would otherwise be as
+        // large as its largest await for the actor's whole life.
+        Box::pin(async move {
+            // The coordinator is the only child. Its report is queued before its death notice, so
+            // a notice while the job is still open means it died without reporting (an engine
+            // fault, whatever the reason): end the job with an error instead of waiting forever.
+            if self.done.is_some() {
+                let mut cp = self.last.clone();
+                cp.status = CheckpointStatus::StoppedByError;
+                cp.error = Some(RunError {
+                    name: "EngineError".into(),
+                    message: format!("the coordinator run stopped without reporting: {reason}"),
+                    status_code: None,
+                    is_retryable: false,
+                });
+                self.finish(cp, None).await;
+            }
+            Ok(std::ops::ControlFlow::Break(ActorStopReason::Normal))
+        })
+        .await
     }
 }
 

@@ -135,55 +135,60 @@ impl Actor for RunActor {
     type Error = std::convert::Infallible;
 
     async fn on_start(args: RunArgs, me: ActorRef<Self>) -> Result<Self, Self::Error> {
-        let ctx = args.ctx;
-        let settings = ctx.settings.clone();
-        let expert = settings
-            .experts
-            .get(&args.expert_key)
-            .cloned()
-            .unwrap_or_else(|| Expert {
-                key: args.expert_key.clone(),
-                name: args.expert_key.clone(),
-                version: "1.0.0".into(),
-                description: None,
-                instruction: String::new(),
-                skills: Default::default(),
-                delegates: Vec::new(),
-                tags: Vec::new(),
-                provider_tools: None,
-                provider_skills: None,
-                provider_tool_options: None,
-            });
-        let setting = MachineSetting {
-            job_id: ctx.job_id.clone(),
-            run_id: args.checkpoint.run_id.clone(),
-            expert: expert.reference(),
-            max_steps: settings.max_steps,
-            max_retries: settings.max_retries,
-            context_window: settings.context_window,
-        };
-        let mut actor = RunActor {
-            machine: Machine::new(setting, ToolIndex::new(), args.checkpoint),
-            ctx,
-            expert,
-            start: Some(args.start),
-            parent: None,
-            me: me.clone(),
-            skills: HashMap::new(),
-            tools: Arc::new(Vec::new()),
-            index: Arc::new(ToolIndex::new()),
-            delegation: None,
-            startup_error: None,
-            result_text: None,
-            finished: false,
-            closing: Default::default(),
-            pending_report: None,
-        };
-        actor.announce_segment(now_ms()).await;
-        if let Err(e) = actor.set_up_tools(&me).await {
-            actor.startup_error = Some(e);
-        }
-        Ok(actor)
+        // Boxed: this hook is inlined into the actor's task, which would otherwise be as
+        // large as its largest await for the actor's whole life.
+        Box::pin(async move {
+            let ctx = args.ctx;
+            let settings = ctx.settings.clone();
+            let expert = settings
+                .experts
+                .get(&args.expert_key)
+                .cloned()
+                .unwrap_or_else(|| Expert {
+                    key: args.expert_key.clone(),
+                    name: args.expert_key.clone(),
+                    version: "1.0.0".into(),
+                    description: None,
+                    instruction: String::new(),
+                    skills: Default::default(),
+                    delegates: Vec::new(),
+                    tags: Vec::new(),
+                    provider_tools: None,
+                    provider_skills: None,
+                    provider_tool_options: None,
+                });
+            let setting = MachineSetting {
+                job_id: ctx.job_id.clone(),
+                run_id: args.checkpoint.run_id.clone(),
+                expert: expert.reference(),
+                max_steps: settings.max_steps,
+                max_retries: settings.max_retries,
+                context_window: settings.context_window,
+            };
+            let mut actor = RunActor {
+                machine: Machine::new(setting, ToolIndex::new(), args.checkpoint),
+                ctx,
+                expert,
+                start: Some(args.start),
+                parent: None,
+                me: me.clone(),
+                skills: HashMap::new(),
+                tools: Arc::new(Vec::new()),
+                index: Arc::new(ToolIndex::new()),
+                delegation: None,
+                startup_error: None,
+                result_text: None,
+                finished: false,
+                closing: Default::default(),
+                pending_report: None,
+            };
+            actor.announce_segment(now_ms()).await;
+            if let Err(e) = actor.set_up_tools(&me).await {
+                actor.startup_error = Some(e);
+            }
+            Ok(actor)
+        })
+        .await
     }
 
     async fn on_panic(
@@ -191,25 +196,30 @@ impl Actor for RunActor {
         me: WeakActorRef<Self>,
         err: PanicError,
     ) -> Result<std::ops::ControlFlow<ActorStopReason>, Self::Error> {
-        // An engine bug: still end with a terminal event, a stored checkpoint and a report.
-        tracing::error!(run = %self.machine.setting().run_id, "run actor panicked: {err}");
-        if !self.finished {
-            let out = self.machine.abort(
-                now_ms(),
-                RunError {
-                    name: "EngineError".into(),
-                    message: format!("internal error: {err}"),
-                    status_code: None,
-                    is_retryable: false,
-                },
-            );
-            for e in out.events {
-                let _ = self.ctx.publish(e).await;
+        // Boxed: this hook is inlined into the actor's task, which would otherwise be as
+        // large as its largest await for the actor's whole life.
+        Box::pin(async move {
+            // An engine bug: still end with a terminal event, a stored checkpoint and a report.
+            tracing::error!(run = %self.machine.setting().run_id, "run actor panicked: {err}");
+            if !self.finished {
+                let out = self.machine.abort(
+                    now_ms(),
+                    RunError {
+                        name: "EngineError".into(),
+                        message: format!("internal error: {err}"),
+                        status_code: None,
+                        is_retryable: false,
+                    },
+                );
+                for e in out.events {
+                    let _ = self.ctx.publish(e).await;
+                }
+                let _ = me;
+                self.close_and_report(None).await;
             }
-            let _ = me;
-            self.close_and_report(None).await;
-        }
-        Ok(std::ops::ControlFlow::Break(ActorStopReason::Panicked(err)))
+            Ok(std::ops::ControlFlow::Break(ActorStopReason::Panicked(err)))
+        })
+        .await
     }
 
     async fn on_link_died(
@@ -218,27 +228,32 @@ impl Actor for RunActor {
         id: ActorId,
         reason: ActorStopReason,
     ) -> Result<std::ops::ControlFlow<ActorStopReason>, Self::Error> {
-        // A child that died without reporting becomes a failed delegation; skills are ignored.
-        if !matches!(
-            reason,
-            ActorStopReason::Normal | ActorStopReason::SupervisorRestart
-        ) {
-            let reported = self
-                .delegation
-                .as_mut()
-                .and_then(|d| d.child_died(id, &reason));
-            if reported.is_some() {
-                let me = self.me.clone();
-                self.after_child(&me).await;
+        // Boxed: this hook is inlined into the actor's task, which would otherwise be as
+        // large as its largest await for the actor's whole life.
+        Box::pin(async move {
+            // A child that died without reporting becomes a failed delegation; skills are ignored.
+            if !matches!(
+                reason,
+                ActorStopReason::Normal | ActorStopReason::SupervisorRestart
+            ) {
+                let reported = self
+                    .delegation
+                    .as_mut()
+                    .and_then(|d| d.child_died(id, &reason));
+                if reported.is_some() {
+                    let me = self.me.clone();
+                    self.after_child(&me).await;
+                }
             }
-        }
-        if self.closing.remove(&id) && self.closing.is_empty() {
-            self.send_report().await;
-        }
-        if self.is_done() {
-            return Ok(std::ops::ControlFlow::Break(ActorStopReason::Normal));
-        }
-        Ok(std::ops::ControlFlow::Continue(()))
+            if self.closing.remove(&id) && self.closing.is_empty() {
+                self.send_report().await;
+            }
+            if self.is_done() {
+                return Ok(std::ops::ControlFlow::Break(ActorStopReason::Normal));
+            }
+            Ok(std::ops::ControlFlow::Continue(()))
+        })
+        .await
     }
 }
 

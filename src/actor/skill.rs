@@ -128,24 +128,29 @@ impl Actor for SkillActor {
     type Error = SkillError;
 
     async fn on_start(args: SkillArgs, _: ActorRef<Self>) -> Result<Self, SkillError> {
-        if let Some(locked) = &args.locked_tools {
-            // Lazy: the lockfile says what the tools are; connect on the first call.
-            let tools = filter(locked, &args);
-            return Ok(SkillActor {
+        // Boxed: this hook is inlined into the actor's task, which would otherwise be as
+        // large as its largest await for the actor's whole life.
+        Box::pin(async move {
+            if let Some(locked) = &args.locked_tools {
+                // Lazy: the lockfile says what the tools are; connect on the first call.
+                let tools = filter(locked, &args);
+                return Ok(SkillActor {
+                    args,
+                    conn: None,
+                    tools,
+                    inline_from: None,
+                });
+            }
+            let (conn, inline_from) = connect(&args).await?;
+            let tools = filter(conn.tools(), &args);
+            Ok(SkillActor {
                 args,
-                conn: None,
+                conn: Some(Arc::new(conn)),
                 tools,
-                inline_from: None,
-            });
-        }
-        let (conn, inline_from) = connect(&args).await?;
-        let tools = filter(conn.tools(), &args);
-        Ok(SkillActor {
-            args,
-            conn: Some(Arc::new(conn)),
-            tools,
-            inline_from,
+                inline_from,
+            })
         })
+        .await
     }
 
     async fn on_stop(
@@ -153,13 +158,18 @@ impl Actor for SkillActor {
         _: WeakActorRef<Self>,
         _: ActorStopReason,
     ) -> Result<(), SkillError> {
-        // A crash or a supervisor shutdown: the process must not outlive the actor.
-        if let Some(conn) = self.conn.take()
-            && let Ok(conn) = Arc::try_unwrap(conn)
-        {
-            conn.close().await;
-        }
-        Ok(())
+        // Boxed: this hook is inlined into the actor's task, which would otherwise be as
+        // large as its largest await for the actor's whole life.
+        Box::pin(async move {
+            // A crash or a supervisor shutdown: the process must not outlive the actor.
+            if let Some(conn) = self.conn.take()
+                && let Ok(conn) = Arc::try_unwrap(conn)
+            {
+                conn.close().await;
+            }
+            Ok(())
+        })
+        .await
     }
 }
 

@@ -4,6 +4,7 @@
 //! never does (`providerConfig` carries no key, `env` holds names only). See COMPATIBILITY.md.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -128,8 +129,8 @@ pub struct RunSetting {
     pub expert_key: String,
     /// What started the run.
     pub input: RunInput,
-    /// Every Expert of the configuration.
-    pub experts: BTreeMap<String, Expert>,
+    /// Every Expert of the configuration; shared by every run setting of an engine.
+    pub experts: Arc<BTreeMap<String, Expert>>,
     /// Reasoning budget.
     pub reasoning_budget: ReasoningBudget,
     /// Job-wide step limit.

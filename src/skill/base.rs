@@ -67,8 +67,8 @@ pub struct BaseSkill {
     started: Instant,
     /// This run's todo list. Locked only for in-memory edits, never across an `.await`.
     todos: Arc<Mutex<todo::TodoList>>,
-    /// Every tool, merged from the per-file routers.
-    tool_router: ToolRouter<BaseSkill>,
+    /// Every tool, merged from the per-file routers; shared by every instance.
+    tool_router: Arc<ToolRouter<BaseSkill>>,
 }
 
 impl BaseSkill {
@@ -96,18 +96,20 @@ impl BaseSkill {
     }
 
     /// Every tool, merged from the per-file routers. Building it generates the input schemas,
-    /// so it is built once per process; each instance gets a cheap clone.
-    fn router() -> ToolRouter<BaseSkill> {
-        static ROUTER: std::sync::OnceLock<ToolRouter<BaseSkill>> = std::sync::OnceLock::new();
+    /// so it is built once per process and shared.
+    fn router() -> Arc<ToolRouter<BaseSkill>> {
+        static ROUTER: std::sync::OnceLock<Arc<ToolRouter<BaseSkill>>> = std::sync::OnceLock::new();
         ROUTER
             .get_or_init(|| {
-                Self::todo_router()
-                    + Self::health_router()
-                    + Self::files_router()
-                    + Self::info_router()
-                    + Self::dirs_router()
-                    + Self::media_router()
-                    + Self::exec_router()
+                Arc::new(
+                    Self::todo_router()
+                        + Self::health_router()
+                        + Self::files_router()
+                        + Self::info_router()
+                        + Self::dirs_router()
+                        + Self::media_router()
+                        + Self::exec_router(),
+                )
             })
             .clone()
     }

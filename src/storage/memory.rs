@@ -32,8 +32,8 @@ struct JobEntry {
 #[derive(Debug, Default)]
 struct RunEntry {
     setting: Option<RunSetting>,
-    /// In the order stored.
-    events: Vec<Event>,
+    /// In the order stored, shared with the bus and its listeners.
+    events: Vec<Arc<Event>>,
 }
 
 impl MemoryStorage {
@@ -43,7 +43,7 @@ impl MemoryStorage {
     }
 
     /// A copy of the events of one run, in the order stored.
-    fn run_events(&self, job_id: &str, run_id: &str) -> Vec<Event> {
+    fn run_events(&self, job_id: &str, run_id: &str) -> Vec<Arc<Event>> {
         self.jobs
             .get(job_id)
             .and_then(|job| job.runs.get(run_id).map(|run| run.events.clone()))
@@ -97,6 +97,10 @@ impl Storage for MemoryStorage {
     }
 
     async fn store_event(&self, event: &Event) -> Result<(), StoreError> {
+        self.store_shared_event(&Arc::new(event.clone())).await
+    }
+
+    async fn store_shared_event(&self, event: &Arc<Event>) -> Result<(), StoreError> {
         if !event.is_run_event() {
             return Ok(());
         }
@@ -139,10 +143,12 @@ impl Storage for MemoryStorage {
     ) -> Result<Vec<Event>, StoreError> {
         check_id("job", job_id)?;
         check_id("run", run_id)?;
-        let mut events = self.run_events(job_id, run_id);
-        if let Some(max) = max_step {
-            events.retain(|e| e.step_number.is_some_and(|step| step <= max));
-        }
+        let mut events: Vec<Event> = self
+            .run_events(job_id, run_id)
+            .into_iter()
+            .filter(|e| max_step.is_none_or(|max| e.step_number.is_some_and(|step| step <= max)))
+            .map(|e| (*e).clone())
+            .collect();
         events.sort_by_key(|e| e.timestamp);
         Ok(events)
     }
