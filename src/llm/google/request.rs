@@ -396,16 +396,19 @@ mod tests {
             mime_type: mime.into(),
             extra: Map::new(),
         };
-        let user = Message::UserMessage(crate::schema::MessageBody::new(vec![
-            MessagePart::text("look"),
-            MessagePart::ImageInlinePart(inline("image/png")),
-            MessagePart::FileUrlPart(crate::schema::UrlPart {
-                id: "u".into(),
-                url: "https://example.com/a.pdf".into(),
-                mime_type: "application/pdf".into(),
-                extra: Map::new(),
-            }),
-        ]).into());
+        let user = Message::UserMessage(
+            crate::schema::MessageBody::new(vec![
+                MessagePart::text("look"),
+                MessagePart::ImageInlinePart(inline("image/png")),
+                MessagePart::FileUrlPart(crate::schema::UrlPart {
+                    id: "u".into(),
+                    url: "https://example.com/a.pdf".into(),
+                    mime_type: "application/pdf".into(),
+                    extra: Map::new(),
+                }),
+            ])
+            .into(),
+        );
         let b = body(&request("gemini-2.5-flash", vec![user], "none")).unwrap();
         assert_eq!(
             b["contents"][0]["parts"],

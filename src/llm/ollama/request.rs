@@ -241,11 +241,14 @@ mod tests {
 
     #[test]
     fn user_media_goes_to_images_or_text_and_think_follows_the_budget() {
-        let user = Message::UserMessage(MessageBody::new(vec![
-            MessagePart::text("see"),
-            MessagePart::ImageInlinePart(inline("image/png", "iVBO")),
-            MessagePart::FileInlinePart(inline("text/plain", "aGVsbG8=")),
-        ]).into());
+        let user = Message::UserMessage(
+            MessageBody::new(vec![
+                MessagePart::text("see"),
+                MessagePart::ImageInlinePart(inline("image/png", "iVBO")),
+                MessagePart::FileInlinePart(inline("text/plain", "aGVsbG8=")),
+            ])
+            .into(),
+        );
         let b = body(&request(vec![user], "none")).unwrap();
         assert_eq!(
             b["messages"],

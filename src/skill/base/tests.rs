@@ -410,7 +410,8 @@ async fn concurrent_calls_all_succeed() {
 async fn calls_after_close_fail_without_feedback() {
     let base = connect().await;
     assert!(base.call("clearTodo", json!({})).await.is_ok());
-    base.closed.store(true, std::sync::atomic::Ordering::Release);
+    base.closed
+        .store(true, std::sync::atomic::Ordering::Release);
     assert!(base.is_closed());
     let err = base.call("clearTodo", json!({})).await.unwrap_err();
     assert!(!err.feeds_back_to_model(), "{err:?}");
