@@ -1,7 +1,8 @@
 //! Benchmarks of the reference workload of `docs/PERFORMANCE.md`, in process.
 //!
 //! * `fanout/N`: N concurrent jobs of the 3-Expert fan-out tree (`experts/fanout`) on one
-//!   [`Engine`] (multi-thread tokio runtime, [`MemoryStorage`], no sink, no subscribers) with an
+//!   [`Engine`] (multi-thread tokio runtime, a store that keeps nothing, no sink, no
+//!   subscribers, so the RSS is the engine's own and not a store's growth) with an
 //!   instant model (`examples/support/fanout.rs`). Each iteration builds a fresh engine and store
 //!   untimed, times starting the N jobs until all have finished, then shuts the engine down
 //!   untimed. Every job must end `completed`, or the bench panics. After each group a line gives
@@ -29,9 +30,8 @@ use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use perstack::engine::Engine;
 use perstack::llm::LanguageModel;
 use perstack::schema::Event;
-use perstack::storage::MemoryStorage;
 
-use support::{FanoutModel, peak_rss, process_cpu, reset_peak_rss, run_jobs};
+use support::{DiscardStorage, FanoutModel, peak_rss, process_cpu, reset_peak_rss, run_jobs};
 
 /// The job sizes of the fan-out groups.
 const SIZES: [usize; 3] = [1, 100, 1_000];
@@ -82,7 +82,7 @@ fn bench_fanout(c: &mut Criterion) {
                         Engine::builder()
                             .settings(settings.clone())
                             .model(model.clone())
-                            .storage(Arc::new(MemoryStorage::new()))
+                            .storage(Arc::new(DiscardStorage))
                             .build()
                     };
                     let cpu0 = process_cpu();

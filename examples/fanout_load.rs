@@ -3,8 +3,11 @@
 //! [`MemoryStorage`], repeated for a number of rounds, each on a fresh engine and store.
 //!
 //! ```text
-//! cargo run --release --example fanout_load -- [N=1000] [ROUNDS=3]
+//! cargo run --release --example fanout_load -- [N=1000] [ROUNDS=3] [memory|discard]
 //! ```
+//!
+//! `memory` (the default) keeps every event and checkpoint in a [`MemoryStorage`]; `discard`
+//! keeps nothing, so the peak RSS is what the engine itself holds for N live jobs.
 //!
 //! Per round it prints wall and CPU time per job and the process RSS, then checks that the
 //! round's jobs, engine and store were freed: every actor of a job holds the job's context,
@@ -25,7 +28,9 @@ use perstack::engine::Engine;
 use perstack::llm::LanguageModel;
 use perstack::storage::MemoryStorage;
 
-use support::{FanoutModel, peak_rss, process_cpu, reset_peak_rss, run_jobs, status_kib};
+use support::{
+    DiscardStorage, FanoutModel, peak_rss, process_cpu, reset_peak_rss, run_jobs, status_kib,
+};
 
 /// How long finished jobs and a shut-down engine may take to free what they held. A healthy
 /// run frees everything within milliseconds; only a leak waits this long.
@@ -34,7 +39,7 @@ const RELEASE_WITHIN: Duration = Duration::from_secs(10);
 /// References to `storage` and `model` beyond this program's own, once they drop to `idle` or
 /// [`RELEASE_WITHIN`] has passed.
 async fn references_left(
-    storage: &Arc<MemoryStorage>,
+    storage: &Arc<dyn perstack::storage::Storage>,
     model: &Arc<dyn LanguageModel>,
     idle: (usize, usize),
 ) -> (usize, usize) {
@@ -62,6 +67,11 @@ fn arg(n: usize, default: usize) -> usize {
 async fn main() -> std::process::ExitCode {
     let n = arg(1, 1_000);
     let rounds = arg(2, 3);
+    let discard = match std::env::args().nth(3).as_deref() {
+        None | Some("memory") => false,
+        Some("discard") => true,
+        Some(other) => panic!("argument 3 must be memory or discard, not {other:?}"),
+    };
     let settings = support::settings();
     let model: Arc<dyn LanguageModel> = Arc::new(FanoutModel);
     let rss = || status_kib("VmRSS").map_or(0.0, |kib| kib as f64 / 1024.0);
@@ -70,7 +80,11 @@ async fn main() -> std::process::ExitCode {
     let mut leaked = false;
     for round in 1..=rounds {
         let reset = reset_peak_rss();
-        let storage = Arc::new(MemoryStorage::new());
+        let storage: Arc<dyn perstack::storage::Storage> = if discard {
+            Arc::new(DiscardStorage)
+        } else {
+            Arc::new(MemoryStorage::new())
+        };
         let engine = Engine::builder()
             .settings(settings.clone())
             .model(model.clone())

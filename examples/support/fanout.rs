@@ -189,3 +189,82 @@ pub(crate) fn peak_rss() -> String {
 pub(crate) fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
+
+/// A store that keeps nothing: measures what the engine itself holds per live job, without
+/// the events and checkpoints an in-memory store accumulates (a real deployment writes them to
+/// disk). Ids are still checked, as every store must.
+#[derive(Debug, Default)]
+pub(crate) struct DiscardStorage;
+
+#[async_trait::async_trait]
+impl perstack::storage::Storage for DiscardStorage {
+    async fn store_checkpoint(
+        &self,
+        _: &perstack::schema::Checkpoint,
+    ) -> Result<(), perstack::storage::StoreError> {
+        Ok(())
+    }
+    async fn retrieve_checkpoint(
+        &self,
+        _: &str,
+        checkpoint_id: &str,
+    ) -> Result<perstack::schema::Checkpoint, perstack::storage::StoreError> {
+        Err(perstack::storage::StoreError::NotFound {
+            what: "checkpoint",
+            id: checkpoint_id.to_string(),
+        })
+    }
+    async fn checkpoints_by_job(
+        &self,
+        _: &str,
+    ) -> Result<Vec<perstack::schema::Checkpoint>, perstack::storage::StoreError> {
+        Ok(Vec::new())
+    }
+    async fn store_event(
+        &self,
+        _: &perstack::schema::Event,
+    ) -> Result<(), perstack::storage::StoreError> {
+        Ok(())
+    }
+    async fn events_by_run(
+        &self,
+        _: &str,
+        _: &str,
+    ) -> Result<Vec<perstack::storage::EventMeta>, perstack::storage::StoreError> {
+        Ok(Vec::new())
+    }
+    async fn event_contents(
+        &self,
+        _: &str,
+        _: &str,
+        _: Option<u32>,
+    ) -> Result<Vec<perstack::schema::Event>, perstack::storage::StoreError> {
+        Ok(Vec::new())
+    }
+    async fn store_job(
+        &self,
+        _: &perstack::schema::Job,
+    ) -> Result<(), perstack::storage::StoreError> {
+        Ok(())
+    }
+    async fn retrieve_job(
+        &self,
+        _: &str,
+    ) -> Result<Option<perstack::schema::Job>, perstack::storage::StoreError> {
+        Ok(None)
+    }
+    async fn all_jobs(&self) -> Result<Vec<perstack::schema::Job>, perstack::storage::StoreError> {
+        Ok(Vec::new())
+    }
+    async fn store_run_setting(
+        &self,
+        _: &perstack::schema::RunSetting,
+    ) -> Result<(), perstack::storage::StoreError> {
+        Ok(())
+    }
+    async fn all_run_settings(
+        &self,
+    ) -> Result<Vec<perstack::schema::RunSetting>, perstack::storage::StoreError> {
+        Ok(Vec::new())
+    }
+}
