@@ -19,6 +19,10 @@
 // A benchmark should fail loudly, with a message, when the engine breaks.
 #![allow(clippy::expect_used)]
 
+/// The allocator the `perstack` binary uses, so the numbers are the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[path = "../examples/support/fanout.rs"]
 mod support;
 

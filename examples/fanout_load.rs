@@ -18,6 +18,10 @@
 //! [`RELEASE_WITHIN`]. It exits 1 when something is still held after that (a leak: memory then
 //! grows with every job ever run) and panics if a job does not complete.
 
+/// The allocator the `perstack` binary uses, so the numbers are the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[path = "support/fanout.rs"]
 mod support;
 

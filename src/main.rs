@@ -5,6 +5,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc: glibc's malloc serialises the runtime's worker threads on its arena locks, which
+/// doubled the CPU time of a busy engine (see `benches/fanout.rs`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = perstack::cli::Cli::parse();

@@ -81,7 +81,10 @@ pub(super) fn spawn_generation(
                 retry_after: None,
             }),
             r = async {
-                tokio::time::sleep(wait).await;
+                // Not `sleep(ZERO)`: tokio rounds every deadline up to its next 1 ms tick.
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
                 match tokio::time::timeout(timeout, generate(&ctx, request, &envelope, run_result)).await {
                     Ok(r) => r,
                     Err(_) => Err(GenerationError {
