@@ -104,7 +104,7 @@ impl Message<Publish> for EventBus {
     async fn handle(
         &mut self,
         Publish(event): Publish,
-        _: &mut Context<Self, Self::Reply>,
+        ctx: &mut Context<Self, Self::Reply>,
     ) -> Self::Reply {
         if let Some(cp) = event.checkpoint() {
             self.storage
@@ -121,7 +121,11 @@ impl Message<Publish> for EventBus {
             if serde_json::to_writer(&mut self.line, &event).is_ok() {
                 self.line.push(b'\n');
                 sink.write_all(&self.line).await.map_err(BusError::Sink)?;
-                sink.flush().await.map_err(BusError::Sink)?;
+                // Lines leave in one write per burst: flushed once no other event waits (and
+                // whenever the buffer fills), so a reader never waits on an idle bus.
+                if is_idle(ctx.actor_ref()) {
+                    sink.flush().await.map_err(BusError::Sink)?;
+                }
             }
         }
         let event = Arc::new(event);
@@ -171,8 +175,9 @@ pub struct Subscribe {
 impl Message<Subscribe> for EventBus {
     type Reply = ();
 
-    async fn handle(&mut self, s: Subscribe, _: &mut Context<Self, Self::Reply>) {
+    async fn handle(&mut self, s: Subscribe, ctx: &mut Context<Self, Self::Reply>) {
         self.subscribers.entry(s.job_id).or_default().push(s.tx);
+        self.flush_if_idle(ctx.actor_ref()).await;
     }
 }
 
@@ -183,8 +188,13 @@ pub struct Unsubscribe(pub String);
 impl Message<Unsubscribe> for EventBus {
     type Reply = ();
 
-    async fn handle(&mut self, Unsubscribe(job): Unsubscribe, _: &mut Context<Self, Self::Reply>) {
+    async fn handle(
+        &mut self,
+        Unsubscribe(job): Unsubscribe,
+        ctx: &mut Context<Self, Self::Reply>,
+    ) {
         self.subscribers.remove(&job);
+        self.flush_if_idle(ctx.actor_ref()).await;
     }
 }
 
@@ -198,6 +208,25 @@ impl Message<Flush> for EventBus {
     async fn handle(&mut self, _: Flush, _: &mut Context<Self, Self::Reply>) {
         if let Some(sink) = self.sink.as_mut() {
             let _ = sink.flush().await;
+        }
+    }
+}
+
+/// Whether no message is waiting in the bus's (bounded) mailbox.
+fn is_idle(bus: &ActorRef<EventBus>) -> bool {
+    let tx = bus.mailbox_sender();
+    tx.capacity() == tx.max_capacity()
+}
+
+impl EventBus {
+    /// Every handler ends here: lines written by a burst of events leave once the bus has
+    /// nothing else to do, whatever message ended the burst.
+    async fn flush_if_idle(&mut self, bus: &ActorRef<EventBus>) {
+        if let Some(sink) = self.sink.as_mut()
+            && is_idle(bus)
+            && let Err(e) = sink.flush().await
+        {
+            tracing::warn!(error = %e, "could not flush the event sink");
         }
     }
 }

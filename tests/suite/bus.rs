@@ -231,3 +231,55 @@ async fn delegation_fan_out_is_bounded() {
     assert_eq!(max_running, 1);
     engine.shutdown().await;
 }
+
+/// Lines are written in bursts and flushed once the bus is idle: every line of every finished
+/// job reaches the sink's reader without a shutdown or an explicit flush.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_line_reaches_the_sink_reader_while_the_engine_keeps_running() {
+    use tokio::io::AsyncBufReadExt;
+    const JOBS: usize = 20;
+    let (writer, reader) = tokio::io::duplex(64 * 1024);
+    let published = Arc::new(AtomicU64::new(0));
+    let counted = published.clone();
+    let engine = Engine::builder()
+        .settings(settings())
+        .model(Arc::new(
+            ScriptedModel::parse(&fanout_script(JOBS), "s").unwrap(),
+        ))
+        .sink(Box::new(writer))
+        .on_event(move |_| {
+            counted.fetch_add(1, Ordering::SeqCst);
+        })
+        .build();
+    let read = Arc::new(AtomicU64::new(0));
+    let lines_read = read.clone();
+    let reader = tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(reader).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            serde_json::from_str::<serde_json::Value>(&line).unwrap();
+            lines_read.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let mut handles = Vec::new();
+    for i in 0..JOBS {
+        let req = JobRequest::new("coordinator", "go").job_id(format!("sink-{i}"));
+        handles.push(engine.start(req).await.unwrap());
+    }
+    for h in handles {
+        assert_eq!(h.wait().await.unwrap().job.status, JobStatus::Completed);
+    }
+    // No shutdown, no flush: the bus went idle, so everything written must be readable.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while read.load(Ordering::SeqCst) < published.load(Ordering::SeqCst)
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        read.load(Ordering::SeqCst),
+        published.load(Ordering::SeqCst),
+        "lines stuck in the bus's buffer"
+    );
+    engine.shutdown().await;
+    reader.await.unwrap();
+}
