@@ -57,8 +57,9 @@ pub struct JobActor {
     _me: ActorRef<JobActor>,
     ctx: Arc<JobContext>,
     storage: Arc<dyn Storage>,
-    job: Job,
-    last: Checkpoint,
+    /// Boxed: kameo's task future holds the actor several times over.
+    job: Box<Job>,
+    last: Box<Checkpoint>,
     done: Option<oneshot::Sender<JobOutcome>>,
 }
 
@@ -95,8 +96,8 @@ impl Actor for JobActor {
                 _me: me,
                 ctx: args.ctx,
                 storage: args.storage,
-                job: args.job,
-                last: args.checkpoint,
+                job: Box::new(args.job),
+                last: Box::new(args.checkpoint),
                 done: Some(args.done),
             })
         })
@@ -116,7 +117,7 @@ impl Actor for JobActor {
             // a notice while the job is still open means it died without reporting (an engine
             // fault, whatever the reason): end the job with an error instead of waiting forever.
             if self.done.is_some() {
-                let mut cp = self.last.clone();
+                let mut cp = (*self.last).clone();
                 cp.status = CheckpointStatus::StoppedByError;
                 cp.error = Some(RunError {
                     name: "EngineError".into(),
@@ -156,7 +157,7 @@ impl JobActor {
         let _ = self.ctx.bus.tell(Unsubscribe(self.job.id.clone())).await;
         if let Some(done) = self.done.take() {
             let _ = done.send(JobOutcome {
-                job: self.job.clone(),
+                job: (*self.job).clone(),
                 checkpoint,
                 text,
             });
