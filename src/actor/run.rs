@@ -17,28 +17,41 @@
 //! carry nothing that points back up the tree; whoever spawns a run sends it [`Begin`] right
 //! after, with the [`Parent`] to report to. Everything of a job is freed when its job actor
 //! stops (`tests/suite/lifecycle.rs`).
+//!
+//! # Layout
+//!
+//! This file holds the actor, its messages and the loop that drives the machine's effects; the
+//! rest lives beside it:
+//!
+//! | module | owns |
+//! | --- | --- |
+//! | `skills` | set-up: the run's SkillActors, its tool index and the tools the model sees |
+//! | `tasks` | the model call and the tool calls, run off the mailbox |
+//! | `delegation` | one turn's children: which run, which wait, what each returned |
+//! | `report` | the end: close the skills, then report to the parent once |
 
 mod delegation;
+mod report;
+mod skills;
 mod tasks;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use kameo::prelude::*;
-use serde_json::{Map, json};
+use serde_json::Map;
 
 use self::delegation::Delegation;
 pub(crate) use self::delegation::next_segment as delegation_next_segment;
 use super::context::{JobContext, now_ms};
 use super::job::JobActor;
-use super::skill::{Describe, SkillActor, SkillArgs, SkillKind};
+use super::skill::SkillActor;
 use crate::agent::{
-    BASE_SKILL, Effect, Machine, MachineSetting, Output, RunStart, ToolIndex, ToolOwner,
-    delegate_tool_name, instruction_text,
+    Effect, Machine, MachineSetting, Output, RunStart, ToolIndex, instruction_text,
 };
 use crate::llm::ToolSpec;
 use crate::schema::{
-    Checkpoint, Event, EventPayload, Expert, InitializeRuntime, RunError, Skill, id::new_id,
+    Checkpoint, Event, EventPayload, Expert, InitializeRuntime, RunError, id::new_id,
 };
 
 /// The mailbox size of a run actor: task results, child reports and control messages.
@@ -528,217 +541,6 @@ impl RunActor {
             payload,
         }
     }
-
-    /// Start the skills (all at once), build the tool index and the tool list the model sees.
-    async fn set_up_tools(&mut self, me: &ActorRef<Self>) -> Result<(), RunError> {
-        let mut index = ToolIndex::new();
-        let mut specs = Vec::new();
-        let delegated = self.machine.checkpoint().delegated_by.is_some();
-        let mut owners: HashMap<String, String> = HashMap::new();
-        let expert_key = self.expert.key.clone();
-        let mut claim = |tool: &str, owner: &str| -> Result<(), RunError> {
-            if let Some(prev) = owners.insert(tool.to_string(), owner.to_string()) {
-                return Err(config_error(format!(
-                    "Tool name \"{tool}\" is provided by both {prev} and {owner} in expert \"{expert_key}\"; rename one of them"
-                )));
-            }
-            Ok(())
-        };
-        // Spawn every MCP skill first, then wait for all of them: they connect concurrently.
-        let mut started = Vec::new();
-        for (name, skill) in &self.expert.skills {
-            let (kind, pick, omit) = match skill {
-                Skill::McpStdioSkill(s) => (
-                    skill_kind(name, s, &self.ctx.settings),
-                    s.pick.clone(),
-                    s.omit.clone(),
-                ),
-                Skill::McpSseSkill(s) => {
-                    (SkillKind::Http(s.clone()), s.pick.clone(), s.omit.clone())
-                }
-                Skill::InteractiveSkill(_) => continue,
-            };
-            let args = SkillArgs {
-                ctx: self.ctx.clone(),
-                run_id: self.machine.setting().run_id.clone(),
-                name: name.clone(),
-                kind,
-                omit,
-                pick,
-                locked_tools: self
-                    .ctx
-                    .settings
-                    .lockfile
-                    .as_ref()
-                    .and_then(|l| l.tools_of(&self.expert.key, name)),
-            };
-            let actor = SkillActor::supervise(me, args)
-                .restart_policy(kameo::supervision::RestartPolicy::Transient)
-                .restart_limit(
-                    super::skill::SKILL_RESTARTS,
-                    super::skill::SKILL_RESTART_WINDOW,
-                )
-                .spawn_with_mailbox(kameo::mailbox::bounded(super::skill::SKILL_MAILBOX))
-                .await;
-            started.push((name.clone(), actor));
-        }
-        let described = futures::future::join_all(started.iter().map(|(name, actor)| async move {
-            actor
-                .wait_for_startup_with_result(|r| r.map_err(|e| e.to_string()))
-                .await
-                .map_err(|e| config_error(format!("skill \"{name}\" failed to start: {e}")))?;
-            actor
-                .ask(Describe)
-                .await
-                .map_err(|e| config_error(format!("skill \"{name}\" failed to start: {e}")))
-        }))
-        .await;
-        let mut first_error = None;
-        for ((name, actor), d) in started.into_iter().zip(described) {
-            match d {
-                Ok(d) => {
-                    for t in &d.tools {
-                        claim(&t.name, &format!("skill \"{name}\""))?;
-                        index.insert(t.name.clone(), ToolOwner::Skill(name.clone()));
-                        specs.push(ToolSpec {
-                            name: t.name.clone(),
-                            description: t.description.clone(),
-                            input_schema: t.input_schema.clone(),
-                        });
-                    }
-                    self.skills.insert(name, actor);
-                }
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        if let Some(e) = first_error {
-            return Err(e);
-        }
-        for (name, skill) in &self.expert.skills {
-            let Skill::InteractiveSkill(s) = skill else {
-                continue;
-            };
-            if delegated {
-                continue; // delegated runs never get interactive tools (Perstack)
-            }
-            for (tool, t) in &s.tools {
-                claim(tool, &format!("interactive skill \"{name}\""))?;
-                let schema = serde_json::from_str(&t.input_json_schema).map_err(|e| {
-                    config_error(format!("interactive tool \"{tool}\" of skill \"{name}\": invalid inputJsonSchema: {e}"))
-                })?;
-                index.insert(tool.clone(), ToolOwner::Interactive(name.clone()));
-                specs.push(ToolSpec {
-                    name: tool.clone(),
-                    description: t.description.clone(),
-                    input_schema: schema,
-                });
-            }
-        }
-        for key in &self.expert.delegates {
-            let Some(d) = self.ctx.settings.experts.get(key) else {
-                return Err(config_error(format!(
-                    "Delegate expert \"{key}\" not found in experts"
-                )));
-            };
-            let tool = delegate_tool_name(&d.name);
-            claim(tool, &format!("delegate \"{key}\""))?;
-            index.insert(tool, ToolOwner::Delegate(d.reference()));
-            specs.push(ToolSpec {
-                name: tool.to_string(),
-                description: d.description.clone(),
-                input_schema: json!({"type":"object","properties":{"query":{"type":"string"}},"required":["query"]}),
-            });
-        }
-        self.index = Arc::new(index.clone());
-        self.tools = Arc::new(specs);
-        self.machine.set_tools(index);
-        Ok(())
-    }
-
-    /// Close skills, then report to the parent (once every skill is down) and stop.
-    async fn close_and_report(&mut self, me: Option<ActorRef<Self>>) {
-        if self.finished {
-            return;
-        }
-        self.finished = true;
-        self.pending_report = Some(Box::new(RunFinished {
-            slot: 0,
-            checkpoint: self.machine.checkpoint().clone(),
-            text: self.result_text.clone(),
-        }));
-        // Skills stop concurrently; each publishes its own `skillDisconnected` before stopping.
-        // Their link notices arrive in this mailbox, so waiting for them here would deadlock:
-        // `on_link_died` sends the report when the last one is down.
-        for (_, skill) in std::mem::take(&mut self.skills) {
-            if skill.is_alive() && skill.tell(super::skill::Close).await.is_ok() {
-                self.closing.insert(skill.id());
-            }
-        }
-        if self.closing.is_empty() || me.is_none() {
-            self.closing.clear();
-            self.send_report().await;
-        }
-    }
-
-    async fn send_report(&mut self) {
-        let Some(report) = self.pending_report.take().map(|r| *r) else {
-            return;
-        };
-        match &self.parent {
-            None => {
-                // Unreachable: the report is only made after `Begin`.
-                tracing::error!(run = %self.machine.setting().run_id, "run finished before it began; no parent to report to");
-            }
-            Some(Parent::Job(job)) => {
-                let _ = job.tell(report).await;
-            }
-            Some(Parent::Run(parent, slot)) => {
-                let _ = parent
-                    .tell(RunFinished {
-                        slot: *slot,
-                        ..report
-                    })
-                    .await;
-            }
-        }
-    }
-
-    /// Finished and reported: the actor may stop.
-    fn is_done(&self) -> bool {
-        self.finished && self.pending_report.is_none()
-    }
-}
-
-/// The bundled base skill unless it is pinned (`@perstack/base@x.y.z`) or replaced by
-/// `perstackBaseSkillCommand`; every other stdio skill is spawned.
-fn skill_kind(
-    name: &str,
-    skill: &crate::schema::McpStdioSkill,
-    settings: &super::context::Settings,
-) -> SkillKind {
-    if name != BASE_SKILL {
-        return SkillKind::Stdio(skill.clone());
-    }
-    if let Some([command, args @ ..]) = settings.base_skill_command.as_deref() {
-        let mut s = skill.clone();
-        s.command = command.clone();
-        s.args = args.to_vec();
-        s.package_name = None;
-        s.lazy_init = false;
-        return SkillKind::Stdio(s);
-    }
-    let pinned = skill
-        .package_name
-        .iter()
-        .chain(skill.args.iter())
-        .any(|a| a.starts_with("@perstack/base@"));
-    if pinned {
-        SkillKind::Stdio(skill.clone())
-    } else {
-        SkillKind::Base
-    }
 }
 
 fn cancelled() -> RunError {
@@ -750,37 +552,5 @@ fn cancelled() -> RunError {
     }
 }
 
-fn config_error(message: String) -> RunError {
-    RunError {
-        name: "ConfigurationError".into(),
-        message,
-        status_code: None,
-        is_retryable: false,
-    }
-}
-
-/// Every live actor's task holds its lifecycle future, which kameo lays out with the actor's
-/// state several times over: keep big state boxed so a thousand live jobs stay small.
 #[cfg(test)]
-mod task_size {
-    fn size_of_return<A, R>(_: impl FnOnce(A) -> R) -> usize {
-        std::mem::size_of::<R>()
-    }
-
-    #[test]
-    fn actor_tasks_stay_small() {
-        use super::*;
-        use crate::actor::{job, skill};
-        let run = kameo::actor::PreparedActor::<RunActor>::new(kameo::mailbox::bounded(1));
-        let run = size_of_return(|a: RunArgs| run.run(a));
-        let job = kameo::actor::PreparedActor::<job::JobActor>::new(kameo::mailbox::bounded(1));
-        let job = size_of_return(|a: job::JobArgs| job.run(a));
-        let skill =
-            kameo::actor::PreparedActor::<skill::SkillActor>::new(kameo::mailbox::bounded(1));
-        let skill = size_of_return(|a: skill::SkillArgs| skill.run(a));
-        // Measured: 6.6, 4.7 and 4.1 KiB (13.9 KiB for a run before its machine was boxed).
-        assert!(run <= 8 * 1024, "run actor task: {run} bytes");
-        assert!(job <= 6 * 1024, "job actor task: {job} bytes");
-        assert!(skill <= 6 * 1024, "skill actor task: {skill} bytes");
-    }
-}
+mod task_size;

@@ -1,0 +1,190 @@
+//! Setting up a run's tools: its SkillActors, the [`ToolIndex`] and the tool list the model sees.
+//!
+//! Every MCP skill of the Expert starts at once as a SkillActor supervised by the run, and the
+//! run waits for all of them to connect and describe their tools; interactive skills (never for
+//! a delegated run) and delegates add their own tools. A tool name claimed twice, a skill that
+//! fails to start or a delegate that does not exist is a configuration error: the run then
+//! publishes `startRun` and stops (see `Begin`). Talks to the skill actor
+//! ([`crate::actor::skill`]) and to the run's [`Machine`](crate::agent::Machine), which gets the
+//! index.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use kameo::prelude::*;
+use serde_json::json;
+
+use super::RunActor;
+use crate::actor::skill::{Describe, SkillActor, SkillArgs, SkillKind};
+use crate::agent::{BASE_SKILL, ToolIndex, ToolOwner, delegate_tool_name};
+use crate::llm::ToolSpec;
+use crate::schema::{RunError, Skill};
+
+impl RunActor {
+    /// Start the skills (all at once), build the tool index and the tool list the model sees.
+    pub(super) async fn set_up_tools(&mut self, me: &ActorRef<Self>) -> Result<(), RunError> {
+        let mut index = ToolIndex::new();
+        let mut specs = Vec::new();
+        let delegated = self.machine.checkpoint().delegated_by.is_some();
+        let mut owners: HashMap<String, String> = HashMap::new();
+        let expert_key = self.expert.key.clone();
+        let mut claim = |tool: &str, owner: &str| -> Result<(), RunError> {
+            if let Some(prev) = owners.insert(tool.to_string(), owner.to_string()) {
+                return Err(config_error(format!(
+                    "Tool name \"{tool}\" is provided by both {prev} and {owner} in expert \"{expert_key}\"; rename one of them"
+                )));
+            }
+            Ok(())
+        };
+        // Spawn every MCP skill first, then wait for all of them: they connect concurrently.
+        let mut started = Vec::new();
+        for (name, skill) in &self.expert.skills {
+            let (kind, pick, omit) = match skill {
+                Skill::McpStdioSkill(s) => (
+                    skill_kind(name, s, &self.ctx.settings),
+                    s.pick.clone(),
+                    s.omit.clone(),
+                ),
+                Skill::McpSseSkill(s) => {
+                    (SkillKind::Http(s.clone()), s.pick.clone(), s.omit.clone())
+                }
+                Skill::InteractiveSkill(_) => continue,
+            };
+            let args = SkillArgs {
+                ctx: self.ctx.clone(),
+                run_id: self.machine.setting().run_id.clone(),
+                name: name.clone(),
+                kind,
+                omit,
+                pick,
+                locked_tools: self
+                    .ctx
+                    .settings
+                    .lockfile
+                    .as_ref()
+                    .and_then(|l| l.tools_of(&self.expert.key, name)),
+            };
+            let actor = SkillActor::supervise(me, args)
+                .restart_policy(kameo::supervision::RestartPolicy::Transient)
+                .restart_limit(
+                    crate::actor::skill::SKILL_RESTARTS,
+                    crate::actor::skill::SKILL_RESTART_WINDOW,
+                )
+                .spawn_with_mailbox(kameo::mailbox::bounded(crate::actor::skill::SKILL_MAILBOX))
+                .await;
+            started.push((name.clone(), actor));
+        }
+        let described = futures::future::join_all(started.iter().map(|(name, actor)| async move {
+            actor
+                .wait_for_startup_with_result(|r| r.map_err(|e| e.to_string()))
+                .await
+                .map_err(|e| config_error(format!("skill \"{name}\" failed to start: {e}")))?;
+            actor
+                .ask(Describe)
+                .await
+                .map_err(|e| config_error(format!("skill \"{name}\" failed to start: {e}")))
+        }))
+        .await;
+        let mut first_error = None;
+        for ((name, actor), d) in started.into_iter().zip(described) {
+            match d {
+                Ok(d) => {
+                    for t in &d.tools {
+                        claim(&t.name, &format!("skill \"{name}\""))?;
+                        index.insert(t.name.clone(), ToolOwner::Skill(name.clone()));
+                        specs.push(ToolSpec {
+                            name: t.name.clone(),
+                            description: t.description.clone(),
+                            input_schema: t.input_schema.clone(),
+                        });
+                    }
+                    self.skills.insert(name, actor);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        for (name, skill) in &self.expert.skills {
+            let Skill::InteractiveSkill(s) = skill else {
+                continue;
+            };
+            if delegated {
+                continue; // delegated runs never get interactive tools (Perstack)
+            }
+            for (tool, t) in &s.tools {
+                claim(tool, &format!("interactive skill \"{name}\""))?;
+                let schema = serde_json::from_str(&t.input_json_schema).map_err(|e| {
+                    config_error(format!("interactive tool \"{tool}\" of skill \"{name}\": invalid inputJsonSchema: {e}"))
+                })?;
+                index.insert(tool.clone(), ToolOwner::Interactive(name.clone()));
+                specs.push(ToolSpec {
+                    name: tool.clone(),
+                    description: t.description.clone(),
+                    input_schema: schema,
+                });
+            }
+        }
+        for key in &self.expert.delegates {
+            let Some(d) = self.ctx.settings.experts.get(key) else {
+                return Err(config_error(format!(
+                    "Delegate expert \"{key}\" not found in experts"
+                )));
+            };
+            let tool = delegate_tool_name(&d.name);
+            claim(tool, &format!("delegate \"{key}\""))?;
+            index.insert(tool, ToolOwner::Delegate(d.reference()));
+            specs.push(ToolSpec {
+                name: tool.to_string(),
+                description: d.description.clone(),
+                input_schema: json!({"type":"object","properties":{"query":{"type":"string"}},"required":["query"]}),
+            });
+        }
+        self.index = Arc::new(index.clone());
+        self.tools = Arc::new(specs);
+        self.machine.set_tools(index);
+        Ok(())
+    }
+}
+
+/// The bundled base skill unless it is pinned (`@perstack/base@x.y.z`) or replaced by
+/// `perstackBaseSkillCommand`; every other stdio skill is spawned.
+fn skill_kind(
+    name: &str,
+    skill: &crate::schema::McpStdioSkill,
+    settings: &crate::actor::context::Settings,
+) -> SkillKind {
+    if name != BASE_SKILL {
+        return SkillKind::Stdio(skill.clone());
+    }
+    if let Some([command, args @ ..]) = settings.base_skill_command.as_deref() {
+        let mut s = skill.clone();
+        s.command = command.clone();
+        s.args = args.to_vec();
+        s.package_name = None;
+        s.lazy_init = false;
+        return SkillKind::Stdio(s);
+    }
+    let pinned = skill
+        .package_name
+        .iter()
+        .chain(skill.args.iter())
+        .any(|a| a.starts_with("@perstack/base@"));
+    if pinned {
+        SkillKind::Stdio(skill.clone())
+    } else {
+        SkillKind::Base
+    }
+}
+
+fn config_error(message: String) -> RunError {
+    RunError {
+        name: "ConfigurationError".into(),
+        message,
+        status_code: None,
+        is_retryable: false,
+    }
+}
