@@ -1,0 +1,287 @@
+//! T4, `bus/*`: the [`EventBus`] alone (spawned as the engine spawns it, storage discarded by
+//! [`NullStorage`]) fed a `callTools` event of the reference workload.
+//!
+//! - `bus/publish_one`: one producer, one `Publish` ask at a time, sink `tokio::io::sink()`;
+//! - then, without criterion: 1 and 16 producers into `tokio::io::sink()`; 16 producers into an
+//!   OS pipe (`std::io::pipe`, written through `tokio::fs::File` like the CLI's stdout, read by a
+//!   thread that counts lines) in events/s; and the same pipe with the reader stalled for
+//!   [`STALL`] while 64 producers ask and one more tells without waiting: how many events the bus
+//!   still takes, how RSS moves, and whether every event arrives once the reader resumes (bounded
+//!   waits: it reports rather than hangs).
+
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput};
+use kameo::prelude::*;
+use tokio::runtime::Runtime;
+
+use perstack::actor::event_bus::{BUS_MAILBOX, EventBus, Flush, Publish};
+use perstack::engine::Sink;
+use perstack::schema::Event;
+use perstack::storage::Storage;
+
+use crate::support::status_kib;
+use crate::{GIVE_UP, NullStorage, spawn_bus, stop_bus};
+
+/// How long the pipe reader stalls in the T4 back-pressure check.
+const STALL: Duration = Duration::from_secs(1);
+/// Events per producer-throughput measurement of T4.
+const BUS_EVENTS: u64 = 200_000;
+
+/// A `callTools` event of the reference workload, as Perstack prints it (as in
+/// `benches/fanout.rs`).
+const CALL_TOOLS: &str = r#"{"type":"callTools","id":"bwgiescld20w6p2hvmp669hi","expertKey":"coordinator","timestamp":1795729279647,"jobId":"kq2y1n5v0d7c3x8m4b6a9z1w","runId":"czh87xqx33fm5efnri0vp050","stepNumber":1,"newMessage":{"type":"expertMessage","contents":[{"type":"thinkingPart","id":"t0b3kq9v8x7c6n5m4l3k2j1h","thinking":"Two independent halves: delegate both at once."},{"type":"toolCallPart","toolCallId":"call_child_a","toolName":"child-a","args":{"query":"Do the first half"},"id":"e8b0m1gux6cyn6vy61zkbo9y"},{"type":"toolCallPart","toolCallId":"call_child_b","toolName":"child-b","args":{"query":"Do the second half"},"id":"i8juirdznq0pp7hukm4pgqfl"}],"id":"mux230rwscs9lw1ca55uasw9"},"toolCalls":[{"id":"call_child_a","skillName":"child-a","toolName":"child-a","args":{"query":"Do the first half"}},{"id":"call_child_b","skillName":"child-b","toolName":"child-b","args":{"query":"Do the second half"}}],"usage":{"inputTokens":120,"outputTokens":30,"reasoningTokens":0,"totalTokens":150,"cachedInputTokens":0}}"#;
+
+/// `producers` tasks publish `total` events between them, each waiting for every reply (as the
+/// runs do); the time until all replies are in.
+async fn publish_all(
+    bus: &ActorRef<EventBus>,
+    event: &Event,
+    producers: u64,
+    total: u64,
+) -> Duration {
+    let per = total / producers;
+    let t0 = Instant::now();
+    let tasks: Vec<_> = (0..producers)
+        .map(|_| {
+            let bus = bus.clone();
+            let event = event.clone();
+            tokio::spawn(async move {
+                for _ in 0..per {
+                    bus.ask(Publish(event.clone()))
+                        .await
+                        .expect("the bus accepts the event");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("a producer task");
+    }
+    t0.elapsed()
+}
+
+/// The reading end of an OS pipe, drained by a thread that counts lines and can be paused.
+struct PipeDrain {
+    paused: Arc<AtomicBool>,
+    lines: Arc<AtomicU64>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl PipeDrain {
+    /// A pipe whose writing end is returned as a bus sink (through `tokio::fs::File`, which
+    /// writes on the blocking pool as `tokio::io::stdout()` does).
+    fn new() -> (Self, Sink) {
+        let (mut reader, writer) = std::io::pipe().expect("an OS pipe");
+        let paused = Arc::new(AtomicBool::new(false));
+        let lines = Arc::new(AtomicU64::new(0));
+        let thread = {
+            let (paused, lines) = (paused.clone(), lines.clone());
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    if paused.load(Ordering::Acquire) {
+                        std::thread::sleep(Duration::from_millis(1));
+                        continue;
+                    }
+                    match reader.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            let count = buf[..n].iter().filter(|&&b| b == b'\n').count();
+                            lines.fetch_add(count as u64, Ordering::Release);
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(_) => break,
+                    }
+                }
+            })
+        };
+        let file = std::fs::File::from(OwnedFd::from(writer));
+        let sink: Sink = Box::new(tokio::fs::File::from_std(file));
+        (
+            PipeDrain {
+                paused,
+                lines,
+                thread,
+            },
+            sink,
+        )
+    }
+
+    fn lines(&self) -> u64 {
+        self.lines.load(Ordering::Acquire)
+    }
+
+    /// Wait (bounded) until the reader has seen `lines` lines; whether it did.
+    async fn wait_for(&self, lines: u64) -> bool {
+        let deadline = Instant::now() + GIVE_UP;
+        while self.lines() < lines {
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        true
+    }
+}
+
+pub(crate) fn bench_bus(c: &mut Criterion, rt: &Runtime, report: &mut Vec<String>) {
+    let event: Event = serde_json::from_str(CALL_TOOLS).expect("a valid callTools event");
+    let line_len = serde_json::to_vec(&event).expect("serialisable").len() + 1;
+    let storage: Arc<dyn Storage> = Arc::new(NullStorage);
+    let bus = {
+        let _guard = rt.enter();
+        spawn_bus(Some(Box::new(tokio::io::sink())), storage.clone())
+    };
+
+    let mut ran = false;
+    let mut group = c.benchmark_group("bus");
+    group
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .throughput(Throughput::Elements(1));
+    group.bench_function("publish_one", |b| {
+        ran = true;
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let t0 = Instant::now();
+                for _ in 0..iters {
+                    bus.ask(Publish(event.clone()))
+                        .await
+                        .expect("the bus accepts the event");
+                }
+                t0.elapsed()
+            })
+        });
+    });
+    group.finish();
+    if !ran {
+        rt.block_on(stop_bus(bus));
+        return;
+    }
+
+    let rate = |d: Duration, n: u64| n as f64 / d.as_secs_f64() / 1e6;
+    let one = rt.block_on(publish_all(&bus, &event, 1, BUS_EVENTS));
+    let many = rt.block_on(publish_all(&bus, &event, 16, BUS_EVENTS));
+    rt.block_on(stop_bus(bus));
+    let line = format!(
+        "T4 event bus -> tokio::io::sink() ({line_len}-byte callTools line): {:.2} M events/s with 1 producer, {:.2} M events/s with 16 ({:.0} MB/s)",
+        rate(one, BUS_EVENTS),
+        rate(many, BUS_EVENTS),
+        rate(many, BUS_EVENTS) * line_len as f64,
+    );
+    println!("{line}");
+    report.push(line);
+
+    // The same bus writing to an OS pipe.
+    let (drain, sink) = PipeDrain::new();
+    let bus = {
+        let _guard = rt.enter();
+        spawn_bus(Some(sink), storage)
+    };
+    let piped = rt.block_on(publish_all(&bus, &event, 16, BUS_EVENTS));
+    let delivered = rt.block_on(drain.wait_for(BUS_EVENTS));
+    let line = format!(
+        "T4 event bus -> OS pipe via tokio::fs::File, reader draining: {:.2} M events/s with 16 producers ({:.0} MB/s){}",
+        rate(piped, BUS_EVENTS),
+        rate(piped, BUS_EVENTS) * line_len as f64,
+        if delivered {
+            ""
+        } else {
+            " -- NOT ALL LINES ARRIVED"
+        },
+    );
+    println!("{line}");
+    report.push(line);
+
+    let line = rt.block_on(stalled_reader(&bus, &event, &drain, BUS_EVENTS));
+    println!("{line}");
+    report.push(line);
+    rt.block_on(stop_bus(bus));
+    let PipeDrain { thread, .. } = drain;
+    // The bus dropped the pipe's writing end, so the reader sees end of file.
+    let _ = thread.join();
+}
+
+/// Stall the pipe reader for [`STALL`] while 64 producers keep publishing and waiting for each
+/// reply (as runs do) and one more tells without waiting (the worst case: only the bounded
+/// mailbox stops it); report what the bus took and how RSS moved, then resume and check that
+/// every event arrives.
+async fn stalled_reader(
+    bus: &ActorRef<EventBus>,
+    event: &Event,
+    drain: &PipeDrain,
+    already: u64,
+) -> String {
+    const PRODUCERS: usize = 64;
+    drain.paused.store(true, Ordering::Release);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let answered = Arc::new(AtomicU64::new(0));
+    let told = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let rss0 = status_kib("VmRSS").unwrap_or(0);
+    let mut producers: Vec<_> = (0..PRODUCERS)
+        .map(|_| {
+            let (bus, event) = (bus.clone(), event.clone());
+            let (answered, stop) = (answered.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Acquire) {
+                    bus.ask(Publish(event.clone()))
+                        .await
+                        .expect("the bus accepts the event");
+                    answered.fetch_add(1, Ordering::AcqRel);
+                }
+            })
+        })
+        .collect();
+    producers.push({
+        let (bus, event) = (bus.clone(), event.clone());
+        let (told, stop) = (told.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Acquire) {
+                bus.tell(Publish(event.clone()))
+                    .await
+                    .expect("the bus takes the event");
+                told.fetch_add(1, Ordering::AcqRel);
+            }
+        })
+    });
+    let taken = || answered.load(Ordering::Acquire) + told.load(Ordering::Acquire);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (filled, replies, rss1) = (
+        taken(),
+        answered.load(Ordering::Acquire),
+        status_kib("VmRSS").unwrap_or(0),
+    );
+    tokio::time::sleep(STALL).await;
+    let (later, rss2) = (taken(), status_kib("VmRSS").unwrap_or(0));
+    stop.store(true, Ordering::Release);
+    drain.paused.store(false, Ordering::Release);
+    let joined = tokio::time::timeout(GIVE_UP, futures::future::join_all(producers))
+        .await
+        .is_ok();
+    let _ = bus.ask(Flush).await;
+    let total = taken();
+    let delivered = joined && drain.wait_for(already + total).await;
+    format!(
+        "T4 stalled pipe reader, 64 asking producers + 1 telling: the bus took {filled} events ({replies} answered, the rest queued in its {BUS_MAILBOX}-slot mailbox), then +{} over the next {:.1} s; RSS {:+} KiB while filling, {:+} KiB over the stall; after resuming, {}",
+        later - filled,
+        STALL.as_secs_f64(),
+        i128::from(rss1) - i128::from(rss0),
+        i128::from(rss2) - i128::from(rss1),
+        if delivered {
+            format!("all {total} events of the stall phase were read")
+        } else {
+            format!(
+                "only {} of {total} events were read within {} s",
+                drain.lines().saturating_sub(already),
+                GIVE_UP.as_secs()
+            )
+        },
+    )
+}
