@@ -69,6 +69,20 @@ pub struct GenerationError {
     pub retry_after: Option<Duration>,
 }
 
+impl GenerationError {
+    /// The provider answered something that is not its wire format (unparsable JSON, a
+    /// malformed event stream): retryable, as the next answer may be fine.
+    pub fn invalid_response(message: String) -> Self {
+        GenerationError {
+            name: "InvalidResponseDataError".into(),
+            message,
+            status_code: None,
+            retryable: true,
+            retry_after: None,
+        }
+    }
+}
+
 impl GeneratedToolCall {
     /// Arguments from the model's raw JSON text (Anthropic's `input_json_delta`s, OpenAI's
     /// `arguments` fragments, joined): empty text means `{}`; anything but a JSON object is a

@@ -5,15 +5,14 @@
 //! JSON per content-block index and are parsed once, at `content_block_stop`. The stream ends
 //! after `message_stop`; if the body ends or breaks first, the last item is a retryable error.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use eventsource_stream::{EventStreamError, Eventsource};
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use serde_json::Value;
 
-use crate::llm::http::{redact_error, transport_error, truncate};
+use crate::llm::http::truncate;
 use crate::llm::{FinishReason, GeneratedToolCall, GenerationError, PartStream, StreamPart};
 use crate::schema::Usage;
 
@@ -61,7 +60,7 @@ impl Decoder {
             return Ok(Vec::new());
         }
         let v: Value = serde_json::from_str(data).map_err(|e| {
-            invalid_data(format!(
+            GenerationError::invalid_response(format!(
                 "unparsable {name} event ({e}): {}",
                 truncate(data, 200)
             ))
@@ -214,84 +213,38 @@ fn stream_error(v: &Value) -> GenerationError {
     }
 }
 
-fn invalid_data(message: String) -> GenerationError {
-    GenerationError {
-        name: "InvalidResponseDataError".into(),
-        message,
-        status_code: None,
-        retryable: true,
-        retry_after: None,
-    }
-}
-
 /// The parts of one response body. Every error is scrubbed of `secrets`.
 pub(super) fn parts<S>(body: S, secrets: Arc<Vec<String>>) -> PartStream
 where
     S: Stream<Item = Result<Bytes, reqwest::Error>> + Send + 'static,
 {
-    struct State<E> {
-        events: E,
-        decoder: Decoder,
-        queue: VecDeque<Result<StreamPart, GenerationError>>,
-        finished: bool,
-        secrets: Arc<Vec<String>>,
+    crate::llm::sse::parts::<Decoder, S>(body, secrets)
+}
+
+impl crate::llm::sse::SseDecoder for Decoder {
+    fn event(&mut self, name: &str, data: &str) -> Result<Vec<StreamPart>, GenerationError> {
+        Decoder::event(self, name, data)
     }
-    let state = State {
-        events: Box::pin(body.eventsource()),
-        decoder: Decoder::default(),
-        queue: VecDeque::new(),
-        finished: false,
-        secrets,
-    };
-    Box::pin(futures::stream::unfold(state, |mut st| async move {
-        loop {
-            if let Some(item) = st.queue.pop_front() {
-                let item = item.map_err(|e| redact_error(e, &st.secrets));
-                return Some((item, st));
-            }
-            if st.finished {
-                return None;
-            }
-            match st.events.next().await {
-                Some(Ok(ev)) => match st.decoder.event(&ev.event, &ev.data) {
-                    Ok(parts) => {
-                        st.queue.extend(parts.into_iter().map(Ok));
-                        st.finished = st.decoder.is_done();
-                    }
-                    Err(e) => {
-                        st.queue.push_back(Err(e));
-                        st.finished = true;
-                    }
-                },
-                Some(Err(e)) => {
-                    let e = match e {
-                        EventStreamError::Transport(e) => {
-                            let mut e = transport_error(e, &st.secrets);
-                            e.message = format!("The stream broke off: {}", e.message);
-                            e
-                        }
-                        other => invalid_data(format!("invalid event stream: {other}")),
-                    };
-                    st.queue.push_back(Err(e));
-                    st.finished = true;
-                }
-                None => {
-                    st.queue.push_back(Err(GenerationError {
-                        name: "StreamClosed".into(),
-                        message: "The model stream ended before its message_stop event.".into(),
-                        status_code: None,
-                        retryable: true,
-                        retry_after: None,
-                    }));
-                    st.finished = true;
-                }
-            }
-        }
-    }))
+
+    fn end_of_body(&mut self) -> Result<Vec<StreamPart>, GenerationError> {
+        Err(GenerationError {
+            name: "StreamClosed".into(),
+            message: "The model stream ended before its message_stop event.".into(),
+            status_code: None,
+            retryable: true,
+            retry_after: None,
+        })
+    }
+
+    fn is_done(&self) -> bool {
+        Decoder::is_done(self)
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use futures::StreamExt;
+
     use super::*;
 
     async fn collect(sse: &str) -> Vec<Result<StreamPart, GenerationError>> {

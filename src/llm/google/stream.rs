@@ -17,15 +17,13 @@
 //! Gemini sends no end marker: `Finish` comes when the body ends after a finish reason. A body
 //! that ends or breaks before one ends with a retryable error. Unknown fields are ignored.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use eventsource_stream::{EventStreamError, Eventsource};
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use serde_json::{Map, Value};
 
-use crate::llm::http::{is_retryable_status, redact_error, transport_error, truncate};
+use crate::llm::http::{is_retryable_status, truncate};
 use crate::llm::{FinishReason, GeneratedToolCall, GenerationError, PartStream, StreamPart};
 use crate::schema::Usage;
 
@@ -55,7 +53,10 @@ impl Decoder {
             return Ok(Vec::new());
         }
         let v: Value = serde_json::from_str(data).map_err(|e| {
-            invalid_data(format!("unparsable chunk ({e}): {}", truncate(data, 200)))
+            GenerationError::invalid_response(format!(
+                "unparsable chunk ({e}): {}",
+                truncate(data, 200)
+            ))
         })?;
         let mut out = Vec::new();
         match &v {
@@ -127,7 +128,7 @@ impl Decoder {
             }
             let name = call["name"].as_str().unwrap_or_default().to_string();
             if name.is_empty() {
-                return Err(invalid_data(format!(
+                return Err(GenerationError::invalid_response(format!(
                     "a function call lacks its name: {}",
                     truncate(&call.to_string(), 200)
                 )));
@@ -256,66 +257,26 @@ fn stream_error(e: &Value) -> GenerationError {
     }
 }
 
-fn invalid_data(message: String) -> GenerationError {
-    GenerationError {
-        name: "InvalidResponseDataError".into(),
-        message,
-        status_code: None,
-        retryable: true,
-        retry_after: None,
-    }
-}
-
 /// The parts of one response body. Every error is scrubbed of `secrets`.
 pub(super) fn parts<S>(body: S, secrets: Arc<Vec<String>>) -> PartStream
 where
     S: Stream<Item = Result<Bytes, reqwest::Error>> + Send + 'static,
 {
-    struct State<E> {
-        events: E,
-        decoder: Decoder,
-        queue: VecDeque<Result<StreamPart, GenerationError>>,
-        finished: bool,
-        secrets: Arc<Vec<String>>,
+    crate::llm::sse::parts::<Decoder, S>(body, secrets)
+}
+
+impl crate::llm::sse::SseDecoder for Decoder {
+    fn event(&mut self, _: &str, data: &str) -> Result<Vec<StreamPart>, GenerationError> {
+        self.data(data)
     }
-    let state = State {
-        events: Box::pin(body.eventsource()),
-        decoder: Decoder::default(),
-        queue: VecDeque::new(),
-        finished: false,
-        secrets,
-    };
-    Box::pin(futures::stream::unfold(state, |mut st| async move {
-        loop {
-            if let Some(item) = st.queue.pop_front() {
-                let item = item.map_err(|e| redact_error(e, &st.secrets));
-                return Some((item, st));
-            }
-            if st.finished {
-                return None;
-            }
-            let step = match st.events.next().await {
-                Some(Ok(ev)) => st.decoder.data(&ev.data),
-                Some(Err(EventStreamError::Transport(e))) => {
-                    let mut e = transport_error(e, &st.secrets);
-                    e.message = format!("The stream broke off: {}", e.message);
-                    Err(e)
-                }
-                Some(Err(other)) => Err(invalid_data(format!("invalid event stream: {other}"))),
-                None => st.decoder.end_of_body(),
-            };
-            match step {
-                Ok(parts) => {
-                    st.queue.extend(parts.into_iter().map(Ok));
-                    st.finished = st.decoder.is_done();
-                }
-                Err(e) => {
-                    st.queue.push_back(Err(e));
-                    st.finished = true;
-                }
-            }
-        }
-    }))
+
+    fn end_of_body(&mut self) -> Result<Vec<StreamPart>, GenerationError> {
+        Decoder::end_of_body(self)
+    }
+
+    fn is_done(&self) -> bool {
+        Decoder::is_done(self)
+    }
 }
 
 #[cfg(test)]

@@ -48,8 +48,12 @@ impl Decoder {
         if line.is_empty() || self.done {
             return Ok(Vec::new());
         }
-        let v: Value = serde_json::from_str(line)
-            .map_err(|e| invalid_data(format!("unparsable line ({e}): {}", truncate(line, 200))))?;
+        let v: Value = serde_json::from_str(line).map_err(|e| {
+            GenerationError::invalid_response(format!(
+                "unparsable line ({e}): {}",
+                truncate(line, 200)
+            ))
+        })?;
         if let Some(error) = v.get("error").filter(|e| !e.is_null()) {
             let message = match error {
                 Value::String(s) => s.clone(),
@@ -111,7 +115,7 @@ impl Decoder {
     fn call(&mut self, f: &Value) -> Result<StreamPart, GenerationError> {
         let name = f["name"].as_str().unwrap_or_default().to_string();
         if name.is_empty() {
-            return Err(invalid_data(format!(
+            return Err(GenerationError::invalid_response(format!(
                 "a tool call lacks its name: {}",
                 truncate(&f.to_string(), 200)
             )));
@@ -140,16 +144,6 @@ impl Decoder {
         if std::mem::take(&mut self.reasoning) {
             out.push(StreamPart::ReasoningEnd { signature: None });
         }
-    }
-}
-
-fn invalid_data(message: String) -> GenerationError {
-    GenerationError {
-        name: "InvalidResponseDataError".into(),
-        message,
-        status_code: None,
-        retryable: true,
-        retry_after: None,
     }
 }
 
@@ -230,8 +224,9 @@ fn complete_lines(
 }
 
 fn decode_line(line: &[u8], decoder: &mut Decoder) -> Result<Vec<StreamPart>, GenerationError> {
-    let line = std::str::from_utf8(line)
-        .map_err(|e| invalid_data(format!("a line that is not UTF-8 ({e})")))?;
+    let line = std::str::from_utf8(line).map_err(|e| {
+        GenerationError::invalid_response(format!("a line that is not UTF-8 ({e})"))
+    })?;
     decoder.line(line)
 }
 
