@@ -134,20 +134,12 @@ impl AnthropicModel {
         ];
         let custom = config.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
         let headers = http::header_map(PROVIDER, defaults.into_iter().chain(custom))?;
-        let secrets = std::iter::once(config.api_key.clone())
-            .chain(
-                config
-                    .headers
-                    .iter()
-                    .filter(|(k, _)| http::is_secret_header(k))
-                    .map(|(_, v)| v.clone()),
-            )
-            .collect();
+        let secrets = http::secrets(Some(&config.api_key), &config.headers);
         Ok(AnthropicModel {
             client: http::client(PROVIDER)?,
             endpoint,
             headers,
-            secrets: Arc::new(secrets),
+            secrets,
             max_tokens: config.max_tokens,
         })
     }

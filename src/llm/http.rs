@@ -234,6 +234,25 @@ pub fn is_secret_header(name: &str) -> bool {
         .any(|s| name.contains(s))
 }
 
+/// What errors must never show: the API key (when there is one) and the values of custom
+/// headers that may carry a credential ([`is_secret_header`]).
+pub fn secrets(
+    api_key: Option<&str>,
+    headers: &std::collections::BTreeMap<String, String>,
+) -> std::sync::Arc<Vec<String>> {
+    let from_headers = headers
+        .iter()
+        .filter(|(k, _)| is_secret_header(k))
+        .map(|(_, v)| v.clone());
+    std::sync::Arc::new(
+        api_key
+            .map(str::to_owned)
+            .into_iter()
+            .chain(from_headers)
+            .collect(),
+    )
+}
+
 /// A header map from name/value pairs. Later pairs replace earlier ones with the same name
 /// (so custom headers can override defaults). Values of [`is_secret_header`] names are marked
 /// sensitive so `Debug` never prints them.

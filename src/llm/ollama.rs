@@ -122,17 +122,12 @@ impl OllamaModel {
         ];
         let custom = config.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
         let headers = http::header_map(PROVIDER, defaults.into_iter().chain(custom))?;
-        let secrets = config
-            .headers
-            .iter()
-            .filter(|(k, _)| http::is_secret_header(k))
-            .map(|(_, v)| v.clone())
-            .collect();
+        let secrets = http::secrets(None, &config.headers);
         Ok(OllamaModel {
             client: http::client(PROVIDER)?,
             endpoint,
             headers,
-            secrets: Arc::new(secrets),
+            secrets,
         })
     }
 

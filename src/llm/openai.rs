@@ -292,22 +292,14 @@ impl OpenAiModel {
         defaults.push(("accept", "text/event-stream"));
         let custom = config.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
         let headers = http::header_map(p, defaults.into_iter().chain(custom))?;
-        let secrets = std::iter::once(config.api_key.clone())
-            .chain(
-                config
-                    .headers
-                    .iter()
-                    .filter(|(k, _)| http::is_secret_header(k))
-                    .map(|(_, v)| v.clone()),
-            )
-            .collect();
+        let secrets = http::secrets(Some(&config.api_key), &config.headers);
         Ok(OpenAiModel {
             flavor,
             client: http::client(p)?,
             endpoint,
             api_version: config.api_version,
             headers,
-            secrets: Arc::new(secrets),
+            secrets,
         })
     }
 
