@@ -70,6 +70,23 @@ pub struct GenerationError {
 }
 
 impl GenerationError {
+    /// An error the API reported inside a stream (the body of an error event or chunk), with
+    /// the HTTP status it stands for: `kind: message` (just `message` without a kind),
+    /// retryable as that status would be.
+    pub fn api_call(status: u16, kind: &str, message: &str) -> Self {
+        GenerationError {
+            name: "APICallError".into(),
+            message: if kind.is_empty() {
+                message.to_string()
+            } else {
+                format!("{kind}: {message}")
+            },
+            status_code: Some(status),
+            retryable: crate::llm::http::is_retryable_status(status),
+            retry_after: None,
+        }
+    }
+
     /// The provider answered something that is not its wire format (unparsable JSON, a
     /// malformed event stream): retryable, as the next answer may be fine.
     pub fn invalid_response(message: String) -> Self {

@@ -204,13 +204,7 @@ fn stream_error(v: &Value) -> GenerationError {
         "overloaded_error" => 529,
         _ => 500,
     };
-    GenerationError {
-        name: "APICallError".into(),
-        message: format!("{kind}: {}", s("/error/message").unwrap_or("stream error")),
-        status_code: Some(status),
-        retryable: crate::llm::http::is_retryable_status(status),
-        retry_after: None,
-    }
+    GenerationError::api_call(status, kind, s("/error/message").unwrap_or("stream error"))
 }
 
 /// The parts of one response body. Every error is scrubbed of `secrets`.

@@ -23,7 +23,7 @@ use bytes::Bytes;
 use futures::Stream;
 use serde_json::{Map, Value};
 
-use crate::llm::http::{is_retryable_status, truncate};
+use crate::llm::http::truncate;
 use crate::llm::{FinishReason, GeneratedToolCall, GenerationError, PartStream, StreamPart};
 use crate::schema::Usage;
 
@@ -244,17 +244,7 @@ fn stream_error(e: &Value) -> GenerationError {
         .get("message")
         .and_then(Value::as_str)
         .unwrap_or("stream error");
-    GenerationError {
-        name: "APICallError".into(),
-        message: if status_name.is_empty() {
-            message.to_string()
-        } else {
-            format!("{status_name}: {message}")
-        },
-        status_code: Some(status),
-        retryable: is_retryable_status(status),
-        retry_after: None,
-    }
+    GenerationError::api_call(status, status_name, message)
 }
 
 /// The parts of one response body. Every error is scrubbed of `secrets`.

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use futures::Stream;
 use serde_json::Value;
 
-use crate::llm::http::{is_retryable_status, truncate};
+use crate::llm::http::truncate;
 use crate::llm::{FinishReason, GeneratedToolCall, GenerationError, PartStream, StreamPart};
 use crate::schema::Usage;
 
@@ -242,17 +242,7 @@ fn stream_error(e: &Value) -> GenerationError {
         _ => 500,
     };
     let message = s("message").unwrap_or("stream error");
-    GenerationError {
-        name: "APICallError".into(),
-        message: if kind.is_empty() {
-            message.to_string()
-        } else {
-            format!("{kind}: {message}")
-        },
-        status_code: Some(status),
-        retryable: is_retryable_status(status),
-        retry_after: None,
-    }
+    GenerationError::api_call(status, &kind, message)
 }
 
 /// The parts of one response body. Every error is scrubbed of `secrets`.
