@@ -20,7 +20,7 @@ use pretty_assertions::assert_eq;
 use serde_json::{Map, Value, json};
 
 use super::fake_server::{FakeServer, Reply, sse_event};
-use super::wire::drain;
+use super::wire::{assert_class, drain};
 
 const KEY: &str = "sk-ant-test-SECRET";
 
@@ -408,12 +408,6 @@ async fn a_perstack_history_becomes_the_request_the_ai_sdk_sends() {
             "stream": true
         })
     );
-}
-
-/// Asserts the class of `e`: name, status and retry policy.
-fn assert_class(e: &GenerationError, name: &str, status: Option<u16>, retryable: bool) {
-    let got = (e.name.as_str(), e.status_code, e.retryable);
-    assert_eq!(got, (name, status, retryable), "{e:?}");
 }
 
 /// Run `simple` against one reply and return the error it must end in.

@@ -17,7 +17,7 @@ use pretty_assertions::assert_eq;
 use serde_json::{Map, Value, json};
 
 use super::fake_server::{FakeServer, Reply};
-use super::wire::drain;
+use super::wire::{assert_class, drain};
 
 const KEY: &str = "AIzaSy-test-SECRET";
 
@@ -421,12 +421,6 @@ async fn the_provider_is_selected_from_the_environment() {
     );
     let e = missing.err().expect("the key is required").to_string();
     assert!(e.contains("GOOGLE_GENERATIVE_AI_API_KEY"), "{e}");
-}
-
-/// Asserts the class of `e`: name, status and retry policy.
-fn assert_class(e: &GenerationError, name: &str, status: Option<u16>, retryable: bool) {
-    let got = (e.name.as_str(), e.status_code, e.retryable);
-    assert_eq!(got, (name, status, retryable), "{e:?}");
 }
 
 /// Run `simple` against one reply and return the error it must end in.

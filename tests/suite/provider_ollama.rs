@@ -17,7 +17,7 @@ use pretty_assertions::assert_eq;
 use serde_json::{Map, Value, json};
 
 use super::fake_server::{FakeServer, Reply};
-use super::wire::drain;
+use super::wire::{assert_class, drain};
 
 const TOKEN: &str = "Bearer proxy-SECRET";
 
@@ -353,12 +353,6 @@ async fn the_provider_is_selected_from_the_environment_with_an_api_suffixed_base
     let r = &server.requests().await[0];
     assert_eq!(r.path, "/api/chat");
     assert_eq!(r.headers["x-team"], "t1");
-}
-
-/// Asserts the class of `e`: name, status and retry policy.
-fn assert_class(e: &GenerationError, name: &str, status: Option<u16>, retryable: bool) {
-    let got = (e.name.as_str(), e.status_code, e.retryable);
-    assert_eq!(got, (name, status, retryable), "{e:?}");
 }
 
 /// Run `simple` against one reply and return the error it must end in.

@@ -18,7 +18,7 @@ use pretty_assertions::assert_eq;
 use serde_json::{Map, Value, json};
 
 use super::fake_server::{FakeServer, Reply};
-use super::wire::drain;
+use super::wire::{assert_class, drain};
 
 const KEY: &str = "sk-proj-test-SECRET";
 
@@ -416,12 +416,6 @@ async fn azure_posts_to_the_deployment_url_with_the_api_key_header() {
         r.path,
         "/openai/deployments/my-gpt/chat/completions?api-version=2025-04-01-preview"
     );
-}
-
-/// Asserts the class of `e`: name, status and retry policy.
-fn assert_class(e: &GenerationError, name: &str, status: Option<u16>, retryable: bool) {
-    let got = (e.name.as_str(), e.status_code, e.retryable);
-    assert_eq!(got, (name, status, retryable), "{e:?}");
 }
 
 /// Run `simple` against one reply and return the error it must end in.

@@ -45,6 +45,12 @@ pub(crate) async fn drain(
     outcome
 }
 
+/// Asserts the class of `e`: name, status and retry policy.
+pub(crate) fn assert_class(e: &GenerationError, name: &str, status: Option<u16>, retryable: bool) {
+    let got = (e.name.as_str(), e.status_code, e.retryable);
+    assert_eq!(got, (name, status, retryable), "{e:?}");
+}
+
 /// One provider's wire format: how its answers look, and how it is pointed at a server.
 pub(crate) struct Wire {
     pub(crate) provider: ProviderName,
