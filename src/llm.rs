@@ -1,6 +1,11 @@
 //! Language models: the [`LanguageModel`] trait every provider implements, the stream
-//! [`Assembler`] that turns parts into a [`Generation`], the one retry backoff, and the
-//! [`scripted`] provider that plays turns from a file (tests, examples, offline demos).
+//! [`Assembler`] that turns parts into a [`Generation`], the one retry policy ([`retry`]), and
+//! the [`scripted`] provider that plays turns from a file (tests, examples, offline demos).
+//!
+//! The HTTP providers ([`anthropic`], [`openai`] for OpenAI, DeepSeek and Azure, [`google`],
+//! [`ollama`]) each own a request builder and a stream decoder; they share the HTTP plumbing and
+//! error classification of [`http`] and, for the SSE-based ones, one event-stream driver
+//! (`sse`). [`select`] builds the provider a configuration names.
 //!
 //! Providers are plain `Arc`'d structs, not actors. They never see checkpoints, only the
 //! messages and tools of one call; they classify their own failures into [`GenerationError`]
@@ -17,6 +22,7 @@ pub mod openai;
 pub mod retry;
 pub mod scripted;
 pub mod select;
+mod sse;
 
 use std::pin::Pin;
 use std::sync::Arc;
