@@ -42,8 +42,8 @@ pub struct AnthropicConfig {
     /// Extra headers, sent after (and so overriding) the default ones.
     pub headers: BTreeMap<String, String>,
     /// The output limit of each request; `None` (Perstack's behaviour) asks for the model's
-    /// own maximum (the AI SDK's table, in `anthropic/request.rs`). A generation that hits it finishes with
-    /// `Length`, which the agent machine retries.
+    /// own maximum (the AI SDK's table, in `anthropic/request.rs`). A generation that hits it
+    /// finishes with `Length`, which the agent machine retries.
     pub max_tokens: Option<u32>,
 }
 
