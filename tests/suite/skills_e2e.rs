@@ -263,3 +263,62 @@ requiredEnv = ["FIXTURE_TOKEN_FOR_TEST"]
     );
     assert!(events.is_empty(), "nothing may run");
 }
+
+#[test]
+fn perstack_base_skill_command_serves_the_base_skill_over_stdio_from_perstack_base() {
+    // `perstackBaseSkillCommand` replaces the in-process base skill with a stdio server; this
+    // engine's own `perstack base` is one. Same tools, same results, over real MCP.
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        r#"
+perstackBaseSkillCommand = ["{}", "base"]
+
+[provider]
+providerName = "scripted"
+[provider.setting]
+script = "script.toml"
+
+[experts."worker"]
+instruction = "Keep a todo list."
+
+[experts."worker".skills."@perstack/base"]
+type = "mcpStdioSkill"
+command = "npx"
+packageName = "@perstack/base"
+pick = ["todo", "attemptCompletion"]
+"#,
+        env!("CARGO_BIN_EXE_perstack")
+    );
+    std::fs::write(dir.path().join("perstack.toml"), toml).unwrap();
+    std::fs::write(
+        dir.path().join("script.toml"),
+        r#"
+[[turns]]
+expert = "worker"
+toolCalls = [{ id = "t1", name = "todo", args = { newTodos = ["write the test"] } }]
+[[turns]]
+expert = "worker"
+text = "Listed."
+"#,
+    )
+    .unwrap();
+    let (code, events, stderr) = run(dir.path(), "worker", &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let starting = events
+        .iter()
+        .find(|e| e["type"] == "skillStarting")
+        .expect("the base skill was spawned");
+    assert_eq!(starting["args"], serde_json::json!(["base"]));
+    let connected = events
+        .iter()
+        .find(|e| e["type"] == "skillConnected")
+        .unwrap();
+    assert_eq!(connected["serverInfo"]["name"], "@perstack/base");
+    let r = results(&events);
+    assert_eq!(r[0].0, "todo");
+    let todos: Value = serde_json::from_str(&r[0].1).unwrap();
+    assert_eq!(
+        todos["todos"],
+        serde_json::json!([{"id": 0, "title": "write the test", "completed": false}])
+    );
+}
