@@ -224,7 +224,7 @@ async fn connect(args: &SkillArgs) -> Result<(Conn, Option<std::path::PathBuf>),
     };
     let (conn, inline_from) = match &args.kind {
         SkillKind::Base => {
-            let skill = BaseSkill::new(settings.workspace.clone()).with_env(settings.env.clone());
+            let skill = BaseSkill::with_workspace_env(settings.workspace.clone(), &settings.env);
             (
                 Conn::Base(connect_in_process(skill).await?),
                 Some(settings.workspace.clone()),

@@ -24,7 +24,9 @@ pub(super) async fn execute(args: BaseArgs) -> u8 {
             return 2;
         }
     };
-    let skill = BaseSkill::new(workspace).with_env(std::env::vars().collect());
+    // `new` takes the safe subset of this process's environment (and, unlike
+    // `std::env::vars`, does not panic on a variable that is not UTF-8).
+    let skill = BaseSkill::new(workspace);
     let service = match skill.serve(rmcp::transport::stdio()).await {
         Ok(s) => s,
         Err(e) => {

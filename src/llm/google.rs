@@ -198,14 +198,9 @@ impl LanguageModel for GoogleModel {
 
     async fn stream(&self, req: GenerationRequest) -> Result<PartStream, GenerationError> {
         let body = request::body(&req)?;
-        let response = self
-            .client
-            .post(self.url(&req.model)?)
-            .headers(self.headers.clone())
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| http::transport_error(e, &self.secrets))?;
+        let url = self.url(&req.model)?;
+        let response =
+            http::post_json(&self.client, url, &self.headers, &body, &self.secrets).await?;
         let response = http::check_status(response, &self.secrets, unwrap_error_body).await?;
         Ok(stream::parts(response.bytes_stream(), self.secrets.clone()))
     }

@@ -456,6 +456,25 @@ pub fn truncate(s: &str, max: usize) -> String {
     }
 }
 
+/// POST `body` as JSON to `url` with `headers`; a failure to send or to get an answer is a
+/// classified transport error without secrets. The status is not checked (see
+/// [`check_status`]).
+pub async fn post_json(
+    client: &reqwest::Client,
+    url: reqwest::Url,
+    headers: &HeaderMap,
+    body: &Value,
+    secrets: &[String],
+) -> Result<reqwest::Response, GenerationError> {
+    client
+        .post(url)
+        .headers(headers.clone())
+        .json(body)
+        .send()
+        .await
+        .map_err(|e| transport_error(e, secrets))
+}
+
 /// Pass a successful response through; turn any other status into the classified
 /// [`GenerationError`] (reading the body, with secrets redacted). `body` may rewrite the error
 /// body first (Google wraps it in an array).

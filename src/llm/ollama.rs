@@ -132,13 +132,8 @@ impl OllamaModel {
     }
 
     async fn post(&self, body: &Value) -> Result<reqwest::Response, GenerationError> {
-        self.client
-            .post(self.endpoint.clone())
-            .headers(self.headers.clone())
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| http::transport_error(e, &self.secrets))
+        let url = self.endpoint.clone();
+        http::post_json(&self.client, url, &self.headers, body, &self.secrets).await
     }
 }
 

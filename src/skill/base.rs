@@ -78,12 +78,26 @@ impl BaseSkill {
     /// directory); if that fails (it does not exist) it is kept as given. The environment is
     /// the safe subset of this process's environment; see [`BaseSkill::with_env`].
     pub fn new(workspace: impl Into<PathBuf>) -> Self {
-        let workspace = workspace.into();
         let process_env = std::env::vars_os()
             .filter_map(|(key, value)| Some((key.into_string().ok()?, value.into_string().ok()?)));
+        Self::build(workspace.into(), exec::safe_env(process_env))
+    }
+
+    /// A fresh base skill for `workspace` whose environment is the safe subset of `env` (the
+    /// run's environment), without looking at this process's: what [`BaseSkill::new`]
+    /// followed by [`BaseSkill::with_env`] gives, copying only the safe variables.
+    pub fn with_workspace_env(
+        workspace: impl Into<PathBuf>,
+        env: &BTreeMap<String, String>,
+    ) -> Self {
+        let safe = env.iter().map(|(k, v)| (k.clone(), v.clone()));
+        Self::build(workspace.into(), exec::safe_env(safe))
+    }
+
+    fn build(workspace: PathBuf, env: BTreeMap<String, String>) -> Self {
         BaseSkill {
             workspace: std::fs::canonicalize(&workspace).unwrap_or(workspace),
-            env: exec::safe_env(process_env),
+            env,
             started: Instant::now(),
             todos: Arc::default(),
             tool_router: Self::router(),
