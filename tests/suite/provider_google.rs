@@ -12,12 +12,12 @@ use perstack::llm::google::{GoogleConfig, GoogleModel};
 use perstack::llm::{
     FinishReason, GeneratedToolCall, GenerationError, GenerationRequest, StreamPart, ToolSpec,
 };
-use perstack::schema::{Message, MessagePart, ThinkingPart, ToolCallPart, ToolResult, Usage};
+use perstack::schema::{Message, MessagePart, ThinkingPart, Usage};
 use pretty_assertions::assert_eq;
 use serde_json::{Map, Value, json};
 
 use super::fake_server::{FakeServer, Reply};
-use super::wire::{assert_class, drain};
+use super::wire::{assert_class, drain, read_call, read_result};
 
 const KEY: &str = "AIzaSy-test-SECRET";
 
@@ -311,15 +311,6 @@ async fn max_tokens_and_safety_map_to_length_and_other() {
 #[tokio::test]
 async fn a_history_maps_calls_signatures_and_results_to_contents() {
     let server = FakeServer::start(vec![ok()]).await;
-    let tool_call = |id: &str, path: &str| {
-        MessagePart::ToolCallPart(ToolCallPart {
-            id: "p".into(),
-            tool_call_id: id.into(),
-            tool_name: "readTextFile".into(),
-            args: json!({"path": path}),
-            extra: Map::new(),
-        })
-    };
     let thinking = |text: &str, sig: &str| {
         MessagePart::ThinkingPart(ThinkingPart {
             id: "t".into(),
@@ -332,24 +323,17 @@ async fn a_history_maps_calls_signatures_and_results_to_contents() {
         thinking("I should read both.", "sig-thought"),
         thinking("", "sig-call"),
         MessagePart::text("Reading."),
-        tool_call("call_0_readTextFile", "a.txt"),
-        tool_call("call_1_readTextFile", "b.txt"),
+        read_call("call_0_readTextFile", "a.txt"),
+        read_call("call_1_readTextFile", "b.txt"),
     ]);
-    let result = |id: &str, text: &str| ToolResult {
-        id: id.into(),
-        skill_name: "@perstack/base".into(),
-        tool_name: "readTextFile".into(),
-        result: vec![MessagePart::text(text)],
-        extra: Map::new(),
-    };
     let history = vec![
         Message::instruction("sys"),
         Message::user("Read a.txt and b.txt"),
         expert,
         // Results may come back in another order than the calls.
         Message::tool(&[
-            result("call_1_readTextFile", "contents of b"),
-            result("call_0_readTextFile", "contents of a"),
+            read_result("call_1_readTextFile", "contents of b"),
+            read_result("call_0_readTextFile", "contents of a"),
         ]),
         Message::user("Now summarise."),
     ];

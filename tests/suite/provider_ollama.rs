@@ -12,12 +12,12 @@ use perstack::llm::ollama::{OllamaConfig, OllamaModel};
 use perstack::llm::{
     FinishReason, GeneratedToolCall, GenerationError, GenerationRequest, StreamPart, ToolSpec,
 };
-use perstack::schema::{Message, MessagePart, ThinkingPart, ToolCallPart, ToolResult, Usage};
+use perstack::schema::{Message, MessagePart, ThinkingPart, Usage};
 use pretty_assertions::assert_eq;
 use serde_json::{Map, Value, json};
 
 use super::fake_server::{FakeServer, Reply};
-use super::wire::{assert_class, drain};
+use super::wire::{assert_class, drain, read_call, read_result};
 
 const TOKEN: &str = "Bearer proxy-SECRET";
 
@@ -273,15 +273,6 @@ async fn a_model_without_thinking_is_asked_again_with_think_false() {
 #[tokio::test]
 async fn a_history_maps_tool_calls_thinking_and_results_to_chat_messages() {
     let server = FakeServer::start(vec![ok()]).await;
-    let tool_call = |id: &str, path: &str| {
-        MessagePart::ToolCallPart(ToolCallPart {
-            id: "p".into(),
-            tool_call_id: id.into(),
-            tool_name: "readTextFile".into(),
-            args: json!({"path": path}),
-            extra: Map::new(),
-        })
-    };
     let expert = Message::expert(vec![
         MessagePart::ThinkingPart(ThinkingPart {
             id: "t".into(),
@@ -290,23 +281,16 @@ async fn a_history_maps_tool_calls_thinking_and_results_to_chat_messages() {
             extra: Map::new(),
         }),
         MessagePart::text("Reading."),
-        tool_call("call_0_readTextFile", "a.txt"),
-        tool_call("call_1_readTextFile", "b.txt"),
+        read_call("call_0_readTextFile", "a.txt"),
+        read_call("call_1_readTextFile", "b.txt"),
     ]);
-    let result = |id: &str, text: &str| ToolResult {
-        id: id.into(),
-        skill_name: "@perstack/base".into(),
-        tool_name: "readTextFile".into(),
-        result: vec![MessagePart::text(text)],
-        extra: Map::new(),
-    };
     let history = vec![
         Message::instruction("sys"),
         Message::user("Read a.txt and b.txt"),
         expert,
         Message::tool(&[
-            result("call_0_readTextFile", "contents of a"),
-            result("call_1_readTextFile", "contents of b"),
+            read_result("call_0_readTextFile", "contents of a"),
+            read_result("call_1_readTextFile", "contents of b"),
         ]),
         Message::user("Now summarise."),
     ];

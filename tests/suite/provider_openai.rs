@@ -13,12 +13,12 @@ use perstack::llm::{
     FinishReason, GeneratedToolCall, GenerationError, GenerationRequest, LanguageModel, StreamPart,
     ToolSpec,
 };
-use perstack::schema::{Message, MessagePart, ThinkingPart, ToolCallPart, ToolResult, Usage};
+use perstack::schema::{Message, MessagePart, ThinkingPart, Usage};
 use pretty_assertions::assert_eq;
 use serde_json::{Map, Value, json};
 
 use super::fake_server::{FakeServer, Reply};
-use super::wire::{assert_class, drain};
+use super::wire::{assert_class, drain, read_call, read_result};
 
 const KEY: &str = "sk-proj-test-SECRET";
 
@@ -318,15 +318,6 @@ async fn the_reasoning_budget_maps_to_reasoning_effort_for_reasoning_models() {
 #[tokio::test]
 async fn a_history_maps_tool_calls_and_tool_results_to_chat_messages() {
     let server = FakeServer::start(vec![ok()]).await;
-    let tool_call = |id: &str, path: &str| {
-        MessagePart::ToolCallPart(ToolCallPart {
-            id: "p".into(),
-            tool_call_id: id.into(),
-            tool_name: "readTextFile".into(),
-            args: json!({"path": path}),
-            extra: Map::new(),
-        })
-    };
     let expert = Message::expert(vec![
         MessagePart::ThinkingPart(ThinkingPart {
             id: "t".into(),
@@ -335,23 +326,16 @@ async fn a_history_maps_tool_calls_and_tool_results_to_chat_messages() {
             extra: Map::new(),
         }),
         MessagePart::text("Reading."),
-        tool_call("call_1", "a.txt"),
-        tool_call("call_2", "b.txt"),
+        read_call("call_1", "a.txt"),
+        read_call("call_2", "b.txt"),
     ]);
-    let result = |id: &str, text: &str| ToolResult {
-        id: id.into(),
-        skill_name: "@perstack/base".into(),
-        tool_name: "readTextFile".into(),
-        result: vec![MessagePart::text(text)],
-        extra: Map::new(),
-    };
     let history = vec![
         Message::instruction("sys"),
         Message::user("Read a.txt and b.txt"),
         expert,
         Message::tool(&[
-            result("call_1", "contents of a"),
-            result("call_2", "contents of b"),
+            read_result("call_1", "contents of a"),
+            read_result("call_2", "contents of b"),
         ]),
         Message::user("Now summarise."),
     ];
