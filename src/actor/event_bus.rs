@@ -121,13 +121,13 @@ impl Message<Publish> for EventBus {
             if serde_json::to_writer(&mut self.line, &event).is_ok() {
                 self.line.push(b'\n');
                 sink.write_all(&self.line).await.map_err(BusError::Sink)?;
-                // Lines leave in one write per burst: flushed once no other event waits (and
-                // whenever the buffer fills), so a reader never waits on an idle bus.
-                if is_idle(ctx.actor_ref()) {
-                    sink.flush().await.map_err(BusError::Sink)?;
-                }
             }
         }
+        // Lines leave in one write per burst (and whenever the buffer fills), never later
+        // than the moment the bus has nothing else to do.
+        self.flush_if_idle(ctx.actor_ref())
+            .await
+            .map_err(BusError::Sink)?;
         let event = Arc::new(event);
         if event.is_run_event()
             && !is_delta(&event)
@@ -177,7 +177,7 @@ impl Message<Subscribe> for EventBus {
 
     async fn handle(&mut self, s: Subscribe, ctx: &mut Context<Self, Self::Reply>) {
         self.subscribers.entry(s.job_id).or_default().push(s.tx);
-        self.flush_if_idle(ctx.actor_ref()).await;
+        self.flush_or_warn(ctx.actor_ref()).await;
     }
 }
 
@@ -194,7 +194,7 @@ impl Message<Unsubscribe> for EventBus {
         ctx: &mut Context<Self, Self::Reply>,
     ) {
         self.subscribers.remove(&job);
-        self.flush_if_idle(ctx.actor_ref()).await;
+        self.flush_or_warn(ctx.actor_ref()).await;
     }
 }
 
@@ -221,11 +221,16 @@ fn is_idle(bus: &ActorRef<EventBus>) -> bool {
 impl EventBus {
     /// Every handler ends here: lines written by a burst of events leave once the bus has
     /// nothing else to do, whatever message ended the burst.
-    async fn flush_if_idle(&mut self, bus: &ActorRef<EventBus>) {
-        if let Some(sink) = self.sink.as_mut()
-            && is_idle(bus)
-            && let Err(e) = sink.flush().await
-        {
+    async fn flush_if_idle(&mut self, bus: &ActorRef<EventBus>) -> std::io::Result<()> {
+        match self.sink.as_mut() {
+            Some(sink) if is_idle(bus) => sink.flush().await,
+            _ => Ok(()),
+        }
+    }
+
+    /// [`EventBus::flush_if_idle`] for handlers that cannot report a failure.
+    async fn flush_or_warn(&mut self, bus: &ActorRef<EventBus>) {
+        if let Err(e) = self.flush_if_idle(bus).await {
             tracing::warn!(error = %e, "could not flush the event sink");
         }
     }
