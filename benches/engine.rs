@@ -50,8 +50,7 @@ use kameo::prelude::*;
 
 use perstack::actor::event_bus::{BUS_MAILBOX, BusArgs, EventBus, Flush};
 use perstack::engine::Sink;
-use perstack::schema::{Checkpoint, Event, Job, RunSetting};
-use perstack::storage::{EventMeta, MemoryStorage, Storage, StoreError};
+use perstack::storage::Storage;
 
 /// The bound on every wait that could hang if the engine lost an event or a reply.
 const GIVE_UP: Duration = Duration::from_secs(60);
@@ -80,51 +79,6 @@ fn main() {
 
 // ---------------------------------------------------------------------------------------------
 // Shared set-up.
-
-/// A store that keeps nothing, so the bus benches measure the bus and its sink only.
-struct NullStorage;
-
-#[async_trait::async_trait]
-impl Storage for NullStorage {
-    async fn store_checkpoint(&self, _: &Checkpoint) -> Result<(), StoreError> {
-        Ok(())
-    }
-    async fn retrieve_checkpoint(&self, job: &str, id: &str) -> Result<Checkpoint, StoreError> {
-        MemoryStorage::new().retrieve_checkpoint(job, id).await
-    }
-    async fn checkpoints_by_job(&self, _: &str) -> Result<Vec<Checkpoint>, StoreError> {
-        Ok(Vec::new())
-    }
-    async fn store_event(&self, _: &Event) -> Result<(), StoreError> {
-        Ok(())
-    }
-    async fn events_by_run(&self, _: &str, _: &str) -> Result<Vec<EventMeta>, StoreError> {
-        Ok(Vec::new())
-    }
-    async fn event_contents(
-        &self,
-        _: &str,
-        _: &str,
-        _: Option<u32>,
-    ) -> Result<Vec<Event>, StoreError> {
-        Ok(Vec::new())
-    }
-    async fn store_job(&self, _: &Job) -> Result<(), StoreError> {
-        Ok(())
-    }
-    async fn retrieve_job(&self, _: &str) -> Result<Option<Job>, StoreError> {
-        Ok(None)
-    }
-    async fn all_jobs(&self) -> Result<Vec<Job>, StoreError> {
-        Ok(Vec::new())
-    }
-    async fn store_run_setting(&self, _: &RunSetting) -> Result<(), StoreError> {
-        Ok(())
-    }
-    async fn all_run_settings(&self) -> Result<Vec<RunSetting>, StoreError> {
-        Ok(Vec::new())
-    }
-}
 
 /// A bus as `EngineBuilder::build` spawns it, writing to `sink`. Call inside the runtime.
 fn spawn_bus(sink: Option<Sink>, storage: Arc<dyn Storage>) -> ActorRef<EventBus> {

@@ -1,5 +1,5 @@
 //! T4, `bus/*`: the [`EventBus`] alone (spawned as the engine spawns it, storage discarded by
-//! [`NullStorage`]) fed a `callTools` event of the reference workload.
+//! [`DiscardStorage`](crate::support::DiscardStorage)) fed a `callTools` event of the reference workload.
 //!
 //! - `bus/publish_one`: one producer, one `Publish` ask at a time, sink `tokio::io::sink()`;
 //! - then, without criterion: 1 and 16 producers into `tokio::io::sink()`; 16 producers into an
@@ -24,8 +24,9 @@ use perstack::engine::Sink;
 use perstack::schema::Event;
 use perstack::storage::Storage;
 
+use crate::support::DiscardStorage;
 use crate::support::status_kib;
-use crate::{GIVE_UP, NullStorage, spawn_bus, stop_bus};
+use crate::{GIVE_UP, spawn_bus, stop_bus};
 
 /// How long the pipe reader stalls in the T4 back-pressure check.
 const STALL: Duration = Duration::from_secs(1);
@@ -132,7 +133,7 @@ impl PipeDrain {
 pub(crate) fn bench_bus(c: &mut Criterion, rt: &Runtime, report: &mut Vec<String>) {
     let event: Event = serde_json::from_str(CALL_TOOLS).expect("a valid callTools event");
     let line_len = serde_json::to_vec(&event).expect("serialisable").len() + 1;
-    let storage: Arc<dyn Storage> = Arc::new(NullStorage);
+    let storage: Arc<dyn Storage> = Arc::new(DiscardStorage);
     let bus = {
         let _guard = rt.enter();
         spawn_bus(Some(Box::new(tokio::io::sink())), storage.clone())

@@ -1,6 +1,6 @@
 //! T3 (opt-in, `PERSTACK_BENCH_T3=1`; `PERSTACK_BENCH_T3_SESSIONS` overrides 10,000): that many
 //! concurrent fan-out jobs with a 50 ms model latency, each subscribed, nothing stored
-//! ([`NullStorage`]). Every model call first waits until all jobs have started, so all are live
+//! ([`DiscardStorage`](crate::support::DiscardStorage)). Every model call first waits until all jobs have started, so all are live
 //! at once. Checks that all complete, that every job receives exactly the events of a reference
 //! job and that the engine-wide sequence has no gap; reports RSS per session once every
 //! coordinator waits on its first model call, and at the peak.
@@ -21,8 +21,9 @@ use perstack::engine::{Engine, JobRequest, Sequenced};
 use perstack::llm::{GenerationError, GenerationRequest, LanguageModel, PartStream};
 use perstack::schema::JobStatus;
 
+use crate::support::DiscardStorage;
 use crate::support::{self, FanoutModel, peak_rss, process_cpu, reset_peak_rss, status_kib};
-use crate::{GIVE_UP, NullStorage, lock};
+use crate::{GIVE_UP, lock};
 
 /// The model latency of T3.
 const T3_LATENCY: Duration = Duration::from_millis(50);
@@ -97,7 +98,7 @@ pub(crate) fn t3_sessions(rt: &Runtime) -> String {
             }))
             // Nothing stored: the memory measured is the live sessions', not the store's copy
             // of their checkpoints and events.
-            .storage(Arc::new(NullStorage))
+            .storage(Arc::new(DiscardStorage))
             .on_event(move |e: &Sequenced| {
                 let mut s = lock(&seq);
                 if e.seq != s.last + 1 {
