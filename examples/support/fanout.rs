@@ -19,7 +19,8 @@ use perstack::llm::{
     FinishReason, GeneratedToolCall, GenerationError, GenerationRequest, LanguageModel, PartStream,
     StreamPart,
 };
-use perstack::schema::{JobStatus, Message, Usage};
+use perstack::schema::{Checkpoint, Event, Job, JobStatus, Message, RunSetting, Usage};
+use perstack::storage::{EventMeta, Storage, StoreError};
 
 /// The coordinator of the reference workload.
 pub(crate) const COORDINATOR: &str = "coordinator";
@@ -192,45 +193,32 @@ pub(crate) fn reset_peak_rss() -> bool {
 
 /// A store that keeps nothing: measures what the engine itself holds per live job, without
 /// the events and checkpoints an in-memory store accumulates (a real deployment writes them to
-/// disk). Ids are still checked, as every store must.
+/// disk). For measurements only: it checks nothing and can restore nothing.
 #[derive(Debug, Default)]
 pub(crate) struct DiscardStorage;
 
 #[async_trait::async_trait]
-impl perstack::storage::Storage for DiscardStorage {
-    async fn store_checkpoint(
-        &self,
-        _: &perstack::schema::Checkpoint,
-    ) -> Result<(), perstack::storage::StoreError> {
+impl Storage for DiscardStorage {
+    async fn store_checkpoint(&self, _: &Checkpoint) -> Result<(), StoreError> {
         Ok(())
     }
     async fn retrieve_checkpoint(
         &self,
         _: &str,
         checkpoint_id: &str,
-    ) -> Result<perstack::schema::Checkpoint, perstack::storage::StoreError> {
-        Err(perstack::storage::StoreError::NotFound {
+    ) -> Result<Checkpoint, StoreError> {
+        Err(StoreError::NotFound {
             what: "checkpoint",
             id: checkpoint_id.to_string(),
         })
     }
-    async fn checkpoints_by_job(
-        &self,
-        _: &str,
-    ) -> Result<Vec<perstack::schema::Checkpoint>, perstack::storage::StoreError> {
+    async fn checkpoints_by_job(&self, _: &str) -> Result<Vec<Checkpoint>, StoreError> {
         Ok(Vec::new())
     }
-    async fn store_event(
-        &self,
-        _: &perstack::schema::Event,
-    ) -> Result<(), perstack::storage::StoreError> {
+    async fn store_event(&self, _: &Event) -> Result<(), StoreError> {
         Ok(())
     }
-    async fn events_by_run(
-        &self,
-        _: &str,
-        _: &str,
-    ) -> Result<Vec<perstack::storage::EventMeta>, perstack::storage::StoreError> {
+    async fn events_by_run(&self, _: &str, _: &str) -> Result<Vec<EventMeta>, StoreError> {
         Ok(Vec::new())
     }
     async fn event_contents(
@@ -238,33 +226,22 @@ impl perstack::storage::Storage for DiscardStorage {
         _: &str,
         _: &str,
         _: Option<u32>,
-    ) -> Result<Vec<perstack::schema::Event>, perstack::storage::StoreError> {
+    ) -> Result<Vec<Event>, StoreError> {
         Ok(Vec::new())
     }
-    async fn store_job(
-        &self,
-        _: &perstack::schema::Job,
-    ) -> Result<(), perstack::storage::StoreError> {
+    async fn store_job(&self, _: &Job) -> Result<(), StoreError> {
         Ok(())
     }
-    async fn retrieve_job(
-        &self,
-        _: &str,
-    ) -> Result<Option<perstack::schema::Job>, perstack::storage::StoreError> {
+    async fn retrieve_job(&self, _: &str) -> Result<Option<Job>, StoreError> {
         Ok(None)
     }
-    async fn all_jobs(&self) -> Result<Vec<perstack::schema::Job>, perstack::storage::StoreError> {
+    async fn all_jobs(&self) -> Result<Vec<Job>, StoreError> {
         Ok(Vec::new())
     }
-    async fn store_run_setting(
-        &self,
-        _: &perstack::schema::RunSetting,
-    ) -> Result<(), perstack::storage::StoreError> {
+    async fn store_run_setting(&self, _: &RunSetting) -> Result<(), StoreError> {
         Ok(())
     }
-    async fn all_run_settings(
-        &self,
-    ) -> Result<Vec<perstack::schema::RunSetting>, perstack::storage::StoreError> {
+    async fn all_run_settings(&self) -> Result<Vec<RunSetting>, StoreError> {
         Ok(Vec::new())
     }
 }
