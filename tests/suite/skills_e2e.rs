@@ -3,12 +3,11 @@
 //! restarted.
 
 use std::path::Path;
-use std::time::Duration;
 
 use serde_json::Value;
 
 use super::mcp::fixture_bin;
-use super::mcp::http::everything_entry;
+use super::mcp::http::{everything_entry, start_everything_http};
 
 fn run(dir: &Path, expert: &str, env: &[(&str, &str)]) -> (i32, Vec<Value>, String) {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_perstack"));
@@ -51,29 +50,7 @@ async fn an_expert_uses_file_tools_exec_and_a_real_mcp_server_over_stdio_and_htt
     let Some(entry) = everything_entry("skills_e2e") else {
         return;
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let _http = tokio::process::Command::new("node")
-        .args([entry.as_str(), "streamableHttp"])
-        .env("PORT", port.to_string())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let addr = format!("127.0.0.1:{port}");
-    let mut up = false;
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(&addr).await.is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up, "server-everything did not listen on {addr}");
+    let (_http, addr) = start_everything_http(&entry).await;
 
     let dir = tempfile::tempdir().unwrap();
     let toml = format!(

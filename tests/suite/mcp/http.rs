@@ -126,6 +126,32 @@ pub(crate) fn everything_entry(test: &str) -> Option<String> {
     Some(pkg.join(bin).to_str().unwrap().to_owned())
 }
 
+/// server-everything (at `entry`) serving Streamable HTTP on a free 127.0.0.1 port, once it
+/// listens: the child (killed when dropped) and `127.0.0.1:<port>`.
+pub(crate) async fn start_everything_http(entry: &str) -> (tokio::process::Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = tokio::process::Command::new("node")
+        .args([entry, "streamableHttp"])
+        .env("PORT", port.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(&addr).await.is_ok() {
+            return (child, addr);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("server-everything did not listen on {addr}");
+}
+
 #[tokio::test]
 async fn server_everything_over_stdio() {
     let Some(entry) = everything_entry("server_everything_over_stdio") else {
@@ -154,29 +180,7 @@ async fn server_everything_over_streamable_http() {
     let Some(entry) = everything_entry("server_everything_over_streamable_http") else {
         return;
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let _server = tokio::process::Command::new("node")
-        .args([entry.as_str(), "streamableHttp"])
-        .env("PORT", port.to_string())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let addr = format!("127.0.0.1:{port}");
-    let mut up = false;
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(&addr).await.is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up, "server-everything did not listen on {addr}");
+    let (_server, addr) = start_everything_http(&entry).await;
     let allowed = ConnectOptions {
         allow_private_endpoints: true,
         ..opts()
