@@ -3,11 +3,16 @@
 //! [`MemoryStorage`], repeated for a number of rounds, each on a fresh engine and store.
 //!
 //! ```text
-//! cargo run --release --example fanout_load -- [N=1000] [ROUNDS=3] [memory|discard]
+//! cargo run --release --example fanout_load -- [N=1000] [ROUNDS=3] [memory|discard] [instant|anthropic]
 //! ```
 //!
 //! `memory` (the default) keeps every event and checkpoint in a [`MemoryStorage`]; `discard`
 //! keeps nothing, so the peak RSS is what the engine itself holds for N live jobs.
+//!
+//! `instant` (the default) answers in-process; `anthropic` (target T2h) goes through the real
+//! Anthropic provider over HTTP and SSE to a fake Messages server on 127.0.0.1, which runs in a
+//! child process (this program, `serve-anthropic`) so that the CPU time printed is the engine's
+//! alone. The child ends with this program (it exits when its stdin closes).
 //!
 //! Per round it prints wall and CPU time per job and the process RSS, then checks that the
 //! round's jobs, engine and store were freed: every actor of a job holds the job's context,
@@ -25,11 +30,15 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[path = "support/fanout.rs"]
 mod support;
 
+#[path = "support/anthropic_fake.rs"]
+mod anthropic_fake;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use perstack::engine::Engine;
 use perstack::llm::LanguageModel;
+use perstack::llm::anthropic::{AnthropicConfig, AnthropicModel};
 use perstack::storage::MemoryStorage;
 
 use support::{
@@ -67,8 +76,70 @@ fn arg(n: usize, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// The fake Messages server in a child process, killed when dropped.
+struct FakeServer {
+    child: std::process::Child,
+    base_url: String,
+}
+
+impl FakeServer {
+    fn start() -> Self {
+        use std::io::BufRead;
+        let exe = std::env::current_exe().unwrap_or_else(|e| panic!("own path: {e}"));
+        let mut child = std::process::Command::new(exe)
+            .arg("serve-anthropic")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start the fake server: {e}"));
+        let mut line = String::new();
+        let stdout = child
+            .stdout
+            .take()
+            .unwrap_or_else(|| panic!("stdout is piped"));
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .unwrap_or_else(|e| panic!("the fake server's address: {e}"));
+        FakeServer {
+            child,
+            base_url: format!("http://{}/v1", line.trim()),
+        }
+    }
+}
+
+impl Drop for FakeServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `serve-anthropic`: print the address, serve until stdin closes.
+async fn serve_anthropic() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("bind 127.0.0.1: {e}"));
+    println!(
+        "{}",
+        listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("address: {e}"))
+    );
+    tokio::spawn(anthropic_fake::serve(listener));
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 64];
+    while tokio::io::AsyncReadExt::read(&mut stdin, &mut buf)
+        .await
+        .is_ok_and(|n| n > 0)
+    {}
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("serve-anthropic") {
+        serve_anthropic().await;
+        return std::process::ExitCode::SUCCESS;
+    }
     let n = arg(1, 1_000);
     let rounds = arg(2, 3);
     let discard = match std::env::args().nth(3).as_deref() {
@@ -76,8 +147,22 @@ async fn main() -> std::process::ExitCode {
         Some("discard") => true,
         Some(other) => panic!("argument 3 must be memory or discard, not {other:?}"),
     };
-    let settings = support::settings();
-    let model: Arc<dyn LanguageModel> = Arc::new(FanoutModel);
+    let mut settings = support::settings();
+    let mut server = None;
+    let model: Arc<dyn LanguageModel> = match std::env::args().nth(4).as_deref() {
+        None | Some("instant") => Arc::new(FanoutModel),
+        Some("anthropic") => {
+            let fake = server.insert(FakeServer::start());
+            let mut config = AnthropicConfig::new("test-key");
+            config.base_url = fake.base_url.clone();
+            settings.provider_name = "anthropic".into();
+            Arc::new(
+                AnthropicModel::new(config)
+                    .unwrap_or_else(|e| panic!("the Anthropic provider: {e}")),
+            )
+        }
+        Some(other) => panic!("argument 4 must be instant or anthropic, not {other:?}"),
+    };
     let rss = || status_kib("VmRSS").map_or(0.0, |kib| kib as f64 / 1024.0);
     println!("before: RSS {:.1} MB", rss());
 
@@ -127,6 +212,7 @@ async fn main() -> std::process::ExitCode {
             leaked = true;
         }
     }
+    drop(server);
     if leaked {
         eprintln!(
             "leak: finished jobs or the shut-down engine still hold the store or the model (see the counts above)"

@@ -17,6 +17,7 @@
 //! | `echo {text}` | returns `text` |
 //! | `crash` | exits the process (code 3) without answering |
 //! | `hang` | never answers; writes `hang: cancelled` to stderr when cancelled |
+//! | `sleep {ms}` | answers `slept <ms> ms` after `ms` milliseconds |
 //! | `huge {bytes}` | returns a text of `bytes` `x` characters (at most 256 MiB) |
 //! | `env` | returns its environment as a JSON object |
 //! | `log {text}` | writes `text` to stderr |
@@ -54,6 +55,12 @@ struct TextArgs {
 struct HugeArgs {
     /// How many bytes of text to return.
     bytes: usize,
+}
+
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+struct SleepArgs {
+    /// How long to wait before answering, in milliseconds.
+    ms: u64,
 }
 
 #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
@@ -101,6 +108,12 @@ impl Fixture {
         cancelled.cancelled().await;
         eprintln!("hang: cancelled");
         String::new()
+    }
+
+    #[tool(description = "Answer after the given number of milliseconds")]
+    async fn sleep(&self, Parameters(a): Parameters<SleepArgs>) -> String {
+        tokio::time::sleep(std::time::Duration::from_millis(a.ms)).await;
+        format!("slept {} ms", a.ms)
     }
 
     #[tool(description = "Return a text of the given number of bytes")]

@@ -5,6 +5,7 @@
 //! one JSON object per line; diagnostics go to stderr.
 
 mod base;
+mod diagnostics;
 mod install;
 mod log;
 mod run;
@@ -12,6 +13,7 @@ mod run;
 use clap::{Parser, Subcommand};
 
 pub use base::BaseArgs;
+pub use diagnostics::init as init_diagnostics;
 pub use install::InstallArgs;
 pub use log::LogArgs;
 pub use run::RunArgs;

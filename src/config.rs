@@ -35,6 +35,7 @@
 //!   up;
 //! - the provider list has this engine's `scripted` provider.
 
+pub mod defaults;
 mod discover;
 mod doc;
 mod env;
@@ -57,7 +58,9 @@ use crate::schema::{Expert, ReasoningBudget};
 pub mod lockfile;
 
 pub use discover::{CONFIG_FILE_NAME, discover};
-pub use env::{DEFAULT_ENV_PATHS, load_env};
+pub use env::{
+    DEFAULT_ENV_PATHS, PROTECTED_ENV_VARS, SAFE_ENV_VARS, is_protected, load_env, safe_env,
+};
 pub(crate) use error::did_you_mean;
 pub use error::{ConfigError, ExpertProblem, Location};
 pub use provider::{ProviderName, ProviderTable, UnknownName};

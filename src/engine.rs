@@ -34,19 +34,19 @@ use tokio_util::sync::CancellationToken;
 
 mod resume;
 
-pub use crate::actor::context::Settings;
+pub use crate::actor::context::{RunOverrides, Settings};
 pub use crate::actor::event_bus::{Callback, Sequenced, Sink};
 pub use crate::actor::job::JobOutcome;
 pub use resume::{ContinueInput, ContinueRequest};
 
 use crate::actor::context::{JobContext, now_ms};
-use crate::actor::event_bus::{BUS_MAILBOX, BusArgs, EventBus, Flush, Subscribe};
+use crate::actor::event_bus::{BUS_MAILBOX, BusArgs, BusError, EventBus, Flush, Subscribe};
 use crate::actor::job::{JobActor, JobArgs};
-use crate::actor::run::Start;
+use crate::agent::Start;
 use crate::agent::{Machine, MachineSetting};
 use crate::llm::LanguageModel;
 use crate::schema::{Job, JobStatus, id::is_safe_id, id::new_id};
-use crate::storage::{MemoryStorage, Storage};
+use crate::storage::{Claim, MemoryStorage, Storage};
 
 /// Why a job could not start or finish.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +75,9 @@ pub enum EngineError {
     /// Storage failed before the job started.
     #[error(transparent)]
     Storage(#[from] crate::storage::StoreError),
+    /// The event bus could not take the job (it is not running).
+    #[error(transparent)]
+    Bus(#[from] crate::actor::event_bus::BusError),
     /// The job's actor stopped without reporting an outcome (an engine bug).
     #[error("the job ended without an outcome")]
     Lost,
@@ -84,32 +87,51 @@ pub enum EngineError {
 }
 
 impl EngineError {
-    /// Process exit code: 2 for usage and configuration errors, 1 otherwise.
+    /// Process exit code: 2 for usage and configuration errors, 1 for engine faults (a failed
+    /// store or event bus, a lost job).
     pub fn exit_code(&self) -> u8 {
         match self {
-            EngineError::Config(_)
-            | EngineError::Script(_)
+            EngineError::Config(e) => e.exit_code(),
+            EngineError::Script(_)
             | EngineError::Provider(_)
             | EngineError::UnknownExpert { .. }
             | EngineError::InvalidJobId(_)
             | EngineError::Usage(_) => 2,
-            EngineError::Storage(_) | EngineError::Lost => 1,
+            EngineError::Storage(e) => e.exit_code(),
+            EngineError::Bus(_) | EngineError::Lost => 1,
         }
     }
 }
 
-/// Builds an [`Engine`].
-#[derive(Default)]
-pub struct EngineBuilder {
+/// Builds an [`Engine`]. A builder starts without a model ([`NoModel`]); only after
+/// [`model`](EngineBuilder::model) (a [`WithModel`] builder) does it have
+/// [`build`](EngineBuilder::build), so an engine without a provider cannot be built:
+///
+/// ```compile_fail,E0599
+/// # async fn demo() {
+/// let engine = perstack::engine::Engine::builder().build(); // no model: no `build`
+/// # }
+/// ```
+///
+/// The other settings can come before or after the model; each has a default.
+pub struct EngineBuilder<M = NoModel> {
+    model: M,
     settings: Option<Settings>,
     storage: Option<Arc<dyn Storage>>,
-    model: Option<Arc<dyn LanguageModel>>,
     sink: Option<Sink>,
     callbacks: Vec<Callback>,
 }
 
-impl EngineBuilder {
-    /// Experts and limits.
+/// The state of an [`EngineBuilder`] that has no model yet: it cannot build.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoModel;
+
+/// The state of an [`EngineBuilder`] that has its model: it can build.
+#[derive(Clone)]
+pub struct WithModel(Arc<dyn LanguageModel>);
+
+impl<M> EngineBuilder<M> {
+    /// Experts and limits (default: no Experts, Perstack's default limits).
     pub fn settings(mut self, settings: Settings) -> Self {
         self.settings = Some(settings);
         self
@@ -121,10 +143,15 @@ impl EngineBuilder {
         self
     }
 
-    /// The provider every run calls.
-    pub fn model(mut self, model: Arc<dyn LanguageModel>) -> Self {
-        self.model = Some(model);
-        self
+    /// The provider every run calls (required; a second call replaces the first).
+    pub fn model(self, model: Arc<dyn LanguageModel>) -> EngineBuilder<WithModel> {
+        EngineBuilder {
+            model: WithModel(model),
+            settings: self.settings,
+            storage: self.storage,
+            sink: self.sink,
+            callbacks: self.callbacks,
+        }
     }
 
     /// Write every event as a JSON line here (the CLI passes stdout).
@@ -138,7 +165,9 @@ impl EngineBuilder {
         self.callbacks.push(Arc::new(callback));
         self
     }
+}
 
+impl EngineBuilder<WithModel> {
     /// Start the engine's event bus. Must be called inside a tokio runtime.
     pub fn build(self) -> Engine {
         let storage: Arc<dyn Storage> = self
@@ -155,13 +184,10 @@ impl EngineBuilder {
         let settings = self
             .settings
             .unwrap_or_else(|| Settings::new(Default::default()));
-        let model = self.model.unwrap_or_else(|| {
-            Arc::new(crate::llm::scripted::ScriptedModel::new(Default::default()))
-        });
         Engine {
             bus,
             storage,
-            model,
+            model: self.model.0,
             settings: Arc::new(settings),
         }
     }
@@ -248,9 +274,15 @@ impl JobHandle {
 }
 
 impl Engine {
-    /// A builder.
-    pub fn builder() -> EngineBuilder {
-        EngineBuilder::default()
+    /// A builder; it can build once it has a model (see [`EngineBuilder`]).
+    pub fn builder() -> EngineBuilder<NoModel> {
+        EngineBuilder {
+            model: NoModel,
+            settings: None,
+            storage: None,
+            sink: None,
+            callbacks: Vec::new(),
+        }
     }
 
     /// The settings jobs run with.
@@ -270,23 +302,23 @@ impl Engine {
 
     /// Start a job.
     pub async fn start(&self, request: JobRequest) -> Result<JobHandle, EngineError> {
-        let Some(expert) = self.settings.experts.get(&request.expert_key) else {
-            let hint = crate::config::did_you_mean(
-                &request.expert_key,
-                self.settings.experts.keys().map(String::as_str),
-            )
-            .map(|s| format!("; did you mean \"{s}\"?"))
-            .unwrap_or_default();
-            return Err(EngineError::UnknownExpert {
-                key: request.expert_key,
-                hint,
-            });
-        };
-        self.preflight(&request.expert_key)?;
+        self.startable(&request.expert_key)?;
         let job_id = request.job_id.clone().unwrap_or_else(new_id);
         if !is_safe_id(&job_id) {
             return Err(EngineError::InvalidJobId(job_id));
         }
+        let claim = self.storage.claim(&job_id).await?;
+        self.start_claimed(request, claim).await
+    }
+
+    /// Start `request` on the job `claim` holds (its id wins over the request's).
+    pub(crate) async fn start_claimed(
+        &self,
+        request: JobRequest,
+        claim: Claim,
+    ) -> Result<JobHandle, EngineError> {
+        let expert = self.startable(&request.expert_key)?;
+        let job_id = claim.job_id().to_owned();
         let run_id = new_id();
         let now = now_ms();
         let setting = MachineSetting {
@@ -314,8 +346,25 @@ impl Engine {
             checkpoint,
             Start::Query(request.query),
             request.subscribe.then_some(request.buffer),
+            claim,
         )
         .await
+    }
+
+    /// The Expert `key`, when it exists and passes [`Engine::preflight`].
+    fn startable(&self, key: &str) -> Result<&crate::schema::Expert, EngineError> {
+        let Some(expert) = self.settings.experts.get(key) else {
+            let hint =
+                crate::config::did_you_mean(key, self.settings.experts.keys().map(String::as_str))
+                    .map(|s| format!("; did you mean \"{s}\"?"))
+                    .unwrap_or_default();
+            return Err(EngineError::UnknownExpert {
+                key: key.to_owned(),
+                hint,
+            });
+        };
+        self.preflight(key)?;
+        Ok(expert)
     }
 
     /// Checks that need no model call, for the Expert and every Expert it can delegate to:
@@ -344,12 +393,14 @@ impl Engine {
     }
 
     /// Spawn the job actor for `job`, its coordinator starting from `checkpoint` with `start`.
+    /// The job actor holds `claim` (the right to write the job) until it stops.
     pub(crate) async fn launch(
         &self,
         job: Job,
         checkpoint: crate::schema::Checkpoint,
         start: Start,
         subscribe: Option<usize>,
+        claim: Claim,
     ) -> Result<JobHandle, EngineError> {
         let job_id = job.id.clone();
         let events = if let Some(buffer) = subscribe {
@@ -360,7 +411,7 @@ impl Engine {
                     tx,
                 })
                 .await
-                .map_err(|e| EngineError::Usage(format!("event bus unavailable: {e}")))?;
+                .map_err(BusError::from_send)?;
             Some(rx)
         } else {
             None
@@ -372,11 +423,17 @@ impl Engine {
             model: self.model.clone(),
             bus: self.bus.clone(),
             cancel: cancel.clone(),
+            failure: std::sync::OnceLock::new(),
             storage: self.storage.clone(),
         });
         let (done_tx, done) = oneshot::channel();
         JobActor::spawn_with_mailbox(
             JobArgs {
+                span: tracing::info_span!(
+                    "job",
+                    jobId = %job_id,
+                    expertKey = %job.coordinator_expert_key,
+                ),
                 ctx,
                 storage: self.storage.clone(),
                 expert_key: job.coordinator_expert_key.clone(),
@@ -384,6 +441,7 @@ impl Engine {
                 start,
                 job,
                 done: done_tx,
+                claim,
             },
             kameo::mailbox::bounded(crate::actor::run::RUN_MAILBOX),
         );

@@ -11,6 +11,7 @@
 //! - [`actor`]: the kameo actors: event bus, job, run, skill.
 //! - [`engine`]: the embedding API: `Engine` builder and `JobHandle`.
 //! - [`cli`]: the `perstack` command line.
+//! - [`prelude`]: the embedding surface in one import.
 
 pub mod actor;
 pub mod agent;
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod llm;
+pub mod prelude;
 pub mod schema;
 pub mod skill;
 pub mod storage;

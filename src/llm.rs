@@ -3,9 +3,10 @@
 //! the [`scripted`] provider that plays turns from a file (tests, examples, offline demos).
 //!
 //! The HTTP providers ([`anthropic`], [`openai`] for OpenAI, DeepSeek and Azure, [`google`],
-//! [`ollama`]) each own a request builder and a stream decoder; they share the HTTP plumbing and
-//! error classification of [`http`] and, for the SSE-based ones, one event-stream driver
-//! (`sse`). [`select`] builds the provider a configuration names.
+//! [`ollama`]) each own only their wire format: a request builder and a stream decoder. They
+//! share one HTTP provider shell (`shell`: sending, credentials, signing, SSE and NDJSON
+//! framing, secrets scrubbed from errors) and the error classification of [`http`]. [`select`]
+//! builds the provider a configuration names.
 //!
 //! Providers are plain `Arc`'d structs, not actors. They never see checkpoints, only the
 //! messages and tools of one call; they classify their own failures into [`GenerationError`]
@@ -22,7 +23,7 @@ pub mod openai;
 pub mod retry;
 pub mod scripted;
 pub mod select;
-mod sse;
+mod shell;
 
 use std::pin::Pin;
 use std::sync::Arc;

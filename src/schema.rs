@@ -33,5 +33,5 @@ pub use run_setting::{
     RunSetting,
 };
 pub use step::Step;
-pub use tool::{ToolCall, ToolResult};
+pub use tool::{BASE_SKILL, ToolCall, ToolResult};
 pub use usage::Usage;

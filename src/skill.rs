@@ -7,16 +7,23 @@
 //! - [`tool_definition`]: [`ToolDefinition`], the shape every skill kind reports its tools in.
 //! - [`mcp_result`]: MCP `CallToolResult` → message parts, Perstack's conversion rules.
 //! - [`error`]: [`SkillError`] and its policy (`feeds_back_to_model`).
+//! - [`launcher`]: the one place a process is started for an Expert (stdio MCP servers,
+//!   `exec`); where the sandbox plugs in.
+//! - [`timeout`]: the one timeout of a tool call ([`timeout::bounded`]), 60 s or
+//!   `PERSTACK_TOOL_TIMEOUT_MS`.
 //!
 //! It never writes events or checkpoints; the run actor turns what these functions return into
 //! `skillConnected`, `callTools` and `resolveToolResults` events.
 
 pub mod base;
 pub mod error;
+pub mod launcher;
 pub mod mcp;
 pub mod mcp_result;
+pub mod timeout;
 pub mod tool_definition;
 
 pub use base::BaseSkill;
 pub use error::SkillError;
+pub use timeout::{TOOL_TIMEOUT_ENV, tool_timeout};
 pub use tool_definition::ToolDefinition;

@@ -32,6 +32,7 @@
 //! beyond the ids and numbers needed for paths and ordering. It talks only to [`crate::schema`].
 
 mod atomic;
+mod claim;
 mod fs;
 mod memory;
 
@@ -42,6 +43,7 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub use claim::Claim;
 pub use fs::FsStorage;
 pub use memory::MemoryStorage;
 
@@ -109,6 +111,11 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Every stored run setting, newest `updatedAt` first (ties by job id, then run id).
     async fn all_run_settings(&self) -> Result<Vec<RunSetting>, StoreError>;
+
+    /// Take the right to write job `job_id`, or [`StoreError::Claimed`] naming the holder when
+    /// someone else has it. Held until the returned [`Claim`] is dropped; a holder that dies
+    /// releases it (a new claimant takes it over). Reading never needs a claim.
+    async fn claim(&self, job_id: &str) -> Result<Claim, StoreError>;
 }
 
 /// A stored event without its contents: what Perstack's `getEventsByRun` returns.
@@ -163,6 +170,14 @@ pub enum StoreError {
         /// What is wrong with it.
         message: String,
     },
+    /// Another writer holds the job (see [`Storage::claim`]).
+    #[error("job {job_id:?} is being written by {holder}; wait for it to end, then continue it")]
+    Claimed {
+        /// The job.
+        job_id: String,
+        /// Who holds it, as far as the store knows (`pid 123 on host`).
+        holder: String,
+    },
     /// A record could not be turned into JSON (a bug in the wire types, not in the data).
     #[error("cannot serialise {what}")]
     Serialize {
@@ -187,9 +202,25 @@ impl StoreError {
                     | io::ErrorKind::ResourceBusy
             ),
             StoreError::InvalidId { .. }
+            | StoreError::Claimed { .. }
             | StoreError::NotFound { .. }
             | StoreError::Corrupt { .. }
             | StoreError::Serialize { .. } => false,
+        }
+    }
+}
+
+impl StoreError {
+    /// Process exit code when this ends a command: 2 when the user asked for something that
+    /// cannot be done now (the job is held by another writer), 1 for a store that failed.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StoreError::Claimed { .. } => 2,
+            StoreError::InvalidId { .. }
+            | StoreError::NotFound { .. }
+            | StoreError::Io { .. }
+            | StoreError::Corrupt { .. }
+            | StoreError::Serialize { .. } => 1,
         }
     }
 }

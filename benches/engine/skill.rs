@@ -16,9 +16,10 @@ use perstack::actor::context::JobContext;
 use perstack::actor::skill::{CallTool, SKILL_MAILBOX, SkillActor, SkillArgs, SkillKind};
 use perstack::engine::Settings;
 use perstack::llm::scripted::{Script, ScriptedModel};
+use perstack::schema::BASE_SKILL;
 use perstack::schema::id::new_id;
 use perstack::skill::BaseSkill;
-use perstack::skill::base::{BASE_SKILL_NAME, InProcessBase, connect_in_process};
+use perstack::skill::base::{InProcessBase, connect_in_process};
 use perstack::storage::{MemoryStorage, Storage};
 
 use crate::{percentiles, spawn_bus, stop_bus};
@@ -34,13 +35,14 @@ pub(crate) fn bench_skill(c: &mut Criterion, rt: &Runtime, report: &mut Vec<Stri
             model: Arc::new(ScriptedModel::new(Script::default())),
             bus: bus.clone(),
             cancel: CancellationToken::new(),
+            failure: Default::default(),
             storage,
         });
         let skill = SkillActor::spawn_with_mailbox(
             SkillArgs {
                 ctx,
                 run_id: new_id(),
-                name: BASE_SKILL_NAME.into(),
+                name: BASE_SKILL.into(),
                 kind: SkillKind::Base,
                 omit: Vec::new(),
                 pick: Vec::new(),

@@ -20,7 +20,7 @@ use perstack::llm::{
     StreamPart,
 };
 use perstack::schema::{Checkpoint, Event, Job, JobStatus, Message, RunSetting, Usage};
-use perstack::storage::{EventMeta, Storage, StoreError};
+use perstack::storage::{Claim, EventMeta, Storage, StoreError};
 
 /// The coordinator of the reference workload.
 pub(crate) const COORDINATOR: &str = "coordinator";
@@ -243,5 +243,8 @@ impl Storage for DiscardStorage {
     }
     async fn all_run_settings(&self) -> Result<Vec<RunSetting>, StoreError> {
         Ok(Vec::new())
+    }
+    async fn claim(&self, job_id: &str) -> Result<Claim, StoreError> {
+        Ok(Claim::new(job_id, 1, ()))
     }
 }

@@ -8,12 +8,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use kameo::actor::ActorRef;
 use tokio_util::sync::CancellationToken;
 
-use super::event_bus::{EventBus, Publish};
+use super::event_bus::{BusError, EventBus, Publish, PublishUnstored};
+use crate::agent::RunFailure;
+use crate::config::{PerstackConfig, ProviderName, defaults};
 use crate::llm::LanguageModel;
 use crate::schema::{Event, Expert, ProviderConfig, ReasoningBudget, RunInput, RunSetting};
 use crate::storage::Storage;
 
-/// Engine-wide run settings, resolved from perstack.toml, the CLI and defaults.
+/// Engine-wide run settings, resolved from perstack.toml, the CLI and the defaults of
+/// [`crate::config::defaults`] by [`Settings::resolve`].
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Every Expert of the configuration, by key.
@@ -24,12 +27,16 @@ pub struct Settings {
     pub provider_name: String,
     /// Reasoning budget.
     pub reasoning_budget: ReasoningBudget,
-    /// Job-wide step limit (Perstack default 100).
+    /// Job-wide step limit ([`defaults::MAX_STEPS`]).
     pub max_steps: u32,
-    /// Consecutive generation retries (default 5).
+    /// Consecutive generation retries ([`defaults::MAX_RETRIES`]).
     pub max_retries: u32,
-    /// Per-generation timeout (default 300 s).
+    /// Per-generation timeout ([`defaults::TIMEOUT`]).
     pub timeout: Duration,
+    /// The one timeout of each tool call ([`defaults::TOOL_TIMEOUT`], 60 s: the MCP SDK's
+    /// default that Perstack applies; the CLI reads `PERSTACK_TOOL_TIMEOUT_MS`). Past it the call is cancelled and
+    /// the model gets an error text; the run goes on. See [`crate::skill::timeout`].
+    pub tool_timeout: Duration,
     /// The workspace the base skill works in.
     pub workspace: PathBuf,
     /// How many delegated children of one turn run at once; the rest queue. Bounds the actor
@@ -47,24 +54,82 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Settings with Perstack's defaults for the given Experts.
+    /// Settings with Perstack's defaults ([`crate::config::defaults`]) for the given Experts.
     pub fn new(experts: BTreeMap<String, Expert>) -> Self {
         Settings {
             experts: Arc::new(experts),
-            model: "claude-sonnet-4-5".into(),
-            provider_name: "anthropic".into(),
-            reasoning_budget: ReasoningBudget::default(),
-            max_steps: 100,
-            max_retries: 5,
-            timeout: Duration::from_millis(300_000),
+            model: defaults::MODEL.into(),
+            provider_name: defaults::PROVIDER.as_str().into(),
+            reasoning_budget: defaults::REASONING_BUDGET,
+            max_steps: defaults::MAX_STEPS,
+            max_retries: defaults::MAX_RETRIES,
+            timeout: defaults::TIMEOUT,
+            tool_timeout: defaults::TOOL_TIMEOUT,
             workspace: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
-            max_parallel_delegates: 16,
+            max_parallel_delegates: defaults::MAX_PARALLEL_DELEGATES,
             context_window: None,
             env: BTreeMap::new(),
             base_skill_command: None,
             lockfile: None,
         }
     }
+}
+
+impl Settings {
+    /// The settings of `config`'s Experts: each value from `overrides` (the command line),
+    /// else from `perstack.toml`, else its default. The CLI and embedding apps resolve the
+    /// same way; the workspace, environment and lockfile are set by the caller.
+    pub fn resolve(config: &PerstackConfig, overrides: &RunOverrides) -> Self {
+        let mut s = Settings::new(config.experts.clone());
+        s.model = overrides
+            .model
+            .clone()
+            .or_else(|| config.model.clone())
+            .unwrap_or_else(|| defaults::MODEL.into());
+        s.provider_name = overrides
+            .provider
+            .or(config.provider.as_ref().map(|p| p.provider_name))
+            .unwrap_or(defaults::PROVIDER)
+            .as_str()
+            .into();
+        s.reasoning_budget = overrides
+            .reasoning_budget
+            .or(config.reasoning_budget)
+            .unwrap_or(defaults::REASONING_BUDGET);
+        s.max_steps = overrides
+            .max_steps
+            .or(config.max_steps)
+            .unwrap_or(defaults::MAX_STEPS);
+        s.max_retries = overrides
+            .max_retries
+            .or(config.max_retries)
+            .unwrap_or(defaults::MAX_RETRIES);
+        s.timeout = overrides
+            .timeout
+            .or(config.timeout.map(Duration::from_millis))
+            .unwrap_or(defaults::TIMEOUT);
+        s.context_window = crate::llm::models::context_window(&s.model);
+        s.base_skill_command = config.perstack_base_skill_command.clone();
+        s
+    }
+}
+
+/// Run settings given over `perstack.toml` (the command line's options); `None` keeps the
+/// file's value, or the default.
+#[derive(Debug, Clone, Default)]
+pub struct RunOverrides {
+    /// `--model`.
+    pub model: Option<String>,
+    /// `--provider`.
+    pub provider: Option<ProviderName>,
+    /// `--reasoning-budget`.
+    pub reasoning_budget: Option<ReasoningBudget>,
+    /// `--max-steps`.
+    pub max_steps: Option<u32>,
+    /// `--max-retries`.
+    pub max_retries: Option<u32>,
+    /// `--timeout`.
+    pub timeout: Option<Duration>,
 }
 
 /// Shared by every actor of one job.
@@ -77,20 +142,50 @@ pub struct JobContext {
     pub model: Arc<dyn LanguageModel>,
     /// The event bus.
     pub bus: ActorRef<EventBus>,
-    /// Cancelled on SIGINT/SIGTERM or by the embedding API; every run watches it.
+    /// Cancelled on SIGINT/SIGTERM, by the embedding API, or by [`JobContext::fail`]; every
+    /// run watches it.
     pub cancel: CancellationToken,
+    /// Why the job is stopping, when a run hit a failure that stops the whole job (a store
+    /// that refuses writes, a closed output). Set once; the first cause wins.
+    pub failure: std::sync::OnceLock<RunFailure>,
     /// Where run settings go (checkpoints and events go through the bus).
     pub storage: Arc<dyn Storage>,
 }
 
 impl JobContext {
     /// Publish an event and wait until it is visible. An error means the bus could not store
-    /// a checkpoint or write the output: an engine fault.
-    pub async fn publish(&self, event: Event) -> Result<u64, String> {
-        match self.bus.ask(Publish(event)).await {
-            Ok(seq) => Ok(seq),
-            Err(e) => Err(e.to_string()),
+    /// a checkpoint or write the output; [`BusError::run_failure`] says what that means for
+    /// the job.
+    pub async fn publish(&self, event: Event) -> Result<u64, BusError> {
+        self.bus
+            .ask(Publish(event))
+            .await
+            .map_err(BusError::from_send)
+    }
+
+    /// Publish the terminal event of a run that stops because storage failed: shown although
+    /// its checkpoint is not stored (the one exception to "durable before visible").
+    pub async fn publish_unstored(&self, event: Event) -> Result<u64, BusError> {
+        self.bus
+            .ask(PublishUnstored(event))
+            .await
+            .map_err(BusError::from_send)
+    }
+
+    /// Stop every run of the job with `failure` (the first cause wins), as a cancellation
+    /// does.
+    pub fn fail(&self, failure: RunFailure) {
+        let _ = self.failure.set(failure);
+        self.cancel.cancel();
+    }
+
+    /// Why a run of this job must stop now, if it must: the job's failure, or a plain
+    /// cancellation.
+    pub fn stop_reason(&self) -> Option<RunFailure> {
+        if !self.cancel.is_cancelled() {
+            return None;
         }
+        Some(self.failure.get().cloned().unwrap_or(RunFailure::Cancelled))
     }
 }
 
@@ -139,4 +234,73 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use super::{RunOverrides, Settings};
+    use crate::config::{self, defaults};
+    use crate::schema::{ReasoningBudget, ReasoningLevel};
+
+    const EXPERT: &str = "[experts.\"a\"]\ninstruction = \"x\"\n";
+
+    #[test]
+    fn without_a_file_value_or_an_override_every_run_setting_is_its_default() {
+        let cfg = config::parse(EXPERT, Path::new("perstack.toml")).unwrap();
+        let s = Settings::resolve(&cfg, &RunOverrides::default());
+        let new = Settings::new(cfg.experts);
+        assert_eq!(s.model, defaults::MODEL);
+        assert_eq!(s.provider_name, "anthropic");
+        assert_eq!(s.reasoning_budget, defaults::REASONING_BUDGET);
+        assert_eq!(s.reasoning_budget, ReasoningBudget::default());
+        assert_eq!(
+            (s.max_steps, s.max_retries, s.timeout),
+            (new.max_steps, new.max_retries, new.timeout)
+        );
+        assert_eq!((s.max_steps, s.max_retries), (100, 5));
+        assert_eq!(s.timeout, Duration::from_secs(300));
+        assert_eq!(s.model, new.model);
+        assert_eq!(s.provider_name, new.provider_name);
+    }
+
+    #[test]
+    fn the_command_line_wins_over_perstack_toml_which_wins_over_the_defaults() {
+        let text = format!(
+            "model = \"gpt-5-mini\"\nmaxSteps = 7\nmaxRetries = 2\ntimeout = 1000\nreasoningBudget = \"high\"\n[provider]\nproviderName = \"openai\"\n{EXPERT}"
+        );
+        let cfg = config::parse(&text, Path::new("perstack.toml")).unwrap();
+        let s = Settings::resolve(&cfg, &RunOverrides::default());
+        assert_eq!(s.model, "gpt-5-mini");
+        assert_eq!(s.provider_name, "openai");
+        assert_eq!((s.max_steps, s.max_retries), (7, 2));
+        assert_eq!(s.timeout, Duration::from_millis(1000));
+        assert_eq!(
+            s.reasoning_budget,
+            ReasoningBudget::Level(ReasoningLevel::High)
+        );
+
+        let s = Settings::resolve(
+            &cfg,
+            &RunOverrides {
+                model: Some("claude-haiku-4-5".into()),
+                provider: Some(config::ProviderName::Anthropic),
+                reasoning_budget: Some(ReasoningBudget::Tokens(4096)),
+                max_steps: Some(3),
+                max_retries: Some(0),
+                timeout: Some(Duration::from_millis(50)),
+            },
+        );
+        assert_eq!(s.model, "claude-haiku-4-5");
+        assert_eq!(s.provider_name, "anthropic");
+        assert_eq!((s.max_steps, s.max_retries), (3, 0));
+        assert_eq!(s.timeout, Duration::from_millis(50));
+        assert_eq!(s.reasoning_budget, ReasoningBudget::Tokens(4096));
+        assert_eq!(
+            s.context_window,
+            crate::llm::models::context_window("claude-haiku-4-5")
+        );
+    }
 }

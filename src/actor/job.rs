@@ -14,9 +14,10 @@ use tokio::sync::oneshot;
 
 use super::context::{JobContext, now_ms};
 use super::event_bus::Unsubscribe;
-use super::run::{Begin, Parent, RunActor, RunArgs, RunFinished, Start};
-use crate::schema::{Checkpoint, CheckpointStatus, Job, JobStatus, RunError};
-use crate::storage::Storage;
+use super::run::{Begin, Parent, RunActor, RunArgs, RunFinished};
+use crate::agent::{RunFailure, Start};
+use crate::schema::{Checkpoint, CheckpointStatus, Job, JobStatus};
+use crate::storage::{Claim, Storage};
 
 /// How a job ended.
 #[derive(Debug, Clone)]
@@ -45,6 +46,11 @@ pub struct JobArgs {
     pub job: Job,
     /// Resolved when the job ends.
     pub done: oneshot::Sender<JobOutcome>,
+    /// The job's `tracing` span (fields `jobId`, `expertKey`), the parent of its coordinator
+    /// run's span. A child of the span current where the job was started.
+    pub span: tracing::Span,
+    /// The right to write the job, held for the actor's life.
+    pub claim: Claim,
 }
 
 /// One job.
@@ -61,6 +67,10 @@ pub struct JobActor {
     job: Box<Job>,
     last: Box<Checkpoint>,
     done: Option<oneshot::Sender<JobOutcome>>,
+    /// The right to write the job: no other process or engine can run or continue it while
+    /// the job runs. Released right after the job's last write, before the outcome is handed
+    /// out, so that whoever waits for the outcome can continue the job at once.
+    claim: Option<Claim>,
 }
 
 impl Actor for JobActor {
@@ -75,6 +85,7 @@ impl Actor for JobActor {
                 tracing::warn!(job = %args.job.id, "could not store job.json: {e}");
             }
             let run = RunArgs {
+                parent_span: args.span.clone(),
                 ctx: args.ctx.clone(),
                 expert_key: args.expert_key,
                 checkpoint: args.checkpoint.clone(),
@@ -99,6 +110,7 @@ impl Actor for JobActor {
                 job: Box::new(args.job),
                 last: Box::new(args.checkpoint),
                 done: Some(args.done),
+                claim: Some(args.claim),
             })
         })
         .await
@@ -119,12 +131,10 @@ impl Actor for JobActor {
             if self.done.is_some() {
                 let mut cp = (*self.last).clone();
                 cp.status = CheckpointStatus::StoppedByError;
-                cp.error = Some(RunError {
-                    name: "EngineError".into(),
-                    message: format!("the coordinator run stopped without reporting: {reason}"),
-                    status_code: None,
-                    is_retryable: false,
-                });
+                let failure = RunFailure::Engine(format!(
+                    "the coordinator run stopped without reporting: {reason}"
+                ));
+                cp.error = Some(failure.to_run_error());
                 self.finish(cp, None).await;
             }
             Ok(std::ops::ControlFlow::Break(ActorStopReason::Normal))
@@ -155,6 +165,7 @@ impl JobActor {
             tracing::warn!(job = %self.job.id, "could not store job.json: {e}");
         }
         let _ = self.ctx.bus.tell(Unsubscribe(self.job.id.clone())).await;
+        self.claim = None;
         if let Some(done) = self.done.take() {
             let _ = done.send(JobOutcome {
                 job: (*self.job).clone(),

@@ -27,7 +27,7 @@
 //! | --- | --- |
 //! | `skills` | set-up: the run's SkillActors, its tool index and the tools the model sees |
 //! | `tasks` | the model call and the tool calls, run off the mailbox |
-//! | `delegation` | one turn's children: which run, which wait, what each returned |
+//! | `delegation` | one turn's child actors, spawned and forwarded into [`Delegation`] |
 //! | `report` | the end: close the skills, then report to the parent once |
 
 mod delegation;
@@ -41,18 +41,16 @@ use std::sync::Arc;
 use kameo::prelude::*;
 use serde_json::Map;
 
-use self::delegation::Delegation;
-pub(crate) use self::delegation::next_segment as delegation_next_segment;
+use self::delegation::Children;
 use super::context::{JobContext, now_ms};
 use super::job::JobActor;
 use super::skill::SkillActor;
+use crate::agent::RunFailure;
 use crate::agent::{
-    Effect, Machine, MachineSetting, Output, RunStart, ToolIndex, instruction_text,
+    Delegation, Effect, Machine, MachineSetting, Output, Start, ToolIndex, instruction_text,
 };
 use crate::llm::ToolSpec;
-use crate::schema::{
-    Checkpoint, Event, EventPayload, Expert, InitializeRuntime, RunError, id::new_id,
-};
+use crate::schema::{Checkpoint, Event, EventPayload, Expert, InitializeRuntime, id::new_id};
 
 /// The mailbox size of a run actor: task results, child reports and control messages.
 /// Children report with a blocking tell; at most `max_parallel_delegates` can be waiting.
@@ -65,20 +63,6 @@ pub enum Parent {
     Job(ActorRef<JobActor>),
     /// A parent run; `slot` is the delegate call's position in its turn.
     Run(ActorRef<RunActor>, usize),
-}
-
-/// How a run starts.
-#[derive(Debug, Clone)]
-pub enum Start {
-    /// With a query.
-    Query(String),
-    /// With an answer to a pending call.
-    Answer(crate::schema::InteractiveToolCallResult),
-    /// From a stored mid-run checkpoint, with no new input (crash recovery).
-    Resume,
-    /// From a stored `stoppedByDelegate` checkpoint: finish the children that had not
-    /// finished, then go on with all their results.
-    Recover(Vec<(crate::schema::DelegateTo, crate::agent::Resumption)>),
 }
 
 /// What a run actor starts with. Kept by the supervisor for the run's lifetime (see the module
@@ -94,6 +78,9 @@ pub struct RunArgs {
     pub checkpoint: Checkpoint,
     /// The input.
     pub start: Start,
+    /// The span of whoever started the run (the job's, or the delegating run's): the parent
+    /// of this run's span. A span is no actor reference, so it keeps no actor alive.
+    pub parent_span: tracing::Span,
 }
 
 /// A run's final report to its parent.
@@ -111,6 +98,10 @@ pub struct RunFinished {
 pub struct RunActor {
     ctx: Arc<JobContext>,
     expert: Expert,
+    /// The run's `tracing` span (`jobId`, `runId` of its first segment, `expertKey`): the
+    /// parent of its generation, tool-call and delegated runs' spans, carried explicitly
+    /// because they run in other tasks and actors.
+    span: tracing::Span,
     /// Boxed, like the pending report: kameo's task future holds the actor several times over.
     machine: Box<Machine>,
     start: Option<Start>,
@@ -124,8 +115,10 @@ pub struct RunActor {
     skills: HashMap<String, ActorRef<SkillActor>>,
     tools: Arc<Vec<ToolSpec>>,
     index: Arc<ToolIndex>,
-    delegation: Option<Delegation>,
-    startup_error: Option<RunError>,
+    /// The children of the turn in flight, while the run waits for them.
+    /// Boxed, like the machine: it is only there while the run waits.
+    delegation: Option<Box<Children>>,
+    startup_error: Option<RunFailure>,
     result_text: Option<String>,
     finished: bool,
     /// Skills still shutting down after the run finished; the report waits for them (their
@@ -179,7 +172,15 @@ impl Actor for RunActor {
                 max_retries: settings.max_retries,
                 context_window: settings.context_window,
             };
+            let span = tracing::info_span!(
+                parent: &args.parent_span,
+                "run",
+                jobId = %ctx.job_id,
+                runId = %args.checkpoint.run_id,
+                expertKey = %args.expert_key,
+            );
             let mut actor = RunActor {
+                span,
                 machine: Box::new(Machine::new(setting, ToolIndex::new(), args.checkpoint)),
                 ctx,
                 expert,
@@ -216,17 +217,10 @@ impl Actor for RunActor {
             // An engine bug: still end with a terminal event, a stored checkpoint and a report.
             tracing::error!(run = %self.machine.setting().run_id, "run actor panicked: {err}");
             if !self.finished {
-                let out = self.machine.abort(
-                    now_ms(),
-                    RunError {
-                        name: "EngineError".into(),
-                        message: format!("internal error: {err}"),
-                        status_code: None,
-                        is_retryable: false,
-                    },
-                );
-                for e in out.events {
-                    let _ = self.ctx.publish(e).await;
+                let failure = RunFailure::Engine(format!("internal error: {err}"));
+                let out = self.machine.abort(now_ms(), failure.clone());
+                if let Err(f) = self.publish_events(out.events).await {
+                    self.stop_unstored(f).await;
                 }
                 let _ = me;
                 self.close_and_report(None).await;
@@ -253,8 +247,8 @@ impl Actor for RunActor {
                 let reported = self
                     .delegation
                     .as_mut()
-                    .and_then(|d| d.child_died(id, &reason));
-                if reported.is_some() {
+                    .is_some_and(|d| d.child_died(id, &reason));
+                if reported {
                     let me = self.me.clone();
                     self.after_child(&me).await;
                 }
@@ -286,30 +280,15 @@ impl Message<Begin> for RunActor {
                 .collect();
             instruction_text(&self.expert, &delegates, now, &self.ctx.settings.workspace)
         };
-        let start = match self.start.take() {
-            Some(Start::Query(text)) => RunStart::Query { text, instruction },
-            Some(Start::Answer(a)) => RunStart::Answer(a),
-            Some(Start::Resume) => RunStart::Resume,
-            Some(Start::Recover(children)) => {
-                let cp = self.machine.checkpoint().clone();
-                let mut d = Delegation::recover(children, &cp);
-                if d.is_done() {
-                    let out = self.resume(d).await;
-                    self.drive(out, ctx.actor_ref()).await;
-                } else {
-                    d.start_more(&self.ctx, ctx.actor_ref(), &cp).await;
-                    self.delegation = Some(d);
-                }
-                if self.is_done() {
-                    ctx.stop();
-                }
-                return;
-            }
-            None => return,
+        let Some(start) = self.start.take() else {
+            return;
         };
-        let mut out = self.machine.start(now, start);
+        // Every start goes through here, crash recovery included: a run whose skills did not
+        // start stops before anything else runs.
+        let mut out = self.machine.start(now, start, instruction);
         if let Some(err) = self.startup_error.take() {
-            // Publish startRun only, then stop: nothing else may run without the tools.
+            // Publish startRun (if this start has one) only, then stop: nothing else may run
+            // without the tools.
             out.events.truncate(1);
             let stop = self.machine.abort(now, err);
             out.events.extend(stop.events);
@@ -329,27 +308,42 @@ impl Message<Generated> for RunActor {
     type Reply = ();
 
     async fn handle(&mut self, Generated(r): Generated, ctx: &mut Context<Self, Self::Reply>) {
-        let out = self
-            .machine
-            .handle(now_ms(), crate::agent::Input::Generated(r));
-        self.drive(out, ctx.actor_ref()).await;
+        match self.ctx.failure.get().cloned() {
+            // The job stopped for a reason of its own while the model ran: the run ends with
+            // that reason, not with the cancelled call.
+            Some(failure) => self.end_with(failure, ctx.actor_ref()).await,
+            None => {
+                let out = self
+                    .machine
+                    .handle(now_ms(), crate::agent::Input::Generated(r));
+                self.drive(out, ctx.actor_ref()).await;
+            }
+        }
         if self.is_done() {
             ctx.stop();
         }
     }
 }
 
-/// The tool calls finished.
-struct ToolsDone(Vec<crate::schema::ToolResult>);
+/// The tool calls finished: their results in call order, or the failure of a call that stops
+/// the run (a skill fault that does not go back to the model).
+struct ToolsDone(Result<Vec<crate::schema::ToolResult>, RunFailure>);
 
 impl Message<ToolsDone> for RunActor {
     type Reply = ();
 
     async fn handle(&mut self, ToolsDone(r): ToolsDone, ctx: &mut Context<Self, Self::Reply>) {
-        let out = self
-            .machine
-            .handle(now_ms(), crate::agent::Input::ToolsDone(r));
-        self.drive(out, ctx.actor_ref()).await;
+        match (self.ctx.failure.get().cloned(), r) {
+            (Some(failure), _) | (None, Err(failure)) => {
+                self.end_with(failure, ctx.actor_ref()).await;
+            }
+            (None, Ok(results)) => {
+                let out = self
+                    .machine
+                    .handle(now_ms(), crate::agent::Input::ToolsDone(results));
+                self.drive(out, ctx.actor_ref()).await;
+            }
+        }
         if self.is_done() {
             ctx.stop();
         }
@@ -360,8 +354,8 @@ impl Message<RunFinished> for RunActor {
     type Reply = ();
 
     async fn handle(&mut self, report: RunFinished, ctx: &mut Context<Self, Self::Reply>) {
-        if let Some(d) = self.delegation.as_mut() {
-            d.child_finished(report);
+        if let Some(children) = self.delegation.as_mut() {
+            children.child_finished(report);
         }
         self.after_child(ctx.actor_ref()).await;
         if self.is_done() {
@@ -375,20 +369,23 @@ impl RunActor {
     /// effect completes at once.
     async fn drive(&mut self, mut out: Output, me: &ActorRef<Self>) {
         loop {
-            for event in std::mem::take(&mut out.events) {
-                if let EventPayload::CompleteRun(c) = &event.payload {
-                    self.result_text = Some(c.text.clone());
-                }
-                if let Err(e) = self.ctx.publish(event).await {
-                    // The checkpoint could not be stored: an engine fault. Nothing more can be
-                    // made durable, so stop here and report.
-                    tracing::error!(run = %self.machine.setting().run_id, "event bus failed: {e}");
+            if let Err(failure) = self.publish_events(std::mem::take(&mut out.events)).await {
+                // Nothing more of this run can be shown or stored: end it with the failure.
+                self.stop_unstored(failure).await;
+                self.close_and_report(Some(me.clone())).await;
+                return;
+            }
+            // A run that just stopped by delegation has ended its segment: its children start,
+            // see the stop themselves, and the resumed segment ends with the reason.
+            if let Some(reason) = self.ctx.stop_reason()
+                && !matches!(out.effect, Effect::Stop | Effect::Delegate(_))
+            {
+                if reason.is_visible_unstored() {
+                    self.stop_unstored(reason).await;
                     self.close_and_report(Some(me.clone())).await;
                     return;
                 }
-            }
-            if self.ctx.cancel.is_cancelled() && !matches!(out.effect, Effect::Stop) {
-                out = self.machine.abort(now_ms(), cancelled());
+                out = self.machine.abort(now_ms(), reason);
                 continue;
             }
             match out.effect {
@@ -403,36 +400,42 @@ impl RunActor {
                     } else {
                         Arc::new(Vec::new())
                     };
-                    tasks::spawn_generation(
-                        self.ctx.clone(),
-                        me.clone(),
-                        &self.machine,
-                        messages,
-                        tools,
-                        retry_count,
-                        retry_after,
-                    );
+                    // Inside the run's span: the task's span is its child.
+                    self.span.in_scope(|| {
+                        tasks::spawn_generation(
+                            self.ctx.clone(),
+                            me.clone(),
+                            &self.machine,
+                            messages,
+                            tools,
+                            retry_count,
+                            retry_after,
+                        );
+                    });
                     return;
                 }
                 Effect::CallTools(calls) => {
-                    tasks::spawn_tool_calls(
-                        self.ctx.clone(),
-                        me.clone(),
-                        self.index.clone(),
-                        self.skills.clone(),
-                        calls,
-                    );
+                    self.span.in_scope(|| {
+                        tasks::spawn_tool_calls(
+                            self.ctx.clone(),
+                            me.clone(),
+                            self.index.clone(),
+                            self.skills.clone(),
+                            calls,
+                        );
+                    });
                     return;
                 }
-                Effect::Delegate(to) => {
-                    let cp = self.machine.checkpoint().clone();
-                    let mut d = Delegation::new(to, &cp);
+                Effect::Delegate(d) => {
                     if d.is_done() {
-                        out = self.resume(d).await;
+                        out = self.resume(*d).await;
                         continue;
                     }
-                    d.start_more(&self.ctx, me, &cp).await;
-                    self.delegation = Some(d);
+                    let mut children = Box::new(Children::new(*d));
+                    children
+                        .start_more(&self.ctx, me, self.machine.setting(), &self.span)
+                        .await;
+                    self.delegation = Some(children);
                     return;
                 }
                 Effect::Stop => {
@@ -443,36 +446,40 @@ impl RunActor {
         }
     }
 
+    /// End the run with `failure` from outside the loop. A failure whose stop is shown
+    /// unstored (storage) never tries to store it: the last durable step is where
+    /// `--continue-job` goes on from.
+    async fn end_with(&mut self, failure: RunFailure, me: &ActorRef<Self>) {
+        if failure.is_visible_unstored() {
+            self.stop_unstored(failure).await;
+            self.close_and_report(Some(me.clone())).await;
+        } else {
+            let out = self.machine.abort(now_ms(), failure);
+            self.drive(out, me).await;
+        }
+    }
+
     async fn after_child(&mut self, me: &ActorRef<Self>) {
-        let Some(mut d) = self.delegation.take() else {
+        let Some(mut children) = self.delegation.take() else {
             return;
         };
-        if d.is_done() {
-            let out = self.resume(d).await;
+        if children.delegation.is_done() {
+            let out = self.resume(children.delegation).await;
             self.drive(out, me).await;
         } else {
-            let cp = self.machine.checkpoint().clone();
-            d.start_more(&self.ctx, me, &cp).await;
-            self.delegation = Some(d);
+            children
+                .start_more(&self.ctx, me, self.machine.setting(), &self.span)
+                .await;
+            self.delegation = Some(children);
         }
     }
 
     /// All children reported: continue as a new segment with their results.
     async fn resume(&mut self, d: Delegation) -> Output {
-        let (last_step, usage, results) = d.into_results();
-        let run_id = new_id();
+        let resumed = d.into_resumed();
+        let answer = resumed.announced_answer();
         let now = now_ms();
-        let out =
-            self.machine
-                .resume_after_delegation(now, run_id, last_step, usage, results.clone());
-        let answer = results
-            .first()
-            .map(|r| crate::schema::InteractiveToolCallResult {
-                tool_call_id: r.id.clone(),
-                tool_name: r.tool_name.clone(),
-                skill_name: r.skill_name.clone(),
-                text: r.text(),
-            });
+        let out = self.machine.resume_after_delegation(now, new_id(), resumed);
         self.announce(now, None, answer).await;
         out
     }
@@ -530,6 +537,46 @@ impl RunActor {
         let _ = self.ctx.publish(event).await;
     }
 
+    /// Publish a machine output's events in order. A closed output fails the job (the events
+    /// are still stored) and publishing goes on. A storage failure fails the job and stops
+    /// here: the event and those after it are not shown, and the run must end with
+    /// [`RunActor::stop_unstored`].
+    async fn publish_events(&mut self, events: Vec<Event>) -> Result<(), RunFailure> {
+        for event in events {
+            if let EventPayload::CompleteRun(c) = &event.payload {
+                self.result_text = Some(c.text.clone());
+            }
+            let Err(e) = self.ctx.publish(event).await else {
+                continue;
+            };
+            let failure = e.run_failure();
+            tracing::error!(run = %self.machine.setting().run_id, "{e}");
+            if failure.stops_the_job() {
+                self.ctx.fail(failure.clone());
+            }
+            if !e.event_was_stored() {
+                return Err(failure);
+            }
+        }
+        Ok(())
+    }
+
+    /// End the run with `failure` after an event of it could not be published: whatever end
+    /// the machine reached was never shown, so this is the run's one terminal event. Shown
+    /// unstored for a storage failure; for any other (a bus that is gone) nothing can be shown
+    /// and the checkpoint only goes to the parent's report.
+    async fn stop_unstored(&mut self, failure: RunFailure) {
+        let out = self.machine.fail(now_ms(), failure.clone());
+        if !failure.is_visible_unstored() {
+            return;
+        }
+        for event in out.events {
+            if let Err(e) = self.ctx.publish_unstored(event).await {
+                tracing::error!(run = %self.machine.setting().run_id, "{e}");
+            }
+        }
+    }
+
     fn runtime_event(&self, now: u64, payload: EventPayload) -> Event {
         Event {
             id: new_id(),
@@ -540,15 +587,6 @@ impl RunActor {
             step_number: None,
             payload,
         }
-    }
-}
-
-fn cancelled() -> RunError {
-    RunError {
-        name: "Cancelled".into(),
-        message: "The job was cancelled before this run finished.".into(),
-        status_code: None,
-        is_retryable: false,
     }
 }
 

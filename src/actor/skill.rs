@@ -4,7 +4,10 @@
 //! tool calls with message parts.
 //!
 //! Calls run concurrently: each is spawned off the mailbox with a delegated reply, so a slow
-//! tool never blocks the next one. Tool-level failures come back as results the model can read.
+//! tool never blocks the next one. A failed call is decided by its [`SkillError`]'s own policy:
+//! what the model can fix comes back as a result it can read, anything else (a call on a
+//! connection already closed, a lazily started server that does not start) as a fault that
+//! stops the run.
 //! When the server dies, the call in flight gets an error result and the actor fails on
 //! purpose: its supervisor (the run) restarts it, which reconnects, within a bounded budget
 //! (`SKILL_RESTARTS` in `SKILL_RESTART_WINDOW`); past it the skill stays down and calls get an
@@ -13,20 +16,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
 use kameo::prelude::*;
 use serde_json::{Map, Value, json};
 
 use super::context::{JobContext, now_ms};
+use crate::agent::RunFailure;
 use crate::schema::{
-    Event, EventPayload, InlinePart, McpSseSkill, McpStdioSkill, MessagePart, SkillConnected,
+    Event, EventPayload, McpSseSkill, McpStdioSkill, MessagePart, SkillConnected,
     SkillDisconnected, SkillStarting, SkillStderr, id::new_id,
 };
-use crate::skill::base::{
-    ConnectTimings, InProcessBase, ServerIdentity, connect_in_process, read_inline_file,
-};
+use crate::skill::base::{ConnectTimings, InProcessBase, ServerIdentity, connect_in_process};
 use crate::skill::mcp::{ConnectOptions, McpConnection, command_args, connect_http, connect_stdio};
-use crate::skill::mcp_result::{mcp_error_text, to_message_parts};
+use crate::skill::mcp_result::{ConvertedResult, mcp_error_text, to_message_parts};
 use crate::skill::{BaseSkill, SkillError, ToolDefinition};
 
 /// The mailbox size of a skill actor: calls queue here while the run waits for results.
@@ -106,6 +107,18 @@ impl Conn {
             Conn::Mcp(c) => c.call(name, args).await,
         }
     }
+    /// The result as the model sees it (the base skill adds its own step).
+    async fn message_parts(
+        &self,
+        name: &str,
+        args: &Value,
+        result: &rmcp::model::CallToolResult,
+    ) -> ConvertedResult {
+        match self {
+            Conn::Base(c) => c.message_parts(name, args, result).await,
+            Conn::Mcp(_) => to_message_parts(name, args, result),
+        }
+    }
     async fn close(self) {
         match self {
             Conn::Base(c) => c.close().await,
@@ -119,8 +132,6 @@ pub struct SkillActor {
     args: SkillArgs,
     conn: Option<Arc<Conn>>,
     tools: Vec<ToolDefinition>,
-    /// The base skill's workspace, for inlining images and PDFs safely.
-    inline_from: Option<std::path::PathBuf>,
 }
 
 impl Actor for SkillActor {
@@ -138,16 +149,14 @@ impl Actor for SkillActor {
                     args,
                     conn: None,
                     tools,
-                    inline_from: None,
                 });
             }
-            let (conn, inline_from) = connect(&args).await?;
+            let conn = connect(&args).await?;
             let tools = filter(conn.tools(), &args);
             Ok(SkillActor {
                 args,
                 conn: Some(Arc::new(conn)),
                 tools,
-                inline_from,
             })
         })
         .await
@@ -203,18 +212,13 @@ impl Message<Close> for SkillActor {
     }
 }
 
-/// Tools after `omit`, then `pick`.
+/// The tools the model may call: `omit`, then `pick` (the catalog's rule, applied only here).
 fn filter(tools: &[ToolDefinition], args: &SkillArgs) -> Vec<ToolDefinition> {
-    tools
-        .iter()
-        .filter(|t| !args.omit.contains(&t.name))
-        .filter(|t| args.pick.is_empty() || args.pick.contains(&t.name))
-        .cloned()
-        .collect()
+    crate::agent::catalog::select(tools, &args.pick, &args.omit)
 }
 
 /// Connect the skill, publishing `skillStarting` (stdio) and `skillConnected`.
-async fn connect(args: &SkillArgs) -> Result<(Conn, Option<std::path::PathBuf>), SkillError> {
+async fn connect(args: &SkillArgs) -> Result<Conn, SkillError> {
     let started = now_ms();
     let settings = args.ctx.settings.clone();
     let opts = ConnectOptions {
@@ -222,13 +226,10 @@ async fn connect(args: &SkillArgs) -> Result<(Conn, Option<std::path::PathBuf>),
         allow_private_endpoints: ConnectOptions::private_endpoints_allowed(&settings.env),
         ..ConnectOptions::default()
     };
-    let (conn, inline_from) = match &args.kind {
+    let conn = match &args.kind {
         SkillKind::Base => {
             let skill = BaseSkill::with_workspace_env(settings.workspace.clone(), &settings.env);
-            (
-                Conn::Base(connect_in_process(skill).await?),
-                Some(settings.workspace.clone()),
-            )
+            Conn::Base(connect_in_process(skill).await?)
         }
         SkillKind::Stdio(skill) => {
             let (command, cmd_args) = command_args(skill)?;
@@ -244,9 +245,9 @@ async fn connect(args: &SkillArgs) -> Result<(Conn, Option<std::path::PathBuf>),
             .await;
             let (conn, stderr) = connect_stdio(skill, &settings.env, &opts).await?;
             forward_stderr(args.clone(), stderr);
-            (Conn::Mcp(conn), None)
+            Conn::Mcp(conn)
         }
-        SkillKind::Http(skill) => (Conn::Mcp(connect_http(skill, &opts).await?), None),
+        SkillKind::Http(skill) => Conn::Mcp(connect_http(skill, &opts).await?),
     };
     let t = conn.timings();
     let id = conn.identity();
@@ -264,7 +265,7 @@ async fn connect(args: &SkillArgs) -> Result<(Conn, Option<std::path::PathBuf>),
         }),
     )
     .await;
-    Ok((conn, inline_from))
+    Ok(conn)
 }
 
 async fn publish(args: &SkillArgs, payload: EventPayload) {
@@ -332,16 +333,38 @@ pub struct CallTool {
 pub struct ToolOutcome {
     /// Result parts.
     pub parts: Vec<MessagePart>,
-    /// The server flagged an error.
+    /// The server flagged the result as an error (`isError: true`); the model sees the flag.
     pub is_error: bool,
+    /// Set when the call failed in a way the model cannot fix
+    /// ([`SkillError::feeds_back_to_model`] is false): the run stops with it instead of
+    /// handing `parts` to the model.
+    pub fault: Option<RunFailure>,
 }
 
 impl ToolOutcome {
+    /// A call that got no result (timeout, protocol error, skill down): the text Perstack gives
+    /// the model, not flagged as an error result, as in Perstack.
     fn error(text: String) -> Self {
         ToolOutcome {
             parts: vec![MessagePart::text(text)],
-            is_error: true,
+            is_error: false,
+            fault: None,
         }
+    }
+
+    /// A failed call, decided by the error's own policy: an error result for the model, or a
+    /// fault that stops the run.
+    fn failed(tool: &str, skill: &str, e: &SkillError) -> Self {
+        let mut outcome = ToolOutcome::error(mcp_error_text(tool, e));
+        if !e.feeds_back_to_model() {
+            outcome.fault = Some(match e {
+                SkillError::Spawn { .. } | SkillError::Connect { .. } => {
+                    RunFailure::Configuration(format!("skill \"{skill}\" failed to start: {e}"))
+                }
+                _ => RunFailure::Skill(format!("Error calling tool {tool}: {e}")),
+            });
+        }
+        outcome
     }
 }
 
@@ -377,24 +400,19 @@ impl Message<CallTool> for SkillActor {
         if known && self.conn.is_none() && self.args.locked_tools.is_some() {
             // First call of a lazily started skill: connect now (later calls queue behind it).
             match connect(&self.args).await {
-                Ok((conn, inline_from)) => {
+                Ok(conn) => {
                     self.conn = Some(Arc::new(conn));
-                    self.inline_from = inline_from;
                 }
                 Err(e) => {
-                    let text = format!(
-                        "Error calling tool {}: skill {} failed to start: {e}",
-                        call.name, self.args.name
-                    );
-                    return ctx.spawn(async move { ToolOutcome::error(text) });
+                    let outcome = ToolOutcome::failed(&call.name, &self.args.name, &e);
+                    return ctx.spawn(async move { outcome });
                 }
             }
         }
         let conn = self.conn.clone();
         let skill = self.args.name.clone();
-        let inline_from = self.inline_from.clone();
         let me = ctx.actor_ref().clone();
-        let timeout = self.args.ctx.settings.timeout;
+        let timeout = self.args.ctx.settings.tool_timeout;
         ctx.spawn(async move {
             if !known {
                 return ToolOutcome::error(format!(
@@ -408,75 +426,30 @@ impl Message<CallTool> for SkillActor {
                     call.name
                 ));
             };
-            let result =
-                tokio::time::timeout(timeout, conn.call(&call.name, call.args.clone())).await;
+            let result = crate::skill::timeout::bounded(
+                timeout,
+                &skill,
+                &call.name,
+                conn.call(&call.name, call.args.clone()),
+            )
+            .await;
             match result {
-                Ok(Ok(r)) => {
-                    let c = to_message_parts(&call.name, &call.args, &r);
-                    let parts = match inline_from {
-                        Some(ws)
-                            if matches!(call.name.as_str(), "readImageFile" | "readPdfFile") =>
-                        {
-                            inline_media(ws, c.parts).await
-                        }
-                        _ => c.parts,
-                    };
+                Ok(r) => {
+                    let c = conn.message_parts(&call.name, &call.args, &r).await;
                     ToolOutcome {
-                        parts,
+                        parts: c.parts,
                         is_error: c.is_error,
+                        fault: None,
                     }
                 }
-                Ok(Err(e)) => {
+                Err(e) => {
                     if conn.is_closed() {
                         // Restart through the supervisor; the next call reconnects.
                         let _ = me.tell(ConnectionLost).try_send();
                     }
-                    ToolOutcome::error(mcp_error_text(&call.name, &e))
+                    ToolOutcome::failed(&call.name, &skill, &e)
                 }
-                Err(_) => ToolOutcome::error(format!(
-                    "Error calling tool {}: no answer within {} ms",
-                    call.name,
-                    timeout.as_millis()
-                )),
             }
         })
     }
-}
-
-/// `readImageFile` / `readPdfFile` return `{path, mimeType, size}`; the runtime replaces that
-/// with the file itself, read through the same path checks (no symlink escape, no race).
-async fn inline_media(workspace: std::path::PathBuf, parts: Vec<MessagePart>) -> Vec<MessagePart> {
-    let mut out = Vec::with_capacity(parts.len());
-    for part in parts {
-        let path = part
-            .as_text()
-            .and_then(|t| serde_json::from_str::<Value>(t).ok())
-            .filter(|v| v.get("error").is_none())
-            .and_then(|v| v.get("path").and_then(Value::as_str).map(str::to_owned));
-        let Some(path) = path else {
-            out.push(part);
-            continue;
-        };
-        let ws = workspace.clone();
-        let p = path.clone();
-        let read = tokio::task::spawn_blocking(move || read_inline_file(&ws, &p)).await;
-        out.push(match read {
-            Ok(Ok((bytes, mime))) => {
-                let inline = InlinePart {
-                    id: new_id(),
-                    encoded_data: base64::engine::general_purpose::STANDARD.encode(bytes),
-                    mime_type: mime.clone(),
-                    extra: Map::new(),
-                };
-                if mime.starts_with("image/") {
-                    MessagePart::ImageInlinePart(inline)
-                } else {
-                    MessagePart::FileInlinePart(inline)
-                }
-            }
-            Ok(Err(e)) => MessagePart::text(format!("Failed to read file \"{path}\": {e}")),
-            Err(e) => MessagePart::text(format!("Failed to read file \"{path}\": {e}")),
-        });
-    }
-    out
 }

@@ -28,12 +28,13 @@ use std::time::Duration;
 
 use serde_json::Map;
 
+use super::delegation::{Delegation, Resumed};
+use super::failure::RunFailure;
 use super::tools::ToolIndex;
 use crate::llm::{Generation, GenerationError};
 use crate::schema::{
-    Checkpoint, CheckpointStatus, DelegateTo, Event, EventPayload, ExpertRef,
-    InteractiveToolCallResult, Message, MessagePart, RunError, StartRun, Step, ToolCall,
-    ToolResult, Usage, id::new_id,
+    Checkpoint, CheckpointStatus, Event, EventPayload, ExpertRef, InteractiveToolCallResult,
+    Message, MessagePart, StartRun, Step, ToolCall, ToolResult, Usage, id::new_id,
 };
 use calls::Plan;
 
@@ -59,23 +60,22 @@ pub struct MachineSetting {
     pub context_window: Option<u64>,
 }
 
-/// How a run segment starts.
+/// How a run starts: the one start type of the engine, for a new job, a continued one, a
+/// delegated child and crash recovery alike (see [`Resumption::into_start`]).
+///
+/// [`Resumption::into_start`]: super::Resumption::into_start
 #[derive(Debug, Clone)]
-pub enum RunStart {
+pub enum Start {
     /// A query: a fresh run (instruction + user message) or a continued one (user message).
-    Query {
-        /// The query text.
-        text: String,
-        /// The instruction text, used only when the checkpoint is `init`.
-        instruction: String,
-    },
-    /// The answer to the pending interactive (or delegate) call.
+    Query(String),
+    /// The answer to the pending interactive call.
     Answer(InteractiveToolCallResult),
-    /// Results of delegated runs, resuming a `stoppedByDelegate` checkpoint.
-    DelegateResults(Vec<ToolResult>),
     /// Pick up a stored mid-run checkpoint (after a crash): no new input, the loop goes on
     /// with the step after the stored one.
     Resume,
+    /// Resume a `stoppedByDelegate` checkpoint: run the children that have not reported, then
+    /// go on with all their results.
+    AfterDelegation(Box<Delegation>),
 }
 
 /// What the actor must do next.
@@ -95,8 +95,9 @@ pub enum Effect {
     /// Execute these skill calls concurrently and answer with [`Input::ToolsDone`] in the same
     /// order. Calls whose tool is unknown must be answered with an error result.
     CallTools(Vec<ToolCall>),
-    /// Run these children; the run then resumes with [`RunStart::DelegateResults`].
-    Delegate(Vec<DelegateTo>),
+    /// Run the children this delegation names (each report goes back into it); once it
+    /// [`is done`](Delegation::is_done), resume with [`Machine::resume_after_delegation`].
+    Delegate(Box<Delegation>),
     /// The run ended; [`Machine::checkpoint`] is final.
     Stop,
 }
@@ -224,18 +225,20 @@ impl Machine {
     }
 
     /// Init: build the input messages and emit `startRun`, then prepare the first step.
-    pub fn start(&mut self, now: u64, start: RunStart) -> Output {
-        let mut events = Vec::new();
+    /// `instruction` is used only when the checkpoint is `init` and the start is a query.
+    /// [`Start::AfterDelegation`] emits nothing: the run goes straight to its children
+    /// ([`Effect::Delegate`]) and starts its next segment once they reported.
+    pub fn start(&mut self, now: u64, start: Start, instruction: String) -> Output {
         let mut cp = self.checkpoint.clone();
         let input_messages = match start {
-            RunStart::Query { text, instruction } => {
+            Start::Query(text) => {
                 if cp.status == CheckpointStatus::Init {
                     vec![Message::instruction(instruction), Message::user(text)]
                 } else {
                     vec![Message::user(text)]
                 }
             }
-            RunStart::Answer(answer) => {
+            Start::Answer(answer) => {
                 let call = cp
                     .pending_tool_calls
                     .as_ref()
@@ -245,31 +248,22 @@ impl Machine {
                     skill_name: answer.skill_name.clone(),
                     tool_name: call.map_or(answer.tool_name.clone(), |c| c.tool_name.clone()),
                     result: vec![MessagePart::text(answer.text)],
+                    is_error: false,
                     extra: Map::new(),
                 };
                 absorb_results(&mut cp, vec![result]);
                 Vec::new()
             }
-            RunStart::DelegateResults(results) => {
-                absorb_results(&mut cp, results);
-                Vec::new()
+            Start::Resume => Vec::new(),
+            Start::AfterDelegation(delegation) => {
+                self.phase = Phase::Delegating;
+                return Output {
+                    events: Vec::new(),
+                    effect: Effect::Delegate(delegation),
+                };
             }
-            RunStart::Resume => Vec::new(),
         };
-        events.push(self.event(
-            now,
-            EventPayload::StartRun(StartRun {
-                initial_checkpoint: cp.clone(),
-                input_messages: input_messages.clone(),
-                extra: Map::new(),
-            }),
-        ));
-        cp.status = CheckpointStatus::Proceeding;
-        cp.messages.extend(input_messages.iter().cloned());
-        self.checkpoint = cp;
-        self.step = Step::new(self.checkpoint.step_number, now);
-        self.step.input_messages = Some(input_messages);
-        self.prepare(now, events)
+        self.begin_segment(now, cp, input_messages)
     }
 
     /// Resume after delegation as a new segment: new run id, step after the children's last,
@@ -278,20 +272,43 @@ impl Machine {
         &mut self,
         now: u64,
         new_run_id: String,
-        last_child_step: u32,
-        child_usage: Usage,
-        results: Vec<ToolResult>,
+        resumed: Resumed,
     ) -> Output {
         self.setting.run_id = new_run_id.clone();
         let cp = &mut self.checkpoint;
         cp.id = new_id();
         cp.run_id = new_run_id;
-        cp.step_number = last_child_step.max(cp.step_number) + 1;
-        cp.usage += child_usage;
+        cp.step_number = resumed.last_step.max(cp.step_number) + 1;
+        cp.usage += resumed.usage;
         cp.delegate_to = None;
         cp.status = CheckpointStatus::StoppedByDelegate;
         self.phase = Phase::Init;
-        self.start(now, RunStart::DelegateResults(results))
+        let mut cp = self.checkpoint.clone();
+        absorb_results(&mut cp, resumed.results);
+        self.begin_segment(now, cp, Vec::new())
+    }
+
+    /// `startRun` on `cp` with `input_messages`, then the first step of the segment.
+    fn begin_segment(
+        &mut self,
+        now: u64,
+        mut cp: Checkpoint,
+        input_messages: Vec<Message>,
+    ) -> Output {
+        let events = vec![self.event(
+            now,
+            EventPayload::StartRun(StartRun {
+                initial_checkpoint: cp.clone(),
+                input_messages: input_messages.clone(),
+                extra: Map::new(),
+            }),
+        )];
+        cp.status = CheckpointStatus::Proceeding;
+        cp.messages.extend(input_messages.iter().cloned());
+        self.checkpoint = cp;
+        self.step = Step::new(self.checkpoint.step_number, now);
+        self.step.input_messages = Some(input_messages);
+        self.prepare(now, events)
     }
 
     /// Feed an outcome.
@@ -317,29 +334,30 @@ impl Machine {
                 self.stop_by_error(
                     now,
                     Vec::new(),
-                    RunError {
-                        name: "EngineError".into(),
-                        message: format!(
-                            "unexpected input in this state: {}",
-                            &what[..what.len().min(80)]
-                        ),
-                        status_code: None,
-                        is_retryable: false,
-                    },
+                    RunFailure::Engine(format!(
+                        "unexpected input in this state: {}",
+                        char_prefix(&what, 80)
+                    )),
                 )
             }
         }
     }
 
     /// Stop the run with an error from outside the loop (cancellation, an engine fault).
-    pub fn abort(&mut self, now: u64, error: RunError) -> Output {
+    pub fn abort(&mut self, now: u64, failure: RunFailure) -> Output {
         if self.is_stopped() {
             return Output {
                 events: Vec::new(),
                 effect: Effect::Stop,
             };
         }
-        self.stop_by_error(now, Vec::new(), error)
+        self.stop_by_error(now, Vec::new(), failure)
+    }
+
+    /// Stop the run with `failure` whatever state it is in, even stopped: the end it reached
+    /// could not be made durable or shown (its storage failed), so this stop replaces it.
+    pub fn fail(&mut self, now: u64, failure: RunFailure) -> Output {
+        self.stop_by_error(now, Vec::new(), failure)
     }
 
     fn update_context_window_usage(&mut self) {
@@ -373,4 +391,9 @@ fn absorb_results(cp: &mut Checkpoint, results: Vec<ToolResult>) {
             cp.pending_tool_calls = None;
         }
     }
+}
+
+/// The first `max` characters of `s`: a cut on a character boundary, never inside one.
+fn char_prefix(s: &str, max: usize) -> &str {
+    s.char_indices().nth(max).map_or(s, |(i, _)| &s[..i])
 }

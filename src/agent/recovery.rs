@@ -7,7 +7,9 @@
 //! Finished children are not run again; a parent stopped by delegation waits only for the
 //! children that had not finished (Perstack requires a hand-written answer instead).
 
-use crate::schema::{Checkpoint, CheckpointStatus, DelegateTo};
+use super::delegation::{Delegation, next_segment};
+use super::machine::Start;
+use crate::schema::{Checkpoint, CheckpointStatus, DelegateTo, id::new_id};
 
 /// How one run goes on.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,6 +36,27 @@ pub enum Resumption {
         /// One entry per delegate call, in call order.
         children: Vec<(DelegateTo, Resumption)>,
     },
+}
+
+impl Resumption {
+    /// How a run that must go on without new input starts again, through the same
+    /// [`Start`] as any other run: `Continue` picks up its stored step as a new segment,
+    /// `AwaitChildren` (with a new run id) waits for the children that had not finished. `Fresh`
+    /// and `Done` are handed back: they need an input (a query or an answer).
+    pub fn into_start(self) -> Result<(Checkpoint, Start), Box<Resumption>> {
+        match self {
+            Resumption::Continue { checkpoint } => Ok((next_segment(checkpoint), Start::Resume)),
+            Resumption::AwaitChildren {
+                mut checkpoint,
+                children,
+            } => {
+                checkpoint.run_id = new_id();
+                let delegation = Box::new(Delegation::recover(children, &checkpoint));
+                Ok((checkpoint, Start::AfterDelegation(delegation)))
+            }
+            other => Err(Box::new(other)),
+        }
+    }
 }
 
 /// The coordinator's latest checkpoint: the highest step among checkpoints without

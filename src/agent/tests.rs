@@ -150,10 +150,8 @@ fn answer(c: &ToolCall, todos: &mut Vec<bool>) -> ToolResult {
 fn start(d: &mut Driver) -> Output {
     d.m.start(
         0,
-        RunStart::Query {
-            text: "please do the thing".into(),
-            instruction: "be good".into(),
-        },
+        Start::Query("please do the thing".into()),
+        "be good".into(),
     )
 }
 
@@ -303,9 +301,10 @@ fn parallel_delegation_stops_then_resumes_as_a_new_segment_after_the_children() 
         ("helper-a", json!({"query":"do A"})),
         ("helper-b", json!({"query":"do B"})),
     ]))];
-    let Effect::Delegate(to) = d.run(out, &mut gens, &mut vec![]) else {
+    let Effect::Delegate(delegation) = d.run(out, &mut gens, &mut vec![]) else {
         panic!("expected delegation")
     };
+    let to = delegation.calls();
     assert_eq!(to.len(), 2);
     assert_eq!(to[1].expert.key, "@org/helper-b");
     assert_eq!(d.m.checkpoint().status, CheckpointStatus::StoppedByDelegate);
@@ -316,12 +315,20 @@ fn parallel_delegation_stops_then_resumes_as_a_new_segment_after_the_children() 
             skill_name: format!("delegate/{}", t.expert.key),
             tool_name: t.tool_name.clone(),
             result: vec![MessagePart::text("done")],
+            is_error: false,
             extra: Default::default(),
         })
         .collect();
     d.log.clear();
-    let out =
-        d.m.resume_after_delegation(2, "run2".into(), 3, usage(), results);
+    let out = d.m.resume_after_delegation(
+        2,
+        "run2".into(),
+        Resumed {
+            last_step: 3,
+            usage: usage(),
+            results,
+        },
+    );
     let mut gens = vec![Ok(text("All done."))];
     d.run(out, &mut gens, &mut vec![]);
     assert_eq!(
@@ -352,9 +359,10 @@ fn a_mixed_turn_runs_tools_then_delegates_then_stops_for_the_interactive_call() 
         ("helper-a", json!({"query":"q"})),
         ("healthCheck", json!({})),
     ]))];
-    let Effect::Delegate(to) = d.run(out, &mut gens, &mut vec![]) else {
+    let Effect::Delegate(delegation) = d.run(out, &mut gens, &mut vec![]) else {
         panic!()
     };
+    let to = delegation.calls();
     let cp = d.m.checkpoint();
     assert_eq!(
         cp.pending_tool_calls.as_ref().unwrap()[0].tool_name,
@@ -369,11 +377,19 @@ fn a_mixed_turn_runs_tools_then_delegates_then_stops_for_the_interactive_call() 
         skill_name: "delegate/helper-a".into(),
         tool_name: "helper-a".into(),
         result: vec![MessagePart::text("A")],
+        is_error: false,
         extra: Default::default(),
     };
     d.log.clear();
-    let out =
-        d.m.resume_after_delegation(2, "run2".into(), 2, Usage::default(), vec![r]);
+    let out = d.m.resume_after_delegation(
+        2,
+        "run2".into(),
+        Resumed {
+            last_step: 2,
+            usage: Usage::default(),
+            results: vec![r],
+        },
+    );
     assert!(matches!(d.run(out, &mut vec![], &mut vec![]), Effect::Stop));
     assert_eq!(
         d.log,
@@ -449,4 +465,30 @@ fn a_retryable_api_error_is_retried_as_a_visible_step() {
             "completeRun@2"
         ]
     );
+}
+
+#[test]
+fn an_unexpected_input_with_multi_byte_text_stops_the_run_without_a_panic() {
+    // Waiting for a generation, the machine gets tool results. Their Debug text starts with
+    // the call id; with 0, 1 and 2 bytes in front of three-byte characters, byte 80 falls
+    // inside a character at least once.
+    for pad in 0..3 {
+        let mut d = Driver::new(100, 5);
+        let _ = start(&mut d);
+        let id = format!("{}{}", "x".repeat(pad), "日本語".repeat(20));
+        let call = ToolCall::new(id, BASE_SKILL, "todo", json!({}));
+        let result = ToolResult::new(&call, BASE_SKILL, vec![MessagePart::text("é")]);
+        let out = d.m.handle(1, Input::ToolsDone(vec![result]));
+        d.record(&out);
+        assert_eq!(d.log.last().unwrap(), "stopRunByError@1");
+        let error = d.m.checkpoint().error.clone().unwrap();
+        assert_eq!(error.name, "EngineError");
+        assert!(
+            error
+                .message
+                .starts_with("unexpected input in this state: ToolsDone"),
+            "{}",
+            error.message
+        );
+    }
 }

@@ -7,8 +7,7 @@ use std::collections::HashMap;
 
 use crate::schema::ExpertRef;
 
-/// The skill name Perstack uses for the base skill.
-pub const BASE_SKILL: &str = "@perstack/base";
+pub use crate::schema::BASE_SKILL;
 /// The completion tool.
 pub const ATTEMPT_COMPLETION: &str = "attemptCompletion";
 

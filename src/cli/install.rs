@@ -7,10 +7,11 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use crate::agent::catalog::select;
 use crate::config::lockfile::{LOCKFILE_NAME, Lockfile};
 use crate::config::{self, DEFAULT_ENV_PATHS};
 use crate::schema::Skill;
-use crate::skill::base::connect_in_process;
+use crate::skill::base::{connect_in_process, is_pinned};
 use crate::skill::mcp::{ConnectOptions, connect_http, connect_stdio};
 use crate::skill::{BaseSkill, ToolDefinition};
 
@@ -68,7 +69,7 @@ async fn install(args: InstallArgs) -> Result<PathBuf, (u8, String)> {
         let mut defs = Vec::new();
         for (name, skill) in &expert.skills {
             let found = match skill {
-                Skill::McpStdioSkill(s) if name == crate::agent::BASE_SKILL && !is_pinned(s) => {
+                Skill::McpStdioSkill(s) if name == crate::schema::BASE_SKILL && !is_pinned(s) => {
                     let c = connect_in_process(BaseSkill::new(cwd.clone()))
                         .await
                         .map_err(|e| (1, format!("{key}/{name}: {e}")))?;
@@ -80,7 +81,7 @@ async fn install(args: InstallArgs) -> Result<PathBuf, (u8, String)> {
                     let (c, _stderr) = connect_stdio(s, &env, &opts)
                         .await
                         .map_err(|e| (1, format!("{key}/{name}: {e}")))?;
-                    let t = c.tools().to_vec();
+                    let t = select(c.tools(), &s.pick, &s.omit);
                     c.close().await;
                     t
                 }
@@ -88,7 +89,7 @@ async fn install(args: InstallArgs) -> Result<PathBuf, (u8, String)> {
                     let c = connect_http(s, &opts)
                         .await
                         .map_err(|e| (1, format!("{key}/{name}: {e}")))?;
-                    let t = c.tools().to_vec();
+                    let t = select(c.tools(), &s.pick, &s.omit);
                     c.close().await;
                     t
                 }
@@ -107,11 +108,4 @@ async fn install(args: InstallArgs) -> Result<PathBuf, (u8, String)> {
     let out = path.parent().unwrap_or(&cwd).join(LOCKFILE_NAME);
     lock.write(&out).map_err(|e| (1, e.to_string()))?;
     Ok(out)
-}
-
-fn is_pinned(s: &crate::schema::McpStdioSkill) -> bool {
-    s.package_name
-        .iter()
-        .chain(s.args.iter())
-        .any(|a| a.starts_with("@perstack/base@"))
 }

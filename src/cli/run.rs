@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::config::defaults;
 use crate::config::{self, PerstackConfig, ProviderName};
-use crate::engine::{ContinueInput, ContinueRequest, Engine, EngineError, JobRequest, Settings};
+use crate::engine::{
+    ContinueInput, ContinueRequest, Engine, EngineError, JobRequest, RunOverrides, Settings,
+};
 use crate::llm::LanguageModel;
-use crate::llm::models::context_window;
 use crate::schema::{JobStatus, ReasoningBudget};
 use crate::storage::FsStorage;
 
@@ -130,27 +132,23 @@ async fn run(args: RunArgs) -> Result<JobStatus, EngineError> {
     };
     let env = config::load_env(&cwd, &env_paths, std::env::vars())?;
     let provider = provider_name(&args, &cfg)?;
-    let model_id = args
-        .model
-        .clone()
-        .or(cfg.model.clone())
-        .unwrap_or_else(|| "claude-sonnet-4-5".into());
     let model = build_model(provider, &args, &cfg, &env)?;
 
-    let mut settings = Settings::new(cfg.experts.clone());
-    settings.model = model_id.clone();
-    settings.provider_name = provider.as_str().into();
-    settings.reasoning_budget = args
-        .reasoning_budget
-        .or(cfg.reasoning_budget)
-        .unwrap_or_default();
-    settings.max_steps = args.max_steps.or(cfg.max_steps).unwrap_or(100);
-    settings.max_retries = args.max_retries.or(cfg.max_retries).unwrap_or(5);
-    settings.timeout = Duration::from_millis(args.timeout.or(cfg.timeout).unwrap_or(300_000));
+    let mut settings = Settings::resolve(
+        &cfg,
+        &RunOverrides {
+            model: args.model.clone(),
+            provider: Some(provider),
+            reasoning_budget: args.reasoning_budget,
+            max_steps: args.max_steps,
+            max_retries: args.max_retries,
+            timeout: args.timeout.map(Duration::from_millis),
+        },
+    );
     settings.workspace = cwd.clone();
-    settings.context_window = context_window(&model_id);
+    settings.tool_timeout =
+        crate::skill::tool_timeout(&env).map_err(|e| EngineError::Usage(e.to_string()))?;
     settings.env = env;
-    settings.base_skill_command = cfg.perstack_base_skill_command.clone();
     if let Some(lock) = crate::config::lockfile::Lockfile::find(&path) {
         let lock = crate::config::lockfile::Lockfile::load(&lock)
             .map_err(|e| EngineError::Usage(e.to_string()))?;
@@ -204,7 +202,7 @@ fn provider_name(args: &RunArgs, cfg: &PerstackConfig) -> Result<ProviderName, E
         None => Ok(cfg
             .provider
             .as_ref()
-            .map_or(ProviderName::Anthropic, |p| p.provider_name)),
+            .map_or(defaults::PROVIDER, |p| p.provider_name)),
     }
 }
 

@@ -13,12 +13,68 @@
 //! double quotes only, and no variable expansion. Unlike dotenv, which silently skips lines it
 //! cannot parse, a malformed line is an error naming the file and line. A missing file is
 //! skipped, as dotenv skips it.
+//!
+//! It also owns which of those variables may reach a process started for an Expert:
+//! [`SAFE_ENV_VARS`] (passed through to every skill process) and [`PROTECTED_ENV_VARS`] (never
+//! set from a skill definition or a tool call). The skill launcher and `exec` take both lists
+//! from here; this module never starts a process itself.
 
 use std::collections::BTreeMap;
 use std::io;
 use std::path::Path;
 
 use super::error::{ConfigError, Location};
+
+/// Names passed through from the run environment to every process started for an Expert (a
+/// stdio MCP server, the base skill's `exec`) when the environment has them: Perstack's
+/// `SAFE_ENV_VARS`.
+pub const SAFE_ENV_VARS: &[&str] = &[
+    "PATH",
+    "HOME",
+    "SHELL",
+    "TERM",
+    "NODE_PATH",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "PERSTACK_PROXY_URL",
+    "NPM_CONFIG_PROXY",
+    "NPM_CONFIG_HTTPS_PROXY",
+];
+
+/// Names a skill's `requiredEnv` or a call's `env` can never set (compared case-insensitively,
+/// Perstack's protected list): they change how programs are found or loaded.
+pub const PROTECTED_ENV_VARS: &[&str] = &[
+    "PATH",
+    "HOME",
+    "SHELL",
+    "NODE_PATH",
+    "LD_PRELOAD",
+    "LD_LIBRARY_PATH",
+    "DYLD_INSERT_LIBRARIES",
+    "DYLD_LIBRARY_PATH",
+    "NODE_OPTIONS",
+    "PYTHONPATH",
+    "PERL5LIB",
+    "RUBYLIB",
+];
+
+/// Whether `name` is one of [`PROTECTED_ENV_VARS`], ignoring case.
+pub fn is_protected(name: &str) -> bool {
+    PROTECTED_ENV_VARS
+        .iter()
+        .any(|p| p.eq_ignore_ascii_case(name))
+}
+
+/// The [`SAFE_ENV_VARS`] entries of `vars`.
+pub fn safe_env(vars: impl IntoIterator<Item = (String, String)>) -> BTreeMap<String, String> {
+    vars.into_iter()
+        .filter(|(key, _)| SAFE_ENV_VARS.contains(&key.as_str()))
+        .collect()
+}
 
 /// The env files loaded when neither `--env-path` nor `envPath` names any.
 pub const DEFAULT_ENV_PATHS: [&str; 2] = [".env", ".env.local"];
@@ -162,6 +218,24 @@ fn closing_quote(s: &str, q: char) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn safe_env_keeps_only_the_safe_names_and_protection_ignores_case() {
+        let vars = [
+            ("PATH", "/bin"),
+            ("https_proxy", "http://p:3128"),
+            ("ANTHROPIC_API_KEY", "k"),
+            ("LD_PRELOAD", "x.so"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let safe = safe_env(vars);
+        assert_eq!(
+            safe.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["PATH", "https_proxy"]
+        );
+        assert!(is_protected("ld_preload") && is_protected("Node_Options"));
+        assert!(!is_protected("MY_TOKEN"));
+    }
 
     fn parse(text: &str) -> BTreeMap<String, String> {
         parse_dotenv(text, Path::new(".env")).unwrap()

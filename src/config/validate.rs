@@ -15,11 +15,10 @@ use super::names;
 use super::raw::{RawConfig, RawExpert, RawSkill, RawTool};
 use super::{PerstackConfig, Runtime, provider};
 use crate::schema::{
-    Expert, InteractiveSkill, InteractiveTool, McpSseSkill, McpStdioSkill, ReasoningBudget, Skill,
+    BASE_SKILL, Expert, InteractiveSkill, InteractiveTool, McpSseSkill, McpStdioSkill,
+    ReasoningBudget, Skill,
 };
 
-/// Name of the skill every Expert must have.
-pub(super) const BASE_SKILL: &str = "@perstack/base";
 /// Longest instruction, in UTF-16 units (`maxExpertInstructionLength`).
 const MAX_INSTRUCTION: usize = 20 * 1024;
 /// Longest Expert or skill description, and skill rule.

@@ -9,10 +9,9 @@ use serde_json::Map;
 
 use super::{Engine, EngineError, JobHandle};
 use crate::actor::context::now_ms;
-use crate::actor::run::Start;
-use crate::actor::run::delegation_next_segment;
-use crate::agent::{Resumption, latest_coordinator, plan};
+use crate::agent::{Resumption, Start, latest_coordinator, next_segment, plan};
 use crate::schema::{Checkpoint, CheckpointStatus, InteractiveToolCallResult, Job, JobStatus};
+use crate::storage::Claim;
 
 /// What to continue, and with what.
 #[derive(Debug, Clone)]
@@ -56,12 +55,15 @@ impl Engine {
                     EngineError::Usage("No job found to continue in this storage".into())
                 })?,
         };
+        // Claimed before anything is read: a writer still running the job could otherwise
+        // change what the plan is made from.
+        let claim = storage.claim(&job_id).await?;
         let all = storage.checkpoints_by_job(&job_id).await?;
         let base = match &request.resume_from {
             Some(id) => storage.retrieve_checkpoint(&job_id, id).await?,
             None => match latest_coordinator(&all) {
                 Some(cp) => cp.clone(),
-                None => return self.restart(&job_id, request).await,
+                None => return self.restart(claim, request).await,
             },
         };
         if base.delegated_by.is_some() {
@@ -92,16 +94,18 @@ impl Engine {
         job.status = JobStatus::Running;
         job.finished_at = None;
         job.max_steps = Some(self.settings.max_steps);
-        self.launch(job, checkpoint, start, request.subscribe).await
+        self.launch(job, checkpoint, start, request.subscribe, claim)
+            .await
     }
 
     /// The job stopped before its first step ended: start it again, same job id, with its
     /// original query (from its first run setting).
     async fn restart(
         &self,
-        job_id: &str,
+        claim: Claim,
         request: ContinueRequest,
     ) -> Result<JobHandle, EngineError> {
+        let job_id = claim.job_id();
         let settings = self.storage.all_run_settings().await?;
         let original = settings
             .iter()
@@ -118,7 +122,7 @@ impl Engine {
             start = start.subscribe();
             start.buffer = buffer;
         }
-        self.start(start).await
+        self.start_claimed(start, claim).await
     }
 
     fn plan_start(
@@ -127,25 +131,24 @@ impl Engine {
         all: &[Checkpoint],
         input: ContinueInput,
     ) -> Result<(Checkpoint, Start), EngineError> {
-        let resumption = plan(&base, all);
-        match (resumption, input) {
-            (
-                Resumption::AwaitChildren {
-                    mut checkpoint,
-                    children,
-                },
-                input,
-            ) => {
-                if let ContinueInput::Query(q) = input {
+        // A run cut off mid-way (mid-step or waiting for children) goes on without new input,
+        // through the same start as a child that recovers.
+        let checkpoint = match plan(&base, all).into_start() {
+            Ok(started) => {
+                if let (ContinueInput::Query(q), (_, Start::AfterDelegation(_))) =
+                    (&input, &started)
+                {
                     tracing::info!(query = %q, "the job was waiting for delegated experts; resuming them, query ignored");
                 }
-                checkpoint.run_id = crate::schema::id::new_id();
-                Ok((checkpoint, Start::Recover(children)))
+                return Ok(started);
             }
-            (Resumption::Continue { checkpoint }, _) => {
-                Ok((delegation_next_segment(checkpoint), Start::Resume))
-            }
-            (Resumption::Done { checkpoint }, ContinueInput::Answer(text)) => {
+            Err(done) => match *done {
+                Resumption::Done { checkpoint } => checkpoint,
+                _ => return Err(EngineError::Usage("nothing to continue".into())),
+            },
+        };
+        match input {
+            ContinueInput::Answer(text) => {
                 if checkpoint.status != CheckpointStatus::StoppedByInteractiveTool {
                     return Err(EngineError::Usage(format!(
                         "-i answers a pending interactive tool call, but checkpoint \"{}\" is {}",
@@ -154,9 +157,9 @@ impl Engine {
                     )));
                 }
                 let answer = answer_for(&checkpoint, &text)?;
-                Ok((delegation_next_segment(checkpoint), Start::Answer(answer)))
+                Ok((next_segment(checkpoint), Start::Answer(answer)))
             }
-            (Resumption::Done { checkpoint }, ContinueInput::Query(text)) => {
+            ContinueInput::Query(text) => {
                 if checkpoint.status == CheckpointStatus::StoppedByInteractiveTool {
                     return Err(EngineError::Usage(format!(
                         "job is waiting for an answer to tool \"{}\"; pass it with -i",
@@ -167,9 +170,8 @@ impl Engine {
                             .map_or("?", |c| c.tool_name.as_str())
                     )));
                 }
-                Ok((delegation_next_segment(checkpoint), Start::Query(text)))
+                Ok((next_segment(checkpoint), Start::Query(text)))
             }
-            (Resumption::Fresh { .. }, _) => Err(EngineError::Usage("nothing to continue".into())),
         }
     }
 }

@@ -5,7 +5,7 @@
 //! | configuration from `ANTHROPIC_*` variables and `[provider.setting]` | [`AnthropicConfig::from_env`] |
 //! | messages, tools, thinking budget → request body | `anthropic/request.rs` |
 //! | event stream → [`StreamPart`](super::StreamPart)s | `anthropic/stream.rs` |
-//! | HTTP and transport failures → [`GenerationError`] | [`super::http`] |
+//! | sending, credentials, HTTP and transport failures | the provider shell (`llm/shell.rs`) |
 //!
 //! The provider makes one HTTP call per generation and never retries: a failure is classified
 //! once (retryable or not) and the agent machine decides. The API key travels only in the
@@ -16,13 +16,13 @@ mod stream;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
 
-use reqwest::header::HeaderMap;
 use serde_json::{Map, Value};
 
 use super::http::{self, ProviderConfigError};
-use super::{GenerationError, GenerationRequest, LanguageModel, PartStream};
+use super::shell::auth::KeyHeaders;
+use super::shell::{HttpProvider, Protocol, http_provider};
+use super::{GenerationError, GenerationRequest};
 
 /// The public API's base URL, in Perstack's form (with `/v1`).
 pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com/v1";
@@ -99,26 +99,11 @@ impl fmt::Debug for AnthropicConfig {
     }
 }
 
-/// The Anthropic provider. Cheap to share behind an `Arc`; one connection pool for all calls.
-pub struct AnthropicModel {
-    client: reqwest::Client,
-    /// `{base_url}/messages`.
-    endpoint: reqwest::Url,
-    /// Key, version, content type and custom headers; the key is marked sensitive.
-    headers: HeaderMap,
-    /// The key and credential-like custom header values, scrubbed from every error message.
-    secrets: Arc<Vec<String>>,
-    max_tokens: Option<u32>,
-}
-
-impl fmt::Debug for AnthropicModel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AnthropicModel")
-            .field("endpoint", &self.endpoint.as_str())
-            .field("max_tokens", &self.max_tokens)
-            .finish_non_exhaustive()
-    }
-}
+http_provider!(
+    /// The Anthropic provider. Cheap to share behind an `Arc`; one connection pool for all
+    /// calls.
+    AnthropicModel(Anthropic)
+);
 
 impl AnthropicModel {
     /// A provider for `config`. Fails on a base URL that is not an http(s) URL, on a header
@@ -126,38 +111,42 @@ impl AnthropicModel {
     pub fn new(config: AnthropicConfig) -> Result<Self, ProviderConfigError> {
         let endpoint = http::endpoint(PROVIDER, &config.base_url, "messages", DEFAULT_BASE_URL)
             .map_err(|e| e.with_origin("AnthropicConfig::base_url"))?;
+        let key = KeyHeaders::new(PROVIDER, &config.api_key, &[("x-api-key", &config.api_key)])?;
         let defaults = [
-            ("x-api-key", config.api_key.as_str()),
             ("anthropic-version", API_VERSION),
             ("content-type", "application/json"),
             ("accept", "text/event-stream"),
         ];
-        let custom = config.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-        let headers = http::header_map(PROVIDER, defaults.into_iter().chain(custom))?;
-        let secrets = http::secrets(Some(&config.api_key), &config.headers);
-        Ok(AnthropicModel {
-            client: http::client(PROVIDER)?,
+        let protocol = Anthropic {
             endpoint,
-            headers,
-            secrets,
             max_tokens: config.max_tokens,
-        })
+        };
+        let shell = HttpProvider::new(protocol, key, &defaults, &config.headers)?;
+        Ok(AnthropicModel(shell))
     }
 }
 
-#[async_trait::async_trait]
-impl LanguageModel for AnthropicModel {
+/// The Messages API: where requests go and how they are written and read.
+#[derive(Debug)]
+struct Anthropic {
+    /// `{base_url}/messages`.
+    endpoint: reqwest::Url,
+    max_tokens: Option<u32>,
+}
+
+impl Protocol for Anthropic {
+    type Decoder = stream::Decoder;
+
     fn name(&self) -> &str {
         PROVIDER
     }
 
-    async fn stream(&self, req: GenerationRequest) -> Result<PartStream, GenerationError> {
-        let body = request::body(&req, self.max_tokens)?;
-        let url = self.endpoint.clone();
-        let response =
-            http::post_json(&self.client, url, &self.headers, &body, &self.secrets).await?;
-        let response = http::check_status(response, &self.secrets, |t| t).await?;
-        Ok(stream::parts(response.bytes_stream(), self.secrets.clone()))
+    fn url(&self, _: &GenerationRequest) -> Result<reqwest::Url, GenerationError> {
+        Ok(self.endpoint.clone())
+    }
+
+    fn body(&self, request: &GenerationRequest) -> Result<Value, GenerationError> {
+        request::body(request, self.max_tokens)
     }
 }
 

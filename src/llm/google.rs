@@ -6,7 +6,7 @@
 //! | messages, tools, thinking budget → request body | `google/request.rs` |
 //! | tool input schemas → the OpenAPI subset Gemini accepts | [`normalize_schema`] |
 //! | SSE chunks → [`StreamPart`](super::StreamPart)s | `google/stream.rs` |
-//! | HTTP and transport failures → [`GenerationError`] | [`super::http`] |
+//! | sending, credentials, HTTP and transport failures | the provider shell (`llm/shell.rs`) |
 //!
 //! Requests go to `{base}/models/{model}:streamGenerateContent?alt=sse`. The provider makes one
 //! HTTP call per generation and never retries: a failure is classified once (retryable or not)
@@ -24,13 +24,13 @@ mod stream;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
 
-use reqwest::header::HeaderMap;
 use serde_json::{Map, Value};
 
 use super::http::{self, ProviderConfigError};
-use super::{GenerationError, GenerationRequest, LanguageModel, PartStream};
+use super::shell::auth::KeyHeaders;
+use super::shell::{HttpProvider, Protocol, http_provider};
+use super::{GenerationError, GenerationRequest};
 
 pub use schema::normalize_schema;
 
@@ -101,25 +101,11 @@ impl fmt::Debug for GoogleConfig {
     }
 }
 
-/// The Google (Gemini API) provider. Cheap to share behind an `Arc`; one connection pool for
-/// all calls.
-pub struct GoogleModel {
-    client: reqwest::Client,
-    /// `{base_url}/models`, to which each call appends `/{model}:streamGenerateContent`.
-    endpoint: reqwest::Url,
-    /// Key, content type and custom headers; the key is marked sensitive.
-    headers: HeaderMap,
-    /// The key and credential-like custom header values, scrubbed from every error message.
-    secrets: Arc<Vec<String>>,
-}
-
-impl fmt::Debug for GoogleModel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GoogleModel")
-            .field("endpoint", &self.endpoint.as_str())
-            .finish_non_exhaustive()
-    }
-}
+http_provider!(
+    /// The Google (Gemini API) provider. Cheap to share behind an `Arc`; one connection pool
+    /// for all calls.
+    GoogleModel(Gemini)
+);
 
 impl GoogleModel {
     /// A provider for `config`. Fails on a base URL that is not an http(s) URL, on a header
@@ -127,22 +113,25 @@ impl GoogleModel {
     pub fn new(config: GoogleConfig) -> Result<Self, ProviderConfigError> {
         let endpoint = http::endpoint(PROVIDER, &config.base_url, "models", DEFAULT_BASE_URL)
             .map_err(|e| e.with_origin("GoogleConfig::base_url"))?;
+        let key = &config.api_key;
+        let key = KeyHeaders::new(PROVIDER, key, &[("x-goog-api-key", key)])?;
         let defaults = [
-            ("x-goog-api-key", config.api_key.as_str()),
             ("content-type", "application/json"),
             ("accept", "text/event-stream"),
         ];
-        let custom = config.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-        let headers = http::header_map(PROVIDER, defaults.into_iter().chain(custom))?;
-        let secrets = http::secrets(Some(&config.api_key), &config.headers);
-        Ok(GoogleModel {
-            client: http::client(PROVIDER)?,
-            endpoint,
-            headers,
-            secrets,
-        })
+        let shell = HttpProvider::new(Gemini { endpoint }, key, &defaults, &config.headers)?;
+        Ok(GoogleModel(shell))
     }
+}
 
+/// The Gemini API: where requests go and how they are written and read.
+#[derive(Debug)]
+struct Gemini {
+    /// `{base_url}/models`, to which each call appends `/{model}:streamGenerateContent`.
+    endpoint: reqwest::Url,
+}
+
+impl Gemini {
     /// `{base}/models/{model}:streamGenerateContent?alt=sse`. A model id with a `/`
     /// (`models/…`, `tunedModels/…`) is taken as a resource path relative to the base.
     fn url(&self, model: &str) -> Result<reqwest::Url, GenerationError> {
@@ -190,19 +179,23 @@ fn unwrap_error_body(body: String) -> String {
     }
 }
 
-#[async_trait::async_trait]
-impl LanguageModel for GoogleModel {
+impl Protocol for Gemini {
+    type Decoder = stream::Decoder;
+
     fn name(&self) -> &str {
         PROVIDER
     }
 
-    async fn stream(&self, req: GenerationRequest) -> Result<PartStream, GenerationError> {
-        let body = request::body(&req)?;
-        let url = self.url(&req.model)?;
-        let response =
-            http::post_json(&self.client, url, &self.headers, &body, &self.secrets).await?;
-        let response = http::check_status(response, &self.secrets, unwrap_error_body).await?;
-        Ok(stream::parts(response.bytes_stream(), self.secrets.clone()))
+    fn url(&self, request: &GenerationRequest) -> Result<reqwest::Url, GenerationError> {
+        Gemini::url(self, &request.model)
+    }
+
+    fn body(&self, request: &GenerationRequest) -> Result<Value, GenerationError> {
+        request::body(request)
+    }
+
+    fn error_body(&self, body: String) -> String {
+        unwrap_error_body(body)
     }
 }
 
@@ -263,7 +256,7 @@ mod tests {
     #[test]
     fn urls_put_the_model_in_the_path_and_never_the_key_in_the_query() {
         let m = GoogleModel::new(GoogleConfig::new("AIza-SECRET")).unwrap();
-        let url = |model: &str| m.url(model).unwrap().to_string();
+        let url = |model: &str| m.0.protocol().url(model).unwrap().to_string();
         assert_eq!(
             url("gemini-2.5-flash"),
             "https://generativelanguage.googleapis.com/v1beta/models/\
@@ -280,12 +273,12 @@ mod tests {
              my-model:streamGenerateContent?alt=sse"
         );
         assert!(!url("gemini-2.5-flash").contains("SECRET"));
-        assert!(m.url(" ").is_err());
+        assert!(m.0.protocol().url(" ").is_err());
         let mut c = GoogleConfig::new("k");
         c.base_url = "http://127.0.0.1:9/v1beta/".into();
         let m = GoogleModel::new(c).unwrap();
         assert_eq!(
-            m.url("g").unwrap().as_str(),
+            m.0.protocol().url("g").unwrap().as_str(),
             "http://127.0.0.1:9/v1beta/models/g:streamGenerateContent?alt=sse"
         );
     }
@@ -295,7 +288,7 @@ mod tests {
         let body = r#"[{"error":{"code":400,"message":"bad","status":"INVALID_ARGUMENT"}}]"#;
         let e = http::status_error(
             400,
-            &HeaderMap::new(),
+            &reqwest::header::HeaderMap::new(),
             &unwrap_error_body(body.into()),
             &[""],
         );

@@ -98,16 +98,6 @@ pub enum ProviderConfigError {
 }
 
 impl ProviderConfigError {
-    /// The CLI exit code: always 2, a configuration error the user must fix.
-    pub fn exit_code(&self) -> u8 {
-        2
-    }
-
-    /// Never: the same configuration fails the same way.
-    pub fn is_retryable(&self) -> bool {
-        false
-    }
-
     /// The same error, naming where an invalid base URL came from (`ANTHROPIC_BASE_URL`,
     /// `provider.setting.baseUrl`, ...). Other variants are returned unchanged.
     pub fn with_origin(mut self, origin: &str) -> Self {
@@ -232,25 +222,6 @@ pub fn is_secret_header(name: &str) -> bool {
     ["key", "token", "auth", "secret", "cookie", "password"]
         .iter()
         .any(|s| name.contains(s))
-}
-
-/// What errors must never show: the API key (when there is one) and the values of custom
-/// headers that may carry a credential ([`is_secret_header`]).
-pub fn secrets(
-    api_key: Option<&str>,
-    headers: &std::collections::BTreeMap<String, String>,
-) -> std::sync::Arc<Vec<String>> {
-    let from_headers = headers
-        .iter()
-        .filter(|(k, _)| is_secret_header(k))
-        .map(|(_, v)| v.clone());
-    std::sync::Arc::new(
-        api_key
-            .map(str::to_owned)
-            .into_iter()
-            .chain(from_headers)
-            .collect(),
-    )
 }
 
 /// A header map from name/value pairs. Later pairs replace earlier ones with the same name
@@ -454,42 +425,6 @@ pub fn truncate(s: &str, max: usize) -> String {
         Some((i, _)) => format!("{}…", &s[..i]),
         None => s.to_string(),
     }
-}
-
-/// POST `body` as JSON to `url` with `headers`; a failure to send or to get an answer is a
-/// classified transport error without secrets. The status is not checked (see
-/// [`check_status`]).
-pub async fn post_json(
-    client: &reqwest::Client,
-    url: reqwest::Url,
-    headers: &HeaderMap,
-    body: &Value,
-    secrets: &[String],
-) -> Result<reqwest::Response, GenerationError> {
-    client
-        .post(url)
-        .headers(headers.clone())
-        .json(body)
-        .send()
-        .await
-        .map_err(|e| transport_error(e, secrets))
-}
-
-/// Pass a successful response through; turn any other status into the classified
-/// [`GenerationError`] (reading the body, with secrets redacted). `body` may rewrite the error
-/// body first (Google wraps it in an array).
-pub async fn check_status<S: AsRef<str>>(
-    response: reqwest::Response,
-    secrets: &[S],
-    body: impl FnOnce(String) -> String,
-) -> Result<reqwest::Response, GenerationError> {
-    let status = response.status();
-    if status.is_success() {
-        return Ok(response);
-    }
-    let headers = response.headers().clone();
-    let text = body(response.text().await.unwrap_or_default());
-    Err(status_error(status.as_u16(), &headers, &text, secrets))
 }
 
 #[cfg(test)]

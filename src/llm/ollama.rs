@@ -5,7 +5,7 @@
 //! | configuration from `OLLAMA_BASE_URL` and `[provider.setting]` | [`OllamaConfig::from_env`] |
 //! | messages, tools, reasoning budget → request body | `ollama/request.rs` |
 //! | NDJSON lines → [`StreamPart`](super::StreamPart)s | `ollama/stream.rs` |
-//! | HTTP and transport failures → [`GenerationError`] | [`super::http`] |
+//! | sending, NDJSON framing, HTTP and transport failures | the provider shell (`llm/shell.rs`) |
 //!
 //! Requests go to `{base}/api/chat` (`{base}/chat` when the base already ends in `/api`, the
 //! form the AI SDK's Ollama provider takes). There is no API key; custom headers (a proxy's
@@ -21,14 +21,13 @@ mod request;
 mod stream;
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::sync::Arc;
 
-use reqwest::header::HeaderMap;
 use serde_json::{Map, Value};
 
 use super::http::{self, ProviderConfigError};
-use super::{GenerationError, GenerationRequest, LanguageModel, PartStream};
+use super::shell::auth::KeyHeaders;
+use super::shell::{Failure, HttpProvider, Protocol, http_provider};
+use super::{GenerationError, GenerationRequest};
 
 /// Where a local Ollama listens by default.
 pub const DEFAULT_BASE_URL: &str = "http://localhost:11434";
@@ -90,24 +89,10 @@ fn checked_base(url: String, origin: &str) -> Result<String, ProviderConfigError
     Ok(url)
 }
 
-/// The Ollama provider. Cheap to share behind an `Arc`; one connection pool for all calls.
-pub struct OllamaModel {
-    client: reqwest::Client,
-    /// `{base_url}/api/chat`.
-    endpoint: reqwest::Url,
-    /// Content type and custom headers; credential-like ones are marked sensitive.
-    headers: HeaderMap,
-    /// Credential-like custom header values, scrubbed from every error message.
-    secrets: Arc<Vec<String>>,
-}
-
-impl fmt::Debug for OllamaModel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OllamaModel")
-            .field("endpoint", &self.endpoint.as_str())
-            .finish_non_exhaustive()
-    }
-}
+http_provider!(
+    /// The Ollama provider. Cheap to share behind an `Arc`; one connection pool for all calls.
+    OllamaModel(Ollama)
+);
 
 impl OllamaModel {
     /// A provider for `config`. Fails on a base URL that is not an http(s) URL, on a header
@@ -120,73 +105,45 @@ impl OllamaModel {
             ("content-type", "application/json"),
             ("accept", "application/x-ndjson"),
         ];
-        let custom = config.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-        let headers = http::header_map(PROVIDER, defaults.into_iter().chain(custom))?;
-        let secrets = http::secrets(None, &config.headers);
-        Ok(OllamaModel {
-            client: http::client(PROVIDER)?,
-            endpoint,
-            headers,
-            secrets,
-        })
-    }
-
-    async fn post(&self, body: &Value) -> Result<reqwest::Response, GenerationError> {
-        let url = self.endpoint.clone();
-        http::post_json(&self.client, url, &self.headers, body, &self.secrets).await
+        let protocol = Ollama { endpoint };
+        let shell = HttpProvider::new(protocol, KeyHeaders::none(), &defaults, &config.headers)?;
+        Ok(OllamaModel(shell))
     }
 }
 
-/// A non-success answer: its status, headers and body text.
-struct Failure {
-    status: u16,
-    headers: HeaderMap,
-    text: String,
+/// The native chat API: where requests go and how they are written and read.
+#[derive(Debug)]
+struct Ollama {
+    /// `{base_url}/api/chat`.
+    endpoint: reqwest::Url,
 }
 
-impl Failure {
-    async fn read(response: reqwest::Response) -> Self {
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let text = response.text().await.unwrap_or_default();
-        Failure {
-            status,
-            headers,
-            text,
-        }
-    }
+impl Protocol for Ollama {
+    type Decoder = stream::Decoder;
 
-    /// Ollama's answer to `think: true` for a model without the thinking capability.
-    fn is_thinking_unsupported(&self) -> bool {
-        self.status == 400 && self.text.contains("does not support thinking")
-    }
-
-    fn error(&self, secrets: &[String]) -> GenerationError {
-        http::status_error(self.status, &self.headers, &self.text, secrets)
-    }
-}
-
-#[async_trait::async_trait]
-impl LanguageModel for OllamaModel {
     fn name(&self) -> &str {
         PROVIDER
     }
 
-    async fn stream(&self, req: GenerationRequest) -> Result<PartStream, GenerationError> {
-        let mut body = request::body(&req)?;
-        let mut response = self.post(&body).await?;
-        if !response.status().is_success() {
-            let failure = Failure::read(response).await;
-            if !(failure.is_thinking_unsupported() && body["think"] == Value::Bool(true)) {
-                return Err(failure.error(&self.secrets));
-            }
-            body["think"] = Value::Bool(false);
-            response = self.post(&body).await?;
-            if !response.status().is_success() {
-                return Err(Failure::read(response).await.error(&self.secrets));
-            }
+    fn url(&self, _: &GenerationRequest) -> Result<reqwest::Url, GenerationError> {
+        Ok(self.endpoint.clone())
+    }
+
+    fn body(&self, request: &GenerationRequest) -> Result<Value, GenerationError> {
+        request::body(request)
+    }
+
+    /// A model without the thinking capability answers `think: true` with a 400 saying so:
+    /// ask once more with `think: false`.
+    fn fallback(&self, failure: &Failure, body: &Value) -> Option<Value> {
+        let unsupported =
+            failure.status == 400 && failure.text.contains("does not support thinking");
+        if !(unsupported && body["think"] == Value::Bool(true)) {
+            return None;
         }
-        Ok(stream::parts(response.bytes_stream(), self.secrets.clone()))
+        let mut body = body.clone();
+        body["think"] = Value::Bool(false);
+        Some(body)
     }
 }
 
@@ -215,10 +172,16 @@ mod tests {
         let c = OllamaConfig::from_env(&setting, &vars).unwrap();
         assert_eq!(c.base_url, "https://ollama.example/api");
         let m = OllamaModel::new(c).unwrap();
-        assert_eq!(m.endpoint.as_str(), "https://ollama.example/api/chat");
-        assert_eq!(m.secrets.as_slice(), ["Bearer t".to_string()]);
+        assert_eq!(
+            m.0.protocol().endpoint.as_str(),
+            "https://ollama.example/api/chat"
+        );
+        assert_eq!(m.0.secrets(), ["Bearer t".to_string()]);
         let m = OllamaModel::new(OllamaConfig::default()).unwrap();
-        assert_eq!(m.endpoint.as_str(), "http://localhost:11434/api/chat");
+        assert_eq!(
+            m.0.protocol().endpoint.as_str(),
+            "http://localhost:11434/api/chat"
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! | configuration from the environment and `[provider.setting]` | [`OpenAiConfig::from_env`] |
 //! | messages, tools, reasoning budget → request body | `openai/request.rs` |
 //! | SSE chunks → [`StreamPart`](super::StreamPart)s | `openai/stream.rs` |
-//! | HTTP and transport failures → [`GenerationError`] | [`super::http`] |
+//! | sending, credentials, HTTP and transport failures | the provider shell (`llm/shell.rs`) |
 //!
 //! | flavor | URL | key header | reasoning |
 //! | --- | --- | --- | --- |
@@ -23,13 +23,13 @@ mod stream;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
 
-use reqwest::header::HeaderMap;
 use serde_json::{Map, Value};
 
 use super::http::{self, ProviderConfigError};
-use super::{GenerationError, GenerationRequest, LanguageModel, PartStream};
+use super::shell::auth::KeyHeaders;
+use super::shell::{HttpProvider, Protocol, http_provider};
+use super::{GenerationError, GenerationRequest};
 
 pub use request::{is_reasoning_model, reasoning_effort};
 
@@ -243,29 +243,11 @@ impl fmt::Debug for OpenAiConfig {
     }
 }
 
-/// An OpenAI-compatible provider. Cheap to share behind an `Arc`; one connection pool for all
-/// calls.
-pub struct OpenAiModel {
-    flavor: Flavor,
-    client: reqwest::Client,
-    /// OpenAI/DeepSeek: `{base_url}/chat/completions`. Azure: `{base_url}/deployments`, to
-    /// which each call appends `/{model}/chat/completions?api-version=…`.
-    endpoint: reqwest::Url,
-    api_version: String,
-    /// Key, organization, project, content type and custom headers; the key is sensitive.
-    headers: HeaderMap,
-    /// The key and credential-like custom header values, scrubbed from every error message.
-    secrets: Arc<Vec<String>>,
-}
-
-impl fmt::Debug for OpenAiModel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OpenAiModel")
-            .field("flavor", &self.flavor)
-            .field("endpoint", &self.endpoint.as_str())
-            .finish_non_exhaustive()
-    }
-}
+http_provider!(
+    /// An OpenAI-compatible provider. Cheap to share behind an `Arc`; one connection pool for
+    /// all calls.
+    OpenAiModel(OpenAi)
+);
 
 impl OpenAiModel {
     /// A provider for `config`. Fails on a base URL that is not an http(s) URL, on a header
@@ -275,11 +257,14 @@ impl OpenAiModel {
         let p = flavor.as_str();
         let endpoint = http::endpoint(p, &config.base_url, base_path(flavor), flavor.example())
             .map_err(|e| e.with_origin("OpenAiConfig::base_url"))?;
-        let bearer = format!("Bearer {}", config.api_key);
-        let mut defaults: Vec<(&str, &str)> = match flavor {
-            Flavor::AzureOpenAi => vec![("api-key", config.api_key.as_str())],
-            Flavor::OpenAi | Flavor::DeepSeek => vec![("authorization", bearer.as_str())],
+        let key = &config.api_key;
+        let key = match flavor {
+            Flavor::AzureOpenAi => KeyHeaders::new(p, key, &[("api-key", key)])?,
+            Flavor::OpenAi | Flavor::DeepSeek => {
+                KeyHeaders::new(p, key, &[("authorization", &format!("Bearer {key}"))])?
+            }
         };
+        let mut defaults: Vec<(&str, &str)> = Vec::new();
         if flavor == Flavor::OpenAi {
             if let Some(org) = &config.organization {
                 defaults.push(("openai-organization", org));
@@ -290,25 +275,32 @@ impl OpenAiModel {
         }
         defaults.push(("content-type", "application/json"));
         defaults.push(("accept", "text/event-stream"));
-        let custom = config.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-        let headers = http::header_map(p, defaults.into_iter().chain(custom))?;
-        let secrets = http::secrets(Some(&config.api_key), &config.headers);
-        Ok(OpenAiModel {
+        let protocol = OpenAi {
             flavor,
-            client: http::client(p)?,
             endpoint,
             api_version: config.api_version,
-            headers,
-            secrets,
-        })
+        };
+        let shell = HttpProvider::new(protocol, key, &defaults, &config.headers)?;
+        Ok(OpenAiModel(shell))
     }
 
-    /// Which service this provider talks to.
+    /// Which OpenAI-compatible API this is.
     pub fn flavor(&self) -> Flavor {
-        self.flavor
+        self.0.protocol().flavor
     }
+}
 
-    /// The URL of one call for `model`.
+/// Chat Completions: where requests go and how they are written and read.
+#[derive(Debug)]
+struct OpenAi {
+    flavor: Flavor,
+    /// `{base_url}/chat/completions`, or `{base_url}/deployments` for Azure.
+    endpoint: reqwest::Url,
+    /// Azure's `api-version` query value.
+    api_version: String,
+}
+
+impl OpenAi {
     fn url(&self, model: &str) -> Result<reqwest::Url, GenerationError> {
         if self.flavor != Flavor::AzureOpenAi {
             return Ok(self.endpoint.clone());
@@ -330,19 +322,19 @@ impl OpenAiModel {
     }
 }
 
-#[async_trait::async_trait]
-impl LanguageModel for OpenAiModel {
+impl Protocol for OpenAi {
+    type Decoder = stream::Decoder;
+
     fn name(&self) -> &str {
         self.flavor.as_str()
     }
 
-    async fn stream(&self, req: GenerationRequest) -> Result<PartStream, GenerationError> {
-        let body = request::body(&req, self.flavor)?;
-        let url = self.url(&req.model)?;
-        let response =
-            http::post_json(&self.client, url, &self.headers, &body, &self.secrets).await?;
-        let response = http::check_status(response, &self.secrets, |t| t).await?;
-        Ok(stream::parts(response.bytes_stream(), self.secrets.clone()))
+    fn url(&self, request: &GenerationRequest) -> Result<reqwest::Url, GenerationError> {
+        OpenAi::url(self, &request.model)
+    }
+
+    fn body(&self, request: &GenerationRequest) -> Result<Value, GenerationError> {
+        request::body(request, self.flavor)
     }
 }
 
@@ -415,13 +407,18 @@ mod tests {
         let c = OpenAiConfig::from_env(Flavor::AzureOpenAi, &Map::new(), &vars).unwrap();
         let m = OpenAiModel::new(c).unwrap();
         assert_eq!(
-            m.url("my deploy").unwrap().as_str(),
+            m.0.protocol().url("my deploy").unwrap().as_str(),
             "https://res.openai.azure.com/openai/deployments/my%20deploy/chat/completions\
              ?api-version=2024-10-21"
         );
         let s = setting(r#"{"baseUrl":"https://gw.example/openai/","apiVersion":"2025-01-01"}"#);
         let c = OpenAiConfig::from_env(Flavor::AzureOpenAi, &s, &vars).unwrap();
-        let url = OpenAiModel::new(c).unwrap().url("gpt").unwrap();
+        let url = OpenAiModel::new(c)
+            .unwrap()
+            .0
+            .protocol()
+            .url("gpt")
+            .unwrap();
         assert_eq!(
             url.as_str(),
             "https://gw.example/openai/deployments/gpt/chat/completions?api-version=2025-01-01"

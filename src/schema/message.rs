@@ -254,7 +254,8 @@ impl Message {
     }
 
     /// A tool message with one `toolResultPart` per result, keeping only text, inline image
-    /// and inline file contents (Perstack's filter).
+    /// and inline file contents (Perstack's filter); a result marked as an error gets
+    /// `isError: true` (Perstack drops MCP's flag; this engine keeps it).
     pub fn tool(results: &[super::ToolResult]) -> Self {
         let contents = results
             .iter()
@@ -269,7 +270,8 @@ impl Message {
                         .filter(|p| p.is_tool_result_content())
                         .map(MessagePart::with_new_id)
                         .collect(),
-                    is_error: None,
+                    // Set only for errors: Perstack's parts never carry `isError: false`.
+                    is_error: r.is_error.then_some(true),
                     extra: Map::new(),
                 })
             })

@@ -38,8 +38,9 @@ pub enum ReasoningLevel {
 }
 
 impl Default for ReasoningBudget {
+    /// [`crate::config::defaults::REASONING_BUDGET`] (`low`).
     fn default() -> Self {
-        ReasoningBudget::Level(ReasoningLevel::Low)
+        crate::config::defaults::REASONING_BUDGET
     }
 }
 

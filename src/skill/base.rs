@@ -47,11 +47,10 @@ use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::{ServerHandler, tool_handler};
 
 pub use in_process::{ConnectTimings, InProcessBase, ServerIdentity, connect_in_process};
-pub use media::read_inline_file;
+pub use media::{inline_media, read_inline_file};
 pub use todo::TodoItem;
 
-/// The base skill's name, as servers, tool definitions and events report it.
-pub const BASE_SKILL_NAME: &str = "@perstack/base";
+use crate::schema::BASE_SKILL;
 
 /// The `@perstack/base` MCP server. One instance per run.
 #[derive(Debug)]
@@ -163,8 +162,31 @@ impl BaseSkill {
     }
 }
 
-#[tool_handler(router = self.tool_router, name = "@perstack/base")]
-impl ServerHandler for BaseSkill {}
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for BaseSkill {
+    fn get_info(&self) -> rmcp::model::ServerConfig {
+        rmcp::model::ServerConfig::new(
+            rmcp::model::ServerCapabilities::builder()
+                .enable_tools()
+                .build(),
+        )
+        .with_server_info(rmcp::model::Implementation::new(
+            BASE_SKILL,
+            env!("CARGO_PKG_VERSION"),
+        ))
+    }
+}
+
+/// Whether `skill` pins a published `@perstack/base` version (`@perstack/base@x.y.z` as its
+/// package or in its arguments): then it runs as a stdio server instead of in process.
+pub fn is_pinned(skill: &crate::schema::McpStdioSkill) -> bool {
+    let pinned = format!("{BASE_SKILL}@");
+    skill
+        .package_name
+        .iter()
+        .chain(skill.args.iter())
+        .any(|a| a.starts_with(&pinned))
+}
 
 #[cfg(test)]
 mod tests;

@@ -35,7 +35,7 @@ pub enum SkillError {
         message: String,
     },
     /// The call did not finish in time.
-    #[error("request to tool {tool} timed out after {after:?}")]
+    #[error("no answer within {} ms", .after.as_millis())]
     Timeout {
         /// The skill that was called.
         skill: String,

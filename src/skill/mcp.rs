@@ -13,14 +13,17 @@
 //!
 //! Behaviour the engine relies on:
 //!
-//! - **Tools** are listed once at connect time and filtered: `omit` first, then `pick` when it
-//!   is non-empty. A call to any other name (omitted, not picked, or added later by the server)
+//! - **Tools** are listed once at connect time, all of them: `pick`/`omit` are applied by the
+//!   tool catalog ([`crate::agent::catalog::select`]), whose owner (the skill actor) never
+//!   forwards a filtered name. A call to a name the server did not list (or added later)
 //!   never reaches the server; it fails with an error the model can read.
 //! - **`tools/list_changed`** is recorded ([`McpConnection::tools_changed`]) but the list is not
 //!   refreshed: what the model was shown stays what can be called.
 //! - **Timeouts:** connecting (spawn, handshake, `tools/list`) is bounded by
-//!   [`ConnectOptions::startup_timeout`]; each call by [`ConnectOptions::call_timeout`]. A call
-//!   that times out is cancelled (rmcp sends `notifications/cancelled`).
+//!   [`ConnectOptions::startup_timeout`]. A call has no timer here: the caller bounds it with
+//!   the one tool-call timer ([`crate::skill::timeout::bounded`]), so no inner default can cut
+//!   a longer configured timeout short. Dropping a call cancels it (rmcp sends
+//!   `notifications/cancelled`).
 //! - **Crashes:** when the server dies during a call, that call fails with an error that
 //!   *feeds back to the model* (the engine turns it into an error tool result and the run
 //!   goes on), and [`McpConnection::is_closed`] becomes true; calls made after that fail with
@@ -28,7 +31,7 @@
 //! - **Processes:** each stdio server runs in its own process group; [`McpConnection::close`]
 //!   and dropping the connection kill the whole group.
 //! - **Messages** larger than [`ConnectOptions::max_message_bytes`] are discarded by rmcp; the
-//!   call then ends at its timeout.
+//!   call then ends at the caller's timeout.
 
 mod command;
 pub mod endpoint;
@@ -56,6 +59,7 @@ pub use crate::skill::base::{ConnectTimings, ServerIdentity};
 pub use command::command_args;
 pub use endpoint::{CheckedEndpoint, EndpointError, check_endpoint};
 pub use env::{PROTECTED_ENV_VARS, SAFE_ENV_VARS, child_env};
+pub(crate) use stderr::incomplete_utf8_tail;
 pub use stderr::{MAX_STDERR_CHUNK, REDACTED, Redactor, StderrStream};
 
 use crate::schema::{McpSseSkill, McpStdioSkill};
@@ -79,8 +83,6 @@ pub struct ConnectOptions {
     /// Limit for spawning (or resolving the endpoint), the MCP handshake and `tools/list`
     /// together. Default 30 s.
     pub startup_timeout: Duration,
-    /// Limit for one `tools/call`. Default 60 s (the MCP SDK's default request timeout).
-    pub call_timeout: Duration,
     /// How long [`McpConnection::close`] lets a server exit by itself after closing its stdin
     /// before killing its process group. Default 3 s (rmcp's grace period).
     pub close_grace: Duration,
@@ -100,7 +102,6 @@ impl Default for ConnectOptions {
         ConnectOptions {
             workspace: None,
             startup_timeout: Duration::from_secs(30),
-            call_timeout: Duration::from_secs(60),
             close_grace: Duration::from_secs(3),
             allow_private_endpoints: false,
             stderr_capacity: 256,
@@ -126,7 +127,6 @@ pub struct McpConnection {
     timings: ConnectTimings,
     command: String,
     args: Vec<String>,
-    call_timeout: Duration,
     close_grace: Duration,
     tools_changed: Arc<AtomicBool>,
     /// The server process (stdio only); dropping it kills the process group.
@@ -177,7 +177,6 @@ pub async fn connect_stdio(
     };
     let connection = McpConnection::new(
         &skill.name,
-        (&skill.pick, &skill.omit),
         connected,
         state,
         (spawn, started),
@@ -217,7 +216,6 @@ pub async fn connect_http(
         .map_err(|message| connect_error(&skill.name, message))?;
     Ok(McpConnection::new(
         &skill.name,
-        (&skill.pick, &skill.omit),
         connected,
         state,
         (spawn, started),
@@ -227,25 +225,10 @@ pub async fn connect_http(
     ))
 }
 
-/// `tools` with `omit` removed, then restricted to `pick` when it is non-empty (Perstack's
-/// order). Names in `pick` the server does not have are ignored.
-pub fn filter_tools(
-    tools: Vec<ToolDefinition>,
-    pick: &[String],
-    omit: &[String],
-) -> Vec<ToolDefinition> {
-    tools
-        .into_iter()
-        .filter(|t| !omit.contains(&t.name))
-        .filter(|t| pick.is_empty() || pick.contains(&t.name))
-        .collect()
-}
-
 impl McpConnection {
     #[allow(clippy::too_many_arguments)]
     fn new(
         skill_name: &str,
-        (pick, omit): (&[String], &[String]),
         connected: Connected,
         state: ClientState,
         (spawn, started): (Duration, Instant),
@@ -273,7 +256,7 @@ impl McpConnection {
         McpConnection {
             skill_name: skill_name.to_owned(),
             client: connected.client,
-            tools: filter_tools(listed, pick, omit),
+            tools: listed,
             server_identity,
             timings: ConnectTimings {
                 spawn_duration_ms: millis(spawn),
@@ -284,7 +267,6 @@ impl McpConnection {
             },
             command,
             args,
-            call_timeout: opts.call_timeout,
             close_grace: opts.close_grace,
             tools_changed: state.tools_changed,
             child,
@@ -296,7 +278,7 @@ impl McpConnection {
         &self.skill_name
     }
 
-    /// The callable tools: listed once at connect time, after `omit` and `pick`.
+    /// The server's tools, listed once at connect time (before any `pick`/`omit`).
     pub fn tools(&self) -> &[ToolDefinition] {
         &self.tools
     }
@@ -335,15 +317,16 @@ impl McpConnection {
         self.client.is_transport_closed()
     }
 
-    /// Calls tool `name` with `args` (a JSON object, or `null` for none), waiting at most
-    /// [`ConnectOptions::call_timeout`]. Calls may run concurrently.
+    /// Calls tool `name` with `args` (a JSON object, or `null` for none), waiting as long as
+    /// the server takes: bound it with [`crate::skill::timeout::bounded`]. Calls may run
+    /// concurrently.
     ///
     /// # Errors
     ///
     /// Errors whose [`SkillError::feeds_back_to_model`] is true (the model gets an error
     /// tool result): a name not in [`McpConnection::tools`] (`MCP error -32602: Tool X not
     /// found`, the server is not asked), arguments that are not an object, a JSON-RPC error
-    /// from the server, the timeout, and the server dying during this call
+    /// from the server, an rmcp timeout, and the server dying during this call
     /// ([`SkillError::UnexpectedResponse`]). A call on a connection that was already closed
     /// fails with [`SkillError::TransportClosed`], which does not feed back.
     pub async fn call(&self, name: &str, args: Value) -> Result<CallToolResult, SkillError> {
@@ -372,9 +355,9 @@ impl McpConnection {
         }
         let mut params = CallToolRequestParams::new(name.to_owned());
         params.arguments = arguments;
-        match tokio::time::timeout(self.call_timeout, self.client.call_tool(params)).await {
-            Ok(Ok(result)) => Ok(result),
-            Ok(Err(ServiceError::TransportClosed)) => {
+        match self.client.call_tool(params).await {
+            Ok(result) => Ok(result),
+            Err(ServiceError::TransportClosed) => {
                 // The server died (or closed stdout) while this call was in flight. Make
                 // sure nothing of it lingers, and let the model know the tool failed.
                 if let Some(child) = &self.child {
@@ -388,12 +371,7 @@ impl McpConnection {
                         .to_owned(),
                 })
             }
-            Ok(Err(e)) => Err(SkillError::from_service(&self.skill_name, name, e)),
-            Err(_) => Err(SkillError::Timeout {
-                skill: self.skill_name.clone(),
-                tool: name.to_owned(),
-                after: self.call_timeout,
-            }),
+            Err(e) => Err(SkillError::from_service(&self.skill_name, name, e)),
         }
     }
 
@@ -513,47 +491,6 @@ fn millis(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    fn def(name: &str) -> ToolDefinition {
-        ToolDefinition {
-            skill_name: "s".into(),
-            name: name.into(),
-            description: None,
-            input_schema: json!({"type": "object"}),
-        }
-    }
-
-    fn names(tools: &[ToolDefinition]) -> Vec<&str> {
-        tools.iter().map(|t| t.name.as_str()).collect()
-    }
-
-    fn strings(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| (*s).to_owned()).collect()
-    }
-
-    #[test]
-    fn omit_is_applied_before_pick() {
-        let all = || vec![def("a"), def("b"), def("c")];
-        assert_eq!(names(&filter_tools(all(), &[], &[])), ["a", "b", "c"]);
-        assert_eq!(
-            names(&filter_tools(all(), &[], &strings(&["b"]))),
-            ["a", "c"]
-        );
-        assert_eq!(
-            names(&filter_tools(all(), &strings(&["a", "b", "zzz"]), &[])),
-            ["a", "b"]
-        );
-        // A name both picked and omitted is gone.
-        assert_eq!(
-            names(&filter_tools(
-                all(),
-                &strings(&["a", "b"]),
-                &strings(&["b"])
-            )),
-            ["a"]
-        );
-    }
 
     #[test]
     fn the_private_endpoint_opt_in_is_exactly_one() {

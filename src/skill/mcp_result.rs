@@ -9,8 +9,8 @@
 //! | `resource` with a blob | `fileInlinePart` |
 //! | `audio`, `resource_link` | dropped |
 //!
-//! Perstack ignores `isError`; [`to_message_parts`] reports it next to the parts so callers can
-//! keep it. Where Perstack throws (and so crashes the run) on malformed content, this module
+//! Perstack ignores `isError`; [`to_message_parts`] reports it next to the parts, and the engine
+//! keeps it all the way to the model (the `toolResultPart`'s `isError`). Where Perstack throws (and so crashes the run) on malformed content, this module
 //! returns a text part explaining the problem instead, so the model can carry on:
 //!
 //! - an image without data or MIME type becomes the text
@@ -19,7 +19,8 @@
 //! - a text resource needs no MIME type, and an empty one becomes "Error: No content";
 //! - a resource kind newer than rmcp 3.11 becomes "Error: Unsupported resource type".
 //!
-//! This module does no I/O; the `readImageFile`/`readPdfFile` inlining happens in the caller.
+//! This module does no I/O; the `readImageFile`/`readPdfFile` inlining is the base skill's
+//! ([`crate::skill::base::inline_media`]).
 
 use std::fmt::Display;
 

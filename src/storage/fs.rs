@@ -5,14 +5,15 @@
 //! any path is built (see [`super::check_id`]).
 
 use std::fs;
-use std::io;
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use serde::de::DeserializeOwned;
 
 use super::atomic::{self, io_error};
-use super::{EventMeta, Storage, StoreError, check_id};
+use super::claim::holder_description;
+use super::{Claim, EventMeta, Storage, StoreError, check_id};
 use crate::schema::{Checkpoint, Event, Job, RunSetting};
 
 /// The file-system store, rooted at a `perstack` directory (usually `<cwd>/perstack`).
@@ -288,6 +289,64 @@ impl Storage for FsStorage {
         })
         .await
     }
+
+    /// Takes an exclusive `flock` on `jobs/<jobId>/writer.lock` (created when missing) without
+    /// waiting, then writes the holder and the next fencing token into it. The kernel releases
+    /// the lock when the file is closed (the claim dropped) or the process dies, however it dies.
+    async fn claim(&self, job_id: &str) -> Result<Claim, StoreError> {
+        check_id("job", job_id)?;
+        let dir = self.job_dir(job_id);
+        let path = dir.join(WRITER_LOCK);
+        let job_id = job_id.to_owned();
+        blocking(path.clone(), move || {
+            let io = |source| StoreError::Io {
+                path: path.clone(),
+                source,
+            };
+            fs::create_dir_all(&dir).map_err(io)?;
+            let mut file = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(io)?;
+            let mut previous = String::new();
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(fs::TryLockError::WouldBlock) => {
+                    file.read_to_string(&mut previous).map_err(io)?;
+                    return Err(StoreError::Claimed {
+                        job_id,
+                        holder: lock_field(&previous, "holder")
+                            .unwrap_or("an unknown process")
+                            .to_owned(),
+                    });
+                }
+                Err(fs::TryLockError::Error(e)) => return Err(io(e)),
+            }
+            file.read_to_string(&mut previous).map_err(io)?;
+            let token = lock_field(&previous, "token")
+                .and_then(|t| t.parse::<u64>().ok())
+                .unwrap_or(0)
+                + 1;
+            let record = format!("holder={}\ntoken={token}\n", holder_description());
+            file.set_len(0).map_err(io)?;
+            file.seek(SeekFrom::Start(0)).map_err(io)?;
+            file.write_all(record.as_bytes()).map_err(io)?;
+            Ok(Claim::new(job_id, token, file))
+        })
+        .await
+    }
+}
+
+/// The lock file of a job's writer (see [`FsStorage::claim`]). Perstack's readers ignore it.
+const WRITER_LOCK: &str = "writer.lock";
+
+/// The value of `key=value` in a lock file's lines.
+fn lock_field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
 }
 
 /// Runs blocking file work on tokio's blocking pool. A panic in `f` is re-raised here; a task

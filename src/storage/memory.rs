@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
-use super::{EventMeta, Storage, StoreError, check_id};
+use super::{Claim, EventMeta, Storage, StoreError, check_id};
 use crate::schema::{Checkpoint, Event, Job, RunSetting};
 
 /// An in-memory store. Cheap to clone; clones share the same data.
@@ -17,6 +17,22 @@ pub struct MemoryStorage {
     /// One entry per job id. Sharded, so parallel jobs in a benchmark rarely contend; a shard
     /// lock is only held for the copy in or out, never across an await.
     jobs: Arc<DashMap<String, JobEntry>>,
+    /// The last fencing token handed out per job, and whether a claim of it is held now.
+    claims: Arc<DashMap<String, (u64, bool)>>,
+}
+
+/// Releases a job's claim in a [`MemoryStorage`] when dropped.
+struct MemoryHold {
+    claims: Arc<DashMap<String, (u64, bool)>>,
+    job_id: String,
+}
+
+impl Drop for MemoryHold {
+    fn drop(&mut self) {
+        if let Some(mut entry) = self.claims.get_mut(&self.job_id) {
+            entry.1 = false;
+        }
+    }
 }
 
 /// Everything stored under one job id.
@@ -208,5 +224,24 @@ impl Storage for MemoryStorage {
                 .then_with(|| a.run_id.cmp(&b.run_id))
         });
         Ok(settings)
+    }
+
+    async fn claim(&self, job_id: &str) -> Result<Claim, StoreError> {
+        check_id("job", job_id)?;
+        let mut entry = self.claims.entry(job_id.to_owned()).or_default();
+        if entry.1 {
+            return Err(StoreError::Claimed {
+                job_id: job_id.to_owned(),
+                holder: "another engine in this process".to_owned(),
+            });
+        }
+        *entry = (entry.0 + 1, true);
+        let token = entry.0;
+        drop(entry);
+        let hold = MemoryHold {
+            claims: Arc::clone(&self.claims),
+            job_id: job_id.to_owned(),
+        };
+        Ok(Claim::new(job_id, token, hold))
     }
 }

@@ -325,3 +325,46 @@ fn errors_name_the_file_and_declare_their_policy() {
     };
     assert!(invalid.to_string().starts_with("invalid job id \"../x\""));
 }
+
+for_each_store!(one_writer_per_job_until_the_claim_is_dropped);
+async fn one_writer_per_job_until_the_claim_is_dropped(store: &impl Storage) {
+    let first = store.claim("job1").await.unwrap();
+    assert_eq!(first.job_id(), "job1");
+    let refused = store.claim("job1").await.unwrap_err();
+    assert!(
+        matches!(&refused, StoreError::Claimed { job_id, .. } if job_id == "job1"),
+        "{refused:?}"
+    );
+    assert_eq!(refused.exit_code(), 2);
+    // Another job is independent.
+    let other = store.claim("job2").await.unwrap();
+    drop(first);
+    let second = store.claim("job1").await.unwrap();
+    assert!(second.token() > 1, "token {}", second.token());
+    assert_eq!(other.token(), 1);
+    assert!(matches!(
+        store.claim("../x").await,
+        Err(StoreError::InvalidId { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_refused_claim_on_disk_names_the_holding_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStorage::new(dir.path().join("perstack"));
+    let _held = store.claim("job1").await.unwrap();
+    let holder = match FsStorage::new(dir.path().join("perstack"))
+        .claim("job1")
+        .await
+    {
+        Err(StoreError::Claimed { holder, .. }) => holder,
+        other => panic!("expected Claimed, got {other:?}"),
+    };
+    assert!(
+        holder.starts_with(&format!("pid {} on ", std::process::id())),
+        "{holder}"
+    );
+    // The lock file sits beside Perstack's files and is not taken for a job record.
+    assert!(dir.path().join("perstack/jobs/job1/writer.lock").is_file());
+    assert!(store.all_jobs().await.unwrap().is_empty());
+}

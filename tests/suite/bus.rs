@@ -9,7 +9,7 @@ use std::time::Duration;
 use perstack::engine::{Engine, JobRequest, Settings};
 use perstack::llm::scripted::ScriptedModel;
 use perstack::schema::{Checkpoint, Event, Job, JobStatus, RunSetting};
-use perstack::storage::{EventMeta, MemoryStorage, Storage, StoreError};
+use perstack::storage::{Claim, EventMeta, MemoryStorage, Storage, StoreError};
 
 const FANOUT: &str = r#"
 [experts."coordinator"]
@@ -113,6 +113,9 @@ impl Storage for Recording {
     }
     async fn all_run_settings(&self) -> Result<Vec<RunSetting>, StoreError> {
         self.inner.all_run_settings().await
+    }
+    async fn claim(&self, j: &str) -> Result<Claim, StoreError> {
+        self.inner.claim(j).await
     }
 }
 
@@ -253,11 +256,14 @@ async fn every_line_reaches_the_sink_reader_while_the_engine_keeps_running() {
         .build();
     let read = Arc::new(AtomicU64::new(0));
     let lines_read = read.clone();
+    // The reader announces each line it read, so the test waits on that, not on a clock.
+    let (announce, mut announced) = tokio::sync::watch::channel(0u64);
     let reader = tokio::spawn(async move {
         let mut lines = tokio::io::BufReader::new(reader).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             serde_json::from_str::<serde_json::Value>(&line).unwrap();
-            lines_read.fetch_add(1, Ordering::SeqCst);
+            let n = lines_read.fetch_add(1, Ordering::SeqCst) + 1;
+            announce.send_replace(n);
         }
     });
     let mut handles = Vec::new();
@@ -269,12 +275,8 @@ async fn every_line_reaches_the_sink_reader_while_the_engine_keeps_running() {
         assert_eq!(h.wait().await.unwrap().job.status, JobStatus::Completed);
     }
     // No shutdown, no flush: the bus went idle, so everything written must be readable.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while read.load(Ordering::SeqCst) < published.load(Ordering::SeqCst)
-        && tokio::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let all_read = announced.wait_for(|&n| n >= published.load(Ordering::SeqCst));
+    let _ = tokio::time::timeout(Duration::from_secs(10), all_read).await;
     assert_eq!(
         read.load(Ordering::SeqCst),
         published.load(Ordering::SeqCst),

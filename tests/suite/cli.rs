@@ -7,58 +7,22 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_perstack")
-}
-
-fn experts(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("experts")
-        .join(name)
-        .join("perstack.toml")
-}
+use super::common::{STATE_KINDS, bin, experts, perstack, scripted, write_project};
 
 fn run_in(dir: &Path, args: &[&str]) -> Output {
-    Command::new(bin())
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("spawn perstack")
+    perstack(dir, args).output().expect("spawn perstack")
 }
 
 fn events(out: &Output) -> Vec<Value> {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line: {l:?}: {e}")))
-        .collect()
+    super::common::events(&out.stdout)
 }
-
-const STATE: &[&str] = &[
-    "startRun",
-    "startGeneration",
-    "retry",
-    "callTools",
-    "callInteractiveTool",
-    "callDelegate",
-    "resolveToolResults",
-    "attemptCompletion",
-    "finishToolCall",
-    "resumeToolCalls",
-    "finishAllToolCalls",
-    "continueToNextStep",
-    "stopRunByInteractiveTool",
-    "stopRunByDelegate",
-    "stopRunByExceededMaxSteps",
-    "stopRunByError",
-    "completeRun",
-];
 
 /// `type@step` of the state events of each run segment, segments in order of first event.
 fn segments(events: &[Value]) -> Vec<(String, Vec<String>)> {
     let mut out: Vec<(String, String, Vec<String>)> = Vec::new();
     for e in events {
         let kind = e["type"].as_str().unwrap_or_default();
-        if !STATE.contains(&kind) {
+        if !STATE_KINDS.contains(&kind) {
             continue;
         }
         let run = e["runId"].as_str().unwrap_or_default().to_string();
@@ -228,20 +192,12 @@ fn the_single_and_chain_examples_complete() {
 }
 
 fn write_config(dir: &Path, toml: &str, script: &str) -> PathBuf {
-    std::fs::write(dir.join("script.toml"), script).unwrap();
-    let p = dir.join("perstack.toml");
-    std::fs::write(&p, toml).unwrap();
-    p
+    write_project(dir, toml, script)
 }
 
-const ONE_EXPERT: &str = r#"
-[provider]
-providerName = "scripted"
-[provider.setting]
-script = "script.toml"
-[experts."solo"]
-instruction = "Answer."
-"#;
+fn one_expert() -> String {
+    scripted(super::common::SOLO)
+}
 
 #[test]
 fn a_malformed_perstack_toml_fails_with_exit_code_2_naming_file_and_line() {
@@ -277,7 +233,8 @@ fn a_missing_delegate_fails_before_anything_runs() {
     write_config(
         dir.path(),
         &format!(
-            "{ONE_EXPERT}delegates = [\"helpr\"]\n[experts.\"helper\"]\ninstruction = \"h\"\n"
+            "{}delegates = [\"helpr\"]\n[experts.\"helper\"]\ninstruction = \"h\"\n",
+            one_expert()
         ),
         "",
     );
@@ -291,7 +248,7 @@ fn a_missing_delegate_fails_before_anything_runs() {
 #[test]
 fn an_unknown_expert_and_a_missing_config_are_usage_errors() {
     let dir = tempfile::tempdir().unwrap();
-    write_config(dir.path(), ONE_EXPERT, "");
+    write_config(dir.path(), &one_expert(), "");
     let out = run_in(dir.path(), &["run", "sol", "q"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("did you mean \"solo\""));
@@ -308,7 +265,7 @@ fn a_run_that_stops_by_error_exits_1_with_a_stored_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     write_config(
         dir.path(),
-        ONE_EXPERT,
+        &one_expert(),
         "[[turns]]\nexpert = \"solo\"\nerror = { status = 401, message = \"invalid x-api-key\" }\n",
     );
     let out = run_in(dir.path(), &["run", "solo", "q"]);
@@ -331,6 +288,38 @@ fn a_run_that_stops_by_error_exits_1_with_a_stored_checkpoint() {
             .unwrap()
             .count(),
         1
+    );
+}
+
+/// Diagnostics redirected to a file (not a terminal) carry no ANSI escape codes: before, the
+/// level of every warning came wrapped in colour codes that landed in log files.
+#[test]
+fn a_warning_written_to_a_redirected_stderr_has_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(
+        dir.path(),
+        &format!("runtime = \"docker\"\n{}", one_expert()),
+        "[[turns]]\nexpert = \"solo\"\ntext = \"done\"\n",
+    );
+    let log = dir.path().join("stderr.log");
+    let status = Command::new(bin())
+        .args(["run", "solo", "q"])
+        .current_dir(dir.path())
+        .env_remove("NO_COLOR")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .status()
+        .expect("spawn perstack");
+    assert!(status.code().is_some());
+    let err = std::fs::read(&log).unwrap();
+    let text = String::from_utf8_lossy(&err);
+    assert!(
+        text.contains("WARN") && text.contains("runtime \"docker\""),
+        "{text}"
+    );
+    assert!(
+        !err.contains(&0x1b),
+        "ESC byte in redirected stderr: {text:?}"
     );
 }
 
@@ -371,7 +360,7 @@ expert = "solo"
 delayMs = 60000
 text = "too late"
 "#;
-    write_config(dir.path(), ONE_EXPERT, script);
+    write_config(dir.path(), &one_expert(), script);
     let mut child = Command::new(bin())
         .args(["run", "solo", "q"])
         .current_dir(dir.path())
@@ -379,38 +368,52 @@ text = "too late"
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until the first step's checkpoint exists, then signal.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    // Stdout, line by line as it comes, from a reader thread: the test waits on lines (real
+    // signals), each wait bounded.
+    let stdout = child.stdout.take().unwrap();
+    let (lines, received) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut stdout = std::io::BufReader::new(stdout);
+        loop {
+            let mut line = Vec::new();
+            match std::io::BufRead::read_until(&mut stdout, b'\n', &mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {
+                    if lines.send(line).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let limit = Duration::from_secs(30);
+    let mut seen: Vec<u8> = Vec::new();
+    // The first step's end is announced after its checkpoint is stored; then signal.
     loop {
-        let jobs = dir.path().join("perstack/jobs");
-        let done = std::fs::read_dir(&jobs)
-            .ok()
-            .and_then(|mut d| d.next())
-            .and_then(|j| std::fs::read_dir(j.ok()?.path().join("checkpoints")).ok())
-            .is_some_and(|d| d.count() >= 1);
-        if done {
+        let line = received
+            .recv_timeout(limit)
+            .expect("first step never finished");
+        seen.extend_from_slice(&line);
+        if String::from_utf8_lossy(&line).contains("\"continueToNextStep\"") {
             break;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "first step never finished"
-        );
-        std::thread::sleep(Duration::from_millis(20));
     }
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
-    let start = std::time::Instant::now();
-    let out = loop {
-        if let Some(_status) = child.try_wait().unwrap() {
-            break child.wait_with_output().unwrap();
+    // Everything up to the end of stdout (the process closes it when it exits).
+    loop {
+        match received.recv_timeout(limit) {
+            Ok(line) => seen.extend_from_slice(&line),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                panic!("did not stop after SIGTERM");
+            }
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "did not stop after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    }
+    let mut out = child.wait_with_output().unwrap();
+    out.stdout = seen;
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.ends_with('\n'), "stdout must end on a complete line");

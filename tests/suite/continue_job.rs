@@ -2,17 +2,12 @@
 //! mixed turn), `--continue` appends a query to a completed job, `--resume-from` works from
 //! every coordinator checkpoint, and a corrupt checkpoint is reported by file name.
 
-use std::path::Path;
-use std::process::Command;
-
 use serde_json::Value;
+use std::path::Path;
 
-const CONFIG: &str = r#"
-[provider]
-providerName = "scripted"
-[provider.setting]
-script = "script.toml"
+use super::common::{self, Finished};
 
+const EXPERTS: &str = r#"
 [experts."coord"]
 instruction = "Check, ask the user, then answer."
 delegates = ["helper"]
@@ -57,27 +52,11 @@ text = "Follow-up answered."
 "#;
 
 fn setup() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("perstack.toml"), CONFIG).unwrap();
-    std::fs::write(dir.path().join("script.toml"), SCRIPT).unwrap();
-    dir
+    common::project(&common::scripted(EXPERTS), SCRIPT)
 }
 
 fn perstack(dir: &Path, args: &[&str]) -> (i32, Vec<Value>, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_perstack"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    let events = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    (
-        out.status.code().unwrap_or(-1),
-        events,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    Finished::of(&mut common::perstack(dir, args)).parts()
 }
 
 fn kinds(events: &[Value], expert: &str) -> Vec<String> {

@@ -131,14 +131,8 @@ impl Probe {
     /// Wait until the counts are back to `idle`, for at most [`RELEASE_WITHIN`]; the counts
     /// last seen.
     async fn released(&self, idle: (usize, usize)) -> (usize, usize) {
-        let deadline = tokio::time::Instant::now() + RELEASE_WITHIN;
-        loop {
-            let now = self.counts();
-            if now == idle || tokio::time::Instant::now() >= deadline {
-                return now;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        super::common::eventually(RELEASE_WITHIN, || self.counts() == idle).await;
+        self.counts()
     }
 }
 

@@ -1,20 +1,14 @@
 //! `perstack install` writes `perstack.lock`; with it, `perstack run` starts no skill before
 //! the first model call, and a skill starts on its first call.
 
-use std::process::Command;
-
 use serde_json::Value;
 
+use super::common::{self, Finished};
 use super::mcp::fixture_bin;
 
 fn config(dir: &std::path::Path) {
-    let toml = format!(
-        r#"
-[provider]
-providerName = "scripted"
-[provider.setting]
-script = "script.toml"
-[experts."worker"]
+    let experts = format!(
+        r#"[experts."worker"]
 instruction = "Echo."
 [experts."worker".skills."@perstack/base"]
 type = "mcpStdioSkill"
@@ -29,36 +23,21 @@ lazyInit = true
 "#,
         fixture_bin().display()
     );
-    std::fs::write(dir.join("perstack.toml"), toml).unwrap();
-    std::fs::write(
-        dir.join("script.toml"),
-        r#"
+    let script = r#"
 [[turns]]
 expert = "worker"
 toolCalls = [{ id = "c", name = "echo", args = { text = "lazy hello" } }]
 [[turns]]
 expert = "worker"
 text = "done"
-"#,
-    )
-    .unwrap();
+"#;
+    common::write_project(dir, &common::scripted(&experts), script);
 }
 
 fn run(dir: &std::path::Path) -> Vec<Value> {
-    let out = Command::new(env!("CARGO_BIN_EXE_perstack"))
-        .args(["run", "worker", "go"])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    let run = Finished::of(&mut common::perstack(dir, &["run", "worker", "go"]));
+    assert!(run.code == 0, "{}", run.stderr);
+    run.events
 }
 
 fn position(events: &[Value], pred: impl Fn(&Value) -> bool) -> Option<usize> {
@@ -79,11 +58,7 @@ fn install_writes_a_lockfile_and_runs_start_skills_only_on_first_call() {
     .unwrap();
     assert!(fixture_up < first_gen);
 
-    let out = Command::new(env!("CARGO_BIN_EXE_perstack"))
-        .arg("install")
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    let out = common::perstack(dir.path(), &["install"]).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -140,4 +115,47 @@ fn install_writes_a_lockfile_and_runs_start_skills_only_on_first_call() {
     assert_eq!(result["toolResults"][0]["result"][0]["text"], "lazy hello");
     // The base skill was never called, so it never connected and reports no disconnect.
     assert!(!events.iter().any(|e| e["skillName"] == "@perstack/base"));
+}
+
+/// Issue 9, item 1: a skill error the model cannot fix stops the run instead of becoming a
+/// tool result. A locked skill whose server cannot start fails on its first call; the run
+/// stops with `ConfigurationError`, as it does when an unlocked skill fails to start.
+#[test]
+fn issue_9_a_locked_skill_that_cannot_start_stops_the_run_on_its_first_call() {
+    let dir = tempfile::tempdir().unwrap();
+    config(dir.path());
+    let out = common::perstack(dir.path(), &["install"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The server goes away after install: the lockfile still lists its tools.
+    let toml = std::fs::read_to_string(dir.path().join("perstack.toml")).unwrap();
+    let missing = dir.path().join("no-such-server");
+    let toml = toml.replace(
+        &fixture_bin().display().to_string(),
+        &missing.display().to_string(),
+    );
+    std::fs::write(dir.path().join("perstack.toml"), toml).unwrap();
+    let out = common::perstack(dir.path(), &["run", "worker", "go"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let events: Vec<Value> = common::events(&out.stdout);
+    assert!(
+        !events.iter().any(|e| e["type"] == "resolveToolResults"),
+        "the failure went to the model"
+    );
+    let stop = events
+        .iter()
+        .find(|e| e["type"] == "stopRunByError")
+        .unwrap_or_else(|| panic!("no stop: {stderr}"));
+    assert_eq!(stop["error"]["name"], "ConfigurationError");
+    let message = stop["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("skill \"fixture\" failed to start"),
+        "{message}"
+    );
 }

@@ -6,21 +6,10 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_perstack")
-}
-
-fn experts(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("experts")
-        .join(name)
-        .join("perstack.toml")
-}
+use super::common::{SOLO, experts, project, scripted};
 
 fn perstack(dir: &Path, args: &[&str]) -> Output {
-    Command::new(bin())
-        .args(args)
-        .current_dir(dir)
+    super::common::perstack(dir, args)
         .env_remove("PERSTACK_STORAGE_PATH")
         .output()
         .expect("spawn perstack")
@@ -144,24 +133,12 @@ impl Jobs {
     }
 }
 
-const ONE_EXPERT: &str = r#"
-[provider]
-providerName = "scripted"
-[provider.setting]
-script = "script.toml"
-[experts."solo"]
-instruction = "Answer."
-"#;
-
 /// A directory holding one job that stopped by error (a 400 from the provider).
 fn error_job() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("perstack.toml"), ONE_EXPERT).unwrap();
-    std::fs::write(
-        dir.path().join("script.toml"),
+    let dir = project(
+        &scripted(SOLO),
         "[[turns]]\nexpert = \"solo\"\nerror = { status = 400, message = \"bad\" }\n",
-    )
-    .unwrap();
+    );
     let out = perstack(dir.path(), &["run", "solo", "q"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     dir
@@ -435,7 +412,7 @@ fn summary_counts_types_steps_usage_and_status() {
 
 #[test]
 fn help_names_the_command_and_its_options() {
-    let out = Command::new(bin())
+    let out = Command::new(super::common::bin())
         .args(["log", "--help"])
         .output()
         .unwrap();
@@ -447,7 +424,10 @@ fn help_names_the_command_and_its_options() {
     for word in words.split('|') {
         assert!(help.contains(word), "{word} missing from help:\n{help}");
     }
-    let out = Command::new(bin()).arg("--help").output().unwrap();
+    let out = Command::new(super::common::bin())
+        .arg("--help")
+        .output()
+        .unwrap();
     assert!(stdout(&out).contains("View execution history"));
 }
 
@@ -536,7 +516,7 @@ fn storage_path_comes_from_the_environment() {
     let j = jobs();
     let elsewhere = tempfile::tempdir().unwrap();
     let storage = j.path().join("perstack");
-    let out = Command::new(bin())
+    let out = Command::new(super::common::bin())
         .args(["log", "--job", &j.fanout])
         .current_dir(elsewhere.path())
         .env("PERSTACK_STORAGE_PATH", &storage)
@@ -567,8 +547,6 @@ fn a_job_without_job_json_is_rebuilt_from_its_checkpoints() {
 
 #[test]
 fn at_most_100_events_are_listed_unless_take_says_otherwise() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("perstack.toml"), ONE_EXPERT).unwrap();
     let mut script = String::new();
     for i in 0..25 {
         script.push_str(&format!(
@@ -576,7 +554,7 @@ fn at_most_100_events_are_listed_unless_take_says_otherwise() {
         ));
     }
     script.push_str("[[turns]]\nexpert = \"solo\"\ntext = \"done\"\n");
-    std::fs::write(dir.path().join("script.toml"), script).unwrap();
+    let dir = project(&scripted(SOLO), &script);
     let out = perstack(dir.path(), &["run", "solo", "q"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let all = events(&log_json(dir.path(), &["--take", "0"])).clone();

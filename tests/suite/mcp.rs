@@ -14,11 +14,13 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use perstack::agent::catalog::select;
 use perstack::schema::McpStdioSkill;
 use perstack::skill::SkillError;
 use perstack::skill::mcp::{
     ConnectOptions, McpConnection, SAFE_ENV_VARS, StderrStream, connect_stdio,
 };
+use perstack::skill::timeout::bounded;
 use rmcp::model::CallToolResult;
 use serde_json::{Value, json};
 
@@ -97,7 +99,6 @@ fn engine_env() -> BTreeMap<String, String> {
 fn opts() -> ConnectOptions {
     ConnectOptions {
         startup_timeout: Duration::from_secs(20),
-        call_timeout: Duration::from_secs(20),
         ..ConnectOptions::default()
     }
 }
@@ -184,42 +185,29 @@ async fn stdio_fixture_lists_tools_and_echoes() {
     conn.close().await;
 }
 
+/// `pick`/`omit` are applied once, by the tool catalog: the connection lists what the server
+/// has, and refuses (without asking the server) only names the server did not list.
 #[tokio::test]
-async fn omit_then_pick_filters_tools_and_filtered_calls_never_reach_the_server() {
+async fn the_connection_lists_every_tool_and_unlisted_names_never_reach_the_server() {
     let mut skill = fixture_skill();
-    skill.pick = vec![
-        "echo".into(),
-        "log".into(),
-        "hang".into(),
-        "nonexistent".into(),
-    ];
+    skill.pick = vec!["echo".into(), "log".into(), "nonexistent".into()];
     skill.omit = vec!["log".into()];
-    let (conn, mut stderr) = connect(&skill, &opts()).await;
-    let mut names = tool_names(&conn);
-    names.sort_unstable();
-    assert_eq!(names, ["echo", "hang"]);
-
-    for (tool, args) in [
-        ("log", json!({"text": "REACHED-OMITTED"})),
-        ("env", json!({})),
-        ("nonexistent", Value::Null),
-    ] {
-        let err = conn.call(tool, args).await.unwrap_err();
-        assert!(err.feeds_back_to_model(), "{err}");
-        assert_eq!(
-            err.to_string(),
-            format!("MCP error -32602: Tool {tool} not found")
-        );
+    let (conn, _stderr) = connect(&skill, &opts()).await;
+    let names = tool_names(&conn);
+    for tool in ["echo", "log", "env", "hang"] {
+        assert!(names.contains(&tool), "{tool} missing from {names:?}");
     }
-    // Nothing reached the server: `log` would have written to stderr before this echo.
+    let picked = select(conn.tools(), &skill.pick, &skill.omit);
     assert_eq!(
-        text(&conn.call("echo", json!({"text": "sync"})).await.unwrap()),
-        "sync"
+        picked.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+        ["echo"]
     );
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    while let Some(line) = stderr.try_recv() {
-        assert!(!line.contains("REACHED"), "{line}");
-    }
+    let err = conn.call("nonexistent", Value::Null).await.unwrap_err();
+    assert!(err.feeds_back_to_model(), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "MCP error -32602: Tool nonexistent not found"
+    );
     conn.close().await;
 }
 
@@ -250,13 +238,12 @@ async fn a_crash_mid_call_is_an_error_for_the_model_and_closes_the_connection() 
 
 #[tokio::test]
 async fn a_hanging_call_times_out_and_is_cancelled() {
-    let opts = ConnectOptions {
-        call_timeout: Duration::from_millis(500),
-        ..opts()
-    };
-    let (conn, mut stderr) = connect(&fixture_skill(), &opts).await;
+    let (conn, mut stderr) = connect(&fixture_skill(), &opts()).await;
     let started = Instant::now();
-    let err = conn.call("hang", json!({})).await.unwrap_err();
+    let call = conn.call("hang", json!({}));
+    let err = bounded(Duration::from_millis(500), "fixture", "hang", call)
+        .await
+        .unwrap_err();
     let took = started.elapsed();
     assert!(matches!(err, SkillError::Timeout { .. }), "{err}");
     assert!(err.feeds_back_to_model());
@@ -271,6 +258,27 @@ async fn a_hanging_call_times_out_and_is_cancelled() {
         text(&conn.call("echo", json!({"text": "ok"})).await.unwrap()),
         "ok"
     );
+    conn.close().await;
+}
+
+/// Issue 9: the one tool-call timer is the only limit on an MCP call, so a configured value
+/// above the MCP SDK's 60 s default applies (the connection had its own 60 s timer, which won).
+/// Paused time: the runtime jumps to the next timer while the server sits on the call.
+#[tokio::test]
+async fn a_tool_timeout_above_sixty_seconds_is_the_one_applied_to_an_mcp_call() {
+    let (conn, _stderr) = connect(&fixture_skill(), &opts()).await;
+    tokio::time::pause();
+    let after = Duration::from_secs(90);
+    let started = tokio::time::Instant::now();
+    let err = bounded(after, "fixture", "hang", conn.call("hang", json!({})))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, SkillError::Timeout { after: a, .. } if *a == after),
+        "{err}"
+    );
+    assert!(started.elapsed() >= after, "{:?}", started.elapsed());
+    tokio::time::resume();
     conn.close().await;
 }
 

@@ -3,6 +3,7 @@
 mod bus;
 mod cli;
 mod cli_providers;
+mod common;
 mod continue_job;
 mod delegation;
 mod fake_server;
@@ -20,5 +21,8 @@ mod recovery;
 mod retry_policy;
 mod schema_roundtrip;
 mod skills_e2e;
+mod storage_failure;
+mod telemetry;
 mod traces;
 mod wire;
+mod writer;

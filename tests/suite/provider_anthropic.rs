@@ -19,6 +19,7 @@ use perstack::schema::{
 use pretty_assertions::assert_eq;
 use serde_json::{Map, Value, json};
 
+use super::common::{self, read_tool as tool};
 use super::fake_server::{FakeServer, Reply, sse_event};
 use super::wire::{assert_class, drain};
 
@@ -35,30 +36,12 @@ fn model(server: &FakeServer) -> AnthropicModel {
     .unwrap()
 }
 
-fn tool(name: &str) -> ToolSpec {
-    ToolSpec {
-        name: name.into(),
-        description: Some(format!("The {name} tool")),
-        input_schema: json!({"type": "object", "properties": {"path": {"type": "string"}}}),
-    }
-}
-
 fn request(messages: Vec<Message>, tools: Vec<ToolSpec>, budget: &str) -> GenerationRequest {
-    GenerationRequest {
-        expert_key: "coord".into(),
-        model: "claude-sonnet-4-5".into(),
-        messages,
-        tools: Arc::new(tools),
-        reasoning_budget: budget.parse().unwrap(),
-    }
+    common::request("claude-sonnet-4-5", messages, tools, budget)
 }
 
 fn simple(budget: &str) -> GenerationRequest {
-    let messages = vec![
-        Message::instruction("You are Perstack."),
-        Message::user("Hi"),
-    ];
-    request(messages, vec![tool("readTextFile")], budget)
+    request(common::hi(), vec![tool("readTextFile")], budget)
 }
 
 fn ev(name: &str, data: Value) -> String {
@@ -346,6 +329,7 @@ async fn a_perstack_history_becomes_the_request_the_ai_sdk_sends() {
             skill_name: "@perstack/base".into(),
             tool_name: "readTextFile".into(),
             result: vec![MessagePart::text("contents of a")],
+            is_error: false,
             extra: Map::new(),
         },
         ToolResult {
@@ -353,6 +337,7 @@ async fn a_perstack_history_becomes_the_request_the_ai_sdk_sends() {
             skill_name: "@perstack/base".into(),
             tool_name: "readImageFile".into(),
             result: vec![MessagePart::text("b.png, 8 bytes"), image],
+            is_error: false,
             extra: Map::new(),
         },
     ];
@@ -642,4 +627,85 @@ pick = ["attemptCompletion"]
         })
     });
     assert!(has_result, "the tool result follows: {second}");
+}
+
+/// Issue 9: an MCP result marked `isError: true` reaches the model as an error (Perstack drops
+/// the flag). The fixture's `huge` refuses a size past its limit with an `isError` result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mcp_result_marked_is_error_reaches_the_model_as_an_error_tool_result() {
+    let server = FakeServer::start(vec![
+        stream_of(vec![
+            vec![message_start(100, 0)],
+            tool_use(0, "toolu_fail", "huge", &[r#"{"bytes": 999999999999}"#]),
+            tool_use(1, "toolu_ok", "echo", &[r#"{"text": "fine"}"#]),
+            message_end("tool_use", 20),
+        ]),
+        stream_of(vec![
+            vec![message_start(200, 0)],
+            tool_use(0, "toolu_done", "attemptCompletion", &["{}"]),
+            message_end("tool_use", 5),
+        ]),
+        stream_of(vec![
+            vec![message_start(300, 0)],
+            text_block(0, &["Done."]),
+            message_end("end_turn", 5),
+        ]),
+    ])
+    .await;
+    let toml = format!(
+        r#"
+model = "claude-sonnet-4-5"
+
+[experts."coord"]
+instruction = "Call the fixture."
+
+[experts."coord".skills."@perstack/base"]
+type = "mcpStdioSkill"
+command = "npx"
+packageName = "@perstack/base"
+pick = ["attemptCompletion"]
+
+[experts."coord".skills."fixture"]
+type = "mcpStdioSkill"
+command = "{}"
+args = ["--stdio"]
+pick = ["huge", "echo"]
+"#,
+        super::mcp::fixture_bin().display()
+    );
+    let config = perstack::config::parse(&toml, Path::new("perstack.toml")).unwrap();
+    let workspace = tempfile::tempdir().unwrap();
+    let mut settings = Settings::new(config.experts.clone());
+    settings.workspace = workspace.path().to_path_buf();
+    let engine = Engine::builder()
+        .settings(settings)
+        .model(Arc::new(model(&server)))
+        .build();
+    let handle = engine.start(JobRequest::new("coord", "Go.")).await.unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(30), handle.wait())
+        .await
+        .expect("the job did not finish")
+        .unwrap();
+    engine.shutdown().await;
+    assert_eq!(outcome.text.as_deref(), Some("Done."));
+
+    let requests = server.requests().await;
+    assert_eq!(requests.len(), 3);
+    let second = &requests[1].body;
+    let result_of = |id: &str| -> Value {
+        second["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|m| m["content"].as_array())
+            .flatten()
+            .find(|b| b["type"] == "tool_result" && b["tool_use_id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no tool_result for {id} in {second}"))
+    };
+    let failed = result_of("toolu_fail");
+    assert_eq!(failed["is_error"], json!(true), "{failed}");
+    assert!(failed.to_string().contains("at most"), "{failed}");
+    let ok = result_of("toolu_ok");
+    assert!(ok.get("is_error").is_none(), "{ok}");
 }

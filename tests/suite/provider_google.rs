@@ -3,7 +3,6 @@
 //! and headers have the API's shape, every failure of the fault matrix ends in a classified
 //! `GenerationError` (never a panic or a hang), and no error or part ever carries the API key.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -16,8 +15,9 @@ use perstack::schema::{Message, MessagePart, ThinkingPart, Usage};
 use pretty_assertions::assert_eq;
 use serde_json::{Map, Value, json};
 
+use super::common::{self, read_both_history};
 use super::fake_server::{FakeServer, Reply};
-use super::wire::{assert_class, drain, read_call, read_result};
+use super::wire::{assert_class, drain};
 
 const KEY: &str = "AIzaSy-test-SECRET";
 
@@ -54,21 +54,11 @@ fn declaration(name: &str) -> Value {
 }
 
 fn request(messages: Vec<Message>, tools: Vec<ToolSpec>, budget: &str) -> GenerationRequest {
-    GenerationRequest {
-        expert_key: "coord".into(),
-        model: MODEL.into(),
-        messages,
-        tools: Arc::new(tools),
-        reasoning_budget: budget.parse().unwrap(),
-    }
+    common::request(MODEL, messages, tools, budget)
 }
 
 fn simple(budget: &str) -> GenerationRequest {
-    let messages = vec![
-        Message::instruction("You are Perstack."),
-        Message::user("Hi"),
-    ];
-    request(messages, vec![tool("readTextFile")], budget)
+    request(common::hi(), vec![tool("readTextFile")], budget)
 }
 
 /// One `data:` event holding a GenerateContentResponse with `parts` for candidate 0.
@@ -319,24 +309,13 @@ async fn a_history_maps_calls_signatures_and_results_to_contents() {
             extra: Map::new(),
         })
     };
-    let expert = Message::expert(vec![
+    let thoughts = vec![
         thinking("I should read both.", "sig-thought"),
         thinking("", "sig-call"),
-        MessagePart::text("Reading."),
-        read_call("call_0_readTextFile", "a.txt"),
-        read_call("call_1_readTextFile", "b.txt"),
-    ]);
-    let history = vec![
-        Message::instruction("sys"),
-        Message::user("Read a.txt and b.txt"),
-        expert,
-        // Results may come back in another order than the calls.
-        Message::tool(&[
-            read_result("call_1_readTextFile", "contents of b"),
-            read_result("call_0_readTextFile", "contents of a"),
-        ]),
-        Message::user("Now summarise."),
     ];
+    let ids = ["call_0_readTextFile", "call_1_readTextFile"];
+    // Results may come back in another order than the calls.
+    let history = read_both_history(thoughts, ids, [1, 0]);
     let req = request(history, vec![tool("readTextFile")], "none");
     let (_, err) = drain(&google(&server), req).await;
     assert_eq!(err, None);

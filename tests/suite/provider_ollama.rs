@@ -3,7 +3,6 @@
 //! shape, every failure of the fault matrix ends in a classified `GenerationError` (never a
 //! panic or a hang), and no error carries a secret custom header.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -16,8 +15,9 @@ use perstack::schema::{Message, MessagePart, ThinkingPart, Usage};
 use pretty_assertions::assert_eq;
 use serde_json::{Map, Value, json};
 
+use super::common::{self, read_both_history};
 use super::fake_server::{FakeServer, Reply};
-use super::wire::{assert_class, drain, read_call, read_result};
+use super::wire::{assert_class, drain};
 
 const TOKEN: &str = "Bearer proxy-SECRET";
 
@@ -48,21 +48,11 @@ fn tool(name: &str) -> ToolSpec {
 }
 
 fn request(messages: Vec<Message>, tools: Vec<ToolSpec>, budget: &str) -> GenerationRequest {
-    GenerationRequest {
-        expert_key: "coord".into(),
-        model: MODEL.into(),
-        messages,
-        tools: Arc::new(tools),
-        reasoning_budget: budget.parse().unwrap(),
-    }
+    common::request(MODEL, messages, tools, budget)
 }
 
 fn simple(budget: &str) -> GenerationRequest {
-    let messages = vec![
-        Message::instruction("You are Perstack."),
-        Message::user("Hi"),
-    ];
-    request(messages, vec![tool("readTextFile")], budget)
+    request(common::hi(), vec![tool("readTextFile")], budget)
 }
 
 /// One NDJSON line with an assistant `message`.
@@ -273,27 +263,14 @@ async fn a_model_without_thinking_is_asked_again_with_think_false() {
 #[tokio::test]
 async fn a_history_maps_tool_calls_thinking_and_results_to_chat_messages() {
     let server = FakeServer::start(vec![ok()]).await;
-    let expert = Message::expert(vec![
-        MessagePart::ThinkingPart(ThinkingPart {
-            id: "t".into(),
-            thinking: "I should read both.".into(),
-            signature: None,
-            extra: Map::new(),
-        }),
-        MessagePart::text("Reading."),
-        read_call("call_0_readTextFile", "a.txt"),
-        read_call("call_1_readTextFile", "b.txt"),
-    ]);
-    let history = vec![
-        Message::instruction("sys"),
-        Message::user("Read a.txt and b.txt"),
-        expert,
-        Message::tool(&[
-            read_result("call_0_readTextFile", "contents of a"),
-            read_result("call_1_readTextFile", "contents of b"),
-        ]),
-        Message::user("Now summarise."),
-    ];
+    let thinking = MessagePart::ThinkingPart(ThinkingPart {
+        id: "t".into(),
+        thinking: "I should read both.".into(),
+        signature: None,
+        extra: Map::new(),
+    });
+    let ids = ["call_0_readTextFile", "call_1_readTextFile"];
+    let history = read_both_history(vec![thinking], ids, [0, 1]);
     let req = request(history, vec![tool("readTextFile")], "low");
     let (_, err) = drain(&ollama(&server), req).await;
     assert_eq!(err, None);

@@ -4,21 +4,20 @@
 //! classified `GenerationError` (never a panic or a hang), and no error or part ever carries
 //! the API key.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use perstack::llm::openai::{OpenAiConfig, OpenAiModel};
 use perstack::llm::{
     FinishReason, GeneratedToolCall, GenerationError, GenerationRequest, LanguageModel, StreamPart,
-    ToolSpec,
 };
 use perstack::schema::{Message, MessagePart, ThinkingPart, Usage};
 use pretty_assertions::assert_eq;
 use serde_json::{Map, Value, json};
 
+use super::common::{self, read_both_history, read_tool as tool, request};
 use super::fake_server::{FakeServer, Reply};
-use super::wire::{assert_class, drain, read_call, read_result};
+use super::wire::{assert_class, drain};
 
 const KEY: &str = "sk-proj-test-SECRET";
 
@@ -36,40 +35,13 @@ fn openai(server: &FakeServer) -> OpenAiModel {
     at(server, config)
 }
 
-fn tool(name: &str) -> ToolSpec {
-    ToolSpec {
-        name: name.into(),
-        description: Some(format!("The {name} tool")),
-        input_schema: json!({"type": "object", "properties": {"path": {"type": "string"}}}),
-    }
-}
-
-fn request(
-    model: &str,
-    messages: Vec<Message>,
-    tools: Vec<ToolSpec>,
-    budget: &str,
-) -> GenerationRequest {
-    GenerationRequest {
-        expert_key: "coord".into(),
-        model: model.into(),
-        messages,
-        tools: Arc::new(tools),
-        reasoning_budget: budget.parse().unwrap(),
-    }
-}
-
 /// `Hi` to `model`, without tools.
 fn ask(model: &str, budget: &str) -> GenerationRequest {
     request(model, vec![Message::user("Hi")], Vec::new(), budget)
 }
 
 fn simple(budget: &str) -> GenerationRequest {
-    let messages = vec![
-        Message::instruction("You are Perstack."),
-        Message::user("Hi"),
-    ];
-    request("o4-mini", messages, vec![tool("readTextFile")], budget)
+    request("o4-mini", common::hi(), vec![tool("readTextFile")], budget)
 }
 
 /// One `data:` event holding a chat.completion.chunk with `delta` for choice 0.
@@ -318,27 +290,13 @@ async fn the_reasoning_budget_maps_to_reasoning_effort_for_reasoning_models() {
 #[tokio::test]
 async fn a_history_maps_tool_calls_and_tool_results_to_chat_messages() {
     let server = FakeServer::start(vec![ok()]).await;
-    let expert = Message::expert(vec![
-        MessagePart::ThinkingPart(ThinkingPart {
-            id: "t".into(),
-            thinking: "I should read both.".into(),
-            signature: None,
-            extra: Map::new(),
-        }),
-        MessagePart::text("Reading."),
-        read_call("call_1", "a.txt"),
-        read_call("call_2", "b.txt"),
-    ]);
-    let history = vec![
-        Message::instruction("sys"),
-        Message::user("Read a.txt and b.txt"),
-        expert,
-        Message::tool(&[
-            read_result("call_1", "contents of a"),
-            read_result("call_2", "contents of b"),
-        ]),
-        Message::user("Now summarise."),
-    ];
+    let thinking = MessagePart::ThinkingPart(ThinkingPart {
+        id: "t".into(),
+        thinking: "I should read both.".into(),
+        signature: None,
+        extra: Map::new(),
+    });
+    let history = read_both_history(vec![thinking], ["call_1", "call_2"], [0, 1]);
     let req = request("gpt-4.1", history, vec![tool("readTextFile")], "low");
     let (_, err) = drain(&openai(&server), req).await;
     assert_eq!(err, None);

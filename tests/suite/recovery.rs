@@ -4,17 +4,14 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
+
+use super::common;
 use std::time::{Duration, Instant};
 
 use perstack::schema::{Checkpoint, CheckpointStatus};
 use serde_json::Value;
 
-const CONFIG: &str = r#"
-[provider]
-providerName = "scripted"
-[provider.setting]
-script = "script.toml"
-
+const EXPERTS: &str = r#"
 [experts."coordinator"]
 instruction = "Delegate both halves, then summarise."
 delegates = ["child-a", "child-b"]
@@ -60,38 +57,13 @@ text = "Summary: A done. B done."
 "#;
 
 fn setup() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("perstack.toml"), CONFIG).unwrap();
-    std::fs::write(dir.path().join("script.toml"), SCRIPT).unwrap();
-    dir
+    common::project(&common::scripted(EXPERTS), SCRIPT)
 }
 
 fn perstack(dir: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_perstack"));
-    c.args(args)
-        .current_dir(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let mut c = common::perstack(dir, args);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
     c
-}
-
-fn job_status(dir: &Path, job: &str) -> Option<String> {
-    let text =
-        std::fs::read_to_string(dir.join("perstack/jobs").join(job).join("job.json")).ok()?;
-    let v: Value = serde_json::from_str(&text).ok()?;
-    v["status"].as_str().map(str::to_owned)
-}
-
-fn stored(dir: &Path, job: &str) -> Vec<Checkpoint> {
-    let Ok(entries) = std::fs::read_dir(dir.join("perstack/jobs").join(job).join("checkpoints"))
-    else {
-        return Vec::new();
-    };
-    entries
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .map(|p| serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap())
-        .collect()
 }
 
 fn final_text(cps: &[Checkpoint]) -> Option<String> {
@@ -117,9 +89,9 @@ fn a_job_killed_at_any_point_completes_after_continue_with_the_same_answer() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let expected = final_text(&stored(clean.path(), "clean")).expect("clean run completes");
+    let expected = final_text(&common::stored(clean.path(), "clean")).expect("clean run completes");
     assert_eq!(expected, "Summary: A done. B done.");
-    let clean_steps = stored(clean.path(), "clean").len();
+    let clean_steps = common::stored(clean.path(), "clean").len();
 
     // Kill points spread over the whole run (at least 330 ms of scripted model latency),
     // deterministic; the ones before 300 ms always land mid-job, whatever the machine's speed.
@@ -143,7 +115,7 @@ fn a_job_killed_at_any_point_completes_after_continue_with_the_same_answer() {
         let mut attempts = 0;
         // Done when the coordinator's completed checkpoint is stored (job.json is written just
         // after it, so a kill in between leaves it saying "running").
-        while final_text(&stored(dir.path(), &job)).is_none() {
+        while final_text(&common::stored(dir.path(), &job)).is_none() {
             attempts += 1;
             assert!(
                 attempts <= 3 && start.elapsed() < Duration::from_secs(60),
@@ -181,8 +153,8 @@ fn a_job_killed_at_any_point_completes_after_continue_with_the_same_answer() {
             }
         }
         recovered += usize::from(attempts > 0);
-        let cps = stored(dir.path(), &job);
-        let status = job_status(dir.path(), &job);
+        let cps = common::stored(dir.path(), &job);
+        let status = common::job_status(dir.path(), &job);
         assert!(
             matches!(status.as_deref(), Some("completed" | "running")),
             "{status:?}"
@@ -227,4 +199,113 @@ fn a_job_killed_at_any_point_completes_after_continue_with_the_same_answer() {
         }
     }
     assert!(recovered >= 8, "only {recovered} kills landed mid-job");
+}
+
+/// The coordinator of `EXPERTS` with one more skill (beside the base skill it has by default), a
+/// stdio server whose command does not exist: it can only fail when the run starts its skills.
+fn with_broken_skill(config: &str) -> String {
+    config.replace(
+        "delegates = [\"child-a\", \"child-b\"]\n",
+        "delegates = [\"child-a\", \"child-b\"]\n\n[experts.\"coordinator\".skills.\"@perstack/base\"]\ntype = \"mcpStdioSkill\"\ncommand = \"npx\"\npackageName = \"@perstack/base\"\n\n[experts.\"coordinator\".skills.\"broken\"]\ntype = \"mcpStdioSkill\"\ncommand = \"/nonexistent/perstack-test-skill\"\nargs = [\"serve\"]\n",
+    )
+}
+
+/// The events a finished `perstack` process printed, and its exit code.
+fn events_of(out: &std::process::Output) -> (Option<i32>, Vec<Value>) {
+    let events = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (out.status.code(), events)
+}
+
+/// Issue 9 (item 3): a recovered parent used to skip the skill start-up check and run its
+/// children with a skill missing; it must stop exactly as a fresh start does.
+#[test]
+fn a_recovered_coordinator_whose_skill_fails_to_start_stops_by_error_as_a_fresh_start_does() {
+    // A job that crashed right after the coordinator stopped to delegate: run it whole, then
+    // remove every checkpoint stored after the coordinator's `stoppedByDelegate` one.
+    let dir = setup();
+    let out = perstack(
+        dir.path(),
+        &["run", "--job-id", "crashed", "coordinator", "go"],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let checkpoints = dir.path().join("perstack/jobs/crashed/checkpoints");
+    let mut kept = 0;
+    for entry in std::fs::read_dir(&checkpoints).unwrap() {
+        let path = entry.unwrap().path();
+        let cp: Checkpoint =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        if cp.status == CheckpointStatus::StoppedByDelegate && cp.delegated_by.is_none() {
+            kept += 1;
+        } else {
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+    assert_eq!(kept, 1, "one coordinator delegation to recover");
+
+    // The coordinator now has a skill that cannot start.
+    std::fs::write(
+        dir.path().join("perstack.toml"),
+        with_broken_skill(&common::scripted(EXPERTS)),
+    )
+    .unwrap();
+    let recovered = perstack(
+        dir.path(),
+        &["run", "--continue-job", "crashed", "coordinator", "resume"],
+    )
+    .output()
+    .unwrap();
+    let (code, events) = events_of(&recovered);
+    let fresh = perstack(
+        dir.path(),
+        &["run", "--job-id", "fresh", "coordinator", "go"],
+    )
+    .output()
+    .unwrap();
+    let (fresh_code, fresh_events) = events_of(&fresh);
+
+    // The coordinator's terminal event (skill lifecycle events may follow it).
+    let terminal = |events: &[Value]| {
+        events
+            .iter()
+            .rev()
+            .find(|e| {
+                e["expertKey"] == "coordinator"
+                    && e["type"]
+                        .as_str()
+                        .is_some_and(|t| t.starts_with("stopRunBy") || t == "completeRun")
+            })
+            .cloned()
+            .expect("the coordinator ended")
+    };
+    let (last, fresh_last) = (terminal(&events), terminal(&fresh_events));
+    assert_eq!(fresh_last["type"], "stopRunByError");
+    assert_eq!(last["type"], "stopRunByError", "{events:#?}");
+    assert_eq!(last["expertKey"], "coordinator");
+    let message = last["error"]["message"].as_str().unwrap();
+    assert!(message.contains("skill \"broken\""), "{message}");
+    assert_eq!(
+        last["error"], fresh_last["error"],
+        "the same error as a fresh start"
+    );
+    assert_eq!(code, fresh_code);
+    assert_eq!(code, Some(1));
+    assert!(
+        events
+            .iter()
+            .all(|e| e["expertKey"] != "child-a" && e["expertKey"] != "child-b"),
+        "no child runs without the coordinator's tools: {events:#?}"
+    );
+    assert_eq!(
+        common::job_status(dir.path(), "crashed").as_deref(),
+        Some("stoppedByError")
+    );
 }

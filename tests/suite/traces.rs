@@ -21,26 +21,7 @@ use perstack::schema::{Checkpoint, Event, EventPayload, Message};
 use perstack::storage::{MemoryStorage, Storage};
 use pretty_assertions::assert_eq;
 
-/// The 17 state event types (REFERENCE §3.5).
-pub(super) const STATE_KINDS: [&str; 17] = [
-    "startRun",
-    "startGeneration",
-    "retry",
-    "callTools",
-    "callInteractiveTool",
-    "callDelegate",
-    "resolveToolResults",
-    "attemptCompletion",
-    "finishToolCall",
-    "resumeToolCalls",
-    "finishAllToolCalls",
-    "continueToNextStep",
-    "stopRunByInteractiveTool",
-    "stopRunByDelegate",
-    "stopRunByExceededMaxSteps",
-    "stopRunByError",
-    "completeRun",
-];
+use super::common::STATE_KINDS;
 
 /// Whether `e` is one of the 17 state events (not streaming, not runtime).
 pub(super) fn is_state_event(e: &Event) -> bool {

@@ -8,8 +8,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use perstack::config::ProviderName;
 use perstack::llm::{GenerationError, GenerationRequest, LanguageModel, StreamPart};
-use perstack::schema::{MessagePart, ToolCallPart, ToolResult};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::fake_server::{Reply, sse_event};
 
@@ -44,28 +43,6 @@ pub(crate) async fn drain(
     let text = format!("{outcome:?}");
     assert!(!text.contains("SECRET"), "a secret leaked: {text}");
     outcome
-}
-
-/// The model's call `id` of `readTextFile` on `path`, as it sits in a history.
-pub(crate) fn read_call(id: &str, path: &str) -> MessagePart {
-    MessagePart::ToolCallPart(ToolCallPart {
-        id: "p".into(),
-        tool_call_id: id.into(),
-        tool_name: "readTextFile".into(),
-        args: json!({"path": path}),
-        extra: Map::new(),
-    })
-}
-
-/// The base skill's `readTextFile` result `text` for call `id`.
-pub(crate) fn read_result(id: &str, text: &str) -> ToolResult {
-    ToolResult {
-        id: id.into(),
-        skill_name: "@perstack/base".into(),
-        tool_name: "readTextFile".into(),
-        result: vec![MessagePart::text(text)],
-        extra: Map::new(),
-    }
 }
 
 /// Asserts the class of `e`: name, status and retry policy.

@@ -1,41 +1,30 @@
-//! Setting up a run's tools: its SkillActors, the [`ToolIndex`] and the tool list the model sees.
+//! Setting up a run's tools: its SkillActors, then the [`ToolCatalog`] that turns what they
+//! describe into the tool index and the tool list the model sees.
 //!
 //! Every MCP skill of the Expert starts at once as a SkillActor supervised by the run, and the
 //! run waits for all of them to connect and describe their tools; interactive skills (never for
-//! a delegated run) and delegates add their own tools. A tool name claimed twice, a skill that
+//! a delegated run) and delegates add their own tools. The name rules live in the catalog; this
+//! file only feeds it. A tool name claimed twice, a skill that
 //! fails to start or a delegate that does not exist is a configuration error: the run then
 //! publishes `startRun` and stops (see `Begin`). Talks to the skill actor
 //! ([`crate::actor::skill`]) and to the run's [`Machine`](crate::agent::Machine), which gets the
 //! index.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use kameo::prelude::*;
-use serde_json::json;
 
 use super::RunActor;
 use crate::actor::skill::{Describe, SkillActor, SkillArgs, SkillKind};
-use crate::agent::{BASE_SKILL, ToolIndex, ToolOwner, delegate_tool_name};
-use crate::llm::ToolSpec;
-use crate::schema::{RunError, Skill};
+use crate::agent::RunFailure;
+use crate::agent::{BASE_SKILL, CatalogError, ToolCatalog};
+use crate::schema::Skill;
 
 impl RunActor {
     /// Start the skills (all at once), build the tool index and the tool list the model sees.
-    pub(super) async fn set_up_tools(&mut self, me: &ActorRef<Self>) -> Result<(), RunError> {
-        let mut index = ToolIndex::new();
-        let mut specs = Vec::new();
+    pub(super) async fn set_up_tools(&mut self, me: &ActorRef<Self>) -> Result<(), RunFailure> {
+        let mut catalog = ToolCatalog::new(self.expert.key.clone());
         let delegated = self.machine.checkpoint().delegated_by.is_some();
-        let mut owners: HashMap<String, String> = HashMap::new();
-        let expert_key = self.expert.key.clone();
-        let mut claim = |tool: &str, owner: &str| -> Result<(), RunError> {
-            if let Some(prev) = owners.insert(tool.to_string(), owner.to_string()) {
-                return Err(config_error(format!(
-                    "Tool name \"{tool}\" is provided by both {prev} and {owner} in expert \"{expert_key}\"; rename one of them"
-                )));
-            }
-            Ok(())
-        };
         // Spawn every MCP skill first, then wait for all of them: they connect concurrently.
         let mut started = Vec::new();
         for (name, skill) in &self.expert.skills {
@@ -89,15 +78,7 @@ impl RunActor {
         for ((name, actor), d) in started.into_iter().zip(described) {
             match d {
                 Ok(d) => {
-                    for t in &d.tools {
-                        claim(&t.name, &format!("skill \"{name}\""))?;
-                        index.insert(t.name.clone(), ToolOwner::Skill(name.clone()));
-                        specs.push(ToolSpec {
-                            name: t.name.clone(),
-                            description: t.description.clone(),
-                            input_schema: t.input_schema.clone(),
-                        });
-                    }
+                    catalog.add_skill(&name, &d.tools).map_err(catalog_error)?;
                     self.skills.insert(name, actor);
                 }
                 Err(e) => {
@@ -115,34 +96,14 @@ impl RunActor {
             if delegated {
                 continue; // delegated runs never get interactive tools (Perstack)
             }
-            for (tool, t) in &s.tools {
-                claim(tool, &format!("interactive skill \"{name}\""))?;
-                let schema = serde_json::from_str(&t.input_json_schema).map_err(|e| {
-                    config_error(format!("interactive tool \"{tool}\" of skill \"{name}\": invalid inputJsonSchema: {e}"))
-                })?;
-                index.insert(tool.clone(), ToolOwner::Interactive(name.clone()));
-                specs.push(ToolSpec {
-                    name: tool.clone(),
-                    description: t.description.clone(),
-                    input_schema: schema,
-                });
-            }
+            catalog.add_interactive(name, s).map_err(catalog_error)?;
         }
         for key in &self.expert.delegates {
-            let Some(d) = self.ctx.settings.experts.get(key) else {
-                return Err(config_error(format!(
-                    "Delegate expert \"{key}\" not found in experts"
-                )));
-            };
-            let tool = delegate_tool_name(&d.name);
-            claim(tool, &format!("delegate \"{key}\""))?;
-            index.insert(tool, ToolOwner::Delegate(d.reference()));
-            specs.push(ToolSpec {
-                name: tool.to_string(),
-                description: d.description.clone(),
-                input_schema: json!({"type":"object","properties":{"query":{"type":"string"}},"required":["query"]}),
-            });
+            catalog
+                .add_delegate(key, self.ctx.settings.experts.get(key))
+                .map_err(catalog_error)?;
         }
+        let (index, specs) = catalog.into_parts();
         self.index = Arc::new(index.clone());
         self.tools = Arc::new(specs);
         self.machine.set_tools(index);
@@ -168,23 +129,17 @@ fn skill_kind(
         s.lazy_init = false;
         return SkillKind::Stdio(s);
     }
-    let pinned = skill
-        .package_name
-        .iter()
-        .chain(skill.args.iter())
-        .any(|a| a.starts_with("@perstack/base@"));
-    if pinned {
+    if crate::skill::base::is_pinned(skill) {
         SkillKind::Stdio(skill.clone())
     } else {
         SkillKind::Base
     }
 }
 
-fn config_error(message: String) -> RunError {
-    RunError {
-        name: "ConfigurationError".into(),
-        message,
-        status_code: None,
-        is_retryable: false,
-    }
+fn catalog_error(e: CatalogError) -> RunFailure {
+    config_error(e.to_string())
+}
+
+fn config_error(message: String) -> RunFailure {
+    RunFailure::Configuration(message)
 }

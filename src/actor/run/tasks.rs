@@ -1,6 +1,8 @@
 //! Work a run does off its mailbox: one model call (streaming events as it goes) and one batch
 //! of tool calls. Each task ends with a tell back to the run actor; both watch the job's
-//! cancellation token.
+//! cancellation token. Each runs inside its own `tracing` span (`generation`, `tool_call`),
+//! created as a child of the span current at the call: the actor calls these functions inside
+//! its run's span, and the spans go with the spawned task.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,11 +11,12 @@ use std::time::Duration;
 use futures::StreamExt;
 use kameo::prelude::*;
 use serde_json::{Map, json};
+use tracing::Instrument;
 
 use super::{Generated, RunActor, ToolsDone};
 use crate::actor::context::{JobContext, now_ms};
 use crate::actor::skill::{CallTool, SkillActor};
-use crate::agent::{Machine, ToolIndex, ToolOwner};
+use crate::agent::{Machine, RunFailure, ToolIndex, ToolOwner};
 use crate::llm::{
     Assembler, Generation, GenerationError, GenerationRequest, Signal, ToolSpec, retry,
 };
@@ -55,6 +58,14 @@ pub(super) fn spawn_generation(
     retry_after: Option<Duration>,
 ) {
     let setting = machine.setting();
+    let span = tracing::info_span!(
+        "generation",
+        jobId = %setting.job_id,
+        runId = %setting.run_id,
+        expertKey = %setting.expert.key,
+        stepNumber = machine.checkpoint().step_number,
+        retryCount = retry_count,
+    );
     let envelope = Envelope {
         job_id: setting.job_id.clone(),
         run_id: setting.run_id.clone(),
@@ -98,7 +109,7 @@ pub(super) fn spawn_generation(
             } => r,
         };
         let _ = me.tell(Generated(result)).await;
-    });
+    }.instrument(span));
 }
 
 async fn generate(
@@ -161,31 +172,48 @@ pub(super) fn spawn_tool_calls(
     skills: HashMap<String, ActorRef<SkillActor>>,
     calls: Vec<ToolCall>,
 ) {
+    let spans: Vec<tracing::Span> = calls
+        .iter()
+        .map(|c| {
+            tracing::info_span!(
+                "tool_call",
+                toolName = %c.tool_name,
+                toolCallId = %c.id,
+                skillName = %c.skill_name,
+            )
+        })
+        .collect();
     tokio::spawn(async move {
-        let work = futures::future::join_all(calls.iter().map(|c| call_one(&index, &skills, c)));
+        let work = futures::future::join_all(
+            calls
+                .iter()
+                .zip(spans)
+                .map(|(c, span)| call_one(&index, &skills, c).instrument(span)),
+        );
         let results = tokio::select! {
-            () = ctx.cancel.cancelled() => calls.iter().map(|c| error_result(c, "Cancelled", "The job was cancelled during this tool call.")).collect(),
-            r = work => r,
+            () = ctx.cancel.cancelled() => Ok(calls.iter().map(|c| error_result(c, "Cancelled", "The job was cancelled during this tool call.")).collect()),
+            r = work => r.into_iter().collect(),
         };
         let _ = me.tell(ToolsDone(results)).await;
     });
 }
 
+/// One call's result, or the fault that stops the run.
 async fn call_one(
     index: &ToolIndex,
     skills: &HashMap<String, ActorRef<SkillActor>>,
     call: &ToolCall,
-) -> ToolResult {
+) -> Result<ToolResult, RunFailure> {
     let skill = match index.owner(&call.tool_name) {
         Some(ToolOwner::Skill(s)) => skills.get(s),
         _ => None,
     };
     let Some(skill) = skill else {
-        return error_result(
+        return Ok(error_result(
             call,
             "ToolNotFound",
             &format!("Tool {} not found", call.tool_name),
-        );
+        ));
     };
     match skill
         .ask(CallTool {
@@ -194,12 +222,18 @@ async fn call_one(
         })
         .await
     {
-        Ok(outcome) => ToolResult::new(call, call.skill_name.clone(), outcome.parts),
-        Err(e) => error_result(
+        Ok(outcome) => match outcome.fault {
+            Some(fault) => Err(fault),
+            None => Ok(
+                ToolResult::new(call, call.skill_name.clone(), outcome.parts)
+                    .with_error(outcome.is_error),
+            ),
+        },
+        Err(e) => Ok(error_result(
             call,
             "SkillUnavailable",
             &format!("Error calling tool {}: {e}", call.tool_name),
-        ),
+        )),
     }
 }
 

@@ -12,11 +12,13 @@
 use serde_json::{Map, Value, json};
 
 use super::{Effect, Machine, Output, Phase};
+use crate::agent::delegation::Delegation;
+use crate::agent::failure::RunFailure;
 use crate::agent::tools::{ATTEMPT_COMPLETION, BASE_SKILL, ToolOwner};
 use crate::schema::{
     AttemptCompletion, CallDelegate, CallInteractiveTool, CheckpointStatus, DelegateTo, Event,
-    EventPayload, Message, MessagePart, NewMessages, ResolveToolResults, RunError, StopRun,
-    ToolCall, ToolResult, Usage,
+    EventPayload, Message, MessagePart, NewMessages, ResolveToolResults, StopRun, ToolCall,
+    ToolResult, Usage,
 };
 
 /// The calls of one turn, sorted as Perstack sorts them.
@@ -95,12 +97,7 @@ impl Machine {
             return self.stop_by_error(
                 now,
                 Vec::new(),
-                RunError {
-                    name: "EngineError".into(),
-                    message: "attemptCompletion returned no result".into(),
-                    status_code: None,
-                    is_retryable: false,
-                },
+                RunFailure::Engine("attemptCompletion returned no result".into()),
             );
         };
         let remaining = serde_json::from_str::<Value>(&result.text())
@@ -241,18 +238,12 @@ impl Machine {
                     extra: Map::new(),
                 }),
             ));
-            if delegate_to.is_empty() {
-                // Every delegate call was malformed: nothing to run, resume at once.
-                self.phase = Phase::Delegating;
-                return Output {
-                    events,
-                    effect: Effect::Delegate(Vec::new()),
-                };
-            }
+            // Every delegate call may have been malformed: then the delegation is done at once
+            // and the run resumes without children.
             self.phase = Phase::Delegating;
             return Output {
                 events,
-                effect: Effect::Delegate(delegate_to),
+                effect: Effect::Delegate(Box::new(Delegation::new(delegate_to, &self.checkpoint))),
             };
         }
         if let Some(first) = plan.interactive.first().cloned() {

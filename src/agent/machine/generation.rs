@@ -10,11 +10,12 @@
 use serde_json::{Map, json};
 
 use super::{Machine, Output};
+use crate::agent::failure::RunFailure;
 use crate::agent::tools::ToolOwner;
 use crate::llm::{FinishReason, Generation, GenerationError};
 use crate::schema::{
-    CallTools, EventPayload, Message, MessagePart, Retry, RunError, ThinkingPart, ToolCall,
-    ToolCallPart, ToolResult, Usage, id::new_id,
+    CallTools, EventPayload, Message, MessagePart, Retry, ThinkingPart, ToolCall, ToolCallPart,
+    ToolResult, Usage, id::new_id,
 };
 
 impl Machine {
@@ -83,12 +84,7 @@ impl Machine {
                 return self.stop_by_error(
                     now,
                     Vec::new(),
-                    RunError {
-                        name: "UnexpectedFinishReason".into(),
-                        message: format!("The model stopped with finish reason {reason:?}"),
-                        status_code: None,
-                        is_retryable: false,
-                    },
+                    RunFailure::UnexpectedFinishReason { reason },
                 );
             }
         }
@@ -172,29 +168,17 @@ impl Machine {
     fn generation_failed(&mut self, now: u64, e: GenerationError, prefix: Vec<Message>) -> Output {
         let count = self.checkpoint.retry_count.unwrap_or(0);
         if !e.retryable {
-            return self.stop_by_error(
-                now,
-                Vec::new(),
-                RunError {
-                    name: e.name,
-                    message: e.message,
-                    status_code: e.status_code,
-                    is_retryable: false,
-                },
-            );
+            return self.stop_by_error(now, Vec::new(), RunFailure::generation(e));
         }
         if count >= self.setting.max_retries {
             return self.stop_by_error(
                 now,
                 Vec::new(),
-                RunError {
+                RunFailure::RetriesExhausted {
                     name: e.name,
-                    message: format!(
-                        "Max retries ({}) exceeded: {}",
-                        self.setting.max_retries, e.message
-                    ),
+                    message: e.message,
                     status_code: e.status_code,
-                    is_retryable: false,
+                    max_retries: self.setting.max_retries,
                 },
             );
         }
@@ -219,14 +203,9 @@ impl Machine {
             return self.stop_by_error(
                 now,
                 Vec::new(),
-                RunError {
-                    name: "MaxRetriesExceeded".into(),
-                    message: format!(
-                        "Max retries ({}) exceeded: {short}",
-                        self.setting.max_retries
-                    ),
-                    status_code: None,
-                    is_retryable: false,
+                RunFailure::MaxRetriesExceeded {
+                    what: short.to_owned(),
+                    max_retries: self.setting.max_retries,
                 },
             );
         }

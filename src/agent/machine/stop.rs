@@ -9,8 +9,9 @@
 use serde_json::Map;
 
 use super::{Effect, Machine, Output, Phase};
+use crate::agent::failure::RunFailure;
 use crate::schema::{
-    CheckpointStatus, CompleteRun, Event, EventPayload, Message, RunError, StopRunByError, Usage,
+    CheckpointStatus, CompleteRun, Event, EventPayload, Message, StopRunByError, Usage,
 };
 
 impl Machine {
@@ -54,8 +55,9 @@ impl Machine {
         &mut self,
         now: u64,
         mut events: Vec<Event>,
-        error: RunError,
+        failure: RunFailure,
     ) -> Output {
+        let error = failure.to_run_error();
         self.checkpoint.status = CheckpointStatus::StoppedByError;
         // Perstack stores this checkpoint without `error`; it is kept here (COMPATIBILITY.md).
         self.checkpoint.error = Some(error.clone());

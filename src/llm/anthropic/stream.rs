@@ -1,19 +1,17 @@
 //! Decoding the Messages API event stream into [`StreamPart`]s.
 //!
 //! [`Decoder`] is a pure state machine fed one SSE event at a time (unit-tested without a
-//! network); [`parts`] drives it over a response body. Tool-call arguments arrive as partial
+//! network); the provider shell's SSE framing drives it over a
+//! response body. Tool-call arguments arrive as partial
 //! JSON per content-block index and are parsed once, at `content_block_stop`. The stream ends
 //! after `message_stop`; if the body ends or breaks first, the last item is a retryable error.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use bytes::Bytes;
-use futures::Stream;
 use serde_json::Value;
 
 use crate::llm::http::truncate;
-use crate::llm::{FinishReason, GeneratedToolCall, GenerationError, PartStream, StreamPart};
+use crate::llm::{FinishReason, GeneratedToolCall, GenerationError, StreamPart};
 use crate::schema::Usage;
 
 /// One open content block.
@@ -207,17 +205,14 @@ fn stream_error(v: &Value) -> GenerationError {
     GenerationError::api_call(status, kind, s("/error/message").unwrap_or("stream error"))
 }
 
-/// The parts of one response body. Every error is scrubbed of `secrets`.
-pub(super) fn parts<S>(body: S, secrets: Arc<Vec<String>>) -> PartStream
-where
-    S: Stream<Item = Result<Bytes, reqwest::Error>> + Send + 'static,
-{
-    crate::llm::sse::parts::<Decoder, S>(body, secrets)
-}
+impl crate::llm::shell::Decoder for Decoder {
+    type Framing = crate::llm::shell::framing::Sse;
 
-impl crate::llm::sse::SseDecoder for Decoder {
-    fn event(&mut self, name: &str, data: &str) -> Result<Vec<StreamPart>, GenerationError> {
-        Decoder::event(self, name, data)
+    fn frame(
+        &mut self,
+        event: crate::llm::shell::framing::SseEvent,
+    ) -> Result<Vec<StreamPart>, GenerationError> {
+        Decoder::event(self, &event.name, &event.data)
     }
 
     fn end_of_body(&mut self) -> Result<Vec<StreamPart>, GenerationError> {
@@ -239,7 +234,12 @@ impl crate::llm::sse::SseDecoder for Decoder {
 mod tests {
     use futures::StreamExt;
 
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
     use super::*;
+    use crate::llm::shell::framing::parts;
 
     async fn collect(sse: &str) -> Vec<Result<StreamPart, GenerationError>> {
         let body = futures::stream::iter(
@@ -248,7 +248,9 @@ mod tests {
                 .map(|c| Ok(Bytes::copy_from_slice(c)))
                 .collect::<Vec<_>>(),
         );
-        parts(body, Arc::new(vec!["SECRET".into()])).collect().await
+        parts::<Decoder, _>(body, Arc::new(vec!["SECRET".into()]))
+            .collect()
+            .await
     }
 
     #[tokio::test]

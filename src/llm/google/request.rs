@@ -304,6 +304,7 @@ mod tests {
             skill_name: "s".into(),
             tool_name: name.into(),
             result: vec![MessagePart::text(text)],
+            is_error: false,
             extra: Map::new(),
         }
     }

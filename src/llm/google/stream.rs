@@ -1,7 +1,8 @@
 //! Decoding the `streamGenerateContent?alt=sse` stream into [`StreamPart`]s.
 //!
 //! [`Decoder`] is a pure state machine fed one `data:` payload (a `GenerateContentResponse`)
-//! at a time, unit-tested without a network; [`parts`] drives it over a response body.
+//! at a time, unit-tested without a network; the provider shell's SSE framing drives it over a
+//! response body.
 //!
 //! | response field | part |
 //! | --- | --- |
@@ -17,14 +18,10 @@
 //! Gemini sends no end marker: `Finish` comes when the body ends after a finish reason. A body
 //! that ends or breaks before one ends with a retryable error. Unknown fields are ignored.
 
-use std::sync::Arc;
-
-use bytes::Bytes;
-use futures::Stream;
 use serde_json::{Map, Value};
 
 use crate::llm::http::truncate;
-use crate::llm::{FinishReason, GeneratedToolCall, GenerationError, PartStream, StreamPart};
+use crate::llm::{FinishReason, GeneratedToolCall, GenerationError, StreamPart};
 use crate::schema::Usage;
 
 /// The state of one streamed response.
@@ -247,17 +244,14 @@ fn stream_error(e: &Value) -> GenerationError {
     GenerationError::api_call(status, status_name, message)
 }
 
-/// The parts of one response body. Every error is scrubbed of `secrets`.
-pub(super) fn parts<S>(body: S, secrets: Arc<Vec<String>>) -> PartStream
-where
-    S: Stream<Item = Result<Bytes, reqwest::Error>> + Send + 'static,
-{
-    crate::llm::sse::parts::<Decoder, S>(body, secrets)
-}
+impl crate::llm::shell::Decoder for Decoder {
+    type Framing = crate::llm::shell::framing::Sse;
 
-impl crate::llm::sse::SseDecoder for Decoder {
-    fn event(&mut self, _: &str, data: &str) -> Result<Vec<StreamPart>, GenerationError> {
-        self.data(data)
+    fn frame(
+        &mut self,
+        event: crate::llm::shell::framing::SseEvent,
+    ) -> Result<Vec<StreamPart>, GenerationError> {
+        self.data(&event.data)
     }
 
     fn end_of_body(&mut self) -> Result<Vec<StreamPart>, GenerationError> {

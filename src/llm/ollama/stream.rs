@@ -1,8 +1,8 @@
 //! Decoding the `/api/chat` NDJSON stream into [`StreamPart`]s.
 //!
 //! [`Decoder`] is a pure state machine fed one line at a time (unit-tested without a network);
-//! [`parts`] splits a response body into lines (a line may span chunks, and a chunk may hold
-//! many lines) and drives it.
+//! the provider shell's NDJSON framing splits a response body into lines (a line may span
+//! chunks, and a chunk may hold many lines) and drives it.
 //!
 //! | line field | part |
 //! | --- | --- |
@@ -15,15 +15,10 @@
 //! A line that is not JSON, and a body that ends or breaks before `done`, end the stream with a
 //! retryable error. Lines after `done` are ignored.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
-
-use bytes::Bytes;
-use futures::{Stream, StreamExt};
 use serde_json::Value;
 
-use crate::llm::http::{redact_error, transport_error, truncate};
-use crate::llm::{FinishReason, GeneratedToolCall, GenerationError, PartStream, StreamPart};
+use crate::llm::http::truncate;
+use crate::llm::{FinishReason, GeneratedToolCall, GenerationError, StreamPart};
 use crate::schema::Usage;
 
 /// The state of one streamed chat answer.
@@ -147,94 +142,36 @@ impl Decoder {
     }
 }
 
-/// The parts of one response body. Every error is scrubbed of `secrets`.
-pub(super) fn parts<S>(body: S, secrets: Arc<Vec<String>>) -> PartStream
-where
-    S: Stream<Item = Result<Bytes, reqwest::Error>> + Send + 'static,
-{
-    struct State<B> {
-        body: B,
-        /// Bytes of the line being received.
-        pending: Vec<u8>,
-        decoder: Decoder,
-        queue: VecDeque<Result<StreamPart, GenerationError>>,
-        finished: bool,
-        secrets: Arc<Vec<String>>,
-    }
-    let state = State {
-        body: Box::pin(body),
-        pending: Vec::new(),
-        decoder: Decoder::default(),
-        queue: VecDeque::new(),
-        finished: false,
-        secrets,
-    };
-    Box::pin(futures::stream::unfold(state, |mut st| async move {
-        loop {
-            if let Some(item) = st.queue.pop_front() {
-                let item = item.map_err(|e| redact_error(e, &st.secrets));
-                return Some((item, st));
-            }
-            if st.finished {
-                return None;
-            }
-            let step = match st.body.next().await {
-                Some(Ok(bytes)) => {
-                    st.pending.extend_from_slice(&bytes);
-                    complete_lines(&mut st.pending, &mut st.decoder)
-                }
-                Some(Err(e)) => {
-                    let mut e = transport_error(e, &st.secrets);
-                    e.message = format!("The stream broke off: {}", e.message);
-                    Err(e)
-                }
-                None => {
-                    let rest = std::mem::take(&mut st.pending);
-                    decode_line(&rest, &mut st.decoder).and_then(|mut parts| {
-                        parts.extend(st.decoder.end_of_body()?);
-                        Ok(parts)
-                    })
-                }
-            };
-            match step {
-                Ok(parts) => {
-                    st.queue.extend(parts.into_iter().map(Ok));
-                    st.finished = st.decoder.is_done();
-                }
-                Err(e) => {
-                    st.queue.push_back(Err(e));
-                    st.finished = true;
-                }
-            }
-        }
-    }))
-}
+impl crate::llm::shell::Decoder for Decoder {
+    type Framing = crate::llm::shell::framing::Ndjson;
 
-/// Decode every complete line in `pending`, leaving the unfinished tail.
-fn complete_lines(
-    pending: &mut Vec<u8>,
-    decoder: &mut Decoder,
-) -> Result<Vec<StreamPart>, GenerationError> {
-    let mut out = Vec::new();
-    while let Some(end) = pending.iter().position(|b| *b == b'\n') {
-        let line: Vec<u8> = pending.drain(..=end).collect();
-        out.extend(decode_line(&line, decoder)?);
+    fn frame(&mut self, line: Vec<u8>) -> Result<Vec<StreamPart>, GenerationError> {
+        let line = std::str::from_utf8(&line).map_err(|e| {
+            GenerationError::invalid_response(format!("a line that is not UTF-8 ({e})"))
+        })?;
+        self.line(line)
     }
-    Ok(out)
-}
 
-fn decode_line(line: &[u8], decoder: &mut Decoder) -> Result<Vec<StreamPart>, GenerationError> {
-    let line = std::str::from_utf8(line).map_err(|e| {
-        GenerationError::invalid_response(format!("a line that is not UTF-8 ({e})"))
-    })?;
-    decoder.line(line)
+    fn end_of_body(&mut self) -> Result<Vec<StreamPart>, GenerationError> {
+        Decoder::end_of_body(self)
+    }
+
+    fn is_done(&self) -> bool {
+        Decoder::is_done(self)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use serde_json::json;
 
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use futures::StreamExt;
+
     use super::*;
+    use crate::llm::shell::framing::parts;
 
     async fn collect(body: &str, chunk: usize) -> Vec<Result<StreamPart, GenerationError>> {
         let chunks: Vec<_> = body
@@ -242,7 +179,7 @@ mod tests {
             .chunks(chunk)
             .map(|c| Ok(Bytes::copy_from_slice(c)))
             .collect();
-        parts(
+        parts::<Decoder, _>(
             futures::stream::iter(chunks),
             Arc::new(vec!["SECRET".into()]),
         )

@@ -1,7 +1,8 @@
 //! Decoding the Chat Completions SSE stream into [`StreamPart`]s.
 //!
 //! [`Decoder`] is a pure state machine fed one `data:` payload at a time (unit-tested without
-//! a network); [`parts`] drives it over a response body.
+//! a network); the provider shell's SSE framing drives it over a
+//! response body.
 //!
 //! | chunk field | part |
 //! | --- | --- |
@@ -16,14 +17,11 @@
 //! ends or breaks before either ends with a retryable error. Unknown fields are ignored.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
-use bytes::Bytes;
-use futures::Stream;
 use serde_json::Value;
 
 use crate::llm::http::truncate;
-use crate::llm::{FinishReason, GeneratedToolCall, GenerationError, PartStream, StreamPart};
+use crate::llm::{FinishReason, GeneratedToolCall, GenerationError, StreamPart};
 use crate::schema::Usage;
 
 /// A tool call being streamed.
@@ -245,17 +243,14 @@ fn stream_error(e: &Value) -> GenerationError {
     GenerationError::api_call(status, &kind, message)
 }
 
-/// The parts of one response body. Every error is scrubbed of `secrets`.
-pub(super) fn parts<S>(body: S, secrets: Arc<Vec<String>>) -> PartStream
-where
-    S: Stream<Item = Result<Bytes, reqwest::Error>> + Send + 'static,
-{
-    crate::llm::sse::parts::<Decoder, S>(body, secrets)
-}
+impl crate::llm::shell::Decoder for Decoder {
+    type Framing = crate::llm::shell::framing::Sse;
 
-impl crate::llm::sse::SseDecoder for Decoder {
-    fn event(&mut self, _: &str, data: &str) -> Result<Vec<StreamPart>, GenerationError> {
-        self.data(data)
+    fn frame(
+        &mut self,
+        event: crate::llm::shell::framing::SseEvent,
+    ) -> Result<Vec<StreamPart>, GenerationError> {
+        self.data(&event.data)
     }
 
     fn end_of_body(&mut self) -> Result<Vec<StreamPart>, GenerationError> {

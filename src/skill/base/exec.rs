@@ -4,11 +4,12 @@
 //!   directory handle that was checked (`/proc/self/fd/<fd>`), so it cannot be swapped for a
 //!   symlink in between.
 //! - **Environment**: cleared, then the safe variables of the skill's configured environment
-//!   ([`safe_env`]), then the call's `env` minus the protected names (Perstack's list, compared
+//!   ([`crate::config::safe_env`]), then the call's `env` minus the protected names (Perstack's list, compared
 //!   case-insensitively, plus `BASH_ENV`, `ENV`, `PERL5OPT`, `RUBYOPT`, `PYTHONHOME`,
 //!   `PYTHONSTARTUP` and every `LD_*`/`DYLD_*` name). The engine's own secrets never reach
 //!   the child unless the model passes them explicitly.
-//! - **Process group**: the child leads a new process group. On timeout, on output overflow
+//! - **Process group**: the child is started by the launcher ([`crate::skill::launcher`]) and
+//!   leads a new process group. On timeout, on output overflow
 //!   and when the call is dropped, the whole group is killed (`SIGKILL`), so a forked
 //!   `sleep 100 &` does not survive. A command that finishes normally may leave detached
 //!   background processes running, as with Perstack.
@@ -22,10 +23,10 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::os::unix::process::ExitStatusExt;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::Duration;
 
-use process_wrap::tokio::{ChildWrapper, CommandWrap, ProcessGroup};
+use process_wrap::tokio::ChildWrapper;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::CallToolResult;
 use rmcp::{tool, tool_router};
@@ -36,40 +37,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use super::BaseSkill;
 use super::path::{Dir, ToolError, Workspace, io_error, quote};
 use super::result::{input_schema, json_error, json_result};
-
-/// The variables taken from the configured environment (Perstack's `SAFE_ENV_VARS`).
-pub(super) const SAFE_ENV_KEYS: [&str; 14] = [
-    "PATH",
-    "HOME",
-    "SHELL",
-    "TERM",
-    "NODE_PATH",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "http_proxy",
-    "https_proxy",
-    "NO_PROXY",
-    "no_proxy",
-    "PERSTACK_PROXY_URL",
-    "NPM_CONFIG_PROXY",
-    "NPM_CONFIG_HTTPS_PROXY",
-];
-
-/// Names a call's `env` may not set (Perstack's protected list), compared case-insensitively.
-const PROTECTED_ENV_KEYS: [&str; 12] = [
-    "PATH",
-    "HOME",
-    "SHELL",
-    "NODE_PATH",
-    "LD_PRELOAD",
-    "LD_LIBRARY_PATH",
-    "DYLD_INSERT_LIBRARIES",
-    "DYLD_LIBRARY_PATH",
-    "NODE_OPTIONS",
-    "PYTHONPATH",
-    "PERL5LIB",
-    "RUBYLIB",
-];
+use crate::skill::launcher::{LaunchFor, LaunchRequest, OnDrop, Pipe, launch};
 
 /// More names that make an interpreter run or load code on start; also refused.
 const EXTRA_PROTECTED_ENV_KEYS: [&str; 6] = [
@@ -103,14 +71,7 @@ const MAX_QUOTED_COMMAND_CHARS: usize = 1000;
 
 const NO_OUTPUT: &str = "Command executed successfully, but produced no output.";
 
-/// The [`SAFE_ENV_KEYS`] entries of `vars`.
-pub(super) fn safe_env(
-    vars: impl IntoIterator<Item = (String, String)>,
-) -> BTreeMap<String, String> {
-    vars.into_iter()
-        .filter(|(key, _)| SAFE_ENV_KEYS.contains(&key.as_str()))
-        .collect()
-}
+pub(super) use crate::config::safe_env;
 
 /// The child's environment: `base` (already safe) plus the allowed entries of `given`.
 pub(super) fn child_env(
@@ -127,9 +88,10 @@ pub(super) fn child_env(
     env
 }
 
+/// Perstack's protected names ([`crate::config::is_protected`]) plus this module's extras.
 fn is_protected(key: &str) -> bool {
     let upper = key.to_ascii_uppercase();
-    PROTECTED_ENV_KEYS.contains(&upper.as_str())
+    crate::config::is_protected(key)
         || EXTRA_PROTECTED_ENV_KEYS.contains(&upper.as_str())
         || PROTECTED_ENV_PREFIXES.iter().any(|p| upper.starts_with(p))
 }
@@ -270,25 +232,20 @@ async fn run(
         return json_error("Error", "command must not be empty");
     }
     let (timeout, timeout_ms) = timeout_of(args.timeout);
-    let pipe = |wanted: bool| {
-        if wanted {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        }
-    };
-    let mut command = CommandWrap::with_new(&args.command, |c| {
-        c.args(&args.args)
-            .env_clear()
-            .envs(&env)
-            .current_dir(dir.handle_path())
-            .stdin(Stdio::null())
-            .stdout(pipe(args.stdout))
-            .stderr(pipe(args.stderr))
-            .kill_on_drop(true);
+    let pipe = |wanted: bool| if wanted { Pipe::Piped } else { Pipe::Null };
+    let spawned = launch(LaunchRequest {
+        purpose: LaunchFor::Exec,
+        program: args.command.clone(),
+        args: args.args.clone(),
+        env,
+        cwd: Some(dir.handle_path()),
+        stdin: Pipe::Null,
+        stdout: pipe(args.stdout),
+        stderr: pipe(args.stderr),
+        // Only the leader: a command that finishes may leave detached processes, as with
+        // Perstack; the guard below kills the whole group on timeout, overflow and drop.
+        on_drop: OnDrop::KillLeader,
     });
-    command.wrap(ProcessGroup::leader());
-    let spawned = command.spawn();
     // The child has its working directory now; the handle can go.
     drop(dir);
     let child = match spawned {
@@ -442,6 +399,11 @@ fn keep(buf: &mut Vec<u8>, chunk: &[u8], other: usize, cap: usize) -> bool {
     let room = cap.saturating_sub(buf.len() + other);
     let taken = chunk.len().min(room);
     buf.extend_from_slice(&chunk[..taken]);
+    if taken < chunk.len() {
+        // Cut at the cap: drop a character the cut would split (the output is read as UTF-8).
+        let tail = crate::skill::mcp::incomplete_utf8_tail(buf);
+        buf.truncate(buf.len() - tail);
+    }
     taken == chunk.len()
 }
 
@@ -543,6 +505,17 @@ mod tests {
         assert!(keep(&mut a, b"12345", b.len(), 10));
         assert!(!keep(&mut a, b"678", b.len(), 10));
         assert_eq!(a, b"1234567");
+    }
+
+    #[test]
+    fn output_cut_at_the_cap_keeps_whole_characters() {
+        let mut a = b"12345678".to_vec();
+        // "日" is 3 bytes; only 2 fit.
+        assert!(!keep(&mut a, "日本".as_bytes(), 0, 10));
+        assert_eq!(a, b"12345678");
+        let mut b = b"12345678".to_vec();
+        assert!(!keep(&mut b, "é日".as_bytes(), 0, 11));
+        assert_eq!(String::from_utf8(b).unwrap(), "12345678é");
     }
 
     #[test]

@@ -21,7 +21,9 @@ use rmcp::service::{Peer, RequestContext, RoleServer};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{BASE_SKILL_NAME, BaseSkill};
+use super::BaseSkill;
+use crate::schema::BASE_SKILL;
+use crate::skill::mcp_result::{ConvertedResult, to_message_parts};
 use crate::skill::{SkillError, ToolDefinition};
 
 /// The server's `{name, version}` from the handshake, as `skillConnected` reports it.
@@ -68,7 +70,7 @@ fn tools() -> Arc<[ToolDefinition]> {
         .get_or_init(|| {
             BaseSkill::list_tools()
                 .iter()
-                .map(|t| ToolDefinition::from_mcp(BASE_SKILL_NAME, t))
+                .map(|t| ToolDefinition::from_mcp(BASE_SKILL, t))
                 .collect()
         })
         .clone()
@@ -104,7 +106,7 @@ pub async fn connect_in_process(skill: BaseSkill) -> Result<InProcessBase, Skill
         skill,
         tools,
         server_identity: ServerIdentity {
-            name: BASE_SKILL_NAME.to_owned(),
+            name: BASE_SKILL.to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
         },
         timings: ConnectTimings {
@@ -122,7 +124,7 @@ pub async fn connect_in_process(skill: BaseSkill) -> Result<InProcessBase, Skill
 impl InProcessBase {
     /// The skill's name (`@perstack/base`).
     pub fn skill_name(&self) -> &str {
-        BASE_SKILL_NAME
+        BASE_SKILL
     }
 
     /// The tools (shared by every instance).
@@ -151,7 +153,7 @@ impl InProcessBase {
     pub async fn call(&self, name: &str, args: Value) -> Result<CallToolResult, SkillError> {
         if self.is_closed() {
             return Err(SkillError::TransportClosed {
-                skill: BASE_SKILL_NAME.to_owned(),
+                skill: BASE_SKILL.to_owned(),
             });
         }
         let arguments = match args {
@@ -175,17 +177,31 @@ impl InProcessBase {
         match self.skill.tool_router.call(context).await {
             Ok(CallToolResponse::Complete(result)) => Ok(result),
             Ok(other) => Err(SkillError::UnexpectedResponse {
-                skill: BASE_SKILL_NAME.to_owned(),
+                skill: BASE_SKILL.to_owned(),
                 tool: name.to_owned(),
                 detail: format!("{other:?}"),
             }),
             Err(e) => Err(SkillError::Mcp {
-                skill: BASE_SKILL_NAME.to_owned(),
+                skill: BASE_SKILL.to_owned(),
                 tool: name.to_owned(),
                 code: e.code.0,
                 message: e.message.into_owned(),
             }),
         }
+    }
+
+    /// `result` of calling `name` with `args` as the model sees it: the MCP conversion
+    /// ([`to_message_parts`]), then the base skill's own step, `readImageFile`/`readPdfFile`
+    /// answers replaced by the file they name ([`super::inline_media`]).
+    pub async fn message_parts(
+        &self,
+        name: &str,
+        args: &Value,
+        result: &CallToolResult,
+    ) -> ConvertedResult {
+        let mut converted = to_message_parts(name, args, result);
+        converted.parts = super::inline_media(self.skill.workspace(), name, converted.parts).await;
+        converted
     }
 
     /// Ends the connection: later calls fail with `TransportClosed`.

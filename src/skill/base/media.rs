@@ -1,5 +1,6 @@
-//! `readImageFile` and `readPdfFile`, and [`read_inline_file`], which the runtime uses to
-//! inline the file they name.
+//! `readImageFile` and `readPdfFile`, and their runtime half: [`inline_media`] (with
+//! [`read_inline_file`]) replaces their answer with the file they name. The special case lives
+//! here, with the base skill; the run and the generic MCP result path know nothing of it.
 //!
 //! As in Perstack, the tools only check the file and answer `{path, mimeType, size}`; the
 //! runtime then replaces that text with the file's bytes (an image or file part). Perstack's
@@ -13,16 +14,20 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use base64::Engine as _;
+
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::CallToolResult;
 use rmcp::{tool, tool_router};
 use serde::Serialize;
-use serde_json::json;
+use serde_json::{Map, Value, json};
 
 use super::BaseSkill;
 use super::files::{PathArgs, read_error};
 use super::path::{ToolError, Workspace, quote, run_blocking};
 use super::result::input_schema;
+use crate::schema::id::new_id;
+use crate::schema::{InlinePart, MessagePart};
 
 /// Largest image `readImageFile` accepts (Perstack's limit).
 const MAX_IMAGE_BYTES: u64 = 15 * 1024 * 1024;
@@ -54,6 +59,57 @@ pub fn read_inline_file(workspace: &Path, path: &str) -> Result<(Vec<u8>, String
     read_checked(&ws, path, mime, limit)
         .map(|(bytes, _)| (bytes, mime.to_owned()))
         .map_err(|e| e.message)
+}
+
+/// The tools whose answer the runtime replaces with the file they name.
+const INLINED_TOOLS: [&str; 2] = ["readImageFile", "readPdfFile"];
+
+/// After `readImageFile` / `readPdfFile` (and only them): each `{path, mimeType, size}` text
+/// part becomes the file itself, an `imageInlinePart` or `fileInlinePart` (base64), read
+/// through [`read_inline_file`]'s checks inside `workspace`; a file that cannot be read
+/// becomes the text `Failed to read file "<path>": <reason>` (Perstack's). Error answers and
+/// other tools' parts pass through unchanged.
+pub async fn inline_media(
+    workspace: &Path,
+    tool: &str,
+    parts: Vec<MessagePart>,
+) -> Vec<MessagePart> {
+    if !INLINED_TOOLS.contains(&tool) {
+        return parts;
+    }
+    let mut out = Vec::with_capacity(parts.len());
+    for part in parts {
+        let path = part
+            .as_text()
+            .and_then(|t| serde_json::from_str::<Value>(t).ok())
+            .filter(|v| v.get("error").is_none())
+            .and_then(|v| v.get("path").and_then(Value::as_str).map(str::to_owned));
+        let Some(path) = path else {
+            out.push(part);
+            continue;
+        };
+        let ws = workspace.to_path_buf();
+        let p = path.clone();
+        let read = tokio::task::spawn_blocking(move || read_inline_file(&ws, &p)).await;
+        out.push(match read {
+            Ok(Ok((bytes, mime))) => {
+                let inline = InlinePart {
+                    id: new_id(),
+                    encoded_data: base64::engine::general_purpose::STANDARD.encode(bytes),
+                    mime_type: mime.clone(),
+                    extra: Map::new(),
+                };
+                if mime.starts_with("image/") {
+                    MessagePart::ImageInlinePart(inline)
+                } else {
+                    MessagePart::FileInlinePart(inline)
+                }
+            }
+            Ok(Err(e)) => MessagePart::text(format!("Failed to read file \"{path}\": {e}")),
+            Err(e) => MessagePart::text(format!("Failed to read file \"{path}\": {e}")),
+        });
+    }
+    out
 }
 
 #[derive(Serialize)]

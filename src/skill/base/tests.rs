@@ -442,3 +442,24 @@ async fn measure_in_process_call_latency() {
     );
     base.close().await;
 }
+
+#[test]
+fn only_a_versioned_package_or_argument_pins_the_base_skill() {
+    let skill = |package: Option<&str>, args: &[&str]| crate::schema::McpStdioSkill {
+        name: crate::schema::BASE_SKILL.into(),
+        description: None,
+        rule: None,
+        pick: vec![],
+        omit: vec![],
+        command: "npx".into(),
+        package_name: package.map(str::to_owned),
+        args: args.iter().map(|a| (*a).to_owned()).collect(),
+        required_env: vec![],
+        lazy_init: false,
+        allowed_domains: None,
+    };
+    assert!(!is_pinned(&skill(Some("@perstack/base"), &[])));
+    assert!(is_pinned(&skill(Some("@perstack/base@0.0.40"), &[])));
+    assert!(is_pinned(&skill(None, &["-y", "@perstack/base@0.0.40"])));
+    assert!(!is_pinned(&skill(None, &["-y", "@perstack/base-extra"])));
+}

@@ -2,7 +2,8 @@
 //!
 //! The child starts from an empty environment (`env_clear`), then gets:
 //!
-//! 1. every name of [`SAFE_ENV_VARS`] that the given environment map has;
+//! 1. every name of [`SAFE_ENV_VARS`] that the given environment map has (the list is owned by
+//!    [`crate::config`], shared with the base skill's `exec`);
 //! 2. every `requiredEnv` name, taken from the same map; a missing one is an error naming the
 //!    skill and the variable (never its value).
 //!
@@ -15,48 +16,7 @@ use std::collections::BTreeMap;
 
 use crate::skill::SkillError;
 
-/// Names passed through to every stdio server when the environment map has them (Perstack's
-/// `SAFE_ENV_VARS`).
-pub const SAFE_ENV_VARS: &[&str] = &[
-    "PATH",
-    "HOME",
-    "SHELL",
-    "TERM",
-    "NODE_PATH",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "http_proxy",
-    "https_proxy",
-    "NO_PROXY",
-    "no_proxy",
-    "PERSTACK_PROXY_URL",
-    "NPM_CONFIG_PROXY",
-    "NPM_CONFIG_HTTPS_PROXY",
-];
-
-/// Names a skill's `requiredEnv` can never set (compared case-insensitively): they change how
-/// programs are found or loaded.
-pub const PROTECTED_ENV_VARS: &[&str] = &[
-    "PATH",
-    "HOME",
-    "SHELL",
-    "NODE_PATH",
-    "LD_PRELOAD",
-    "LD_LIBRARY_PATH",
-    "DYLD_INSERT_LIBRARIES",
-    "DYLD_LIBRARY_PATH",
-    "NODE_OPTIONS",
-    "PYTHONPATH",
-    "PERL5LIB",
-    "RUBYLIB",
-];
-
-/// Whether `name` is one of [`PROTECTED_ENV_VARS`], ignoring case.
-pub fn is_protected(name: &str) -> bool {
-    PROTECTED_ENV_VARS
-        .iter()
-        .any(|p| p.eq_ignore_ascii_case(name))
-}
+pub use crate::config::{PROTECTED_ENV_VARS, SAFE_ENV_VARS, is_protected};
 
 /// The complete environment for skill `skill_name`'s server: the safe names from `env`, then
 /// each of `required_env` from `env` (protected names skipped).
@@ -73,12 +33,7 @@ pub fn child_env(
     required_env: &[String],
     env: &BTreeMap<String, String>,
 ) -> Result<BTreeMap<String, String>, SkillError> {
-    let mut out = BTreeMap::new();
-    for name in SAFE_ENV_VARS {
-        if let Some(value) = env.get(*name) {
-            out.insert((*name).to_owned(), value.clone());
-        }
-    }
+    let mut out = crate::config::safe_env(env.iter().map(|(k, v)| (k.clone(), v.clone())));
     for name in required_env {
         if is_protected(name) {
             tracing::warn!(

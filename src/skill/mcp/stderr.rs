@@ -133,11 +133,38 @@ async fn relay<R: AsyncRead + Unpin>(
         };
         reader.consume(consumed);
         if complete {
-            emit(&line, &redactor, &tx, &dropped);
-            line.clear();
+            // A chunk cut by the size limit keeps the bytes of a character it would split for
+            // the next chunk, so no event ever carries half a character.
+            let tail = if line.len() >= MAX_STDERR_CHUNK {
+                incomplete_utf8_tail(&line)
+            } else {
+                0
+            };
+            let whole = line.len() - tail;
+            emit(&line[..whole], &redactor, &tx, &dropped);
+            line.drain(..whole);
         }
     }
     emit(&line, &redactor, &tx, &dropped);
+}
+
+/// How many bytes at the end of `bytes` are the start of a UTF-8 character that is not
+/// complete (0 to 3): where to cut a buffer so that no character is split.
+pub(crate) fn incomplete_utf8_tail(bytes: &[u8]) -> usize {
+    for k in 1..=bytes.len().min(3) {
+        let b = bytes[bytes.len() - k];
+        if b & 0xC0 == 0x80 {
+            continue; // a continuation byte: look further back for the lead byte
+        }
+        let needed = match b {
+            0xF0..=0xFF => 4,
+            0xE0..=0xEF => 3,
+            0xC0..=0xDF => 2,
+            _ => 1,
+        };
+        return if needed > k { k } else { 0 };
+    }
+    0
 }
 
 fn emit(line: &[u8], redactor: &Redactor, tx: &mpsc::Sender<String>, dropped: &AtomicU64) {
@@ -187,6 +214,45 @@ mod tests {
         assert_eq!(got[2], "y".repeat(10));
         assert_eq!(got[3], "last without newline");
         assert_eq!(stream.dropped(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_long_line_of_multi_byte_characters_is_split_between_characters() {
+        let (mut w, r) = tokio::io::duplex(1000);
+        let mut stream = spawn_relay(r, Redactor::default(), 16);
+        // 3 bytes each, and 1 byte in front: the size limit falls inside a character.
+        let long = format!("x{}", "日".repeat(MAX_STDERR_CHUNK));
+        let input = format!("{long}\n");
+        tokio::spawn(async move {
+            w.write_all(input.as_bytes()).await.unwrap();
+        });
+        let mut got = Vec::new();
+        while let Some(line) = stream.recv().await {
+            got.push(line);
+        }
+        assert!(got.len() > 1, "{}", got.len());
+        for chunk in &got {
+            assert!(
+                !chunk.contains('\u{FFFD}'),
+                "a character was cut: {chunk:.40}"
+            );
+            assert!(chunk.len() <= MAX_STDERR_CHUNK);
+        }
+        assert_eq!(got.concat(), long);
+    }
+
+    #[test]
+    fn the_incomplete_tail_is_the_start_of_a_cut_character() {
+        let s = "aé日😀".as_bytes(); // a | c3 a9 | e6 97 a5 | f0 9f 98 80
+        let tails: Vec<usize> = (0..=s.len())
+            .map(|n| incomplete_utf8_tail(&s[..n]))
+            .collect();
+        assert_eq!(tails, [0, 0, 1, 0, 1, 2, 0, 1, 2, 3, 0]);
+        assert_eq!(
+            incomplete_utf8_tail(&[0x80; 8]),
+            0,
+            "not UTF-8: nothing to keep back"
+        );
     }
 
     #[tokio::test]

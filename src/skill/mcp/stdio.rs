@@ -1,7 +1,8 @@
 //! Spawning a stdio MCP server in its own process group, and supervising it.
 //!
-//! The child is started through `process_wrap` with `ProcessGroup::leader()` (so `npx`/`uvx`
-//! wrappers and whatever they start share one group) and `KillOnDrop`. A supervisor task owns
+//! The child is started by the launcher ([`crate::skill::launcher`]) as the leader of a new
+//! process group (so `npx`/`uvx` wrappers and whatever they start share one group) that is
+//! killed when the child is dropped. A supervisor task owns
 //! it: when the leader exits on its own, the task kills what is left of the group (orphaned
 //! grandchildren) and reaps the leader, so no zombie stays behind; when asked to (or when the
 //! [`ChildHandle`] is dropped), it kills the whole group with `SIGKILL` and reaps. If the task
@@ -12,15 +13,15 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
-use process_wrap::tokio::{ChildWrapper, CommandWrap, KillOnDrop, ProcessGroup};
+use process_wrap::tokio::ChildWrapper;
 use tokio::process::{ChildStderr, ChildStdin, ChildStdout};
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::skill::SkillError;
+use crate::skill::launcher::{LaunchFor, LaunchRequest, OnDrop, Pipe, launch};
 
 /// A freshly spawned server: its supervisor handle and its three pipes.
 pub(super) struct Spawned {
@@ -38,23 +39,24 @@ pub(super) fn spawn(
     env: &BTreeMap<String, String>,
     cwd: Option<&Path>,
 ) -> Result<Spawned, SkillError> {
-    let mut wrap = CommandWrap::with_new(command, |cmd| {
-        cmd.args(args)
-            .env_clear()
-            .envs(env)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        if let Some(dir) = cwd {
-            cmd.current_dir(dir);
-        }
-    });
-    wrap.wrap(ProcessGroup::leader()).wrap(KillOnDrop);
     let spawn_error = |source: std::io::Error| SkillError::Spawn {
         skill: skill.to_owned(),
         source,
     };
-    let mut child = wrap.spawn().map_err(spawn_error)?;
+    let mut child = launch(LaunchRequest {
+        purpose: LaunchFor::McpServer {
+            skill: skill.to_owned(),
+        },
+        program: command.to_owned(),
+        args: args.to_vec(),
+        env: env.clone(),
+        cwd: cwd.map(Path::to_path_buf),
+        stdin: Pipe::Piped,
+        stdout: Pipe::Piped,
+        stderr: Pipe::Piped,
+        on_drop: OnDrop::KillGroup,
+    })
+    .map_err(spawn_error)?;
     let pid = child.id();
     let pipes = (
         child.stdin().take(),

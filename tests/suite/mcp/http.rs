@@ -68,7 +68,11 @@ async fn http_endpoints_pass_the_guard_only_with_the_opt_in() {
     let conn = connect_http(&http_skill(&url), &allowed).await.unwrap();
     assert_eq!(conn.server_identity().name, "mcp-fixture");
     assert!(tool_names(&conn).contains(&"echo"));
-    assert!(!tool_names(&conn).contains(&"crash"));
+    // The connection lists every tool; `omit` is the tool catalog's, applied once.
+    assert!(tool_names(&conn).contains(&"crash"));
+    let skill = http_skill(&url);
+    let offered = perstack::agent::catalog::select(conn.tools(), &skill.pick, &skill.omit);
+    assert!(offered.iter().all(|t| t.name != "crash"));
     assert_eq!(conn.pid(), None);
     assert_eq!(conn.command_line().0, url);
     let result = conn

@@ -168,3 +168,59 @@ async fn read_inline_file_applies_the_same_refusals() {
             .contains("too large")
     );
 }
+
+/// Issue 9: the `readImageFile`/`readPdfFile` special case lives with the base skill: its
+/// connection gives the model the file itself, and nothing else is touched.
+#[tokio::test]
+async fn the_base_connection_inlines_the_image_or_pdf_a_media_tool_names() {
+    use crate::schema::MessagePart;
+    let f = Fixture::new().await;
+    std::fs::write(f.at("a.png"), PNG).unwrap();
+    std::fs::write(f.at("b.pdf"), PDF).unwrap();
+    let parts = |name: &'static str, args: serde_json::Value| {
+        let base = &f.base;
+        async move {
+            let result = base.call(name, args.clone()).await.unwrap();
+            base.message_parts(name, &args, &result).await.parts
+        }
+    };
+    let image = parts("readImageFile", json!({"path": "a.png"})).await;
+    let [MessagePart::ImageInlinePart(p)] = image.as_slice() else {
+        panic!("{image:?}")
+    };
+    assert_eq!(p.mime_type, "image/png");
+    use base64::Engine as _;
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(&p.encoded_data)
+            .unwrap(),
+        PNG
+    );
+    let pdf = parts("readPdfFile", json!({"path": "b.pdf"})).await;
+    assert!(
+        matches!(pdf.as_slice(), [MessagePart::FileInlinePart(p)] if p.mime_type == "application/pdf"),
+        "{pdf:?}"
+    );
+    // An error answer, and any other tool, pass through as text.
+    let missing = parts("readImageFile", json!({"path": "none.png"})).await;
+    assert!(
+        missing[0].as_text().unwrap().contains("does not exist"),
+        "{missing:?}"
+    );
+    let info = parts("getFileInfo", json!({"path": "a.png"})).await;
+    assert!(info[0].as_text().is_some(), "{info:?}");
+}
+
+#[tokio::test]
+async fn a_media_answer_whose_file_cannot_be_read_becomes_perstacks_failure_text() {
+    let f = Fixture::new().await;
+    let answer = crate::schema::MessagePart::text(
+        r#"{"path":"/etc/passwd","mimeType":"image/png","size":1}"#,
+    );
+    let out = super::super::inline_media(&f.root, "readImageFile", vec![answer]).await;
+    let text = out[0].as_text().unwrap();
+    assert!(
+        text.starts_with("Failed to read file \"/etc/passwd\": "),
+        "{text}"
+    );
+}

@@ -1,0 +1,329 @@
+//! The tool catalog of a run: which names the model is offered and who answers each.
+//!
+//! Plain data, built by the run actor once its skills have described their tools. It owns
+//! every rule about tool names, in one place:
+//!
+//! - **`pick`/`omit`** ([`select`]): `omit` first, then `pick` when it is non-empty (Perstack's
+//!   order); names in `pick` the skill does not have are ignored. Applied once, to what a skill
+//!   reports (a live server's list or `perstack.lock`'s); the connections themselves list every
+//!   tool.
+//! - **claims**: each name has one owner, in the order skills (by name), interactive tools,
+//!   delegates; a second claim is a [`CatalogError::Collision`] naming both owners.
+//! - **delegates**: the tool of a delegate Expert ([`delegate_spec`]), named after the last
+//!   `/` segment of its name; a delegate key that is not an Expert is
+//!   [`CatalogError::UnknownDelegate`].
+//!
+//! The result is the [`ToolIndex`] the machine classifies calls with (a name it does not hold
+//! is unknown: an error result the model can correct) and the tool list the model sees. This
+//! module never starts a skill, never awaits and never reads a file.
+
+use std::collections::HashMap;
+
+use serde_json::json;
+
+use super::tools::{ToolIndex, ToolOwner, delegate_tool_name};
+use crate::llm::ToolSpec;
+use crate::schema::{Expert, InteractiveSkill};
+use crate::skill::ToolDefinition;
+
+/// A tool-name rule an Expert's definition breaks: the run cannot start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CatalogError {
+    /// Two owners offer the same tool name.
+    #[error(
+        "Tool name \"{tool}\" is provided by both {first} and {second} in expert \"{expert}\"; rename one of them"
+    )]
+    Collision {
+        /// The Expert whose tools collide.
+        expert: String,
+        /// The tool name.
+        tool: String,
+        /// The owner that claimed it first (`skill "x"`, `interactive skill "x"`, `delegate "x"`).
+        first: String,
+        /// The owner that claimed it again.
+        second: String,
+    },
+    /// A delegate key that names no Expert of the configuration.
+    #[error("Delegate expert \"{key}\" not found in experts")]
+    UnknownDelegate {
+        /// The delegate key.
+        key: String,
+    },
+    /// An interactive tool whose `inputJsonSchema` is not JSON.
+    #[error("interactive tool \"{tool}\" of skill \"{skill}\": invalid inputJsonSchema: {message}")]
+    InvalidInteractiveSchema {
+        /// The interactive skill.
+        skill: String,
+        /// The tool.
+        tool: String,
+        /// The JSON parser's message.
+        message: String,
+    },
+}
+
+/// The tools of one run being assembled: claims, the index and the specs, in claim order.
+#[derive(Debug, Clone)]
+pub struct ToolCatalog {
+    expert: String,
+    /// Tool name -> the owner's label, for collision messages.
+    claimed: HashMap<String, String>,
+    index: ToolIndex,
+    specs: Vec<ToolSpec>,
+}
+
+impl ToolCatalog {
+    /// An empty catalog for the Expert `expert` (its key, for messages).
+    pub fn new(expert: impl Into<String>) -> Self {
+        ToolCatalog {
+            expert: expert.into(),
+            claimed: HashMap::new(),
+            index: ToolIndex::new(),
+            specs: Vec::new(),
+        }
+    }
+
+    /// Adds the tools of MCP skill `skill` (already [`select`]ed).
+    ///
+    /// # Errors
+    ///
+    /// [`CatalogError::Collision`] when a name is already claimed.
+    pub fn add_skill(&mut self, skill: &str, tools: &[ToolDefinition]) -> Result<(), CatalogError> {
+        for t in tools {
+            self.claim(&t.name, format!("skill \"{skill}\""))?;
+            self.index
+                .insert(t.name.clone(), ToolOwner::Skill(skill.to_owned()));
+            self.specs.push(ToolSpec {
+                name: t.name.clone(),
+                description: t.description.clone(),
+                input_schema: t.input_schema.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Adds the tools of interactive skill `name` (the caller answers them).
+    ///
+    /// # Errors
+    ///
+    /// [`CatalogError::Collision`], or [`CatalogError::InvalidInteractiveSchema`] for an
+    /// `inputJsonSchema` that is not JSON.
+    pub fn add_interactive(
+        &mut self,
+        name: &str,
+        skill: &InteractiveSkill,
+    ) -> Result<(), CatalogError> {
+        for (tool, t) in &skill.tools {
+            self.claim(tool, format!("interactive skill \"{name}\""))?;
+            let input_schema = serde_json::from_str(&t.input_json_schema).map_err(|e| {
+                CatalogError::InvalidInteractiveSchema {
+                    skill: name.to_owned(),
+                    tool: tool.clone(),
+                    message: e.to_string(),
+                }
+            })?;
+            self.index
+                .insert(tool.clone(), ToolOwner::Interactive(name.to_owned()));
+            self.specs.push(ToolSpec {
+                name: tool.clone(),
+                description: t.description.clone(),
+                input_schema,
+            });
+        }
+        Ok(())
+    }
+
+    /// Adds the tool of delegate `key`, which resolved to `expert` (`None`: no such Expert).
+    ///
+    /// # Errors
+    ///
+    /// [`CatalogError::UnknownDelegate`] or [`CatalogError::Collision`].
+    pub fn add_delegate(&mut self, key: &str, expert: Option<&Expert>) -> Result<(), CatalogError> {
+        let Some(expert) = expert else {
+            return Err(CatalogError::UnknownDelegate {
+                key: key.to_owned(),
+            });
+        };
+        let spec = delegate_spec(expert);
+        self.claim(&spec.name, format!("delegate \"{key}\""))?;
+        self.index
+            .insert(spec.name.clone(), ToolOwner::Delegate(expert.reference()));
+        self.specs.push(spec);
+        Ok(())
+    }
+
+    /// The index the machine classifies calls with, and the tool list the model sees (in
+    /// claim order).
+    pub fn into_parts(self) -> (ToolIndex, Vec<ToolSpec>) {
+        (self.index, self.specs)
+    }
+
+    fn claim(&mut self, tool: &str, owner: String) -> Result<(), CatalogError> {
+        if let Some(first) = self.claimed.get(tool) {
+            return Err(CatalogError::Collision {
+                expert: self.expert.clone(),
+                tool: tool.to_owned(),
+                first: first.clone(),
+                second: owner,
+            });
+        }
+        self.claimed.insert(tool.to_owned(), owner);
+        Ok(())
+    }
+}
+
+/// `tools` with `omit` removed, then restricted to `pick` when it is non-empty (Perstack's
+/// order). Names in `pick` that are not among `tools` are ignored.
+pub fn select(tools: &[ToolDefinition], pick: &[String], omit: &[String]) -> Vec<ToolDefinition> {
+    tools
+        .iter()
+        .filter(|t| !omit.contains(&t.name))
+        .filter(|t| pick.is_empty() || pick.contains(&t.name))
+        .cloned()
+        .collect()
+}
+
+/// The tool a delegate Expert is called through: named after the last `/` segment of its
+/// name, described by its description, taking one string `query`.
+pub fn delegate_spec(expert: &Expert) -> ToolSpec {
+    ToolSpec {
+        name: delegate_tool_name(&expert.name).to_owned(),
+        description: expert.description.clone(),
+        input_schema: json!({"type":"object","properties":{"query":{"type":"string"}},"required":["query"]}),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::InteractiveTool;
+    use serde_json::Value;
+
+    fn def(name: &str) -> ToolDefinition {
+        ToolDefinition {
+            skill_name: "s".into(),
+            name: name.into(),
+            description: None,
+            input_schema: json!({"type": "object"}),
+        }
+    }
+
+    fn names(tools: &[ToolDefinition]) -> Vec<&str> {
+        tools.iter().map(|t| t.name.as_str()).collect()
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    fn expert(key: &str) -> Expert {
+        let toml = format!("[experts.\"{key}\"]\ndescription = \"Helps\"\ninstruction = \"x\"\n");
+        let cfg = crate::config::parse(&toml, std::path::Path::new("perstack.toml")).unwrap();
+        cfg.experts[key].clone()
+    }
+
+    fn interactive(tools: &[(&str, &str)]) -> InteractiveSkill {
+        InteractiveSkill {
+            name: "ask".into(),
+            description: None,
+            rule: None,
+            tools: tools
+                .iter()
+                .map(|(name, schema)| {
+                    let tool = InteractiveTool {
+                        name: (*name).into(),
+                        description: Some("Ask".into()),
+                        input_json_schema: (*schema).into(),
+                    };
+                    ((*name).to_owned(), tool)
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn omit_is_applied_before_pick() {
+        let all = [def("a"), def("b"), def("c")];
+        assert_eq!(names(&select(&all, &[], &[])), ["a", "b", "c"]);
+        assert_eq!(names(&select(&all, &[], &strings(&["b"]))), ["a", "c"]);
+        assert_eq!(
+            names(&select(&all, &strings(&["a", "b", "zzz"]), &[])),
+            ["a", "b"]
+        );
+        // A name both picked and omitted is gone.
+        assert_eq!(
+            names(&select(&all, &strings(&["a", "b"]), &strings(&["b"]))),
+            ["a"]
+        );
+    }
+
+    #[test]
+    fn skills_interactive_tools_and_delegates_are_indexed_in_claim_order() {
+        let mut catalog = ToolCatalog::new("coord");
+        catalog
+            .add_skill("fs", &[def("read"), def("write")])
+            .unwrap();
+        catalog
+            .add_interactive("ask", &interactive(&[("askUser", r#"{"type":"object"}"#)]))
+            .unwrap();
+        let helper = expert("@org/helper");
+        catalog.add_delegate("@org/helper", Some(&helper)).unwrap();
+        let (index, specs) = catalog.into_parts();
+        let spec_names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(spec_names, ["read", "write", "askUser", "helper"]);
+        assert_eq!(index.owner("read"), Some(&ToolOwner::Skill("fs".into())));
+        assert_eq!(
+            index.owner("askUser"),
+            Some(&ToolOwner::Interactive("ask".into()))
+        );
+        assert_eq!(
+            index.owner("helper"),
+            Some(&ToolOwner::Delegate(helper.reference()))
+        );
+        assert_eq!(index.owner("nope"), None);
+        assert_eq!(specs[3].description.as_deref(), Some("Helps"));
+        assert_eq!(specs[3].input_schema["required"], json!(["query"]));
+        assert_eq!(specs[2].input_schema, json!({"type": "object"}));
+    }
+
+    #[test]
+    fn a_name_claimed_twice_names_both_owners() {
+        let mut catalog = ToolCatalog::new("coord");
+        catalog.add_skill("fs", &[def("helper")]).unwrap();
+        let err = catalog
+            .add_delegate("helper", Some(&expert("helper")))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Tool name \"helper\" is provided by both skill \"fs\" and delegate \"helper\" in \
+             expert \"coord\"; rename one of them"
+        );
+        let err = catalog
+            .add_interactive("ask", &interactive(&[("helper", "{}")]))
+            .unwrap_err();
+        assert!(
+            matches!(&err, CatalogError::Collision { second, .. } if second == "interactive skill \"ask\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_delegates_and_broken_interactive_schemas_are_errors() {
+        let mut catalog = ToolCatalog::new("coord");
+        assert_eq!(
+            catalog.add_delegate("ghost", None).unwrap_err().to_string(),
+            "Delegate expert \"ghost\" not found in experts"
+        );
+        let err = catalog
+            .add_interactive("ask", &interactive(&[("askUser", "{not json")]))
+            .unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "interactive tool \"askUser\" of skill \"ask\": invalid inputJsonSchema:"
+            ),
+            "{err}"
+        );
+        let (_, specs) = catalog.into_parts();
+        assert!(specs.iter().all(|s| s.input_schema != Value::Null));
+    }
+}
