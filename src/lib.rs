@@ -11,6 +11,7 @@
 //! - [`actor`]: the kameo actors: event bus, job, run, skill.
 //! - [`engine`]: the embedding API: `Engine` builder and `JobHandle`.
 //! - [`cli`]: the `perstack` command line.
+//! - `sandbox`: the native Linux sandbox for the processes started for Experts, and its egress.
 //! - [`prelude`]: the embedding surface in one import.
 
 pub mod actor;
@@ -20,6 +21,7 @@ pub mod config;
 pub mod engine;
 pub mod llm;
 pub mod prelude;
+mod sandbox;
 pub mod schema;
 pub mod skill;
 pub mod storage;

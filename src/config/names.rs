@@ -69,19 +69,6 @@ pub(super) fn is_semver(s: &str) -> bool {
         && ext_ok(build)
 }
 
-/// `^(\*\.)?label(\.label)*$` with `label = [a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?`: an
-/// `allowedDomains` entry.
-pub(super) fn is_domain_pattern(s: &str) -> bool {
-    let host = s.strip_prefix("*.").unwrap_or(s);
-    !host.is_empty()
-        && host.split('.').all(|label| {
-            !label.is_empty()
-                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
-}
-
 /// An `https://` URL with a host.
 pub(super) fn is_https_url(s: &str) -> bool {
     host_of(s).is_some_and(|h| !h.is_empty())
@@ -203,7 +190,7 @@ mod tests {
     }
 
     #[test]
-    fn semver_tags_and_domains() {
+    fn semver_and_tags() {
         assert!(is_semver("1.0.0") && is_semver("0.10.2-rc.1") && is_semver("1.0.0+x_y"));
         assert!(
             !is_semver("1.0")
@@ -212,10 +199,6 @@ mod tests {
                 && !is_semver("v1.0.0")
         );
         assert!(is_tag("stable") && is_tag("v2_x-y") && !is_tag("Stable") && !is_tag("_x"));
-        assert!(is_domain_pattern("api.github.com") && is_domain_pattern("*.github.com"));
-        assert!(
-            !is_domain_pattern("*.") && !is_domain_pattern("a..b") && !is_domain_pattern("-a.com")
-        );
     }
 
     #[test]

@@ -494,6 +494,12 @@ fn stdio_skills_need_exactly_one_of_package_name_and_args() {
             "Invalid domain pattern \"bad..com\"",
         ],
     );
+    assert_contains(
+        &err(&skill(
+            "command = \"npx\"\npackageName = \"p\"\nallowedDomains = [\"*.xn--p1ai\"]\n",
+        )),
+        &["Invalid domain pattern \"*.xn--p1ai\" (punycode (xn--) domains are not allowed)"],
+    );
 }
 
 #[test]

@@ -14,6 +14,7 @@ use super::error::{ConfigError, ExpertProblem, did_you_mean};
 use super::names;
 use super::raw::{RawConfig, RawExpert, RawSkill, RawTool};
 use super::{PerstackConfig, Runtime, provider};
+use crate::sandbox::egress::rules::{DomainError, DomainPattern};
 use crate::schema::{
     BASE_SKILL, Expert, InteractiveSkill, InteractiveTool, McpSseSkill, McpStdioSkill,
     ReasoningBudget, Skill,
@@ -363,12 +364,15 @@ impl Validator<'_, '_> {
             self.length(&path.field("rule"), "rule", rule, 0, MAX_DESCRIPTION)?;
         }
         for (i, domain) in raw.allowed_domains.iter().flatten().enumerate() {
-            if !names::is_domain_pattern(domain) {
+            // An IP literal passes Perstack's pattern; the proxy never matches it.
+            if let Err(problem @ (DomainError::Syntax | DomainError::Punycode)) =
+                DomainPattern::parse(domain)
+            {
                 return Err(self.invalid(
                     &path.field("allowedDomains").index(i),
                     format!(
-                        "Invalid domain pattern \"{domain}\". Use exact domain (example.com) or \
-                         wildcard prefix (*.example.com)."
+                        "Invalid domain pattern \"{domain}\" ({problem}). Use exact domain \
+                         (example.com) or wildcard prefix (*.example.com)."
                     ),
                 ));
             }

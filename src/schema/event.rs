@@ -2,7 +2,7 @@
 //!
 //! An [`Event`] is an envelope (`type, id, expertKey?, timestamp, jobId, runId, stepNumber?`)
 //! plus one [`EventPayload`]. The 17 state events and 6 streaming events carry `expertKey` and
-//! `stepNumber`; runtime events (`initializeRuntime`, `skill*`) do not. Serialisation writes
+//! `stepNumber`; runtime events (`initializeRuntime`, `skill*`, `proxyAccess`) do not. Serialisation writes
 //! `type` first, then the envelope, then the payload fields, one compact JSON object per event.
 
 use serde::{Deserialize, Serialize, Serializer};
@@ -146,6 +146,8 @@ payloads! {
     SkillStderr(SkillStderr) = "skillStderr",
     /// A skill disconnected.
     SkillDisconnected(SkillDisconnected) = "skillDisconnected",
+    /// The egress proxy let a sandboxed process through, or refused it.
+    ProxyAccess(ProxyAccess) = "proxyAccess",
 }
 
 /// The serialised form: `type`, envelope, payload fields.
@@ -420,5 +422,29 @@ payload_struct!(
     SkillDisconnected {
         /// Skill name.
         skill_name: String,
+    }
+);
+
+/// What the egress proxy did with a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ProxyAction {
+    /// The tunnel was opened.
+    Allowed,
+    /// The connection was refused.
+    Blocked,
+}
+
+payload_struct!(
+    /// `proxyAccess`: one decision of the egress proxy.
+    ProxyAccess {
+        /// `allowed` or `blocked`.
+        action: ProxyAction,
+        /// The requested host, as the client named it.
+        domain: String,
+        /// The requested port.
+        port: u16,
+        /// Why it was blocked.
+        reason: Option<String>,
     }
 );

@@ -1,7 +1,7 @@
 //! Short texts for `perstack log`'s listing: one-line event details, message parts, snippets,
 //! UTC times and durations. Pure functions.
 
-use crate::schema::{Event, EventPayload, Message, MessagePart};
+use crate::schema::{Event, EventPayload, Message, MessagePart, ProxyAction};
 
 /// One message part as short text; texts are cut at `limit` characters.
 pub(super) fn part_text(part: &MessagePart, limit: usize) -> String {
@@ -133,6 +133,18 @@ pub(super) fn detail(e: &Event) -> String {
         EventPayload::SkillConnected(p) => p.skill_name.clone(),
         EventPayload::SkillStderr(p) => format!("{}: {}", p.skill_name, snippet(&p.message, 60)),
         EventPayload::SkillDisconnected(p) => p.skill_name.clone(),
+        EventPayload::ProxyAccess(p) => {
+            let verdict = match p.action {
+                ProxyAction::Allowed => "allowed",
+                ProxyAction::Blocked => "blocked",
+            };
+            let reason = p
+                .reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default();
+            format!("{verdict} {}:{}{reason}", p.domain, p.port)
+        }
     }
 }
 

@@ -1,0 +1,64 @@
+//! Egress for sandboxed processes: HTTPS to allow-listed domains through the engine's proxy,
+//! nothing else. A sandboxed process lives in a network namespace of its own with only `lo`;
+//! the way out is
+//!
+//! ```text
+//! program --HTTPS_PROXY--> forwarder (127.0.0.1:3128, in the sandbox)
+//!         --Unix socket--> proxy (in the engine: allow-list, proxyAccess events)
+//!         --TCP--> host:443
+//! ```
+//!
+//! | module | owns |
+//! | --- | --- |
+//! | [`rules`] | the allow-list: exact and `*.` patterns, punycode and IP refusal, port 443, registries |
+//! | [`proxy`] | the `CONNECT` proxy on a Unix socket, its bounds, and its decisions as events |
+//! | [`forwarder`] | the loopback-to-Unix-socket forwarder the sandbox trampoline runs |
+//!
+//! This module owns the proxy variables a sandboxed process gets ([`apply_proxy_env`]): the
+//! launcher calls it, and the user's own proxy settings never reach the process.
+
+pub(crate) mod forwarder;
+pub(crate) mod proxy;
+pub(crate) mod rules;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+/// The port the forwarder listens on inside the sandbox (Perstack's Squid listens on 3128).
+pub(crate) const FORWARDER_PORT: u16 = 3128;
+
+/// Names that configure a proxy for some program; none of the user's values reach a sandboxed
+/// process (compared without case).
+const PROXY_VARS: &[&str] = &[
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "FTP_PROXY",
+    "NO_PROXY",
+    "PERSTACK_PROXY_URL",
+    "NPM_CONFIG_PROXY",
+    "NPM_CONFIG_HTTPS_PROXY",
+    "NPM_CONFIG_NOPROXY",
+    "NODE_USE_ENV_PROXY",
+];
+
+/// Replaces every proxy variable of `env` with the forwarder's: `HTTP(S)_PROXY` in both cases
+/// (curl, Python, uv, Go), npm's own pair, and `NODE_USE_ENV_PROXY=1` so that Node's `fetch`
+/// honours them (as Perstack's container sets `--use-env-proxy`).
+pub(crate) fn apply_proxy_env(env: &mut BTreeMap<String, String>) {
+    env.retain(|name, _| !PROXY_VARS.iter().any(|p| p.eq_ignore_ascii_case(name)));
+    let url = format!("http://127.0.0.1:{FORWARDER_PORT}");
+    for name in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "NPM_CONFIG_PROXY",
+        "NPM_CONFIG_HTTPS_PROXY",
+    ] {
+        env.insert(name.to_owned(), url.clone());
+    }
+    env.insert("NODE_USE_ENV_PROXY".to_owned(), "1".to_owned());
+}
