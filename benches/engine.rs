@@ -1,6 +1,6 @@
 //! Benchmarks of targets T3–T6 of `docs/PERFORMANCE.md`, in process, through the public API
-//! (`Engine`, `JobRequest`, `Settings`, `ScriptedModel`, the `LanguageModel` trait, and the
-//! public actors of `perstack::actor`). Every group ends with one summary line per target, and
+//! (`Engine`, `JobRequest`, `Settings`, `ScriptedModel`, the `LanguageModel` trait, the
+//! `perstack` binary for `perstack install`). Every group ends with one summary line per target, and
 //! all of them are printed again at the end.
 //!
 //! # Layout
@@ -8,7 +8,7 @@
 //! | module | target | criterion group |
 //! | --- | --- | --- |
 //! | [`bus`] | T4: the event bus alone, into a sink, an OS pipe and a stalled pipe | `bus/*` |
-//! | [`skill`] | T5 (a): base tool calls through a SkillActor and without, connecting | `skill/*` |
+//! | [`skill`] | T5 (a): base tool calls in job steps (`todo`, `healthCheck`) | `skill/*` |
 //! | [`job`] | T5 and T6 through whole jobs: first model call, tool step, delegation | `job/*` |
 //! | [`t3`] | T3 (opt-in): many concurrent fan-out sessions with a slow model | none |
 //!

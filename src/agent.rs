@@ -8,7 +8,7 @@
 //! children (slots, results in call order, usage) and says what the parent resumes with.
 //! Nothing here awaits, spawns, reads the clock or touches a file.
 
-pub mod catalog;
+pub(crate) mod catalog;
 mod delegation;
 mod failure;
 mod instruction;
@@ -16,13 +16,15 @@ mod machine;
 mod recovery;
 mod tools;
 
-pub use catalog::{CatalogError, ToolCatalog};
-pub use delegation::{ChildRun, Delegation, Resumed, final_text, next_segment};
-pub use failure::RunFailure;
-pub use instruction::{instruction_text, iso8601};
-pub use machine::{Effect, Input, Machine, MachineSetting, Output, Start};
-pub use recovery::{Resumption, latest_coordinator, plan};
-pub use tools::{ATTEMPT_COMPLETION, BASE_SKILL, ToolIndex, ToolOwner, delegate_tool_name};
+pub(crate) use catalog::{CatalogError, ToolCatalog};
+#[cfg(test)]
+use delegation::Resumed;
+pub(crate) use delegation::{Delegation, next_segment};
+pub(crate) use failure::RunFailure;
+pub(crate) use instruction::{instruction_text, iso8601};
+pub(crate) use machine::{Effect, Input, Machine, MachineSetting, Output, Start};
+pub(crate) use recovery::{Resumption, latest_coordinator, plan};
+pub(crate) use tools::{BASE_SKILL, ToolIndex, ToolOwner};
 
 #[cfg(test)]
 mod fuzz;

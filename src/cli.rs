@@ -10,18 +10,16 @@ mod install;
 mod log;
 mod run;
 
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
 
-pub use base::BaseArgs;
-pub use diagnostics::init as init_diagnostics;
-pub use install::InstallArgs;
-pub use log::LogArgs;
-pub use run::RunArgs;
+use run::RunArgs;
 
 /// Perstack-compatible engine for multi-Expert AI agents.
 #[derive(Debug, Parser)]
 #[command(name = "perstack", version, about, propagate_version = true)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -29,7 +27,7 @@ pub struct Cli {
 
 /// Commands.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run an Expert headless, printing every event as a JSON line.
     Run(RunArgs),
     /// View execution history
@@ -40,8 +38,29 @@ pub enum Command {
     Install(install::InstallArgs),
 }
 
+/// The `perstack` command line, from the process arguments to its exit code: parses the
+/// arguments (clap prints usage errors and exits 2 itself), sends diagnostics to stderr, runs
+/// the command on a multi-thread tokio runtime and returns 0, 1 or 2 as described in the
+/// module doc. The binary's `main` is this one call; it is public for that alone.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    let verbose = matches!(&cli.command, Command::Run(a) if a.verbose);
+    diagnostics::init(verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("perstack: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    ExitCode::from(runtime.block_on(main(cli)))
+}
+
 /// Run the parsed command; returns the process exit code.
-pub async fn main(cli: Cli) -> u8 {
+async fn main(cli: Cli) -> u8 {
     match cli.command {
         Command::Run(args) => run::execute(args).await,
         Command::Log(args) => log::execute(args).await,

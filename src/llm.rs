@@ -1,11 +1,11 @@
 //! Language models: the [`LanguageModel`] trait every provider implements, the stream
-//! [`Assembler`] that turns parts into a [`Generation`], the one retry policy ([`retry`]), and
+//! [`Assembler`] that turns parts into a [`Generation`], the one retry policy (`retry`), and
 //! the [`scripted`] provider that plays turns from a file (tests, examples, offline demos).
 //!
 //! The HTTP providers ([`anthropic`], [`openai`] for OpenAI, DeepSeek and Azure, [`google`],
 //! [`ollama`]) each own only their wire format: a request builder and a stream decoder. They
 //! share one HTTP provider shell (`shell`: sending, credentials, signing, SSE and NDJSON
-//! framing, secrets scrubbed from errors) and the error classification of [`http`]. [`select`]
+//! framing, secrets scrubbed from errors) and the error classification of `http`. [`select`]
 //! builds the provider a configuration names.
 //!
 //! Providers are plain `Arc`'d structs, not actors. They never see checkpoints, only the
@@ -16,11 +16,11 @@ pub mod anthropic;
 mod assemble;
 mod generation;
 pub mod google;
-pub mod http;
-pub mod models;
+pub(crate) mod http;
+pub(crate) mod models;
 pub mod ollama;
 pub mod openai;
-pub mod retry;
+pub(crate) mod retry;
 pub mod scripted;
 pub mod select;
 mod shell;

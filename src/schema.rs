@@ -8,7 +8,7 @@
 mod checkpoint;
 mod event;
 mod expert;
-pub mod id;
+pub(crate) mod id;
 mod job;
 mod jsnum;
 mod message;

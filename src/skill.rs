@@ -15,15 +15,15 @@
 //! It never writes events or checkpoints; the run actor turns what these functions return into
 //! `skillConnected`, `callTools` and `resolveToolResults` events.
 
-pub mod base;
-pub mod error;
-pub mod launcher;
-pub mod mcp;
-pub mod mcp_result;
-pub mod timeout;
-pub mod tool_definition;
+pub(crate) mod base;
+pub(crate) mod error;
+pub(crate) mod launcher;
+pub(crate) mod mcp;
+pub(crate) mod mcp_result;
+pub(crate) mod timeout;
+pub(crate) mod tool_definition;
 
-pub use base::BaseSkill;
-pub use error::SkillError;
-pub use timeout::{TOOL_TIMEOUT_ENV, tool_timeout};
-pub use tool_definition::ToolDefinition;
+pub(crate) use base::BaseSkill;
+pub(crate) use error::SkillError;
+pub(crate) use timeout::tool_timeout;
+pub(crate) use tool_definition::ToolDefinition;

@@ -18,7 +18,7 @@
 //!
 //! Where this store deliberately differs from Perstack's `FileSystemStorage`:
 //!
-//! - every id is checked with [`is_safe_id`] before it becomes a path segment
+//! - every id is checked (letters, digits, `_`, `-`, `.`) before it becomes a path segment
 //!   ([`StoreError::InvalidId`]), so `../x` never escapes the store;
 //! - checkpoints, `job.json` and `run-setting.json` are written atomically and durably (temp
 //!   file in the same directory, fsync, rename, fsync of the directory);

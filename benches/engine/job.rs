@@ -22,20 +22,18 @@ use criterion::{Criterion, SamplingMode, Throughput};
 use futures::StreamExt;
 use tokio::runtime::Runtime;
 
-use perstack::config::lockfile::Lockfile;
+use perstack::config::lockfile::{LOCKFILE_NAME, Lockfile};
 use perstack::engine::{Engine, JobRequest, Settings};
 use perstack::llm::scripted::{Script, ScriptedModel};
 use perstack::llm::{GenerationError, GenerationRequest, LanguageModel, PartStream, StreamPart};
 use perstack::schema::JobStatus;
-use perstack::skill::base::connect_in_process;
-use perstack::skill::{BaseSkill, ToolDefinition};
 use perstack::storage::MemoryStorage;
 
 use crate::{lock, percentiles, support};
 
 /// What a [`Probe`] saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mark {
+pub(crate) enum Mark {
     /// `stream` was called.
     Called,
     /// The `Finish` part was read.
@@ -44,13 +42,13 @@ enum Mark {
 
 /// A model wrapper recording, per generation, when it was asked for and when its answer was
 /// read to the end. The wrapped model is swapped per job (a [`ScriptedModel`] consumes turns).
-struct Probe {
+pub(crate) struct Probe {
     inner: Mutex<Arc<dyn LanguageModel>>,
     marks: Arc<Mutex<Vec<(Instant, Mark, String)>>>,
 }
 
 impl Probe {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Probe {
             inner: Mutex::new(Arc::new(ScriptedModel::new(Script::default()))),
             marks: Arc::default(),
@@ -89,7 +87,12 @@ impl LanguageModel for Probe {
 }
 
 /// The `n`-th (from 0) mark of kind `what` by `expert`.
-fn nth_mark(marks: &[(Instant, Mark, String)], expert: &str, what: Mark, n: usize) -> Instant {
+pub(crate) fn nth_mark(
+    marks: &[(Instant, Mark, String)],
+    expert: &str,
+    what: Mark,
+    n: usize,
+) -> Instant {
     marks
         .iter()
         .filter(|(_, m, e)| *m == what && e == expert)
@@ -113,7 +116,7 @@ expert = "assistant"
 text = "Done."
 "#;
 
-fn experts_dir(tree: &str) -> std::path::PathBuf {
+pub(crate) fn experts_dir(tree: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("experts")
         .join(tree)
@@ -121,7 +124,7 @@ fn experts_dir(tree: &str) -> std::path::PathBuf {
 
 /// Run one job of `expert` on `engine`, the probe playing `script` afresh; the instant just
 /// before `engine.start`, the job's wall time and the probe's marks. Panics unless it completes.
-async fn probed_job(
+pub(crate) async fn probed_job(
     engine: &Engine,
     probe: &Probe,
     script: &Script,
@@ -155,28 +158,10 @@ pub(crate) fn bench_jobs(c: &mut Criterion, rt: &Runtime, report: &mut Vec<Strin
     .expect("a valid script");
     let probe = Arc::new(Probe::new());
 
-    // The same Experts with a lockfile listing the base skill's tools.
-    let base_tools: Vec<ToolDefinition> = rt.block_on(async {
-        let conn = connect_in_process(BaseSkill::new("."))
-            .await
-            .expect("the base skill connects");
-        let tools = conn.tools().to_vec();
-        conn.close().await;
-        tools
-    });
+    // The same Experts with the lockfile `perstack install` writes (the base skill's tools).
     let locked_settings = {
         let mut s = Settings::new(single.experts.clone());
-        let tools = single
-            .experts
-            .keys()
-            .map(|k| (k.clone(), base_tools.clone()))
-            .collect();
-        s.lockfile = Some(Arc::new(Lockfile::new(
-            &experts_dir("single").join("perstack.toml"),
-            &single.experts,
-            tools,
-            0,
-        )));
+        s.lockfile = Some(Arc::new(installed_lockfile("single")));
         s
     };
 
@@ -306,4 +291,23 @@ pub(crate) fn bench_jobs(c: &mut Criterion, rt: &Runtime, report: &mut Vec<Strin
             report.push(line);
         }
     }
+}
+
+/// `perstack install` on a copy of `experts/<tree>/perstack.toml`, read back.
+fn installed_lockfile(tree: &str) -> Lockfile {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let config = dir.path().join("perstack.toml");
+    std::fs::copy(experts_dir(tree).join("perstack.toml"), &config).expect("copy perstack.toml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_perstack"))
+        .args(["install", "--config"])
+        .arg(&config)
+        .current_dir(dir.path())
+        .output()
+        .expect("run perstack install");
+    assert!(
+        out.status.success(),
+        "perstack install failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Lockfile::load(&dir.path().join(LOCKFILE_NAME)).expect("the written lockfile loads")
 }

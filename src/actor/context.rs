@@ -35,7 +35,7 @@ pub struct Settings {
     pub timeout: Duration,
     /// The one timeout of each tool call ([`defaults::TOOL_TIMEOUT`], 60 s: the MCP SDK's
     /// default that Perstack applies; the CLI reads `PERSTACK_TOOL_TIMEOUT_MS`). Past it the call is cancelled and
-    /// the model gets an error text; the run goes on. See [`crate::skill::timeout`].
+    /// the model gets an error text; the run goes on.
     pub tool_timeout: Duration,
     /// The workspace the base skill works in.
     pub workspace: PathBuf,
@@ -133,7 +133,7 @@ pub struct RunOverrides {
 }
 
 /// Shared by every actor of one job.
-pub struct JobContext {
+pub(crate) struct JobContext {
     /// The job id.
     pub job_id: String,
     /// Settings.
@@ -156,7 +156,7 @@ impl JobContext {
     /// Publish an event and wait until it is visible. An error means the bus could not store
     /// a checkpoint or write the output; [`BusError::run_failure`] says what that means for
     /// the job.
-    pub async fn publish(&self, event: Event) -> Result<u64, BusError> {
+    pub(crate) async fn publish(&self, event: Event) -> Result<u64, BusError> {
         self.bus
             .ask(Publish(event))
             .await
@@ -165,7 +165,7 @@ impl JobContext {
 
     /// Publish the terminal event of a run that stops because storage failed: shown although
     /// its checkpoint is not stored (the one exception to "durable before visible").
-    pub async fn publish_unstored(&self, event: Event) -> Result<u64, BusError> {
+    pub(crate) async fn publish_unstored(&self, event: Event) -> Result<u64, BusError> {
         self.bus
             .ask(PublishUnstored(event))
             .await
@@ -174,14 +174,14 @@ impl JobContext {
 
     /// Stop every run of the job with `failure` (the first cause wins), as a cancellation
     /// does.
-    pub fn fail(&self, failure: RunFailure) {
+    pub(crate) fn fail(&self, failure: RunFailure) {
         let _ = self.failure.set(failure);
         self.cancel.cancel();
     }
 
     /// Why a run of this job must stop now, if it must: the job's failure, or a plain
     /// cancellation.
-    pub fn stop_reason(&self) -> Option<RunFailure> {
+    pub(crate) fn stop_reason(&self) -> Option<RunFailure> {
         if !self.cancel.is_cancelled() {
             return None;
         }
@@ -229,7 +229,7 @@ impl Settings {
 }
 
 /// Milliseconds since the epoch.
-pub fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

@@ -169,7 +169,7 @@ impl Message<Publish> for EventBus {
 }
 
 /// Publish the terminal event of a run stopped by a storage failure without storing anything
-/// (its checkpoint could not be stored; see [`RunFailure::is_visible_unstored`]). Replies
+/// (its checkpoint could not be stored; see `RunFailure::is_visible_unstored`). Replies
 /// with its sequence number once it is visible.
 #[derive(Debug)]
 pub struct PublishUnstored(pub Event);

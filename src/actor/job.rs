@@ -31,7 +31,7 @@ pub struct JobOutcome {
 }
 
 /// What a job actor starts with.
-pub struct JobArgs {
+pub(crate) struct JobArgs {
     /// Shared context.
     pub ctx: Arc<JobContext>,
     /// Where `job.json` goes.
@@ -54,7 +54,7 @@ pub struct JobArgs {
 }
 
 /// One job.
-pub struct JobActor {
+pub(crate) struct JobActor {
     /// This actor, held while it runs. The engine keeps no reference to a job actor; without
     /// this one, only the coordinator's state would, and kameo delivers the coordinator's death
     /// notice through a weak reference to this mailbox, which fails once the coordinator's

@@ -54,11 +54,11 @@ use crate::schema::{Checkpoint, Event, EventPayload, Expert, InitializeRuntime, 
 
 /// The mailbox size of a run actor: task results, child reports and control messages.
 /// Children report with a blocking tell; at most `max_parallel_delegates` can be waiting.
-pub const RUN_MAILBOX: usize = 64;
+pub(crate) const RUN_MAILBOX: usize = 64;
 
 /// Who receives a run's final report.
 #[derive(Clone)]
-pub enum Parent {
+pub(crate) enum Parent {
     /// The job (this is the coordinator).
     Job(ActorRef<JobActor>),
     /// A parent run; `slot` is the delegate call's position in its turn.
@@ -69,7 +69,7 @@ pub enum Parent {
 /// docs), so it must never hold a reference to an actor of the job: the parent comes with
 /// [`Begin`].
 #[derive(Clone)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// The job's shared context.
     pub ctx: Arc<JobContext>,
     /// The Expert to run.
@@ -85,7 +85,7 @@ pub struct RunArgs {
 
 /// A run's final report to its parent.
 #[derive(Debug)]
-pub struct RunFinished {
+pub(crate) struct RunFinished {
     /// The delegate call's slot (0 for the coordinator).
     pub slot: usize,
     /// The final checkpoint.
@@ -95,7 +95,7 @@ pub struct RunFinished {
 }
 
 /// One run.
-pub struct RunActor {
+pub(crate) struct RunActor {
     ctx: Arc<JobContext>,
     expert: Expert,
     /// The run's `tracing` span (`jobId`, `runId` of its first segment, `expertKey`): the
@@ -132,7 +132,7 @@ pub struct RunActor {
 /// (the job actor or the parent run) right after spawning it; it is the first message a run
 /// handles. The parent travels here rather than in [`RunArgs`] so that no spawn argument points
 /// back up the actor tree (see the module docs).
-pub struct Begin {
+pub(crate) struct Begin {
     /// Who receives the final report.
     pub parent: Parent,
 }

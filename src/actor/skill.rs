@@ -31,15 +31,15 @@ use crate::skill::mcp_result::{ConvertedResult, mcp_error_text, to_message_parts
 use crate::skill::{BaseSkill, SkillError, ToolDefinition};
 
 /// The mailbox size of a skill actor: calls queue here while the run waits for results.
-pub const SKILL_MAILBOX: usize = 64;
+pub(crate) const SKILL_MAILBOX: usize = 64;
 /// Restarts allowed within [`SKILL_RESTART_WINDOW`] before a dead server stays down.
-pub const SKILL_RESTARTS: u32 = 3;
+pub(crate) const SKILL_RESTARTS: u32 = 3;
 /// The window of the restart budget.
-pub const SKILL_RESTART_WINDOW: Duration = Duration::from_secs(60);
+pub(crate) const SKILL_RESTART_WINDOW: Duration = Duration::from_secs(60);
 
 /// How to reach the skill.
 #[derive(Clone, Debug)]
-pub enum SkillKind {
+pub(crate) enum SkillKind {
     /// The bundled `@perstack/base`, in process.
     Base,
     /// A stdio MCP server (a pinned `@perstack/base@x.y.z` included).
@@ -50,7 +50,7 @@ pub enum SkillKind {
 
 /// What a skill actor starts with.
 #[derive(Clone)]
-pub struct SkillArgs {
+pub(crate) struct SkillArgs {
     /// The job (settings, bus).
     pub ctx: Arc<JobContext>,
     /// The run these events belong to.
@@ -128,7 +128,7 @@ impl Conn {
 }
 
 /// A connected skill.
-pub struct SkillActor {
+pub(crate) struct SkillActor {
     args: SkillArgs,
     conn: Option<Arc<Conn>>,
     tools: Vec<ToolDefinition>,
@@ -186,7 +186,7 @@ impl Actor for SkillActor {
 /// `on_stop` because kameo notifies the supervisor before `on_stop` runs: this way the event is
 /// visible before the run learns the skill is down.
 #[derive(Debug)]
-pub struct Close;
+pub(crate) struct Close;
 
 impl Message<Close> for SkillActor {
     type Reply = ();
@@ -300,14 +300,14 @@ fn forward_stderr(args: SkillArgs, mut stderr: crate::skill::mcp::StderrStream) 
 
 /// What the skill offers, and how its connection went.
 #[derive(Debug, Clone, Reply)]
-pub struct Described {
+pub(crate) struct Described {
     /// Tools after pick/omit.
     pub tools: Vec<ToolDefinition>,
 }
 
 /// Ask for the tool list.
 #[derive(Debug)]
-pub struct Describe;
+pub(crate) struct Describe;
 
 impl Message<Describe> for SkillActor {
     type Reply = Described;
@@ -321,7 +321,7 @@ impl Message<Describe> for SkillActor {
 
 /// Call one tool; the reply is the result's parts (errors included, as text for the model).
 #[derive(Debug)]
-pub struct CallTool {
+pub(crate) struct CallTool {
     /// Tool name.
     pub name: String,
     /// Arguments.
@@ -330,7 +330,7 @@ pub struct CallTool {
 
 /// A tool call's outcome.
 #[derive(Debug, Clone, Reply)]
-pub struct ToolOutcome {
+pub(crate) struct ToolOutcome {
     /// Result parts.
     pub parts: Vec<MessagePart>,
     /// The server flagged the result as an error (`isError: true`); the model sees the flag.

@@ -29,7 +29,7 @@ use crate::skill::ToolDefinition;
 /// A tool-name rule an Expert's definition breaks: the run cannot start.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum CatalogError {
+pub(crate) enum CatalogError {
     /// Two owners offer the same tool name.
     #[error(
         "Tool name \"{tool}\" is provided by both {first} and {second} in expert \"{expert}\"; rename one of them"
@@ -64,7 +64,7 @@ pub enum CatalogError {
 
 /// The tools of one run being assembled: claims, the index and the specs, in claim order.
 #[derive(Debug, Clone)]
-pub struct ToolCatalog {
+pub(crate) struct ToolCatalog {
     expert: String,
     /// Tool name -> the owner's label, for collision messages.
     claimed: HashMap<String, String>,
@@ -74,7 +74,7 @@ pub struct ToolCatalog {
 
 impl ToolCatalog {
     /// An empty catalog for the Expert `expert` (its key, for messages).
-    pub fn new(expert: impl Into<String>) -> Self {
+    pub(crate) fn new(expert: impl Into<String>) -> Self {
         ToolCatalog {
             expert: expert.into(),
             claimed: HashMap::new(),
@@ -88,7 +88,11 @@ impl ToolCatalog {
     /// # Errors
     ///
     /// [`CatalogError::Collision`] when a name is already claimed.
-    pub fn add_skill(&mut self, skill: &str, tools: &[ToolDefinition]) -> Result<(), CatalogError> {
+    pub(crate) fn add_skill(
+        &mut self,
+        skill: &str,
+        tools: &[ToolDefinition],
+    ) -> Result<(), CatalogError> {
         for t in tools {
             self.claim(&t.name, format!("skill \"{skill}\""))?;
             self.index
@@ -108,7 +112,7 @@ impl ToolCatalog {
     ///
     /// [`CatalogError::Collision`], or [`CatalogError::InvalidInteractiveSchema`] for an
     /// `inputJsonSchema` that is not JSON.
-    pub fn add_interactive(
+    pub(crate) fn add_interactive(
         &mut self,
         name: &str,
         skill: &InteractiveSkill,
@@ -138,7 +142,11 @@ impl ToolCatalog {
     /// # Errors
     ///
     /// [`CatalogError::UnknownDelegate`] or [`CatalogError::Collision`].
-    pub fn add_delegate(&mut self, key: &str, expert: Option<&Expert>) -> Result<(), CatalogError> {
+    pub(crate) fn add_delegate(
+        &mut self,
+        key: &str,
+        expert: Option<&Expert>,
+    ) -> Result<(), CatalogError> {
         let Some(expert) = expert else {
             return Err(CatalogError::UnknownDelegate {
                 key: key.to_owned(),
@@ -154,7 +162,7 @@ impl ToolCatalog {
 
     /// The index the machine classifies calls with, and the tool list the model sees (in
     /// claim order).
-    pub fn into_parts(self) -> (ToolIndex, Vec<ToolSpec>) {
+    pub(crate) fn into_parts(self) -> (ToolIndex, Vec<ToolSpec>) {
         (self.index, self.specs)
     }
 
@@ -174,7 +182,11 @@ impl ToolCatalog {
 
 /// `tools` with `omit` removed, then restricted to `pick` when it is non-empty (Perstack's
 /// order). Names in `pick` that are not among `tools` are ignored.
-pub fn select(tools: &[ToolDefinition], pick: &[String], omit: &[String]) -> Vec<ToolDefinition> {
+pub(crate) fn select(
+    tools: &[ToolDefinition],
+    pick: &[String],
+    omit: &[String],
+) -> Vec<ToolDefinition> {
     tools
         .iter()
         .filter(|t| !omit.contains(&t.name))
@@ -185,7 +197,7 @@ pub fn select(tools: &[ToolDefinition], pick: &[String], omit: &[String]) -> Vec
 
 /// The tool a delegate Expert is called through: named after the last `/` segment of its
 /// name, described by its description, taking one string `query`.
-pub fn delegate_spec(expert: &Expert) -> ToolSpec {
+pub(crate) fn delegate_spec(expert: &Expert) -> ToolSpec {
     ToolSpec {
         name: delegate_tool_name(&expert.name).to_owned(),
         description: expert.description.clone(),

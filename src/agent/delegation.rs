@@ -27,7 +27,7 @@ use crate::schema::{
 
 /// The delegations of one turn.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Delegation {
+pub(crate) struct Delegation {
     /// The turn's delegate calls; a call's index is its slot.
     calls: Vec<DelegateTo>,
     /// Slots waiting for a free place, with how each child goes on.
@@ -55,7 +55,7 @@ struct ParentRef {
 
 /// A child the run actor must spawn now.
 #[derive(Debug, Clone)]
-pub struct ChildRun {
+pub(crate) struct ChildRun {
     /// The delegate call's slot (its position in the turn).
     pub slot: usize,
     /// The child's Expert.
@@ -68,7 +68,7 @@ pub struct ChildRun {
 
 /// What a parent resumes with once every child reported.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Resumed {
+pub(crate) struct Resumed {
     /// The highest step any child reached (the parent's next step is the one after).
     pub last_step: u32,
     /// The children's summed usage, added to the parent's.
@@ -80,7 +80,7 @@ pub struct Resumed {
 impl Resumed {
     /// The input the resumed segment announces in `initializeRuntime`: the first delegate
     /// call's result, as Perstack shows it.
-    pub fn announced_answer(&self) -> Option<InteractiveToolCallResult> {
+    pub(crate) fn announced_answer(&self) -> Option<InteractiveToolCallResult> {
         self.results.first().map(|r| InteractiveToolCallResult {
             tool_call_id: r.id.clone(),
             tool_name: r.tool_name.clone(),
@@ -93,7 +93,7 @@ impl Resumed {
 impl Delegation {
     /// The delegations of a turn that just stopped by delegation at `parent`: every child
     /// starts fresh, in call order.
-    pub fn new(calls: Vec<DelegateTo>, parent: &Checkpoint) -> Self {
+    pub(crate) fn new(calls: Vec<DelegateTo>, parent: &Checkpoint) -> Self {
         let queue = calls
             .iter()
             .cloned()
@@ -118,7 +118,7 @@ impl Delegation {
 
     /// The delegations of a stored `stoppedByDelegate` checkpoint: finished children count as
     /// reported, the others queue to resume or start again.
-    pub fn recover(children: Vec<(DelegateTo, Resumption)>, parent: &Checkpoint) -> Self {
+    pub(crate) fn recover(children: Vec<(DelegateTo, Resumption)>, parent: &Checkpoint) -> Self {
         let calls: Vec<DelegateTo> = children.iter().map(|(c, _)| c.clone()).collect();
         let mut d = Delegation::new(calls, parent);
         d.queue.clear();
@@ -135,17 +135,19 @@ impl Delegation {
     }
 
     /// The turn's delegate calls, in call order.
-    pub fn calls(&self) -> &[DelegateTo] {
+    #[cfg(test)]
+    pub(crate) fn calls(&self) -> &[DelegateTo] {
         &self.calls
     }
 
     /// Whether every child reported.
-    pub fn is_done(&self) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
         self.results.iter().all(Option::is_some)
     }
 
     /// The slots whose child has not reported yet (running or waiting for a place).
-    pub fn pending(&self) -> Vec<usize> {
+    #[cfg(test)]
+    pub(crate) fn pending(&self) -> Vec<usize> {
         (0..self.results.len())
             .filter(|&s| self.results[s].is_none())
             .collect()
@@ -153,7 +155,11 @@ impl Delegation {
 
     /// The next child to spawn while fewer than `max_parallel` (at least 1) run; `parent` is
     /// the parent run's setting (job id, context window). Counts the child as running.
-    pub fn next_child(&mut self, parent: &MachineSetting, max_parallel: usize) -> Option<ChildRun> {
+    pub(crate) fn next_child(
+        &mut self,
+        parent: &MachineSetting,
+        max_parallel: usize,
+    ) -> Option<ChildRun> {
         if self.running >= max_parallel.max(1) {
             return None;
         }
@@ -194,7 +200,7 @@ impl Delegation {
 
     /// The child of `slot` reported its final checkpoint (and its text when it completed).
     /// Returns whether the report was news (a slot already reported is ignored).
-    pub fn child_finished(
+    pub(crate) fn child_finished(
         &mut self,
         slot: usize,
         checkpoint: &Checkpoint,
@@ -210,7 +216,7 @@ impl Delegation {
 
     /// The child of `slot` died without reporting (`reason` says how). Returns whether this
     /// was news.
-    pub fn child_crashed(&mut self, slot: usize, reason: &str) -> bool {
+    pub(crate) fn child_crashed(&mut self, slot: usize, reason: &str) -> bool {
         let Some(call) = self.calls.get(slot) else {
             return false;
         };
@@ -229,7 +235,7 @@ impl Delegation {
     /// What the parent resumes with: the children's highest step, their summed usage, and the
     /// results in call order (a pending slot, which [`Delegation::is_done`] rules out, is left
     /// out).
-    pub fn into_resumed(self) -> Resumed {
+    pub(crate) fn into_resumed(self) -> Resumed {
         Resumed {
             last_step: self.last_step,
             usage: self.usage,
@@ -262,7 +268,7 @@ impl Delegation {
 }
 
 /// A stored checkpoint continued as a new segment: new id and run id, the next step.
-pub fn next_segment(mut checkpoint: Checkpoint) -> Checkpoint {
+pub(crate) fn next_segment(mut checkpoint: Checkpoint) -> Checkpoint {
     checkpoint.id = new_id();
     checkpoint.run_id = new_id();
     checkpoint.step_number += 1;
@@ -270,7 +276,7 @@ pub fn next_segment(mut checkpoint: Checkpoint) -> Checkpoint {
 }
 
 /// A finished run's result text: the first text of its last expert message (Perstack's rule).
-pub fn final_text(checkpoint: &Checkpoint) -> Option<String> {
+pub(crate) fn final_text(checkpoint: &Checkpoint) -> Option<String> {
     if checkpoint.status != CheckpointStatus::Completed {
         return None;
     }

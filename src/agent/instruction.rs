@@ -20,7 +20,7 @@ turn. A final answer is requested from you separately after that.
 - Other experts you delegate to see only the query you give them, never this conversation.";
 
 /// Build the instruction text for `expert`, listing `delegates` (already resolved Experts).
-pub fn instruction_text(
+pub(crate) fn instruction_text(
     expert: &Expert,
     delegates: &[&Expert],
     started_at_ms: u64,
@@ -60,7 +60,7 @@ pub fn instruction_text(
 }
 
 /// `2026-11-26T22:21:38.000Z` for an epoch-millisecond time (what JS `toISOString` prints).
-pub fn iso8601(ms: u64) -> String {
+pub(crate) fn iso8601(ms: u64) -> String {
     let secs = ms / 1000;
     let days = i64::try_from(secs / 86_400).unwrap_or(0);
     let rem = secs % 86_400;

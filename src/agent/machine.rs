@@ -45,7 +45,7 @@ mod stop;
 
 /// Limits and identity of one run.
 #[derive(Debug, Clone)]
-pub struct MachineSetting {
+pub(crate) struct MachineSetting {
     /// Job id.
     pub job_id: String,
     /// Run id of the current segment.
@@ -65,7 +65,7 @@ pub struct MachineSetting {
 ///
 /// [`Resumption::into_start`]: super::Resumption::into_start
 #[derive(Debug, Clone)]
-pub enum Start {
+pub(crate) enum Start {
     /// A query: a fresh run (instruction + user message) or a continued one (user message).
     Query(String),
     /// The answer to the pending interactive call.
@@ -80,7 +80,7 @@ pub enum Start {
 
 /// What the actor must do next.
 #[derive(Debug, Clone)]
-pub enum Effect {
+pub(crate) enum Effect {
     /// Call the model with `messages`; `with_tools` is false for the run-result generation.
     Generate {
         /// The whole history to send.
@@ -104,7 +104,7 @@ pub enum Effect {
 
 /// An outcome fed back to the machine.
 #[derive(Debug, Clone)]
-pub enum Input {
+pub(crate) enum Input {
     /// The model call finished.
     Generated(Result<Generation, GenerationError>),
     /// The calls of [`Effect::CallTools`] finished, results in call order.
@@ -113,7 +113,7 @@ pub enum Input {
 
 /// Events to publish (in order) and the next effect.
 #[derive(Debug)]
-pub struct Output {
+pub(crate) struct Output {
     /// Events, each already enveloped.
     pub events: Vec<Event>,
     /// What to do next.
@@ -138,7 +138,7 @@ enum Phase {
 
 /// The state of one run.
 #[derive(Debug, Clone)]
-pub struct Machine {
+pub(crate) struct Machine {
     setting: MachineSetting,
     tools: ToolIndex,
     checkpoint: Checkpoint,
@@ -150,7 +150,7 @@ pub struct Machine {
 
 impl Machine {
     /// A machine positioned at `Init` on `checkpoint` (fresh, continued or delegated).
-    pub fn new(setting: MachineSetting, tools: ToolIndex, checkpoint: Checkpoint) -> Self {
+    pub(crate) fn new(setting: MachineSetting, tools: ToolIndex, checkpoint: Checkpoint) -> Self {
         let step = Step::new(checkpoint.step_number, 0);
         Machine {
             setting,
@@ -163,7 +163,7 @@ impl Machine {
     }
 
     /// A fresh `init` checkpoint for a new run.
-    pub fn fresh_checkpoint(setting: &MachineSetting, step_number: u32) -> Checkpoint {
+    pub(crate) fn fresh_checkpoint(setting: &MachineSetting, step_number: u32) -> Checkpoint {
         Checkpoint {
             id: new_id(),
             job_id: setting.job_id.clone(),
@@ -187,32 +187,32 @@ impl Machine {
     }
 
     /// Replace the tool index (the run actor builds it once its skills are up).
-    pub fn set_tools(&mut self, tools: ToolIndex) {
+    pub(crate) fn set_tools(&mut self, tools: ToolIndex) {
         self.tools = tools;
     }
 
     /// The current checkpoint (final once the effect is [`Effect::Stop`]).
-    pub fn checkpoint(&self) -> &Checkpoint {
+    pub(crate) fn checkpoint(&self) -> &Checkpoint {
         &self.checkpoint
     }
 
     /// The run's setting.
-    pub fn setting(&self) -> &MachineSetting {
+    pub(crate) fn setting(&self) -> &MachineSetting {
         &self.setting
     }
 
     /// Whether the machine reached `Stopped`.
-    pub fn is_stopped(&self) -> bool {
+    pub(crate) fn is_stopped(&self) -> bool {
         matches!(self.phase, Phase::Stopped)
     }
 
     /// Whether the current generation is the run-result one (its text is streamed).
-    pub fn is_generating_run_result(&self) -> bool {
+    pub(crate) fn is_generating_run_result(&self) -> bool {
         matches!(self.phase, Phase::GeneratingRunResult { .. })
     }
 
     /// Build an event with this run's envelope (`expertKey`, `stepNumber` from the checkpoint).
-    pub fn event(&self, now: u64, payload: EventPayload) -> Event {
+    pub(crate) fn event(&self, now: u64, payload: EventPayload) -> Event {
         Event {
             id: new_id(),
             timestamp: now,
@@ -228,7 +228,7 @@ impl Machine {
     /// `instruction` is used only when the checkpoint is `init` and the start is a query.
     /// [`Start::AfterDelegation`] emits nothing: the run goes straight to its children
     /// ([`Effect::Delegate`]) and starts its next segment once they reported.
-    pub fn start(&mut self, now: u64, start: Start, instruction: String) -> Output {
+    pub(crate) fn start(&mut self, now: u64, start: Start, instruction: String) -> Output {
         let mut cp = self.checkpoint.clone();
         let input_messages = match start {
             Start::Query(text) => {
@@ -268,7 +268,7 @@ impl Machine {
 
     /// Resume after delegation as a new segment: new run id, step after the children's last,
     /// usage plus the children's, delegate results absorbed.
-    pub fn resume_after_delegation(
+    pub(crate) fn resume_after_delegation(
         &mut self,
         now: u64,
         new_run_id: String,
@@ -312,7 +312,7 @@ impl Machine {
     }
 
     /// Feed an outcome.
-    pub fn handle(&mut self, now: u64, input: Input) -> Output {
+    pub(crate) fn handle(&mut self, now: u64, input: Input) -> Output {
         match (std::mem::replace(&mut self.phase, Phase::Stopped), input) {
             (Phase::GeneratingToolCall, Input::Generated(r)) => self.on_tool_generation(now, r),
             (
@@ -344,7 +344,7 @@ impl Machine {
     }
 
     /// Stop the run with an error from outside the loop (cancellation, an engine fault).
-    pub fn abort(&mut self, now: u64, failure: RunFailure) -> Output {
+    pub(crate) fn abort(&mut self, now: u64, failure: RunFailure) -> Output {
         if self.is_stopped() {
             return Output {
                 events: Vec::new(),
@@ -356,7 +356,7 @@ impl Machine {
 
     /// Stop the run with `failure` whatever state it is in, even stopped: the end it reached
     /// could not be made durable or shown (its storage failed), so this stop replaces it.
-    pub fn fail(&mut self, now: u64, failure: RunFailure) -> Output {
+    pub(crate) fn fail(&mut self, now: u64, failure: RunFailure) -> Output {
         self.stop_by_error(now, Vec::new(), failure)
     }
 

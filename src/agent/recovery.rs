@@ -13,7 +13,7 @@ use crate::schema::{Checkpoint, CheckpointStatus, DelegateTo, id::new_id};
 
 /// How one run goes on.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Resumption {
+pub(crate) enum Resumption {
     /// The run never stored a checkpoint: start it again from its query.
     Fresh {
         /// The delegate call that starts it.
@@ -43,7 +43,7 @@ impl Resumption {
     /// [`Start`] as any other run: `Continue` picks up its stored step as a new segment,
     /// `AwaitChildren` (with a new run id) waits for the children that had not finished. `Fresh`
     /// and `Done` are handed back: they need an input (a query or an answer).
-    pub fn into_start(self) -> Result<(Checkpoint, Start), Box<Resumption>> {
+    pub(crate) fn into_start(self) -> Result<(Checkpoint, Start), Box<Resumption>> {
         match self {
             Resumption::Continue { checkpoint } => Ok((next_segment(checkpoint), Start::Resume)),
             Resumption::AwaitChildren {
@@ -61,7 +61,7 @@ impl Resumption {
 
 /// The coordinator's latest checkpoint: the highest step among checkpoints without
 /// `delegatedBy` (children's steps can be higher while they run).
-pub fn latest_coordinator(checkpoints: &[Checkpoint]) -> Option<&Checkpoint> {
+pub(crate) fn latest_coordinator(checkpoints: &[Checkpoint]) -> Option<&Checkpoint> {
     checkpoints
         .iter()
         .filter(|c| c.delegated_by.is_none())
@@ -69,7 +69,7 @@ pub fn latest_coordinator(checkpoints: &[Checkpoint]) -> Option<&Checkpoint> {
 }
 
 /// The plan for a run whose latest checkpoint is `latest`, given every checkpoint of the job.
-pub fn plan(latest: &Checkpoint, all: &[Checkpoint]) -> Resumption {
+pub(crate) fn plan(latest: &Checkpoint, all: &[Checkpoint]) -> Resumption {
     plan_depth(latest, all, 0)
 }
 

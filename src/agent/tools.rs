@@ -7,13 +7,13 @@ use std::collections::HashMap;
 
 use crate::schema::ExpertRef;
 
-pub use crate::schema::BASE_SKILL;
+pub(crate) use crate::schema::BASE_SKILL;
 /// The completion tool.
-pub const ATTEMPT_COMPLETION: &str = "attemptCompletion";
+pub(crate) const ATTEMPT_COMPLETION: &str = "attemptCompletion";
 
 /// Who answers a tool.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ToolOwner {
+pub(crate) enum ToolOwner {
     /// An MCP skill (the base skill included), by skill name.
     Skill(String),
     /// A delegate Expert.
@@ -24,28 +24,32 @@ pub enum ToolOwner {
 
 /// Tool name -> owner, for one run.
 #[derive(Debug, Clone, Default)]
-pub struct ToolIndex {
+pub(crate) struct ToolIndex {
     owners: HashMap<String, ToolOwner>,
 }
 
 impl ToolIndex {
     /// An empty index.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         ToolIndex::default()
     }
 
     /// Register a tool; returns the previous owner when the name was already taken.
-    pub fn insert(&mut self, tool: impl Into<String>, owner: ToolOwner) -> Option<ToolOwner> {
+    pub(crate) fn insert(
+        &mut self,
+        tool: impl Into<String>,
+        owner: ToolOwner,
+    ) -> Option<ToolOwner> {
         self.owners.insert(tool.into(), owner)
     }
 
     /// The owner of a tool name.
-    pub fn owner(&self, tool: &str) -> Option<&ToolOwner> {
+    pub(crate) fn owner(&self, tool: &str) -> Option<&ToolOwner> {
         self.owners.get(tool)
     }
 
     /// The `skillName` Perstack writes into a `ToolCall` for this tool.
-    pub fn skill_name(&self, tool: &str) -> Option<&str> {
+    pub(crate) fn skill_name(&self, tool: &str) -> Option<&str> {
         self.owner(tool).map(|o| match o {
             ToolOwner::Skill(s) | ToolOwner::Interactive(s) => s.as_str(),
             ToolOwner::Delegate(e) => e.name.as_str(),
@@ -54,6 +58,6 @@ impl ToolIndex {
 }
 
 /// The delegate tool name for an Expert name: its last `/` segment (`@org/x` -> `x`).
-pub fn delegate_tool_name(expert_name: &str) -> &str {
+pub(crate) fn delegate_tool_name(expert_name: &str) -> &str {
     expert_name.rsplit('/').next().unwrap_or(expert_name)
 }

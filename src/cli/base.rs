@@ -9,7 +9,7 @@ use crate::skill::BaseSkill;
 
 /// Options of `perstack base`.
 #[derive(Debug, Args)]
-pub struct BaseArgs {
+pub(crate) struct BaseArgs {
     /// Workspace directory (default: the current directory).
     #[arg(long)]
     pub workspace: Option<std::path::PathBuf>,

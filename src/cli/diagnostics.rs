@@ -11,7 +11,7 @@ use tracing_subscriber::EnvFilter;
 
 /// Install the process-wide subscriber: diagnostics on stderr, filtered by `PERSTACK_LOG`
 /// (default `perstack=warn`, or `perstack=debug` when `verbose`).
-pub fn init(verbose: bool) {
+pub(super) fn init(verbose: bool) {
     let default = if verbose {
         "perstack=debug"
     } else {

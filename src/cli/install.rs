@@ -17,7 +17,7 @@ use crate::skill::{BaseSkill, ToolDefinition};
 
 /// Options of `perstack install`.
 #[derive(Debug, Args)]
-pub struct InstallArgs {
+pub(crate) struct InstallArgs {
     /// Path to perstack.toml (default: the nearest one walking up from the current directory).
     #[arg(long)]
     pub config: Option<PathBuf>,

@@ -36,7 +36,7 @@ const DEFAULT_TAKE: usize = 100;
 
 /// Options of `perstack log` (Perstack's names).
 #[derive(Debug, Args)]
-pub struct LogArgs {
+pub(crate) struct LogArgs {
     /// Show events for a specific job (default: the latest job).
     #[arg(long, value_name = "jobId")]
     pub job: Option<String>,

@@ -20,7 +20,7 @@ use crate::storage::FsStorage;
 
 /// Options of `perstack run` (Perstack's names).
 #[derive(Debug, Args)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// The Expert to run (a key of perstack.toml).
     #[arg(value_name = "expertKey")]
     pub expert_key: String,

@@ -23,12 +23,12 @@ use serde_json::{Map, Value};
 use super::GenerationError;
 
 /// What replaces a secret in messages.
-pub const REDACTED: &str = "[REDACTED]";
+pub(crate) const REDACTED: &str = "[REDACTED]";
 
 /// How long a provider waits for a TCP/TLS connection before reporting a retryable
 /// `APIConnectionError`. The whole call is bounded separately by the engine's per-generation
 /// timeout.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A provider could not be configured from the environment and `[provider.setting]`.
 /// Every message names the variable or key at fault and what to do about it, and never
@@ -109,7 +109,7 @@ impl ProviderConfigError {
 }
 
 /// A required environment variable, non-empty.
-pub fn required_env(
+pub(crate) fn required_env(
     env: &BTreeMap<String, String>,
     provider: &str,
     var: &str,
@@ -124,7 +124,7 @@ pub fn required_env(
 }
 
 /// An optional environment variable; empty counts as unset.
-pub fn optional_env(env: &BTreeMap<String, String>, var: &str) -> Option<String> {
+pub(crate) fn optional_env(env: &BTreeMap<String, String>, var: &str) -> Option<String> {
     env.get(var)
         .map(|v| v.trim())
         .filter(|v| !v.is_empty())
@@ -132,7 +132,7 @@ pub fn optional_env(env: &BTreeMap<String, String>, var: &str) -> Option<String>
 }
 
 /// An optional string key of `[provider.setting]`.
-pub fn setting_str(
+pub(crate) fn setting_str(
     setting: &Map<String, Value>,
     provider: &str,
     key: &str,
@@ -149,7 +149,7 @@ pub fn setting_str(
 }
 
 /// The `headers` table of `[provider.setting]`: a map of strings.
-pub fn setting_headers(
+pub(crate) fn setting_headers(
     setting: &Map<String, Value>,
     provider: &str,
 ) -> Result<BTreeMap<String, String>, ProviderConfigError> {
@@ -190,7 +190,7 @@ fn json_kind(v: &Value) -> &'static str {
 
 /// `{base}/{path}` as an http(s) URL; `base` may end with `/`. An error names `example` as
 /// a valid base; use [`ProviderConfigError::with_origin`] to say where `base` came from.
-pub fn endpoint(
+pub(crate) fn endpoint(
     provider: &str,
     base: &str,
     path: &str,
@@ -217,7 +217,7 @@ pub fn endpoint(
 
 /// Whether a header may carry a credential (its name mentions a key, token, auth, secret,
 /// cookie or password): its value is marked sensitive and scrubbed from messages.
-pub fn is_secret_header(name: &str) -> bool {
+pub(crate) fn is_secret_header(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
     ["key", "token", "auth", "secret", "cookie", "password"]
         .iter()
@@ -227,7 +227,7 @@ pub fn is_secret_header(name: &str) -> bool {
 /// A header map from name/value pairs. Later pairs replace earlier ones with the same name
 /// (so custom headers can override defaults). Values of [`is_secret_header`] names are marked
 /// sensitive so `Debug` never prints them.
-pub fn header_map<'a>(
+pub(crate) fn header_map<'a>(
     provider: &str,
     pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> Result<HeaderMap, ProviderConfigError> {
@@ -250,7 +250,7 @@ pub fn header_map<'a>(
 
 /// The HTTP client every provider uses: rustls, a [`CONNECT_TIMEOUT`], no overall timeout
 /// (streams may run long; the engine bounds each generation).
-pub fn client(provider: &str) -> Result<reqwest::Client, ProviderConfigError> {
+pub(crate) fn client(provider: &str) -> Result<reqwest::Client, ProviderConfigError> {
     reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .build()
@@ -261,7 +261,7 @@ pub fn client(provider: &str) -> Result<reqwest::Client, ProviderConfigError> {
 }
 
 /// `text` with every non-empty secret replaced by [`REDACTED`].
-pub fn redact<S: AsRef<str>>(text: &str, secrets: &[S]) -> String {
+pub(crate) fn redact<S: AsRef<str>>(text: &str, secrets: &[S]) -> String {
     let mut out = text.to_string();
     for s in secrets.iter().map(AsRef::as_ref).filter(|s| !s.is_empty()) {
         if out.contains(s) {
@@ -272,20 +272,23 @@ pub fn redact<S: AsRef<str>>(text: &str, secrets: &[S]) -> String {
 }
 
 /// `e` with secrets scrubbed from its message.
-pub fn redact_error<S: AsRef<str>>(mut e: GenerationError, secrets: &[S]) -> GenerationError {
+pub(crate) fn redact_error<S: AsRef<str>>(
+    mut e: GenerationError,
+    secrets: &[S],
+) -> GenerationError {
     e.message = redact(&e.message, secrets);
     e
 }
 
 /// Whether a retry may succeed after this HTTP status: 408, 409, 429 and every 5xx
 /// (Anthropic's 529 "overloaded" included), as the AI SDK decides.
-pub fn is_retryable_status(status: u16) -> bool {
+pub(crate) fn is_retryable_status(status: u16) -> bool {
     matches!(status, 408 | 409 | 429) || status >= 500
 }
 
 /// How long the server asked us to wait: `retry-after-ms` (milliseconds), else `retry-after`
 /// as seconds or as an HTTP date. `None` when absent or unparsable.
-pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let get = |name: &str| {
         headers
             .get(name)
@@ -342,7 +345,7 @@ fn http_date(s: &str) -> Option<u64> {
 /// The `(type, message)` of an API error body: `{"error":{"type","message"}}` (Anthropic,
 /// OpenAI), `{"error":{"status","message"}}` (Google), `{"error":"..."}` (Ollama) or
 /// `{"message":"..."}`.
-pub fn api_error(body: &str) -> Option<(Option<String>, String)> {
+pub(crate) fn api_error(body: &str) -> Option<(Option<String>, String)> {
     let v: Value = serde_json::from_str(body).ok()?;
     let str_of = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
     match v.get("error") {
@@ -358,7 +361,7 @@ pub fn api_error(body: &str) -> Option<(Option<String>, String)> {
 /// Classify a non-success HTTP answer: `APICallError` with the status, the API's own message
 /// (or the start of the body), the `Retry-After` wait when given, retryable per
 /// [`is_retryable_status`], and no secret.
-pub fn status_error<S: AsRef<str>>(
+pub(crate) fn status_error<S: AsRef<str>>(
     status: u16,
     headers: &HeaderMap,
     body: &str,
@@ -386,7 +389,7 @@ pub fn status_error<S: AsRef<str>>(
 
 /// Classify a failed request or body read: `TimeoutError` or `APIConnectionError`, both
 /// retryable; the message is the error chain without the URL and without secrets.
-pub fn transport_error<S: AsRef<str>>(e: reqwest::Error, secrets: &[S]) -> GenerationError {
+pub(crate) fn transport_error<S: AsRef<str>>(e: reqwest::Error, secrets: &[S]) -> GenerationError {
     let timeout = e.is_timeout();
     let status = e.status().map(|s| s.as_u16());
     let e = e.without_url();
@@ -405,7 +408,7 @@ pub fn transport_error<S: AsRef<str>>(e: reqwest::Error, secrets: &[S]) -> Gener
 }
 
 /// `e` and its sources, joined with `: `.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -420,7 +423,7 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// The first `max` characters of `s`, with `…` when cut.
-pub fn truncate(s: &str, max: usize) -> String {
+pub(crate) fn truncate(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
         Some((i, _)) => format!("{}…", &s[..i]),
         None => s.to_string(),

@@ -1,7 +1,7 @@
 //! Known models and their context windows (Perstack's `knownModels` table).
 
 /// The context window of a known model id.
-pub fn context_window(model: &str) -> Option<u64> {
+pub(crate) fn context_window(model: &str) -> Option<u64> {
     const ANTHROPIC: &[&str] = &[
         "claude-opus-4-5",
         "claude-opus-4-1",

@@ -6,12 +6,12 @@
 use std::time::Duration;
 
 /// The longest `Retry-After` the engine honours; a server asking for more gets this.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// The wait before retry number `retry_count` (0 = first attempt, no wait): exponential
 /// backoff with jitter, or the server's `Retry-After` (capped at [`MAX_RETRY_AFTER`]) when
 /// that is longer. A server never makes the engine retry sooner than its own backoff.
-pub fn wait(retry_count: u32, retry_after: Option<Duration>) -> Duration {
+pub(crate) fn wait(retry_count: u32, retry_after: Option<Duration>) -> Duration {
     let backoff = backoff(retry_count);
     match retry_after {
         Some(asked) if retry_count > 0 => backoff.max(asked.min(MAX_RETRY_AFTER)),
@@ -20,7 +20,7 @@ pub fn wait(retry_count: u32, retry_after: Option<Duration>) -> Duration {
 }
 
 /// Exponential backoff with jitter: base 2^(n-1) × 500 ms, capped at 30 s, ±20 % jitter.
-pub fn backoff(retry_count: u32) -> Duration {
+pub(crate) fn backoff(retry_count: u32) -> Duration {
     if retry_count == 0 {
         return Duration::ZERO;
     }

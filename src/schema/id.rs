@@ -9,7 +9,7 @@ use rand::Rng;
 const ALPHABET: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 
 /// A fresh 24-character id.
-pub fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     let mut rng = rand::rng();
     let mut s = String::with_capacity(24);
     s.push(char::from(ALPHABET[rng.random_range(0..26)]));
@@ -21,7 +21,7 @@ pub fn new_id() -> String {
 
 /// Whether `id` may safely become one path segment: 1..=255 characters of
 /// `[A-Za-z0-9_.@-]`, not `.` or `..`. Used before any id turns into a file name.
-pub fn is_safe_id(id: &str) -> bool {
+pub(crate) fn is_safe_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 255
         && id != "."

@@ -35,7 +35,7 @@ mod in_process;
 mod info;
 mod media;
 mod path;
-pub mod result;
+pub(crate) mod result;
 mod todo;
 
 use std::collections::BTreeMap;
@@ -46,15 +46,18 @@ use std::time::Instant;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::{ServerHandler, tool_handler};
 
-pub use in_process::{ConnectTimings, InProcessBase, ServerIdentity, connect_in_process};
-pub use media::{inline_media, read_inline_file};
-pub use todo::TodoItem;
+pub(crate) use in_process::{ConnectTimings, InProcessBase, ServerIdentity, connect_in_process};
+pub(crate) use media::inline_media;
+#[cfg(test)]
+use media::read_inline_file;
+#[cfg(test)]
+use todo::TodoItem;
 
 use crate::schema::BASE_SKILL;
 
 /// The `@perstack/base` MCP server. One instance per run.
 #[derive(Debug)]
-pub struct BaseSkill {
+pub(crate) struct BaseSkill {
     /// The directory the file tools are confined to (canonical when it exists); reported by
     /// `healthCheck`.
     workspace: PathBuf,
@@ -75,17 +78,17 @@ impl BaseSkill {
     ///
     /// The path is canonicalised once, here (Perstack uses the realpath of the working
     /// directory); if that fails (it does not exist) it is kept as given. The environment is
-    /// the safe subset of this process's environment; see [`BaseSkill::with_env`].
-    pub fn new(workspace: impl Into<PathBuf>) -> Self {
+    /// the safe subset of this process's environment; see [`BaseSkill::with_workspace_env`].
+    pub(crate) fn new(workspace: impl Into<PathBuf>) -> Self {
         let process_env = std::env::vars_os()
             .filter_map(|(key, value)| Some((key.into_string().ok()?, value.into_string().ok()?)));
         Self::build(workspace.into(), exec::safe_env(process_env))
     }
 
     /// A fresh base skill for `workspace` whose environment is the safe subset of `env` (the
-    /// run's environment), without looking at this process's: what [`BaseSkill::new`]
-    /// followed by [`BaseSkill::with_env`] gives, copying only the safe variables.
-    pub fn with_workspace_env(
+    /// run's environment: the process environment merged with the env files), without
+    /// looking at this process's. `exec`'s base environment and `~`'s `HOME` come from it.
+    pub(crate) fn with_workspace_env(
         workspace: impl Into<PathBuf>,
         env: &BTreeMap<String, String>,
     ) -> Self {
@@ -127,23 +130,14 @@ impl BaseSkill {
             .clone()
     }
 
-    /// Takes `exec`'s base environment (and `~`'s `HOME`) from `env`, the run's environment
-    /// (process environment merged with the env files), instead of this process's. Only the
-    /// safe variables are kept: `PATH`, `HOME`, `SHELL`, `TERM`, `NODE_PATH`, `HTTP_PROXY`,
-    /// `HTTPS_PROXY`, `http_proxy`, `https_proxy`, `NO_PROXY`, `no_proxy`,
-    /// `PERSTACK_PROXY_URL`, `NPM_CONFIG_PROXY`, `NPM_CONFIG_HTTPS_PROXY`.
-    pub fn with_env(mut self, env: BTreeMap<String, String>) -> Self {
-        self.env = exec::safe_env(env);
-        self
-    }
-
     /// The workspace directory.
-    pub fn workspace(&self) -> &Path {
+    pub(crate) fn workspace(&self) -> &Path {
         &self.workspace
     }
 
     /// A snapshot of the todo list, in creation order.
-    pub fn todos(&self) -> Vec<TodoItem> {
+    #[cfg(test)]
+    pub(crate) fn todos(&self) -> Vec<TodoItem> {
         self.lock_todos().items().to_vec()
     }
 
@@ -179,7 +173,7 @@ impl ServerHandler for BaseSkill {
 
 /// Whether `skill` pins a published `@perstack/base` version (`@perstack/base@x.y.z` as its
 /// package or in its arguments): then it runs as a stdio server instead of in process.
-pub fn is_pinned(skill: &crate::schema::McpStdioSkill) -> bool {
+pub(crate) fn is_pinned(skill: &crate::schema::McpStdioSkill) -> bool {
     let pinned = format!("{BASE_SKILL}@");
     skill
         .package_name

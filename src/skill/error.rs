@@ -12,7 +12,7 @@ use rmcp::service::ServiceError;
 /// An error talking to a skill.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum SkillError {
+pub(crate) enum SkillError {
     /// The server answered with a JSON-RPC error (unknown tool, invalid parameters, an
     /// internal error). Displayed like the TypeScript SDK's `McpError` message.
     #[error("MCP error {code}: {message}")]
@@ -98,7 +98,7 @@ pub enum SkillError {
 impl SkillError {
     /// Whether this failure goes back to the model as a tool result it can react to (`true`),
     /// or is an engine fault that stops the run (`false`).
-    pub fn feeds_back_to_model(&self) -> bool {
+    pub(crate) fn feeds_back_to_model(&self) -> bool {
         match self {
             SkillError::Mcp { .. }
             | SkillError::InvalidArguments { .. }
@@ -113,7 +113,7 @@ impl SkillError {
     }
 
     /// Classifies an rmcp error from a call to `tool` on `skill`.
-    pub fn from_service(skill: &str, tool: &str, err: ServiceError) -> Self {
+    pub(crate) fn from_service(skill: &str, tool: &str, err: ServiceError) -> Self {
         let skill = skill.to_owned();
         let tool = tool.to_owned();
         match err {

@@ -23,7 +23,7 @@ use process_wrap::tokio::{ChildWrapper, CommandWrap, KillOnDrop, ProcessGroup};
 /// Who a process is started for: what the sandbox will key its rules on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum LaunchFor {
+pub(crate) enum LaunchFor {
     /// A stdio MCP server: the skill `skill` (its key in the Expert's `skills`).
     McpServer {
         /// The skill's name.
@@ -35,7 +35,7 @@ pub enum LaunchFor {
 
 /// One of the child's standard streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pipe {
+pub(crate) enum Pipe {
     /// A pipe to the engine.
     Piped,
     /// `/dev/null`.
@@ -53,7 +53,7 @@ impl Pipe {
 
 /// What dropping the returned child does while it still runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnDrop {
+pub(crate) enum OnDrop {
     /// Kill the whole process group (`SIGKILL` to the group): nothing it started survives.
     KillGroup,
     /// Kill only the leader; processes it detached keep running (as Perstack's `execFile`).
@@ -62,7 +62,7 @@ pub enum OnDrop {
 
 /// A process to start for an Expert.
 #[derive(Debug, Clone)]
-pub struct LaunchRequest {
+pub(crate) struct LaunchRequest {
     /// Who it is for.
     pub purpose: LaunchFor,
     /// The program (looked up in the child's `PATH` when it has no `/`).
@@ -88,7 +88,7 @@ pub struct LaunchRequest {
 /// # Errors
 ///
 /// The spawn's I/O error (program not found, not executable, bad directory).
-pub fn launch(request: LaunchRequest) -> io::Result<Box<dyn ChildWrapper>> {
+pub(crate) fn launch(request: LaunchRequest) -> io::Result<Box<dyn ChildWrapper>> {
     let LaunchRequest {
         purpose,
         program,

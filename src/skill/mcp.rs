@@ -34,11 +34,14 @@
 //!   call then ends at the caller's timeout.
 
 mod command;
-pub mod endpoint;
-pub mod env;
+pub(crate) mod endpoint;
+pub(crate) mod env;
 mod http;
 mod stderr;
 mod stdio;
+
+#[cfg(test)]
+mod real_servers;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -55,19 +58,19 @@ use rmcp::transport::async_rw::AsyncRwTransport;
 use rmcp::{ClientHandler, ServiceExt};
 use serde_json::Value;
 
-pub use crate::skill::base::{ConnectTimings, ServerIdentity};
-pub use command::command_args;
-pub use endpoint::{CheckedEndpoint, EndpointError, check_endpoint};
-pub use env::{PROTECTED_ENV_VARS, SAFE_ENV_VARS, child_env};
+pub(crate) use crate::skill::base::{ConnectTimings, ServerIdentity};
+pub(crate) use command::command_args;
+pub(crate) use endpoint::check_endpoint;
+pub(crate) use env::child_env;
 pub(crate) use stderr::incomplete_utf8_tail;
-pub use stderr::{MAX_STDERR_CHUNK, REDACTED, Redactor, StderrStream};
+pub(crate) use stderr::{Redactor, StderrStream};
 
 use crate::schema::{McpSseSkill, McpStdioSkill};
 use crate::skill::{SkillError, ToolDefinition};
 
 /// The environment variable that opts into private/loopback HTTP endpoints (and plain
 /// `http`) when set to `1`; see [`ConnectOptions::allow_private_endpoints`].
-pub const ALLOW_PRIVATE_ENDPOINTS_ENV: &str = "PERSTACK_ALLOW_PRIVATE_MCP_ENDPOINTS";
+pub(crate) const ALLOW_PRIVATE_ENDPOINTS_ENV: &str = "PERSTACK_ALLOW_PRIVATE_MCP_ENDPOINTS";
 
 /// How many lines of a failed server's stderr a connect error quotes.
 const STDERR_TAIL_LINES: usize = 5;
@@ -76,7 +79,7 @@ const STDERR_TAIL_WAIT: Duration = Duration::from_millis(500);
 
 /// Settings for connecting to an MCP server.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConnectOptions {
+pub(crate) struct ConnectOptions {
     /// Working directory of a stdio server (the run's workspace). `None` keeps the engine's
     /// own working directory, as Perstack does.
     pub workspace: Option<PathBuf>,
@@ -112,22 +115,27 @@ impl Default for ConnectOptions {
 
 impl ConnectOptions {
     /// Whether `env` opts into private endpoints: [`ALLOW_PRIVATE_ENDPOINTS_ENV`] is `1`.
-    pub fn private_endpoints_allowed(env: &BTreeMap<String, String>) -> bool {
+    pub(crate) fn private_endpoints_allowed(env: &BTreeMap<String, String>) -> bool {
         env.get(ALLOW_PRIVATE_ENDPOINTS_ENV).map(String::as_str) == Some("1")
     }
 }
 
 /// A connected MCP server (stdio or Streamable HTTP) and its filtered tool list.
 #[derive(Debug)]
-pub struct McpConnection {
+pub(crate) struct McpConnection {
     skill_name: String,
     client: RunningService<RoleClient, ClientState>,
     tools: Vec<ToolDefinition>,
     server_identity: ServerIdentity,
     timings: ConnectTimings,
+    /// What the server was started with, and whether it announced a tool list change: kept
+    /// for the tests of real servers, which check them; nothing else reads them.
+    #[cfg_attr(not(test), allow(dead_code))]
     command: String,
+    #[cfg_attr(not(test), allow(dead_code))]
     args: Vec<String>,
     close_grace: Duration,
+    #[cfg_attr(not(test), allow(dead_code))]
     tools_changed: Arc<AtomicBool>,
     /// The server process (stdio only); dropping it kills the process group.
     child: Option<stdio::ChildHandle>,
@@ -144,7 +152,7 @@ pub struct McpConnection {
 /// [`SkillError::Spawn`] for a bad command line, a missing `requiredEnv` variable or a
 /// failed spawn (nothing is started in the first two cases); [`SkillError::Connect`] when
 /// the handshake or `tools/list` fails or exceeds [`ConnectOptions::startup_timeout`].
-pub async fn connect_stdio(
+pub(crate) async fn connect_stdio(
     skill: &McpStdioSkill,
     env: &BTreeMap<String, String>,
     opts: &ConnectOptions,
@@ -195,7 +203,7 @@ pub async fn connect_stdio(
 ///
 /// [`SkillError::Connect`] when the guard refuses the endpoint (the message says why), or the
 /// handshake or `tools/list` fails or exceeds [`ConnectOptions::startup_timeout`].
-pub async fn connect_http(
+pub(crate) async fn connect_http(
     skill: &McpSseSkill,
     opts: &ConnectOptions,
 ) -> Result<McpConnection, SkillError> {
@@ -273,47 +281,45 @@ impl McpConnection {
         }
     }
 
-    /// The skill's name (its key in the Expert's `skills`).
-    pub fn skill_name(&self) -> &str {
-        &self.skill_name
-    }
-
     /// The server's tools, listed once at connect time (before any `pick`/`omit`).
-    pub fn tools(&self) -> &[ToolDefinition] {
+    pub(crate) fn tools(&self) -> &[ToolDefinition] {
         &self.tools
     }
 
     /// The server's `{name, version}` from the handshake (the skill's name and an empty
     /// version if the server sent none).
-    pub fn server_identity(&self) -> &ServerIdentity {
+    pub(crate) fn server_identity(&self) -> &ServerIdentity {
         &self.server_identity
     }
 
     /// How long connecting took, with `skillConnected`'s meanings (for HTTP, "spawn" is the
     /// endpoint check and transport construction).
-    pub fn timings(&self) -> ConnectTimings {
+    pub(crate) fn timings(&self) -> ConnectTimings {
         self.timings
     }
 
     /// The command and arguments the server was started with (for HTTP: the endpoint and no
     /// arguments). [`command_args`] gives the same before connecting, for `skillStarting`.
-    pub fn command_line(&self) -> (&str, &[String]) {
+    #[cfg(test)]
+    pub(crate) fn command_line(&self) -> (&str, &[String]) {
         (&self.command, &self.args)
     }
 
     /// The server process's id, which is also its process group id (stdio only).
-    pub fn pid(&self) -> Option<u32> {
+    #[cfg(test)]
+    pub(crate) fn pid(&self) -> Option<u32> {
         self.child.as_ref().and_then(stdio::ChildHandle::pid)
     }
 
     /// Whether the server sent `notifications/tools/list_changed` since connecting. The
     /// tool list is not refreshed: new or changed tools stay uncallable until reconnecting.
-    pub fn tools_changed(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn tools_changed(&self) -> bool {
         self.tools_changed.load(Ordering::Relaxed)
     }
 
     /// Whether the connection is gone (the server exited or closed its end).
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         self.client.is_transport_closed()
     }
 
@@ -329,7 +335,7 @@ impl McpConnection {
     /// from the server, an rmcp timeout, and the server dying during this call
     /// ([`SkillError::UnexpectedResponse`]). A call on a connection that was already closed
     /// fails with [`SkillError::TransportClosed`], which does not feed back.
-    pub async fn call(&self, name: &str, args: Value) -> Result<CallToolResult, SkillError> {
+    pub(crate) async fn call(&self, name: &str, args: Value) -> Result<CallToolResult, SkillError> {
         if !self.tools.iter().any(|t| t.name == name) {
             return Err(SkillError::Mcp {
                 skill: self.skill_name.clone(),
@@ -378,7 +384,7 @@ impl McpConnection {
     /// Closes the connection: ends the MCP session (closing a stdio server's stdin), lets the
     /// server exit within [`ConnectOptions::close_grace`], then kills its whole process group
     /// and reaps it.
-    pub async fn close(self) {
+    pub(crate) async fn close(self) {
         let McpConnection {
             client,
             child,

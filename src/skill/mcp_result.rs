@@ -32,7 +32,7 @@ use crate::schema::{InlinePart, MessagePart};
 
 /// The parts a tool result converts to, with the result's `isError` flag.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ConvertedResult {
+pub(crate) struct ConvertedResult {
     /// The parts, in the server's order.
     pub parts: Vec<MessagePart>,
     /// Whether the server flagged the result as an error (`isError: true`).
@@ -43,7 +43,11 @@ pub struct ConvertedResult {
 const FALLBACK_BLOB_MIME_TYPE: &str = "application/octet-stream";
 
 /// Converts the result of calling `tool_name` with `args` into message parts.
-pub fn to_message_parts(tool_name: &str, args: &Value, result: &CallToolResult) -> ConvertedResult {
+pub(crate) fn to_message_parts(
+    tool_name: &str,
+    args: &Value,
+    result: &CallToolResult,
+) -> ConvertedResult {
     let is_error = result.is_error.unwrap_or(false);
     if result.content.is_empty() {
         let args = serde_json::to_string(args).unwrap_or_else(|_| "{}".to_owned());
@@ -60,7 +64,7 @@ pub fn to_message_parts(tool_name: &str, args: &Value, result: &CallToolResult) 
 
 /// The text Perstack gives the model when a call fails at the protocol level:
 /// `Error calling tool <name>: <message>`.
-pub fn mcp_error_text(tool_name: &str, err: &impl Display) -> String {
+pub(crate) fn mcp_error_text(tool_name: &str, err: &impl Display) -> String {
     format!("Error calling tool {tool_name}: {err}")
 }
 

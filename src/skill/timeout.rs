@@ -21,12 +21,12 @@ use crate::config::defaults;
 use crate::skill::SkillError;
 
 /// The environment variable that sets the tool-call timeout, in milliseconds.
-pub const TOOL_TIMEOUT_ENV: &str = "PERSTACK_TOOL_TIMEOUT_MS";
+pub(crate) const TOOL_TIMEOUT_ENV: &str = "PERSTACK_TOOL_TIMEOUT_MS";
 
 /// [`TOOL_TIMEOUT_ENV`] holds something other than a positive whole number of milliseconds.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{TOOL_TIMEOUT_ENV} must be a positive whole number of milliseconds, got \"{value}\"")]
-pub struct InvalidToolTimeout {
+pub(crate) struct InvalidToolTimeout {
     /// The value found.
     pub value: String,
 }
@@ -37,7 +37,7 @@ pub struct InvalidToolTimeout {
 /// # Errors
 ///
 /// [`InvalidToolTimeout`] when the variable is not a positive whole number.
-pub fn tool_timeout(env: &BTreeMap<String, String>) -> Result<Duration, InvalidToolTimeout> {
+pub(crate) fn tool_timeout(env: &BTreeMap<String, String>) -> Result<Duration, InvalidToolTimeout> {
     let Some(value) = env.get(TOOL_TIMEOUT_ENV) else {
         return Ok(defaults::TOOL_TIMEOUT);
     };
@@ -55,7 +55,7 @@ pub fn tool_timeout(env: &BTreeMap<String, String>) -> Result<Duration, InvalidT
 /// # Errors
 ///
 /// `call`'s own error, or [`SkillError::Timeout`].
-pub async fn bounded<T>(
+pub(crate) async fn bounded<T>(
     after: Duration,
     skill: &str,
     tool: &str,

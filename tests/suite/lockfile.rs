@@ -3,8 +3,8 @@
 
 use serde_json::Value;
 
+use super::common::fixture_bin;
 use super::common::{self, Finished};
-use super::mcp::fixture_bin;
 
 fn config(dir: &std::path::Path) {
     let experts = format!(

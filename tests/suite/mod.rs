@@ -10,7 +10,6 @@ mod fake_server;
 mod lifecycle;
 mod lockfile;
 mod log;
-mod mcp;
 mod provider_anthropic;
 mod provider_corpus;
 mod provider_examples;

@@ -7,8 +7,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::common::{self, Finished};
-use super::mcp::fixture_bin;
-use super::mcp::http::{everything_entry, start_everything_http};
+use super::common::{everything_entry, fixture_bin, start_everything_http};
 
 fn run(dir: &Path, expert: &str, env: &[(&str, &str)]) -> (i32, Vec<Value>, String) {
     let mut cmd = common::perstack(dir, &["run", expert, "go"]);

@@ -28,7 +28,7 @@ use crate::skill::{SkillError, ToolDefinition};
 
 /// The server's `{name, version}` from the handshake, as `skillConnected` reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ServerIdentity {
+pub(crate) struct ServerIdentity {
     /// Server name (`@perstack/base`).
     pub name: String,
     /// Server version (this crate's version).
@@ -38,7 +38,7 @@ pub struct ServerIdentity {
 /// Connection timings in whole milliseconds, with `skillConnected`'s meanings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ConnectTimings {
+pub(crate) struct ConnectTimings {
     /// Creating the pipe and spawning the server task.
     pub spawn_duration_ms: u64,
     /// The MCP `initialize` handshake.
@@ -53,7 +53,7 @@ pub struct ConnectTimings {
 
 /// A connected in-process base skill: the run's [`BaseSkill`] and the shared tool list.
 #[derive(Debug)]
-pub struct InProcessBase {
+pub(crate) struct InProcessBase {
     skill: BaseSkill,
     tools: Arc<[ToolDefinition]>,
     server_identity: ServerIdentity,
@@ -98,7 +98,7 @@ fn detached_peer() -> Peer<RoleServer> {
 
 /// Wraps `skill` for direct calls. Never fails; async and fallible like the MCP connections
 /// it stands beside.
-pub async fn connect_in_process(skill: BaseSkill) -> Result<InProcessBase, SkillError> {
+pub(crate) async fn connect_in_process(skill: BaseSkill) -> Result<InProcessBase, SkillError> {
     let started = Instant::now();
     let tools = tools();
     let elapsed = millis(started.elapsed());
@@ -122,35 +122,30 @@ pub async fn connect_in_process(skill: BaseSkill) -> Result<InProcessBase, Skill
 }
 
 impl InProcessBase {
-    /// The skill's name (`@perstack/base`).
-    pub fn skill_name(&self) -> &str {
-        BASE_SKILL
-    }
-
     /// The tools (shared by every instance).
-    pub fn tools(&self) -> &[ToolDefinition] {
+    pub(crate) fn tools(&self) -> &[ToolDefinition] {
         &self.tools
     }
 
     /// The server's `{name, version}`, as a handshake would report it.
-    pub fn server_identity(&self) -> &ServerIdentity {
+    pub(crate) fn server_identity(&self) -> &ServerIdentity {
         &self.server_identity
     }
 
     /// How long connecting took.
-    pub fn timings(&self) -> ConnectTimings {
+    pub(crate) fn timings(&self) -> ConnectTimings {
         self.timings
     }
 
     /// Whether [`InProcessBase::close`] was called.
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
 
     /// Calls tool `name` with `args` (a JSON object, or `null` for none). Calls may run
     /// concurrently. A protocol-level failure (unknown tool, invalid arguments) is an
     /// `Err` whose [`SkillError::feeds_back_to_model`] is true, exactly as over MCP.
-    pub async fn call(&self, name: &str, args: Value) -> Result<CallToolResult, SkillError> {
+    pub(crate) async fn call(&self, name: &str, args: Value) -> Result<CallToolResult, SkillError> {
         if self.is_closed() {
             return Err(SkillError::TransportClosed {
                 skill: BASE_SKILL.to_owned(),
@@ -193,7 +188,7 @@ impl InProcessBase {
     /// `result` of calling `name` with `args` as the model sees it: the MCP conversion
     /// ([`to_message_parts`]), then the base skill's own step, `readImageFile`/`readPdfFile`
     /// answers replaced by the file they name ([`super::inline_media`]).
-    pub async fn message_parts(
+    pub(crate) async fn message_parts(
         &self,
         name: &str,
         args: &Value,
@@ -205,7 +200,7 @@ impl InProcessBase {
     }
 
     /// Ends the connection: later calls fail with `TransportClosed`.
-    pub async fn close(self) {
+    pub(crate) async fn close(self) {
         self.closed.store(true, Ordering::Release);
     }
 }

@@ -45,7 +45,7 @@ const PDF_TYPE: &str = "application/pdf";
 ///
 /// `workspace` is canonicalised here. This does blocking file I/O; call it from
 /// `spawn_blocking` when the file may be large.
-pub fn read_inline_file(workspace: &Path, path: &str) -> Result<(Vec<u8>, String), String> {
+pub(crate) fn read_inline_file(workspace: &Path, path: &str) -> Result<(Vec<u8>, String), String> {
     let home = std::env::var_os("HOME").map(PathBuf::from);
     let ws = Workspace::new(workspace, home);
     let mime = mime_type(Path::new(path))
@@ -69,7 +69,7 @@ const INLINED_TOOLS: [&str; 2] = ["readImageFile", "readPdfFile"];
 /// through [`read_inline_file`]'s checks inside `workspace`; a file that cannot be read
 /// becomes the text `Failed to read file "<path>": <reason>` (Perstack's). Error answers and
 /// other tools' parts pass through unchanged.
-pub async fn inline_media(
+pub(crate) async fn inline_media(
     workspace: &Path,
     tool: &str,
     parts: Vec<MessagePart>,

@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 /// A successful result: `value` as compact JSON in one text content.
-pub fn json_result<T: Serialize>(value: &T) -> CallToolResult {
+pub(crate) fn json_result<T: Serialize>(value: &T) -> CallToolResult {
     match serde_json::to_string(value) {
         Ok(text) => text_result(text),
         Err(e) => json_error("SerializationError", &e.to_string()),
@@ -19,7 +19,7 @@ pub fn json_result<T: Serialize>(value: &T) -> CallToolResult {
 }
 
 /// A failure the model can react to: `{"error": name, "message": message}` as text.
-pub fn json_error(name: &str, message: &str) -> CallToolResult {
+pub(crate) fn json_error(name: &str, message: &str) -> CallToolResult {
     #[derive(Serialize)]
     struct ErrorBody<'a> {
         error: &'a str,

@@ -51,7 +51,7 @@ impl Fixture {
             ("HOME".to_owned(), outside_path.display().to_string()),
         ]);
         env.extend(extra);
-        let base = connect_in_process(BaseSkill::new(&root).with_env(env))
+        let base = connect_in_process(BaseSkill::with_workspace_env(&root, &env))
             .await
             .unwrap();
         Fixture {

@@ -17,7 +17,7 @@ use super::result::json_result;
 
 /// One todo item: `{"id":0,"title":"..","completed":false}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TodoItem {
+pub(crate) struct TodoItem {
     /// Id, counting from 0 in creation order.
     pub id: u64,
     /// What to do.

@@ -14,7 +14,7 @@ use crate::skill::SkillError;
 /// [`SkillError::Spawn`] (kind `InvalidInput`) when the skill has neither `packageName` nor
 /// `args` ("Skill X has no packageName or args") or both ("Skill X has both packageName and
 /// args").
-pub fn command_args(skill: &McpStdioSkill) -> Result<(String, Vec<String>), SkillError> {
+pub(crate) fn command_args(skill: &McpStdioSkill) -> Result<(String, Vec<String>), SkillError> {
     let package = skill.package_name.as_deref().filter(|p| !p.is_empty());
     let mut args = match (package, skill.args.is_empty()) {
         (Some(package), true) => vec![package.to_owned()],

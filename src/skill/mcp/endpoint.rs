@@ -29,7 +29,7 @@ use reqwest::Url;
 /// Why an endpoint was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum EndpointError {
+pub(crate) enum EndpointError {
     /// The text is not a URL with a host.
     #[error("invalid endpoint URL {url:?}: {reason}")]
     Invalid {
@@ -81,7 +81,7 @@ pub enum EndpointError {
 
 /// An endpoint that passed the guard, with the address to connect to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CheckedEndpoint {
+pub(crate) struct CheckedEndpoint {
     /// The parsed URL.
     pub url: Url,
     /// The host name when the URL names one (`None` for an IP literal): the name the HTTP
@@ -93,7 +93,7 @@ pub struct CheckedEndpoint {
 
 /// A URL that passed the static checks; the host may still need resolving.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParsedEndpoint {
+pub(crate) struct ParsedEndpoint {
     /// The parsed URL.
     pub url: Url,
     /// The host: an IP literal or a (lower-case, punycode-free) domain name.
@@ -104,7 +104,7 @@ pub struct ParsedEndpoint {
 
 /// The host part of an endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EndpointHost {
+pub(crate) enum EndpointHost {
     /// An IP literal (after WHATWG normalisation).
     Ip(IpAddr),
     /// A domain name.
@@ -113,7 +113,10 @@ pub enum EndpointHost {
 
 /// Static checks (no DNS): scheme, credentials, punycode, local names, and the address rules
 /// for IP literals.
-pub fn parse_endpoint(raw: &str, allow_private: bool) -> Result<ParsedEndpoint, EndpointError> {
+pub(crate) fn parse_endpoint(
+    raw: &str,
+    allow_private: bool,
+) -> Result<ParsedEndpoint, EndpointError> {
     let invalid = |reason: &str| EndpointError::Invalid {
         url: raw.to_owned(),
         reason: reason.to_owned(),
@@ -158,7 +161,11 @@ pub fn parse_endpoint(raw: &str, allow_private: bool) -> Result<ParsedEndpoint, 
 
 /// Checks every address `host` resolved to; any blocked one refuses the host (a name that
 /// resolves to both a public and a private address is refused).
-pub fn check_addrs(host: &str, addrs: &[IpAddr], allow_private: bool) -> Result<(), EndpointError> {
+pub(crate) fn check_addrs(
+    host: &str,
+    addrs: &[IpAddr],
+    allow_private: bool,
+) -> Result<(), EndpointError> {
     if addrs.is_empty() {
         return Err(EndpointError::Resolve {
             host: host.to_owned(),
@@ -182,7 +189,7 @@ pub fn check_addrs(host: &str, addrs: &[IpAddr], allow_private: bool) -> Result<
 
 /// The full guard: [`parse_endpoint`], then DNS resolution of a domain and [`check_addrs`] on
 /// every answer. Returns the first address to connect to.
-pub async fn check_endpoint(
+pub(crate) async fn check_endpoint(
     raw: &str,
     allow_private: bool,
 ) -> Result<CheckedEndpoint, EndpointError> {
@@ -220,7 +227,7 @@ pub async fn check_endpoint(
 }
 
 /// The blocked range `ip` is in, in words, or `None` for a public unicast address.
-pub fn blocked_range(ip: IpAddr) -> Option<&'static str> {
+pub(crate) fn blocked_range(ip: IpAddr) -> Option<&'static str> {
     match ip {
         IpAddr::V4(v4) => blocked_v4(v4),
         IpAddr::V6(v6) => blocked_v6(v6),

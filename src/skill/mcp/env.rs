@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 
 use crate::skill::SkillError;
 
-pub use crate::config::{PROTECTED_ENV_VARS, SAFE_ENV_VARS, is_protected};
+pub(crate) use crate::config::is_protected;
 
 /// The complete environment for skill `skill_name`'s server: the safe names from `env`, then
 /// each of `required_env` from `env` (protected names skipped).
@@ -28,7 +28,7 @@ pub use crate::config::{PROTECTED_ENV_VARS, SAFE_ENV_VARS, is_protected};
 ///
 /// [`SkillError::Spawn`] (kind `NotFound`) with the message
 /// `Skill <skill> requires environment variable <NAME>` when a required name is missing.
-pub fn child_env(
+pub(crate) fn child_env(
     skill_name: &str,
     required_env: &[String],
     env: &BTreeMap<String, String>,

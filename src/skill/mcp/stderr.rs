@@ -19,21 +19,21 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::mpsc;
 
 /// The longest chunk the relay sends; a longer line is split.
-pub const MAX_STDERR_CHUNK: usize = 8 * 1024;
+pub(crate) const MAX_STDERR_CHUNK: usize = 8 * 1024;
 
 /// What replaces a secret in relayed stderr.
-pub const REDACTED: &str = "***";
+pub(crate) const REDACTED: &str = "***";
 
 /// Replaces known secret values in text.
 #[derive(Debug, Clone, Default)]
-pub struct Redactor {
+pub(crate) struct Redactor {
     /// Non-empty secrets, longest first (so a secret containing another is replaced whole).
     secrets: Vec<String>,
 }
 
 impl Redactor {
     /// A redactor for `secrets` (empty values are ignored).
-    pub fn new(secrets: impl IntoIterator<Item = String>) -> Self {
+    pub(crate) fn new(secrets: impl IntoIterator<Item = String>) -> Self {
         let mut secrets: Vec<String> = secrets.into_iter().filter(|s| !s.is_empty()).collect();
         secrets.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         secrets.dedup();
@@ -41,7 +41,7 @@ impl Redactor {
     }
 
     /// `text` with every secret replaced by [`REDACTED`].
-    pub fn redact(&self, text: &str) -> String {
+    pub(crate) fn redact(&self, text: &str) -> String {
         let mut out = text.to_owned();
         for secret in &self.secrets {
             if out.contains(secret.as_str()) {
@@ -57,24 +57,22 @@ impl Redactor {
 /// Implements [`futures::Stream`]; ends when the child closes its stderr (it exited, or the
 /// connection was closed). See the module docs for the drop policy.
 #[derive(Debug)]
-pub struct StderrStream {
+pub(crate) struct StderrStream {
     rx: mpsc::Receiver<String>,
+    /// Lines dropped because the stream was not read fast enough (read by the tests).
+    #[cfg_attr(not(test), allow(dead_code))]
     dropped: Arc<AtomicU64>,
 }
 
 impl StderrStream {
     /// The next line, or `None` once the child's stderr is closed and everything was read.
-    pub async fn recv(&mut self) -> Option<String> {
+    pub(crate) async fn recv(&mut self) -> Option<String> {
         self.rx.recv().await
     }
 
-    /// The next line if one is waiting.
-    pub fn try_recv(&mut self) -> Option<String> {
-        self.rx.try_recv().ok()
-    }
-
     /// How many lines were dropped so far because this stream was not read fast enough.
-    pub fn dropped(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
 }

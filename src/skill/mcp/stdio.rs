@@ -91,6 +91,8 @@ pub(super) fn spawn(
 /// The engine's handle on a server process. Dropping it kills the process group.
 #[derive(Debug)]
 pub(super) struct ChildHandle {
+    /// The leader's process id, for the tests of real servers.
+    #[cfg_attr(not(test), allow(dead_code))]
     pid: Option<u32>,
     kill: CancellationToken,
     /// Cancels `kill` when this handle is dropped.
@@ -100,6 +102,7 @@ pub(super) struct ChildHandle {
 
 impl ChildHandle {
     /// The leader's process id (also the process group id).
+    #[cfg(test)]
     pub(super) fn pid(&self) -> Option<u32> {
         self.pid
     }

@@ -1,14 +1,14 @@
 //! MCP over Streamable HTTP (the fixture's `--http` mode, through the SSRF guard), and the
 //! optional `@modelcontextprotocol/server-everything` over stdio and Streamable HTTP.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use perstack::schema::McpSseSkill;
-use perstack::skill::mcp::{ConnectOptions, connect_http};
-use serde_json::{Value, json};
+use crate::schema::McpSseSkill;
+use crate::skill::mcp::{ConnectOptions, connect_http};
+use crate::test_support::{everything_entry, fixture_bin, start_everything_http};
+use serde_json::json;
 
-use super::{connect, fixture_bin, opts, process_gone, stdio_skill, text, tool_names};
+use super::{connect, opts, process_gone, stdio_skill, text, tool_names};
 
 // ---- Streamable HTTP --------------------------------------------------------------------
 
@@ -71,7 +71,7 @@ async fn http_endpoints_pass_the_guard_only_with_the_opt_in() {
     // The connection lists every tool; `omit` is the tool catalog's, applied once.
     assert!(tool_names(&conn).contains(&"crash"));
     let skill = http_skill(&url);
-    let offered = perstack::agent::catalog::select(conn.tools(), &skill.pick, &skill.omit);
+    let offered = crate::agent::catalog::select(conn.tools(), &skill.pick, &skill.omit);
     assert!(offered.iter().all(|t| t.name != "crash"));
     assert_eq!(conn.pid(), None);
     assert_eq!(conn.command_line().0, url);
@@ -85,76 +85,7 @@ async fn http_endpoints_pass_the_guard_only_with_the_opt_in() {
     conn.close().await;
 }
 
-// ---- @modelcontextprotocol/server-everything (optional) ---------------------------------
-
-/// The installed server-everything package directory, if any.
-fn everything_package() -> Option<PathBuf> {
-    let mut roots = Vec::new();
-    if let Some(dir) = std::env::var_os("MCP_EVERYTHING_DIR") {
-        let dir = PathBuf::from(dir);
-        roots.push(dir.join("node_modules"));
-        roots.push(dir);
-    }
-    if let Ok(out) = std::process::Command::new("npm")
-        .args(["root", "-g"])
-        .output()
-        && out.status.success()
-    {
-        roots.push(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
-    }
-    roots
-        .into_iter()
-        .map(|root| root.join("@modelcontextprotocol").join("server-everything"))
-        .find(|pkg| pkg.join("package.json").is_file())
-}
-
-/// `node <bin>` entry of server-everything, or `None` with a skip note.
-pub(crate) fn everything_entry(test: &str) -> Option<String> {
-    let Some(pkg) = everything_package() else {
-        // CI installs it (.ci/run); there, a missing package is a failure, not a skip.
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{test}: @modelcontextprotocol/server-everything is not installed"
-        );
-        println!(
-            "SKIP {test}: @modelcontextprotocol/server-everything not installed \
-             (npm install -g @modelcontextprotocol/server-everything, or set MCP_EVERYTHING_DIR)"
-        );
-        return None;
-    };
-    let manifest: Value =
-        serde_json::from_str(&std::fs::read_to_string(pkg.join("package.json")).unwrap()).unwrap();
-    let bin = manifest["bin"]["mcp-server-everything"]
-        .as_str()
-        .unwrap_or("dist/index.js");
-    Some(pkg.join(bin).to_str().unwrap().to_owned())
-}
-
-/// server-everything (at `entry`) serving Streamable HTTP on a free 127.0.0.1 port, once it
-/// listens: the child (killed when dropped) and `127.0.0.1:<port>`.
-pub(crate) async fn start_everything_http(entry: &str) -> (tokio::process::Child, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = tokio::process::Command::new("node")
-        .args([entry, "streamableHttp"])
-        .env("PORT", port.to_string())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let addr = format!("127.0.0.1:{port}");
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(&addr).await.is_ok() {
-            return (child, addr);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("server-everything did not listen on {addr}");
-}
+// ---- @modelcontextprotocol/server-everything ------------------------------------------
 
 #[tokio::test]
 async fn server_everything_over_stdio() {

@@ -1,65 +1,23 @@
 //! MCP skills over stdio and Streamable HTTP, against the fixture server
-//! (`examples/mcp_fixture_server.rs`) and, when installed, the reference
-//! `@modelcontextprotocol/server-everything`.
-//!
-//! The fixture binary is `target/<profile>/examples/mcp_fixture_server` (`cargo test` builds
-//! examples); when it is missing or older than its sources (`cargo test --test all` builds no
-//! examples), the first test to need it runs `cargo build --example mcp_fixture_server`.
-//!
-//! server-everything is looked for in `$MCP_EVERYTHING_DIR` (a `node_modules` directory, or a
-//! directory holding one), then in `npm root -g`; those tests print a skip note otherwise.
+//! (`examples/mcp_fixture_server.rs`) and the reference `@modelcontextprotocol/server-everything`
+//! (both real processes; see [`crate::test_support`] for how they are found).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use perstack::agent::catalog::select;
-use perstack::schema::McpStdioSkill;
-use perstack::skill::SkillError;
-use perstack::skill::mcp::{
-    ConnectOptions, McpConnection, SAFE_ENV_VARS, StderrStream, connect_stdio,
-};
-use perstack::skill::timeout::bounded;
+use crate::agent::catalog::select;
+use crate::config::SAFE_ENV_VARS;
+use crate::schema::McpStdioSkill;
+use crate::skill::SkillError;
+use crate::skill::mcp::{ConnectOptions, McpConnection, StderrStream, connect_stdio};
+use crate::skill::timeout::bounded;
+use crate::test_support::fixture_bin;
 use rmcp::model::CallToolResult;
 use serde_json::{Value, json};
 
-pub(crate) mod http;
+mod http;
 
 const SECRET: &str = "s3cr3t-t0ken-value";
-
-pub(crate) fn fixture_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        // target/<profile>/deps/all-<hash> → target/<profile>/examples/mcp_fixture_server
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().unwrap().parent().unwrap();
-        let bin = profile_dir.join("examples").join("mcp_fixture_server");
-        // `cargo test --test all` does not build examples: build it when missing or older
-        // than its sources.
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-        let stale = [
-            "examples/mcp_fixture_server.rs",
-            "tests/mcp_fixture_server/http_bridge.rs",
-        ]
-        .iter()
-        .any(|src| modified(&root.join(src)) > modified(&bin));
-        if stale {
-            let mut build = std::process::Command::new(env!("CARGO"));
-            build
-                .args(["build", "--quiet", "--example", "mcp_fixture_server"])
-                .current_dir(root);
-            if profile_dir.file_name().is_some_and(|p| p == "release") {
-                build.arg("--release");
-            }
-            let status = build.status().expect("run cargo build");
-            assert!(status.success(), "building the fixture server failed");
-        }
-        assert!(bin.is_file(), "{} missing", bin.display());
-        bin
-    })
-}
 
 fn stdio_skill(command: &str, args: &[&str]) -> McpStdioSkill {
     McpStdioSkill {

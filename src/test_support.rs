@@ -1,0 +1,123 @@
+//! Test helpers shared by the crate's unit tests and the integration suite (which includes
+//! this file with `#[path]`): the MCP fixture server binary and the reference
+//! `@modelcontextprotocol/server-everything`. Only `std`, `tokio` and `serde_json`, so the
+//! file compiles in both places.
+//!
+//! server-everything is looked for in `$MCP_EVERYTHING_DIR` (a `node_modules` directory, or a
+//! directory holding one), then in `npm root -g`; the tests that need it print a skip note
+//! otherwise, except under `CI`, where it must be installed.
+
+// Tests may panic on unexpected errors; the no-unwrap rule is for the engine's own code.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// The MCP fixture server (`examples/mcp_fixture_server.rs`):
+/// `target/<profile>/examples/mcp_fixture_server`. `cargo test` builds examples; when it is
+/// missing or older than its sources (`cargo test --test all` or `--lib` build no examples),
+/// the first test to need it runs `cargo build --example mcp_fixture_server`.
+pub(crate) fn fixture_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        // target/<profile>/deps/<test binary> → target/<profile>/examples/mcp_fixture_server
+        let exe = std::env::current_exe().unwrap();
+        let profile_dir = exe.parent().unwrap().parent().unwrap();
+        let bin = profile_dir.join("examples").join("mcp_fixture_server");
+        // `cargo test --test all` does not build examples: build it when missing or older
+        // than its sources.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let stale = [
+            "examples/mcp_fixture_server.rs",
+            "tests/mcp_fixture_server/http_bridge.rs",
+        ]
+        .iter()
+        .any(|src| modified(&root.join(src)) > modified(&bin));
+        if stale {
+            let mut build = std::process::Command::new(env!("CARGO"));
+            build
+                .args(["build", "--quiet", "--example", "mcp_fixture_server"])
+                .current_dir(root);
+            if profile_dir.file_name().is_some_and(|p| p == "release") {
+                build.arg("--release");
+            }
+            let status = build.status().expect("run cargo build");
+            assert!(status.success(), "building the fixture server failed");
+        }
+        assert!(bin.is_file(), "{} missing", bin.display());
+        bin
+    })
+}
+
+/// The installed server-everything package directory, if any.
+fn everything_package() -> Option<PathBuf> {
+    let mut roots = Vec::new();
+    if let Some(dir) = std::env::var_os("MCP_EVERYTHING_DIR") {
+        let dir = PathBuf::from(dir);
+        roots.push(dir.join("node_modules"));
+        roots.push(dir);
+    }
+    if let Ok(out) = std::process::Command::new("npm")
+        .args(["root", "-g"])
+        .output()
+        && out.status.success()
+    {
+        roots.push(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+    }
+    roots
+        .into_iter()
+        .map(|root| root.join("@modelcontextprotocol").join("server-everything"))
+        .find(|pkg| pkg.join("package.json").is_file())
+}
+
+/// `node <bin>` entry of server-everything, or `None` with a skip note.
+pub(crate) fn everything_entry(test: &str) -> Option<String> {
+    let Some(pkg) = everything_package() else {
+        // CI installs it (.ci/run); there, a missing package is a failure, not a skip.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test}: @modelcontextprotocol/server-everything is not installed"
+        );
+        println!(
+            "SKIP {test}: @modelcontextprotocol/server-everything not installed \
+             (npm install -g @modelcontextprotocol/server-everything, or set MCP_EVERYTHING_DIR)"
+        );
+        return None;
+    };
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(pkg.join("package.json")).unwrap()).unwrap();
+    let bin = manifest["bin"]["mcp-server-everything"]
+        .as_str()
+        .unwrap_or("dist/index.js");
+    Some(pkg.join(bin).to_str().unwrap().to_owned())
+}
+
+/// server-everything (at `entry`) serving Streamable HTTP on a free 127.0.0.1 port, once it
+/// listens: the child (killed when dropped) and `127.0.0.1:<port>`.
+pub(crate) async fn start_everything_http(entry: &str) -> (tokio::process::Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = tokio::process::Command::new("node")
+        .args([entry, "streamableHttp"])
+        .env("PORT", port.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(&addr).await.is_ok() {
+            return (child, addr);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("server-everything did not listen on {addr}");
+}
