@@ -39,13 +39,14 @@ pub(crate) enum Command {
 }
 
 /// The `perstack` command line, from the process arguments to its exit code: parses the
-/// arguments (clap prints usage errors and exits 2 itself), sends diagnostics to stderr, runs
-/// the command on a multi-thread tokio runtime and returns 0, 1 or 2 as described in the
-/// module doc. The binary's `main` is this one call; it is public for that alone.
+/// arguments (clap prints usage errors and exits 2 itself), sends diagnostics to stderr (and,
+/// with the `otel` feature, spans to an OTLP collector), runs the command on a multi-thread
+/// tokio runtime and returns 0, 1 or 2 as described in the module doc. The binary's `main` is
+/// this one call; it is public for that alone.
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
     let verbose = matches!(&cli.command, Command::Run(a) if a.verbose);
-    diagnostics::init(verbose);
+    let telemetry = diagnostics::init(verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -56,7 +57,12 @@ pub fn run() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    ExitCode::from(runtime.block_on(main(cli)))
+    let code = runtime.block_on(main(cli));
+    // Dropping the runtime drops what its tasks still hold (the job's span among them), so
+    // the export sees every span closed before it sends the last batch.
+    drop(runtime);
+    telemetry.finish();
+    ExitCode::from(code)
 }
 
 /// Run the parsed command; returns the process exit code.

@@ -34,12 +34,14 @@ mod cli;
 pub mod config;
 pub mod engine;
 pub mod llm;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod prelude;
 mod sandbox;
 pub mod schema;
 mod skill;
 pub mod storage;
 #[cfg(test)]
-mod test_support;
+mod tests;
 
 pub use cli::run as run_cli;

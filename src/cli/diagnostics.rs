@@ -3,15 +3,38 @@
 //! Owns the decision whether diagnostics carry ANSI colour codes: only when stderr is a
 //! terminal and `NO_COLOR` is unset or empty (<https://no-color.org>), so that log files and
 //! pipes never receive escape sequences. Never writes to stdout (stdout carries only events).
+//! With the `otel` feature and an OTLP endpoint variable set, the same subscriber also exports
+//! the engine's spans ([`crate::otel`]); [`Telemetry::finish`] flushes them before exit.
 
 use std::ffi::OsString;
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
+/// What [`init`] leaves running: the span export, when compiled in and configured.
+#[derive(Debug, Default)]
+pub(super) struct Telemetry {
+    #[cfg(feature = "otel")]
+    export: Option<crate::otel::OtlpExport>,
+}
+
+impl Telemetry {
+    /// Send the spans not sent yet. Call after the command ran and its runtime was dropped
+    /// (which closes the last spans), outside async code.
+    pub(super) fn finish(self) {
+        #[cfg(feature = "otel")]
+        if let Some(export) = self.export
+            && let Err(e) = export.shutdown()
+        {
+            eprintln!("perstack: {e}");
+        }
+    }
+}
+
 /// Install the process-wide subscriber: diagnostics on stderr, filtered by `PERSTACK_LOG`
-/// (default `perstack=warn`, or `perstack=debug` when `verbose`).
-pub(super) fn init(verbose: bool) {
+/// (default `perstack=warn`, or `perstack=debug` when `verbose`); with the `otel` feature, also
+/// the OTLP export the `OTEL_EXPORTER_OTLP_*` variables describe.
+pub(super) fn init(verbose: bool) -> Telemetry {
     let default = if verbose {
         "perstack=debug"
     } else {
@@ -23,11 +46,33 @@ pub(super) fn init(verbose: bool) {
         std::io::stderr().is_terminal(),
         std::env::var_os("NO_COLOR"),
     );
+    #[cfg(feature = "otel")]
+    match crate::otel::OtlpExport::from_env() {
+        Ok(Some(export)) => {
+            use tracing_subscriber::Layer as _;
+            use tracing_subscriber::layer::SubscriberExt as _;
+            use tracing_subscriber::util::SubscriberInitExt as _;
+            let stderr = tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(ansi)
+                .with_filter(filter);
+            tracing_subscriber::registry()
+                .with(stderr)
+                .with(export.layer())
+                .init();
+            return Telemetry {
+                export: Some(export),
+            };
+        }
+        Ok(None) => {}
+        Err(e) => eprintln!("perstack: {e}; spans are not exported"),
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
         .with_env_filter(filter)
         .init();
+    Telemetry::default()
 }
 
 /// Whether diagnostics may carry colour codes: stderr is a terminal and `NO_COLOR` is unset or

@@ -40,9 +40,6 @@ mod http;
 mod stderr;
 mod stdio;
 
-#[cfg(test)]
-mod real_servers;
-
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -497,6 +494,9 @@ fn millis(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Real servers: the fixture (`examples/mcp_fixture_server.rs`) and server-everything.
+    mod real_servers;
 
     #[test]
     fn the_private_endpoint_opt_in_is_exactly_one() {

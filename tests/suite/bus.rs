@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use perstack::engine::{Engine, JobRequest, Settings};
 use perstack::llm::scripted::ScriptedModel;
-use perstack::schema::{Checkpoint, Event, Job, JobStatus, RunSetting};
-use perstack::storage::{Claim, EventMeta, MemoryStorage, Storage, StoreError};
+use perstack::schema::JobStatus;
+use perstack::storage::StoreError;
+
+use super::hooked::{Hooked, Write, WriteHook};
 
 const FANOUT: &str = r#"
 [experts."coordinator"]
@@ -64,65 +66,31 @@ fn settings() -> Settings {
     Settings::new(cfg.experts)
 }
 
-/// Storage that remembers which checkpoints were stored, to check visibility order.
+/// A slow disk that remembers which checkpoints were stored, to check visibility order.
 #[derive(Default)]
 struct Recording {
-    inner: MemoryStorage,
     stored: Mutex<HashSet<String>>,
 }
 
 #[async_trait::async_trait]
-impl Storage for Recording {
-    async fn store_checkpoint(&self, c: &Checkpoint) -> Result<(), StoreError> {
-        tokio::time::sleep(Duration::from_millis(1)).await; // a slow disk
-        self.inner.store_checkpoint(c).await?;
-        self.stored.lock().unwrap().insert(c.id.clone());
+impl WriteHook for Recording {
+    async fn before(&self, write: Write<'_>) -> Result<(), StoreError> {
+        if let Write::Checkpoint(_) = write {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         Ok(())
     }
-    async fn retrieve_checkpoint(&self, j: &str, c: &str) -> Result<Checkpoint, StoreError> {
-        self.inner.retrieve_checkpoint(j, c).await
-    }
-    async fn checkpoints_by_job(&self, j: &str) -> Result<Vec<Checkpoint>, StoreError> {
-        self.inner.checkpoints_by_job(j).await
-    }
-    async fn store_event(&self, e: &Event) -> Result<(), StoreError> {
-        self.inner.store_event(e).await
-    }
-    async fn events_by_run(&self, j: &str, r: &str) -> Result<Vec<EventMeta>, StoreError> {
-        self.inner.events_by_run(j, r).await
-    }
-    async fn event_contents(
-        &self,
-        j: &str,
-        r: &str,
-        m: Option<u32>,
-    ) -> Result<Vec<Event>, StoreError> {
-        self.inner.event_contents(j, r, m).await
-    }
-    async fn store_job(&self, j: &Job) -> Result<(), StoreError> {
-        self.inner.store_job(j).await
-    }
-    async fn retrieve_job(&self, j: &str) -> Result<Option<Job>, StoreError> {
-        self.inner.retrieve_job(j).await
-    }
-    async fn all_jobs(&self) -> Result<Vec<Job>, StoreError> {
-        self.inner.all_jobs().await
-    }
-    async fn store_run_setting(&self, s: &RunSetting) -> Result<(), StoreError> {
-        self.inner.store_run_setting(s).await
-    }
-    async fn all_run_settings(&self) -> Result<Vec<RunSetting>, StoreError> {
-        self.inner.all_run_settings().await
-    }
-    async fn claim(&self, j: &str) -> Result<Claim, StoreError> {
-        self.inner.claim(j).await
+    fn after(&self, write: Write<'_>) {
+        if let Write::Checkpoint(c) = write {
+            self.stored.lock().unwrap().insert(c.id.clone());
+        }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_jobs_get_one_global_order_and_complete_streams_with_durable_checkpoints() {
     const JOBS: usize = 20;
-    let storage = Arc::new(Recording::default());
+    let storage = Arc::new(Hooked::new(Recording::default()));
     let seen_total = Arc::new(AtomicU64::new(0));
     let violations = Arc::new(AtomicU64::new(0));
     let last_seq = Arc::new(AtomicU64::new(0));
@@ -147,7 +115,7 @@ async fn concurrent_jobs_get_one_global_order_and_complete_streams_with_durable_
                 }
                 // A carried checkpoint is stored before anyone sees the event.
                 if let Some(cp) = e.event.checkpoint()
-                    && !storage2.stored.lock().unwrap().contains(&cp.id)
+                    && !storage2.hook.stored.lock().unwrap().contains(&cp.id)
                 {
                     bad.fetch_add(1, Ordering::SeqCst);
                 }

@@ -15,9 +15,9 @@ use perstack::llm::{GenerationRequest, ToolSpec};
 use perstack::schema::{Checkpoint, Message, MessagePart, ToolCallPart, ToolResult};
 use serde_json::{Map, Value, json};
 
-#[path = "../../src/test_support.rs"]
-mod test_support;
-pub(crate) use test_support::{everything_entry, fixture_bin, start_everything_http};
+#[path = "../../src/tests/support.rs"]
+mod support;
+pub(crate) use support::{everything_entry, fixture_bin, start_everything_http};
 
 /// The `perstack` binary built for this test run.
 pub(crate) fn bin() -> &'static str {

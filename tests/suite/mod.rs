@@ -7,6 +7,7 @@ mod common;
 mod continue_job;
 mod delegation;
 mod fake_server;
+mod hooked;
 mod lifecycle;
 mod lockfile;
 mod log;

@@ -16,31 +16,30 @@ use std::time::{Duration, Instant};
 
 use perstack::engine::{ContinueInput, ContinueRequest, Engine, JobRequest, Sequenced, Settings};
 use perstack::llm::scripted::ScriptedModel;
-use perstack::schema::{Checkpoint, Event, Job, JobStatus, RunSetting};
-use perstack::storage::{EventMeta, MemoryStorage, Storage, StoreError};
+use perstack::schema::{Checkpoint, Event, JobStatus};
+use perstack::storage::{Storage, StoreError};
 
 use super::common;
+use super::hooked::{Hooked, Write, WriteHook};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const ANSWER: &str = "Both halves are done: first half done, second half done.";
 
-/// A store that refuses every write with "No space left on device" once `allowed` checkpoint
+/// A disk that refuses every write with "No space left on device" once `allowed` checkpoint
 /// writes have succeeded, until [`FullDisk::free_space`].
 struct FullDisk {
-    inner: MemoryStorage,
     allowed: AtomicUsize,
     checkpoint_writes: AtomicUsize,
     full: AtomicBool,
 }
 
 impl FullDisk {
-    fn new(allowed: usize) -> Self {
-        FullDisk {
-            inner: MemoryStorage::new(),
+    fn new(allowed: usize) -> Hooked<Self> {
+        Hooked::new(FullDisk {
             allowed: AtomicUsize::new(allowed),
             checkpoint_writes: AtomicUsize::new(0),
             full: AtomicBool::new(false),
-        }
+        })
     }
 
     fn free_space(&self) {
@@ -60,57 +59,17 @@ impl FullDisk {
 }
 
 #[async_trait::async_trait]
-impl Storage for FullDisk {
-    async fn store_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+impl WriteHook for FullDisk {
+    async fn before(&self, write: Write<'_>) -> Result<(), StoreError> {
         self.refuse()?;
-        if self.checkpoint_writes.fetch_add(1, Ordering::SeqCst)
-            >= self.allowed.load(Ordering::SeqCst)
+        if let Write::Checkpoint(_) = write
+            && self.checkpoint_writes.fetch_add(1, Ordering::SeqCst)
+                >= self.allowed.load(Ordering::SeqCst)
         {
             self.full.store(true, Ordering::SeqCst);
             self.refuse()?;
         }
-        self.inner.store_checkpoint(checkpoint).await
-    }
-    async fn retrieve_checkpoint(&self, job: &str, id: &str) -> Result<Checkpoint, StoreError> {
-        self.inner.retrieve_checkpoint(job, id).await
-    }
-    async fn checkpoints_by_job(&self, job: &str) -> Result<Vec<Checkpoint>, StoreError> {
-        self.inner.checkpoints_by_job(job).await
-    }
-    async fn store_event(&self, event: &Event) -> Result<(), StoreError> {
-        self.refuse()?;
-        self.inner.store_event(event).await
-    }
-    async fn events_by_run(&self, job: &str, run: &str) -> Result<Vec<EventMeta>, StoreError> {
-        self.inner.events_by_run(job, run).await
-    }
-    async fn event_contents(
-        &self,
-        job: &str,
-        run: &str,
-        max_step: Option<u32>,
-    ) -> Result<Vec<Event>, StoreError> {
-        self.inner.event_contents(job, run, max_step).await
-    }
-    async fn store_job(&self, job: &Job) -> Result<(), StoreError> {
-        self.refuse()?;
-        self.inner.store_job(job).await
-    }
-    async fn retrieve_job(&self, job: &str) -> Result<Option<Job>, StoreError> {
-        self.inner.retrieve_job(job).await
-    }
-    async fn all_jobs(&self) -> Result<Vec<Job>, StoreError> {
-        self.inner.all_jobs().await
-    }
-    async fn store_run_setting(&self, setting: &RunSetting) -> Result<(), StoreError> {
-        self.refuse()?;
-        self.inner.store_run_setting(setting).await
-    }
-    async fn all_run_settings(&self) -> Result<Vec<RunSetting>, StoreError> {
-        self.inner.all_run_settings().await
-    }
-    async fn claim(&self, job_id: &str) -> Result<perstack::storage::Claim, StoreError> {
-        self.inner.claim(job_id).await
+        Ok(())
     }
 }
 
@@ -202,7 +161,7 @@ async fn issue_9_a_full_disk_at_any_write_ends_every_run_and_continue_job_finish
     .await;
     assert_eq!(status, JobStatus::Completed);
     assert_every_run_ends_once(&events, "undisturbed");
-    let writes = counting.checkpoint_writes.load(Ordering::SeqCst);
+    let writes = counting.hook.checkpoint_writes.load(Ordering::SeqCst);
     assert!(writes >= 5, "{writes}");
 
     for allowed in 0..writes {
@@ -239,7 +198,7 @@ async fn issue_9_a_full_disk_at_any_write_ends_every_run_and_continue_job_finish
             );
         }
 
-        disk.free_space();
+        disk.hook.free_space();
         let second = engine(storage.clone(), workspace.path());
         let handle = second
             .continue_job(ContinueRequest {

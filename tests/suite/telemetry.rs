@@ -14,6 +14,9 @@ use tracing::span::{Attributes, Id};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 
+#[cfg(feature = "otel")]
+mod otlp;
+
 /// One span as a subscriber saw it open.
 #[derive(Debug, Clone)]
 struct Seen {

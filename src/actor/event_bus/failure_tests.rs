@@ -8,8 +8,8 @@ use std::task::{Context as TaskContext, Poll};
 
 use super::*;
 use crate::agent::{Machine, MachineSetting, Start, ToolIndex};
-use crate::schema::{ExpertRef, Job, RunSetting};
-use crate::storage::{EventMeta, MemoryStorage};
+use crate::schema::ExpertRef;
+use crate::tests::hooked_storage::{Hooked, Write, WriteHook};
 
 /// A sink whose reader is gone.
 struct ClosedPipe;
@@ -30,79 +30,35 @@ impl AsyncWrite for ClosedPipe {
     }
 }
 
-/// A store whose checkpoint writes fail with `kind` the first `failures` times.
+/// Checkpoint writes fail with `kind` the first `failures` times.
 struct Flaky {
-    inner: MemoryStorage,
     failures: AtomicUsize,
     kind: std::io::ErrorKind,
 }
 
 #[async_trait::async_trait]
-impl Storage for Flaky {
-    async fn store_checkpoint(&self, cp: &crate::schema::Checkpoint) -> Result<(), StoreError> {
-        let left = self.failures.load(Ordering::SeqCst);
-        if left > 0 {
-            self.failures.store(left - 1, Ordering::SeqCst);
-            return Err(StoreError::Io {
+impl WriteHook for Flaky {
+    async fn before(&self, write: Write<'_>) -> Result<(), StoreError> {
+        let failed = matches!(write, Write::Checkpoint(_))
+            && self
+                .failures
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+        match failed {
+            true => Err(StoreError::Io {
                 path: "cp.json".into(),
                 source: self.kind.into(),
-            });
+            }),
+            false => Ok(()),
         }
-        self.inner.store_checkpoint(cp).await
-    }
-    async fn retrieve_checkpoint(
-        &self,
-        job: &str,
-        id: &str,
-    ) -> Result<crate::schema::Checkpoint, StoreError> {
-        self.inner.retrieve_checkpoint(job, id).await
-    }
-    async fn checkpoints_by_job(
-        &self,
-        job: &str,
-    ) -> Result<Vec<crate::schema::Checkpoint>, StoreError> {
-        self.inner.checkpoints_by_job(job).await
-    }
-    async fn store_event(&self, event: &Event) -> Result<(), StoreError> {
-        self.inner.store_event(event).await
-    }
-    async fn events_by_run(&self, job: &str, run: &str) -> Result<Vec<EventMeta>, StoreError> {
-        self.inner.events_by_run(job, run).await
-    }
-    async fn event_contents(
-        &self,
-        job: &str,
-        run: &str,
-        max: Option<u32>,
-    ) -> Result<Vec<Event>, StoreError> {
-        self.inner.event_contents(job, run, max).await
-    }
-    async fn store_job(&self, job: &Job) -> Result<(), StoreError> {
-        self.inner.store_job(job).await
-    }
-    async fn retrieve_job(&self, job: &str) -> Result<Option<Job>, StoreError> {
-        self.inner.retrieve_job(job).await
-    }
-    async fn all_jobs(&self) -> Result<Vec<Job>, StoreError> {
-        self.inner.all_jobs().await
-    }
-    async fn store_run_setting(&self, s: &RunSetting) -> Result<(), StoreError> {
-        self.inner.store_run_setting(s).await
-    }
-    async fn all_run_settings(&self) -> Result<Vec<RunSetting>, StoreError> {
-        self.inner.all_run_settings().await
-    }
-    async fn claim(&self, job_id: &str) -> Result<crate::storage::Claim, StoreError> {
-        self.inner.claim(job_id).await
     }
 }
 
-fn flaky(failures: usize, kind: std::io::ErrorKind) -> Arc<Flaky> {
-    Arc::new(Flaky {
-        inner: MemoryStorage::new(),
+fn flaky(failures: usize, kind: std::io::ErrorKind) -> Arc<Hooked<Flaky>> {
+    Arc::new(Hooked::new(Flaky {
         failures: AtomicUsize::new(failures),
         kind,
-    })
+    }))
 }
 
 /// `startRun`, `startGeneration`, then a `stopRunByError` carrying its checkpoint.

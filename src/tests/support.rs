@@ -1,5 +1,5 @@
-//! Test helpers shared by the crate's unit tests and the integration suite (which includes
-//! this file with `#[path]`): the MCP fixture server binary and the reference
+//! Test helpers shared by the crate's unit tests and the integration suite
+//! (`tests/suite/common.rs` includes this file with `#[path]`): the MCP fixture server binary and the reference
 //! `@modelcontextprotocol/server-everything`. Only `std`, `tokio` and `serde_json`, so the
 //! file compiles in both places.
 //!

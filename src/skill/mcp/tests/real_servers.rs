@@ -1,6 +1,6 @@
 //! MCP skills over stdio and Streamable HTTP, against the fixture server
 //! (`examples/mcp_fixture_server.rs`) and the reference `@modelcontextprotocol/server-everything`
-//! (both real processes; see [`crate::test_support`] for how they are found).
+//! (both real processes; see [`crate::tests::support`] for how they are found).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -11,7 +11,7 @@ use crate::schema::McpStdioSkill;
 use crate::skill::SkillError;
 use crate::skill::mcp::{ConnectOptions, McpConnection, StderrStream, connect_stdio};
 use crate::skill::timeout::bounded;
-use crate::test_support::fixture_bin;
+use crate::tests::support::fixture_bin;
 use rmcp::model::CallToolResult;
 use serde_json::{Value, json};
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::schema::McpSseSkill;
 use crate::skill::mcp::{ConnectOptions, connect_http};
-use crate::test_support::{everything_entry, fixture_bin, start_everything_http};
+use crate::tests::support::{everything_entry, fixture_bin, start_everything_http};
 use serde_json::json;
 
 use super::{connect, opts, process_gone, stdio_skill, text, tool_names};
