@@ -44,6 +44,11 @@ pub(crate) enum Command {
 /// tokio runtime and returns 0, 1 or 2 as described in the module doc. The binary's `main` is
 /// this one call; it is public for that alone.
 pub fn run() -> ExitCode {
+    // The sandbox's trampoline (`perstack sandbox-exec`, hidden) enters namespaces, which needs
+    // a single-threaded process: it runs before the runtime starts.
+    if let Some(code) = crate::sandbox::dispatch() {
+        return code;
+    }
     let cli = Cli::parse();
     let verbose = matches!(&cli.command, Command::Run(a) if a.verbose);
     let telemetry = diagnostics::init(verbose);

@@ -76,7 +76,8 @@ pub struct PerstackConfig {
     pub model: Option<String>,
     /// `reasoningBudget`.
     pub reasoning_budget: Option<ReasoningBudget>,
-    /// `runtime`. Only [`Runtime::Local`] is implemented by this engine.
+    /// `runtime`. Absent or [`Runtime::Docker`]: skill processes run in the native sandbox;
+    /// [`Runtime::Local`]: unconfined. The agent-CLI runtimes are not implemented.
     pub runtime: Option<Runtime>,
     /// `maxSteps`: the Job-wide step limit, at least 1.
     pub max_steps: Option<u32>,
@@ -165,9 +166,11 @@ impl PerstackConfig {
 /// Where Experts run (`runtime`, `--runtime`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Runtime {
-    /// In this process (Perstack's built-in runtime). The only one this engine implements.
+    /// In this process, skill processes with the user's full rights (Perstack's built-in
+    /// runtime).
     Local,
-    /// In a Docker container with an egress proxy.
+    /// Confined (Perstack: a Docker container with an egress proxy; here: the native sandbox,
+    /// [`crate::sandbox`]). Also what a missing `runtime` means.
     Docker,
     /// Through the Cursor agent CLI.
     Cursor,

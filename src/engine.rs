@@ -84,6 +84,9 @@ pub enum EngineError {
     /// Anything else about usage (unsupported provider, bad option).
     #[error("{0}")]
     Usage(String),
+    /// The run asks for the sandbox and this machine cannot provide it.
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxUnavailable),
 }
 
 impl EngineError {
@@ -98,6 +101,7 @@ impl EngineError {
             | EngineError::InvalidJobId(_)
             | EngineError::Usage(_) => 2,
             EngineError::Storage(e) => e.exit_code(),
+            EngineError::Sandbox(e) => e.exit_code(),
             EngineError::Bus(_) | EngineError::Lost => 1,
         }
     }

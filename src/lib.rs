@@ -14,6 +14,8 @@
 //! - [`storage`]: the [`Storage`](storage::Storage) trait, the filesystem store (Perstack's
 //!   layout) and an in-memory one.
 //! - [`schema`]: wire types (messages, checkpoints, events, jobs, run settings). No I/O.
+//! - [`sandbox`]: how skill processes are confined ([`Isolation`](sandbox::Isolation), the
+//!   default being the native Linux sandbox) and why a run can refuse to start without it.
 //! - [`run_cli`]: the `perstack` command line, whole (the binary is this one call).
 //!
 //! Inside the crate, not public:
@@ -23,7 +25,6 @@
 //! - `skill`: skills as the model sees them: the in-process base skill, MCP connections, the
 //!   process launcher, the tool-call timeout.
 //! - `cli`: the `perstack` commands (`run`, `log`, `install`, `base`).
-//! - `sandbox`: the native Linux sandbox for the processes started for Experts, and its egress.
 
 // Public only for benches/engine/bus.rs until it reaches the bus through `Engine` and a sink
 // (being rewritten in parallel); nothing else of it is public.
@@ -37,7 +38,7 @@ pub mod llm;
 #[cfg(feature = "otel")]
 pub mod otel;
 pub mod prelude;
-mod sandbox;
+pub mod sandbox;
 pub mod schema;
 mod skill;
 pub mod storage;

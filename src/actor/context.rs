@@ -51,6 +51,11 @@ pub struct Settings {
     /// `perstack.lock`: tool definitions known without starting any skill. Skills of Experts
     /// it lists start on their first call instead of before the first model call.
     pub lockfile: Option<Arc<crate::config::lockfile::Lockfile>>,
+    /// How skill processes are started: sandboxed unless the configuration says
+    /// `runtime = "local"` (Perstack's default runtime is a container).
+    pub isolation: crate::sandbox::Isolation,
+    /// The directory of `perstack.toml`, readable inside the sandbox.
+    pub config_dir: Option<PathBuf>,
 }
 
 impl Settings {
@@ -71,7 +76,17 @@ impl Settings {
             env: BTreeMap::new(),
             base_skill_command: None,
             lockfile: None,
+            isolation: crate::sandbox::Isolation::default(),
+            config_dir: None,
         }
+    }
+}
+
+impl Settings {
+    /// The sandbox scope of this run's processes, `None` when unconfined.
+    pub(crate) fn sandbox_scope(&self) -> Option<crate::sandbox::SandboxScope> {
+        self.isolation
+            .scope(&self.workspace, self.config_dir.as_deref())
     }
 }
 

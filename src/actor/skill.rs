@@ -224,11 +224,13 @@ async fn connect(args: &SkillArgs) -> Result<Conn, SkillError> {
     let opts = ConnectOptions {
         workspace: Some(settings.workspace.clone()),
         allow_private_endpoints: ConnectOptions::private_endpoints_allowed(&settings.env),
+        sandbox: settings.sandbox_scope(),
         ..ConnectOptions::default()
     };
     let conn = match &args.kind {
         SkillKind::Base => {
-            let skill = BaseSkill::with_workspace_env(settings.workspace.clone(), &settings.env);
+            let skill = BaseSkill::with_workspace_env(settings.workspace.clone(), &settings.env)
+                .with_sandbox(settings.sandbox_scope());
             Conn::Base(connect_in_process(skill).await?)
         }
         SkillKind::Stdio(skill) => {

@@ -58,7 +58,13 @@ async fn install(args: InstallArgs) -> Result<PathBuf, (u8, String)> {
         args.env_path
     };
     let env = config::load_env(&cwd, &env_paths, std::env::vars()).map_err(|e| usage(&e))?;
+    // Skills start as `perstack run` would start them: confined unless `runtime = "local"`.
+    let isolation = crate::sandbox::Isolation::for_runtime(cfg.runtime);
+    if isolation == crate::sandbox::Isolation::Sandboxed {
+        crate::sandbox::check_available().map_err(|e| (e.exit_code(), e.to_string()))?;
+    }
     let opts = ConnectOptions {
+        sandbox: isolation.scope(&cwd, path.parent()),
         workspace: Some(cwd.clone()),
         allow_private_endpoints: ConnectOptions::private_endpoints_allowed(&env),
         ..ConnectOptions::default()

@@ -15,6 +15,7 @@ use crate::engine::{
     ContinueInput, ContinueRequest, Engine, EngineError, JobRequest, RunOverrides, Settings,
 };
 use crate::llm::LanguageModel;
+use crate::sandbox::Isolation;
 use crate::schema::{JobStatus, ReasoningBudget};
 use crate::storage::FsStorage;
 
@@ -55,7 +56,8 @@ pub(crate) struct RunArgs {
     /// dotenv files to load (repeatable; default .env and .env.local).
     #[arg(long = "env-path")]
     pub env_path: Vec<String>,
-    /// Runtime; only `local` runs here.
+    /// Runtime: `docker` (the default) confines every skill process in the native sandbox;
+    /// `local` runs them with your full rights.
     #[arg(long)]
     pub runtime: Option<String>,
     /// Script file for the scripted provider (default: `[provider.setting] script`).
@@ -110,15 +112,9 @@ async fn run(args: RunArgs) -> Result<JobStatus, EngineError> {
     if cfg.experts.contains_key(&args.expert_key) {
         cfg.check_runnable(&args.expert_key)?;
     }
-    if let Some(rt) = args.runtime.as_deref().or(cfg.runtime.map(|r| r.as_str()))
-        && rt != "local"
-    {
-        if args.runtime.is_some() {
-            return Err(EngineError::Usage(format!(
-                "runtime \"{rt}\" is not supported by this engine; use --runtime local"
-            )));
-        }
-        tracing::warn!("perstack.toml asks for runtime \"{rt}\"; running locally");
+    let isolation = isolation(args.runtime.as_deref(), cfg.runtime)?;
+    if isolation == Isolation::Sandboxed {
+        crate::sandbox::check_available()?;
     }
     let env_paths: Vec<String> = if !args.env_path.is_empty() {
         args.env_path.clone()
@@ -149,6 +145,8 @@ async fn run(args: RunArgs) -> Result<JobStatus, EngineError> {
     settings.tool_timeout =
         crate::skill::tool_timeout(&env).map_err(|e| EngineError::Usage(e.to_string()))?;
     settings.env = env;
+    settings.isolation = isolation;
+    settings.config_dir = path.parent().map(std::path::Path::to_path_buf);
     if let Some(lock) = crate::config::lockfile::Lockfile::find(&path) {
         let lock = crate::config::lockfile::Lockfile::load(&lock)
             .map_err(|e| EngineError::Usage(e.to_string()))?;
@@ -192,6 +190,34 @@ async fn run(args: RunArgs) -> Result<JobStatus, EngineError> {
     let outcome = handle.wait().await;
     engine.shutdown().await;
     Ok(outcome?.job.status)
+}
+
+/// The isolation a run asks for: `--runtime`, else `runtime` in perstack.toml, else the
+/// default. `docker` and no runtime mean the sandbox (Perstack's default is a container),
+/// `local` means none; the agent-CLI runtimes are refused on the command line and fall back to
+/// the sandbox (with a warning) from perstack.toml.
+fn isolation(
+    flag: Option<&str>,
+    configured: Option<config::Runtime>,
+) -> Result<Isolation, EngineError> {
+    let runtime = match flag {
+        Some(name) => match name.parse::<config::Runtime>() {
+            Ok(r @ (config::Runtime::Local | config::Runtime::Docker)) => Some(r),
+            _ => {
+                return Err(EngineError::Usage(format!(
+                    "runtime \"{name}\" is not supported by this engine; use --runtime docker \
+                     (sandboxed, the default) or --runtime local"
+                )));
+            }
+        },
+        None => configured,
+    };
+    if let Some(other) =
+        runtime.filter(|r| !matches!(r, config::Runtime::Local | config::Runtime::Docker))
+    {
+        tracing::warn!("perstack.toml asks for runtime \"{other}\"; running in the native sandbox");
+    }
+    Ok(Isolation::for_runtime(runtime))
 }
 
 fn provider_name(args: &RunArgs, cfg: &PerstackConfig) -> Result<ProviderName, EngineError> {

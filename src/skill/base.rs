@@ -67,6 +67,10 @@ pub(crate) struct BaseSkill {
     env: BTreeMap<String, String>,
     /// When this instance was created; `healthCheck`'s uptime counts from here.
     started: Instant,
+    /// The sandbox `exec` confines its commands in; `None` (the default of a bare
+    /// [`BaseSkill`]) runs them with the engine's rights. The engine sets it from its
+    /// [`Isolation`](crate::sandbox::Isolation).
+    sandbox: Option<crate::sandbox::SandboxScope>,
     /// This run's todo list. Locked only for in-memory edits, never across an `.await`.
     todos: Arc<Mutex<todo::TodoList>>,
     /// Every tool, merged from the per-file routers; shared by every instance.
@@ -101,6 +105,7 @@ impl BaseSkill {
             workspace: std::fs::canonicalize(&workspace).unwrap_or(workspace),
             env,
             started: Instant::now(),
+            sandbox: None,
             todos: Arc::default(),
             tool_router: Self::router(),
         }
@@ -128,6 +133,12 @@ impl BaseSkill {
                 )
             })
             .clone()
+    }
+
+    /// Confines `exec`'s commands in `sandbox` (`None`: the engine's rights).
+    pub(crate) fn with_sandbox(mut self, sandbox: Option<crate::sandbox::SandboxScope>) -> Self {
+        self.sandbox = sandbox;
+        self
     }
 
     /// The workspace directory.

@@ -1,13 +1,20 @@
 //! The process launcher: every process started for an Expert goes through [`launch`]: stdio
 //! MCP servers (for `perstack run` and `perstack install`) and the base skill's `exec`.
 //!
-//! Today it only spawns, the way the engine always has: the program with exactly the given
+//! Unconfined, it spawns the way the engine always has: the program with exactly the given
 //! environment (`env_clear` first; the caller has already filtered it through
 //! [`crate::config::SAFE_ENV_VARS`] and the protected names), in the given directory, as the
 //! leader of a new process group (so `npx`/`uvx` wrappers and what they start share one group),
 //! with the pipes the caller asks for and the kill-on-drop the caller asks for. A
 //! [`LaunchRequest`] says who the process is for ([`LaunchFor`]), so that the sandbox can
 //! decide per Expert and per kind here, and nowhere else.
+//!
+//! Confined (the request carries a [`SandboxScope`]), it builds the process's
+//! [`Policy`](crate::sandbox::policy::Policy) here, prints it at debug level (`--verbose`), and
+//! starts the `perstack sandbox-exec` trampoline ([`crate::sandbox`]) with the same
+//! environment, directory, pipes and process group, from one long-lived spawner thread: the
+//! trampoline's parent-death signal follows the thread that spawned it, so that thread must
+//! live as long as the engine.
 //!
 //! It never decides the environment, never waits for or reaps the child, and never reads its
 //! pipes: the caller supervises what it gets back. Nothing else in `src/` spawns a process for
@@ -17,6 +24,10 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::{OnceLock, mpsc};
+
+use crate::sandbox::policy::{Policy, Target};
+use crate::sandbox::{SandboxScope, probe, trampoline};
 
 use process_wrap::tokio::{ChildWrapper, CommandWrap, KillOnDrop, ProcessGroup};
 
@@ -81,13 +92,17 @@ pub(crate) struct LaunchRequest {
     pub stderr: Pipe,
     /// What dropping the child does.
     pub on_drop: OnDrop,
+    /// The sandbox to confine it in; `None` runs it with the engine's rights
+    /// (`runtime = "local"`).
+    pub sandbox: Option<SandboxScope>,
 }
 
 /// Starts `request` as the leader of a new process group and hands back the child.
 ///
 /// # Errors
 ///
-/// The spawn's I/O error (program not found, not executable, bad directory).
+/// The spawn's I/O error (program not found, not executable, bad directory); for a confined
+/// request also the sandbox being unavailable.
 pub(crate) fn launch(request: LaunchRequest) -> io::Result<Box<dyn ChildWrapper>> {
     let LaunchRequest {
         purpose,
@@ -99,8 +114,30 @@ pub(crate) fn launch(request: LaunchRequest) -> io::Result<Box<dyn ChildWrapper>
         stdout,
         stderr,
         on_drop,
+        sandbox,
     } = request;
     tracing::debug!(?purpose, program = program.as_str(), "launching a process");
+    let (program, args, confined) = match &sandbox {
+        None => (program, args, false),
+        Some(scope) => {
+            probe::check_available().map_err(io::Error::other)?;
+            let trampoline = probe::trampoline().map_err(io::Error::other)?;
+            let policy = Policy::build(
+                &Target {
+                    program: &program,
+                    args: &args,
+                    env: &env,
+                    cwd: cwd.as_deref(),
+                    args_name_files: matches!(purpose, LaunchFor::McpServer { .. }),
+                },
+                scope,
+            )?;
+            tracing::debug!(?purpose, "{policy}");
+            let json = serde_json::to_string(&policy).map_err(io::Error::other)?;
+            let program = trampoline.to_string_lossy().into_owned();
+            (program, vec![trampoline::SUBCOMMAND.to_owned(), json], true)
+        }
+    };
     let mut command = CommandWrap::with_new(&program, |c| {
         c.args(&args)
             .env_clear()
@@ -119,7 +156,46 @@ pub(crate) fn launch(request: LaunchRequest) -> io::Result<Box<dyn ChildWrapper>
     if on_drop == OnDrop::KillGroup {
         command.wrap(KillOnDrop);
     }
-    command.spawn()
+    if confined {
+        on_spawner_thread(move || command.spawn())
+    } else {
+        command.spawn()
+    }
+}
+
+type SpawnJob = Box<dyn FnOnce() + Send>;
+
+/// Runs `spawn` on the spawner thread, which lives as long as the process (a sandboxed child's
+/// parent-death signal fires when the thread that spawned it ends), inside the caller's tokio
+/// runtime when there is one.
+fn on_spawner_thread(
+    spawn: impl FnOnce() -> io::Result<Box<dyn ChildWrapper>> + Send + 'static,
+) -> io::Result<Box<dyn ChildWrapper>> {
+    static SPAWNER: OnceLock<io::Result<mpsc::Sender<SpawnJob>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnJob>();
+        std::thread::Builder::new()
+            .name("perstack-spawner".into())
+            .spawn(move || {
+                for job in rx {
+                    job();
+                }
+            })
+            .map(|_| tx)
+    });
+    let spawner = spawner
+        .as_ref()
+        .map_err(|e| io::Error::new(e.kind(), format!("spawner thread: {e}")))?;
+    let runtime = tokio::runtime::Handle::try_current().ok();
+    let (tx, rx) = mpsc::sync_channel(1);
+    spawner
+        .send(Box::new(move || {
+            let _entered = runtime.as_ref().map(tokio::runtime::Handle::enter);
+            let _ = tx.send(spawn());
+        }))
+        .map_err(|_| io::Error::other("the spawner thread is gone"))?;
+    rx.recv()
+        .map_err(|_| io::Error::other("the spawner thread is gone"))?
 }
 
 #[cfg(test)]
@@ -137,6 +213,7 @@ mod tests {
             stdout: Pipe::Piped,
             stderr: Pipe::Null,
             on_drop: OnDrop::KillGroup,
+            sandbox: None,
         }
     }
 
@@ -185,7 +262,12 @@ mod tests {
                     }
                     continue;
                 }
-                if !name.ends_with(".rs") || name == "launcher.rs" || name == "tests.rs" {
+                // The trampoline starts the program inside the sandbox the launcher set up.
+                if !name.ends_with(".rs")
+                    || name == "launcher.rs"
+                    || name == "tests.rs"
+                    || name == "trampoline.rs"
+                {
                     continue;
                 }
                 let text = std::fs::read_to_string(&path).unwrap();

@@ -95,6 +95,10 @@ pub(crate) struct ConnectOptions {
     pub stderr_capacity: usize,
     /// Largest single JSON-RPC message accepted from the server. Default 16 MiB (rmcp's).
     pub max_message_bytes: usize,
+    /// The sandbox a stdio server is confined in. Default `None` (unconfined): the engine
+    /// sets it from its [`Isolation`](crate::sandbox::Isolation), confined unless the
+    /// configuration says `runtime = "local"`.
+    pub sandbox: Option<crate::sandbox::SandboxScope>,
 }
 
 impl Default for ConnectOptions {
@@ -106,6 +110,7 @@ impl Default for ConnectOptions {
             allow_private_endpoints: false,
             stderr_capacity: 256,
             max_message_bytes: 16 * 1024 * 1024,
+            sandbox: None,
         }
     }
 }
@@ -164,6 +169,7 @@ pub(crate) async fn connect_stdio(
         &args,
         &child_env,
         opts.workspace.as_deref(),
+        opts.sandbox.as_ref(),
     )?;
     let mut stderr = stderr::spawn_relay(spawned.stderr, redactor, opts.stderr_capacity);
     let spawn = started.elapsed();

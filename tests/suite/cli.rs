@@ -298,7 +298,7 @@ fn a_warning_written_to_a_redirected_stderr_has_no_colour_codes() {
     let dir = tempfile::tempdir().unwrap();
     write_config(
         dir.path(),
-        &format!("runtime = \"docker\"\n{}", one_expert()),
+        &format!("runtime = \"cursor\"\n{}", one_expert()),
         "[[turns]]\nexpert = \"solo\"\ntext = \"done\"\n",
     );
     let log = dir.path().join("stderr.log");
@@ -314,7 +314,7 @@ fn a_warning_written_to_a_redirected_stderr_has_no_colour_codes() {
     let err = std::fs::read(&log).unwrap();
     let text = String::from_utf8_lossy(&err);
     assert!(
-        text.contains("WARN") && text.contains("runtime \"docker\""),
+        text.contains("WARN") && text.contains("runtime \"cursor\""),
         "{text}"
     );
     assert!(

@@ -19,6 +19,7 @@ mod provider_ollama;
 mod provider_openai;
 mod recovery;
 mod retry_policy;
+mod sandbox;
 mod schema_roundtrip;
 mod skills_e2e;
 mod storage_failure;

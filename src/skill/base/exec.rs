@@ -12,7 +12,8 @@
 //!   leads a new process group. On timeout, on output overflow
 //!   and when the call is dropped, the whole group is killed (`SIGKILL`), so a forked
 //!   `sleep 100 &` does not survive. A command that finishes normally may leave detached
-//!   background processes running, as with Perstack.
+//!   background processes running, as with Perstack; confined (the engine's default), the
+//!   sandbox's PID namespace ends with the command, and so do they.
 //! - **Output**: stdout and stderr are read as they come, at most [`MAX_OUTPUT_BYTES`] in total
 //!   (Node's `maxBuffer`); past that the group is killed and the answer says the output was
 //!   truncated. A stream the call did not ask for goes to `/dev/null`.
@@ -174,7 +175,7 @@ impl BaseSkill {
             Err(e) => return json_error("Error", &format!("Internal error: {e}")),
         };
         let env = child_env(&self.env, &args.env);
-        run(args, dir, env, MAX_OUTPUT_BYTES).await
+        run(args, dir, env, MAX_OUTPUT_BYTES, self.sandbox.clone()).await
     }
 }
 
@@ -227,6 +228,7 @@ async fn run(
     dir: Dir,
     env: BTreeMap<String, String>,
     cap: usize,
+    sandbox: Option<crate::sandbox::SandboxScope>,
 ) -> CallToolResult {
     if args.command.is_empty() {
         return json_error("Error", "command must not be empty");
@@ -245,6 +247,7 @@ async fn run(
         // Only the leader: a command that finishes may leave detached processes, as with
         // Perstack; the guard below kills the whole group on timeout, overflow and drop.
         on_drop: OnDrop::KillLeader,
+        sandbox,
     });
     // The child has its working directory now; the handle can go.
     drop(dir);
@@ -430,7 +433,7 @@ mod tests {
             timeout: None,
         };
         let env = BTreeMap::from([("PATH".to_owned(), std::env::var("PATH").unwrap())]);
-        let call = run(args, cwd, env, MAX_OUTPUT_BYTES);
+        let call = run(args, cwd, env, MAX_OUTPUT_BYTES, None);
         assert!(
             tokio::time::timeout(Duration::from_millis(500), call)
                 .await

@@ -8,8 +8,9 @@
 //! [`ChildHandle`] is dropped), it kills the whole group with `SIGKILL` and reaps. If the task
 //! itself is dropped (the runtime shuts down), the guard it owns still kills the group.
 //!
-//! Not done (it would need `unsafe` `pre_exec`): `PR_SET_PDEATHSIG`, which would also take
-//! the children down when the engine is killed with `SIGKILL`.
+//! Confined servers (the default) also die with the engine when it is killed with `SIGKILL`:
+//! the sandbox's trampoline has a parent-death signal and is PID 1 of the server's PID
+//! namespace ([`crate::sandbox`]).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -20,6 +21,7 @@ use tokio::process::{ChildStderr, ChildStdin, ChildStdout};
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use crate::sandbox::SandboxScope;
 use crate::skill::SkillError;
 use crate::skill::launcher::{LaunchFor, LaunchRequest, OnDrop, Pipe, launch};
 
@@ -38,6 +40,7 @@ pub(super) fn spawn(
     args: &[String],
     env: &BTreeMap<String, String>,
     cwd: Option<&Path>,
+    sandbox: Option<&SandboxScope>,
 ) -> Result<Spawned, SkillError> {
     let spawn_error = |source: std::io::Error| SkillError::Spawn {
         skill: skill.to_owned(),
@@ -55,6 +58,7 @@ pub(super) fn spawn(
         stdout: Pipe::Piped,
         stderr: Pipe::Piped,
         on_drop: OnDrop::KillGroup,
+        sandbox: sandbox.cloned(),
     })
     .map_err(spawn_error)?;
     let pid = child.id();

@@ -1,0 +1,359 @@
+//! The hidden `perstack sandbox-exec` trampoline: restricts itself, then starts the program.
+//!
+//! Two stages of the same binary (no `fork` in safe Rust, and `unshare(CLONE_NEWPID)` only
+//! moves the caller's *children* into the new PID namespace):
+//!
+//! 1. **outer** (`sandbox-exec <policy>`), the process the engine holds: sets its parent-death
+//!    signal (the engine's spawning thread lives as long as the engine), blocks the signals it
+//!    forwards, enters new user, mount, network, IPC and PID namespaces (single-threaded:
+//!    [`super::dispatch`] runs before the tokio runtime exists), maps uid and gid 0 of the
+//!    namespace to the engine's, then starts stage 2 and waits for it, forwarding signals;
+//! 2. **init** (`sandbox-exec --init <fd> <policy>`), PID 1 of the new namespace: sets its own
+//!    parent-death signal, builds the mount view, brings `lo` up, starts the egress forwarder
+//!    when the policy has a proxy socket, applies the limits, Landlock and the capability drop,
+//!    then starts the program, forwards signals to it, reaps orphans, and when the program
+//!    ends reports its status to stage 1 through a pipe and exits, which kills whatever is left
+//!    in the namespace.
+//!
+//! Stage 1 then ends the way the program did: the same exit code, or the same signal. A set-up
+//! failure prints `perstack sandbox-exec: <what>: <why>` on stderr and exits with
+//! [`SETUP_FAILED`].
+
+use std::fmt;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, ExitCode};
+
+use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sched::{CloneFlags, unshare};
+use nix::sys::signal::{SigSet, Signal, kill};
+use nix::sys::signalfd::SignalFd;
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{Pid, getgid, getppid, getuid, pipe2};
+
+use super::policy::Policy;
+
+/// The hidden subcommand.
+pub(crate) const SUBCOMMAND: &str = "sandbox-exec";
+/// Stage 2's flag.
+const INIT_FLAG: &str = "--init";
+/// Exit code of a trampoline that could not set the sandbox up (as `env` and `chroot` use for
+/// their own failures).
+pub(crate) const SETUP_FAILED: u8 = 125;
+
+/// The signals forwarded to the program (and `SIGCHLD`, which the loops wait for).
+const FORWARDED: [Signal; 8] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGWINCH,
+    Signal::SIGCHLD,
+];
+
+/// A step of the set-up that failed.
+#[derive(Debug)]
+pub(crate) struct SetupError {
+    what: String,
+    why: String,
+}
+
+impl SetupError {
+    pub(crate) fn new(what: &str, why: impl fmt::Display) -> Self {
+        SetupError {
+            what: what.to_owned(),
+            why: why.to_string(),
+        }
+    }
+
+    pub(crate) fn io(what: &str, why: std::io::Error) -> Self {
+        Self::new(what, why)
+    }
+
+    pub(crate) fn path(what: &str, path: &Path, why: impl fmt::Display) -> Self {
+        Self::new(&format!("{what} {}", path.display()), why)
+    }
+
+    pub(crate) fn landlock(why: landlock::RulesetError) -> Self {
+        Self::new("Landlock", why)
+    }
+}
+
+impl fmt::Display for SetupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.what, self.why)
+    }
+}
+
+/// How the program ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Exited(u8),
+    Signaled(Signal),
+}
+
+/// Runs a stage from the arguments after `sandbox-exec`.
+pub(crate) fn main(args: &[String]) -> ExitCode {
+    let result = match args {
+        [flag, fd, policy] if flag == INIT_FLAG => init(fd, policy),
+        [policy] => outer(policy),
+        _ => Err(SetupError::new(
+            "arguments",
+            "usage: perstack sandbox-exec <policy> (internal)",
+        )),
+    };
+    match result {
+        Ok(End::Exited(code)) => ExitCode::from(code),
+        Ok(End::Signaled(signal)) => {
+            // Die of the same signal: default action, unblocked.
+            let _ = SigSet::all().thread_unblock();
+            let _ = nix::sys::signal::raise(signal);
+            ExitCode::from(128u8.saturating_add(signal as u8))
+        }
+        Err(e) => {
+            eprintln!("perstack {SUBCOMMAND}: {e}");
+            ExitCode::from(SETUP_FAILED)
+        }
+    }
+}
+
+fn parse(policy: &str) -> Result<Policy, SetupError> {
+    serde_json::from_str(policy).map_err(|e| SetupError::new("reading the policy", e))
+}
+
+/// Stage 1, outside the namespaces.
+fn outer(json: &str) -> Result<End, SetupError> {
+    let policy = parse(json)?;
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
+        .map_err(|e| SetupError::new("parent-death signal", e))?;
+    if u32::try_from(getppid().as_raw()).ok() != Some(policy.engine_pid) {
+        return Err(SetupError::new("start", "the engine is gone"));
+    }
+    let signals = blocked_signals()?;
+    let (uid, gid) = (getuid(), getgid());
+    unshare(
+        CloneFlags::CLONE_NEWUSER
+            | CloneFlags::CLONE_NEWNS
+            | CloneFlags::CLONE_NEWNET
+            | CloneFlags::CLONE_NEWIPC
+            | CloneFlags::CLONE_NEWPID,
+    )
+    .map_err(|e| SetupError::new("entering new namespaces", e))?;
+    let write =
+        |file: &str, text: String| std::fs::write(file, text).map_err(|e| SetupError::io(file, e));
+    write("/proc/self/setgroups", "deny".into())?;
+    write("/proc/self/uid_map", format!("0 {uid} 1"))?;
+    write("/proc/self/gid_map", format!("0 {gid} 1"))?;
+
+    // The status pipe: its write end is inherited by stage 2 (and only by it).
+    let (status_in, status_out) =
+        pipe2(OFlag::O_CLOEXEC).map_err(|e| SetupError::new("status pipe", e))?;
+    fcntl(&status_out, FcntlArg::F_SETFD(FdFlag::empty()))
+        .map_err(|e| SetupError::new("status pipe", e))?;
+    let exe = std::env::current_exe().map_err(|e| SetupError::io("finding perstack", e))?;
+    let child = Command::new(exe)
+        .arg0("perstack-sandbox")
+        .args([
+            SUBCOMMAND,
+            INIT_FLAG,
+            &status_out.as_raw_fd().to_string(),
+            json,
+        ])
+        .spawn()
+        .map_err(|e| SetupError::io("starting the sandbox's init", e))?;
+    drop(status_out);
+    let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    let own = wait_forwarding(&signals, pid, None)?;
+    let mut report = String::new();
+    let _ = std::fs::File::from(status_in).read_to_string(&mut report);
+    Ok(parse_report(&report).unwrap_or(own))
+}
+
+/// Stage 2, PID 1 of the new namespaces.
+fn init(fd: &str, json: &str) -> Result<End, SetupError> {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
+        .map_err(|e| SetupError::new("parent-death signal", e))?;
+    let policy = parse(json)?;
+    let fd: i32 = fd
+        .parse()
+        .map_err(|_| SetupError::new("status pipe", "not a descriptor"))?;
+    // Reopen the inherited descriptor as a close-on-exec file, then close the original so
+    // that the program does not inherit it.
+    let mut status = std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/self/fd/{fd}"))
+        .map_err(|e| SetupError::io("status pipe", e))?;
+    nix::unistd::close(fd).map_err(|e| SetupError::new("status pipe", e))?;
+    // Stage 1 may have died before the parent-death signal was set: then nobody reads the
+    // pipe any more.
+    if parent_gone(&status, PollTimeout::ZERO)? {
+        return Err(SetupError::new(
+            "start",
+            "the sandbox's outer stage is gone",
+        ));
+    }
+    let signals = blocked_signals()?;
+
+    super::mounts::apply(&policy)?;
+    super::network::loopback_up()?;
+    start_egress(&policy)?;
+    super::limits::apply(&policy.limits)?;
+    super::landlock::restrict(&policy)?;
+
+    // The program starts with no signal blocked (a child inherits the mask). A signal to
+    // forward that arrives in this short window is lost; a child's exit is not (the loop reaps
+    // before it waits).
+    let mask = forwarded_set();
+    mask.thread_unblock()
+        .map_err(|e| SetupError::new("unblocking signals", e))?;
+    let program = Command::new(&policy.program)
+        .arg0(&policy.argv0)
+        .args(&policy.args)
+        .spawn();
+    mask.thread_block()
+        .map_err(|e| SetupError::new("blocking signals", e))?;
+    let program = program.map_err(|e| SetupError::io(&format!("starting {}", policy.argv0), e))?;
+    let pid = Pid::from_raw(i32::try_from(program.id()).unwrap_or(i32::MAX));
+    let end = wait_forwarding(&signals, pid, Some(&status))?;
+    let report = match end {
+        End::Exited(code) => format!("exit {code}"),
+        End::Signaled(signal) => format!("signal {}", signal as i32),
+    };
+    let _ = status.write_all(report.as_bytes());
+    // As PID 1 this process cannot die of a signal sent from inside; stage 1 does that part.
+    Ok(match end {
+        End::Exited(code) => End::Exited(code),
+        End::Signaled(signal) => End::Exited(128u8.saturating_add(signal as u8)),
+    })
+}
+
+/// The hook for egress: when the policy has a proxy socket, the forwarder (a loopback port in
+/// this network namespace, relayed to that socket) starts here, after `lo` is up and before
+/// Landlock. Without one, the namespace simply has no way out.
+fn start_egress(policy: &Policy) -> Result<(), SetupError> {
+    match &policy.proxy_socket {
+        None => Ok(()),
+        Some(socket) => Err(SetupError::path(
+            "egress through",
+            socket,
+            "no forwarder in this build",
+        )),
+    }
+}
+
+fn forwarded_set() -> SigSet {
+    let mut set = SigSet::empty();
+    for signal in FORWARDED {
+        set.add(signal);
+    }
+    set
+}
+
+/// Blocks the forwarded signals and returns a descriptor that reads them.
+fn blocked_signals() -> Result<SignalFd, SetupError> {
+    let set = forwarded_set();
+    set.thread_block()
+        .map_err(|e| SetupError::new("blocking signals", e))?;
+    SignalFd::new(&set).map_err(|e| SetupError::new("signalfd", e))
+}
+
+/// Whether the reader of the status pipe (stage 1) is gone, waiting up to `timeout`.
+fn parent_gone(status: &std::fs::File, timeout: PollTimeout) -> Result<bool, SetupError> {
+    let mut fds = [PollFd::new(status.as_fd(), PollFlags::empty())];
+    match poll(&mut fds, timeout) {
+        Ok(_) => Ok(fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP))),
+        Err(nix::errno::Errno::EINTR) => Ok(false),
+        Err(e) => Err(SetupError::new("watching the outer stage", e)),
+    }
+}
+
+/// Waits for `child` to end, forwarding every other signal to it and reaping any other child
+/// (as PID 1, orphans of the namespace are ours). With `parent`, the status pipe to stage 1:
+/// when stage 1 is gone (its parent-death signal, in case ours did not come), ends at once
+/// with `SIGKILL`, which takes the namespace down.
+fn wait_forwarding(
+    signals: &SignalFd,
+    child: Pid,
+    parent: Option<&std::fs::File>,
+) -> Result<End, SetupError> {
+    loop {
+        // Reap first: the child may have ended before the signal descriptor existed.
+        loop {
+            match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) if pid == child => {
+                    return Ok(End::Exited(u8::try_from(code).unwrap_or(u8::MAX)));
+                }
+                Ok(WaitStatus::Signaled(pid, signal, _)) if pid == child => {
+                    return Ok(End::Signaled(signal));
+                }
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+        if let Some(parent) = parent {
+            fds.push(PollFd::new(parent.as_fd(), PollFlags::empty()));
+        }
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(SetupError::new("waiting", e)),
+        }
+        let gone = fds
+            .get(1)
+            .and_then(PollFd::revents)
+            .is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP));
+        if gone {
+            return Ok(End::Signaled(Signal::SIGKILL));
+        }
+        if !fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLIN))
+        {
+            continue;
+        }
+        let info = signals
+            .read_signal()
+            .map_err(|e| SetupError::new("reading signals", e))?;
+        let Some(info) = info else { continue };
+        let Ok(signal) = Signal::try_from(i32::try_from(info.ssi_signo).unwrap_or(0)) else {
+            continue;
+        };
+        if signal != Signal::SIGCHLD {
+            let _ = kill(child, signal);
+        }
+    }
+}
+
+/// Stage 2's report: `exit <code>` or `signal <number>`.
+fn parse_report(report: &str) -> Option<End> {
+    let (kind, value) = report.trim().split_once(' ')?;
+    let value: i32 = value.parse().ok()?;
+    match kind {
+        "exit" => u8::try_from(value).ok().map(End::Exited),
+        "signal" => Signal::try_from(value).ok().map(End::Signaled),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_report_round_trips_exit_codes_and_signals() {
+        assert_eq!(parse_report("exit 3"), Some(End::Exited(3)));
+        assert_eq!(
+            parse_report("signal 9"),
+            Some(End::Signaled(Signal::SIGKILL))
+        );
+        assert_eq!(parse_report(""), None);
+        assert_eq!(parse_report("exit 999"), None);
+    }
+}
