@@ -25,9 +25,26 @@ pub(crate) mod rules;
 mod tests;
 
 use std::collections::BTreeMap;
+use std::io;
+
+use proxy::{EgressProxy, LoopbackTargets, ProxyEvents, ProxySettings};
+use rules::AllowList;
 
 /// The port the forwarder listens on inside the sandbox (Perstack's Squid listens on 3128).
 pub(crate) const FORWARDER_PORT: u16 = 3128;
+
+/// Starts the proxy for the processes of one skill: `allowed` (its `allowedDomains`) plus the
+/// registries, with the default bounds and the test switch as the environment sets it. The
+/// caller owns the proxy (its socket goes into the sandbox scope) and drains the events.
+pub(crate) fn start_proxy<S: AsRef<str>>(
+    allowed: impl IntoIterator<Item = S>,
+) -> io::Result<(EgressProxy, ProxyEvents)> {
+    EgressProxy::start(ProxySettings {
+        allow: AllowList::new(allowed),
+        loopback: LoopbackTargets::from_env(),
+        limits: Default::default(),
+    })
+}
 
 /// Names that configure a proxy for some program; none of the user's values reach a sandboxed
 /// process (compared without case).
