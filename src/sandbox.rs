@@ -27,9 +27,6 @@
 //! for the sandbox fails with [`SandboxUnavailable`] (exit 2), never silently unconfined. This
 //! module never decides the environment or the program: the launcher's caller does.
 
-// The launcher and the trampoline wire the proxy and the forwarder in (issue 11, in progress);
-// until then only the tests and the configuration's pattern check use this module.
-#[allow(dead_code)]
 pub(crate) mod egress;
 pub(crate) mod landlock;
 pub(crate) mod limits;

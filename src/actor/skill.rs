@@ -21,6 +21,10 @@ use serde_json::{Map, Value, json};
 
 use super::context::{JobContext, now_ms};
 use crate::agent::RunFailure;
+use crate::sandbox::egress::{
+    self,
+    proxy::{EgressProxy, ProxyEvents},
+};
 use crate::schema::{
     Event, EventPayload, McpSseSkill, McpStdioSkill, MessagePart, SkillConnected,
     SkillDisconnected, SkillStarting, SkillStderr, id::new_id,
@@ -65,6 +69,9 @@ pub(crate) struct SkillArgs {
     pub pick: Vec<String>,
     /// Tool definitions from `perstack.lock`: when set, nothing starts until the first call.
     pub locked_tools: Option<Vec<ToolDefinition>>,
+    /// The domains the skill's sandboxed processes may reach through the egress proxy (its
+    /// `allowedDomains`; for the base skill's `exec`, those of every skill of the Expert).
+    pub allowed_domains: Vec<String>,
 }
 
 enum Conn {
@@ -131,6 +138,9 @@ impl Conn {
 pub(crate) struct SkillActor {
     args: SkillArgs,
     conn: Option<Arc<Conn>>,
+    /// The egress proxy of the connection's sandboxed processes; dropped with the actor (or
+    /// on close), which ends their tunnels and removes its socket.
+    egress: Option<EgressProxy>,
     tools: Vec<ToolDefinition>,
 }
 
@@ -148,14 +158,16 @@ impl Actor for SkillActor {
                 return Ok(SkillActor {
                     args,
                     conn: None,
+                    egress: None,
                     tools,
                 });
             }
-            let conn = connect(&args).await?;
+            let (conn, egress) = connect(&args).await?;
             let tools = filter(conn.tools(), &args);
             Ok(SkillActor {
                 args,
                 conn: Some(Arc::new(conn)),
+                egress,
                 tools,
             })
         })
@@ -200,6 +212,7 @@ impl Message<Close> for SkillActor {
         if let Ok(conn) = Arc::try_unwrap(conn) {
             conn.close().await;
         }
+        self.egress = None;
         publish(
             &self.args,
             EventPayload::SkillDisconnected(SkillDisconnected {
@@ -217,20 +230,36 @@ fn filter(tools: &[ToolDefinition], args: &SkillArgs) -> Vec<ToolDefinition> {
     crate::agent::catalog::select(tools, &args.pick, &args.omit)
 }
 
-/// Connect the skill, publishing `skillStarting` (stdio) and `skillConnected`.
-async fn connect(args: &SkillArgs) -> Result<Conn, SkillError> {
+/// Connect the skill, publishing `skillStarting` (stdio) and `skillConnected`; a sandboxed
+/// skill that starts processes gets its egress proxy, whose decisions become `proxyAccess`
+/// events.
+async fn connect(args: &SkillArgs) -> Result<(Conn, Option<EgressProxy>), SkillError> {
     let started = now_ms();
     let settings = args.ctx.settings.clone();
+    let mut sandbox = settings.sandbox_scope();
+    let egress = match &mut sandbox {
+        Some(scope) if !matches!(args.kind, SkillKind::Http(_)) => {
+            let (proxy, events) =
+                egress::start_proxy(&args.allowed_domains).map_err(|source| SkillError::Spawn {
+                    skill: args.name.clone(),
+                    source,
+                })?;
+            scope.proxy_socket = Some(proxy.socket_path().to_owned());
+            forward_proxy_access(args.clone(), events);
+            Some(proxy)
+        }
+        _ => None,
+    };
     let opts = ConnectOptions {
         workspace: Some(settings.workspace.clone()),
         allow_private_endpoints: ConnectOptions::private_endpoints_allowed(&settings.env),
-        sandbox: settings.sandbox_scope(),
+        sandbox: sandbox.clone(),
         ..ConnectOptions::default()
     };
     let conn = match &args.kind {
         SkillKind::Base => {
             let skill = BaseSkill::with_workspace_env(settings.workspace.clone(), &settings.env)
-                .with_sandbox(settings.sandbox_scope());
+                .with_sandbox(sandbox);
             Conn::Base(connect_in_process(skill).await?)
         }
         SkillKind::Stdio(skill) => {
@@ -267,7 +296,7 @@ async fn connect(args: &SkillArgs) -> Result<Conn, SkillError> {
         }),
     )
     .await;
-    Ok(conn)
+    Ok((conn, egress))
 }
 
 async fn publish(args: &SkillArgs, payload: EventPayload) {
@@ -281,6 +310,16 @@ async fn publish(args: &SkillArgs, payload: EventPayload) {
         payload,
     };
     let _ = args.ctx.publish(event).await;
+}
+
+/// The egress proxy's decisions become `proxyAccess` events, in order; the task ends when the
+/// proxy is dropped.
+fn forward_proxy_access(args: SkillArgs, mut events: ProxyEvents) {
+    tokio::spawn(async move {
+        while let Some(access) = events.recv().await {
+            publish(&args, EventPayload::ProxyAccess(access)).await;
+        }
+    });
 }
 
 /// stderr lines (already redacted) become `skillStderr` events.
@@ -402,8 +441,9 @@ impl Message<CallTool> for SkillActor {
         if known && self.conn.is_none() && self.args.locked_tools.is_some() {
             // First call of a lazily started skill: connect now (later calls queue behind it).
             match connect(&self.args).await {
-                Ok(conn) => {
+                Ok((conn, egress)) => {
                     self.conn = Some(Arc::new(conn));
+                    self.egress = egress;
                 }
                 Err(e) => {
                     let outcome = ToolOutcome::failed(&call.name, &self.args.name, &e);

@@ -61,11 +61,15 @@ const PROXY_VARS: &[&str] = &[
     "NODE_USE_ENV_PROXY",
 ];
 
-/// Replaces every proxy variable of `env` with the forwarder's: `HTTP(S)_PROXY` in both cases
+/// Replaces every proxy variable of `env`: the user's values never reach a sandboxed process,
+/// and with `through_proxy` the forwarder's take their place: `HTTP(S)_PROXY` in both cases
 /// (curl, Python, uv, Go), npm's own pair, and `NODE_USE_ENV_PROXY=1` so that Node's `fetch`
 /// honours them (as Perstack's container sets `--use-env-proxy`).
-pub(crate) fn apply_proxy_env(env: &mut BTreeMap<String, String>) {
+pub(crate) fn apply_proxy_env(env: &mut BTreeMap<String, String>, through_proxy: bool) {
     env.retain(|name, _| !PROXY_VARS.iter().any(|p| p.eq_ignore_ascii_case(name)));
+    if !through_proxy {
+        return;
+    }
     let url = format!("http://127.0.0.1:{FORWARDER_PORT}");
     for name in [
         "HTTP_PROXY",

@@ -34,6 +34,8 @@ use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{Pid, getgid, getppid, getuid, pipe2};
 
+use super::egress::FORWARDER_PORT;
+use super::egress::forwarder::{self, Forwarder};
 use super::policy::Policy;
 
 /// The hidden subcommand.
@@ -201,7 +203,8 @@ fn init(fd: &str, json: &str) -> Result<End, SetupError> {
 
     super::mounts::apply(&policy)?;
     super::network::loopback_up()?;
-    start_egress(&policy)?;
+    // Kept until the program has ended: dropping it stops the forwarder.
+    let _forwarder = start_egress(&policy)?;
     super::limits::apply(&policy.limits)?;
     super::landlock::restrict(&policy)?;
 
@@ -235,15 +238,15 @@ fn init(fd: &str, json: &str) -> Result<End, SetupError> {
 /// The hook for egress: when the policy has a proxy socket, the forwarder (a loopback port in
 /// this network namespace, relayed to that socket) starts here, after `lo` is up and before
 /// Landlock. Without one, the namespace simply has no way out.
-fn start_egress(policy: &Policy) -> Result<(), SetupError> {
-    match &policy.proxy_socket {
-        None => Ok(()),
-        Some(socket) => Err(SetupError::path(
-            "egress through",
-            socket,
-            "no forwarder in this build",
-        )),
-    }
+fn start_egress(policy: &Policy) -> Result<Option<Forwarder>, SetupError> {
+    policy
+        .proxy_socket
+        .as_ref()
+        .map(|socket| {
+            forwarder::spawn(FORWARDER_PORT, socket.clone())
+                .map_err(|e| SetupError::io("starting the egress forwarder", e))
+        })
+        .transpose()
 }
 
 fn forwarded_set() -> SigSet {

@@ -117,6 +117,10 @@ pub(crate) fn launch(request: LaunchRequest) -> io::Result<Box<dyn ChildWrapper>
         sandbox,
     } = request;
     tracing::debug!(?purpose, program = program.as_str(), "launching a process");
+    let mut env = env;
+    if let Some(scope) = &sandbox {
+        crate::sandbox::egress::apply_proxy_env(&mut env, scope.proxy_socket.is_some());
+    }
     let (program, args, confined) = match &sandbox {
         None => (program, args, false),
         Some(scope) => {

@@ -6,6 +6,7 @@ mod cli_providers;
 mod common;
 mod continue_job;
 mod delegation;
+mod egress;
 mod fake_server;
 mod hooked;
 mod lifecycle;

@@ -27,17 +27,28 @@ impl RunActor {
         let delegated = self.machine.checkpoint().delegated_by.is_some();
         // Spawn every MCP skill first, then wait for all of them: they connect concurrently.
         let mut started = Vec::new();
+        let every_domain = expert_domains(&self.expert.skills);
         for (name, skill) in &self.expert.skills {
-            let (kind, pick, omit) = match skill {
+            let (kind, pick, omit, own_domains) = match skill {
                 Skill::McpStdioSkill(s) => (
                     skill_kind(name, s, &self.ctx.settings),
                     s.pick.clone(),
                     s.omit.clone(),
+                    s.allowed_domains.clone().unwrap_or_default(),
                 ),
-                Skill::McpSseSkill(s) => {
-                    (SkillKind::Http(s.clone()), s.pick.clone(), s.omit.clone())
-                }
+                Skill::McpSseSkill(s) => (
+                    SkillKind::Http(s.clone()),
+                    s.pick.clone(),
+                    s.omit.clone(),
+                    Vec::new(),
+                ),
                 Skill::InteractiveSkill(_) => continue,
+            };
+            // `exec` is the Expert's general-purpose process: it gets what any of its skills
+            // may reach, as everything in Perstack's container does.
+            let allowed_domains = match kind {
+                SkillKind::Base => every_domain.clone(),
+                _ => own_domains,
             };
             let args = SkillArgs {
                 ctx: self.ctx.clone(),
@@ -52,6 +63,7 @@ impl RunActor {
                     .lockfile
                     .as_ref()
                     .and_then(|l| l.tools_of(&self.expert.key, name)),
+                allowed_domains,
             };
             let actor = SkillActor::supervise(me, args)
                 .restart_policy(kameo::supervision::RestartPolicy::Transient)
@@ -109,6 +121,24 @@ impl RunActor {
         self.machine.set_tools(index);
         Ok(())
     }
+}
+
+/// Every `allowedDomains` entry of an Expert's skills, once each.
+fn expert_domains(skills: &std::collections::BTreeMap<String, Skill>) -> Vec<String> {
+    let mut all: Vec<String> = Vec::new();
+    for skill in skills.values() {
+        let domains = match skill {
+            Skill::McpStdioSkill(s) => s.allowed_domains.as_deref(),
+            Skill::McpSseSkill(s) => s.allowed_domains.as_deref(),
+            Skill::InteractiveSkill(_) => None,
+        };
+        for d in domains.into_iter().flatten() {
+            if !all.contains(d) {
+                all.push(d.clone());
+            }
+        }
+    }
+    all
 }
 
 /// The bundled base skill unless it is pinned (`@perstack/base@x.y.z`) or replaced by

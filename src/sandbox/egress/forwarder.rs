@@ -27,6 +27,10 @@ const MAX_CONNECTIONS: usize = 64;
 #[derive(Debug)]
 pub(crate) struct Forwarder {
     /// Where it listens.
+    #[allow(
+        dead_code,
+        reason = "read by tests; the trampoline knows its fixed port"
+    )]
     pub(crate) addr: SocketAddr,
     stop: CancellationToken,
     thread: Option<JoinHandle<()>>,

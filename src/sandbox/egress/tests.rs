@@ -440,7 +440,10 @@ fn the_users_proxy_settings_are_replaced_by_the_forwarders() {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
-    apply_proxy_env(&mut env);
+    let mut without = env.clone();
+    apply_proxy_env(&mut without, false);
+    assert_eq!(without.keys().collect::<Vec<_>>(), ["PATH"]);
+    apply_proxy_env(&mut env, true);
     let url = format!("http://127.0.0.1:{FORWARDER_PORT}");
     assert_eq!(env.get("PATH").map(String::as_str), Some("/bin"));
     for name in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
