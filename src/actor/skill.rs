@@ -240,11 +240,12 @@ async fn connect(args: &SkillArgs) -> Result<(Conn, Option<EgressProxy>), SkillE
     let egress = match &mut sandbox {
         Some(scope) if !matches!(args.kind, SkillKind::Http(_)) => {
             let (proxy, events) =
-                egress::start_proxy(&args.allowed_domains).map_err(|source| SkillError::Spawn {
-                    skill: args.name.clone(),
-                    source,
+                egress::start_proxy(scope, &args.allowed_domains).map_err(|source| {
+                    SkillError::Spawn {
+                        skill: args.name.clone(),
+                        source,
+                    }
                 })?;
-            scope.proxy_socket = Some(proxy.socket_path().to_owned());
             forward_proxy_access(args.clone(), events);
             Some(proxy)
         }

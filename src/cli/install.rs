@@ -84,6 +84,21 @@ async fn install(args: InstallArgs) -> Result<PathBuf, (u8, String)> {
                     t
                 }
                 Skill::McpStdioSkill(s) => {
+                    // Confined, the server reaches its allowed domains (and the registries
+                    // `npx`/`uvx` fetch it from) through its own proxy; refusals go to the log.
+                    let mut opts = opts.clone();
+                    let _egress = match &mut opts.sandbox {
+                        Some(scope) => {
+                            let (proxy, events) = crate::sandbox::egress::start_proxy(
+                                scope,
+                                s.allowed_domains.iter().flatten(),
+                            )
+                            .map_err(|e| (1, format!("{key}/{name}: egress proxy: {e}")))?;
+                            log_proxy_access(name.clone(), events);
+                            Some(proxy)
+                        }
+                        None => None,
+                    };
                     let (c, _stderr) = connect_stdio(s, &env, &opts)
                         .await
                         .map_err(|e| (1, format!("{key}/{name}: {e}")))?;
@@ -114,4 +129,21 @@ async fn install(args: InstallArgs) -> Result<PathBuf, (u8, String)> {
     let out = path.parent().unwrap_or(&cwd).join(LOCKFILE_NAME);
     lock.write(&out).map_err(|e| (1, e.to_string()))?;
     Ok(out)
+}
+
+/// Blocked egress of a skill started by `install` is logged (there is no event stream here).
+fn log_proxy_access(skill: String, mut events: crate::sandbox::egress::proxy::ProxyEvents) {
+    tokio::spawn(async move {
+        while let Some(access) = events.recv().await {
+            if let Some(reason) = access.reason {
+                tracing::warn!(
+                    skill,
+                    domain = access.domain,
+                    port = access.port,
+                    reason,
+                    "egress blocked"
+                );
+            }
+        }
+    });
 }

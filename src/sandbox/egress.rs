@@ -30,20 +30,26 @@ use std::io;
 use proxy::{EgressProxy, LoopbackTargets, ProxyEvents, ProxySettings};
 use rules::AllowList;
 
+use super::SandboxScope;
+
 /// The port the forwarder listens on inside the sandbox (Perstack's Squid listens on 3128).
 pub(crate) const FORWARDER_PORT: u16 = 3128;
 
-/// Starts the proxy for the processes of one skill: `allowed` (its `allowedDomains`) plus the
-/// registries, with the default bounds and the test switch as the environment sets it. The
-/// caller owns the proxy (its socket goes into the sandbox scope) and drains the events.
+/// Starts the proxy for the sandboxed processes of one skill and puts its socket into `scope`:
+/// `allowed` (its `allowedDomains`) plus the registries, with the default bounds and the test
+/// switch as the environment sets it. The caller keeps the proxy as long as the processes and
+/// drains the events.
 pub(crate) fn start_proxy<S: AsRef<str>>(
+    scope: &mut SandboxScope,
     allowed: impl IntoIterator<Item = S>,
 ) -> io::Result<(EgressProxy, ProxyEvents)> {
-    EgressProxy::start(ProxySettings {
+    let (proxy, events) = EgressProxy::start(ProxySettings {
         allow: AllowList::new(allowed),
         loopback: LoopbackTargets::from_env(),
         limits: Default::default(),
-    })
+    })?;
+    scope.proxy_socket = Some(proxy.socket_path().to_owned());
+    Ok((proxy, events))
 }
 
 /// Names that configure a proxy for some program; none of the user's values reach a sandboxed
