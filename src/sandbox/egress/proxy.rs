@@ -205,13 +205,17 @@ impl Shared {
     }
 }
 
+/// The prefix of the proxies' directories: `perstack-egress-<engine pid>-<random>`.
+const DIR_PREFIX: &str = "perstack-egress-";
+
 fn private_dir() -> io::Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
     let base = std::env::temp_dir();
+    sweep_stale_dirs(&base);
     let mut last = None;
     for _ in 0..8 {
         let dir = base.join(format!(
-            "perstack-egress-{}-{:08x}",
+            "{DIR_PREFIX}{}-{:08x}",
             std::process::id(),
             rand::random::<u32>()
         ));
@@ -221,6 +225,29 @@ fn private_dir() -> io::Result<PathBuf> {
         }
     }
     Err(last.unwrap_or_else(|| io::Error::other("no private directory")))
+}
+
+/// Removes the directories of engines that are gone (killed before their proxies' `Drop` ran):
+/// a directory whose pid has no `/proc` entry. Directories of live engines are never touched
+/// (unless an engine in another PID namespace shares this temp directory).
+fn sweep_stale_dirs(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(DIR_PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid.to_string()).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 async fn accept_loop(listener: UnixListener, shared: Arc<Shared>, cancel: CancellationToken) {
