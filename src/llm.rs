@@ -1,6 +1,7 @@
-//! Language models: the [`LanguageModel`] trait every provider implements, the stream
-//! [`Assembler`] that turns parts into a [`Generation`], the one retry policy (`retry`), and
-//! the [`scripted`] provider that plays turns from a file (tests, examples, offline demos).
+//! Language models: the [`LanguageModel`] trait every provider implements (a model streams
+//! [`StreamPart`]s for a [`GenerationRequest`]), and the [`scripted`] provider that plays turns
+//! from a file (tests, examples, offline demos). Inside the crate, the stream `Assembler` turns
+//! parts into a generation for the agent machine, and `retry` is the one retry policy.
 //!
 //! The HTTP providers ([`anthropic`], [`openai`] for OpenAI, DeepSeek and Azure, [`google`],
 //! [`ollama`]) each own only their wire format: a request builder and a stream decoder. They
@@ -31,8 +32,9 @@ use std::sync::Arc;
 use futures::Stream;
 use serde_json::Value;
 
-pub use assemble::{Assembler, Signal};
-pub use generation::{FinishReason, GeneratedToolCall, Generation, GenerationError, Thinking};
+pub(crate) use assemble::{Assembler, Signal};
+pub use generation::{FinishReason, GeneratedToolCall, GenerationError};
+pub(crate) use generation::{Generation, Thinking};
 
 use crate::schema::{Message, ReasoningBudget, Usage};
 

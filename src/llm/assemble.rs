@@ -6,7 +6,7 @@ use crate::schema::Usage;
 
 /// A streaming signal for the run actor to turn into a streaming event.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Signal {
+pub(crate) enum Signal {
     /// First reasoning delta: `startStreamingReasoning`.
     ReasoningStart,
     /// `streamReasoning`.
@@ -23,7 +23,7 @@ pub enum Signal {
 
 /// Accumulates one generation.
 #[derive(Debug, Default)]
-pub struct Assembler {
+pub(crate) struct Assembler {
     thinking: Vec<Thinking>,
     reasoning_open: Option<String>,
     reasoning_streamed: String,
@@ -35,12 +35,12 @@ pub struct Assembler {
 
 impl Assembler {
     /// A fresh assembler.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Assembler::default()
     }
 
     /// Take one part; returns the signals it causes, in order.
-    pub fn push(&mut self, part: StreamPart) -> Vec<Signal> {
+    pub(crate) fn push(&mut self, part: StreamPart) -> Vec<Signal> {
         let mut out = Vec::new();
         match part {
             StreamPart::ReasoningDelta(d) => {
@@ -91,7 +91,7 @@ impl Assembler {
 
     /// End of stream: the closing signals and the generation. A stream without a finish part
     /// was cut off and is a retryable error.
-    pub fn finish(mut self) -> (Vec<Signal>, Result<Generation, GenerationError>) {
+    pub(crate) fn finish(mut self) -> (Vec<Signal>, Result<Generation, GenerationError>) {
         let mut out = Vec::new();
         self.close_reasoning(&mut out);
         if self.text_started {

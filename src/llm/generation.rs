@@ -21,7 +21,7 @@ pub enum FinishReason {
 
 /// One reasoning block.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Thinking {
+pub(crate) struct Thinking {
     /// Reasoning text.
     pub text: String,
     /// Provider signature, passed back on later turns.
@@ -41,7 +41,7 @@ pub struct GeneratedToolCall {
 
 /// A finished generation.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Generation {
+pub(crate) struct Generation {
     /// Reasoning blocks, in order.
     pub thinking: Vec<Thinking>,
     /// All text deltas concatenated.
