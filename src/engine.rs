@@ -35,12 +35,12 @@ use tokio_util::sync::CancellationToken;
 mod resume;
 
 pub use crate::actor::context::{RunOverrides, Settings};
-pub use crate::actor::event_bus::{Callback, Sequenced, Sink};
+pub use crate::actor::event_bus::{BusError, Callback, Sequenced, Sink};
 pub use crate::actor::job::JobOutcome;
 pub use resume::{ContinueInput, ContinueRequest};
 
 use crate::actor::context::{JobContext, now_ms};
-use crate::actor::event_bus::{BUS_MAILBOX, BusArgs, BusError, EventBus, Flush, Subscribe};
+use crate::actor::event_bus::{BUS_MAILBOX, BusArgs, EventBus, Flush, OpenJob, PublishBatch};
 use crate::actor::job::{JobActor, JobArgs};
 use crate::agent::Start;
 use crate::agent::{Machine, MachineSetting};
@@ -312,14 +312,16 @@ impl Engine {
             return Err(EngineError::InvalidJobId(job_id));
         }
         let claim = self.storage.claim(&job_id).await?;
-        self.start_claimed(request, claim).await
+        self.start_claimed(request, claim, 0).await
     }
 
-    /// Start `request` on the job `claim` holds (its id wins over the request's).
+    /// Start `request` on the job `claim` holds (its id wins over the request's), whose last
+    /// event so far got job sequence number `last_seq` (0 for a new job).
     pub(crate) async fn start_claimed(
         &self,
         request: JobRequest,
         claim: Claim,
+        last_seq: u64,
     ) -> Result<JobHandle, EngineError> {
         let expert = self.startable(&request.expert_key)?;
         let job_id = claim.job_id().to_owned();
@@ -343,6 +345,7 @@ impl Engine {
             usage: Default::default(),
             started_at: now,
             finished_at: None,
+            job_seq: (last_seq > 0).then_some(last_seq),
             extra: Map::new(),
         };
         self.launch(
@@ -407,19 +410,21 @@ impl Engine {
         claim: Claim,
     ) -> Result<JobHandle, EngineError> {
         let job_id = job.id.clone();
-        let events = if let Some(buffer) = subscribe {
-            let (tx, rx) = mpsc::channel(buffer.max(1));
-            self.bus
-                .ask(Subscribe {
-                    job_id: job_id.clone(),
-                    tx,
-                })
-                .await
-                .map_err(BusError::from_send)?;
-            Some(rx)
-        } else {
-            None
+        let (tx, events) = match subscribe {
+            Some(buffer) => {
+                let (tx, rx) = mpsc::channel(buffer.max(1));
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
         };
+        self.bus
+            .ask(OpenJob {
+                job_id: job_id.clone(),
+                last_seq: job.job_seq.unwrap_or(0),
+                events: tx,
+            })
+            .await
+            .map_err(BusError::from_send)?;
         let cancel = CancellationToken::new();
         let ctx = Arc::new(JobContext {
             job_id: job_id.clone(),
@@ -455,6 +460,20 @@ impl Engine {
             done,
             cancel,
         })
+    }
+
+    /// Write `events` through this engine's event bus, in order, in one message, as its own
+    /// runs do: each gets the next engine-wide sequence number (and its job's, when the job
+    /// runs on this engine), a checkpoint it carries is stored before the event is visible,
+    /// then it goes to the sink, the store and the listeners. For events made outside the
+    /// engine: a replay, another process's job relayed, a load test of the bus. Returns the
+    /// last event's sequence number once all are visible, or the first failure: a refused
+    /// checkpoint stops the batch there, a failed sink does not (see [`BusError`]).
+    pub async fn publish(&self, events: Vec<crate::schema::Event>) -> Result<u64, BusError> {
+        self.bus
+            .ask(PublishBatch(events))
+            .await
+            .map_err(BusError::from_send)
     }
 
     /// Flush the sink and stop the bus. Jobs still running lose their output.

@@ -112,6 +112,34 @@ pub trait Storage: Send + Sync + 'static {
     /// Every stored run setting, newest `updatedAt` first (ties by job id, then run id).
     async fn all_run_settings(&self) -> Result<Vec<RunSetting>, StoreError>;
 
+    /// The job sequence number of job `job_id`'s last stored event: the largest `jobSeq` of
+    /// its job record, checkpoints and events, 0 for a job that has none (one Perstack wrote).
+    /// A continued job numbers its events from the one after. The default reads them all (on
+    /// a continuation only); a store that keeps the number at hand can answer faster.
+    async fn last_job_seq(&self, job_id: &str) -> Result<u64, StoreError> {
+        let mut last = self
+            .retrieve_job(job_id)
+            .await?
+            .and_then(|j| j.job_seq)
+            .unwrap_or(0);
+        let mut runs = std::collections::BTreeSet::new();
+        for cp in self.checkpoints_by_job(job_id).await? {
+            last = last.max(cp.job_seq.unwrap_or(0));
+            runs.insert(cp.run_id);
+        }
+        for setting in self.all_run_settings().await? {
+            if setting.job_id == job_id {
+                runs.insert(setting.run_id);
+            }
+        }
+        for run in runs {
+            for event in self.event_contents(job_id, &run, None).await? {
+                last = last.max(event.job_seq.unwrap_or(0));
+            }
+        }
+        Ok(last)
+    }
+
     /// Take the right to write job `job_id`, or [`StoreError::Claimed`] naming the holder when
     /// someone else has it. Held until the returned [`Claim`] is dropped; a holder that dies
     /// releases it (a new claimant takes it over). Reading never needs a claim.

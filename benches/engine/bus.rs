@@ -1,13 +1,20 @@
-//! T4, `bus/*`: the [`EventBus`] alone (spawned as the engine spawns it, storage discarded by
-//! [`DiscardStorage`](crate::support::DiscardStorage)) fed a `callTools` event of the reference workload.
+//! T4, `bus/*`: the engine's event bus alone, driven through the public API: an [`Engine`]
+//! (the instant fan-out model, storage discarded by
+//! [`DiscardStorage`](crate::support::DiscardStorage)) whose sink is under test, fed a
+//! `callTools` event of the reference workload with [`Engine::publish`] (one message per batch,
+//! as a run publishes a machine output), no job running.
 //!
-//! - `bus/publish_one`: one producer, one `Publish` ask at a time, sink `tokio::io::sink()`;
-//! - then, without criterion: 1 and 16 producers into `tokio::io::sink()`; 16 producers into an
-//!   OS pipe (`std::io::pipe`, written through `tokio::fs::File` like the CLI's stdout, read by a
+//! - `bus/publish_one`: one producer, one single-event batch at a time, sink `tokio::io::sink()`;
+//! - then, without criterion: 1 and 16 producers into `tokio::io::sink()`, with single-event
+//!   batches (as streaming events come) and [`BATCH`]-event batches; 16 producers into an OS
+//!   pipe (`std::io::pipe`, written through `tokio::fs::File` like the CLI's stdout, read by a
 //!   thread that counts lines) in events/s; and the same pipe with the reader stalled for
-//!   [`STALL`] while 64 producers ask and one more tells without waiting: how many events the bus
-//!   still takes, how RSS moves, and whether every event arrives once the reader resumes (bounded
-//!   waits: it reports rather than hangs).
+//!   [`STALL`] while 64 producers publish: how many events the bus still takes, how RSS moves,
+//!   and whether every event arrives once the reader resumes (bounded waits: it reports rather
+//!   than hangs).
+//!
+//! Producers clone the event for every publish (a run builds each event anew), so the rates
+//! include making the events, on the same cores as the bus.
 
 use std::io::Read;
 use std::os::fd::OwnedFd;
@@ -16,46 +23,49 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use kameo::prelude::*;
 use tokio::runtime::Runtime;
 
-use perstack::actor::event_bus::{BUS_MAILBOX, EventBus, Flush, Publish};
-use perstack::engine::Sink;
+use perstack::engine::{Engine, Sink};
 use perstack::schema::Event;
 use perstack::storage::Storage;
 
-use crate::support::DiscardStorage;
-use crate::support::status_kib;
-use crate::{GIVE_UP, spawn_bus, stop_bus};
+use crate::GIVE_UP;
+use crate::support::{DiscardStorage, FanoutModel, status_kib};
 
 /// How long the pipe reader stalls in the T4 back-pressure check.
 const STALL: Duration = Duration::from_secs(1);
 /// Events per producer-throughput measurement of T4.
 const BUS_EVENTS: u64 = 200_000;
+/// Events per batch in the batched measurements: a tool step's machine output
+/// (`resolveToolResults` .. `startGeneration`) is 4-6 events; 8 stands for a busy turn.
+const BATCH: u64 = 8;
 
 /// A `callTools` event of the reference workload, as Perstack prints it (as in
 /// `benches/fanout.rs`).
 const CALL_TOOLS: &str = r#"{"type":"callTools","id":"bwgiescld20w6p2hvmp669hi","expertKey":"coordinator","timestamp":1795729279647,"jobId":"kq2y1n5v0d7c3x8m4b6a9z1w","runId":"czh87xqx33fm5efnri0vp050","stepNumber":1,"newMessage":{"type":"expertMessage","contents":[{"type":"thinkingPart","id":"t0b3kq9v8x7c6n5m4l3k2j1h","thinking":"Two independent halves: delegate both at once."},{"type":"toolCallPart","toolCallId":"call_child_a","toolName":"child-a","args":{"query":"Do the first half"},"id":"e8b0m1gux6cyn6vy61zkbo9y"},{"type":"toolCallPart","toolCallId":"call_child_b","toolName":"child-b","args":{"query":"Do the second half"},"id":"i8juirdznq0pp7hukm4pgqfl"}],"id":"mux230rwscs9lw1ca55uasw9"},"toolCalls":[{"id":"call_child_a","skillName":"child-a","toolName":"child-a","args":{"query":"Do the first half"}},{"id":"call_child_b","skillName":"child-b","toolName":"child-b","args":{"query":"Do the second half"}}],"usage":{"inputTokens":120,"outputTokens":30,"reasoningTokens":0,"totalTokens":150,"cachedInputTokens":0}}"#;
 
-/// `producers` tasks publish `total` events between them, each waiting for every reply (as the
-/// runs do); the time until all replies are in.
+/// `producers` tasks publish `total` events between them in batches of `batch`, each waiting
+/// for every reply (as the runs do); the time until all replies are in.
 async fn publish_all(
-    bus: &ActorRef<EventBus>,
+    engine: &Arc<Engine>,
     event: &Event,
     producers: u64,
+    batch: u64,
     total: u64,
 ) -> Duration {
-    let per = total / producers;
+    let batches = total / producers / batch;
     let t0 = Instant::now();
     let tasks: Vec<_> = (0..producers)
         .map(|_| {
-            let bus = bus.clone();
+            let engine = engine.clone();
             let event = event.clone();
             tokio::spawn(async move {
-                for _ in 0..per {
-                    bus.ask(Publish(event.clone()))
+                for _ in 0..batches {
+                    let events = (0..batch).map(|_| event.clone()).collect();
+                    engine
+                        .publish(events)
                         .await
-                        .expect("the bus accepts the event");
+                        .expect("the bus accepts the events");
                 }
             })
         })
@@ -64,6 +74,26 @@ async fn publish_all(
         t.await.expect("a producer task");
     }
     t0.elapsed()
+}
+
+/// An engine whose bus writes to `sink` (call inside the runtime).
+fn engine(sink: Sink) -> Arc<Engine> {
+    let storage: Arc<dyn Storage> = Arc::new(DiscardStorage);
+    Arc::new(
+        Engine::builder()
+            .model(Arc::new(FanoutModel))
+            .storage(storage)
+            .sink(sink)
+            .build(),
+    )
+}
+
+/// Flush the sink and stop the bus (drops the sink).
+async fn stop(engine: Arc<Engine>) {
+    match Arc::try_unwrap(engine) {
+        Ok(engine) => engine.shutdown().await,
+        Err(_) => panic!("a producer still holds the engine"),
+    }
 }
 
 /// The reading end of an OS pipe, drained by a thread that counts lines and can be paused.
@@ -133,10 +163,9 @@ impl PipeDrain {
 pub(crate) fn bench_bus(c: &mut Criterion, rt: &Runtime, report: &mut Vec<String>) {
     let event: Event = serde_json::from_str(CALL_TOOLS).expect("a valid callTools event");
     let line_len = serde_json::to_vec(&event).expect("serialisable").len() + 1;
-    let storage: Arc<dyn Storage> = Arc::new(DiscardStorage);
     let bus = {
         let _guard = rt.enter();
-        spawn_bus(Some(Box::new(tokio::io::sink())), storage.clone())
+        engine(Box::new(tokio::io::sink()))
     };
 
     let mut ran = false;
@@ -152,7 +181,7 @@ pub(crate) fn bench_bus(c: &mut Criterion, rt: &Runtime, report: &mut Vec<String
             rt.block_on(async {
                 let t0 = Instant::now();
                 for _ in 0..iters {
-                    bus.ask(Publish(event.clone()))
+                    bus.publish(vec![event.clone()])
                         .await
                         .expect("the bus accepts the event");
                 }
@@ -162,19 +191,21 @@ pub(crate) fn bench_bus(c: &mut Criterion, rt: &Runtime, report: &mut Vec<String
     });
     group.finish();
     if !ran {
-        rt.block_on(stop_bus(bus));
+        rt.block_on(stop(bus));
         return;
     }
 
     let rate = |d: Duration, n: u64| n as f64 / d.as_secs_f64() / 1e6;
-    let one = rt.block_on(publish_all(&bus, &event, 1, BUS_EVENTS));
-    let many = rt.block_on(publish_all(&bus, &event, 16, BUS_EVENTS));
-    rt.block_on(stop_bus(bus));
+    let one = rt.block_on(publish_all(&bus, &event, 1, 1, BUS_EVENTS));
+    let many = rt.block_on(publish_all(&bus, &event, 16, 1, BUS_EVENTS));
+    let batched = rt.block_on(publish_all(&bus, &event, 16, BATCH, BUS_EVENTS));
+    rt.block_on(stop(bus));
     let line = format!(
-        "T4 event bus -> tokio::io::sink() ({line_len}-byte callTools line): {:.2} M events/s with 1 producer, {:.2} M events/s with 16 ({:.0} MB/s)",
+        "T4 event bus -> tokio::io::sink() ({line_len}-byte callTools line): {:.2} M events/s with 1 producer, {:.2} M events/s with 16 ({:.0} MB/s), {:.2} M events/s with 16 publishing {BATCH}-event batches",
         rate(one, BUS_EVENTS),
         rate(many, BUS_EVENTS),
         rate(many, BUS_EVENTS) * line_len as f64,
+        rate(batched, BUS_EVENTS),
     );
     println!("{line}");
     report.push(line);
@@ -183,14 +214,18 @@ pub(crate) fn bench_bus(c: &mut Criterion, rt: &Runtime, report: &mut Vec<String
     let (drain, sink) = PipeDrain::new();
     let bus = {
         let _guard = rt.enter();
-        spawn_bus(Some(sink), storage)
+        engine(sink)
     };
-    let piped = rt.block_on(publish_all(&bus, &event, 16, BUS_EVENTS));
+    let piped = rt.block_on(publish_all(&bus, &event, 16, 1, BUS_EVENTS));
     let delivered = rt.block_on(drain.wait_for(BUS_EVENTS));
+    let piped_batched = rt.block_on(publish_all(&bus, &event, 16, BATCH, BUS_EVENTS));
+    let delivered = delivered && rt.block_on(drain.wait_for(2 * BUS_EVENTS));
     let line = format!(
-        "T4 event bus -> OS pipe via tokio::fs::File, reader draining: {:.2} M events/s with 16 producers ({:.0} MB/s){}",
+        "T4 event bus -> OS pipe via tokio::fs::File, reader draining, 16 producers: {:.2} M events/s publishing single events ({:.0} MB/s), {:.2} M events/s publishing {BATCH}-event batches ({:.0} MB/s){}",
         rate(piped, BUS_EVENTS),
         rate(piped, BUS_EVENTS) * line_len as f64,
+        rate(piped_batched, BUS_EVENTS),
+        rate(piped_batched, BUS_EVENTS) * line_len as f64,
         if delivered {
             ""
         } else {
@@ -200,21 +235,20 @@ pub(crate) fn bench_bus(c: &mut Criterion, rt: &Runtime, report: &mut Vec<String
     println!("{line}");
     report.push(line);
 
-    let line = rt.block_on(stalled_reader(&bus, &event, &drain, BUS_EVENTS));
+    let line = rt.block_on(stalled_reader(&bus, &event, &drain, 2 * BUS_EVENTS));
     println!("{line}");
     report.push(line);
-    rt.block_on(stop_bus(bus));
+    rt.block_on(stop(bus));
     let PipeDrain { thread, .. } = drain;
     // The bus dropped the pipe's writing end, so the reader sees end of file.
     let _ = thread.join();
 }
 
 /// Stall the pipe reader for [`STALL`] while 64 producers keep publishing and waiting for each
-/// reply (as runs do) and one more tells without waiting (the worst case: only the bounded
-/// mailbox stops it); report what the bus took and how RSS moved, then resume and check that
+/// reply (as runs do); report what the bus took and how RSS moved, then resume and check that
 /// every event arrives.
 async fn stalled_reader(
-    bus: &ActorRef<EventBus>,
+    bus: &Arc<Engine>,
     event: &Event,
     drain: &PipeDrain,
     already: u64,
@@ -223,16 +257,15 @@ async fn stalled_reader(
     drain.paused.store(true, Ordering::Release);
     tokio::time::sleep(Duration::from_millis(20)).await;
     let answered = Arc::new(AtomicU64::new(0));
-    let told = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let rss0 = status_kib("VmRSS").unwrap_or(0);
-    let mut producers: Vec<_> = (0..PRODUCERS)
+    let producers: Vec<_> = (0..PRODUCERS)
         .map(|_| {
             let (bus, event) = (bus.clone(), event.clone());
             let (answered, stop) = (answered.clone(), stop.clone());
             tokio::spawn(async move {
                 while !stop.load(Ordering::Acquire) {
-                    bus.ask(Publish(event.clone()))
+                    bus.publish(vec![event.clone()])
                         .await
                         .expect("the bus accepts the event");
                     answered.fetch_add(1, Ordering::AcqRel);
@@ -240,25 +273,9 @@ async fn stalled_reader(
             })
         })
         .collect();
-    producers.push({
-        let (bus, event) = (bus.clone(), event.clone());
-        let (told, stop) = (told.clone(), stop.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Acquire) {
-                bus.tell(Publish(event.clone()))
-                    .await
-                    .expect("the bus takes the event");
-                told.fetch_add(1, Ordering::AcqRel);
-            }
-        })
-    });
-    let taken = || answered.load(Ordering::Acquire) + told.load(Ordering::Acquire);
+    let taken = || answered.load(Ordering::Acquire);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let (filled, replies, rss1) = (
-        taken(),
-        answered.load(Ordering::Acquire),
-        status_kib("VmRSS").unwrap_or(0),
-    );
+    let (filled, rss1) = (taken(), status_kib("VmRSS").unwrap_or(0));
     tokio::time::sleep(STALL).await;
     let (later, rss2) = (taken(), status_kib("VmRSS").unwrap_or(0));
     stop.store(true, Ordering::Release);
@@ -266,11 +283,12 @@ async fn stalled_reader(
     let joined = tokio::time::timeout(GIVE_UP, futures::future::join_all(producers))
         .await
         .is_ok();
-    let _ = bus.ask(Flush).await;
+    // One more (empty) batch: the bus writes out what it holds once it is idle.
+    let _ = bus.publish(Vec::new()).await;
     let total = taken();
     let delivered = joined && drain.wait_for(already + total).await;
     format!(
-        "T4 stalled pipe reader, 64 asking producers + 1 telling: the bus took {filled} events ({replies} answered, the rest queued in its {BUS_MAILBOX}-slot mailbox), then +{} over the next {:.1} s; RSS {:+} KiB while filling, {:+} KiB over the stall; after resuming, {}",
+        "T4 stalled pipe reader, 64 publishing producers: the bus answered {filled} events, then +{} over the next {:.1} s (the rest wait in their producers); RSS {:+} KiB while filling, {:+} KiB over the stall; after resuming, {}",
         later - filled,
         STALL.as_secs_f64(),
         i128::from(rss1) - i128::from(rss0),

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use kameo::actor::ActorRef;
 use tokio_util::sync::CancellationToken;
 
-use super::event_bus::{BusError, EventBus, Publish, PublishUnstored};
+use super::event_bus::{BusError, EventBus, Publish, PublishBatch, PublishUnstored};
 use crate::agent::RunFailure;
 use crate::config::{PerstackConfig, ProviderName, defaults};
 use crate::llm::LanguageModel;
@@ -174,6 +174,16 @@ impl JobContext {
     pub(crate) async fn publish(&self, event: Event) -> Result<u64, BusError> {
         self.bus
             .ask(Publish(event))
+            .await
+            .map_err(BusError::from_send)
+    }
+
+    /// Publish events in order in one message (a machine output's) and wait until all are
+    /// visible. The error is the first failure; see [`PublishBatch`] for which events it
+    /// leaves unshown.
+    pub async fn publish_batch(&self, events: Vec<Event>) -> Result<u64, BusError> {
+        self.bus
+            .ask(PublishBatch(events))
             .await
             .map_err(BusError::from_send)
     }

@@ -13,7 +13,7 @@ use kameo::prelude::*;
 use tokio::sync::oneshot;
 
 use super::context::{JobContext, now_ms};
-use super::event_bus::Unsubscribe;
+use super::event_bus::CloseJob;
 use super::run::{Begin, Parent, RunActor, RunArgs, RunFinished};
 use crate::agent::{RunFailure, Start};
 use crate::schema::{Checkpoint, CheckpointStatus, Job, JobStatus};
@@ -161,10 +161,15 @@ impl JobActor {
         self.job.total_steps = checkpoint.step_number;
         self.job.usage = checkpoint.usage;
         self.job.finished_at = Some(now_ms());
+        // Every event of the job is out (the coordinator reports after its children and its
+        // skills): the record keeps the last number for a continuation.
+        match self.ctx.bus.ask(CloseJob(self.job.id.clone())).await {
+            Ok(last) => self.job.job_seq = Some(last),
+            Err(e) => tracing::warn!(job = %self.job.id, "could not close the job on the bus: {e}"),
+        }
         if let Err(e) = self.storage.store_job(&self.job).await {
             tracing::warn!(job = %self.job.id, "could not store job.json: {e}");
         }
-        let _ = self.ctx.bus.tell(Unsubscribe(self.job.id.clone())).await;
         self.claim = None;
         if let Some(done) = self.done.take() {
             let _ = done.send(JobOutcome {

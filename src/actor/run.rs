@@ -50,7 +50,9 @@ use crate::agent::{
     Delegation, Effect, Machine, MachineSetting, Output, Start, ToolIndex, instruction_text,
 };
 use crate::llm::ToolSpec;
-use crate::schema::{Checkpoint, Event, EventPayload, Expert, InitializeRuntime, id::new_id};
+use crate::schema::{
+    Checkpoint, Envelope, Event, EventPayload, Expert, InitializeRuntime, id::new_id,
+};
 
 /// The mailbox size of a run actor: task results, child reports and control messages.
 /// Children report with a blocking tell; at most `max_parallel_delegates` can be waiting.
@@ -537,28 +539,32 @@ impl RunActor {
         let _ = self.ctx.publish(event).await;
     }
 
-    /// Publish a machine output's events in order. A closed output fails the job (the events
-    /// are still stored) and publishing goes on. A storage failure fails the job and stops
-    /// here: the event and those after it are not shown, and the run must end with
+    /// Publish a machine output's events in order, in one message. A closed output fails the
+    /// job (the events are still stored). A storage failure fails the job and stops the
+    /// batch: the event and those after it are not shown, and the run must end with
     /// [`RunActor::stop_unstored`].
     async fn publish_events(&mut self, events: Vec<Event>) -> Result<(), RunFailure> {
-        for event in events {
+        if events.is_empty() {
+            return Ok(());
+        }
+        for event in &events {
             if let EventPayload::CompleteRun(c) = &event.payload {
                 self.result_text = Some(c.text.clone());
             }
-            let Err(e) = self.ctx.publish(event).await else {
-                continue;
-            };
-            let failure = e.run_failure();
-            tracing::error!(run = %self.machine.setting().run_id, "{e}");
-            if failure.stops_the_job() {
-                self.ctx.fail(failure.clone());
-            }
-            if !e.event_was_stored() {
-                return Err(failure);
-            }
         }
-        Ok(())
+        let Err(e) = self.ctx.publish_batch(events).await else {
+            return Ok(());
+        };
+        let failure = e.run_failure();
+        tracing::error!(run = %self.machine.setting().run_id, "{e}");
+        if failure.stops_the_job() {
+            self.ctx.fail(failure.clone());
+        }
+        if e.event_was_stored() {
+            Ok(())
+        } else {
+            Err(failure)
+        }
     }
 
     /// End the run with `failure` after an event of it could not be published: whatever end
@@ -578,15 +584,8 @@ impl RunActor {
     }
 
     fn runtime_event(&self, now: u64, payload: EventPayload) -> Event {
-        Event {
-            id: new_id(),
-            timestamp: now,
-            job_id: self.ctx.job_id.clone(),
-            run_id: self.machine.setting().run_id.clone(),
-            expert_key: None,
-            step_number: None,
-            payload,
-        }
+        Envelope::runtime(self.ctx.job_id.as_str(), self.machine.setting().run_id.as_str())
+            .into_event(now, payload)
     }
 }
 

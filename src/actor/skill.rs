@@ -26,8 +26,8 @@ use crate::sandbox::egress::{
     proxy::{EgressProxy, ProxyEvents},
 };
 use crate::schema::{
-    Event, EventPayload, McpSseSkill, McpStdioSkill, MessagePart, SkillConnected,
-    SkillDisconnected, SkillStarting, SkillStderr, id::new_id,
+    Envelope, EventPayload, McpSseSkill, McpStdioSkill, MessagePart, SkillConnected,
+    SkillDisconnected, SkillStarting, SkillStderr,
 };
 use crate::skill::base::{ConnectTimings, InProcessBase, ServerIdentity, connect_in_process};
 use crate::skill::mcp::{ConnectOptions, McpConnection, command_args, connect_http, connect_stdio};
@@ -301,15 +301,8 @@ async fn connect(args: &SkillArgs) -> Result<(Conn, Option<EgressProxy>), SkillE
 }
 
 async fn publish(args: &SkillArgs, payload: EventPayload) {
-    let event = Event {
-        id: new_id(),
-        timestamp: now_ms(),
-        job_id: args.ctx.job_id.clone(),
-        run_id: args.run_id.clone(),
-        expert_key: None,
-        step_number: None,
-        payload,
-    };
+    let event = Envelope::runtime(args.ctx.job_id.as_str(), args.run_id.as_str())
+        .into_event(now_ms(), payload);
     let _ = args.ctx.publish(event).await;
 }
 

@@ -33,7 +33,7 @@ use super::failure::RunFailure;
 use super::tools::ToolIndex;
 use crate::llm::{Generation, GenerationError};
 use crate::schema::{
-    Checkpoint, CheckpointStatus, Event, EventPayload, ExpertRef, InteractiveToolCallResult,
+    Checkpoint, CheckpointStatus, Envelope, Event, EventPayload, ExpertRef, InteractiveToolCallResult,
     Message, MessagePart, StartRun, Step, ToolCall, ToolResult, Usage, id::new_id,
 };
 use calls::Plan;
@@ -182,6 +182,7 @@ impl Machine {
             metadata: None,
             error: None,
             retry_count: None,
+            job_seq: None,
             extra: Map::new(),
         }
     }
@@ -211,17 +212,19 @@ impl Machine {
         matches!(self.phase, Phase::GeneratingRunResult { .. })
     }
 
-    /// Build an event with this run's envelope (`expertKey`, `stepNumber` from the checkpoint).
+    /// The envelope of this run's current step (`expertKey`, `stepNumber` from the checkpoint).
+    pub(crate) fn envelope(&self) -> Envelope {
+        Envelope::step(
+            self.setting.job_id.as_str(),
+            self.setting.run_id.as_str(),
+            self.setting.expert.key.as_str(),
+            self.checkpoint.step_number,
+        )
+    }
+
+    /// An event of this run's current step.
     pub(crate) fn event(&self, now: u64, payload: EventPayload) -> Event {
-        Event {
-            id: new_id(),
-            timestamp: now,
-            job_id: self.setting.job_id.clone(),
-            run_id: self.setting.run_id.clone(),
-            expert_key: Some(self.setting.expert.key.clone()),
-            step_number: Some(self.checkpoint.step_number),
-            payload,
-        }
+        self.envelope().into_event(now, payload)
     }
 
     /// Init: build the input messages and emit `startRun`, then prepare the first step.

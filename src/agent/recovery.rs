@@ -165,6 +165,7 @@ mod tests {
             metadata: None,
             error: None,
             retry_count: None,
+            job_seq: None,
             extra: Map::new(),
         }
     }

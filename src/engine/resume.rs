@@ -89,10 +89,12 @@ impl Engine {
             usage: checkpoint.usage,
             started_at: now,
             finished_at: None,
+            job_seq: None,
             extra: Map::new(),
         });
         job.status = JobStatus::Running;
         job.finished_at = None;
+        job.job_seq = Some(storage.last_job_seq(&job_id).await?);
         job.max_steps = Some(self.settings.max_steps);
         self.launch(job, checkpoint, start, request.subscribe, claim)
             .await
@@ -122,7 +124,8 @@ impl Engine {
             start = start.subscribe();
             start.buffer = buffer;
         }
-        self.start_claimed(start, claim).await
+        let last_seq = self.storage.last_job_seq(claim.job_id()).await?;
+        self.start_claimed(start, claim, last_seq).await
     }
 
     fn plan_start(

@@ -136,7 +136,32 @@ pub struct Checkpoint {
     pub error: Option<RunError>,
     /// Consecutive failed generations.
     pub retry_count: Option<u32>,
+    /// The job sequence number of the event that carried this checkpoint to the store (see
+    /// [`Event::job_seq`](super::Event::job_seq)). Never on stdout; stored as `jobSeq`
+    /// ([`Checkpoint::stored`]).
+    #[serde(default, skip_serializing)]
+    pub job_seq: Option<u64>,
     /// Unknown fields.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+impl Checkpoint {
+    /// The stored form: Perstack's JSON plus `jobSeq` when the bus gave one (Perstack's
+    /// readers ignore unknown keys).
+    pub fn stored(&self) -> impl Serialize + '_ {
+        StoredCheckpoint {
+            checkpoint: self,
+            job_seq: self.job_seq,
+        }
+    }
+}
+
+/// [`Checkpoint::stored`].
+#[derive(Serialize)]
+struct StoredCheckpoint<'a> {
+    #[serde(flatten)]
+    checkpoint: &'a Checkpoint,
+    #[serde(rename = "jobSeq", skip_serializing_if = "Option::is_none")]
+    job_seq: Option<u64>,
 }

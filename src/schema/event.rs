@@ -4,9 +4,14 @@
 //! plus one [`EventPayload`]. The 17 state events and 6 streaming events carry `expertKey` and
 //! `stepNumber`; runtime events (`initializeRuntime`, `skill*`, `proxyAccess`) do not. Serialisation writes
 //! `type` first, then the envelope, then the payload fields, one compact JSON object per event.
+//! Events are built by [`Envelope`] only.
 
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
+
+mod envelope;
+
+pub use envelope::Envelope;
 
 use super::{
     Checkpoint, InteractiveToolCallResult, Message, RunError, Step, ToolCall, ToolResult, Usage,
@@ -30,6 +35,11 @@ pub struct Event {
     /// Step number (state and streaming events only).
     #[serde(default)]
     pub step_number: Option<u32>,
+    /// The event's place in its job's history, from 1, gapless across delegations and
+    /// continuations; set by the event bus when it writes the event (`None` before). Never on
+    /// stdout (Perstack has no such field); stored as `jobSeq` ([`Event::stored`]).
+    #[serde(default)]
+    pub job_seq: Option<u64>,
     /// The typed payload, discriminated on `type`.
     #[serde(flatten)]
     pub payload: EventPayload,
@@ -54,9 +64,45 @@ impl Event {
         }
     }
 
+    /// The stored form: Perstack's JSON plus `jobSeq` when the bus gave one (Perstack's
+    /// readers ignore unknown keys).
+    pub fn stored(&self) -> impl Serialize + '_ {
+        StoredEvent(self)
+    }
+
+    /// The carried checkpoint, to stamp it with the event's [`Event::job_seq`].
+    pub(crate) fn checkpoint_mut(&mut self) -> Option<&mut Checkpoint> {
+        match &mut self.payload {
+            EventPayload::ContinueToNextStep(p) => Some(&mut p.checkpoint),
+            EventPayload::StopRunByInteractiveTool(p)
+            | EventPayload::StopRunByDelegate(p)
+            | EventPayload::StopRunByExceededMaxSteps(p) => Some(&mut p.checkpoint),
+            EventPayload::StopRunByError(p) => Some(&mut p.checkpoint),
+            EventPayload::CompleteRun(p) => Some(&mut p.checkpoint),
+            _ => None,
+        }
+    }
+
+    /// Give the event (and the checkpoint it carries) its job sequence number.
+    pub(crate) fn set_job_seq(&mut self, seq: u64) {
+        self.job_seq = Some(seq);
+        if let Some(cp) = self.checkpoint_mut() {
+            cp.job_seq = Some(seq);
+        }
+    }
+
     /// Whether Perstack stores this event (it stores events that have a `stepNumber`).
     pub fn is_run_event(&self) -> bool {
         self.step_number.is_some()
+    }
+}
+
+/// [`Event::stored`].
+struct StoredEvent<'a>(&'a Event);
+
+impl Serialize for StoredEvent<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize_wire(s, self.0.job_seq)
     }
 }
 
@@ -79,10 +125,17 @@ macro_rules! payloads {
             }
         }
 
+        /// Perstack's form, as printed on stdout: no `jobSeq`.
         impl Serialize for Event {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                self.serialize_wire(s, None)
+            }
+        }
+
+        impl Event {
+            fn serialize_wire<S: Serializer>(&self, s: S, job_seq: Option<u64>) -> Result<S::Ok, S::Error> {
                 match &self.payload {
-                    $( EventPayload::$variant(p) => Wire::new($name, self, p).serialize(s), )*
+                    $( EventPayload::$variant(p) => Wire::new($name, self, p, job_seq).serialize(s), )*
                 }
             }
         }
@@ -163,12 +216,13 @@ struct Wire<'a, P: Serialize> {
     job_id: &'a str,
     run_id: &'a str,
     step_number: Option<u32>,
+    job_seq: Option<u64>,
     #[serde(flatten)]
     payload: &'a P,
 }
 
 impl<'a, P: Serialize> Wire<'a, P> {
-    fn new(kind: &'static str, e: &'a Event, payload: &'a P) -> Self {
+    fn new(kind: &'static str, e: &'a Event, payload: &'a P, job_seq: Option<u64>) -> Self {
         Wire {
             kind,
             id: &e.id,
@@ -177,6 +231,7 @@ impl<'a, P: Serialize> Wire<'a, P> {
             job_id: &e.job_id,
             run_id: &e.run_id,
             step_number: e.step_number,
+            job_seq,
             payload,
         }
     }

@@ -57,6 +57,10 @@ pub struct Job {
     pub started_at: u64,
     /// Epoch ms.
     pub finished_at: Option<u64>,
+    /// The job sequence number of the job's last event when the record was written (see
+    /// [`Event::job_seq`](super::Event::job_seq)); where a continued job's numbering goes on.
+    /// Not in Perstack's `job.json` (its readers ignore unknown keys).
+    pub job_seq: Option<u64>,
     /// Unknown fields.
     #[serde(flatten)]
     pub extra: Map<String, Value>,

@@ -182,6 +182,7 @@ fn checkpoint() -> impl Strategy<Value = Checkpoint> {
                         is_retryable,
                     }),
                     retry_count: retry,
+                    job_seq: None,
                     extra: Map::new(),
                 }
             },
@@ -213,6 +214,7 @@ proptest! {
             run_id: cp.run_id.clone(),
             expert_key: Some(cp.expert.key.clone()),
             step_number: Some(cp.step_number),
+            job_seq: None,
             payload: EventPayload::CompleteRun(CompleteRun {
                 step: Step::new(cp.step_number, ts),
                 checkpoint: cp,

@@ -65,7 +65,7 @@ impl Storage for FsStorage {
     async fn store_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
         check_id("job", &checkpoint.job_id)?;
         check_id("checkpoint", &checkpoint.id)?;
-        let bytes = to_json("checkpoint", checkpoint, false)?;
+        let bytes = to_json("checkpoint", &checkpoint.stored(), false)?;
         let path = checkpoint_path(&self.job_dir(&checkpoint.job_id), &checkpoint.id);
         blocking(path.clone(), move || atomic::replace(&path, &bytes, true)).await
     }
@@ -132,7 +132,7 @@ impl Storage for FsStorage {
         };
         check_id("job", &event.job_id)?;
         check_id("run", &event.run_id)?;
-        let bytes = to_json("event", event, false)?;
+        let bytes = to_json("event", &event.stored(), false)?;
         let dir = self.run_dir(&event.job_id, &event.run_id);
         let (timestamp, kind) = (event.timestamp, event.kind());
         blocking(dir.clone(), move || {

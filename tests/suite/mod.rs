@@ -9,6 +9,7 @@ mod delegation;
 mod egress;
 mod fake_server;
 mod hooked;
+mod job_seq;
 mod lifecycle;
 mod lockfile;
 mod log;

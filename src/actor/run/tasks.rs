@@ -21,31 +21,8 @@ use crate::llm::{
     Assembler, Generation, GenerationError, GenerationRequest, Signal, ToolSpec, retry,
 };
 use crate::schema::{
-    Delta, Empty, Event, EventPayload, Message, MessagePart, Text, ToolCall, ToolResult, id::new_id,
+    Delta, Empty, Envelope, EventPayload, Message, MessagePart, Text, ToolCall, ToolResult,
 };
-
-/// Envelope fields for streaming events.
-#[derive(Clone)]
-struct Envelope {
-    job_id: String,
-    run_id: String,
-    expert_key: String,
-    step_number: u32,
-}
-
-impl Envelope {
-    fn event(&self, payload: EventPayload) -> Event {
-        Event {
-            id: new_id(),
-            timestamp: now_ms(),
-            job_id: self.job_id.clone(),
-            run_id: self.run_id.clone(),
-            expert_key: Some(self.expert_key.clone()),
-            step_number: Some(self.step_number),
-            payload,
-        }
-    }
-}
 
 /// Call the model in a task; stream reasoning (and, for the run result, text) events.
 pub(super) fn spawn_generation(
@@ -66,12 +43,7 @@ pub(super) fn spawn_generation(
         stepNumber = machine.checkpoint().step_number,
         retryCount = retry_count,
     );
-    let envelope = Envelope {
-        job_id: setting.job_id.clone(),
-        run_id: setting.run_id.clone(),
-        expert_key: setting.expert.key.clone(),
-        step_number: machine.checkpoint().step_number,
-    };
+    let envelope = machine.envelope();
     let run_result = machine.is_generating_run_result();
     let request = GenerationRequest {
         expert_key: setting.expert.key.clone(),
@@ -161,7 +133,7 @@ async fn emit(ctx: &JobContext, envelope: &Envelope, run_result: bool, signal: S
         }
         _ => return,
     };
-    let _ = ctx.publish(envelope.event(payload)).await;
+    let _ = ctx.publish(envelope.event(now_ms(), payload)).await;
 }
 
 /// Run skill calls concurrently; results come back in call order.

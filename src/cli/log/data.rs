@@ -167,6 +167,7 @@ fn synthesise(
         } else {
             last_event
         },
+        job_seq: checkpoints.iter().filter_map(|c| c.job_seq).max(),
         extra: Map::new(),
     })
 }
