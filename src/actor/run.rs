@@ -584,8 +584,11 @@ impl RunActor {
     }
 
     fn runtime_event(&self, now: u64, payload: EventPayload) -> Event {
-        Envelope::runtime(self.ctx.job_id.as_str(), self.machine.setting().run_id.as_str())
-            .into_event(now, payload)
+        Envelope::runtime(
+            self.ctx.job_id.as_str(),
+            self.machine.setting().run_id.as_str(),
+        )
+        .into_event(now, payload)
     }
 }
 

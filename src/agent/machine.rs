@@ -33,8 +33,9 @@ use super::failure::RunFailure;
 use super::tools::ToolIndex;
 use crate::llm::{Generation, GenerationError};
 use crate::schema::{
-    Checkpoint, CheckpointStatus, Envelope, Event, EventPayload, ExpertRef, InteractiveToolCallResult,
-    Message, MessagePart, StartRun, Step, ToolCall, ToolResult, Usage, id::new_id,
+    Checkpoint, CheckpointStatus, Envelope, Event, EventPayload, ExpertRef,
+    InteractiveToolCallResult, Message, MessagePart, StartRun, Step, ToolCall, ToolResult, Usage,
+    id::new_id,
 };
 use calls::Plan;
 

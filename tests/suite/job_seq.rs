@@ -62,14 +62,16 @@ text = "done"
 "#;
 
 fn engine(dir: &std::path::Path) -> Engine {
-    let cfg = perstack::config::parse(&common::scripted(EXPERTS), &dir.join("perstack.toml"))
-        .unwrap();
+    let cfg =
+        perstack::config::parse(&common::scripted(EXPERTS), &dir.join("perstack.toml")).unwrap();
     let mut settings = Settings::new(cfg.experts);
     settings.workspace = dir.to_path_buf();
     Engine::builder()
         .settings(settings)
         .storage(Arc::new(FsStorage::new(dir.join("perstack"))))
-        .model(Arc::new(ScriptedModel::parse(SCRIPT, "script.toml").unwrap()))
+        .model(Arc::new(
+            ScriptedModel::parse(SCRIPT, "script.toml").unwrap(),
+        ))
         .build()
 }
 
@@ -102,10 +104,16 @@ fn stored_json(dir: &std::path::Path, sub: &str) -> Vec<Value> {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 stack.push(path);
-            } else if path.file_name().unwrap().to_str().unwrap().starts_with(match sub {
-                "runs" => "event-",
-                _ => "",
-            }) {
+            } else if path
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with(match sub {
+                    "runs" => "event-",
+                    _ => "",
+                })
+            {
                 found.push(serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap());
             }
         }
@@ -128,7 +136,10 @@ async fn issue_9_the_job_sequence_is_gapless_across_delegations_and_continue_job
     let numbers: Vec<_> = seqs.iter().map(|(s, _)| *s).collect();
     assert_eq!(numbers, (1..=n).map(Some).collect::<Vec<_>>());
     let runs: std::collections::HashSet<_> = seqs.iter().map(|(_, r)| r).collect();
-    assert!(runs.len() >= 4, "the coordinator's two segments and two children: {runs:?}");
+    assert!(
+        runs.len() >= 4,
+        "the coordinator's two segments and two children: {runs:?}"
+    );
     assert_eq!(last, Some(n), "job.json keeps the last number");
     let record: Value = serde_json::from_slice(
         &std::fs::read(dir.path().join("perstack/jobs/j/job.json")).unwrap(),
@@ -154,12 +165,21 @@ async fn issue_9_the_job_sequence_is_gapless_across_delegations_and_continue_job
     let numbers: Vec<_> = more.iter().map(|(s, _)| *s).collect();
     assert_eq!(numbers, (n + 1..=m).map(Some).collect::<Vec<_>>());
     assert_eq!(last, Some(m));
-    assert_eq!(FsStorage::new(dir.path().join("perstack")).last_job_seq("j").await.unwrap(), m);
+    assert_eq!(
+        FsStorage::new(dir.path().join("perstack"))
+            .last_job_seq("j")
+            .await
+            .unwrap(),
+        m
+    );
 
     // Stored events carry distinct numbers of the job's range; each stored checkpoint carries
     // the number of the event that stored it.
     let events = stored_json(dir.path(), "runs");
-    let mut numbers: Vec<u64> = events.iter().map(|e| e["jobSeq"].as_u64().unwrap()).collect();
+    let mut numbers: Vec<u64> = events
+        .iter()
+        .map(|e| e["jobSeq"].as_u64().unwrap())
+        .collect();
     numbers.sort_unstable();
     numbers.dedup();
     assert_eq!(numbers.len(), events.len());
@@ -183,7 +203,11 @@ fn issue_9_stdout_lines_carry_no_job_sequence() {
         .output()
         .unwrap();
     let events = common::events(&out.stdout);
-    assert!(events.len() > 10, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        events.len() > 10,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for e in &events {
         assert!(e.get("jobSeq").is_none(), "{e}");
         if let Some(cp) = e.get("checkpoint") {

@@ -120,17 +120,31 @@ impl Jobs {
         self.event_paths(job).len()
     }
 
-    /// The id of the stored checkpoint of `expert` (the first by file name).
+    /// The id of the stored checkpoint of `expert` (the first by file name), and the
+    /// checkpoint as Perstack's tools read it (see [`perstack_view`]).
     fn checkpoint_of(&self, job: &str, expert: &str) -> (String, Value) {
         for f in std::fs::read_dir(self.job_dir(job).join("checkpoints")).unwrap() {
             let path = f.unwrap().path();
-            let cp: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            let cp = perstack_view(
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap(),
+            );
             if cp["expert"]["key"] == expert {
                 return (cp["id"].as_str().unwrap().to_owned(), cp);
             }
         }
         panic!("no checkpoint of {expert}");
     }
+}
+
+/// A stored file as Perstack's readers see it: without the `jobSeq` this engine adds (which
+/// `perstack log` does not print, as Perstack's does not).
+fn perstack_view(mut stored: Value) -> Value {
+    assert!(
+        stored["jobSeq"].is_u64(),
+        "stored with its job sequence: {stored}"
+    );
+    stored.as_object_mut().unwrap().remove("jobSeq");
+    stored
 }
 
 /// A directory holding one job that stopped by error (a 400 from the provider).
@@ -321,8 +335,10 @@ fn json_has_perstacks_shape_and_pretty_is_indented() {
     assert_eq!(doc["summary"]["totalEvents"], n);
     assert_eq!(doc["summary"]["errorCount"], 0);
     assert_eq!(doc["summary"]["status"], "completed");
-    // Events are the wire JSON, as stored.
-    let read = |p: PathBuf| serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    // Events are the wire JSON, as stored (less the engine's own `jobSeq`).
+    let read = |p: PathBuf| {
+        perstack_view(serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap())
+    };
     let stored: Vec<Value> = j.event_paths(&j.single).into_iter().map(read).collect();
     for e in events(&doc) {
         assert!(stored.contains(e), "{e}");

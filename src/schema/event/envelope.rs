@@ -88,7 +88,10 @@ mod tests {
             (e.job_id.as_str(), e.run_id.as_str(), e.timestamp),
             ("j", "r", 7)
         );
-        assert_eq!((e.expert_key.as_deref(), e.step_number), (Some("x"), Some(3)));
+        assert_eq!(
+            (e.expert_key.as_deref(), e.step_number),
+            (Some("x"), Some(3))
+        );
         assert!(e.is_run_event());
         let r = Envelope::runtime("j", "r").into_event(8, payload());
         assert!(!r.is_run_event());
