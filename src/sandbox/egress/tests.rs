@@ -425,6 +425,7 @@ fn a_proxy_access_event_has_perstacks_wire_shape() {
         run_id: "r".into(),
         expert_key: None,
         step_number: None,
+        job_seq: None,
         payload: EventPayload::ProxyAccess(ProxyAccess {
             action: ProxyAction::Blocked,
             domain: "evil.test".into(),
