@@ -1,6 +1,6 @@
 //! Benchmarks of targets T3–T6 of `docs/PERFORMANCE.md`, in process, through the public API
-//! (`Engine`, `JobRequest`, `Settings`, `ScriptedModel`, the `LanguageModel` trait, the
-//! `perstack` binary for `perstack install`). Every group ends with one summary line per target, and
+//! (`Engine`, `Engine::publish`, `JobRequest`, `Settings`, `ScriptedModel`, the `LanguageModel`
+//! trait, the `perstack` binary for `perstack install`). Every group ends with one summary line per target, and
 //! all of them are printed again at the end.
 //!
 //! # Layout
@@ -12,8 +12,8 @@
 //! | [`job`] | T5 and T6 through whole jobs: first model call, tool step, delegation | `job/*` |
 //! | [`t3`] | T3 (opt-in): many concurrent fan-out sessions with a slow model | none |
 //!
-//! This file holds `main` and what the groups share: a store that keeps nothing, the bus as the
-//! engine spawns it, and the percentile summary lines.
+//! This file holds `main` and what the groups share: the bound on waits, a poison-proof lock,
+//! and the percentile summary lines (the store that keeps nothing is in `support`).
 //!
 //! Percentiles are over every timed iteration, criterion's warm-up included. Latencies measured
 //! on a shared 2-core machine vary; compare ratios.
@@ -42,15 +42,10 @@ mod skill;
 #[path = "engine/t3.rs"]
 mod t3;
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use criterion::Criterion;
-use kameo::prelude::*;
-
-use perstack::actor::event_bus::{BUS_MAILBOX, BusArgs, EventBus, Flush};
-use perstack::engine::Sink;
-use perstack::storage::Storage;
 
 /// The bound on every wait that could hang if the engine lost an event or a reply.
 const GIVE_UP: Duration = Duration::from_secs(60);
@@ -79,24 +74,6 @@ fn main() {
 
 // ---------------------------------------------------------------------------------------------
 // Shared set-up.
-
-/// A bus as `EngineBuilder::build` spawns it, writing to `sink`. Call inside the runtime.
-fn spawn_bus(sink: Option<Sink>, storage: Arc<dyn Storage>) -> ActorRef<EventBus> {
-    EventBus::spawn_with_mailbox(
-        BusArgs {
-            sink,
-            storage,
-            callbacks: Vec::new(),
-        },
-        kameo::mailbox::bounded(BUS_MAILBOX),
-    )
-}
-
-async fn stop_bus(bus: ActorRef<EventBus>) {
-    let _ = bus.ask(Flush).await;
-    let _ = bus.stop_gracefully().await;
-    bus.wait_for_shutdown().await;
-}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)

@@ -181,7 +181,7 @@ impl JobContext {
     /// Publish events in order in one message (a machine output's) and wait until all are
     /// visible. The error is the first failure; see [`PublishBatch`] for which events it
     /// leaves unshown.
-    pub async fn publish_batch(&self, events: Vec<Event>) -> Result<u64, BusError> {
+    pub(crate) async fn publish_batch(&self, events: Vec<Event>) -> Result<u64, BusError> {
         self.bus
             .ask(PublishBatch(events))
             .await

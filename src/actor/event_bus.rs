@@ -161,8 +161,6 @@ impl Message<PublishBatch> for EventBus {
 /// Publish the terminal event of a run stopped by a storage failure without storing anything
 /// (its checkpoint could not be stored; see `RunFailure::is_visible_unstored`). Replies
 /// with its sequence number once it is visible.
-///
-/// [`RunFailure::is_visible_unstored`]: crate::agent::RunFailure::is_visible_unstored
 #[derive(Debug)]
 pub struct PublishUnstored(pub Event);
 
