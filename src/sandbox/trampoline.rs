@@ -1,14 +1,15 @@
 //! The hidden `perstack sandbox-exec` trampoline: restricts itself, then starts the program.
 //!
-//! Two stages of the same binary (no `fork` in safe Rust, and `unshare(CLONE_NEWPID)` only
-//! moves the caller's *children* into the new PID namespace):
+//! Two stages, one process forked from the other (`unshare(CLONE_NEWPID)` only moves the
+//! caller's *children* into the new PID namespace; the process is single-threaded, so the
+//! `fork` crate's safe `fork` is sound here):
 //!
 //! 1. **outer** (`sandbox-exec <policy>`), the process the engine holds: sets its parent-death
 //!    signal (the engine's spawning thread lives as long as the engine), blocks the signals it
 //!    forwards, enters new user, mount, network, IPC and PID namespaces (single-threaded:
 //!    [`super::dispatch`] runs before the tokio runtime exists), maps uid and gid 0 of the
-//!    namespace to the engine's, then starts stage 2 and waits for it, forwarding signals;
-//! 2. **init** (`sandbox-exec --init <fd> <policy>`), PID 1 of the new namespace: sets its own
+//!    namespace to the engine's, then forks stage 2 and waits for it, forwarding signals;
+//! 2. **init**, the forked child, PID 1 of the new namespace: sets its own
 //!    parent-death signal, builds the mount view, brings `lo` up, starts the egress forwarder
 //!    when the policy has a proxy socket, applies the limits, Landlock and the capability drop,
 //!    then starts the program, forwards signals to it, reaps orphans, and when the program
@@ -21,12 +22,12 @@
 
 use std::fmt;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, ExitCode};
 
-use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
+use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sched::{CloneFlags, unshare};
 use nix::sys::signal::{SigSet, Signal, kill};
@@ -40,8 +41,6 @@ use super::policy::Policy;
 
 /// The hidden subcommand.
 pub(crate) const SUBCOMMAND: &str = "sandbox-exec";
-/// Stage 2's flag.
-const INIT_FLAG: &str = "--init";
 /// Exit code of a trampoline that could not set the sandbox up (as `env` and `chroot` use for
 /// their own failures).
 pub(crate) const SETUP_FAILED: u8 = 125;
@@ -102,7 +101,6 @@ enum End {
 /// Runs a stage from the arguments after `sandbox-exec`.
 pub(crate) fn main(args: &[String]) -> ExitCode {
     let result = match args {
-        [flag, fd, policy] if flag == INIT_FLAG => init(fd, policy),
         [policy] => outer(policy),
         _ => Err(SetupError::new(
             "arguments",
@@ -152,45 +150,40 @@ fn outer(json: &str) -> Result<End, SetupError> {
     write("/proc/self/uid_map", format!("0 {uid} 1"))?;
     write("/proc/self/gid_map", format!("0 {gid} 1"))?;
 
-    // The status pipe: its write end is inherited by stage 2 (and only by it).
+    // The status pipe: stage 2 writes how the program ended; its end closing tells stage 2
+    // that this stage is gone.
     let (status_in, status_out) =
         pipe2(OFlag::O_CLOEXEC).map_err(|e| SetupError::new("status pipe", e))?;
-    fcntl(&status_out, FcntlArg::F_SETFD(FdFlag::empty()))
-        .map_err(|e| SetupError::new("status pipe", e))?;
-    let exe = std::env::current_exe().map_err(|e| SetupError::io("finding perstack", e))?;
-    let child = Command::new(exe)
-        .arg0("perstack-sandbox")
-        .args([
-            SUBCOMMAND,
-            INIT_FLAG,
-            &status_out.as_raw_fd().to_string(),
-            json,
-        ])
-        .spawn()
-        .map_err(|e| SetupError::io("starting the sandbox's init", e))?;
+    let child = match fork::fork().map_err(|e| SetupError::io("forking the sandbox's init", e))? {
+        fork::Fork::Child => {
+            drop(status_in);
+            drop(signals);
+            let end = match init(&policy, std::fs::File::from(status_out)) {
+                Ok(end) => end,
+                Err(e) => {
+                    eprintln!("perstack {SUBCOMMAND}: {e}");
+                    End::Exited(SETUP_FAILED)
+                }
+            };
+            let code = match end {
+                End::Exited(code) => i32::from(code),
+                End::Signaled(signal) => 128 + signal as i32,
+            };
+            std::process::exit(code);
+        }
+        fork::Fork::Parent(pid) => Pid::from_raw(pid),
+    };
     drop(status_out);
-    let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
-    let own = wait_forwarding(&signals, pid, None)?;
+    let own = wait_forwarding(&signals, child, None)?;
     let mut report = String::new();
     let _ = std::fs::File::from(status_in).read_to_string(&mut report);
     Ok(parse_report(&report).unwrap_or(own))
 }
 
-/// Stage 2, PID 1 of the new namespaces.
-fn init(fd: &str, json: &str) -> Result<End, SetupError> {
+/// Stage 2, PID 1 of the new namespaces (forked from stage 1).
+fn init(policy: &Policy, mut status: std::fs::File) -> Result<End, SetupError> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
         .map_err(|e| SetupError::new("parent-death signal", e))?;
-    let policy = parse(json)?;
-    let fd: i32 = fd
-        .parse()
-        .map_err(|_| SetupError::new("status pipe", "not a descriptor"))?;
-    // Reopen the inherited descriptor as a close-on-exec file, then close the original so
-    // that the program does not inherit it.
-    let mut status = std::fs::OpenOptions::new()
-        .write(true)
-        .open(format!("/proc/self/fd/{fd}"))
-        .map_err(|e| SetupError::io("status pipe", e))?;
-    nix::unistd::close(fd).map_err(|e| SetupError::new("status pipe", e))?;
     // Stage 1 may have died before the parent-death signal was set: then nobody reads the
     // pipe any more.
     if parent_gone(&status, PollTimeout::ZERO)? {
@@ -201,12 +194,12 @@ fn init(fd: &str, json: &str) -> Result<End, SetupError> {
     }
     let signals = blocked_signals()?;
 
-    super::mounts::apply(&policy)?;
+    super::mounts::apply(policy)?;
     super::network::loopback_up()?;
     // Kept until the program has ended: dropping it stops the forwarder.
-    let _forwarder = start_egress(&policy)?;
+    let _forwarder = start_egress(policy)?;
     super::limits::apply(&policy.limits)?;
-    super::landlock::restrict(&policy)?;
+    super::landlock::restrict(policy)?;
 
     // The program starts with no signal blocked (a child inherits the mask). A signal to
     // forward that arrives in this short window is lost; a child's exit is not (the loop reaps

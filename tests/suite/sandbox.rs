@@ -126,7 +126,8 @@ fn programs_with(marker: &str) -> Vec<u32> {
     processes_with(marker)
         .into_iter()
         .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.starts_with(b"perstack"))
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| !String::from_utf8_lossy(&c).contains("sandbox-exec"))
         })
         .collect()
 }
@@ -546,4 +547,43 @@ text = "done"
     } = Finished::of(&mut cmd);
     assert_eq!(code, 0, "{stderr}");
     assert!(result(&events, "ssh").contains("sandbox-test-secret"));
+}
+
+/// The engine killed while a sandbox is still being set up (its trampoline exists, the program
+/// may not yet): nothing is left either, whichever stage the kill caught.
+#[test]
+fn an_engine_killed_during_sandbox_set_up_leaves_nothing_behind() {
+    let scene = Scene::new();
+    let long = marker();
+    let script = format!(
+        r#"
+[[turns]]
+expert = "w"
+toolCalls = [{}]
+[[turns]]
+expert = "w"
+text = "never reached"
+"#,
+        exec_call("long", "sleep", &[&long])
+    );
+    scene.write_project(WORKER, &script);
+    let mut engine = scene
+        .perstack(&["run", "w", "go"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // The first process naming the marker is the trampoline's outer stage.
+    while processes_with(&long).is_empty() {
+        if Instant::now() > deadline || engine.try_wait().unwrap().is_some() {
+            let _ = engine.kill();
+            let _ = engine.wait();
+            panic!("the sandbox never started");
+        }
+        std::thread::yield_now();
+    }
+    engine.kill().unwrap();
+    engine.wait().unwrap();
+    assert!(gone(&long), "a sandbox being set up outlived the engine");
 }
