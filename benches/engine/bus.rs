@@ -35,7 +35,7 @@ use crate::support::{DiscardStorage, FanoutModel, status_kib};
 /// How long the pipe reader stalls in the T4 back-pressure check.
 const STALL: Duration = Duration::from_secs(1);
 /// Events per producer-throughput measurement of T4.
-const BUS_EVENTS: u64 = 200_000;
+const BUS_EVENTS: u64 = 204_800;
 /// Events per batch in the batched measurements: a tool step's machine output
 /// (`resolveToolResults` .. `startGeneration`) is 4-6 events; 8 stands for a busy turn.
 const BATCH: u64 = 8;
@@ -45,7 +45,8 @@ const BATCH: u64 = 8;
 const CALL_TOOLS: &str = r#"{"type":"callTools","id":"bwgiescld20w6p2hvmp669hi","expertKey":"coordinator","timestamp":1795729279647,"jobId":"kq2y1n5v0d7c3x8m4b6a9z1w","runId":"czh87xqx33fm5efnri0vp050","stepNumber":1,"newMessage":{"type":"expertMessage","contents":[{"type":"thinkingPart","id":"t0b3kq9v8x7c6n5m4l3k2j1h","thinking":"Two independent halves: delegate both at once."},{"type":"toolCallPart","toolCallId":"call_child_a","toolName":"child-a","args":{"query":"Do the first half"},"id":"e8b0m1gux6cyn6vy61zkbo9y"},{"type":"toolCallPart","toolCallId":"call_child_b","toolName":"child-b","args":{"query":"Do the second half"},"id":"i8juirdznq0pp7hukm4pgqfl"}],"id":"mux230rwscs9lw1ca55uasw9"},"toolCalls":[{"id":"call_child_a","skillName":"child-a","toolName":"child-a","args":{"query":"Do the first half"}},{"id":"call_child_b","skillName":"child-b","toolName":"child-b","args":{"query":"Do the second half"}}],"usage":{"inputTokens":120,"outputTokens":30,"reasoningTokens":0,"totalTokens":150,"cachedInputTokens":0}}"#;
 
 /// `producers` tasks publish `total` events between them in batches of `batch`, each waiting
-/// for every reply (as the runs do); the time until all replies are in.
+/// for every reply (as the runs do); the time until all replies are in. `total` must be a
+/// multiple of `producers * batch` (every count below is).
 async fn publish_all(
     engine: &Arc<Engine>,
     event: &Event,
@@ -53,6 +54,7 @@ async fn publish_all(
     batch: u64,
     total: u64,
 ) -> Duration {
+    assert_eq!(total % (producers * batch), 0, "whole batches only");
     let batches = total / producers / batch;
     let t0 = Instant::now();
     let tasks: Vec<_> = (0..producers)
