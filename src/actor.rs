@@ -13,7 +13,7 @@
 //! arguments and up as tells; nothing asks an ancestor.
 
 pub(crate) mod context;
-pub mod event_bus;
+pub(crate) mod event_bus;
 pub(crate) mod job;
 pub(crate) mod run;
 pub(crate) mod skill;

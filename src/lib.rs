@@ -26,10 +26,7 @@
 //!   process launcher, the tool-call timeout.
 //! - `cli`: the `perstack` commands (`run`, `log`, `install`, `base`).
 
-// Public only for benches/engine/bus.rs until it reaches the bus through `Engine` and a sink
-// (being rewritten in parallel); nothing else of it is public.
-#[doc(hidden)]
-pub mod actor;
+mod actor;
 mod agent;
 mod cli;
 pub mod config;

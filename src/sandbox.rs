@@ -2,28 +2,28 @@
 //! the base skill's `exec`, `perstack install`'s skill starts) runs confined, unless the
 //! configuration says `runtime = "local"`.
 //!
-//! The launcher ([`crate::skill::launcher`]) is the only caller: for a confined request it builds
-//! a [`policy::Policy`] from the request and the run's [`SandboxScope`], and starts the hidden
-//! `perstack sandbox-exec` trampoline ([`trampoline`]) instead of the program. The trampoline,
+//! The launcher (`skill::launcher`) is the only caller: for a confined request it builds
+//! a `policy::Policy` from the request and the run's `SandboxScope`, and starts the hidden
+//! `perstack sandbox-exec` trampoline (`trampoline`) instead of the program. The trampoline,
 //! before any thread exists, enters new user, mount, network, IPC and PID namespaces, then, as
 //! PID 1 of the new PID namespace:
 //!
 //! | step | module | what it gives |
 //! |---|---|---|
-//! | mount view | [`mounts`] | tmpfs over `$HOME`, `/run/user`, `/tmp`, `/dev/shm`; what the process needs bound back; an empty read-only `<workspace>/perstack`; a fresh `/proc` |
-//! | network | [`network`] | `lo` up and nothing else: no route out but the egress forwarder |
-//! | limits | [`limits`] | processes (and PIDs of the namespace), file size, CPU time |
-//! | Landlock | [`landlock`] | files: the workspace and private temp read-write, system and program paths read-only, nothing else; signals and abstract sockets scoped; capabilities dropped |
+//! | mount view | `mounts` | tmpfs over `$HOME`, `/run/user`, `/tmp`, `/dev/shm`; what the process needs bound back; an empty read-only `<workspace>/perstack`; a fresh `/proc` |
+//! | network | `network` | `lo` up and nothing else: no route out but the egress forwarder |
+//! | limits | `limits` | processes (and PIDs of the namespace), file size, CPU time |
+//! | Landlock | `landlock` | files: the workspace and private temp read-write, system and program paths read-only, nothing else; signals and abstract sockets scoped; capabilities dropped |
 //!
 //! then starts the program and passes its exit code or signal through. When the trampoline dies
 //! (the skill or run ended, or the engine was killed with `SIGKILL`: it has a parent-death
 //! signal), the kernel kills every process of the namespace.
 //!
-//! Egress ([`egress`]): an HTTPS `CONNECT` proxy in the engine applying the skill's
+//! Egress (`egress`): an HTTPS `CONNECT` proxy in the engine applying the skill's
 //! `allowedDomains` and reporting each decision as a `proxyAccess` event, reached through a
 //! forwarder the trampoline starts inside the network namespace.
 //!
-//! Whether the machine can sandbox at all is [`probe`]'s call; when it cannot, a run that asks
+//! Whether the machine can sandbox at all is `probe`'s call; when it cannot, a run that asks
 //! for the sandbox fails with [`SandboxUnavailable`] (exit 2), never silently unconfined. This
 //! module never decides the environment or the program: the launcher's caller does.
 

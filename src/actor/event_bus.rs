@@ -43,7 +43,7 @@ use crate::schema::{Event, EventPayload};
 use crate::storage::Storage;
 
 /// The mailbox size of the bus. Producers wait when it is full; a batch takes one slot.
-pub const BUS_MAILBOX: usize = 1024;
+pub(crate) const BUS_MAILBOX: usize = 1024;
 
 /// An event as the bus delivered it.
 #[derive(Debug, Clone)]
@@ -74,7 +74,7 @@ pub type Sink = Box<dyn AsyncWrite + Send + Unpin>;
 const STORE_ATTEMPTS: usize = 3;
 
 /// The bus actor.
-pub struct EventBus {
+pub(crate) struct EventBus {
     output: Output,
     storage: Arc<dyn Storage>,
     callbacks: Vec<Callback>,
@@ -83,7 +83,7 @@ pub struct EventBus {
 }
 
 /// What the bus starts with.
-pub struct BusArgs {
+pub(crate) struct BusArgs {
     /// Where JSON lines go, if anywhere.
     pub sink: Option<Sink>,
     /// Checkpoints and run events are stored here.
@@ -109,7 +109,7 @@ impl Actor for EventBus {
 
 /// Publish one event; replies with its sequence number once it is visible.
 #[derive(Debug)]
-pub struct Publish(pub Event);
+pub(crate) struct Publish(pub Event);
 
 impl Message<Publish> for EventBus {
     type Reply = Result<u64, BusError>;
@@ -129,7 +129,7 @@ impl Message<Publish> for EventBus {
 /// the rest are not shown); a failed sink does not (every event is still stored and
 /// delivered). The reply is the first failure.
 #[derive(Debug)]
-pub struct PublishBatch(pub Vec<Event>);
+pub(crate) struct PublishBatch(pub Vec<Event>);
 
 impl Message<PublishBatch> for EventBus {
     type Reply = Result<u64, BusError>;
@@ -162,7 +162,7 @@ impl Message<PublishBatch> for EventBus {
 /// (its checkpoint could not be stored; see `RunFailure::is_visible_unstored`). Replies
 /// with its sequence number once it is visible.
 #[derive(Debug)]
-pub struct PublishUnstored(pub Event);
+pub(crate) struct PublishUnstored(pub Event);
 
 impl Message<PublishUnstored> for EventBus {
     type Reply = Result<u64, BusError>;
@@ -180,7 +180,7 @@ impl Message<PublishUnstored> for EventBus {
 /// A job starts (or is continued): its events are numbered from `last_seq + 1`, and go to
 /// `events` as well when given.
 #[derive(Debug)]
-pub struct OpenJob {
+pub(crate) struct OpenJob {
     /// The job.
     pub job_id: String,
     /// The number of the job's last event so far (0 for a new job).
@@ -200,7 +200,7 @@ impl Message<OpenJob> for EventBus {
 
 /// A job ended: forget it and its subscribers; replies with the number of its last event.
 #[derive(Debug)]
-pub struct CloseJob(pub String);
+pub(crate) struct CloseJob(pub String);
 
 impl Message<CloseJob> for EventBus {
     type Reply = u64;
@@ -214,7 +214,7 @@ impl Message<CloseJob> for EventBus {
 
 /// Flush the sink (at shutdown).
 #[derive(Debug)]
-pub struct Flush;
+pub(crate) struct Flush;
 
 impl Message<Flush> for EventBus {
     type Reply = ();
