@@ -225,20 +225,33 @@ impl Message<Close> for SkillActor {
     }
 }
 
+/// Whether a skill of this kind, with this `pick`/`omit`, can start processes (and so, when
+/// sandboxed, needs an egress proxy): a stdio server always, the base skill only through its
+/// `exec` tool, an HTTP server never.
+fn starts_processes(kind: &SkillKind, pick: &[String], omit: &[String]) -> bool {
+    match kind {
+        SkillKind::Http(_) => false,
+        SkillKind::Base => {
+            crate::agent::catalog::is_selected(crate::skill::base::EXEC_TOOL, pick, omit)
+        }
+        SkillKind::Stdio(_) => true,
+    }
+}
+
 /// The tools the model may call: `omit`, then `pick` (the catalog's rule, applied only here).
 fn filter(tools: &[ToolDefinition], args: &SkillArgs) -> Vec<ToolDefinition> {
     crate::agent::catalog::select(tools, &args.pick, &args.omit)
 }
 
 /// Connect the skill, publishing `skillStarting` (stdio) and `skillConnected`; a sandboxed
-/// skill that starts processes gets its egress proxy, whose decisions become `proxyAccess`
-/// events.
+/// skill that starts processes (a stdio server; the base skill only when its `exec` tool is
+/// selected) gets its egress proxy, whose decisions become `proxyAccess` events.
 async fn connect(args: &SkillArgs) -> Result<(Conn, Option<EgressProxy>), SkillError> {
     let started = now_ms();
     let settings = args.ctx.settings.clone();
     let mut sandbox = settings.sandbox_scope();
     let egress = match &mut sandbox {
-        Some(scope) if !matches!(args.kind, SkillKind::Http(_)) => {
+        Some(scope) if starts_processes(&args.kind, &args.pick, &args.omit) => {
             let (proxy, events) =
                 egress::start_proxy(scope, &args.allowed_domains).map_err(|source| {
                     SkillError::Spawn {
@@ -487,5 +500,36 @@ impl Message<CallTool> for SkillActor {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{SkillKind, starts_processes};
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn the_base_skill_starts_processes_only_when_exec_is_selected() {
+        let base = SkillKind::Base;
+        assert!(starts_processes(&base, &[], &[]));
+        assert!(starts_processes(
+            &base,
+            &names(&["exec", "readTextFile"]),
+            &[]
+        ));
+        assert!(!starts_processes(
+            &base,
+            &names(&["attemptCompletion"]),
+            &[]
+        ));
+        assert!(!starts_processes(&base, &[], &names(&["exec"])));
+        assert!(!starts_processes(
+            &base,
+            &names(&["exec"]),
+            &names(&["exec"])
+        ));
     }
 }

@@ -189,10 +189,14 @@ pub(crate) fn select(
 ) -> Vec<ToolDefinition> {
     tools
         .iter()
-        .filter(|t| !omit.contains(&t.name))
-        .filter(|t| pick.is_empty() || pick.contains(&t.name))
+        .filter(|t| is_selected(&t.name, pick, omit))
         .cloned()
         .collect()
+}
+
+/// Whether the tool `name` survives `omit`, then `pick` (the rule [`select`] applies).
+pub(crate) fn is_selected(name: &str, pick: &[String], omit: &[String]) -> bool {
+    !omit.iter().any(|o| o == name) && (pick.is_empty() || pick.iter().any(|p| p == name))
 }
 
 /// The tool a delegate Expert is called through: named after the last `/` segment of its

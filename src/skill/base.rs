@@ -48,6 +48,11 @@ use rmcp::{ServerHandler, tool_handler};
 
 pub(crate) use in_process::{ConnectTimings, InProcessBase, ServerIdentity, connect_in_process};
 pub(crate) use media::inline_media;
+
+/// The base skill's only tool that starts processes (`exec`): a sandboxed base skill needs an
+/// egress proxy only when the model may call it. The `#[tool]` attribute in `exec.rs` spells
+/// the same name; a unit test checks they agree.
+pub(crate) const EXEC_TOOL: &str = "exec";
 #[cfg(test)]
 use media::read_inline_file;
 #[cfg(test)]

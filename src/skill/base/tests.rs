@@ -189,7 +189,11 @@ async fn lists_perstacks_seventeen_tools_with_simple_schemas() {
             );
         }
     }
-    let exec = base.tools().iter().find(|t| t.name == "exec").unwrap();
+    let exec = base
+        .tools()
+        .iter()
+        .find(|t| t.name == super::EXEC_TOOL)
+        .unwrap();
     assert_eq!(
         exec.input_schema["required"],
         json!(["command", "args", "env", "cwd", "stdout", "stderr"])
