@@ -121,3 +121,45 @@ pub(crate) async fn start_everything_http(entry: &str) -> (tokio::process::Child
     }
     panic!("server-everything did not listen on {addr}");
 }
+
+/// A TCP server on 127.0.0.1 that hands each connection to `serve` on a task of its own and
+/// counts the connections it accepted; it stops accepting when dropped.
+pub(crate) struct CountingServer {
+    /// Its port on 127.0.0.1.
+    pub(crate) port: u16,
+    /// Connections accepted so far.
+    pub(crate) accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CountingServer {
+    /// Binds a free port and starts accepting.
+    pub(crate) async fn start<F, Fut>(serve: F) -> Self
+    where
+        F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve(stream));
+            }
+        });
+        Self {
+            port,
+            accepted,
+            task,
+        }
+    }
+}
+
+impl Drop for CountingServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -3,8 +3,7 @@
 //! 127.0.0.1 named by the test switch. Every wait is bounded; everything started is dropped.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -15,46 +14,24 @@ use super::proxy::{EgressProxy, Limits, LoopbackTargets, ProxyEvents, ProxySetti
 use super::rules::AllowList;
 use super::{FORWARDER_PORT, apply_proxy_env};
 use crate::schema::{Event, EventPayload, ProxyAccess, ProxyAction};
+use crate::tests::support::CountingServer;
 
 const WAIT: Duration = Duration::from_secs(10);
 
 /// A TCP target on 127.0.0.1 that greets, then echoes; it counts the connections it accepted.
-struct Target {
-    port: u16,
-    accepted: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Target {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+type Target = CountingServer;
 
 async fn target() -> Target {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
-    let task = tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let _ = s.write_all(b"hello\n").await;
-                let mut buf = [0u8; 1024];
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            });
+    CountingServer::start(|mut s: TcpStream| async move {
+        let _ = s.write_all(b"hello\n").await;
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
         }
-    });
-    Target {
-        port,
-        accepted,
-        task,
-    }
+    })
+    .await
 }
 
 /// A proxy allowing `entries`, with `allowed.test` and `evil.test` both mapped to the target
