@@ -240,3 +240,21 @@ pub(crate) fn hi() -> Vec<Message> {
         Message::user("Hi"),
     ]
 }
+
+/// The text of every tool result in `events`, with its tool-call id, in event order.
+pub(crate) fn tool_results(events: &[Value]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "resolveToolResults")
+        .flat_map(|e| e["toolResults"].as_array().cloned().unwrap_or_default())
+        .map(|r| {
+            let text = r["result"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p["text"].as_str())
+                .collect::<String>();
+            (r["id"].as_str().unwrap_or_default().to_owned(), text)
+        })
+        .collect()
+}

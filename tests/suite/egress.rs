@@ -8,7 +8,6 @@
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
-use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -55,24 +54,6 @@ fn curl_call(id: &str, args: &[&str]) -> String {
         r#"{{ id = "{id}", name = "exec", args = {{ command = "curl", args = [{}], env = {{}}, cwd = ".", stdout = true, stderr = true }} }}"#,
         args.join(", ")
     )
-}
-
-/// Result texts by tool-call id.
-fn results(events: &[Value]) -> Vec<(String, String)> {
-    events
-        .iter()
-        .filter(|e| e["type"] == "resolveToolResults")
-        .flat_map(|e| e["toolResults"].as_array().cloned().unwrap_or_default())
-        .map(|r| {
-            let text = r["result"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|p| p["text"].as_str())
-                .collect::<String>();
-            (r["id"].as_str().unwrap_or_default().to_owned(), text)
-        })
-        .collect()
 }
 
 fn run(dir: &Path, env: Vec<(String, String)>) -> Finished {
@@ -139,7 +120,7 @@ text = "Fetched."
         .unwrap();
     assert_eq!(done.code, 0, "{}", done.stderr);
 
-    let r = results(&done.events);
+    let r = common::tool_results(&done.events);
     let get = |id: &str| {
         r.iter()
             .find(|(i, _)| i == id)

@@ -93,19 +93,10 @@ impl Scene {
 
 /// The text of the result of tool call `id`.
 fn result(events: &[Value], id: &str) -> String {
-    events
-        .iter()
-        .filter(|e| e["type"] == "resolveToolResults")
-        .flat_map(|e| e["toolResults"].as_array().unwrap().clone())
-        .find(|r| r["id"] == id)
-        .map(|r| {
-            r["result"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter_map(|p| p["text"].as_str())
-                .collect::<String>()
-        })
+    common::tool_results(events)
+        .into_iter()
+        .find(|(i, _)| i == id)
+        .map(|(_, text)| text)
         .unwrap_or_else(|| panic!("no result for {id}"))
 }
 
