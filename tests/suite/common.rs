@@ -17,7 +17,9 @@ use serde_json::{Map, Value, json};
 
 #[path = "../../src/tests/support.rs"]
 mod support;
-pub(crate) use support::{CountingServer, everything_entry, fixture_bin, start_everything_http};
+pub(crate) use support::{
+    CountingServer, NatsServer, everything_entry, fixture_bin, start_everything_http,
+};
 
 /// The `perstack` binary built for this test run.
 pub(crate) fn bin() -> &'static str {

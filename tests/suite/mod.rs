@@ -3,6 +3,7 @@
 mod bus;
 mod cli;
 mod cli_providers;
+mod cluster;
 mod common;
 mod continue_job;
 mod delegation;
