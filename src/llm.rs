@@ -4,7 +4,7 @@
 //! parts into a generation for the agent machine, and `retry` is the one retry policy.
 //!
 //! The HTTP providers ([`anthropic`], [`openai`] for OpenAI, DeepSeek and Azure, [`google`],
-//! [`ollama`]) each own only their wire format: a request builder and a stream decoder. They
+//! [`ollama`], and [`vertex`], which reuses the Gemini and Anthropic wire formats) each own only their wire format: a request builder and a stream decoder. They
 //! share one HTTP provider shell (`shell`: sending, credentials, signing, SSE and NDJSON
 //! framing, secrets scrubbed from errors) and the error classification of `http`. [`select`]
 //! builds the provider a configuration names.
@@ -25,6 +25,7 @@ pub(crate) mod retry;
 pub mod scripted;
 pub mod select;
 mod shell;
+pub mod vertex;
 
 use std::pin::Pin;
 use std::sync::Arc;

@@ -126,6 +126,23 @@ impl AnthropicModel {
     }
 }
 
+/// The Messages API body of `request` without its `model` (Vertex AI names the model in the
+/// URL), for a host that wraps the Messages API.
+pub(crate) fn messages_body(
+    request: &GenerationRequest,
+) -> Result<Map<String, Value>, GenerationError> {
+    let Value::Object(mut body) = request::body(request, None)? else {
+        return Err(GenerationError::invalid_response(
+            "the Messages request body is not an object".into(),
+        ));
+    };
+    body.remove("model");
+    Ok(body)
+}
+
+/// The Messages API stream decoder (Vertex AI's `streamRawPredict` streams the same events).
+pub(crate) type MessagesDecoder = stream::Decoder;
+
 /// The Messages API: where requests go and how they are written and read.
 #[derive(Debug)]
 struct Anthropic {

@@ -167,9 +167,17 @@ impl Gemini {
     }
 }
 
+/// The Gemini request body of `request` (Vertex AI posts the same body).
+pub(crate) fn gemini_body(request: &GenerationRequest) -> Result<Value, GenerationError> {
+    request::body(request)
+}
+
+/// The Gemini stream decoder (Vertex AI streams the same SSE answer).
+pub(crate) type GeminiDecoder = stream::Decoder;
+
 /// Google's 4xx/5xx bodies are sometimes a one-element array (`[{"error": {...}}]`); the
 /// error object inside, as text, so the shared classifier finds its message.
-fn unwrap_error_body(body: String) -> String {
+pub(crate) fn unwrap_error_body(body: String) -> String {
     match serde_json::from_str::<Value>(&body) {
         Ok(Value::Array(items)) => match items.into_iter().next() {
             Some(first @ Value::Object(_)) => first.to_string(),

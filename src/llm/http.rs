@@ -87,6 +87,16 @@ pub enum ProviderConfigError {
         /// What is wrong.
         problem: String,
     },
+    /// The provider's credentials (a key file, a credentials endpoint) are missing or
+    /// unusable. The message names where they were looked for and what to do; it never holds
+    /// a secret.
+    #[error("the {provider} provider cannot use its credentials: {problem}")]
+    Credentials {
+        /// Provider name.
+        provider: String,
+        /// What is wrong, where it was looked for and how to fix it.
+        problem: String,
+    },
     /// The HTTP client could not be built (TLS initialisation).
     #[error("the {provider} provider cannot build its HTTP client: {message}")]
     Client {

@@ -15,6 +15,7 @@ use super::http::ProviderConfigError;
 use super::ollama::{OllamaConfig, OllamaModel};
 use super::openai::{Flavor, OpenAiConfig, OpenAiModel};
 use super::scripted::{ScriptError, ScriptedModel};
+use super::vertex::{VertexConfig, VertexModel};
 use crate::config::ProviderName;
 
 /// Why no provider could be built. Every variant is a configuration error (exit code 2).
@@ -64,6 +65,9 @@ pub fn provider(
         ProviderName::OpenAi => openai(Flavor::OpenAi, setting, env),
         ProviderName::DeepSeek => openai(Flavor::DeepSeek, setting, env),
         ProviderName::AzureOpenAi => openai(Flavor::AzureOpenAi, setting, env),
+        ProviderName::GoogleVertex => Ok(Arc::new(VertexModel::new(VertexConfig::from_env(
+            setting, env,
+        )?)?)),
         other => Err(SelectError::Unsupported(other.as_str())),
     }
 }

@@ -53,6 +53,12 @@ pub(crate) trait Protocol: fmt::Debug + Send + Sync + 'static {
         body
     }
 
+    /// What the user must fix after `failure` (access denied, expired credentials, an unknown
+    /// model), appended to the error message. `None`: the API's own message says enough.
+    fn failure_hint(&self, _failure: &Failure) -> Option<String> {
+        None
+    }
+
     /// A second body to send, once, after `failure` answered `body` (Ollama asks again with
     /// `think: false` when a model cannot think). `None`: the failure is the answer.
     fn fallback(&self, _failure: &Failure, _body: &Value) -> Option<Value> {
@@ -82,8 +88,12 @@ impl Failure {
         }
     }
 
-    fn error(&self, secrets: &[String]) -> GenerationError {
-        http::status_error(self.status, &self.headers, &self.text, secrets)
+    fn error(&self, hint: Option<String>, secrets: &[String]) -> GenerationError {
+        let mut e = http::status_error(self.status, &self.headers, &self.text, secrets);
+        if let Some(hint) = hint {
+            e.message = http::redact(&format!("{}; {hint}", e.message), secrets);
+        }
+        e
     }
 }
 
@@ -182,12 +192,14 @@ impl<P: Protocol> HttpProvider<P> {
         if !response.status().is_success() {
             let failure = Failure::read(response, |t| self.protocol.error_body(t)).await;
             let Some(second) = self.protocol.fallback(&failure, &body) else {
-                return Err(failure.error(&secrets));
+                let hint = self.protocol.failure_hint(&failure);
+                return Err(failure.error(hint, &secrets));
             };
             response = self.send(url, &credentials, &second, &secrets).await?;
             if !response.status().is_success() {
                 let failure = Failure::read(response, |t| self.protocol.error_body(t)).await;
-                return Err(failure.error(&secrets));
+                let hint = self.protocol.failure_hint(&failure);
+                return Err(failure.error(hint, &secrets));
             }
         }
         Ok(framing::parts::<P::Decoder, _>(

@@ -1,5 +1,5 @@
 //! A tiny HTTP/1.1 server on 127.0.0.1:0 for provider tests (Anthropic, OpenAI, Google,
-//! Ollama): it records every request and answers from a queue of canned [`Reply`]s, one per
+//! Ollama, Vertex, Bedrock): it records every request and answers from a queue of canned [`Reply`]s, one per
 //! request, in order. SSE replies are sent chunked, one flush per chunk, and can break off
 //! mid-stream (a clean close, or a TCP reset). No TLS, no request bodies in chunked encoding.
 //!
@@ -73,6 +73,15 @@ impl Reply {
         r
     }
 
+    /// A 200 reply of `content_type` sending each byte string as its own flushed chunk (AWS
+    /// event-stream frames for Bedrock).
+    pub(crate) fn binary(content_type: &str, chunks: Vec<Vec<u8>>) -> Self {
+        let mut r = Reply::status(200).header("content-type", content_type);
+        r.chunks = chunks;
+        r.streamed = true;
+        r
+    }
+
     /// A 200 `text/event-stream` reply sending each string as its own chunk.
     pub(crate) fn sse(chunks: Vec<String>) -> Self {
         Reply::stream("text/event-stream", chunks)
@@ -132,13 +141,32 @@ pub(crate) struct Recorded {
 pub(crate) struct FakeServer {
     addr: std::net::SocketAddr,
     requests: Arc<Mutex<Vec<Recorded>>>,
+    routed: Arc<Mutex<Vec<Recorded>>>,
     task: JoinHandle<()>,
 }
+
+/// Fixed answers by path: a request whose path starts with a route's prefix gets that reply
+/// (every time, without using the queue) and is recorded apart from the queued requests (a
+/// token or credentials endpoint beside the model API).
+type Routes = Arc<Vec<(String, Reply)>>;
 
 impl FakeServer {
     /// Listen on 127.0.0.1:0 and answer with `replies` in order; once they run out, 500 with
     /// `{"error":{"message":"fake server: no reply queued"}}`.
     pub(crate) async fn start(replies: Vec<Reply>) -> Self {
+        Self::start_routed(replies, Vec::new()).await
+    }
+
+    /// As [`FakeServer::start`], with `routes` answered by path prefix (see [`Routes`]).
+    pub(crate) async fn start_routed(replies: Vec<Reply>, routes: Vec<(&str, Reply)>) -> Self {
+        let routes: Routes = Arc::new(
+            routes
+                .into_iter()
+                .map(|(p, r)| (p.to_string(), r))
+                .collect(),
+        );
+        let routed = Arc::new(Mutex::new(Vec::new()));
+        let routed_log = routed.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -146,12 +174,20 @@ impl FakeServer {
         let recorded = requests.clone();
         let task = tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
-                tokio::spawn(serve(socket, queue.clone(), recorded.clone()));
+                let (routes, routed) = (routes.clone(), routed_log.clone());
+                tokio::spawn(serve(
+                    socket,
+                    queue.clone(),
+                    recorded.clone(),
+                    routes,
+                    routed,
+                ));
             }
         });
         FakeServer {
             addr,
             requests,
+            routed,
             task,
         }
     }
@@ -165,6 +201,11 @@ impl FakeServer {
     pub(crate) async fn requests(&self) -> Vec<Recorded> {
         self.requests.lock().await.clone()
     }
+
+    /// Every request answered by a route, in arrival order.
+    pub(crate) async fn routed_requests(&self) -> Vec<Recorded> {
+        self.routed.lock().await.clone()
+    }
 }
 
 impl Drop for FakeServer {
@@ -177,9 +218,21 @@ async fn serve(
     socket: TcpStream,
     queue: Arc<Mutex<VecDeque<Reply>>>,
     requests: Arc<Mutex<Vec<Recorded>>>,
+    routes: Routes,
+    routed: Arc<Mutex<Vec<Recorded>>>,
 ) {
     let mut reader = BufReader::new(socket);
     while let Some(req) = read_request(&mut reader).await {
+        if let Some((_, reply)) = routes
+            .iter()
+            .find(|(p, _)| req.path.starts_with(p.as_str()))
+        {
+            routed.lock().await.push(req);
+            if !write_reply(reader.get_mut(), reply).await {
+                return;
+            }
+            continue;
+        }
         requests.lock().await.push(req);
         let reply = queue.lock().await.pop_front().unwrap_or_else(|| {
             Reply::status(500)

@@ -20,6 +20,7 @@ mod provider_examples;
 mod provider_google;
 mod provider_ollama;
 mod provider_openai;
+mod provider_vertex;
 mod recovery;
 mod retry_policy;
 mod sandbox;

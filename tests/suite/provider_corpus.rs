@@ -1,6 +1,6 @@
 //! The broken-stream corpus, end to end: for every wire format (Anthropic Messages SSE, OpenAI
-//! Chat Completions SSE, Gemini SSE, Ollama NDJSON) a job runs through the engine against a
-//! fake server whose first answer is broken in one way — truncated JSON, unknown event types,
+//! Chat Completions SSE, Gemini SSE, also behind Vertex AI's token, Ollama NDJSON) a job runs
+//! through the engine against a fake server whose first answer is broken in one way — truncated JSON, unknown event types,
 //! a stream closed or reset before its end, invalid tool-call JSON, an empty answer, a hang,
 //! a 429/5xx, a 400/401 — and whose second answer is fine. Each case must end in the expected
 //! number of visible `retry` steps and a completed job, or in a clear `stopRunByError` naming
@@ -103,7 +103,7 @@ struct Outcome {
 }
 
 async fn run_case(w: &Wire, case: Case) -> Outcome {
-    let server = FakeServer::start(case.replies).await;
+    let server = FakeServer::start_routed(case.replies, (w.routes)()).await;
     let env: BTreeMap<String, String> = (w.env)(&server.url())
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -214,6 +214,11 @@ async fn openai_survives_the_broken_stream_corpus() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn google_survives_the_broken_stream_corpus() {
     check(wire::google()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vertex_survives_the_broken_stream_corpus() {
+    check(wire::vertex()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,6 +18,8 @@ struct Example {
     path: &'static str,
     /// The request header carrying the key, and its expected value.
     key_header: (&'static str, String),
+    /// Fixed answers beside the model API (a token endpoint).
+    routes: fn() -> Vec<(&'static str, Reply)>,
     /// What the example's model and reasoning budget must put in the body.
     body: Vec<(&'static str, Value)>,
 }
@@ -27,6 +29,7 @@ fn examples() -> Vec<Example> {
     vec![
         Example {
             dir: "anthropic",
+            routes: Vec::new,
             answer: |t| (wire::anthropic().text)(t),
             env: wire::anthropic().env,
             path: "/v1/messages",
@@ -42,6 +45,7 @@ fn examples() -> Vec<Example> {
         },
         Example {
             dir: "openai",
+            routes: Vec::new,
             answer: openai,
             env: wire::openai().env,
             path: "/v1/chat/completions",
@@ -54,6 +58,7 @@ fn examples() -> Vec<Example> {
         },
         Example {
             dir: "deepseek",
+            routes: Vec::new,
             answer: openai,
             env: |url| {
                 vec![
@@ -67,6 +72,7 @@ fn examples() -> Vec<Example> {
         },
         Example {
             dir: "azure-openai",
+            routes: Vec::new,
             answer: openai,
             env: |url| {
                 vec![
@@ -80,6 +86,7 @@ fn examples() -> Vec<Example> {
         },
         Example {
             dir: "google",
+            routes: Vec::new,
             answer: |t| (wire::google().text)(t),
             env: wire::google().env,
             path: "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
@@ -90,7 +97,21 @@ fn examples() -> Vec<Example> {
             )],
         },
         Example {
+            dir: "vertex",
+            routes: wire::vertex().routes,
+            answer: |t| (wire::vertex().text)(t),
+            env: wire::vertex().env,
+            path: "/v1/projects/perstack-test/locations/us-central1/publishers/google/models/\
+                   gemini-2.5-flash:streamGenerateContent?alt=sse",
+            key_header: ("authorization", format!("Bearer {}", wire::VERTEX_TOKEN)),
+            body: vec![(
+                "/generationConfig/thinkingConfig",
+                json!({"thinkingBudget": 2048, "includeThoughts": true}),
+            )],
+        },
+        Example {
             dir: "ollama",
+            routes: Vec::new,
             answer: |t| (wire::ollama().text)(t),
             env: wire::ollama().env,
             path: "/api/chat",
@@ -103,7 +124,7 @@ fn examples() -> Vec<Example> {
 /// Run the example in `dir` against a server answering `FINE`; the stdout events and the
 /// request the server saw.
 async fn run(example: &Example) -> (Vec<Value>, Recorded) {
-    let server = FakeServer::start(vec![(example.answer)(FINE)]).await;
+    let server = FakeServer::start_routed(vec![(example.answer)(FINE)], (example.routes)()).await;
     let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("experts/providers")
         .join(example.dir)

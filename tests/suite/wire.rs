@@ -70,6 +70,8 @@ pub(crate) struct Wire {
     pub(crate) partial: fn() -> Reply,
     /// The API's JSON error body.
     pub(crate) error_body: fn(&str) -> Value,
+    /// Fixed answers beside the model API (a token endpoint), by path prefix.
+    pub(crate) routes: fn() -> Vec<(&'static str, Reply)>,
 }
 
 mod anthropic {
@@ -154,6 +156,7 @@ mod anthropic {
                 Reply::sse(s)
             },
             error_body: |m| json!({"type": "error", "error": {"type": "api_error", "message": m}}),
+            routes: Vec::new,
         }
     }
 }
@@ -230,6 +233,7 @@ mod openai {
             },
             partial: || Reply::sse(vec![role(), chunk(json!({"content": "half an ans"}), None)]),
             error_body: |m| json!({"error": {"message": m, "type": "server_error", "code": null}}),
+            routes: Vec::new,
         }
     }
 }
@@ -289,6 +293,7 @@ mod google {
             },
             partial: || Reply::sse(vec![chunk(json!([{"text": "half an ans"}]), None)]),
             error_body: |m| json!({"error": {"code": 500, "message": m, "status": "INTERNAL"}}),
+            routes: Vec::new,
         }
     }
 }
@@ -344,11 +349,61 @@ mod ollama {
             },
             partial: || ndjson(vec![line(json!({"content": "half an ans"}))]),
             error_body: |m| json!({"error": m}),
+            routes: Vec::new,
         }
     }
+}
+
+mod vertex {
+    use super::*;
+
+    /// Gemini's wire format behind Vertex AI's URL layout and an OAuth token from a fake
+    /// token endpoint on the same server.
+    pub(crate) fn wire() -> Wire {
+        Wire {
+            provider: ProviderName::GoogleVertex,
+            env: |url| {
+                vec![
+                    ("GOOGLE_APPLICATION_CREDENTIALS", vertex_key_file(url)),
+                    ("GOOGLE_VERTEX_BASE_URL", format!("{url}{VERTEX_PUBLISHER}")),
+                ]
+            },
+            routes: || vec![("/token", vertex_token_reply(3600))],
+            ..super::google::wire()
+        }
+    }
+}
+
+/// The publisher path every Vertex test uses under the fake server.
+pub(crate) const VERTEX_PUBLISHER: &str =
+    "/v1/projects/perstack-test/locations/us-central1/publishers/google";
+
+/// The access token the fake token endpoint hands out.
+pub(crate) const VERTEX_TOKEN: &str = "ya29.test-token-SECRET";
+
+/// A token endpoint's answer: [`VERTEX_TOKEN`], valid `expires_in` seconds.
+pub(crate) fn vertex_token_reply(expires_in: u64) -> Reply {
+    Reply::status(200).json(
+        json!({"access_token": VERTEX_TOKEN, "expires_in": expires_in,
+        "token_type": "Bearer"}),
+    )
+}
+
+/// A service-account key file (a test-only RSA key that grants nothing, generated for these
+/// tests) whose `token_uri` is `{url}/token`; its path. The file lives in Cargo's scratch
+/// directory for integration tests, one per server port.
+pub(crate) fn vertex_key_file(url: &str) -> String {
+    let template = include_str!("../fixtures/vertex/service-account.template.json");
+    let body = template.replace("TOKEN_URI", &format!("{url}/token"));
+    let port = url.rsplit(':').next().unwrap_or("0");
+    let path =
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("vertex-key-{port}.json"));
+    std::fs::write(&path, body).unwrap();
+    path.display().to_string()
 }
 
 pub(crate) use anthropic::wire as anthropic;
 pub(crate) use google::wire as google;
 pub(crate) use ollama::wire as ollama;
 pub(crate) use openai::wire as openai;
+pub(crate) use vertex::wire as vertex;

@@ -33,7 +33,7 @@ enum Block {
 
 /// The state of one streamed message.
 #[derive(Debug, Default)]
-pub(super) struct Decoder {
+pub(crate) struct Decoder {
     blocks: HashMap<u64, Block>,
     input_tokens: u64,
     output_tokens: u64,

@@ -26,7 +26,7 @@ use crate::schema::Usage;
 
 /// The state of one streamed response.
 #[derive(Debug, Default)]
-pub(super) struct Decoder {
+pub(crate) struct Decoder {
     /// Whether a reasoning block is open (a `ReasoningEnd` is owed).
     reasoning: bool,
     /// Function calls so far: the next call's number.

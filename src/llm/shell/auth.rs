@@ -40,6 +40,23 @@ pub(crate) trait Credentials: Send + Sync + 'static {
     }
 }
 
+/// One credential shared by several providers of one configuration (Vertex's Gemini and
+/// Claude endpoints share one token).
+#[async_trait::async_trait]
+impl<C: Credentials + ?Sized> Credentials for std::sync::Arc<C> {
+    async fn headers(&self) -> Result<HeaderMap, GenerationError> {
+        (**self).headers().await
+    }
+
+    fn secrets(&self) -> Vec<String> {
+        (**self).secrets()
+    }
+
+    fn rotates(&self) -> bool {
+        (**self).rotates()
+    }
+}
+
 /// The last hook before a request is sent: signs the finished request (AWS SigV4 signs the
 /// method, URL, headers and body) by adding or replacing headers.
 #[async_trait::async_trait]
@@ -93,10 +110,6 @@ impl Credentials for KeyHeaders {
     }
 }
 
-#[cfg_attr(
-    not(test),
-    allow(dead_code, reason = "the hook Vertex's refreshed tokens plug into")
-)]
 /// A bearer token and how long it is valid.
 #[derive(Clone)]
 pub(crate) struct Token {
@@ -106,10 +119,6 @@ pub(crate) struct Token {
     pub(crate) expires_in: Duration,
 }
 
-#[cfg_attr(
-    not(test),
-    allow(dead_code, reason = "the hook Vertex's refreshed tokens plug into")
-)]
 /// Fetches a fresh bearer token (an OAuth token endpoint, a metadata service).
 #[async_trait::async_trait]
 pub(crate) trait TokenSource: Send + Sync + 'static {
@@ -117,10 +126,6 @@ pub(crate) trait TokenSource: Send + Sync + 'static {
     async fn fetch(&self) -> Result<Token, GenerationError>;
 }
 
-#[cfg_attr(
-    not(test),
-    allow(dead_code, reason = "the hook Vertex's refreshed tokens plug into")
-)]
 /// A bearer token from a [`TokenSource`], cached and fetched again shortly before it expires.
 pub(crate) struct BearerToken<S> {
     source: S,
@@ -133,7 +138,6 @@ pub(crate) struct BearerToken<S> {
 }
 
 impl<S: TokenSource> BearerToken<S> {
-    #[cfg_attr(not(test), allow(dead_code, reason = "used by Vertex"))]
     /// Tokens from `source`, replaced `margin` before they expire.
     pub(crate) fn new(source: S, margin: Duration) -> Self {
         BearerToken {
