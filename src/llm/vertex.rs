@@ -345,7 +345,7 @@ mod tests {
             c.base_url,
             "https://aiplatform.googleapis.com/v1/projects/q/locations/global/publishers/google"
         );
-        let mut with_base = vars.clone();
+        let mut with_base = vars;
         with_base.insert(
             "GOOGLE_VERTEX_BASE_URL".into(),
             "http://127.0.0.1:9/v1".into(),
