@@ -10,7 +10,8 @@
 //! - [`config`]: `perstack.toml` discovery, parsing, validation, `.env` loading, the run
 //!   defaults and `perstack.lock`.
 //! - [`llm`]: the [`LanguageModel`](llm::LanguageModel) trait, the providers (Anthropic,
-//!   OpenAI and compatibles, Google, Ollama) and the scripted provider.
+//!   OpenAI and compatibles, Google, Ollama, Amazon Bedrock, Google Vertex AI) and the scripted
+//!   provider.
 //! - [`storage`]: the [`Storage`](storage::Storage) trait, the filesystem store (Perstack's
 //!   layout) and an in-memory one.
 //! - [`schema`]: wire types (messages, checkpoints, events, jobs, run settings). No I/O.

@@ -4,7 +4,8 @@
 //! parts into a generation for the agent machine, and `retry` is the one retry policy.
 //!
 //! The HTTP providers ([`anthropic`], [`openai`] for OpenAI, DeepSeek and Azure, [`google`],
-//! [`ollama`], and [`vertex`], which reuses the Gemini and Anthropic wire formats) each own only their wire format: a request builder and a stream decoder. They
+//! [`ollama`], [`bedrock`] (Converse over AWS's event stream, SigV4), and [`vertex`], which
+//! reuses the Gemini and Anthropic wire formats) each own only their wire format: a request builder and a stream decoder. They
 //! share one HTTP provider shell (`shell`: sending, credentials, signing, SSE and NDJSON
 //! framing, secrets scrubbed from errors) and the error classification of `http`. [`select`]
 //! builds the provider a configuration names.
@@ -15,6 +16,7 @@
 
 pub mod anthropic;
 mod assemble;
+pub mod bedrock;
 mod generation;
 pub mod google;
 pub(crate) mod http;

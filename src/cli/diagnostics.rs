@@ -40,8 +40,9 @@ pub(super) fn init(verbose: bool) -> Telemetry {
     } else {
         "perstack=warn"
     };
-    let filter =
-        EnvFilter::try_from_env("PERSTACK_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let filter = quiet_signer(
+        EnvFilter::try_from_env("PERSTACK_LOG").unwrap_or_else(|_| EnvFilter::new(default)),
+    );
     let ansi = use_color(
         std::io::stderr().is_terminal(),
         std::env::var_os("NO_COLOR"),
@@ -73,6 +74,15 @@ pub(super) fn init(verbose: bool) -> Telemetry {
         .with_env_filter(filter)
         .init();
     Telemetry::default()
+}
+
+/// `filter` with `aws-sigv4` silenced whatever `PERSTACK_LOG` asks: at `trace` it logs
+/// canonical requests, which hold the AWS session token.
+fn quiet_signer(filter: EnvFilter) -> EnvFilter {
+    match "aws_sigv4=off".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    }
 }
 
 /// Whether diagnostics may carry colour codes: stderr is a terminal and `NO_COLOR` is unset or

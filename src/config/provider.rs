@@ -78,7 +78,7 @@ impl ProviderName {
                 "headers",
                 "useDeploymentBasedUrls",
             ],
-            ProviderName::AmazonBedrock => &["region"],
+            ProviderName::AmazonBedrock => &["region", "baseUrl"],
             ProviderName::GoogleVertex => &["project", "location", "baseUrl", "headers"],
             ProviderName::Scripted => &["script"],
         }

@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 
 use super::LanguageModel;
 use super::anthropic::{AnthropicConfig, AnthropicModel};
+use super::bedrock::{BedrockConfig, BedrockModel};
 use super::google::{GoogleConfig, GoogleModel};
 use super::http::ProviderConfigError;
 use super::ollama::{OllamaConfig, OllamaModel};
@@ -65,10 +66,12 @@ pub fn provider(
         ProviderName::OpenAi => openai(Flavor::OpenAi, setting, env),
         ProviderName::DeepSeek => openai(Flavor::DeepSeek, setting, env),
         ProviderName::AzureOpenAi => openai(Flavor::AzureOpenAi, setting, env),
+        ProviderName::AmazonBedrock => Ok(Arc::new(BedrockModel::new(BedrockConfig::from_env(
+            setting, env,
+        )?)?)),
         ProviderName::GoogleVertex => Ok(Arc::new(VertexModel::new(VertexConfig::from_env(
             setting, env,
         )?)?)),
-        other => Err(SelectError::Unsupported(other.as_str())),
     }
 }
 

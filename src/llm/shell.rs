@@ -7,9 +7,9 @@
 //! | --- | --- |
 //! | URL, request body, error-body quirks, a one-time fallback request | the provider's [`Protocol`] (`<provider>.rs`, `<provider>/request.rs`) |
 //! | answer frames → [`StreamPart`](super::StreamPart)s | the provider's [`Decoder`] (`<provider>/stream.rs`) |
-//! | framing: SSE, NDJSON (AWS event stream later) | [`framing`] |
+//! | framing: SSE, NDJSON, AWS event stream | [`framing`] |
 //! | credentials: static key headers, async-refreshed bearer tokens | [`auth::Credentials`] |
-//! | request signing (AWS SigV4 later) | [`auth::Signer`] |
+//! | request signing (AWS SigV4) | [`auth::Signer`] |
 //! | default and custom headers, the HTTP client, secrets scrubbed from errors | [`HttpProvider`] |
 //! | HTTP and transport failures → [`GenerationError`] | [`super::http`] |
 //!
@@ -147,12 +147,11 @@ impl<P: Protocol> HttpProvider<P> {
         })
     }
 
-    /// The same provider, signing every request with `signer` last.
-    #[cfg_attr(
-        not(test),
-        allow(dead_code, reason = "the hook Bedrock's SigV4 plugs into")
-    )]
+    /// The same provider, signing every request with `signer` last; the signer's static
+    /// secrets join the provider's.
     pub(crate) fn with_signer(mut self, signer: impl Signer) -> Self {
+        let secrets = self.secrets.iter().cloned().chain(signer.secrets());
+        self.secrets = Arc::new(secrets.collect());
         self.signer = Some(Box::new(signer));
         self
     }

@@ -15,6 +15,7 @@ mod lifecycle;
 mod lockfile;
 mod log;
 mod provider_anthropic;
+mod provider_bedrock;
 mod provider_corpus;
 mod provider_examples;
 mod provider_google;

@@ -145,7 +145,7 @@ async fn run_case(w: &Wire, case: Case) -> Outcome {
         .count();
     let leaked_key = events
         .iter()
-        .any(|e| serde_json::to_string(&**e).unwrap().contains("SECRET"));
+        .any(|e| wire::leaks_secret(&serde_json::to_string(&**e).unwrap()));
     Outcome {
         status: outcome.job.status,
         retries,
@@ -178,8 +178,14 @@ fn meets(o: &Outcome, expect: Expect) -> bool {
 
 /// Run every case of the corpus concurrently (each on its own server); list all misses.
 async fn check(w: Wire) {
+    let cases = cases(&w);
+    check_cases(w, cases).await;
+}
+
+/// Run `cases` concurrently (each on its own server); list all misses.
+async fn check_cases(w: Wire, cases: Vec<Case>) {
     let w = Arc::new(w);
-    let jobs = cases(&w).into_iter().map(|case| {
+    let jobs = cases.into_iter().map(|case| {
         let w = w.clone();
         tokio::spawn(async move {
             let (name, expect) = (case.name, case.expect);
@@ -219,6 +225,52 @@ async fn google_survives_the_broken_stream_corpus() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vertex_survives_the_broken_stream_corpus() {
     check(wire::vertex()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bedrock_survives_the_broken_stream_corpus() {
+    check(wire::bedrock()).await;
+}
+
+/// Bedrock reports some failures as exception messages inside a 200 stream: throttling and a
+/// model's stream error are retried, a validation error stops the run with its status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bedrock_exception_frames_inside_a_200_stream_follow_the_retry_policy() {
+    use wire::bedrock_frames as f;
+    let w = wire::bedrock();
+    let broken = |kind: &str| {
+        f::stream(vec![
+            f::start(),
+            f::text_block(0, "half").remove(0),
+            f::exception(kind, "the stream failed"),
+        ])
+    };
+    let case = |name, kind, expect| Case {
+        name,
+        replies: vec![broken(kind), (w.text)(FINE)],
+        expect,
+        timeout: Duration::from_secs(300),
+    };
+    let retried = Expect::Completed { retries: 1 };
+    let cases = vec![
+        case("throttlingException", "throttlingException", retried),
+        case(
+            "modelStreamErrorException",
+            "modelStreamErrorException",
+            retried,
+        ),
+        case(
+            "serviceUnavailableException",
+            "serviceUnavailableException",
+            retried,
+        ),
+        case(
+            "validationException",
+            "validationException",
+            Expect::Stopped { status: 400 },
+        ),
+    ];
+    check_cases(w, cases).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

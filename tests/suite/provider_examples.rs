@@ -97,6 +97,18 @@ fn examples() -> Vec<Example> {
             )],
         },
         Example {
+            dir: "bedrock",
+            routes: Vec::new,
+            answer: |t| (wire::bedrock().text)(t),
+            env: wire::bedrock().env,
+            path: "/model/us.anthropic.claude-sonnet-4-5-20250929-v1%3A0/converse-stream",
+            key_header: ("x-amz-security-token", wire::AWS_SESSION_TOKEN.into()),
+            body: vec![(
+                "/additionalModelRequestFields/thinking",
+                json!({"type": "enabled", "budget_tokens": 2048}),
+            )],
+        },
+        Example {
             dir: "vertex",
             routes: wire::vertex().routes,
             answer: |t| (wire::vertex().text)(t),
@@ -144,7 +156,7 @@ async fn run(example: &Example) -> (Vec<Value>, Recorded) {
         String::from_utf8_lossy(&out.stderr),
     );
     assert!(out.status.success(), "{}: {stderr}", example.dir);
-    assert!(!stdout.contains("SECRET") && !stderr.contains("SECRET"));
+    assert!(!wire::leaks_secret(&stdout) && !wire::leaks_secret(&stderr));
     let events = stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())

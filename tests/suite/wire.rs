@@ -1,6 +1,7 @@
-//! The four wire formats of the real providers, as a fake server speaks them: Anthropic
-//! Messages SSE, OpenAI Chat Completions SSE (also DeepSeek and Azure OpenAI), Gemini
-//! `streamGenerateContent` SSE and Ollama NDJSON. Each [`Wire`] builds good and broken answers
+//! The wire formats of the real providers, as a fake server speaks them: Anthropic Messages
+//! SSE, OpenAI Chat Completions SSE (also DeepSeek and Azure OpenAI), Gemini
+//! `streamGenerateContent` SSE (also behind Vertex AI), Ollama NDJSON and Bedrock's Converse
+//! over AWS's binary event stream. Each [`Wire`] builds good and broken answers
 //! of one format, so the corpus and the CLI tests drive every provider the same way.
 
 use std::time::Duration;
@@ -41,8 +42,14 @@ pub(crate) async fn drain(
     .await
     .expect("the provider hung");
     let text = format!("{outcome:?}");
-    assert!(!text.contains("SECRET"), "a secret leaked: {text}");
+    assert!(!leaks_secret(&text), "a secret leaked: {text}");
     outcome
+}
+
+/// Whether `text` holds a test secret (they all contain `SECRET`). The name of the variable
+/// `AWS_SECRET_ACCESS_KEY`, which messages may tell the user to set, is not a secret.
+pub(crate) fn leaks_secret(text: &str) -> bool {
+    text.replace("AWS_SECRET_ACCESS_KEY", "").contains("SECRET")
 }
 
 /// Asserts the class of `e`: name, status and retry policy.
@@ -354,6 +361,144 @@ mod ollama {
     }
 }
 
+/// Bedrock's event-stream frames, as a fake server sends them.
+pub(crate) mod bedrock_frames {
+    use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
+
+    use super::*;
+
+    /// The content type of Bedrock's streamed answers.
+    pub(crate) const EVENT_STREAM: &str = "application/vnd.amazon.eventstream";
+
+    fn encode(m: &Message) -> Vec<u8> {
+        let mut out = Vec::new();
+        aws_smithy_eventstream::frame::write_message_to(m, &mut out).unwrap();
+        out
+    }
+
+    fn header(name: &str, value: &str) -> Header {
+        Header::new(
+            name.to_string(),
+            HeaderValue::String(value.to_string().into()),
+        )
+    }
+
+    /// One event message, with its payload as raw bytes.
+    pub(crate) fn raw_event(kind: &str, payload: &[u8]) -> Vec<u8> {
+        encode(
+            &Message::new(payload.to_vec())
+                .add_header(header(":message-type", "event"))
+                .add_header(header(":event-type", kind))
+                .add_header(header(":content-type", "application/json")),
+        )
+    }
+
+    /// One event message.
+    pub(crate) fn event(kind: &str, payload: Value) -> Vec<u8> {
+        raw_event(kind, payload.to_string().as_bytes())
+    }
+
+    /// An exception message inside a 200 stream.
+    pub(crate) fn exception(kind: &str, message: &str) -> Vec<u8> {
+        encode(
+            &Message::new(json!({"message": message}).to_string().into_bytes())
+                .add_header(header(":message-type", "exception"))
+                .add_header(header(":exception-type", kind))
+                .add_header(header(":content-type", "application/json")),
+        )
+    }
+
+    pub(crate) fn start() -> Vec<u8> {
+        event("messageStart", json!({"p": "abc", "role": "assistant"}))
+    }
+
+    pub(crate) fn text_block(index: u64, t: &str) -> Vec<Vec<u8>> {
+        vec![
+            event(
+                "contentBlockDelta",
+                json!({"contentBlockIndex": index,
+                "delta": {"text": t}, "p": "abcd"}),
+            ),
+            event(
+                "contentBlockStop",
+                json!({"contentBlockIndex": index, "p": "ab"}),
+            ),
+        ]
+    }
+
+    pub(crate) fn end(reason: &str) -> Vec<Vec<u8>> {
+        vec![
+            event("messageStop", json!({"stopReason": reason, "p": "abcdef"})),
+            event(
+                "metadata",
+                json!({"usage": {"inputTokens": 10, "outputTokens": 5,
+                "totalTokens": 15}, "metrics": {"latencyMs": 100}, "p": "abc"}),
+            ),
+        ]
+    }
+
+    pub(crate) fn stream(frames: Vec<Vec<u8>>) -> Reply {
+        Reply::binary(EVENT_STREAM, frames)
+    }
+
+    pub(crate) fn wire() -> Wire {
+        Wire {
+            provider: ProviderName::AmazonBedrock,
+            env: |url| {
+                vec![
+                    ("AWS_ACCESS_KEY_ID", AWS_ACCESS_KEY_ID.into()),
+                    ("AWS_SECRET_ACCESS_KEY", KEY.into()),
+                    ("AWS_SESSION_TOKEN", AWS_SESSION_TOKEN.into()),
+                    ("AWS_REGION", "us-east-1".into()),
+                    ("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", url.to_string()),
+                ]
+            },
+            text: |t| stream([vec![start()], text_block(0, t), end("end_turn")].concat()),
+            tool_call: |raw| {
+                let blocks = vec![
+                    event(
+                        "contentBlockStart",
+                        json!({"contentBlockIndex": 0,
+                        "start": {"toolUse": {"toolUseId": "tooluse_1",
+                        "name": "attemptCompletion"}}}),
+                    ),
+                    event(
+                        "contentBlockDelta",
+                        json!({"contentBlockIndex": 0,
+                        "delta": {"toolUse": {"input": raw}}}),
+                    ),
+                    event("contentBlockStop", json!({"contentBlockIndex": 0})),
+                ];
+                stream([vec![start()], blocks, end("tool_use")].concat())
+            },
+            empty: || stream([vec![start()], end("end_turn")].concat()),
+            unknown_events: |t| {
+                let odd = vec![
+                    event("mysteryEvent", json!({"x": 1})),
+                    event(
+                        "contentBlockDelta",
+                        json!({"contentBlockIndex": 0,
+                        "delta": {"mysteryDelta": {"x": 1}}}),
+                    ),
+                ];
+                stream([vec![start()], odd, text_block(0, t), end("end_turn")].concat())
+            },
+            truncated_json: || {
+                let cut = raw_event("contentBlockDelta", b"{\"contentBlockIndex\":0,\"del");
+                stream([vec![start(), cut], text_block(0, "x"), end("end_turn")].concat())
+            },
+            partial: || stream(vec![start(), text_block(0, "half an ans").remove(0)]),
+            error_body: |m| json!({"message": m}),
+            routes: Vec::new,
+        }
+    }
+}
+
+/// The access key id of the Bedrock tests (not a secret: it is sent in the clear).
+pub(crate) const AWS_ACCESS_KEY_ID: &str = "AKIDPERSTACKTEST";
+/// The session token of the Bedrock tests; it must never appear in an event or error.
+pub(crate) const AWS_SESSION_TOKEN: &str = "session-token-SECRET";
+
 mod vertex {
     use super::*;
 
@@ -403,6 +548,7 @@ pub(crate) fn vertex_key_file(url: &str) -> String {
 }
 
 pub(crate) use anthropic::wire as anthropic;
+pub(crate) use bedrock_frames::wire as bedrock;
 pub(crate) use google::wire as google;
 pub(crate) use ollama::wire as ollama;
 pub(crate) use openai::wire as openai;

@@ -4,7 +4,7 @@
 //! | hook | when | implementations |
 //! | --- | --- | --- |
 //! | [`Credentials`] | before the provider's custom headers (which may override it) | [`KeyHeaders`] (a static API key: Anthropic, OpenAI, Azure, Gemini; none for Ollama), [`BearerToken`] (a token fetched and refreshed asynchronously by a [`TokenSource`]: Vertex) |
-//! | [`Signer`] | last, over the finished request (method, URL, every header, body) | none yet (AWS SigV4 for Bedrock) |
+//! | [`Signer`] | last, over the finished request (method, URL, every header, body) | SigV4 (Bedrock's `bedrock/auth.rs`) |
 //!
 //! Credential values are marked sensitive (so `Debug` never prints them) and scrubbed from every
 //! error message: a static key is known up front ([`Credentials::secrets`]); a credential that
@@ -63,6 +63,11 @@ impl<C: Credentials + ?Sized> Credentials for std::sync::Arc<C> {
 pub(crate) trait Signer: Send + Sync + 'static {
     /// Sign `request` in place.
     async fn sign(&self, request: &mut reqwest::Request) -> Result<(), GenerationError>;
+
+    /// Secrets known up front (static keys), scrubbed from every message of the provider.
+    fn secrets(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// A static API key sent in fixed headers (`x-api-key`, `Authorization: Bearer`, `api-key`,

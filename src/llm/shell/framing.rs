@@ -5,8 +5,7 @@
 //! | --- | --- | --- |
 //! | [`Sse`] | one server-sent event (`event:` name and `data:` text) | Anthropic, OpenAI-compatible, Gemini |
 //! | [`Ndjson`] | one line of newline-delimited JSON (bytes, newline included) | Ollama |
-//!
-//! A binary framing (AWS event stream) is one more [`Framing`] whose frame is a decoded message.
+//! | [`AwsEventStream`] | one binary event-stream message (headers and payload, CRCs checked by `aws-smithy-eventstream`) | Bedrock |
 //!
 //! The driver owns what every provider has in common: a transport error mid-stream is a
 //! retryable "stream broke off", a malformed frame is a retryable `InvalidResponseDataError`,
@@ -136,6 +135,74 @@ impl Framing for Ndjson {
     }
 }
 
+/// AWS's binary event stream (`application/vnd.amazon.eventstream`): length-prefixed
+/// messages with typed headers and CRC-checked prelude and body, decoded by
+/// `aws-smithy-eventstream`. A message may span chunks and a chunk may hold many; bytes left
+/// over at the end of the body are a cut-off message.
+pub(crate) struct AwsEventStream;
+
+impl Framing for AwsEventStream {
+    type Frame = aws_smithy_types::event_stream::Message;
+
+    fn frames(body: ByteStream) -> FrameStream<Self::Frame> {
+        use aws_smithy_eventstream::frame::{DecodedFrame, MessageFrameDecoder};
+        struct Messages {
+            body: ByteStream,
+            decoder: MessageFrameDecoder,
+            /// Bytes received but not yet decoded (the decoder keeps a read prelude itself).
+            pending: bytes::BytesMut,
+            /// Whether the decoder holds a prelude whose message is not complete yet.
+            started: bool,
+            ended: bool,
+        }
+        let messages = Messages {
+            body,
+            decoder: MessageFrameDecoder::new(),
+            pending: bytes::BytesMut::new(),
+            started: false,
+            ended: false,
+        };
+        Box::pin(futures::stream::unfold(messages, |mut st| async move {
+            loop {
+                if st.ended {
+                    return None;
+                }
+                let before = st.pending.len();
+                match st.decoder.decode_frame(&mut st.pending) {
+                    Ok(DecodedFrame::Complete(message)) => {
+                        st.started = false;
+                        return Some((Ok(message), st));
+                    }
+                    Ok(DecodedFrame::Incomplete) => st.started |= st.pending.len() < before,
+                    Err(e) => {
+                        st.ended = true;
+                        let e = GenerationError::invalid_response(format!(
+                            "invalid AWS event stream message: {e}"
+                        ));
+                        return Some((Err(e), st));
+                    }
+                }
+                match st.body.next().await {
+                    Some(Ok(bytes)) => st.pending.extend_from_slice(&bytes),
+                    Some(Err(e)) => {
+                        st.ended = true;
+                        return Some((Err(broke_off(e)), st));
+                    }
+                    None => {
+                        st.ended = true;
+                        if st.started || !st.pending.is_empty() {
+                            let e = GenerationError::invalid_response(
+                                "the AWS event stream ended inside a message".into(),
+                            );
+                            return Some((Err(e), st));
+                        }
+                    }
+                }
+            }
+        }))
+    }
+}
+
 /// A transport failure after the answer began: a retryable error saying the stream broke off.
 /// Its message is scrubbed again by the driver, which knows the secrets.
 pub(crate) fn broke_off(e: reqwest::Error) -> GenerationError {
@@ -217,6 +284,54 @@ mod tests {
         assert_eq!(lines(&["a\nb", "c\n\nd"]).await, ["a\n", "bc\n", "\n", "d"]);
         assert_eq!(lines(&["a\n"]).await, ["a\n"]);
         assert!(lines(&[]).await.is_empty());
+    }
+
+    fn message(event: &str, payload: &str) -> Vec<u8> {
+        use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
+        let m = Message::new(payload.as_bytes().to_vec())
+            .add_header(Header::new(
+                ":message-type",
+                HeaderValue::String("event".into()),
+            ))
+            .add_header(Header::new(
+                ":event-type",
+                HeaderValue::String(event.to_string().into()),
+            ));
+        let mut out = Vec::new();
+        aws_smithy_eventstream::frame::write_message_to(&m, &mut out).unwrap();
+        out
+    }
+
+    fn binary(chunks: Vec<Vec<u8>>) -> ByteStream {
+        let chunks: Vec<Result<Bytes, reqwest::Error>> =
+            chunks.into_iter().map(|c| Ok(Bytes::from(c))).collect();
+        Box::pin(futures::stream::iter(chunks))
+    }
+
+    #[tokio::test]
+    async fn aws_event_stream_messages_are_cut_across_and_within_chunks() {
+        let (a, b) = (message("one", "{\"a\":1}"), message("two", "{}"));
+        let both = [a.clone(), b.clone()].concat();
+        // Byte by byte, and both messages in one chunk.
+        let bytes: Vec<Vec<u8>> = both.iter().map(|x| vec![*x]).collect();
+        for chunks in [bytes, vec![both.clone()]] {
+            let got: Vec<_> = AwsEventStream::frames(binary(chunks))
+                .map(|m| String::from_utf8(m.unwrap().payload().to_vec()).unwrap())
+                .collect()
+                .await;
+            assert_eq!(got, ["{\"a\":1}", "{}"]);
+        }
+        // A cut-off message and a corrupted one are retryable invalid responses.
+        for broken in [both[..both.len() - 3].to_vec(), {
+            let mut x = a.clone();
+            let last = x.len() - 1;
+            x[last] ^= 0xff;
+            x
+        }] {
+            let got: Vec<_> = AwsEventStream::frames(binary(vec![broken])).collect().await;
+            let e = got.into_iter().find_map(Result::err).unwrap();
+            assert!(e.retryable && e.name == "InvalidResponseDataError", "{e:?}");
+        }
     }
 
     #[tokio::test]
