@@ -168,7 +168,7 @@ impl Decoder {
         let reason = finish_reason(self.stop_reason.as_deref().unwrap_or("end_turn"));
         Some(StreamPart::Finish {
             reason,
-            usage: self.usage.clone(),
+            usage: self.usage,
         })
     }
 }
