@@ -40,9 +40,9 @@ fn request(budget: &str) -> perstack::llm::GenerationRequest {
     common::request(MODEL, common::hi(), vec![tool], budget)
 }
 
-/// Checks the shape of a SigV4 `Authorization` header for `key_id` and returns its
-/// signed-header list.
-fn assert_sigv4(r: &Recorded, key_id: &str, token: &str) {
+/// Checks the shape of a SigV4 `Authorization` header for `key_id`, and that its signature
+/// is the one of the request as it arrived (see [`assert_signed_as_received`]).
+fn assert_sigv4(r: &Recorded, key_id: &str, secret: &str, token: &str) {
     let auth = &r.headers["authorization"];
     let date = &r.headers["x-amz-date"];
     assert_eq!(date.len(), 16, "{date}");
@@ -56,6 +56,63 @@ fn assert_sigv4(r: &Recorded, key_id: &str, token: &str) {
     assert_eq!(signature.len(), 64);
     assert!(signature.bytes().all(|b| b.is_ascii_hexdigit()));
     assert_eq!(r.headers["x-amz-security-token"], token);
+    assert_signed_as_received(r, key_id, secret, token);
+}
+
+/// Signs again what the server received (method, path as sent, host, the signed headers,
+/// body, at the request's `x-amz-date`) and compares with its `Authorization`. The signer's
+/// own correctness is the known-answer tests' job (`llm::bedrock::auth`); this catches a
+/// request that changed after it was signed (a path re-encoded, a signed header rewritten).
+fn assert_signed_as_received(r: &Recorded, key_id: &str, secret: &str, token: &str) {
+    use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+    let d = &r.headers["x-amz-date"];
+    let rfc3339 = format!(
+        "{}-{}-{}T{}:{}:{}Z",
+        &d[0..4],
+        &d[4..6],
+        &d[6..8],
+        &d[9..11],
+        &d[11..13],
+        &d[13..15]
+    );
+    let time = aws_smithy_types::DateTime::from_str(
+        &rfc3339,
+        aws_smithy_types::date_time::Format::DateTime,
+    )
+    .unwrap();
+    let identity = aws_credential_types::Credentials::new(
+        key_id,
+        secret,
+        Some(token.to_string()),
+        None,
+        "test",
+    )
+    .into();
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region("us-east-1")
+        .name("bedrock")
+        .time(std::time::SystemTime::try_from(time).unwrap())
+        .settings(SigningSettings::default())
+        .build()
+        .unwrap()
+        .into();
+    let headers = ["accept", "content-type"].map(|h| (h, r.headers[h].as_str()));
+    let url = format!("http://{}{}", r.headers["host"], r.path);
+    let request = SignableRequest::new(
+        &r.method,
+        url,
+        headers.into_iter(),
+        SignableBody::Bytes(r.raw_body.as_bytes()),
+    )
+    .unwrap();
+    let (instructions, _) = sign(request, &params).unwrap().into_parts();
+    let expected = instructions
+        .headers()
+        .find(|(name, _)| *name == "authorization")
+        .map(|(_, v)| v.to_string())
+        .unwrap();
+    assert_eq!(r.headers["authorization"], expected);
 }
 
 #[tokio::test]
@@ -130,7 +187,7 @@ async fn a_signed_converse_request_streams_reasoning_tool_use_and_usage() {
         (call.method.as_str(), call.path.as_str()),
         ("POST", MODEL_PATH)
     );
-    assert_sigv4(call, AWS_ACCESS_KEY_ID, AWS_SESSION_TOKEN);
+    assert_sigv4(call, AWS_ACCESS_KEY_ID, KEY, AWS_SESSION_TOKEN);
     assert_eq!(call.headers["accept"], "application/vnd.amazon.eventstream");
     assert_eq!(
         call.body["messages"][0],
@@ -211,7 +268,12 @@ async fn container_credentials_are_fetched_once_and_sign_every_request() {
     assert_eq!(fetches[0].path, "/creds/task");
     assert_eq!(fetches[0].headers["authorization"], "ecs-auth-SECRET");
     for call in server.requests().await {
-        assert_sigv4(&call, "ASIACONTAINER", "container-token-SECRET");
+        assert_sigv4(
+            &call,
+            "ASIACONTAINER",
+            "container-secret-SECRET",
+            "container-token-SECRET",
+        );
     }
 }
 
