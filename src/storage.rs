@@ -6,6 +6,7 @@
 //! | --- | --- | --- |
 //! | [`FsStorage`] | Perstack's directory layout under `<cwd>/perstack` | the CLI, `perstack log`, resuming jobs |
 //! | [`MemoryStorage`] | a concurrent map in memory | tests and benchmarks |
+//! | [`JetStreamStorage`] | NATS JetStream key-value buckets, an object store and a stream | a cluster of workers sharing one store |
 //!
 //! The file layout is Perstack's, so its tools can read what this engine writes:
 //!
@@ -34,6 +35,7 @@
 mod atomic;
 mod claim;
 mod fs;
+mod jetstream;
 mod memory;
 
 #[cfg(test)]
@@ -45,6 +47,7 @@ use std::sync::Arc;
 
 pub use claim::Claim;
 pub use fs::FsStorage;
+pub use jetstream::{JetStreamConfig, JetStreamStorage, events_subject};
 pub use memory::MemoryStorage;
 
 use crate::schema::id::is_safe_id;
@@ -206,6 +209,36 @@ pub enum StoreError {
         /// Who holds it, as far as the store knows (`pid 123 on host`).
         holder: String,
     },
+    /// The store's server did not answer in time or the connection is down (a restart, a
+    /// partition), after trying for the store's write timeout. A write that failed this way may
+    /// have landed; repeating it cannot duplicate it.
+    #[error("storage server unavailable during {operation}: {message}")]
+    Unavailable {
+        /// What was being done: `store event`, `read`, `claim`, `set up`...
+        operation: &'static str,
+        /// The client's error, without the server address's credentials.
+        message: String,
+    },
+    /// The store's server refused an operation for a reason repeating will not change (a
+    /// message over its limits, a permission).
+    #[error("storage server refused {operation}: {message}")]
+    Rejected {
+        /// What was being done.
+        operation: &'static str,
+        /// The server's reason, without credentials.
+        message: String,
+    },
+    /// This writer's claim on the job was lost (its lease expired while it was paused or cut
+    /// off, and another writer took the job over): the write was refused, and every later
+    /// write of the job through this store will be. The job must stop here; its new holder
+    /// carries on.
+    #[error(
+        "the claim on job {job_id:?} was lost (its lease expired or another writer took it over); nothing more of it is written here"
+    )]
+    ClaimLost {
+        /// The job.
+        job_id: String,
+    },
     /// A record could not be turned into JSON (a bug in the wire types, not in the data).
     #[error("cannot serialise {what}")]
     Serialize {
@@ -229,7 +262,10 @@ impl StoreError {
                     | io::ErrorKind::TimedOut
                     | io::ErrorKind::ResourceBusy
             ),
+            StoreError::Unavailable { .. } => true,
             StoreError::InvalidId { .. }
+            | StoreError::Rejected { .. }
+            | StoreError::ClaimLost { .. }
             | StoreError::Claimed { .. }
             | StoreError::NotFound { .. }
             | StoreError::Corrupt { .. }
@@ -239,6 +275,12 @@ impl StoreError {
 }
 
 impl StoreError {
+    /// Whether this writer lost the job to another: stop the job without writing anything
+    /// more, and do not report it as finished (its new holder will).
+    pub fn is_claim_lost(&self) -> bool {
+        matches!(self, StoreError::ClaimLost { .. })
+    }
+
     /// Process exit code when this ends a command: 2 when the user asked for something that
     /// cannot be done now (the job is held by another writer), 1 for a store that failed.
     pub fn exit_code(&self) -> u8 {
@@ -246,6 +288,9 @@ impl StoreError {
             StoreError::Claimed { .. } => 2,
             StoreError::InvalidId { .. }
             | StoreError::NotFound { .. }
+            | StoreError::Unavailable { .. }
+            | StoreError::Rejected { .. }
+            | StoreError::ClaimLost { .. }
             | StoreError::Io { .. }
             | StoreError::Corrupt { .. }
             | StoreError::Serialize { .. } => 1,

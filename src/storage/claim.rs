@@ -8,11 +8,18 @@
 //! [`MemoryStorage`](super::MemoryStorage) keeps a set of claimed job ids. The claim is
 //! released when the value is dropped: the job actor holds it for the job's whole life.
 //!
-//! The fencing token grows by one with every claim of the same job, so a store that checks
-//! writes against it (a lease in a cluster store) can tell a stale holder from the current one.
+//! [`JetStreamStorage`](super::JetStreamStorage) holds a lease that can be lost while the
+//! claim lives (a paused or cut-off holder whose lease expired): [`Claim::lost`] resolves then,
+//! so the job can stop; the other stores' claims are never lost.
+//!
+//! The fencing token grows with every claim of the same job, so a store that checks writes
+//! against it (a lease in a cluster store) can tell a stale holder from the current one.
 
 use std::any::Any;
 use std::fmt;
+use std::future::Future;
+
+use tokio::sync::watch;
 
 /// The right to write one job, held until dropped.
 pub struct Claim {
@@ -21,6 +28,9 @@ pub struct Claim {
     /// Whatever keeps the claim held (an open, locked file; a map entry's guard). Released by
     /// its own `Drop`.
     _hold: Box<dyn Any + Send + Sync>,
+    /// Becomes `true` when the store learns the claim was lost; `None` for stores whose claims
+    /// cannot be lost while held.
+    lost: Option<watch::Receiver<bool>>,
 }
 
 impl Claim {
@@ -31,6 +41,34 @@ impl Claim {
             job_id: job_id.into(),
             token,
             _hold: Box::new(hold),
+            lost: None,
+        }
+    }
+
+    /// The same claim, lost when `lost` becomes `true` (or its sender is dropped). For stores
+    /// whose claim is a lease.
+    pub fn with_loss_signal(mut self, lost: watch::Receiver<bool>) -> Self {
+        self.lost = Some(lost);
+        self
+    }
+
+    /// Whether the store knows the claim was lost: the job's writes are refused from now on.
+    pub fn is_lost(&self) -> bool {
+        self.lost.as_ref().is_some_and(|lost| *lost.borrow())
+    }
+
+    /// Resolves when the claim is lost (never for a claim that cannot be lost). Owns what it
+    /// needs, so it can be awaited on another task while the claim is held elsewhere.
+    pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
+        let lost = self.lost.clone();
+        async move {
+            match lost {
+                Some(mut lost) => {
+                    // An error means the store is gone: nothing can be written any more.
+                    let _ = lost.wait_for(|lost| *lost).await;
+                }
+                None => std::future::pending().await,
+            }
         }
     }
 
@@ -51,6 +89,7 @@ impl fmt::Debug for Claim {
         f.debug_struct("Claim")
             .field("job_id", &self.job_id)
             .field("token", &self.token)
+            .field("lost", &self.is_lost())
             .finish_non_exhaustive()
     }
 }

