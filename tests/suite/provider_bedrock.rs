@@ -233,7 +233,13 @@ fn container_keys(expiration: &str) -> Reply {
         "Expiration": expiration, "RoleArn": "arn:aws:iam::1:role/task"}))
 }
 
-async fn run_with_container(expiration: &str) -> (FakeServer, Vec<Recorded>) {
+/// Two generations with keys from a container endpoint whose keys expire at `expiration`;
+/// the endpoint's authorization comes from `auth` (`AWS_CONTAINER_AUTHORIZATION_TOKEN` or
+/// `_TOKEN_FILE`).
+async fn run_with_container(
+    expiration: &str,
+    auth: (&'static str, String),
+) -> (FakeServer, Vec<Recorded>) {
     let text = || (wire::bedrock().text)(FINE);
     let server = FakeServer::start_routed(
         vec![text(), text()],
@@ -247,10 +253,7 @@ async fn run_with_container(expiration: &str) -> (FakeServer, Vec<Recorded>) {
             "AWS_CONTAINER_CREDENTIALS_FULL_URI",
             format!("{}/creds/task", server.url()),
         ),
-        (
-            "AWS_CONTAINER_AUTHORIZATION_TOKEN",
-            "ecs-auth-SECRET".into(),
-        ),
+        auth,
     ]);
     for _ in 0..2 {
         let (_, err) = drain(&*model, request("none")).await;
@@ -262,7 +265,11 @@ async fn run_with_container(expiration: &str) -> (FakeServer, Vec<Recorded>) {
 
 #[tokio::test]
 async fn container_credentials_are_fetched_once_and_sign_every_request() {
-    let (server, fetches) = run_with_container("2999-01-01T00:00:00Z").await;
+    let auth = (
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+        "ecs-auth-SECRET".into(),
+    );
+    let (server, fetches) = run_with_container("2999-01-01T00:00:00Z", auth).await;
     assert_eq!(fetches.len(), 1);
     assert_eq!(fetches[0].method, "GET");
     assert_eq!(fetches[0].path, "/creds/task");
@@ -279,9 +286,20 @@ async fn container_credentials_are_fetched_once_and_sign_every_request() {
 
 #[tokio::test]
 async fn container_credentials_about_to_expire_are_fetched_again() {
-    // Already expired: inside the refresh margin, so every request fetches fresh keys.
-    let (_, fetches) = run_with_container("2020-01-01T00:00:00Z").await;
+    // Already expired: inside the refresh margin, so every request fetches fresh keys. The
+    // endpoint's token comes from a file (EKS Pod Identity), read per fetch.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "eks-auth-file-SECRET\n").unwrap();
+    let auth = (
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+        file.display().to_string(),
+    );
+    let (_, fetches) = run_with_container("2020-01-01T00:00:00Z", auth).await;
     assert_eq!(fetches.len(), 2);
+    for f in &fetches {
+        assert_eq!(f.headers["authorization"], "eks-auth-file-SECRET");
+    }
 }
 
 fn refusal(status: u16, kind: &str, message: &str) -> Reply {

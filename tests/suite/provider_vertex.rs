@@ -161,6 +161,49 @@ async fn a_token_about_to_expire_is_fetched_again_before_the_next_request() {
 }
 
 #[tokio::test]
+async fn gclouds_authorized_user_credentials_use_the_refresh_token_grant() {
+    let server = FakeServer::start_routed(
+        vec![gemini_text(FINE)],
+        vec![("/token", vertex_token_reply(3600))],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("application_default_credentials.json");
+    let body = json!({"type": "authorized_user", "client_id": "client-1.apps",
+        "client_secret": "client-secret-SECRET", "refresh_token": "1//refresh-SECRET",
+        "token_uri": format!("{}/token", server.url())});
+    std::fs::write(&key, body.to_string()).unwrap();
+    let env = BTreeMap::from([
+        (
+            "GOOGLE_APPLICATION_CREDENTIALS".to_string(),
+            key.display().to_string(),
+        ),
+        (
+            "GOOGLE_VERTEX_BASE_URL".to_string(),
+            format!("{}{VERTEX_PUBLISHER}", server.url()),
+        ),
+    ]);
+    let model =
+        perstack::llm::select::provider(ProviderName::GoogleVertex, &Map::new(), &env, None)
+            .unwrap();
+    let req = common::request("gemini-2.5-flash", common::hi(), Vec::new(), "none");
+    let (_, err) = drain(&*model, req).await;
+    assert!(err.is_none(), "{err:?}");
+    let tokens = server.routed_requests().await;
+    assert_eq!(tokens.len(), 1);
+    let form = form(&tokens[0]);
+    assert_eq!(form["grant_type"], "refresh_token");
+    assert_eq!(form["client_id"], "client-1.apps");
+    assert_eq!(form["client_secret"], "client-secret-SECRET");
+    assert_eq!(form["refresh_token"], "1//refresh-SECRET");
+    let bearer = format!("Bearer {VERTEX_TOKEN}");
+    assert_eq!(
+        server.requests().await[0].headers.get("authorization"),
+        Some(&bearer)
+    );
+}
+
+#[tokio::test]
 async fn a_refused_key_stops_with_an_error_naming_the_key_file_and_never_a_secret() {
     let refused = Reply::status(400).json(json!({"error": "invalid_grant",
         "error_description": "Invalid JWT Signature."}));

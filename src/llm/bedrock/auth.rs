@@ -65,13 +65,21 @@ impl AwsKeys {
     }
 }
 
-/// How a request proves who sends it.
-#[derive(Debug)]
+/// How a request proves who sends it. `Debug` never shows a key.
 pub(crate) enum Auth {
     /// A Bedrock API key (`AWS_BEARER_TOKEN_BEDROCK`), sent as a bearer token.
     Bearer(String),
     /// SigV4 with keys from this source.
     SigV4(KeySource),
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Auth::Bearer(_) => f.write_str("Bearer(..)"),
+            Auth::SigV4(source) => f.debug_tuple("SigV4").field(source).finish(),
+        }
+    }
 }
 
 /// Where SigV4 keys come from.
