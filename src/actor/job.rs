@@ -17,6 +17,7 @@ use super::event_bus::CloseJob;
 use super::run::{Begin, Parent, RunActor, RunArgs, RunFinished};
 use crate::agent::{RunFailure, Start};
 use crate::schema::{Checkpoint, CheckpointStatus, Job, JobStatus};
+use crate::storage::StoreError;
 use crate::storage::{Claim, Storage};
 
 /// How a job ended.
@@ -28,6 +29,11 @@ pub struct JobOutcome {
     pub checkpoint: Checkpoint,
     /// The coordinator's result text, when it completed.
     pub text: Option<String>,
+    /// Whether this engine lost its claim on the job while it ran (a cluster store's lease
+    /// that expired): the job was stopped here without writing anything more, and is not
+    /// finished; its new holder carries it on. `job` is then this engine's last view, not
+    /// what the store holds.
+    pub claim_lost: bool,
 }
 
 /// What a job actor starts with.
@@ -81,6 +87,18 @@ impl Actor for JobActor {
         // Boxed: this hook is inlined into the actor's task, which would otherwise be as
         // large as its largest await for the actor's whole life.
         Box::pin(async move {
+            // A claim that can be lost (a lease) stops the job when it is: every run ends, and
+            // the store refuses whatever they would still write. The task ends with the claim.
+            let lost = args.claim.lost();
+            let watched = args.ctx.clone();
+            tokio::spawn(async move {
+                if lost.await {
+                    let e = StoreError::ClaimLost {
+                        job_id: watched.job_id.clone(),
+                    };
+                    watched.fail(RunFailure::ClaimLost(e.to_string()));
+                }
+            });
             if let Err(e) = args.storage.store_job(&args.job).await {
                 tracing::warn!(job = %args.job.id, "could not store job.json: {e}");
             }
@@ -167,7 +185,10 @@ impl JobActor {
             Ok(last) => self.job.job_seq = Some(last),
             Err(e) => tracing::warn!(job = %self.job.id, "could not close the job on the bus: {e}"),
         }
-        if let Err(e) = self.storage.store_job(&self.job).await {
+        let claim_lost = self.claim.as_ref().is_some_and(|c| c.is_lost());
+        if claim_lost {
+            tracing::warn!(job = %self.job.id, "the claim on the job was lost; job.json is left to its new holder");
+        } else if let Err(e) = self.storage.store_job(&self.job).await {
             tracing::warn!(job = %self.job.id, "could not store job.json: {e}");
         }
         self.claim = None;
@@ -176,6 +197,7 @@ impl JobActor {
                 job: (*self.job).clone(),
                 checkpoint,
                 text,
+                claim_lost,
             });
         }
     }

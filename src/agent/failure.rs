@@ -73,6 +73,11 @@ pub enum RunFailure {
         "{0}; this stop could not be stored either, continue the job with --continue-job once storage works again"
     )]
     Storage(String),
+    /// This engine lost its claim on the job (a lease that expired while it was paused or cut
+    /// off): another writer holds the job and carries it on. Every run stops without writing
+    /// anything more; the stop is shown here only.
+    #[error("{0}; the job goes on wherever its new claim is held, nothing more is written here")]
+    ClaimLost(String),
     /// A bug in the engine: an input the state cannot take, a run actor that panicked, a
     /// coordinator that stopped without reporting, an event bus that is gone.
     #[error("{0}")]
@@ -110,6 +115,7 @@ impl RunFailure {
             RunFailure::Cancelled => ("Cancelled", None),
             RunFailure::OutputClosed(_) => ("OutputClosed", None),
             RunFailure::Storage(_) => ("StorageError", None),
+            RunFailure::ClaimLost(_) => ("ClaimLost", None),
             RunFailure::Engine(_) => ("EngineError", None),
         };
         RunError {
@@ -128,16 +134,19 @@ impl RunFailure {
     pub fn stops_the_job(&self) -> bool {
         matches!(
             self,
-            RunFailure::Cancelled | RunFailure::OutputClosed(_) | RunFailure::Storage(_)
+            RunFailure::Cancelled
+                | RunFailure::OutputClosed(_)
+                | RunFailure::Storage(_)
+                | RunFailure::ClaimLost(_)
         )
     }
 
     /// Whether the terminal event reporting this failure is shown even though its checkpoint
-    /// could not be stored. Only a storage failure: every other terminal event is visible
-    /// only once its checkpoint is durable (DECISIONS, "Disk full versus durable before
-    /// visible").
+    /// could not be stored. Only a storage failure or a lost claim (whose store refuses every
+    /// write): every other terminal event is visible only once its checkpoint is durable
+    /// (DECISIONS, "Disk full versus durable before visible").
     pub fn is_visible_unstored(&self) -> bool {
-        matches!(self, RunFailure::Storage(_))
+        matches!(self, RunFailure::Storage(_) | RunFailure::ClaimLost(_))
     }
 }
 
@@ -253,5 +262,8 @@ mod tests {
         assert!(!RunFailure::Engine("x".into()).stops_the_job());
         assert!(!RunFailure::Cancelled.is_visible_unstored());
         assert!(!RunFailure::OutputClosed("EPIPE".into()).is_visible_unstored());
+        let lost = RunFailure::ClaimLost("the claim on job \"j\" was lost".into());
+        assert!(lost.stops_the_job() && lost.is_visible_unstored());
+        assert_eq!(lost.to_run_error().name, "ClaimLost");
     }
 }

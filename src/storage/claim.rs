@@ -57,17 +57,15 @@ impl Claim {
         self.lost.as_ref().is_some_and(|lost| *lost.borrow())
     }
 
-    /// Resolves when the claim is lost (never for a claim that cannot be lost). Owns what it
-    /// needs, so it can be awaited on another task while the claim is held elsewhere.
-    pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
+    /// Resolves to `true` when the claim is lost, or to `false` once it can no longer be
+    /// (released, or a store whose claims cannot be lost: at once). Owns what it needs, so it
+    /// can be awaited on another task while the claim is held elsewhere.
+    pub fn lost(&self) -> impl Future<Output = bool> + Send + 'static {
         let lost = self.lost.clone();
         async move {
             match lost {
-                Some(mut lost) => {
-                    // An error means the store is gone: nothing can be written any more.
-                    let _ = lost.wait_for(|lost| *lost).await;
-                }
-                None => std::future::pending().await,
+                Some(mut lost) => lost.wait_for(|lost| *lost).await.is_ok(),
+                None => false,
             }
         }
     }

@@ -27,6 +27,31 @@
 //!
 //! What it never does: connect, hold credentials, or interpret records beyond ids, sequence
 //! numbers and the orderings of the contract.
+//!
+//! Embedding an engine on it (every worker of a cluster does the same with its own engine):
+//!
+//! ```no_run
+//! # async fn example(engine_settings: perstack::engine::Settings, model: std::sync::Arc<dyn perstack::llm::LanguageModel>) -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use perstack::storage::{JetStreamConfig, JetStreamStorage};
+//!
+//! let client = async_nats::connect("nats://127.0.0.1:4222").await?;
+//! let store = JetStreamStorage::new(
+//!     client,
+//!     JetStreamConfig::default().lease(Duration::from_secs(15), Duration::from_secs(5)),
+//! );
+//! let engine = perstack::engine::Engine::builder()
+//!     .settings(engine_settings)
+//!     .storage(Arc::new(store))
+//!     .model(model)
+//!     .build();
+//! let outcome = engine.run("coordinator", "hello").await?.wait().await?;
+//! if outcome.claim_lost {
+//!     // Another worker took the job over; it finishes it.
+//! }
+//! # Ok(()) }
+//! ```
 
 mod lease;
 mod names;

@@ -32,6 +32,9 @@ impl BusError {
     /// stops every run of the job; a bus that is gone is an engine fault.
     pub fn run_failure(&self) -> RunFailure {
         match self {
+            BusError::Checkpoint { source, .. } if source.is_claim_lost() => {
+                RunFailure::ClaimLost(source.to_string())
+            }
             BusError::Checkpoint { .. } => RunFailure::storage(self),
             BusError::Sink(e) => RunFailure::OutputClosed(e.to_string()),
             BusError::Unavailable(_) => RunFailure::Engine(self.to_string()),

@@ -173,9 +173,11 @@ async fn a_stale_holder_writes_nothing_after_a_takeover() {
         .await
         .unwrap_err();
     assert!(refused.is_claim_lost(), "{refused}");
-    tokio::time::timeout(DEADLINE, lost)
-        .await
-        .expect("the lost claim was not signalled");
+    assert!(
+        tokio::time::timeout(DEADLINE, lost)
+            .await
+            .expect("the lost claim was not signalled")
+    );
     assert!(old_claim.is_lost());
     let refused = stale.store_job(&job("job1", 1)).await.unwrap_err();
     assert!(refused.is_claim_lost(), "{refused}");
