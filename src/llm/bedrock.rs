@@ -15,6 +15,7 @@
 //! denied, bad or expired credentials and unknown models say what to fix.
 
 mod auth;
+mod container;
 mod request;
 mod stream;
 

@@ -8,28 +8,27 @@
 //! | `AWS_ACCESS_KEY_ID` + `AWS_SECRET_ACCESS_KEY` (+ `AWS_SESSION_TOKEN`) | SigV4 with these keys |
 //! | `AWS_CONTAINER_CREDENTIALS_FULL_URI` / `_RELATIVE_URI` (ECS, Fargate, EKS Pod Identity) | SigV4 with keys fetched from the container credentials endpoint (with `AWS_CONTAINER_AUTHORIZATION_TOKEN` or `_TOKEN_FILE`), cached and fetched again [`REFRESH_MARGIN`] before they expire |
 //!
-//! Signing uses `aws-sigv4` (service `bedrock`, the canonical URI encoded twice, the session
+//! The container endpoint lives in `bedrock/container.rs`. Signing uses `aws-sigv4` (service `bedrock`, the canonical URI encoded twice, the session
 //! token signed). Keys, session tokens and the authorization token are secrets: `Debug` never
 //! shows them, and the static ones are scrubbed from every message by the shell. `aws-sigv4`
 //! traces canonical requests (which hold the session token) at `trace` level, so the CLI's
 //! subscriber always turns its target off. This module never logs.
 
-use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials as AwsCredentials;
 use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
 use aws_sigv4::sign::v4;
 use reqwest::header::{HeaderName, HeaderValue};
-use serde::Deserialize;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+use super::PROVIDER;
 use crate::llm::GenerationError;
 use crate::llm::http::{self, ProviderConfigError};
 use crate::llm::shell::auth::Signer;
 
-const PROVIDER: &str = "amazon-bedrock";
+use super::container::ContainerEndpoint;
 
 /// The SigV4 service name of the Bedrock runtime.
 pub(crate) const SERVICE: &str = "bedrock";
@@ -37,9 +36,6 @@ pub(crate) const SERVICE: &str = "bedrock";
 /// How long before their expiry fetched keys are replaced, so that none expires on the way.
 /// Keys that live shorter are fetched per request.
 pub(crate) const REFRESH_MARGIN: Duration = Duration::from_secs(300);
-
-/// The ECS task-role endpoint host for `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`.
-const ECS_HOST: &str = "http://169.254.170.2";
 
 /// One set of AWS keys. `Debug` shows only the access key id.
 #[derive(Clone)]
@@ -91,29 +87,6 @@ pub(crate) enum KeySource {
     Container(ContainerEndpoint),
 }
 
-/// A container credentials endpoint (`AWS_CONTAINER_CREDENTIALS_*`).
-#[derive(Debug)]
-pub(crate) struct ContainerEndpoint {
-    url: reqwest::Url,
-    authorization: Option<Authorization>,
-}
-
-/// The `Authorization` value a container endpoint wants.
-enum Authorization {
-    Token(String),
-    /// Read per fetch (EKS rotates the file).
-    File(PathBuf),
-}
-
-impl std::fmt::Debug for Authorization {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Authorization::Token(_) => f.write_str("Token(..)"),
-            Authorization::File(p) => f.debug_tuple("File").field(p).finish(),
-        }
-    }
-}
-
 impl Auth {
     /// The first credential source the environment sets (see the module table); a
     /// configuration error naming every variable when none is set.
@@ -146,69 +119,15 @@ impl Auth {
             }
             (None, None) => {}
         }
-        let bad = |problem: String| ProviderConfigError::Credentials {
-            provider: PROVIDER.into(),
-            problem,
-        };
-        let url = match (
-            http::optional_env(env, "AWS_CONTAINER_CREDENTIALS_FULL_URI"),
-            http::optional_env(env, "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"),
-        ) {
-            (_, Some(relative)) => format!("{ECS_HOST}{relative}"),
-            (Some(full), None) => full,
-            (None, None) => {
-                return Err(ProviderConfigError::MissingEnv {
-                    provider: PROVIDER.into(),
-                    var:
-                        "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_BEARER_TOKEN_BEDROCK, \
-                          or a container credentials endpoint)"
-                            .into(),
-                });
-            }
-        };
-        let url = reqwest::Url::parse(&url)
-            .ok()
-            .filter(allowed_endpoint)
-            .ok_or_else(|| {
-                bad(format!(
-                    "the container credentials endpoint {url:?} must be https, a loopback \
-                     address or the ECS/EKS link-local address; fix \
-                     AWS_CONTAINER_CREDENTIALS_FULL_URI"
-                ))
-            })?;
-        let authorization = match (
-            http::optional_env(env, "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"),
-            http::optional_env(env, "AWS_CONTAINER_AUTHORIZATION_TOKEN"),
-        ) {
-            (Some(file), _) => Some(Authorization::File(file.into())),
-            (None, Some(token)) => Some(Authorization::Token(token)),
-            (None, None) => None,
-        };
-        Ok(Auth::SigV4(KeySource::Container(ContainerEndpoint {
-            url,
-            authorization,
-        })))
-    }
-}
-
-/// As the AWS SDKs decide: https anywhere; plain http only to a loopback address or the
-/// ECS/EKS link-local hosts.
-fn allowed_endpoint(url: &reqwest::Url) -> bool {
-    use std::net::{IpAddr, Ipv4Addr};
-    let Some(host) = url.host_str() else {
-        return false;
-    };
-    match url.scheme() {
-        "https" => true,
-        "http" => match host.trim_matches(['[', ']']).parse::<IpAddr>() {
-            Ok(ip) => {
-                ip.is_loopback()
-                    || ip == IpAddr::V4(Ipv4Addr::new(169, 254, 170, 2))
-                    || ip == IpAddr::V4(Ipv4Addr::new(169, 254, 170, 23))
-            }
-            Err(_) => host == "localhost",
-        },
-        _ => false,
+        match ContainerEndpoint::from_env(env)? {
+            Some(endpoint) => Ok(Auth::SigV4(KeySource::Container(endpoint))),
+            None => Err(ProviderConfigError::MissingEnv {
+                provider: PROVIDER.into(),
+                var: "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_BEARER_TOKEN_BEDROCK, \
+                      or a container credentials endpoint)"
+                    .into(),
+            }),
+        }
     }
 }
 
@@ -286,10 +205,7 @@ impl Signer for SigV4Signer {
     fn secrets(&self) -> Vec<String> {
         match &self.source {
             KeySource::Static(keys) => keys.secrets(),
-            KeySource::Container(c) => match &c.authorization {
-                Some(Authorization::Token(t)) => vec![t.clone()],
-                _ => Vec::new(),
-            },
+            KeySource::Container(c) => c.secrets(),
         }
     }
 }
@@ -357,111 +273,6 @@ fn signing_error(what: &str) -> GenerationError {
         retryable: false,
         retry_after: None,
     }
-}
-
-/// The answer of a container credentials endpoint.
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ContainerKeys {
-    access_key_id: String,
-    secret_access_key: String,
-    token: Option<String>,
-    expiration: Option<String>,
-}
-
-impl ContainerEndpoint {
-    /// Fresh keys and how long they live (`None`: no expiry given).
-    async fn fetch(
-        &self,
-        client: &reqwest::Client,
-    ) -> Result<(AwsKeys, Option<Duration>), GenerationError> {
-        let mut request = client.get(self.url.clone());
-        let mut secrets = Vec::new();
-        match &self.authorization {
-            Some(Authorization::Token(t)) => {
-                secrets.push(t.clone());
-                request = request.header("authorization", t.trim());
-            }
-            Some(Authorization::File(path)) => {
-                let t = tokio::fs::read_to_string(path).await.map_err(|e| {
-                    self.error(
-                        format!(
-                            "cannot read AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE {}: {e}",
-                            path.display()
-                        ),
-                        false,
-                    )
-                })?;
-                secrets.push(t.trim().to_string());
-                request = request.header("authorization", t.trim());
-            }
-            None => {}
-        }
-        let response = request.send().await.map_err(|e| {
-            let e = http::transport_error(e, &secrets);
-            self.error(e.message, true)
-        })?;
-        let status = response.status().as_u16();
-        let text = response.text().await.unwrap_or_default();
-        if !(200..300).contains(&status) {
-            let body = http::redact(&http::truncate(text.trim(), 200), &secrets);
-            return Err(self.error(
-                format!("HTTP status {status}: {body}"),
-                http::is_retryable_status(status),
-            ));
-        }
-        let keys: ContainerKeys = serde_json::from_str(&text).map_err(|e| {
-            self.error(
-                format!(
-                    "the answer holds no AccessKeyId/SecretAccessKey (line {}, column {})",
-                    e.line(),
-                    e.column()
-                ),
-                true,
-            )
-        })?;
-        let lifetime = keys.expiration.as_deref().and_then(lifetime_until);
-        Ok((
-            AwsKeys {
-                access_key_id: keys.access_key_id,
-                secret_access_key: keys.secret_access_key,
-                session_token: keys.token,
-            },
-            lifetime,
-        ))
-    }
-
-    fn error(&self, message: String, retryable: bool) -> GenerationError {
-        let fix = if retryable {
-            ""
-        } else {
-            "; check the task role and AWS_CONTAINER_CREDENTIALS_FULL_URI / _RELATIVE_URI"
-        };
-        GenerationError {
-            name: "LoadAPIKeyError".into(),
-            message: format!(
-                "cannot get AWS credentials from the container credentials endpoint {}: \
-                 {message}{fix}",
-                self.url
-            ),
-            status_code: None,
-            retryable,
-            retry_after: None,
-        }
-    }
-}
-
-/// How long from now until an RFC 3339 instant (`2026-12-03T17:14:00Z`); zero when past,
-/// `None` when unreadable.
-fn lifetime_until(at: &str) -> Option<Duration> {
-    let at =
-        aws_smithy_types::DateTime::from_str(at, aws_smithy_types::date_time::Format::DateTime)
-            .ok()?;
-    let at = SystemTime::try_from(at).ok()?;
-    Some(
-        at.duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
 }
 
 #[cfg(test)]
@@ -616,13 +427,5 @@ mod tests {
             let r = Auth::from_env(&env(&[("AWS_CONTAINER_CREDENTIALS_FULL_URI", uri)]));
             assert_eq!(r.is_ok(), ok, "{uri}");
         }
-    }
-
-    #[test]
-    fn expirations_are_read_as_lifetimes() {
-        assert_eq!(lifetime_until("2015-08-30T12:36:00Z"), Some(Duration::ZERO));
-        let later = lifetime_until("2999-01-01T00:00:00Z").unwrap();
-        assert!(later > Duration::from_secs(3600));
-        assert_eq!(lifetime_until("soon"), None);
     }
 }
