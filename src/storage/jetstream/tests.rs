@@ -235,6 +235,21 @@ async fn a_server_restart_mid_writes_loses_nothing_acknowledged_and_duplicates_n
             Ok::<_, StoreError>(())
         })
     };
+    // A reader on its own connection keeps asking for the last number throughout: it waits
+    // for the server instead of failing, and never sees the number go back.
+    let reader = {
+        let reader = store_on(&server, config()).await;
+        tokio::spawn(async move {
+            let mut seen = 0;
+            while seen < WRITES {
+                let last = reader.last_job_seq("job1").await?;
+                assert!(last >= seen, "last_job_seq went back from {seen} to {last}");
+                seen = last;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok::<_, StoreError>(())
+        })
+    };
     // Restart once a third of the writes were acknowledged.
     tokio::time::timeout(DEADLINE, async {
         while acked.recv().await.is_some_and(|seq| seq < WRITES / 3) {}
@@ -247,6 +262,11 @@ async fn a_server_restart_mid_writes_loses_nothing_acknowledged_and_duplicates_n
         .expect("the writes did not finish within 60 s")
         .unwrap()
         .expect("a write failed across the restart");
+    tokio::time::timeout(DEADLINE, reader)
+        .await
+        .expect("the reader did not see the last write")
+        .unwrap()
+        .expect("a read failed across the restart");
     assert!(!claim.is_lost());
 
     let reader = store_on(&server, config()).await;

@@ -160,17 +160,13 @@ impl Wire {
                 Ok(m) => return Ok(Some(Stored::from_stream(m))),
                 Err(e) => match e.kind() {
                     DirectGetErrorKind::NotFound => return Ok(None),
-                    DirectGetErrorKind::TimedOut | DirectGetErrorKind::Request
-                        if started.elapsed() < self.deadline =>
-                    {
+                    // Not answered (yet): a disconnect, or JetStream still starting after a
+                    // restart (no responders).
+                    kind if is_transient(&kind) && started.elapsed() < self.deadline => {
                         tokio::time::sleep(RETRY_PAUSE).await;
                     }
-                    DirectGetErrorKind::TimedOut | DirectGetErrorKind::Request => {
-                        return Err(unavailable("read", &e));
-                    }
-                    DirectGetErrorKind::InvalidSubject
-                    | DirectGetErrorKind::ErrorResponse(..)
-                    | DirectGetErrorKind::Other => return Err(rejected("read", &e)),
+                    kind if is_transient(&kind) => return Err(unavailable("read", &e)),
+                    _ => return Err(rejected("read", &e)),
                 },
             }
         }
@@ -244,6 +240,19 @@ impl Wire {
             }
         }
         Ok(found)
+    }
+}
+
+/// Whether a direct get failed for want of an answer rather than by a refusal.
+fn is_transient(kind: &DirectGetErrorKind) -> bool {
+    match kind {
+        DirectGetErrorKind::TimedOut | DirectGetErrorKind::Request | DirectGetErrorKind::Other => {
+            true
+        }
+        DirectGetErrorKind::ErrorResponse(status, _) => {
+            *status == async_nats::StatusCode::NO_RESPONDERS
+        }
+        DirectGetErrorKind::NotFound | DirectGetErrorKind::InvalidSubject => false,
     }
 }
 
