@@ -34,11 +34,6 @@ pub enum SelectError {
         "the scripted provider needs a script: pass --script <file> or set [provider.setting] script in perstack.toml"
     )]
     NoScript,
-    /// The provider exists in Perstack but not in this engine yet.
-    #[error(
-        "provider \"{0}\" is not supported by this engine yet (see the README's compatibility table)"
-    )]
-    Unsupported(&'static str),
 }
 
 /// Build the provider `name` with `setting` (`[provider.setting]`) and `env` (process env plus
