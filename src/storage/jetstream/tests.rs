@@ -329,3 +329,80 @@ async fn an_event_written_twice_is_stored_once() {
         [e]
     );
 }
+
+/// The holder process of [`a_killed_holder_process_loses_its_job_after_the_lease_ttl`], not a
+/// test of its own (ignored; that test runs it with `--ignored --exact`): claims `job1` on the
+/// server `PERSTACK_TEST_LEASE_HOLDER` names, says so on stdout, and holds it until killed.
+#[tokio::test]
+#[ignore = "run as a child process by a_killed_holder_process_loses_its_job_after_the_lease_ttl"]
+async fn lease_holder_process() {
+    let url = std::env::var("PERSTACK_TEST_LEASE_HOLDER").expect("PERSTACK_TEST_LEASE_HOLDER");
+    let store = JetStreamStorage::new(async_nats::connect(url).await.unwrap(), config());
+    let _claim = store.claim("job1").await.unwrap();
+    println!("CLAIMED");
+    tokio::time::sleep(DEADLINE * 3).await;
+}
+
+/// Kills the child when dropped (a failing assertion included).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_killed_holder_process_loses_its_job_after_the_lease_ttl() {
+    use std::io::BufRead;
+    let Some(server) =
+        NatsServer::start("a_killed_holder_process_loses_its_job_after_the_lease_ttl")
+    else {
+        return;
+    };
+    let mut child = KillOnDrop(
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--ignored",
+                "--exact",
+                "storage::jetstream::tests::lease_holder_process",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("PERSTACK_TEST_LEASE_HOLDER", server.url())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    let (said, claimed) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("CLAIMED") {
+                let _ = said.send(());
+            }
+        }
+    });
+    tokio::task::spawn_blocking(move || claimed.recv_timeout(DEADLINE))
+        .await
+        .unwrap()
+        .expect("the holder process did not claim the job");
+
+    let taker = store_on(&server, config()).await;
+    match taker.claim("job1").await {
+        Err(StoreError::Claimed { holder, .. }) => assert!(
+            holder.starts_with(&format!("pid {} on ", child.0.id())),
+            "{holder}"
+        ),
+        other => panic!("expected the holder process's claim, got {other:?}"),
+    }
+    // kill -9: nothing is released; the server expires the lease.
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    drop(claim_when_free(&taker, "job1").await);
+}
