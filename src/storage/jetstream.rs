@@ -89,10 +89,12 @@ pub struct JetStreamConfig {
     /// 5) on a clustered one. Ignored for streams that already exist.
     pub replicas: usize,
     /// How long a claim outlives its holder's last acknowledged heartbeat. The server removes
-    /// the lease then, and another worker can take the job. Whole seconds (rounded up).
+    /// the lease then, and another worker can take the job. Whole seconds (rounded up), at
+    /// least one.
     pub lease_ttl: Duration,
     /// How often the holder renews its lease; well under [`JetStreamConfig::lease_ttl`] (a
-    /// third is usual), or a slow round trip loses the claim.
+    /// third is usual), or a slow round trip loses the claim. A store uses at most half the
+    /// TTL, whatever is set here.
     pub heartbeat: Duration,
     /// How long one operation keeps trying while the server does not answer (a restart, a
     /// partition) before it fails with [`StoreError::Unavailable`].
@@ -184,7 +186,13 @@ impl std::fmt::Debug for JetStreamStorage {
 impl JetStreamStorage {
     /// A store on `client`'s server. Nothing is sent until the first operation (or
     /// [`JetStreamStorage::ensure_ready`]).
-    pub fn new(client: async_nats::Client, config: JetStreamConfig) -> Self {
+    pub fn new(client: async_nats::Client, mut config: JetStreamConfig) -> Self {
+        // The server's TTL unit is a second; a heartbeat of zero would spin.
+        config.lease_ttl = config.lease_ttl.max(Duration::from_secs(1));
+        config.heartbeat = config
+            .heartbeat
+            .min(config.lease_ttl / 2)
+            .max(Duration::from_millis(50));
         let js = jetstream::new(client.clone());
         JetStreamStorage {
             inner: Arc::new(Inner {
