@@ -9,6 +9,8 @@ mod diagnostics;
 mod install;
 mod log;
 mod run;
+mod submit;
+mod worker;
 
 use std::process::ExitCode;
 
@@ -29,13 +31,15 @@ pub(crate) struct Cli {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Run an Expert headless, printing every event as a JSON line.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// View execution history
     Log(log::LogArgs),
     /// Serve the built-in @perstack/base skill as an MCP server over stdio.
     Base(base::BaseArgs),
     /// Collect every Expert's tool definitions into perstack.lock.
     Install(install::InstallArgs),
+    /// Run jobs from the cluster's queue on NATS JetStream (`perstack run --nats` submits).
+    Worker(Box<worker::WorkerArgs>),
 }
 
 /// The `perstack` command line, from the process arguments to its exit code: parses the
@@ -73,9 +77,10 @@ pub fn run() -> ExitCode {
 /// Run the parsed command; returns the process exit code.
 async fn main(cli: Cli) -> u8 {
     match cli.command {
-        Command::Run(args) => run::execute(args).await,
+        Command::Run(args) => run::execute(*args).await,
         Command::Log(args) => log::execute(args).await,
         Command::Base(args) => base::execute(args).await,
         Command::Install(args) => install::execute(args).await,
+        Command::Worker(args) => worker::execute(*args).await,
     }
 }

@@ -15,6 +15,8 @@
 //! - [`storage`]: the [`Storage`](storage::Storage) trait, the filesystem store (Perstack's
 //!   layout) and an in-memory one.
 //! - [`schema`]: wire types (messages, checkpoints, events, jobs, run settings). No I/O.
+//! - [`cluster`]: jobs on NATS JetStream: the [`Client`](cluster::Client) that submits,
+//!   follows, cancels and waits (`perstack worker` runs them).
 //! - [`sandbox`]: how skill processes are confined ([`Isolation`](sandbox::Isolation), the
 //!   default being the native Linux sandbox) and why a run can refuse to start without it.
 //! - [`run_cli`]: the `perstack` command line, whole (the binary is this one call).
@@ -30,6 +32,7 @@
 mod actor;
 mod agent;
 mod cli;
+pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod llm;

@@ -46,6 +46,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use claim::Claim;
+pub(crate) use claim::holder_description;
 pub use fs::FsStorage;
 pub use jetstream::{JetStreamConfig, JetStreamStorage, events_subject};
 pub use memory::MemoryStorage;

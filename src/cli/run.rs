@@ -78,10 +78,19 @@ pub(crate) struct RunArgs {
     /// Treat the query as the answer to the pending interactive tool call.
     #[arg(short = 'i', long = "interactive-tool-call-result")]
     pub interactive: bool,
+    /// Run on the cluster: submit the job to NATS and print its events as a local run would.
+    #[command(flatten)]
+    pub nats: crate::cluster::NatsOptions,
+    /// With --nats: print the job id and return at once.
+    #[arg(long, requires = "url")]
+    pub detach: bool,
 }
 
 /// Run and return the exit code.
 pub(super) async fn execute(args: RunArgs) -> u8 {
+    if args.nats.is_set() {
+        return super::submit::execute(args).await;
+    }
     match run(args).await {
         Ok(status) => match status {
             JobStatus::Completed | JobStatus::StoppedByInteractiveTool => 0,
@@ -130,17 +139,7 @@ async fn run(args: RunArgs) -> Result<JobStatus, EngineError> {
     let provider = provider_name(&args, &cfg)?;
     let model = build_model(provider, &args, &cfg, &env)?;
 
-    let mut settings = Settings::resolve(
-        &cfg,
-        &RunOverrides {
-            model: args.model.clone(),
-            provider: Some(provider),
-            reasoning_budget: args.reasoning_budget,
-            max_steps: args.max_steps,
-            max_retries: args.max_retries,
-            timeout: args.timeout.map(Duration::from_millis),
-        },
-    );
+    let mut settings = Settings::resolve(&cfg, &overrides(&args, provider));
     settings.workspace = cwd.clone();
     settings.tool_timeout =
         crate::skill::tool_timeout(&env).map_err(|e| EngineError::Usage(e.to_string()))?;
@@ -192,11 +191,23 @@ async fn run(args: RunArgs) -> Result<JobStatus, EngineError> {
     Ok(outcome?.job.status)
 }
 
+/// The command line's settings over perstack.toml's.
+pub(super) fn overrides(args: &RunArgs, provider: ProviderName) -> RunOverrides {
+    RunOverrides {
+        model: args.model.clone(),
+        provider: Some(provider),
+        reasoning_budget: args.reasoning_budget,
+        max_steps: args.max_steps,
+        max_retries: args.max_retries,
+        timeout: args.timeout.map(Duration::from_millis),
+    }
+}
+
 /// The isolation a run asks for: `--runtime`, else `runtime` in perstack.toml, else the
 /// default. `docker` and no runtime mean the sandbox (Perstack's default is a container),
 /// `local` means none; the agent-CLI runtimes are refused on the command line and fall back to
 /// the sandbox (with a warning) from perstack.toml.
-fn isolation(
+pub(super) fn isolation(
     flag: Option<&str>,
     configured: Option<config::Runtime>,
 ) -> Result<Isolation, EngineError> {
@@ -220,7 +231,10 @@ fn isolation(
     Ok(Isolation::for_runtime(runtime))
 }
 
-fn provider_name(args: &RunArgs, cfg: &PerstackConfig) -> Result<ProviderName, EngineError> {
+pub(super) fn provider_name(
+    args: &RunArgs,
+    cfg: &PerstackConfig,
+) -> Result<ProviderName, EngineError> {
     match &args.provider {
         Some(p) => p
             .parse::<ProviderName>()
@@ -255,7 +269,7 @@ fn build_model(
     )?)
 }
 
-async fn wait_for_signal() {
+pub(super) async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

@@ -11,6 +11,8 @@ use perstack::storage::{JetStreamConfig, JetStreamStorage, Storage, StoreError};
 
 use super::common::{self, NatsServer};
 
+mod workers;
+
 /// The harness itself: a JetStream key-value entry written before a server restart is read back
 /// after it, through a client that reconnected on its own.
 #[tokio::test]

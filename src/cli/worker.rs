@@ -1,0 +1,119 @@
+//! `perstack worker --nats <url>`: run jobs from the cluster's queue (see `crate::cluster`)
+//! until SIGTERM or SIGINT, which drains it: no new jobs, running ones finish. A second signal
+//! leaves at once; the jobs still running come back to other workers after one lease.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::NatsOptions;
+use crate::cluster::worker::{Models, WorkerConfig, serve};
+use crate::config;
+use crate::storage::FsStorage;
+
+/// Options of `perstack worker`.
+#[derive(Debug, Args)]
+pub(crate) struct WorkerArgs {
+    /// How to reach NATS.
+    #[command(flatten)]
+    pub nats: NatsOptions,
+    /// perstack.toml naming the provider and its settings (default: the nearest one walking
+    /// up from the current directory, if any). The Experts come with each job.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Jobs run at once.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Each job's workspace is <work-dir>/jobs/<jobId>; the job store is <work-dir>/perstack.
+    #[arg(long, default_value = "perstack-work")]
+    pub work_dir: PathBuf,
+    /// A job whose worker sends no heartbeat for this long (ms) goes to another worker.
+    #[arg(long, env = "PERSTACK_LEASE_MS", default_value_t = 30_000)]
+    pub lease_ms: u64,
+    /// Script file for the scripted provider.
+    #[arg(long)]
+    pub script: Option<PathBuf>,
+    /// dotenv files to load (repeatable; default .env and .env.local).
+    #[arg(long = "env-path")]
+    pub env_path: Vec<String>,
+}
+
+/// Run the worker; returns the exit code.
+pub(super) async fn execute(args: WorkerArgs) -> u8 {
+    match run(args).await {
+        Ok(()) => 0,
+        Err((code, message)) => {
+            eprintln!("perstack: {message}");
+            code
+        }
+    }
+}
+
+async fn run(args: WorkerArgs) -> Result<(), (u8, String)> {
+    let usage = |e: &dyn std::fmt::Display| (2, e.to_string());
+    let cwd = std::env::current_dir().map_err(|e| usage(&e))?;
+    let config = match config::discover(args.config.as_deref(), &cwd) {
+        Ok(path) => Some(config::load(&path).map_err(|e| (e.exit_code(), e.to_string()))?),
+        Err(e) if args.config.is_some() => return Err((e.exit_code(), e.to_string())),
+        Err(_) => None,
+    };
+    let env_paths: Vec<String> = if args.env_path.is_empty() {
+        config::DEFAULT_ENV_PATHS
+            .iter()
+            .map(|s| (*s).to_string())
+            .collect()
+    } else {
+        args.env_path.clone()
+    };
+    let env = config::load_env(&cwd, &env_paths, std::env::vars())
+        .map_err(|e| (e.exit_code(), e.to_string()))?;
+    let tool_timeout = crate::skill::tool_timeout(&env).map_err(|e| usage(&e))?;
+    let work_dir = if args.work_dir.is_absolute() {
+        args.work_dir.clone()
+    } else {
+        cwd.join(&args.work_dir)
+    };
+    std::fs::create_dir_all(&work_dir)
+        .map_err(|e| (1, format!("cannot create {}: {e}", work_dir.display())))?;
+    let sandbox = crate::sandbox::check_available().map_err(|e| e.to_string());
+    if let Err(why) = &sandbox {
+        tracing::warn!(%why, "this worker cannot sandbox: it refuses jobs that need it");
+    }
+    let client = args
+        .nats
+        .connect("perstack-worker")
+        .await
+        .map_err(|e| (2, e.to_string()))?;
+    let config = WorkerConfig {
+        name: crate::storage::holder_description(),
+        concurrency: args.concurrency,
+        lease: Duration::from_millis(args.lease_ms.max(300)),
+        models: Models {
+            config,
+            script: args.script.clone(),
+        },
+        env,
+        tool_timeout,
+        storage: Arc::new(FsStorage::new(work_dir.join("perstack"))),
+        work_dir,
+        sandbox,
+    };
+    let drain = CancellationToken::new();
+    let leave = CancellationToken::new();
+    {
+        let (drain, leave) = (drain.clone(), leave.clone());
+        tokio::spawn(async move {
+            super::run::wait_for_signal().await;
+            eprintln!("perstack: draining (no new jobs; running ones finish)");
+            drain.cancel();
+            super::run::wait_for_signal().await;
+            leave.cancel();
+        });
+    }
+    serve(client, config, drain, leave)
+        .await
+        .map_err(|e| (1, e.to_string()))
+}

@@ -1,0 +1,220 @@
+//! [`Client`]: submit jobs to the cluster, follow their events, cancel and wait, from the CLI
+//! (`perstack run --nats`) or an embedding app.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), perstack::cluster::ClusterError> {
+//! use perstack::cluster::{Client, NatsOptions};
+//! let config = perstack::config::load(std::path::Path::new("experts/fanout/perstack.toml")).unwrap();
+//! let settings = perstack::engine::Settings::resolve(&config, &Default::default());
+//! let client = Client::connect(&NatsOptions::url("nats://127.0.0.1:4222")).await?;
+//! let job = client.submit(&settings, "coordinator", "hello", None).await?;
+//! let mut followed = client.follow(&job).await?;
+//! while let Some(event) = followed.next_event().await? {
+//!     println!("{} {}", event.job_seq.unwrap_or(0), event.kind());
+//! }
+//! println!("exit code {}", followed.end().map_or(1, |e| e.exit_code));
+//! # Ok(()) }
+//! ```
+
+use bytes::Bytes;
+
+use super::connect::{ConnectError, NatsOptions};
+use super::message::{JobMessage, JobOptions};
+pub use super::output::JobEnd;
+use super::output::{Follower, Record};
+use super::queue::{self, QueueError};
+use crate::engine::Settings;
+use crate::sandbox::Isolation;
+use crate::schema::Event;
+use crate::schema::id::{is_safe_id, new_id};
+
+/// Why a cluster operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClusterError {
+    /// No connection.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The streams could not be set up.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// The Expert is not in the settings.
+    #[error("expert \"{0}\" is not defined in the configuration")]
+    UnknownExpert(String),
+    /// The job id cannot be used.
+    #[error("invalid job id {0:?}: use 1-255 characters of letters, digits, '_', '-' or '.'")]
+    InvalidJobId(String),
+    /// A publish or a read failed.
+    #[error("NATS: {0}")]
+    Nats(String),
+    /// A record of the job's output is not what it should be.
+    #[error("job output: {0}")]
+    Output(String),
+}
+
+impl ClusterError {
+    /// The process exit code when this ends a command: 2 for what the user must fix, 1 else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ClusterError::Connect(_)
+            | ClusterError::UnknownExpert(_)
+            | ClusterError::InvalidJobId(_) => 2,
+            ClusterError::Queue(_) | ClusterError::Nats(_) | ClusterError::Output(_) => 1,
+        }
+    }
+}
+
+/// A connection to the cluster.
+#[derive(Clone)]
+pub struct Client {
+    client: async_nats::Client,
+    js: async_nats::jetstream::Context,
+}
+
+/// A job being followed: its events from the first, then its end.
+pub struct Followed {
+    follower: Follower,
+    end: Option<JobEnd>,
+    takeovers: Vec<String>,
+}
+
+impl Client {
+    /// Connect and make sure the streams exist.
+    pub async fn connect(options: &NatsOptions) -> Result<Client, ClusterError> {
+        let client = options.connect("perstack").await?;
+        let js = async_nats::jetstream::new(client.clone());
+        queue::ensure_streams(&js).await?;
+        Ok(Client { client, js })
+    }
+
+    /// Submit a job of `expert_key` with `query`, running the Experts and options of
+    /// `settings` (its environment is not sent: workers use their own). Returns the job id
+    /// (`job_id` when given). Submitting the same job id twice within two minutes queues it
+    /// once.
+    pub async fn submit(
+        &self,
+        settings: &Settings,
+        expert_key: &str,
+        query: &str,
+        job_id: Option<String>,
+    ) -> Result<String, ClusterError> {
+        if !settings.experts.contains_key(expert_key) {
+            return Err(ClusterError::UnknownExpert(expert_key.to_owned()));
+        }
+        let job_id = job_id.unwrap_or_else(new_id);
+        if !is_safe_id(&job_id) {
+            return Err(ClusterError::InvalidJobId(job_id));
+        }
+        let message = JobMessage::new(
+            job_id.clone(),
+            expert_key.to_owned(),
+            query.to_owned(),
+            (*settings.experts).clone(),
+            JobOptions {
+                provider_name: settings.provider_name.clone(),
+                model: settings.model.clone(),
+                reasoning_budget: settings.reasoning_budget,
+                max_steps: settings.max_steps,
+                max_retries: settings.max_retries,
+                timeout_ms: u64::try_from(settings.timeout.as_millis()).unwrap_or(u64::MAX),
+                sandboxed: settings.isolation == Isolation::Sandboxed,
+            },
+        );
+        self.publish_job(&job_id, message.encode().into()).await?;
+        Ok(job_id)
+    }
+
+    /// Publish raw bytes as a job message (the dedupe id is `job_id`).
+    pub(crate) async fn publish_job(&self, job_id: &str, body: Bytes) -> Result<(), ClusterError> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, job_id);
+        self.js
+            .publish_with_headers(queue::JOBS_SUBJECT, headers, body)
+            .await
+            .map_err(|e| ClusterError::Nats(e.to_string()))?
+            .await
+            .map_err(|e| ClusterError::Nats(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Follow job `job_id` from its first event.
+    pub async fn follow(&self, job_id: &str) -> Result<Followed, ClusterError> {
+        let follower = Follower::open(&self.js, job_id)
+            .await
+            .map_err(|e| ClusterError::Output(e.to_string()))?;
+        Ok(Followed {
+            follower,
+            end: None,
+            takeovers: Vec::new(),
+        })
+    }
+
+    /// Ask whichever worker runs `job_id` to cancel it: its runs end with `stopRunByError`
+    /// and followers see the job end.
+    pub async fn cancel(&self, job_id: &str) -> Result<(), ClusterError> {
+        self.client
+            .publish(queue::cancel_subject(job_id), Bytes::new())
+            .await
+            .map_err(|e| ClusterError::Nats(e.to_string()))?;
+        self.client
+            .flush()
+            .await
+            .map_err(|e| ClusterError::Nats(e.to_string()))
+    }
+
+    /// Wait for job `job_id`'s end (reading its events on the way).
+    pub async fn wait(&self, job_id: &str) -> Result<JobEnd, ClusterError> {
+        let mut followed = self.follow(job_id).await?;
+        while followed.next_event().await?.is_some() {}
+        followed
+            .end
+            .ok_or_else(|| ClusterError::Output("no end record".into()))
+    }
+}
+
+impl Followed {
+    /// The next event (its `job_seq` set), or `None` once the job has ended (then see
+    /// [`Followed::end`]).
+    pub async fn next_event(&mut self) -> Result<Option<Event>, ClusterError> {
+        loop {
+            match self.next_record().await? {
+                None => return Ok(None),
+                Some(Record::Event { line, job_seq }) => {
+                    let mut event: Event = serde_json::from_slice(&line)
+                        .map_err(|e| ClusterError::Output(format!("not an event: {e}")))?;
+                    event.job_seq = job_seq;
+                    return Ok(Some(event));
+                }
+                Some(Record::Takeover { .. } | Record::End(_)) => {}
+            }
+        }
+    }
+
+    /// How the job ended, once [`Followed::next_event`] returned `None`.
+    pub fn end(&self) -> Option<&JobEnd> {
+        self.end.as_ref()
+    }
+
+    /// The workers that took the job over from a worker that died or stalled, in order.
+    pub fn takeovers(&self) -> &[String] {
+        &self.takeovers
+    }
+
+    /// The next record as it came (`None` after the end).
+    pub(crate) async fn next_record(&mut self) -> Result<Option<Record>, ClusterError> {
+        if self.end.is_some() {
+            return Ok(None);
+        }
+        let record = self
+            .follower
+            .next()
+            .await
+            .map_err(|e| ClusterError::Output(e.to_string()))?;
+        match &record {
+            Record::End(end) => self.end = Some(end.clone()),
+            Record::Takeover { worker } => self.takeovers.push(worker.clone()),
+            Record::Event { .. } => {}
+        }
+        Ok(Some(record))
+    }
+}

@@ -1,0 +1,112 @@
+//! The subjects, streams and consumer of the cluster, created on first use by whoever comes
+//! first (a worker or a submitter) with the same settings.
+//!
+//! | stream | subjects | retention | limits |
+//! | --- | --- | --- | --- |
+//! | `PERSTACK_JOBS` | `perstack.jobs` | work queue (a message leaves when a worker acks it) | 2 min dedupe window on the job id |
+//! | `PERSTACK_OUTPUT` | `perstack.output.<jobId>` | limits | 7 days, 2 min dedupe window |
+//! | `PERSTACK_DEAD` | `perstack.dead` | limits | 30 days |
+//!
+//! The durable consumer `workers` on `PERSTACK_JOBS` is shared by every worker: explicit ack,
+//! an ack wait of one lease (a worker sends progress every third of it while a job runs, so a
+//! paused or dead worker's job comes back after one lease), at most [`MAX_DELIVER`]
+//! deliveries. All streams have one replica; on a clustered server, raise `num_replicas` with
+//! `nats stream edit` (the settings here are only used to create what is missing).
+//! Cancellation is core NATS (`perstack.cancel.<jobId>`): only a worker running the job acts.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+
+/// The work-queue subject.
+pub(crate) const JOBS_SUBJECT: &str = "perstack.jobs";
+/// The dead-letter subject.
+pub(crate) const DEAD_SUBJECT: &str = "perstack.dead";
+const JOBS_STREAM: &str = "PERSTACK_JOBS";
+const OUTPUT_STREAM: &str = "PERSTACK_OUTPUT";
+const DEAD_STREAM: &str = "PERSTACK_DEAD";
+const CONSUMER: &str = "workers";
+
+/// How often one job message is delivered before the worker that gets it the last time
+/// dead-letters it: a job that crashed its worker this many times will not run anywhere.
+pub(crate) const MAX_DELIVER: i64 = 10;
+
+/// A job's event subject.
+pub(crate) fn output_subject(job_id: &str) -> String {
+    format!("perstack.output.{job_id}")
+}
+
+/// The cancel subject of a job.
+pub(crate) fn cancel_subject(job_id: &str) -> String {
+    format!("perstack.cancel.{job_id}")
+}
+
+/// Every worker's cancel subscription.
+pub(crate) const CANCEL_ALL: &str = "perstack.cancel.*";
+
+/// Why the streams or the consumer could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up JetStream {what}: {message}")]
+pub struct QueueError {
+    what: &'static str,
+    message: String,
+}
+
+fn err(what: &'static str) -> impl Fn(String) -> QueueError {
+    move |message| QueueError { what, message }
+}
+
+/// The output stream (created when missing); followers read from it.
+pub(crate) async fn output_stream(js: &jetstream::Context) -> Result<stream::Stream, QueueError> {
+    js.get_or_create_stream(stream::Config {
+        name: OUTPUT_STREAM.into(),
+        subjects: vec!["perstack.output.>".into()],
+        max_age: Duration::from_secs(7 * 24 * 3600),
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| err("output stream")(e.to_string()))
+}
+
+/// Every stream (created when missing), for a submitter.
+pub(crate) async fn ensure_streams(js: &jetstream::Context) -> Result<stream::Stream, QueueError> {
+    js.get_or_create_stream(stream::Config {
+        name: DEAD_STREAM.into(),
+        subjects: vec![DEAD_SUBJECT.into()],
+        max_age: Duration::from_secs(30 * 24 * 3600),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| err("dead-letter stream")(e.to_string()))?;
+    output_stream(js).await?;
+    js.get_or_create_stream(stream::Config {
+        name: JOBS_STREAM.into(),
+        subjects: vec![JOBS_SUBJECT.into()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| err("job stream")(e.to_string()))
+}
+
+/// The shared durable consumer, its ack wait one `lease`.
+pub(crate) async fn consumer(
+    js: &jetstream::Context,
+    lease: Duration,
+) -> Result<consumer::PullConsumer, QueueError> {
+    let jobs = ensure_streams(js).await?;
+    jobs.get_or_create_consumer(
+        CONSUMER,
+        consumer::pull::Config {
+            durable_name: Some(CONSUMER.into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: lease,
+            max_deliver: MAX_DELIVER,
+            ..Default::default()
+        },
+    )
+    .await
+    .map_err(|e| err("consumer")(e.to_string()))
+}

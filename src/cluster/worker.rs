@@ -1,0 +1,523 @@
+//! The worker: pulls job messages from the shared durable consumer, runs each on a local
+//! [`Engine`] of its own (workspace `<work-dir>/jobs/<jobId>`), publishes every line the job
+//! prints to the job's output subject, and acks once the job is terminal and its end record
+//! is acknowledged.
+//!
+//! What happens to a message:
+//!
+//! | case | what the worker does |
+//! | --- | --- |
+//! | refused by [`JobMessage::decode`], needs a sandbox it cannot give, needs an env var it lacks | dead letter with the reason, end record for followers, ack |
+//! | the job is stored and terminal (it ran before, the ack was lost) | end record again, ack: it never runs twice |
+//! | the job is stored and running (its worker died) | takeover record, then `continue_job`: the recovery planner repeats only the step in flight |
+//! | someone else holds the job's claim | nak with a delay of one lease (redelivered later) |
+//! | delivered [`MAX_DELIVER`](super::queue::MAX_DELIVER) times without an end | dead letter |
+//!
+//! While a job runs, the worker sends a progress ack every third of the lease, so a paused or
+//! dead worker's job is redelivered one lease after its last heartbeat. SIGTERM drains: no new
+//! message is pulled, running jobs finish; a second signal leaves at once (the running jobs'
+//! messages come back to other workers after one lease).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use dashmap::DashMap;
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::message::{JobMessage, Rejection};
+use super::output::{JobEnd, OutputError, Publisher};
+use super::queue;
+use crate::config::{PerstackConfig, ProviderName};
+use crate::engine::{ContinueInput, ContinueRequest, Engine, EngineError, JobRequest, Settings};
+use crate::llm::LanguageModel;
+use crate::sandbox::Isolation;
+use crate::schema::JobStatus;
+use crate::storage::{Storage, StoreError};
+
+/// How long one pull waits for messages before the loop looks at the drain signal again.
+const PULL_WAIT: Duration = Duration::from_secs(1);
+
+/// Where a worker's jobs get their model: the provider a job names, with the worker's
+/// `[provider.setting]` when its perstack.toml names the same provider, and the worker's
+/// script file for the scripted provider. Built per job (the scripted provider counts turns
+/// per model).
+pub(crate) struct Models {
+    /// The worker's configuration, if it has one.
+    pub config: Option<PerstackConfig>,
+    /// `--script`, else the configuration's script.
+    pub script: Option<PathBuf>,
+}
+
+impl Models {
+    fn build(
+        &self,
+        provider: &str,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Arc<dyn LanguageModel>, String> {
+        let name: ProviderName = provider.parse().map_err(|e| format!("{e}"))?;
+        let table = self
+            .config
+            .as_ref()
+            .and_then(|c| c.provider.as_ref())
+            .filter(|p| p.provider_name == name);
+        let empty = serde_json::Map::new();
+        let setting = table.map_or(&empty, |p| &p.setting);
+        let script = self.script.clone().or_else(|| {
+            let cfg = self.config.as_ref()?;
+            table
+                .and_then(|p| p.setting_str("script"))
+                .map(|s| cfg.resolve_relative(s))
+        });
+        crate::llm::select::provider(name, setting, env, script).map_err(|e| e.to_string())
+    }
+}
+
+/// A worker's settings.
+pub(crate) struct WorkerConfig {
+    /// The worker's name in takeover records and logs (`pid <pid> on <host>`).
+    pub name: String,
+    /// Jobs run at once; the worker pulls no more than it has free slots for.
+    pub concurrency: usize,
+    /// Each job's workspace is `<work_dir>/jobs/<jobId>`.
+    pub work_dir: PathBuf,
+    /// The consumer's ack wait: a job whose worker sends no heartbeat for this long is
+    /// redelivered. Heartbeats go every third of it.
+    pub lease: Duration,
+    /// The models.
+    pub models: Models,
+    /// The worker's environment (skills see what their `requiredEnv` names).
+    pub env: BTreeMap<String, String>,
+    /// Tool-call timeout.
+    pub tool_timeout: Duration,
+    /// Checkpoints, events, jobs; claims.
+    pub storage: Arc<dyn Storage>,
+    /// Whether this machine can sandbox, and why not.
+    pub sandbox: Result<(), String>,
+}
+
+/// Why the worker stopped before draining.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WorkerError {
+    /// The streams or the consumer.
+    #[error(transparent)]
+    Queue(#[from] queue::QueueError),
+    /// The cancel subscription.
+    #[error("cannot subscribe to cancellations: {0}")]
+    Subscribe(String),
+}
+
+/// What became of one job attempt (besides success).
+enum Failure {
+    /// Refused for good.
+    Refused(Rejection),
+    /// Someone else holds the job: try later.
+    Busy(String),
+    /// Something that may pass (the store, the server).
+    Transient(String),
+}
+
+struct Worker {
+    config: WorkerConfig,
+    js: jetstream::Context,
+    /// The cancel token of each job running here, by job id (the cancel subscription looks
+    /// jobs up here; a job not here is not ours).
+    running: DashMap<String, CancellationToken>,
+}
+
+/// Run the worker on `client` until `drain` is cancelled and every running job has ended, or
+/// `leave` is cancelled (running jobs are left to be redelivered).
+pub(crate) async fn serve(
+    client: async_nats::Client,
+    config: WorkerConfig,
+    drain: CancellationToken,
+    leave: CancellationToken,
+) -> Result<(), WorkerError> {
+    let js = jetstream::new(client.clone());
+    let consumer = queue::consumer(&js, config.lease).await?;
+    let mut cancels = client
+        .subscribe(queue::CANCEL_ALL)
+        .await
+        .map_err(|e| WorkerError::Subscribe(e.to_string()))?;
+    let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
+    let worker = Arc::new(Worker {
+        config,
+        js,
+        running: DashMap::new(),
+    });
+    let listener = {
+        let worker = worker.clone();
+        tokio::spawn(async move {
+            while let Some(m) = cancels.next().await {
+                let job = m.subject.as_str().rsplit('.').next().unwrap_or_default();
+                if let Some(token) = worker.running.get(job) {
+                    tracing::info!(job, "cancel requested");
+                    token.cancel();
+                }
+            }
+        })
+    };
+    tracing::info!(
+        worker = %worker.config.name,
+        concurrency = worker.config.concurrency,
+        "worker ready"
+    );
+    let mut tasks = JoinSet::new();
+    tokio::select! {
+        () = pull(&worker, &consumer, &slots, &mut tasks, &drain) => {}
+        () = leave.cancelled() => {}
+    }
+    if !leave.is_cancelled() {
+        tracing::info!(running = tasks.len(), "draining: no new jobs");
+        tokio::select! {
+            () = async { while tasks.join_next().await.is_some() {} } => {}
+            () = leave.cancelled() => {}
+        }
+    }
+    if !tasks.is_empty() {
+        tracing::warn!(
+            running = tasks.len(),
+            "leaving with jobs running; other workers take them after one lease"
+        );
+    }
+    tasks.abort_all();
+    listener.abort();
+    let _ = client.flush().await;
+    Ok(())
+}
+
+/// Pull and start jobs until `drain`.
+async fn pull(
+    worker: &Arc<Worker>,
+    consumer: &PullConsumer,
+    slots: &Arc<Semaphore>,
+    tasks: &mut JoinSet<()>,
+    drain: &CancellationToken,
+) {
+    loop {
+        while tasks.try_join_next().is_some() {}
+        let first = tokio::select! {
+            () = drain.cancelled() => return,
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+        };
+        let mut permits = vec![first];
+        while let Ok(p) = slots.clone().try_acquire_owned() {
+            permits.push(p);
+        }
+        let batch = consumer
+            .batch()
+            .max_messages(permits.len())
+            .expires(PULL_WAIT)
+            .messages()
+            .await;
+        let mut batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "pull failed; trying again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        while let Some(message) = batch.next().await {
+            match message {
+                Ok(message) => {
+                    let Some(permit) = permits.pop() else { break };
+                    let worker = worker.clone();
+                    tasks.spawn(async move {
+                        worker.handle(message).await;
+                        drop(permit);
+                    });
+                }
+                Err(e) => tracing::debug!(error = %e, "pull: no message"),
+            }
+        }
+        if drain.is_cancelled() {
+            return;
+        }
+    }
+}
+
+impl Worker {
+    /// One delivery of one job message, to its ack, nak or dead letter.
+    async fn handle(self: Arc<Self>, message: jetstream::Message) {
+        let delivered = message.info().map_or(1, |i| i.delivered);
+        let job = match JobMessage::decode(&message.payload) {
+            Ok(job) => job,
+            Err((job_id, why)) => {
+                self.dead_letter(&message, job_id.as_deref(), &why).await;
+                return;
+            }
+        };
+        if let Some(why) = self.refusal(&job) {
+            self.dead_letter(&message, Some(&job.job_id), &why).await;
+            return;
+        }
+        let message = Arc::new(message);
+        let heartbeat = {
+            let message = message.clone();
+            let every = self.config.lease / 3;
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = message.ack_with(AckKind::Progress).await {
+                        tracing::debug!(error = %e, "heartbeat not sent");
+                    }
+                }
+            })
+        };
+        let result = self.run(&job, delivered).await;
+        heartbeat.abort();
+        let last = delivered >= queue::MAX_DELIVER;
+        match result {
+            Ok(()) => ack(&message).await,
+            Err(Failure::Refused(why)) => self.dead_letter(&message, Some(&job.job_id), &why).await,
+            Err(Failure::Busy(_) | Failure::Transient(_)) if last => {
+                self.dead_letter(
+                    &message,
+                    Some(&job.job_id),
+                    &Rejection::Exhausted(delivered),
+                )
+                .await;
+            }
+            Err(Failure::Busy(why)) => {
+                tracing::info!(job = %job.job_id, %why, "job held elsewhere; retrying after one lease");
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(self.config.lease)))
+                    .await;
+            }
+            Err(Failure::Transient(why)) => {
+                tracing::warn!(job = %job.job_id, %why, "job attempt failed; it comes back");
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
+            }
+        }
+    }
+
+    /// Why this worker will not run `job` at all, if it will not.
+    fn refusal(&self, job: &JobMessage) -> Option<Rejection> {
+        if job.options.sandboxed
+            && let Err(why) = &self.config.sandbox
+        {
+            return Some(Rejection::Sandbox(why.clone()));
+        }
+        let missing: Vec<&str> = job
+            .env_names
+            .iter()
+            .filter(|n| !self.config.env.contains_key(*n))
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            return Some(Rejection::Unrunnable(format!(
+                "environment variable(s) {} not set on the worker",
+                missing.join(", ")
+            )));
+        }
+        None
+    }
+
+    /// Run (or finish) `job`, publishing its lines and its end record.
+    async fn run(&self, job: &JobMessage, delivered: i64) -> Result<(), Failure> {
+        let storage = self.config.storage.clone();
+        let mut publisher = Publisher::new(self.js.clone(), &job.job_id, delivered as u64);
+        let stored = storage
+            .retrieve_job(&job.job_id)
+            .await
+            .map_err(|e| Failure::Transient(e.to_string()))?;
+        if let Some(status) = stored.as_ref().map(|j| j.status)
+            && status != JobStatus::Running
+        {
+            // It ran to its end before; only its end record (or the ack) was lost.
+            return publisher
+                .end(&JobEnd::finished(status))
+                .await
+                .map_err(|e| Failure::Transient(e.to_string()));
+        }
+        let workspace = self.config.work_dir.join("jobs").join(&job.job_id);
+        std::fs::create_dir_all(&workspace).map_err(|e| {
+            Failure::Transient(format!("cannot create {}: {e}", workspace.display()))
+        })?;
+        let model = self
+            .config
+            .models
+            .build(&job.options.provider_name, &self.config.env)
+            .map_err(|e| Failure::Refused(Rejection::Unrunnable(e)))?;
+        let engine = Engine::builder()
+            .settings(self.settings(job, workspace))
+            .model(model)
+            .storage(storage)
+            .build();
+        let started = if stored.is_some() {
+            publisher
+                .takeover(&self.config.name)
+                .await
+                .map_err(|e| Failure::Transient(e.to_string()))?;
+            let continued = engine
+                .continue_job(ContinueRequest {
+                    job_id: Some(job.job_id.clone()),
+                    expert_key: job.expert_key.clone(),
+                    resume_from: None,
+                    input: ContinueInput::Query(job.query.clone()),
+                    subscribe: Some(256),
+                })
+                .await;
+            match continued {
+                // Its worker died before it stored anything to resume from (not even the
+                // first run's settings): start it over, numbering on from its last event.
+                Err(EngineError::Usage(why)) => {
+                    tracing::info!(job = %job.job_id, %why, "nothing to resume from; starting over");
+                    start_over(&engine, job).await
+                }
+                other => other,
+            }
+        } else {
+            engine.start(request(job)).await
+        };
+        let mut handle = match started {
+            Ok(handle) => handle,
+            Err(e) => {
+                engine.shutdown().await;
+                return Err(classify(e));
+            }
+        };
+        let cancel = handle.cancel_token();
+        self.running.insert(job.job_id.clone(), cancel.clone());
+        let mut lost: Option<OutputError> = None;
+        if let Some(mut events) = handle.take_events() {
+            while let Some(event) = events.recv().await {
+                if lost.is_some() {
+                    continue;
+                }
+                let line = serde_json::to_vec(&*event.event).unwrap_or_default();
+                if let Err(e) = publisher.event(line, event.job_seq().unwrap_or(0)).await {
+                    tracing::error!(job = %job.job_id, error = %e, "cannot publish the job's events; cancelling it");
+                    cancel.cancel();
+                    lost = Some(e);
+                }
+            }
+        }
+        let outcome = handle.wait().await;
+        engine.shutdown().await;
+        self.running.remove(&job.job_id);
+        if let Some(e) = lost {
+            return Err(Failure::Transient(e.to_string()));
+        }
+        let status = outcome
+            .map_err(|e| Failure::Transient(e.to_string()))?
+            .job
+            .status;
+        publisher
+            .end(&JobEnd::finished(status))
+            .await
+            .map_err(|e| Failure::Transient(e.to_string()))
+    }
+
+    /// The engine settings of `job`: its Experts and options, this worker's environment.
+    fn settings(&self, job: &JobMessage, workspace: PathBuf) -> Settings {
+        let o = &job.options;
+        let mut s = Settings::new(job.experts.clone());
+        s.model = o.model.clone();
+        s.provider_name = o.provider_name.clone();
+        s.reasoning_budget = o.reasoning_budget;
+        s.max_steps = o.max_steps;
+        s.max_retries = o.max_retries;
+        s.timeout = o.timeout();
+        s.context_window = crate::llm::models::context_window(&s.model);
+        s.tool_timeout = self.config.tool_timeout;
+        s.workspace = workspace;
+        s.env = self.config.env.clone();
+        s.isolation = if o.sandboxed {
+            Isolation::Sandboxed
+        } else {
+            Isolation::Unconfined
+        };
+        s
+    }
+
+    /// Send `message` to the dead-letter subject with `why`, tell the job's followers, ack.
+    async fn dead_letter(
+        &self,
+        message: &jetstream::Message,
+        job_id: Option<&str>,
+        why: &Rejection,
+    ) {
+        tracing::warn!(job = job_id.unwrap_or("?"), reason = %why, "job refused: dead letter");
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Perstack-Reason", why.to_string().as_str());
+        if let Some(id) = job_id {
+            headers.insert("Perstack-Job-Id", id);
+        }
+        let sent = match self
+            .js
+            .publish_with_headers(queue::DEAD_SUBJECT, headers, message.payload.clone())
+            .await
+        {
+            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = sent {
+            tracing::error!(error = %e, "dead letter not stored; the message comes back");
+            let _ = message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await;
+            return;
+        }
+        if let Some(id) = job_id {
+            let mut publisher = Publisher::new(self.js.clone(), id, 0);
+            if let Err(e) = publisher.end(&JobEnd::refused(why)).await {
+                tracing::warn!(error = %e, "followers not told of the refusal");
+            }
+        }
+        ack(message).await;
+    }
+}
+
+/// The engine request of `job`, subscribed to its events.
+fn request(job: &JobMessage) -> JobRequest {
+    JobRequest::new(job.expert_key.clone(), job.query.clone())
+        .job_id(job.job_id.clone())
+        .subscribe()
+}
+
+/// Start `job` again from its query, on a claim of its own, its events numbered after the
+/// last one stored.
+async fn start_over(
+    engine: &Engine,
+    job: &JobMessage,
+) -> Result<crate::engine::JobHandle, EngineError> {
+    let claim = engine.storage().claim(&job.job_id).await?;
+    let last = engine.storage().last_job_seq(&job.job_id).await?;
+    engine.start_claimed(request(job), claim, last).await
+}
+
+/// Ack (and wait for the server to confirm it), a few times if needed.
+async fn ack(message: &jetstream::Message) {
+    for _ in 0..5 {
+        match message.double_ack().await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "ack not confirmed; again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// What a failed start means for the message.
+fn classify(e: EngineError) -> Failure {
+    match e {
+        EngineError::Storage(StoreError::Claimed { .. }) => Failure::Busy(e.to_string()),
+        EngineError::Storage(_) | EngineError::Bus(_) | EngineError::Lost => {
+            Failure::Transient(e.to_string())
+        }
+        EngineError::Sandbox(e) => Failure::Refused(Rejection::Sandbox(e.to_string())),
+        other => Failure::Refused(Rejection::Unrunnable(other.to_string())),
+    }
+}

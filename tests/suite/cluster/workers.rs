@@ -1,0 +1,705 @@
+//! `perstack worker` processes and `perstack run --nats` against a real `nats-server` on
+//! 127.0.0.1 (one per test, with a fresh port and store directory; see `common::NatsServer`).
+//!
+//! The tests run one at a time ([`SERIAL`]): each starts several processes and a server on a
+//! 2-core machine. Each has a deadline; every process is killed when its guard drops.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures::StreamExt;
+use perstack::cluster::{Client, JobEnd, NatsOptions};
+use perstack::engine::{RunOverrides, Settings};
+use perstack::sandbox::Isolation;
+use perstack::schema::{Checkpoint, CheckpointStatus, Event, JobStatus};
+
+use crate::suite::common::{self, NatsServer};
+
+/// One cluster test at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Lease (and ack wait) of the test workers: a dead worker's jobs move after this.
+const LEASE_MS: &str = "2000";
+
+const EXPERTS: &str = r#"
+
+[experts."coordinator"]
+instruction = "Delegate both halves, then summarise."
+delegates = ["child-a", "child-b"]
+
+[experts."child-a"]
+description = "first half"
+instruction = "Do the first half."
+
+[experts."child-b"]
+description = "second half"
+instruction = "Do the second half."
+"#;
+
+/// The project: unconfined (`runtime = "local"`), the scripted provider, [`EXPERTS`].
+fn toml() -> String {
+    format!("runtime = \"local\"\n{}", common::scripted(EXPERTS))
+}
+
+/// A coordinator that delegates to two children (one uses a tool), then completes; every turn
+/// waits `delay` ms (simulated model latency).
+fn script(delay: u64) -> String {
+    format!(
+        r#"
+[[turns]]
+expert = "coordinator"
+delayMs = {delay}
+toolCalls = [
+  {{ id = "call_a", name = "child-a", args = {{ query = "first" }} }},
+  {{ id = "call_b", name = "child-b", args = {{ query = "second" }} }},
+]
+[[turns]]
+expert = "child-a"
+delayMs = {delay}
+toolCalls = [{{ id = "a1", name = "healthCheck" }}]
+[[turns]]
+expert = "child-a"
+delayMs = {delay}
+text = "A done."
+[[turns]]
+expert = "child-b"
+delayMs = {delay}
+text = "B done."
+[[turns]]
+expert = "coordinator"
+delayMs = {delay}
+toolCalls = [{{ id = "c2", name = "attemptCompletion" }}]
+[[turns]]
+expert = "coordinator"
+delayMs = {delay}
+text = "Summary: A done. B done."
+"#
+    )
+}
+
+/// A `perstack worker` process, killed (SIGKILL) and reaped when dropped.
+struct Worker {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Worker {
+    fn start(
+        server: &NatsServer,
+        project: &Path,
+        work: &Path,
+        n: usize,
+        env: &[(&str, &str)],
+    ) -> Worker {
+        let log = project.join(format!("worker-{n}.log"));
+        let mut cmd = Command::new(common::bin());
+        cmd.args(["worker", "--nats", &server.url(), "--concurrency", "4"])
+            .arg("--config")
+            .arg(project.join("perstack.toml"))
+            .arg("--work-dir")
+            .arg(work)
+            .args(["--lease-ms", LEASE_MS])
+            .current_dir(project)
+            .env("PERSTACK_LOG", "perstack=info")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        Worker {
+            child: cmd.spawn().unwrap(),
+            log,
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal).unwrap();
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The project's settings as `perstack run` resolves them, unconfined.
+fn settings(project: &Path) -> Settings {
+    let cfg = perstack::config::load(&project.join("perstack.toml")).unwrap();
+    let mut s = Settings::resolve(&cfg, &RunOverrides::default());
+    s.isolation = Isolation::Unconfined;
+    s
+}
+
+/// What a follower saw of one job.
+struct Seen {
+    events: Vec<Event>,
+    end: JobEnd,
+    takeovers: usize,
+}
+
+async fn follow(client: &Client, job: &str) -> Seen {
+    let mut followed = client.follow(job).await.unwrap();
+    let mut events = Vec::new();
+    while let Some(e) = followed.next_event().await.unwrap() {
+        events.push(e);
+    }
+    Seen {
+        events,
+        end: followed.end().cloned().unwrap(),
+        takeovers: followed.takeovers().len(),
+    }
+}
+
+/// Follow every job to its end, 32 at a time.
+async fn follow_all(client: &Client, jobs: &[String]) -> Vec<(String, Seen)> {
+    futures::stream::iter(jobs.iter().cloned())
+        .map(|job| async move {
+            let seen = follow(client, &job).await;
+            (job, seen)
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await
+}
+
+/// Every stored checkpoint of `job` in the shared store of the workers.
+fn stored(work: &Path, job: &str) -> Vec<Checkpoint> {
+    common::stored(work, job)
+}
+
+/// The job was committed once: each run's steps stored once, each Expert completed once.
+fn assert_committed_once(work: &Path, job: &str) {
+    let cps = stored(work, job);
+    let mut seen = std::collections::HashSet::new();
+    for cp in &cps {
+        assert!(
+            seen.insert((cp.run_id.clone(), cp.step_number, cp.status.as_str())),
+            "job {job}: step {} of run {} stored twice",
+            cp.step_number,
+            cp.run_id
+        );
+    }
+    for expert in ["coordinator", "child-a", "child-b"] {
+        let completed = cps
+            .iter()
+            .filter(|c| c.expert.key == expert && c.status == CheckpointStatus::Completed)
+            .count();
+        assert_eq!(
+            completed, 1,
+            "job {job}: {expert} completed {completed} times"
+        );
+    }
+}
+
+/// Gapless job sequence numbers from 1, and one `completeRun` of the coordinator.
+fn assert_gapless(job: &str, seen: &Seen) {
+    let seqs: Vec<u64> = seen.events.iter().map(|e| e.job_seq.unwrap()).collect();
+    let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+    assert_eq!(
+        seqs, expected,
+        "job {job}: events out of order or with gaps"
+    );
+    let completions = seen
+        .events
+        .iter()
+        .filter(|e| e.kind() == "completeRun" && e.expert_key.as_deref() == Some("coordinator"))
+        .count();
+    assert_eq!(completions, 1, "job {job}");
+}
+
+/// Messages still in the work queue (waiting or unacknowledged).
+async fn queue_left(server: &NatsServer) -> (u64, usize) {
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_consumer_from_stream("workers", "PERSTACK_JOBS")
+        .await
+        .unwrap();
+    let info = consumer.info().await.unwrap();
+    (info.num_pending, info.num_ack_pending)
+}
+
+#[tokio::test]
+async fn three_workers_run_300_jobs_each_exactly_once_with_gapless_events() {
+    let _serial = SERIAL.lock().await;
+    let Some(server) = NatsServer::start("three_workers_run_300_jobs") else {
+        return;
+    };
+    let project = common::project(&toml(), &script(0));
+    let work = project.path().join("work");
+    let workers: Vec<Worker> = (0..3)
+        .map(|n| Worker::start(&server, project.path(), &work, n, &[]))
+        .collect();
+    let run = async {
+        let client = Client::connect(&NatsOptions::url(server.url()))
+            .await
+            .unwrap();
+        let settings = settings(project.path());
+        let mut jobs = Vec::new();
+        for i in 0..300 {
+            let id = format!("job-{i}");
+            jobs.push(
+                client
+                    .submit(&settings, "coordinator", &format!("query {i}"), Some(id))
+                    .await
+                    .unwrap(),
+            );
+        }
+        let seen = follow_all(&client, &jobs).await;
+        assert_eq!(seen.len(), 300);
+        for (job, seen) in &seen {
+            assert_eq!(
+                seen.end.status,
+                Some(JobStatus::Completed),
+                "job {job}: {:?}",
+                seen.end
+            );
+            assert_eq!(seen.end.exit_code, 0);
+            assert_eq!(
+                seen.takeovers, 0,
+                "job {job}: nobody died, nobody took over"
+            );
+            assert_gapless(job, seen);
+            assert_committed_once(&work, job);
+        }
+        assert_eq!(queue_left(&server).await, (0, 0), "the work queue is empty");
+    };
+    tokio::time::timeout(Duration::from_secs(150), run)
+        .await
+        .unwrap_or_else(|_| {
+            for w in &workers {
+                eprintln!("{}", w.stderr());
+            }
+            panic!("300 jobs did not finish within 150 s");
+        });
+}
+
+#[tokio::test]
+async fn a_cli_run_on_the_cluster_prints_what_a_local_run_prints() {
+    let _serial = SERIAL.lock().await;
+    let Some(server) = NatsServer::start("a_cli_run_on_the_cluster") else {
+        return;
+    };
+    let project = common::project(&toml(), &script(0));
+    let work = project.path().join("work");
+    let _worker = Worker::start(&server, project.path(), &work, 0, &[]);
+    let local_dir = tempfile::tempdir().unwrap();
+    common::write_project(local_dir.path(), &toml(), &script(0));
+    let url = server.url();
+    let cluster = tokio::task::spawn_blocking({
+        let dir = project.path().to_path_buf();
+        move || {
+            common::Finished::of(
+                common::perstack(&dir, &["run", "--nats", &url, "coordinator", "q"])
+                    .env_remove("PERSTACK_NATS_URL"),
+            )
+        }
+    });
+    let local = common::Finished::of(&mut common::perstack(
+        local_dir.path(),
+        &["run", "coordinator", "q"],
+    ));
+    let cluster = tokio::time::timeout(Duration::from_secs(60), cluster)
+        .await
+        .expect("the cluster run did not end within 60 s")
+        .unwrap();
+    assert_eq!(local.code, 0, "{}", local.stderr);
+    assert_eq!(cluster.code, 0, "{}", cluster.stderr);
+    // The same events in the same order, with the same payload fields (ids and times differ).
+    let shape = |events: &[serde_json::Value]| -> Vec<(String, Option<String>, Vec<String>)> {
+        events
+            .iter()
+            .map(|e| {
+                let mut keys: Vec<String> = e.as_object().unwrap().keys().cloned().collect();
+                keys.sort();
+                (
+                    e["type"].as_str().unwrap().to_owned(),
+                    e["expertKey"].as_str().map(str::to_owned),
+                    keys,
+                )
+            })
+            .collect()
+    };
+    let (mut a, mut b) = (shape(&local.events), shape(&cluster.events));
+    // Children run concurrently, so the interleaving differs: compare the events as a set (the
+    // order of one job's events is checked through jobSeq by the other tests).
+    a.sort();
+    b.sort();
+    pretty_assertions::assert_eq!(a, b);
+
+    // An unknown Expert is refused before anything is submitted, as locally.
+    let unknown = common::Finished::of(&mut common::perstack(
+        project.path(),
+        &["run", "--nats", &server.url(), "coordinatr", "q"],
+    ));
+    assert_eq!(unknown.code, 2);
+    assert!(
+        unknown.stderr.contains("did you mean \"coordinator\""),
+        "{}",
+        unknown.stderr
+    );
+
+    // --detach prints the job id and returns; the job still runs to its end.
+    let detached = Command::new(common::bin())
+        .args([
+            "run",
+            "--nats",
+            &server.url(),
+            "--detach",
+            "--job-id",
+            "detached-1",
+        ])
+        .args(["coordinator", "q"])
+        .current_dir(project.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&detached.stdout).trim(),
+        "detached-1"
+    );
+    let client = Client::connect(&NatsOptions::url(server.url()))
+        .await
+        .unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(60), client.wait("detached-1"))
+        .await
+        .expect("the detached job did not end within 60 s")
+        .unwrap();
+    assert_eq!(end.status, Some(JobStatus::Completed));
+}
+
+#[tokio::test]
+async fn killing_a_worker_mid_run_loses_no_job_and_commits_no_step_twice() {
+    let _serial = SERIAL.lock().await;
+    let Some(server) = NatsServer::start("killing_a_worker_mid_run") else {
+        return;
+    };
+    let project = common::project(&toml(), &script(150));
+    let work = project.path().join("work");
+    let workers: Vec<Worker> = (0..3)
+        .map(|n| Worker::start(&server, project.path(), &work, n, &[]))
+        .collect();
+    let run = async {
+        let client = Client::connect(&NatsOptions::url(server.url()))
+            .await
+            .unwrap();
+        let settings = settings(project.path());
+        let mut jobs = Vec::new();
+        for i in 0..24 {
+            jobs.push(
+                client
+                    .submit(
+                        &settings,
+                        "coordinator",
+                        &format!("q{i}"),
+                        Some(format!("k-{i}")),
+                    )
+                    .await
+                    .unwrap(),
+            );
+        }
+        // Kill worker 0 while it holds a running job (its pid is in the job's lock file).
+        let victim = workers[0].pid();
+        let holding = |work: &Path| {
+            jobs.iter().any(|j| {
+                let dir = work.join("perstack/jobs").join(j);
+                let lock = std::fs::read_to_string(dir.join("writer.lock")).unwrap_or_default();
+                lock.contains(&format!("pid {victim} "))
+                    && std::fs::read_to_string(dir.join("job.json"))
+                        .is_ok_and(|t| t.contains("\"running\""))
+            })
+        };
+        assert!(
+            common::eventually(Duration::from_secs(30), || holding(&work)).await,
+            "worker 0 never ran a job"
+        );
+        workers[0].signal(nix::sys::signal::Signal::SIGKILL);
+        let seen = follow_all(&client, &jobs).await;
+        let mut taken_over = 0;
+        for (job, seen) in &seen {
+            assert_eq!(
+                seen.end.status,
+                Some(JobStatus::Completed),
+                "job {job}: {:?}",
+                seen.end
+            );
+            taken_over += seen.takeovers;
+            assert_committed_once(&work, job);
+        }
+        assert!(
+            taken_over >= 1,
+            "no job was taken over from the killed worker"
+        );
+        assert_eq!(queue_left(&server).await, (0, 0), "the work queue is empty");
+    };
+    tokio::time::timeout(Duration::from_secs(90), run)
+        .await
+        .unwrap_or_else(|_| {
+            for w in &workers {
+                eprintln!("{}", w.stderr());
+            }
+            panic!("the jobs did not finish within 90 s of the kill");
+        });
+}
+
+#[tokio::test]
+async fn refused_job_messages_go_to_the_dead_letter_subject_and_never_block_the_queue() {
+    let _serial = SERIAL.lock().await;
+    let Some(server) = NatsServer::start("refused_job_messages") else {
+        return;
+    };
+    let project = common::project(&toml(), &script(0));
+    let work = project.path().join("work");
+    // A worker that cannot sandbox (the probe says no).
+    let worker = Worker::start(
+        &server,
+        project.path(),
+        &work,
+        0,
+        &[(perstack::sandbox::PROBE_OVERRIDE_ENV, "unavailable")],
+    );
+    let run = async {
+        let client = Client::connect(&NatsOptions::url(server.url()))
+            .await
+            .unwrap();
+        let nats = async_nats::connect(server.url()).await.unwrap();
+        let js = async_nats::jetstream::new(nats);
+        // Not JSON.
+        js.publish("perstack.jobs", "{not a job".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        // A job of an Expert its message does not define (digest of the empty map).
+        let unknown = serde_json::json!({
+            "version": 1, "jobId": "unknown-1", "expertKey": "nobody", "query": "q",
+            "experts": {}, "envNames": [],
+            "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a",
+            "options": {"providerName": "scripted", "model": "m", "reasoningBudget": "low",
+                        "maxSteps": 10, "maxRetries": 1, "timeoutMs": 1000, "sandboxed": false}
+        });
+        js.publish(
+            "perstack.jobs",
+            serde_json::to_vec(&unknown).unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+        // A job that needs the sandbox, on a worker that cannot sandbox.
+        let mut confined = settings(project.path());
+        confined.isolation = Isolation::Sandboxed;
+        client
+            .submit(&confined, "coordinator", "q", Some("confined-1".into()))
+            .await
+            .unwrap();
+        // And a good job behind them.
+        client
+            .submit(
+                &settings(project.path()),
+                "coordinator",
+                "q",
+                Some("good-1".into()),
+            )
+            .await
+            .unwrap();
+
+        let good = follow(&client, "good-1").await;
+        assert_eq!(good.end.status, Some(JobStatus::Completed));
+        let unknown = client.wait("unknown-1").await.unwrap();
+        assert_eq!(unknown.status, None);
+        assert_eq!(unknown.exit_code, 2);
+        assert!(
+            unknown
+                .reason
+                .as_deref()
+                .unwrap()
+                .contains("expert \"nobody\" is not defined"),
+            "{unknown:?}"
+        );
+        let confined = client.wait("confined-1").await.unwrap();
+        assert!(
+            confined
+                .reason
+                .as_deref()
+                .unwrap()
+                .contains("cannot sandbox"),
+            "{confined:?}"
+        );
+
+        // Three dead letters, each with its reason.
+        let dead = js.get_stream("PERSTACK_DEAD").await.unwrap();
+        let mut reasons = Vec::new();
+        for seq in 1..=3 {
+            let m = dead.get_raw_message(seq).await.unwrap();
+            reasons.push(m.headers.get("Perstack-Reason").unwrap().to_string());
+        }
+        reasons.sort();
+        assert!(reasons[0].starts_with("expert \"nobody\""), "{reasons:?}");
+        assert!(
+            reasons[1].starts_with("malformed job message"),
+            "{reasons:?}"
+        );
+        assert!(reasons[2].contains("cannot sandbox"), "{reasons:?}");
+        assert_eq!(queue_left(&server).await, (0, 0), "the work queue is empty");
+    };
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .unwrap_or_else(|_| panic!("not done within 60 s: {}", worker.stderr()));
+}
+
+#[tokio::test]
+async fn sigterm_drains_a_worker_and_ctrl_c_cancels_a_job_on_its_worker() {
+    let _serial = SERIAL.lock().await;
+    let Some(server) = NatsServer::start("sigterm_drains_a_worker") else {
+        return;
+    };
+    let project = common::project(&toml(), &script(400));
+    let work = project.path().join("work");
+    let mut first = Worker::start(&server, project.path(), &work, 0, &[]);
+    let run = async {
+        let client = Client::connect(&NatsOptions::url(server.url()))
+            .await
+            .unwrap();
+        let settings = settings(project.path());
+        client
+            .submit(&settings, "coordinator", "q", Some("drained-1".into()))
+            .await
+            .unwrap();
+        let mut followed = client.follow("drained-1").await.unwrap();
+        followed.next_event().await.unwrap().unwrap();
+        // Running: SIGTERM. The job finishes; the worker takes nothing new and exits 0.
+        first.signal(nix::sys::signal::Signal::SIGTERM);
+        while followed.next_event().await.unwrap().is_some() {}
+        assert_eq!(followed.end().unwrap().status, Some(JobStatus::Completed));
+        let status = tokio::task::spawn_blocking(move || {
+            let status = first.child.wait().unwrap();
+            (first, status)
+        })
+        .await
+        .unwrap()
+        .1;
+        assert!(status.success(), "{status:?}");
+        client
+            .submit(&settings, "coordinator", "q", Some("later-1".into()))
+            .await
+            .unwrap();
+        assert_eq!(
+            queue_left(&server).await.0,
+            1,
+            "the drained worker took a job"
+        );
+
+        // A new worker takes it; Ctrl-C on `perstack run --nats` cancels a job on its worker.
+        let _second = Worker::start(&server, project.path(), &work, 1, &[]);
+        assert_eq!(
+            client.wait("later-1").await.unwrap().status,
+            Some(JobStatus::Completed)
+        );
+        let mut cli = Command::new(common::bin())
+            .args(["run", "--nats", &server.url(), "--job-id", "cancelled-1"])
+            .args(["coordinator", "q"])
+            .current_dir(project.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut followed = client.follow("cancelled-1").await.unwrap();
+        followed.next_event().await.unwrap().unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(cli.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .unwrap();
+        let out = tokio::task::spawn_blocking(move || {
+            let status = cli.wait().unwrap();
+            let mut stdout = String::new();
+            std::io::Read::read_to_string(cli.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+            (status, stdout)
+        })
+        .await
+        .unwrap();
+        assert_eq!(out.0.code(), Some(1), "a cancelled job exits 1, as locally");
+        let last = common::events(out.1.as_bytes());
+        assert!(
+            last.iter()
+                .any(|e| e["type"] == "stopRunByError" && e["expertKey"] == "coordinator"),
+            "{}",
+            out.1
+        );
+        while followed.next_event().await.unwrap().is_some() {}
+        assert_eq!(
+            followed.end().unwrap().status,
+            Some(JobStatus::StoppedByError)
+        );
+    };
+    tokio::time::timeout(Duration::from_secs(90), run)
+        .await
+        .expect("not done within 90 s");
+}
+
+#[tokio::test]
+async fn a_server_restart_mid_run_loses_no_event_and_no_job() {
+    let _serial = SERIAL.lock().await;
+    let Some(mut server) = NatsServer::start("a_server_restart_mid_run") else {
+        return;
+    };
+    let project = common::project(&toml(), &script(100));
+    let work = project.path().join("work");
+    let workers: Vec<Worker> = (0..2)
+        .map(|n| Worker::start(&server, project.path(), &work, n, &[]))
+        .collect();
+    let run = async {
+        let client = Client::connect(&NatsOptions::url(server.url()))
+            .await
+            .unwrap();
+        let settings = settings(project.path());
+        let mut jobs = Vec::new();
+        for i in 0..16 {
+            jobs.push(
+                client
+                    .submit(
+                        &settings,
+                        "coordinator",
+                        &format!("q{i}"),
+                        Some(format!("r-{i}")),
+                    )
+                    .await
+                    .unwrap(),
+            );
+        }
+        let mut first = client.follow("r-0").await.unwrap();
+        first.next_event().await.unwrap().unwrap();
+        server.restart();
+        let seen = follow_all(&client, &jobs).await;
+        for (job, seen) in &seen {
+            assert_eq!(
+                seen.end.status,
+                Some(JobStatus::Completed),
+                "job {job}: {:?}",
+                seen.end
+            );
+            if seen.takeovers == 0 {
+                assert_gapless(job, seen);
+            }
+            assert_committed_once(&work, job);
+        }
+        assert_eq!(queue_left(&server).await, (0, 0), "the work queue is empty");
+    };
+    tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .unwrap_or_else(|_| {
+            for w in &workers {
+                eprintln!("{}", w.stderr());
+            }
+            panic!("not done within 120 s of the restart");
+        });
+}
