@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cluster::NatsOptions;
 use crate::cluster::worker::{Models, WorkerConfig, serve};
 use crate::config;
-use crate::storage::FsStorage;
+use crate::storage::{JetStreamConfig, JetStreamStorage};
 
 /// Options of `perstack worker`.
 #[derive(Debug, Args)]
@@ -27,10 +27,12 @@ pub(crate) struct WorkerArgs {
     /// Jobs run at once.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
-    /// Each job's workspace is <work-dir>/jobs/<jobId>; the job store is <work-dir>/perstack.
+    /// Each job's workspace is <work-dir>/jobs/<jobId> (jobs, checkpoints and events are
+    /// stored on JetStream, shared by every worker).
     #[arg(long, default_value = "perstack-work")]
     pub work_dir: PathBuf,
-    /// A job whose worker sends no heartbeat for this long (ms) goes to another worker.
+    /// A job whose worker sends no heartbeat for this long (ms, at least 1000; whole seconds)
+    /// goes to another worker: the job's lease in the store and the queue's ack wait.
     #[arg(long, env = "PERSTACK_LEASE_MS", default_value_t = 30_000)]
     pub lease_ms: u64,
     /// Script file for the scripted provider.
@@ -87,17 +89,26 @@ async fn run(args: WorkerArgs) -> Result<(), (u8, String)> {
         .connect("perstack-worker")
         .await
         .map_err(|e| (2, e.to_string()))?;
+    let lease = Duration::from_millis(args.lease_ms.max(1000));
+    let storage = JetStreamStorage::new(
+        client.clone(),
+        JetStreamConfig::default().lease(lease, lease / 3),
+    );
+    storage
+        .ensure_ready()
+        .await
+        .map_err(|e| (1, e.to_string()))?;
     let config = WorkerConfig {
         name: crate::storage::holder_description(),
         concurrency: args.concurrency,
-        lease: Duration::from_millis(args.lease_ms.max(300)),
+        lease,
         models: Models {
             config,
             script: args.script.clone(),
         },
         env,
         tool_timeout,
-        storage: Arc::new(FsStorage::new(work_dir.join("perstack"))),
+        storage: Arc::new(storage),
         work_dir,
         sandbox,
     };

@@ -5,7 +5,7 @@
 //!
 //! | record | headers | payload |
 //! | --- | --- | --- |
-//! | an event | `Perstack-Job-Seq: <n>`, `Nats-Msg-Id: <jobId>:<n>:<claim token>` | the exact stdout JSON line (no newline) |
+//! | an event | `Perstack-Job-Seq: <n>`, `Nats-Msg-Id: <jobId>:<n>:<delivery>` | the exact stdout JSON line (no newline) |
 //! | a takeover | `Perstack-Takeover: <worker>` | why: the step in flight is repeated |
 //! | the end | `Perstack-End: <status>`, `Nats-Msg-Id: <jobId>:end` | [`JobEnd`] as JSON |
 //!
@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream;
+use async_nats::jetstream::context::PublishErrorKind;
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -76,25 +77,96 @@ impl JobEnd {
 
 /// Why a record could not be published or read.
 #[derive(Debug, thiserror::Error)]
-#[error("job output on NATS: {0}")]
-pub(crate) struct OutputError(pub(crate) String);
+pub(crate) enum OutputError {
+    /// Another worker wrote to the job's subject since this one last did (it took the job
+    /// over): this worker must write nothing more of the job.
+    #[error("job {0}: another worker took the job over; this one writes nothing more of it")]
+    Fenced(String),
+    /// The server did not answer, or answered with an error.
+    #[error("job output on NATS: {0}")]
+    Failed(String),
+}
 
-/// The worker side: one job's records, in order.
+/// What is on a job's subject already (for a worker that picks the job up).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Published {
+    /// The job sequence number of the last event published, 0 for none.
+    pub last_job_seq: u64,
+    /// Whether the last record is the end record.
+    pub ended: bool,
+}
+
+/// The worker side: one job's records, in order, fenced. Each publish expects the subject's
+/// last sequence to be the one this publisher saw last (`Nats-Expected-Last-Subject-Sequence`):
+/// once another worker wrote a record (its takeover record comes first), the server refuses
+/// every further record of this one ([`OutputError::Fenced`]).
 pub(crate) struct Publisher {
     js: jetstream::Context,
+    stream: jetstream::stream::Stream,
     subject: String,
     job_id: String,
     token: u64,
+    /// The stream sequence of the last record on the subject that this publisher knows of.
+    last: u64,
 }
 
 impl Publisher {
-    /// A publisher for `job_id`, whose claim has fencing `token`.
-    pub(crate) fn new(js: jetstream::Context, job_id: &str, token: u64) -> Self {
-        Publisher {
+    /// A publisher for `job_id` (`token` makes its message ids its own), positioned after the
+    /// subject's last record; also says what that record is.
+    pub(crate) async fn open(
+        js: jetstream::Context,
+        job_id: &str,
+        token: u64,
+    ) -> Result<(Self, Published), OutputError> {
+        let stream = queue::output_stream(&js)
+            .await
+            .map_err(|e| OutputError::Failed(e.to_string()))?;
+        let mut publisher = Publisher {
             js,
+            stream,
             subject: queue::output_subject(job_id),
             job_id: job_id.to_owned(),
             token,
+            last: 0,
+        };
+        let published = publisher.refresh().await?;
+        Ok((publisher, published))
+    }
+
+    /// Read the subject's last record (trying through a restarting server).
+    async fn refresh(&mut self) -> Result<Published, OutputError> {
+        let deadline = tokio::time::Instant::now() + RESEND_FOR;
+        loop {
+            match self
+                .stream
+                .get_last_raw_message_by_subject(&self.subject)
+                .await
+            {
+                Ok(m) => {
+                    self.last = m.sequence;
+                    let ended = m.headers.get(END).is_some();
+                    let last_job_seq = m
+                        .headers
+                        .get(JOB_SEQ)
+                        .and_then(|v| v.as_str().parse().ok())
+                        .unwrap_or(0);
+                    return Ok(Published {
+                        last_job_seq,
+                        ended,
+                    });
+                }
+                Err(e)
+                    if e.kind()
+                        == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+                {
+                    self.last = 0;
+                    return Ok(Published::default());
+                }
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(OutputError::Failed(e.to_string()));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
         }
     }
 
@@ -109,7 +181,9 @@ impl Publisher {
         self.send(headers, line.into()).await
     }
 
-    /// Tell followers that `worker` took the job over: the step in flight is repeated.
+    /// Tell followers that `worker` took the job over (the step in flight is repeated), and
+    /// fence out the worker that had it: written by the new holder of the job's claim, after
+    /// whatever the old one managed to write.
     pub(crate) async fn takeover(&mut self, worker: &str) -> Result<(), OutputError> {
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -117,11 +191,16 @@ impl Publisher {
             format!("{}:takeover:{}", self.job_id, self.token).as_str(),
         );
         headers.insert(TAKEOVER, worker);
-        self.send(
-            headers,
-            Bytes::from_static(b"the job was taken over; its step in flight is repeated"),
-        )
-        .await
+        let body = Bytes::from_static(b"the job was taken over; its step in flight is repeated");
+        let mut result = Ok(());
+        for _ in 0..5 {
+            self.refresh().await?;
+            result = self.send(headers.clone(), body.clone()).await;
+            if !matches!(result, Err(OutputError::Fenced(_))) {
+                break;
+            }
+        }
+        result
     }
 
     /// The end record; returns once it is acknowledged.
@@ -142,33 +221,62 @@ impl Publisher {
         self.send(headers, body.into()).await
     }
 
-    /// Send one record until it is acknowledged (the dedupe id drops a copy that had
-    /// landed), for at most [`RESEND_FOR`].
-    async fn send(&mut self, headers: HeaderMap, payload: Bytes) -> Result<(), OutputError> {
+    /// Send one record until it is acknowledged, for at most [`RESEND_FOR`]. A copy that had
+    /// landed before its ack was lost is recognised (by its message id, as the subject's last
+    /// record), never written twice.
+    async fn send(&mut self, mut headers: HeaderMap, payload: Bytes) -> Result<(), OutputError> {
+        headers.insert(
+            async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            self.last.to_string().as_str(),
+        );
+        let msg_id = headers
+            .get(async_nats::header::NATS_MESSAGE_ID)
+            .map(|v| v.as_str().to_owned());
         let deadline = tokio::time::Instant::now() + RESEND_FOR;
+        let mut attempt = 0;
         loop {
-            let sent = self
+            attempt += 1;
+            let sent = match self
                 .js
                 .publish_with_headers(self.subject.clone(), headers.clone(), payload.clone())
-                .await;
-            let acked = match sent {
-                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
+                .await
+            {
+                Ok(ack) => ack.await,
+                Err(e) => Err(e),
             };
-            match acked {
-                Ok(()) => return Ok(()),
-                Err(e) if tokio::time::Instant::now() >= deadline => {
-                    return Err(OutputError(format!(
-                        "job {}: the server did not acknowledge for {} s: {e}",
-                        self.job_id,
-                        RESEND_FOR.as_secs()
-                    )));
+            let e = match sent {
+                Ok(ack) => {
+                    self.last = ack.sequence;
+                    return Ok(());
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, job = %self.job_id, "no ack; sending again");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                Err(e) => e,
+            };
+            if e.kind() == PublishErrorKind::WrongLastSequence {
+                if attempt > 1
+                    && let Ok(last) = self
+                        .stream
+                        .get_last_raw_message_by_subject(&self.subject)
+                        .await
+                    && last
+                        .headers
+                        .get(async_nats::header::NATS_MESSAGE_ID)
+                        .map(|v| v.as_str().to_owned())
+                        == msg_id
+                {
+                    self.last = last.sequence;
+                    return Ok(());
                 }
+                return Err(OutputError::Fenced(self.job_id.clone()));
             }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(OutputError::Failed(format!(
+                    "job {}: the server did not acknowledge for {} s: {e}",
+                    self.job_id,
+                    RESEND_FOR.as_secs()
+                )));
+            }
+            tracing::warn!(error = %e, job = %self.job_id, "no ack; sending again");
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 }
@@ -210,7 +318,7 @@ impl Follower {
     async fn try_open(js: &jetstream::Context, job_id: &str) -> Result<Self, OutputError> {
         let stream = queue::output_stream(js)
             .await
-            .map_err(|e| OutputError(e.to_string()))?;
+            .map_err(|e| OutputError::Failed(e.to_string()))?;
         let consumer = stream
             .create_consumer(jetstream::consumer::pull::OrderedConfig {
                 filter_subject: queue::output_subject(job_id),
@@ -218,11 +326,11 @@ impl Follower {
                 ..Default::default()
             })
             .await
-            .map_err(|e| OutputError(e.to_string()))?;
+            .map_err(|e| OutputError::Failed(e.to_string()))?;
         let messages = consumer
             .messages()
             .await
-            .map_err(|e| OutputError(e.to_string()))?;
+            .map_err(|e| OutputError::Failed(e.to_string()))?;
         Ok(Follower { messages })
     }
 
@@ -235,12 +343,12 @@ impl Follower {
                     tracing::debug!(error = %e, "follow: consumer hiccup; going on");
                     continue;
                 }
-                None => return Err(OutputError("the job's output stream closed".into())),
+                None => return Err(OutputError::Failed("the job's output stream closed".into())),
             };
             let headers = message.headers.clone().unwrap_or_default();
             if headers.get(END).is_some() {
                 let end: JobEnd = serde_json::from_slice(&message.payload)
-                    .map_err(|e| OutputError(format!("bad end record: {e}")))?;
+                    .map_err(|e| OutputError::Failed(format!("bad end record: {e}")))?;
                 return Ok(Record::End(end));
             }
             if let Some(worker) = headers.get(TAKEOVER) {

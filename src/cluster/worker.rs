@@ -8,7 +8,8 @@
 //! | case | what the worker does |
 //! | --- | --- |
 //! | refused by [`JobMessage::decode`], needs a sandbox it cannot give, needs an env var it lacks | dead letter with the reason, end record for followers, ack |
-//! | the job is stored and terminal (it ran before, the ack was lost) | end record again, ack: it never runs twice |
+//! | the job is stored and terminal (it ran before, the ack was lost) | the end record if missing (after its worker had a chance to publish its last lines), ack: it never runs twice |
+//! | another worker took the job over (its takeover record fences this one's output; the store refuses this one's writes) | the job stops, nothing more is written, the message is left to the new holder |
 //! | the job is stored and running (its worker died) | takeover record, then `continue_job`: the recovery planner repeats only the step in flight |
 //! | someone else holds the job's claim | nak with a delay of one lease (redelivered later) |
 //! | delivered [`MAX_DELIVER`](super::queue::MAX_DELIVER) times without an end | dead letter |
@@ -39,6 +40,10 @@ use crate::llm::LanguageModel;
 use crate::sandbox::Isolation;
 use crate::schema::JobStatus;
 use crate::storage::{Storage, StoreError};
+
+/// Deliveries of a finished job's message during which a worker waits for the job's own
+/// worker to publish its last lines before it writes the end record itself.
+const GRACE_DELIVERIES: i64 = 3;
 
 /// How long one pull waits for messages before the loop looks at the drain signal again.
 const PULL_WAIT: Duration = Duration::from_secs(1);
@@ -120,6 +125,9 @@ enum Failure {
     Busy(String),
     /// Something that may pass (the store, the server).
     Transient(String),
+    /// Another worker took the job over: this delivery is stale; nothing more is written
+    /// and the message is left to the new holder.
+    Fenced,
 }
 
 struct Worker {
@@ -292,6 +300,9 @@ impl Worker {
                     .ack_with(AckKind::Nak(Some(self.config.lease)))
                     .await;
             }
+            Err(Failure::Fenced) => {
+                tracing::warn!(job = %job.job_id, "the job was taken over by another worker; this one stopped it, writing nothing more");
+            }
             Err(Failure::Transient(why)) => {
                 tracing::warn!(job = %job.job_id, %why, "job attempt failed; it comes back");
                 let _ = message
@@ -326,19 +337,27 @@ impl Worker {
     /// Run (or finish) `job`, publishing its lines and its end record.
     async fn run(&self, job: &JobMessage, delivered: i64) -> Result<(), Failure> {
         let storage = self.config.storage.clone();
-        let mut publisher = Publisher::new(self.js.clone(), &job.job_id, delivered as u64);
         let stored = storage
             .retrieve_job(&job.job_id)
             .await
             .map_err(|e| Failure::Transient(e.to_string()))?;
-        if let Some(status) = stored.as_ref().map(|j| j.status)
-            && status != JobStatus::Running
-        {
-            // It ran to its end before; only its end record (or the ack) was lost.
-            return publisher
-                .end(&JobEnd::finished(status))
+        let (mut publisher, published) =
+            Publisher::open(self.js.clone(), &job.job_id, delivered.unsigned_abs())
                 .await
-                .map_err(|e| Failure::Transient(e.to_string()));
+                .map_err(output_failure)?;
+        if let Some(done) = stored.as_ref().filter(|j| j.status != JobStatus::Running) {
+            // It ran to its end before; only its end record (or the ack) is missing.
+            if published.ended {
+                return Ok(());
+            }
+            if published.last_job_seq < done.job_seq.unwrap_or(0) && delivered < GRACE_DELIVERIES {
+                // Its worker may still be publishing the last lines (the ack came back late).
+                return Err(Failure::Busy("the job's worker is still publishing".into()));
+            }
+            return publisher
+                .end(&JobEnd::finished(done.status))
+                .await
+                .map_err(output_failure);
         }
         let workspace = self.config.work_dir.join("jobs").join(&job.job_id);
         std::fs::create_dir_all(&workspace).map_err(|e| {
@@ -355,10 +374,6 @@ impl Worker {
             .storage(storage)
             .build();
         let started = if stored.is_some() {
-            publisher
-                .takeover(&self.config.name)
-                .await
-                .map_err(|e| Failure::Transient(e.to_string()))?;
             let continued = engine
                 .continue_job(ContinueRequest {
                     job_id: Some(job.job_id.clone()),
@@ -388,35 +403,42 @@ impl Worker {
             }
         };
         let cancel = handle.cancel_token();
+        // The claim is ours now: the takeover record comes first and fences the old holder.
+        let mut failed = match stored {
+            Some(_) => publisher.takeover(&self.config.name).await.err(),
+            None => None,
+        };
+        if failed.is_some() {
+            cancel.cancel();
+        }
         self.running.insert(job.job_id.clone(), cancel.clone());
-        let mut lost: Option<OutputError> = None;
         if let Some(mut events) = handle.take_events() {
             while let Some(event) = events.recv().await {
-                if lost.is_some() {
+                if failed.is_some() {
                     continue;
                 }
                 let line = serde_json::to_vec(&*event.event).unwrap_or_default();
                 if let Err(e) = publisher.event(line, event.job_seq().unwrap_or(0)).await {
-                    tracing::error!(job = %job.job_id, error = %e, "cannot publish the job's events; cancelling it");
+                    tracing::error!(job = %job.job_id, error = %e, "the job's events cannot be published; stopping it");
                     cancel.cancel();
-                    lost = Some(e);
+                    failed = Some(e);
                 }
             }
         }
         let outcome = handle.wait().await;
         engine.shutdown().await;
         self.running.remove(&job.job_id);
-        if let Some(e) = lost {
-            return Err(Failure::Transient(e.to_string()));
+        if let Some(e) = failed {
+            return Err(output_failure(e));
         }
-        let status = outcome
-            .map_err(|e| Failure::Transient(e.to_string()))?
-            .job
-            .status;
+        let outcome = outcome.map_err(|e| Failure::Transient(e.to_string()))?;
+        if outcome.claim_lost {
+            return Err(Failure::Fenced);
+        }
         publisher
-            .end(&JobEnd::finished(status))
+            .end(&JobEnd::finished(outcome.job.status))
             .await
-            .map_err(|e| Failure::Transient(e.to_string()))
+            .map_err(output_failure)
     }
 
     /// The engine settings of `job`: its Experts and options, this worker's environment.
@@ -470,8 +492,11 @@ impl Worker {
             return;
         }
         if let Some(id) = job_id {
-            let mut publisher = Publisher::new(self.js.clone(), id, 0);
-            if let Err(e) = publisher.end(&JobEnd::refused(why)).await {
+            let told = match Publisher::open(self.js.clone(), id, 0).await {
+                Ok((mut publisher, _)) => publisher.end(&JobEnd::refused(why)).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = told {
                 tracing::warn!(error = %e, "followers not told of the refusal");
             }
         }
@@ -507,6 +532,14 @@ async fn ack(message: &jetstream::Message) {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
+    }
+}
+
+/// What a failed publish means for the message.
+fn output_failure(e: OutputError) -> Failure {
+    match e {
+        OutputError::Fenced(_) => Failure::Fenced,
+        OutputError::Failed(why) => Failure::Transient(why),
     }
 }
 

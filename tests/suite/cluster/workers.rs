@@ -13,6 +13,7 @@ use perstack::cluster::{Client, JobEnd, NatsOptions};
 use perstack::engine::{RunOverrides, Settings};
 use perstack::sandbox::Isolation;
 use perstack::schema::{Checkpoint, CheckpointStatus, Event, JobStatus};
+use perstack::storage::{JetStreamConfig, JetStreamStorage, Storage};
 
 use crate::suite::common::{self, NatsServer};
 
@@ -171,14 +172,15 @@ async fn follow_all(client: &Client, jobs: &[String]) -> Vec<(String, Seen)> {
         .await
 }
 
-/// Every stored checkpoint of `job` in the shared store of the workers.
-fn stored(work: &Path, job: &str) -> Vec<Checkpoint> {
-    common::stored(work, job)
+/// The workers' shared store, read from the test.
+async fn store(server: &NatsServer) -> JetStreamStorage {
+    let client = async_nats::connect(server.url()).await.unwrap();
+    JetStreamStorage::new(client, JetStreamConfig::default())
 }
 
 /// The job was committed once: each run's steps stored once, each Expert completed once.
-fn assert_committed_once(work: &Path, job: &str) {
-    let cps = stored(work, job);
+async fn assert_committed_once(server: &NatsServer, job: &str) {
+    let cps: Vec<Checkpoint> = store(server).await.checkpoints_by_job(job).await.unwrap();
     let mut seen = std::collections::HashSet::new();
     for cp in &cps {
         assert!(
@@ -269,7 +271,7 @@ async fn three_workers_run_300_jobs_each_exactly_once_with_gapless_events() {
                 "job {job}: nobody died, nobody took over"
             );
             assert_gapless(job, seen);
-            assert_committed_once(&work, job);
+            assert_committed_once(&server, job).await;
         }
         assert_eq!(queue_left(&server).await, (0, 0), "the work queue is empty");
     };
@@ -406,21 +408,27 @@ async fn killing_a_worker_mid_run_loses_no_job_and_commits_no_step_twice() {
                     .unwrap(),
             );
         }
-        // Kill worker 0 while it holds a running job (its pid is in the job's lock file).
-        let victim = workers[0].pid();
-        let holding = |work: &Path| {
-            jobs.iter().any(|j| {
-                let dir = work.join("perstack/jobs").join(j);
-                let lock = std::fs::read_to_string(dir.join("writer.lock")).unwrap_or_default();
-                lock.contains(&format!("pid {victim} "))
-                    && std::fs::read_to_string(dir.join("job.json"))
-                        .is_ok_and(|t| t.contains("\"running\""))
-            })
+        // Kill worker 0 while it holds a running job (its pid is in the job's lease).
+        let victim = format!("pid {} ", workers[0].pid());
+        let nats = async_nats::connect(server.url()).await.unwrap();
+        let leases = async_nats::jetstream::new(nats);
+        let holding = async {
+            loop {
+                if let Ok(kv) = leases.get_key_value("perstack_leases").await {
+                    for j in &jobs {
+                        if let Ok(Some(v)) = kv.get(j).await
+                            && String::from_utf8_lossy(&v).contains(&victim)
+                        {
+                            return;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         };
-        assert!(
-            common::eventually(Duration::from_secs(30), || holding(&work)).await,
-            "worker 0 never ran a job"
-        );
+        tokio::time::timeout(Duration::from_secs(30), holding)
+            .await
+            .expect("worker 0 never ran a job");
         workers[0].signal(nix::sys::signal::Signal::SIGKILL);
         let seen = follow_all(&client, &jobs).await;
         let mut taken_over = 0;
@@ -432,7 +440,7 @@ async fn killing_a_worker_mid_run_loses_no_job_and_commits_no_step_twice() {
                 seen.end
             );
             taken_over += seen.takeovers;
-            assert_committed_once(&work, job);
+            assert_committed_once(&server, job).await;
         }
         assert!(
             taken_over >= 1,
@@ -690,7 +698,7 @@ async fn a_server_restart_mid_run_loses_no_event_and_no_job() {
             if seen.takeovers == 0 {
                 assert_gapless(job, seen);
             }
-            assert_committed_once(&work, job);
+            assert_committed_once(&server, job).await;
         }
         assert_eq!(queue_left(&server).await, (0, 0), "the work queue is empty");
     };
@@ -701,5 +709,142 @@ async fn a_server_restart_mid_run_loses_no_event_and_no_job() {
                 eprintln!("{}", w.stderr());
             }
             panic!("not done within 120 s of the restart");
+        });
+}
+
+/// Every record on job `job`'s output subject: (message id, whether it is the end record).
+async fn records(server: &NatsServer, job: &str) -> Vec<(String, bool, bool)> {
+    let nats = async_nats::connect(server.url()).await.unwrap();
+    let js = async_nats::jetstream::new(nats);
+    let mut stream = js.get_stream("PERSTACK_OUTPUT").await.unwrap();
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let subject = format!("perstack.output.{job}");
+    let mut out = Vec::new();
+    for seq in 1..=last {
+        if let Ok(m) = stream.get_raw_message(seq).await
+            && m.subject.as_str() == subject
+        {
+            let id = m
+                .headers
+                .get("Nats-Msg-Id")
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            out.push((
+                id,
+                m.headers.get("Perstack-Takeover").is_some(),
+                m.headers.get("Perstack-End").is_some(),
+            ));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_worker_paused_past_its_lease_loses_its_jobs_and_writes_nothing_when_resumed() {
+    let _serial = SERIAL.lock().await;
+    let Some(server) = NatsServer::start("a_worker_paused_past_its_lease") else {
+        return;
+    };
+    let project = common::project(&toml(), &script(300));
+    let work = project.path().join("work");
+    let workers: Vec<Worker> = (0..2)
+        .map(|n| Worker::start(&server, project.path(), &work, n, &[]))
+        .collect();
+    let run = async {
+        let client = Client::connect(&NatsOptions::url(server.url()))
+            .await
+            .unwrap();
+        let settings = settings(project.path());
+        let mut jobs = Vec::new();
+        for i in 0..6 {
+            jobs.push(
+                client
+                    .submit(
+                        &settings,
+                        "coordinator",
+                        &format!("q{i}"),
+                        Some(format!("p-{i}")),
+                    )
+                    .await
+                    .unwrap(),
+            );
+        }
+        let victim = format!("pid {} ", workers[0].pid());
+        let nats = async_nats::connect(server.url()).await.unwrap();
+        let leases = async_nats::jetstream::new(nats);
+        let holding = async {
+            loop {
+                if let Ok(kv) = leases.get_key_value("perstack_leases").await {
+                    for j in &jobs {
+                        if let Ok(Some(v)) = kv.get(j).await
+                            && String::from_utf8_lossy(&v).contains(&victim)
+                        {
+                            return;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), holding)
+            .await
+            .expect("worker 0 never ran a job");
+        workers[0].signal(nix::sys::signal::Signal::SIGSTOP);
+        // The other worker finishes every job, those of the paused one after its lease.
+        let seen = follow_all(&client, &jobs).await;
+        let mut taken: Vec<String> = Vec::new();
+        for (job, seen) in &seen {
+            assert_eq!(
+                seen.end.status,
+                Some(JobStatus::Completed),
+                "job {job}: {:?}",
+                seen.end
+            );
+            if seen.takeovers > 0 {
+                taken.push(job.clone());
+            }
+        }
+        assert!(
+            !taken.is_empty(),
+            "no job was taken over from the paused worker"
+        );
+        // Resumed, the paused worker finds its jobs gone and stops them.
+        workers[0].signal(nix::sys::signal::Signal::SIGCONT);
+        assert!(
+            common::eventually(Duration::from_secs(30), || workers[0]
+                .stderr()
+                .contains("taken over by another worker"))
+            .await,
+            "the resumed worker did not notice: {}",
+            workers[0].stderr()
+        );
+        for job in &jobs {
+            assert_committed_once(&server, job).await;
+            let records = records(&server, job).await;
+            assert_eq!(
+                records.iter().filter(|r| r.2).count(),
+                1,
+                "job {job}: one end record"
+            );
+            // Nothing of the first delivery (the paused worker's) after the takeover.
+            if let Some(at) = records.iter().position(|r| r.1) {
+                let stale: Vec<_> = records[at..]
+                    .iter()
+                    .filter(|r| r.0.ends_with(":1"))
+                    .collect();
+                assert!(
+                    stale.is_empty(),
+                    "job {job}: the paused worker wrote {stale:?}"
+                );
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(90), run)
+        .await
+        .unwrap_or_else(|_| {
+            for w in &workers {
+                eprintln!("{}", w.stderr());
+            }
+            panic!("not done within 90 s");
         });
 }
