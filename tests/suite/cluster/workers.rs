@@ -408,19 +408,31 @@ async fn killing_a_worker_mid_run_loses_no_job_and_commits_no_step_twice() {
                     .unwrap(),
             );
         }
-        // Kill worker 0 while it holds a running job (its pid is in the job's lease).
+        // Kill worker 0 while it holds running jobs (its pid is in their leases; two, so
+        // that one finishing in between still leaves one to take over).
         let victim = format!("pid {} ", workers[0].pid());
         let nats = async_nats::connect(server.url()).await.unwrap();
         let leases = async_nats::jetstream::new(nats);
+        let store = store(&server).await;
         let holding = async {
             loop {
                 if let Ok(kv) = leases.get_key_value("perstack_leases").await {
+                    let mut held = 0;
                     for j in &jobs {
                         if let Ok(Some(v)) = kv.get(j).await
                             && String::from_utf8_lossy(&v).contains(&victim)
+                            && store
+                                .retrieve_job(j)
+                                .await
+                                .ok()
+                                .flatten()
+                                .is_some_and(|r| r.status == JobStatus::Running)
                         {
-                            return;
+                            held += 1;
                         }
+                    }
+                    if held >= 2 {
+                        return;
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -772,15 +784,26 @@ async fn a_worker_paused_past_its_lease_loses_its_jobs_and_writes_nothing_when_r
         let victim = format!("pid {} ", workers[0].pid());
         let nats = async_nats::connect(server.url()).await.unwrap();
         let leases = async_nats::jetstream::new(nats);
+        let store = store(&server).await;
         let holding = async {
             loop {
                 if let Ok(kv) = leases.get_key_value("perstack_leases").await {
+                    let mut held = 0;
                     for j in &jobs {
                         if let Ok(Some(v)) = kv.get(j).await
                             && String::from_utf8_lossy(&v).contains(&victim)
+                            && store
+                                .retrieve_job(j)
+                                .await
+                                .ok()
+                                .flatten()
+                                .is_some_and(|r| r.status == JobStatus::Running)
                         {
-                            return;
+                            held += 1;
                         }
+                    }
+                    if held >= 2 {
+                        return;
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
