@@ -283,6 +283,17 @@ mod tests {
     }
 
     #[test]
+    fn a_name_glued_onto_the_apex_into_a_punycode_label_is_refused_as_punycode() {
+        // Found by the wildcard property below: `x` + `n--0` is `xn--0`.
+        let l = list(&["*.n--0"]);
+        assert!(l.check("x.n--0", 443).is_ok());
+        assert_eq!(
+            l.check("xn--0", 443),
+            Err(Blocked::Domain(DomainError::Punycode))
+        );
+    }
+
+    #[test]
     fn the_blocked_reason_for_an_unlisted_domain_is_perstacks() {
         assert_eq!(Blocked::NotAllowed.to_string(), "Domain not in allowlist");
     }
@@ -308,10 +319,16 @@ mod tests {
             let expected = other == apex || other.ends_with(&format!(".{apex}"))
                 || REGISTRY_DOMAINS.contains(&other.as_str());
             prop_assert_eq!(l.check(&other, 443).is_ok(), expected);
-            // A name that merely ends with the apex's text, without a dot, never matches.
+            // A name that merely ends with the apex's text, without a dot, never matches
+            // (gluing can also make a punycode label, `x` + `n--0`: refused as such).
             let glued = format!("{sub}{apex}");
             if glued != apex && !glued.ends_with(&format!(".{apex}")) {
-                prop_assert_eq!(l.check(&glued, 443), Err(Blocked::NotAllowed));
+                let refusal = if glued.split('.').any(|label| label.starts_with("xn--")) {
+                    Blocked::Domain(DomainError::Punycode)
+                } else {
+                    Blocked::NotAllowed
+                };
+                prop_assert_eq!(l.check(&glued, 443), Err(refusal));
             }
         }
 
