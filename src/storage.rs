@@ -33,6 +33,7 @@
 //! beyond the ids and numbers needed for paths and ordering. It talks only to [`crate::schema`].
 
 mod atomic;
+pub(crate) mod chain;
 mod claim;
 mod fs;
 mod jetstream;

@@ -270,7 +270,7 @@ impl EventBus {
         }
         *seq += 1;
         let mut written = output.push(&event);
-        let stored = store && event.is_run_event() && !is_delta(&event);
+        let stored = store && !is_unstored(&event);
         let subscribed = job.as_ref().is_some_and(|j| j.has_subscribers());
         if stored || subscribed || !callbacks.is_empty() {
             let event = Arc::new(event);
@@ -310,12 +310,12 @@ impl EventBus {
     }
 }
 
-/// Streaming deltas are printed but not stored (Perstack stores one file per delta).
-fn is_delta(e: &Event) -> bool {
-    matches!(
-        e.payload,
-        EventPayload::StreamReasoning(_) | EventPayload::StreamRunResult(_)
-    )
+/// `streamRunResult` deltas are printed but not stored, as in Perstack (which stores every
+/// other event, `streamReasoning` deltas included). Runtime events (no `stepNumber`) go to the
+/// store too: Perstack's stores ignore them, the file-system store keeps them in its audit
+/// side log.
+fn is_unstored(e: &Event) -> bool {
+    matches!(e.payload, EventPayload::StreamRunResult(_))
 }
 
 /// Whether no message is waiting in the bus's (bounded) mailbox.

@@ -20,6 +20,7 @@ mod data;
 mod filter;
 mod format;
 mod text;
+mod verify;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -89,6 +90,16 @@ pub(crate) struct LogArgs {
     /// Show a summarized view: events per type, steps, usage, duration, status.
     #[arg(long)]
     pub summary: bool,
+    /// Check jobs (all, or --job) against their signed chains, or check an exported archive;
+    /// names every changed, removed, added or reordered file. Exit 1 on tampering.
+    #[arg(long, value_name = "archive", num_args = 0..=1)]
+    pub verify: Option<Option<PathBuf>>,
+    /// Write the job's (--job) self-contained audit archive to this file.
+    #[arg(long, value_name = "file", requires = "job", conflicts_with = "verify")]
+    pub export: Option<PathBuf>,
+    /// With --verify: the public key (hex) the chain must be signed with.
+    #[arg(long, value_name = "hex", requires = "verify")]
+    pub key: Option<String>,
 }
 
 /// Why `perstack log` failed.
@@ -120,6 +131,12 @@ impl LogError {
 
 /// Run `perstack log` and return the exit code.
 pub(super) async fn execute(args: LogArgs) -> u8 {
+    if let Some(result) = verify::execute(&args).await {
+        return result.unwrap_or_else(|e| {
+            eprintln!("perstack: {e}");
+            e.exit_code()
+        });
+    }
     match log(args).await {
         Ok(()) => 0,
         Err(e) => {

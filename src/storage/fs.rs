@@ -12,13 +12,16 @@ use std::sync::{Arc, Mutex};
 use serde::de::DeserializeOwned;
 
 use super::atomic::{self, io_error};
+use super::chain::{self, Chains, Covered, Then};
 use super::claim::holder_description;
 use super::{Claim, EventMeta, Storage, StoreError, check_id};
-use crate::schema::{Checkpoint, Event, Job, RunSetting};
+use crate::schema::{Checkpoint, Event, Job, JobStatus, RunSetting};
 
 /// The file-system store, rooted at a `perstack` directory (usually `<cwd>/perstack`).
 ///
-/// Cheap to clone; clones share the lock that serialises run-setting updates.
+/// Cheap to clone; clones share the lock that serialises run-setting updates and the jobs'
+/// chains. Every write is recorded in its job's chain (see [`chain`]), signed with the key in
+/// the user's configuration directory.
 #[derive(Debug, Clone)]
 pub struct FsStorage {
     /// The `perstack` directory; `jobs/` lives directly under it.
@@ -27,16 +30,43 @@ pub struct FsStorage {
     /// `run-setting.json`, so two concurrent stores cannot lose an update. It only covers this
     /// process; run settings are written once per run segment, so contention is nil.
     run_setting_lock: Arc<Mutex<()>>,
+    /// The chains of the jobs this store writes (one lock per job around a write and its
+    /// record).
+    chains: Arc<Chains>,
 }
 
 impl FsStorage {
     /// A store rooted at `base`, the `perstack` directory. Nothing is created until the first
     /// write.
     pub fn new(base: PathBuf) -> Self {
+        Self::with_key_dir(base, default_key_dir())
+    }
+
+    /// A store whose chains are signed with the key in `key_dir` (created there on the first
+    /// signature); `None` leaves them unsigned.
+    pub(crate) fn with_key_dir(base: PathBuf, key_dir: Option<PathBuf>) -> Self {
         FsStorage {
             base,
             run_setting_lock: Arc::new(Mutex::new(())),
+            chains: Arc::new(Chains::new(key_dir)),
         }
+    }
+
+    /// The directory of job `job_id` (checked), for verification and export.
+    pub(crate) fn job_path(&self, job_id: &str) -> Result<PathBuf, StoreError> {
+        check_id("job", job_id)?;
+        Ok(self.job_dir(job_id))
+    }
+
+    /// The ids of every job directory, sorted.
+    pub(crate) fn job_ids(&self) -> Result<Vec<String>, StoreError> {
+        let mut ids: Vec<String> = entries(&self.jobs_dir())?
+            .into_iter()
+            .filter(|e| e.is_dir)
+            .map(|e| e.name)
+            .collect();
+        ids.sort();
+        Ok(ids)
     }
 
     /// The `perstack` directory this store is rooted at.
@@ -66,8 +96,22 @@ impl Storage for FsStorage {
         check_id("job", &checkpoint.job_id)?;
         check_id("checkpoint", &checkpoint.id)?;
         let bytes = to_json("checkpoint", &checkpoint.stored(), false)?;
-        let path = checkpoint_path(&self.job_dir(&checkpoint.job_id), &checkpoint.id);
-        blocking(path.clone(), move || atomic::replace(&path, &bytes, true)).await
+        let job_dir = self.job_dir(&checkpoint.job_id);
+        let path = checkpoint_path(&job_dir, &checkpoint.id);
+        let entry = Covered {
+            path: format!("checkpoints/{}.json", checkpoint.id),
+            bytes: Vec::new(),
+            job_seq: checkpoint.job_seq,
+            then: Then::Sign,
+        };
+        let (chains, job_id) = (Arc::clone(&self.chains), checkpoint.job_id.clone());
+        blocking(path.clone(), move || {
+            chains.covered(&job_id, &job_dir, || {
+                atomic::replace(&path, &bytes, true)?;
+                Ok(((), Covered { bytes, ..entry }))
+            })
+        })
+        .await
     }
 
     async fn retrieve_checkpoint(
@@ -126,19 +170,50 @@ impl Storage for FsStorage {
     /// The file is complete when it appears (temp file and link), but it is **not fsynced**:
     /// checkpoints are the source of truth for resuming, events are a log, and an fsync per
     /// streaming delta would dominate the run time. A power loss may lose the last events.
+    ///
+    /// An event without a `stepNumber` (a runtime event: `proxyAccess`, `skillStderr`, skill
+    /// lifecycle), which Perstack does not store, goes to the job's runtime side log, covered
+    /// by the chain like the rest (an event whose job id cannot be a path is dropped).
     async fn store_event(&self, event: &Event) -> Result<(), StoreError> {
+        let job_seq = event.job_seq;
+        let chains = Arc::clone(&self.chains);
         let Some(step) = event.step_number else {
-            return Ok(());
+            if check_id("job", &event.job_id).is_err() {
+                return Ok(());
+            }
+            let line = to_json("event", &event.stored(), false)?;
+            let (job_id, job_dir) = (event.job_id.clone(), self.job_dir(&event.job_id));
+            return blocking(job_dir.clone(), move || {
+                chains.runtime(&job_id, &job_dir, &line)
+            })
+            .await;
         };
         check_id("job", &event.job_id)?;
         check_id("run", &event.run_id)?;
         let bytes = to_json("event", &event.stored(), false)?;
+        let job_dir = self.job_dir(&event.job_id);
         let dir = self.run_dir(&event.job_id, &event.run_id);
         let (timestamp, kind) = (event.timestamp, event.kind());
+        let (job_id, run_id) = (event.job_id.clone(), event.run_id.clone());
         blocking(dir.clone(), move || {
-            let name =
-                |bump: u64| dir.join(event_file_name(timestamp.saturating_add(bump), step, kind));
-            atomic::create_unique(&dir, &bytes, name).map(drop)
+            chains.covered(&job_id, &job_dir, || {
+                let name = |bump: u64| {
+                    dir.join(event_file_name(timestamp.saturating_add(bump), step, kind))
+                };
+                let written = atomic::create_unique(&dir, &bytes, name)?;
+                let file = written
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default()
+                    .to_owned();
+                let entry = Covered {
+                    path: format!("runs/{run_id}/{file}"),
+                    bytes,
+                    job_seq,
+                    then: Then::Nothing,
+                };
+                Ok(((), entry))
+            })
         })
         .await
     }
@@ -206,8 +281,31 @@ impl Storage for FsStorage {
     async fn store_job(&self, job: &Job) -> Result<(), StoreError> {
         check_id("job", &job.id)?;
         let bytes = to_json("job", job, true)?;
-        let path = self.job_dir(&job.id).join("job.json");
-        blocking(path.clone(), move || atomic::replace(&path, &bytes, true)).await
+        let job_dir = self.job_dir(&job.id);
+        let path = job_dir.join("job.json");
+        let then = match job.status {
+            JobStatus::Running => Then::Nothing,
+            _ => Then::Close(
+                serde_json::to_value(job.status)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+            ),
+        };
+        let (chains, job_id, job_seq) = (Arc::clone(&self.chains), job.id.clone(), job.job_seq);
+        blocking(path.clone(), move || {
+            chains.covered(&job_id, &job_dir, || {
+                atomic::replace(&path, &bytes, true)?;
+                let entry = Covered {
+                    path: "job.json".to_owned(),
+                    bytes,
+                    job_seq,
+                    then,
+                };
+                Ok(((), entry))
+            })
+        })
+        .await
     }
 
     async fn retrieve_job(&self, job_id: &str) -> Result<Option<Job>, StoreError> {
@@ -243,22 +341,38 @@ impl Storage for FsStorage {
         check_id("run", &setting.run_id)?;
         let bytes = to_json("run setting", setting, false)?;
         let updated_at = setting.updated_at;
+        let job_dir = self.job_dir(&setting.job_id);
         let path = self
             .run_dir(&setting.job_id, &setting.run_id)
             .join("run-setting.json");
         let lock = Arc::clone(&self.run_setting_lock);
+        let chains = Arc::clone(&self.chains);
+        let (job_id, rel) = (
+            setting.job_id.clone(),
+            format!("runs/{}/run-setting.json", setting.run_id),
+        );
         blocking(path.clone(), move || {
             let _guard = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            match read_json::<RunSetting>(&path)? {
-                None => atomic::replace(&path, &bytes, true),
+            let bytes = match read_json::<RunSetting>(&path)? {
+                None => bytes,
                 Some(mut stored) => {
                     if updated_at <= stored.updated_at {
                         return Ok(());
                     }
                     stored.updated_at = updated_at;
-                    atomic::replace(&path, &to_json("run setting", &stored, false)?, true)
+                    to_json("run setting", &stored, false)?
                 }
-            }
+            };
+            chains.covered(&job_id, &job_dir, || {
+                atomic::replace(&path, &bytes, true)?;
+                let entry = Covered {
+                    path: rel,
+                    bytes,
+                    job_seq: None,
+                    then: Then::Nothing,
+                };
+                Ok(((), entry))
+            })
         })
         .await
     }
@@ -338,6 +452,15 @@ impl Storage for FsStorage {
         })
         .await
     }
+}
+
+/// The key directory of a store built with [`FsStorage::new`]: the user's configuration
+/// directory; unit tests use one temp-dir key instead of creating one in the user's home.
+fn default_key_dir() -> Option<PathBuf> {
+    if cfg!(test) {
+        return Some(std::env::temp_dir().join("perstack-unit-test-chain-key"));
+    }
+    chain::default_key_dir()
 }
 
 /// The lock file of a job's writer (see [`FsStorage::claim`]). Perstack's readers ignore it.

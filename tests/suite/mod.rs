@@ -9,6 +9,7 @@ mod continue_job;
 mod delegation;
 mod egress;
 mod fake_server;
+mod forensics;
 mod hooked;
 mod job_seq;
 mod lifecycle;

@@ -48,7 +48,8 @@ async fn files_are_laid_out_and_named_exactly_as_perstack_does() {
     assert_eq!(names(&base.join("jobs")), ["job1"]);
     assert_eq!(
         names(&base.join("jobs/job1")),
-        ["checkpoints", "job.json", "runs"]
+        // `audit`: the job's chain and runtime side log, beside Perstack's files.
+        ["audit", "checkpoints", "job.json", "runs"]
     );
     assert_eq!(names(&base.join("jobs/job1/checkpoints")), ["ck1.json"]);
     assert_eq!(names(&base.join("jobs/job1/runs")), ["run1"]);
@@ -317,7 +318,10 @@ async fn writes_leave_no_temp_files_behind() {
         .await
         .unwrap();
     let job_dir = store.base().join("jobs/job1");
-    assert_eq!(names(&job_dir), ["checkpoints", "job.json", "runs"]);
+    assert_eq!(
+        names(&job_dir),
+        ["audit", "checkpoints", "job.json", "runs"]
+    );
     assert_eq!(names(&job_dir.join("checkpoints")), ["c1.json"]);
     assert_eq!(
         names(&job_dir.join("runs/run1")),
