@@ -201,6 +201,10 @@ impl std::fmt::Debug for key::ChainKey {
 #[derive(Debug, Default)]
 struct JobChain {
     open: Option<OpenChain>,
+    /// An append failed (a full disk, a file-size limit): this process records nothing more
+    /// of the job, so what it writes after stays the chain's tail, a cut the next writer
+    /// adopts. The data write that the record was for still succeeded, and says so.
+    broken: bool,
 }
 
 #[derive(Debug)]
@@ -249,7 +253,9 @@ impl Chains {
     }
 
     /// Runs `write` (which writes one file of job `job_id` and says what it wrote), then appends
-    /// the file's record, both under the job's chain lock. Blocking.
+    /// the file's record, both under the job's chain lock. Blocking. Only `write`'s failure is
+    /// returned: once the file is written, the write has happened; a record that cannot be
+    /// appended breaks the job's chain in this process instead (see `JobChain::broken`).
     pub(crate) fn covered<T>(
         &self,
         job_id: &str,
@@ -258,36 +264,73 @@ impl Chains {
     ) -> Result<T, StoreError> {
         let job = self.job(job_id);
         let mut job = job.lock().unwrap_or_else(|p| p.into_inner());
-        let open = self.open(&mut job, job_id, job_dir)?;
+        self.opened(&mut job, job_id, job_dir);
         let (value, entry) = write()?;
-        let redacted_sha256 = entry
-            .path
-            .ends_with("/run-setting.json")
-            .then(|| redact_run_setting(&entry.bytes).map(|b| sha256_hex(&b)))
-            .flatten();
-        open.append(
-            job_dir,
-            Body::File {
-                sha256: sha256_hex(&entry.bytes),
-                path: entry.path,
-                job_seq: entry.job_seq,
-                redacted_sha256,
-            },
-        )?;
-        match entry.then {
-            Then::Nothing => {}
-            Then::Sign => open.sign(job_id, job_dir, self.key())?,
-            Then::Close(status) => {
-                open.append(job_dir, Body::Closed { status })?;
-                open.sign(job_id, job_dir, self.key())?;
-                open.sync(job_dir)?;
+        self.record(&mut job, job_id, job_dir, |open, key| {
+            let redacted_sha256 = entry
+                .path
+                .ends_with("/run-setting.json")
+                .then(|| redact_run_setting(&entry.bytes).map(|b| sha256_hex(&b)))
+                .flatten();
+            open.append(
+                job_dir,
+                Body::File {
+                    sha256: sha256_hex(&entry.bytes),
+                    path: entry.path,
+                    job_seq: entry.job_seq,
+                    redacted_sha256,
+                },
+            )?;
+            match entry.then {
+                Then::Nothing => {}
+                Then::Sign => open.sign(job_id, job_dir, key)?,
+                Then::Close(status) => {
+                    open.append(job_dir, Body::Closed { status })?;
+                    open.sign(job_id, job_dir, key)?;
+                    open.sync(job_dir)?;
+                }
             }
-        }
+            Ok(())
+        });
         Ok(value)
     }
 
+    /// Opens the job's chain unless it is open or broken; a failure breaks it.
+    fn opened(&self, job: &mut JobChain, job_id: &str, job_dir: &Path) {
+        if job.open.is_some() || job.broken {
+            return;
+        }
+        match self.open_chain(job_id, job_dir) {
+            Ok(open) => job.open = Some(open),
+            Err(e) => self.break_chain(job, job_id, &e),
+        }
+    }
+
+    /// Runs `append` on the job's open chain; a failure breaks the chain (logged once).
+    fn record(
+        &self,
+        job: &mut JobChain,
+        job_id: &str,
+        job_dir: &Path,
+        append: impl FnOnce(&mut OpenChain, Option<&key::ChainKey>) -> Result<(), StoreError>,
+    ) {
+        self.opened(job, job_id, job_dir);
+        let Some(open) = job.open.as_mut() else {
+            return;
+        };
+        if let Err(e) = append(open, self.key()) {
+            self.break_chain(job, job_id, &e);
+        }
+    }
+
+    fn break_chain(&self, job: &mut JobChain, job_id: &str, error: &StoreError) {
+        tracing::warn!(job = job_id, error = %error, "cannot append to the job's chain; the rest of this job's writes here stay unrecorded (verification reports a cut)");
+        job.open = None;
+        job.broken = true;
+    }
+
     /// Appends `line` (one JSON runtime event, no newline) to the job's runtime side log and
-    /// chains it. Blocking.
+    /// chains it. Blocking; a failure breaks the chain like [`Chains::covered`]'s.
     pub(crate) fn runtime(
         &self,
         job_id: &str,
@@ -296,42 +339,28 @@ impl Chains {
     ) -> Result<(), StoreError> {
         let job = self.job(job_id);
         let mut job = job.lock().unwrap_or_else(|p| p.into_inner());
-        let open = self.open(&mut job, job_id, job_dir)?;
-        let mut bytes = Vec::with_capacity(line.len() + 1);
-        bytes.extend_from_slice(line);
-        bytes.push(b'\n');
-        let path = job_dir.join(RUNTIME_FILE);
-        open.runtime.write_all(&bytes).map_err(io_error(&path))?;
-        let index = open.runtime_lines;
-        open.runtime_lines += 1;
-        let job_seq = serde_json::from_slice::<serde_json::Value>(line)
-            .ok()
-            .and_then(|v| v.get("jobSeq").and_then(serde_json::Value::as_u64));
-        open.append(
-            job_dir,
-            Body::File {
-                path: runtime_line_path(index),
-                sha256: sha256_hex(line),
-                job_seq,
-                redacted_sha256: None,
-            },
-        )
-    }
-
-    /// The job's open chain, opening it on first use: a torn last line (a crash mid-append) is
-    /// cut off, and files found unrecorded are adopted by a `recovered` record.
-    fn open<'a>(
-        &self,
-        job: &'a mut JobChain,
-        job_id: &str,
-        job_dir: &Path,
-    ) -> Result<&'a mut OpenChain, StoreError> {
-        if job.open.is_none() {
-            job.open = Some(self.open_chain(job_id, job_dir)?);
-        }
-        job.open
-            .as_mut()
-            .ok_or_else(|| io_error(job_dir)(io::Error::other("chain not open")))
+        self.record(&mut job, job_id, job_dir, |open, _| {
+            let mut bytes = Vec::with_capacity(line.len() + 1);
+            bytes.extend_from_slice(line);
+            bytes.push(b'\n');
+            let path = job_dir.join(RUNTIME_FILE);
+            open.runtime.write_all(&bytes).map_err(io_error(&path))?;
+            let index = open.runtime_lines;
+            open.runtime_lines += 1;
+            let job_seq = serde_json::from_slice::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v.get("jobSeq").and_then(serde_json::Value::as_u64));
+            open.append(
+                job_dir,
+                Body::File {
+                    path: runtime_line_path(index),
+                    sha256: sha256_hex(line),
+                    job_seq,
+                    redacted_sha256: None,
+                },
+            )
+        });
+        Ok(())
     }
 
     fn open_chain(&self, job_id: &str, job_dir: &Path) -> Result<OpenChain, StoreError> {
