@@ -33,7 +33,7 @@ pub(crate) enum Command {
     /// Run an Expert headless, printing every event as a JSON line.
     Run(Box<RunArgs>),
     /// View execution history
-    Log(log::LogArgs),
+    Log(Box<log::LogArgs>),
     /// Serve the built-in @perstack/base skill as an MCP server over stdio.
     Base(base::BaseArgs),
     /// Collect every Expert's tool definitions into perstack.lock.
@@ -78,7 +78,7 @@ pub fn run() -> ExitCode {
 async fn main(cli: Cli) -> u8 {
     match cli.command {
         Command::Run(args) => run::execute(*args).await,
-        Command::Log(args) => log::execute(args).await,
+        Command::Log(args) => log::execute(*args).await,
         Command::Base(args) => base::execute(args).await,
         Command::Install(args) => install::execute(args).await,
         Command::Worker(args) => worker::execute(*args).await,

@@ -42,9 +42,10 @@ impl FsStorage {
         Self::with_key_dir(base, default_key_dir())
     }
 
-    /// A store whose chains are signed with the key in `key_dir` (created there on the first
-    /// signature); `None` leaves them unsigned.
-    pub(crate) fn with_key_dir(base: PathBuf, key_dir: Option<PathBuf>) -> Self {
+    /// A store whose jobs' chains are signed with the key in `key_dir` (created there on the
+    /// first signature) instead of the user's configuration directory; `None` leaves them
+    /// unsigned. For an embedder that keeps its key elsewhere, and for tests.
+    pub fn with_key_dir(base: PathBuf, key_dir: Option<PathBuf>) -> Self {
         FsStorage {
             base,
             run_setting_lock: Arc::new(Mutex::new(())),
