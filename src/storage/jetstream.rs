@@ -53,8 +53,11 @@
 //! # Ok(()) }
 //! ```
 
+mod config;
 mod lease;
 mod names;
+mod objects;
+mod setup;
 mod wire;
 
 #[cfg(test)]
@@ -65,83 +68,23 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::object_store::ObjectStore;
-use async_nats::jetstream::stream::Stream;
-use async_nats::jetstream::{self, kv, object_store, stream};
+use async_nats::jetstream;
 use bytes::Bytes;
 use dashmap::DashMap;
 use serde::de::DeserializeOwned;
-use tokio::io::AsyncReadExt;
 use tokio::sync::OnceCell;
 
+pub use config::JetStreamConfig;
 pub use names::events_subject;
+use objects::{get_object, put_object};
+pub(crate) use setup::Handles;
+use setup::create_handles;
 
 use super::claim::holder_description;
 use super::{Claim, EventMeta, Storage, StoreError, check_id};
 use crate::schema::{Checkpoint, Event, Job, RunSetting};
 use lease::{Fence, Leases, into_store_error, nonce};
-use wire::{PublishFailure, Stored, Wire, rejected, unavailable};
-
-/// Limits and timings of a [`JetStreamStorage`].
-#[derive(Debug, Clone)]
-pub struct JetStreamConfig {
-    /// Replicas of every stream and bucket this store creates: 1 for a single server, 3 (or
-    /// 5) on a clustered one. Ignored for streams that already exist.
-    pub replicas: usize,
-    /// How long a claim outlives its holder's last acknowledged heartbeat. The server removes
-    /// the lease then, and another worker can take the job. Whole seconds (rounded up), at
-    /// least one.
-    pub lease_ttl: Duration,
-    /// How often the holder renews its lease; well under [`JetStreamConfig::lease_ttl`] (a
-    /// third is usual), or a slow round trip loses the claim. A store uses at most half the
-    /// TTL, whatever is set here.
-    pub heartbeat: Duration,
-    /// How long one operation keeps trying while the server does not answer (a restart, a
-    /// partition) before it fails with [`StoreError::Unavailable`].
-    pub write_timeout: Duration,
-    /// How long stored events are kept; zero keeps them until deleted. Ignored for an existing
-    /// stream.
-    pub event_max_age: Duration,
-}
-
-impl Default for JetStreamConfig {
-    fn default() -> Self {
-        JetStreamConfig {
-            replicas: 1,
-            lease_ttl: Duration::from_secs(15),
-            heartbeat: Duration::from_secs(5),
-            write_timeout: Duration::from_secs(30),
-            event_max_age: Duration::ZERO,
-        }
-    }
-}
-
-impl JetStreamConfig {
-    /// The lease TTL and heartbeat interval.
-    pub fn lease(mut self, ttl: Duration, heartbeat: Duration) -> Self {
-        self.lease_ttl = ttl;
-        self.heartbeat = heartbeat;
-        self
-    }
-
-    /// Replicas of the streams and buckets this store creates.
-    pub fn replicas(mut self, replicas: usize) -> Self {
-        self.replicas = replicas.max(1);
-        self
-    }
-
-    /// How long an operation keeps trying through a disconnect.
-    pub fn write_timeout(mut self, timeout: Duration) -> Self {
-        self.write_timeout = timeout;
-        self
-    }
-
-    /// How long stored events are kept (zero: until deleted).
-    pub fn event_max_age(mut self, age: Duration) -> Self {
-        self.event_max_age = age;
-        self
-    }
-}
+use wire::{PublishFailure, Stored, Wire, rejected};
 
 /// The store on NATS JetStream. Cheap to clone; clones share the connection and the claims.
 #[derive(Clone)]
@@ -163,15 +106,6 @@ struct Inner {
     holder: String,
     /// Test switch: heartbeats stop as in a paused process.
     frozen: Arc<AtomicBool>,
-}
-
-/// The streams and buckets of a store.
-#[derive(Clone)]
-pub(crate) struct Handles {
-    data: Stream,
-    leases: Stream,
-    events: Stream,
-    objects: ObjectStore,
 }
 
 impl std::fmt::Debug for JetStreamStorage {
@@ -303,30 +237,7 @@ impl JetStreamStorage {
         let Some(object) = entry.header(names::OBJECT) else {
             return parse(entry, "checkpoint");
         };
-        let mut body = Vec::new();
-        let started = tokio::time::Instant::now();
-        loop {
-            let read = async {
-                let mut reader = handles
-                    .objects
-                    .get(object)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                body.clear();
-                reader
-                    .read_to_end(&mut body)
-                    .await
-                    .map_err(|e| e.to_string())
-            };
-            match read.await {
-                Ok(_) => break,
-                Err(e) if started.elapsed() < self.inner.config.write_timeout => {
-                    tracing::debug!(error = %e, "reading a large checkpoint failed; trying again");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => return Err(unavailable("read", &e)),
-            }
-        }
+        let body = get_object(&handles.objects, object, self.inner.config.write_timeout).await?;
         serde_json::from_slice(&body).map_err(|e| StoreError::Corrupt {
             path: format!("{}/{object}", names::OBJECT_BUCKET).into(),
             message: e.to_string(),
@@ -341,90 +252,6 @@ impl JetStreamStorage {
         };
         max_payload.saturating_sub(8 * 1024)
     }
-}
-
-/// Creates (or opens) the streams and buckets.
-async fn create_handles(
-    js: &jetstream::Context,
-    config: &JetStreamConfig,
-) -> Result<Handles, StoreError> {
-    let replicas = config.replicas.max(1);
-    let data = open_kv(
-        js,
-        kv::Config {
-            bucket: names::DATA_BUCKET.to_owned(),
-            description: "perstack jobs, run settings, checkpoints".to_owned(),
-            history: 1,
-            num_replicas: replicas,
-            storage: stream::StorageType::File,
-            ..Default::default()
-        },
-    )
-    .await?;
-    let leases = open_kv(
-        js,
-        kv::Config {
-            bucket: names::LEASE_BUCKET.to_owned(),
-            description: "perstack job leases".to_owned(),
-            history: 1,
-            num_replicas: replicas,
-            storage: stream::StorageType::File,
-            // Per-key TTLs; the marker left by an expiry lives one TTL.
-            limit_markers: Some(config.lease_ttl.max(Duration::from_secs(1))),
-            ..Default::default()
-        },
-    )
-    .await?;
-    let events_config = stream::Config {
-        name: names::EVENT_STREAM.to_owned(),
-        description: Some("perstack stored events, perstack.events.<jobId>".to_owned()),
-        subjects: vec![names::EVENT_SUBJECTS.to_owned()],
-        retention: stream::RetentionPolicy::Limits,
-        max_age: config.event_max_age,
-        duplicate_window: Duration::from_secs(120),
-        num_replicas: replicas,
-        storage: stream::StorageType::File,
-        allow_direct: true,
-        ..Default::default()
-    };
-    let events = match js.get_or_create_stream(events_config).await {
-        Ok(stream) => stream,
-        Err(e) => return Err(unavailable("set up", &e)),
-    };
-    let objects_config = object_store::Config {
-        bucket: names::OBJECT_BUCKET.to_owned(),
-        description: Some("perstack checkpoints too large for one message".to_owned()),
-        num_replicas: replicas,
-        storage: stream::StorageType::File,
-        ..Default::default()
-    };
-    let objects = match js.create_object_store(objects_config).await {
-        Ok(store) => store,
-        Err(create) => js
-            .get_object_store(names::OBJECT_BUCKET)
-            .await
-            .map_err(|_| unavailable("set up", &create))?,
-    };
-    Ok(Handles {
-        data,
-        leases,
-        events,
-        objects,
-    })
-}
-
-/// Creates a key-value bucket, or opens it when it exists (with whatever limits it has), and
-/// returns its stream.
-async fn open_kv(js: &jetstream::Context, config: kv::Config) -> Result<Stream, StoreError> {
-    let bucket = config.bucket.clone();
-    if let Err(create) = js.create_key_value(config).await {
-        js.get_key_value(&bucket)
-            .await
-            .map_err(|_| unavailable("set up", &create))?;
-    }
-    js.get_stream(format!("KV_{bucket}"))
-        .await
-        .map_err(|e| unavailable("set up", &e))
 }
 
 fn parse<T: DeserializeOwned>(entry: &Stored, what: &str) -> Result<T, StoreError> {
@@ -803,26 +630,5 @@ impl Storage for JetStreamStorage {
         }
         .claim(job_id)
         .await
-    }
-}
-
-/// Stores `body` as object `name`, trying again through disconnects until `deadline`.
-async fn put_object(
-    objects: &ObjectStore,
-    name: &str,
-    body: &[u8],
-    deadline: Duration,
-) -> Result<(), StoreError> {
-    let started = tokio::time::Instant::now();
-    loop {
-        let mut reader = body;
-        match objects.put(name, &mut reader).await {
-            Ok(_) => return Ok(()),
-            Err(e) if started.elapsed() < deadline => {
-                tracing::debug!(error = %e, "storing a large checkpoint failed; trying again");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => return Err(unavailable("store checkpoint", &e)),
-        }
     }
 }
