@@ -11,6 +11,7 @@ use perstack::storage::{JetStreamConfig, JetStreamStorage, Storage, StoreError};
 
 use super::common::{self, NatsServer};
 
+mod harness;
 mod workers;
 
 /// The harness itself: a JetStream key-value entry written before a server restart is read back

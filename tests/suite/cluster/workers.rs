@@ -1,234 +1,22 @@
 //! `perstack worker` processes and `perstack run --nats` against a real `nats-server` on
 //! 127.0.0.1 (one per test, with a fresh port and store directory; see `common::NatsServer`).
 //!
-//! The tests run one at a time ([`SERIAL`]): each starts several processes and a server on a
+//! The tests run one at a time (`harness::SERIAL`): each starts several processes and a server on a
 //! 2-core machine. Each has a deadline; every process is killed when its guard drops.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use futures::StreamExt;
-use perstack::cluster::{Client, JobEnd, NatsOptions};
-use perstack::engine::{RunOverrides, Settings};
+use perstack::cluster::{Client, NatsOptions};
 use perstack::sandbox::Isolation;
-use perstack::schema::{Checkpoint, CheckpointStatus, Event, JobStatus};
-use perstack::storage::{JetStreamConfig, JetStreamStorage, Storage};
+use perstack::schema::JobStatus;
+use perstack::storage::Storage;
 
+use super::harness::{
+    SERIAL, Worker, assert_committed_once, assert_gapless, follow, follow_all, queue_left, records,
+    script, settings, store, toml,
+};
 use crate::suite::common::{self, NatsServer};
-
-/// One cluster test at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Lease (and ack wait) of the test workers: a dead worker's jobs move after this.
-const LEASE_MS: &str = "2000";
-
-const EXPERTS: &str = r#"
-
-[experts."coordinator"]
-instruction = "Delegate both halves, then summarise."
-delegates = ["child-a", "child-b"]
-
-[experts."child-a"]
-description = "first half"
-instruction = "Do the first half."
-
-[experts."child-b"]
-description = "second half"
-instruction = "Do the second half."
-"#;
-
-/// The project: unconfined (`runtime = "local"`), the scripted provider, [`EXPERTS`].
-fn toml() -> String {
-    format!("runtime = \"local\"\n{}", common::scripted(EXPERTS))
-}
-
-/// A coordinator that delegates to two children (one uses a tool), then completes; every turn
-/// waits `delay` ms (simulated model latency).
-fn script(delay: u64) -> String {
-    format!(
-        r#"
-[[turns]]
-expert = "coordinator"
-delayMs = {delay}
-toolCalls = [
-  {{ id = "call_a", name = "child-a", args = {{ query = "first" }} }},
-  {{ id = "call_b", name = "child-b", args = {{ query = "second" }} }},
-]
-[[turns]]
-expert = "child-a"
-delayMs = {delay}
-toolCalls = [{{ id = "a1", name = "healthCheck" }}]
-[[turns]]
-expert = "child-a"
-delayMs = {delay}
-text = "A done."
-[[turns]]
-expert = "child-b"
-delayMs = {delay}
-text = "B done."
-[[turns]]
-expert = "coordinator"
-delayMs = {delay}
-toolCalls = [{{ id = "c2", name = "attemptCompletion" }}]
-[[turns]]
-expert = "coordinator"
-delayMs = {delay}
-text = "Summary: A done. B done."
-"#
-    )
-}
-
-/// A `perstack worker` process, killed (SIGKILL) and reaped when dropped.
-struct Worker {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Worker {
-    fn start(
-        server: &NatsServer,
-        project: &Path,
-        work: &Path,
-        n: usize,
-        env: &[(&str, &str)],
-    ) -> Worker {
-        let log = project.join(format!("worker-{n}.log"));
-        let mut cmd = Command::new(common::bin());
-        cmd.args(["worker", "--nats", &server.url(), "--concurrency", "4"])
-            .arg("--config")
-            .arg(project.join("perstack.toml"))
-            .arg("--work-dir")
-            .arg(work)
-            .args(["--lease-ms", LEASE_MS])
-            .current_dir(project)
-            .env("PERSTACK_LOG", "perstack=info")
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        Worker {
-            child: cmd.spawn().unwrap(),
-            log,
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn signal(&self, signal: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal).unwrap();
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The project's settings as `perstack run` resolves them, unconfined.
-fn settings(project: &Path) -> Settings {
-    let cfg = perstack::config::load(&project.join("perstack.toml")).unwrap();
-    let mut s = Settings::resolve(&cfg, &RunOverrides::default());
-    s.isolation = Isolation::Unconfined;
-    s
-}
-
-/// What a follower saw of one job.
-struct Seen {
-    events: Vec<Event>,
-    end: JobEnd,
-    takeovers: usize,
-}
-
-async fn follow(client: &Client, job: &str) -> Seen {
-    let mut followed = client.follow(job).await.unwrap();
-    let mut events = Vec::new();
-    while let Some(e) = followed.next_event().await.unwrap() {
-        events.push(e);
-    }
-    Seen {
-        events,
-        end: followed.end().cloned().unwrap(),
-        takeovers: followed.takeovers().len(),
-    }
-}
-
-/// Follow every job to its end, 32 at a time.
-async fn follow_all(client: &Client, jobs: &[String]) -> Vec<(String, Seen)> {
-    futures::stream::iter(jobs.iter().cloned())
-        .map(|job| async move {
-            let seen = follow(client, &job).await;
-            (job, seen)
-        })
-        .buffer_unordered(32)
-        .collect()
-        .await
-}
-
-/// The workers' shared store, read from the test.
-async fn store(server: &NatsServer) -> JetStreamStorage {
-    let client = async_nats::connect(server.url()).await.unwrap();
-    JetStreamStorage::new(client, JetStreamConfig::default())
-}
-
-/// The job was committed once: each run's steps stored once, each Expert completed once.
-async fn assert_committed_once(server: &NatsServer, job: &str) {
-    let cps: Vec<Checkpoint> = store(server).await.checkpoints_by_job(job).await.unwrap();
-    let mut seen = std::collections::HashSet::new();
-    for cp in &cps {
-        assert!(
-            seen.insert((cp.run_id.clone(), cp.step_number, cp.status.as_str())),
-            "job {job}: step {} of run {} stored twice",
-            cp.step_number,
-            cp.run_id
-        );
-    }
-    for expert in ["coordinator", "child-a", "child-b"] {
-        let completed = cps
-            .iter()
-            .filter(|c| c.expert.key == expert && c.status == CheckpointStatus::Completed)
-            .count();
-        assert_eq!(
-            completed, 1,
-            "job {job}: {expert} completed {completed} times"
-        );
-    }
-}
-
-/// Gapless job sequence numbers from 1, and one `completeRun` of the coordinator.
-fn assert_gapless(job: &str, seen: &Seen) {
-    let seqs: Vec<u64> = seen.events.iter().map(|e| e.job_seq.unwrap()).collect();
-    let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
-    assert_eq!(
-        seqs, expected,
-        "job {job}: events out of order or with gaps"
-    );
-    let completions = seen
-        .events
-        .iter()
-        .filter(|e| e.kind() == "completeRun" && e.expert_key.as_deref() == Some("coordinator"))
-        .count();
-    assert_eq!(completions, 1, "job {job}");
-}
-
-/// Messages still in the work queue (waiting or unacknowledged).
-async fn queue_left(server: &NatsServer) -> (u64, usize) {
-    let client = async_nats::connect(server.url()).await.unwrap();
-    let js = async_nats::jetstream::new(client);
-    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
-        .get_consumer_from_stream("workers", "PERSTACK_JOBS")
-        .await
-        .unwrap();
-    let info = consumer.info().await.unwrap();
-    (info.num_pending, info.num_ack_pending)
-}
 
 #[tokio::test]
 async fn three_workers_run_300_jobs_each_exactly_once_with_gapless_events() {
@@ -722,33 +510,6 @@ async fn a_server_restart_mid_run_loses_no_event_and_no_job() {
             }
             panic!("not done within 120 s of the restart");
         });
-}
-
-/// Every record on job `job`'s output subject: (message id, whether it is the end record).
-async fn records(server: &NatsServer, job: &str) -> Vec<(String, bool, bool)> {
-    let nats = async_nats::connect(server.url()).await.unwrap();
-    let js = async_nats::jetstream::new(nats);
-    let mut stream = js.get_stream("PERSTACK_OUTPUT").await.unwrap();
-    let last = stream.info().await.unwrap().state.last_sequence;
-    let subject = format!("perstack.output.{job}");
-    let mut out = Vec::new();
-    for seq in 1..=last {
-        if let Ok(m) = stream.get_raw_message(seq).await
-            && m.subject.as_str() == subject
-        {
-            let id = m
-                .headers
-                .get("Nats-Msg-Id")
-                .map(|v| v.to_string())
-                .unwrap_or_default();
-            out.push((
-                id,
-                m.headers.get("Perstack-Takeover").is_some(),
-                m.headers.get("Perstack-End").is_some(),
-            ));
-        }
-    }
-    out
 }
 
 #[tokio::test]

@@ -1,0 +1,255 @@
+//! What the worker tests share: the project and script they run, a `perstack worker` process
+//! guard, following jobs through the client, reading the workers' store, and the assertions
+//! every test makes (each step committed once, gapless job sequence numbers).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use futures::StreamExt;
+use perstack::cluster::{Client, JobEnd};
+use perstack::engine::{RunOverrides, Settings};
+use perstack::sandbox::Isolation;
+use perstack::schema::{Checkpoint, CheckpointStatus, Event};
+use perstack::storage::{JetStreamConfig, JetStreamStorage, Storage};
+
+use crate::suite::common::{self, NatsServer};
+
+/// One cluster test at a time.
+pub(super) static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Lease (and ack wait) of the test workers: a dead worker's jobs move after this.
+pub(super) const LEASE_MS: &str = "2000";
+
+pub(super) const EXPERTS: &str = r#"
+
+[experts."coordinator"]
+instruction = "Delegate both halves, then summarise."
+delegates = ["child-a", "child-b"]
+
+[experts."child-a"]
+description = "first half"
+instruction = "Do the first half."
+
+[experts."child-b"]
+description = "second half"
+instruction = "Do the second half."
+"#;
+
+/// The project: unconfined (`runtime = "local"`), the scripted provider, [`EXPERTS`].
+pub(super) fn toml() -> String {
+    format!("runtime = \"local\"\n{}", common::scripted(EXPERTS))
+}
+
+/// A coordinator that delegates to two children (one uses a tool), then completes; every turn
+/// waits `delay` ms (simulated model latency).
+pub(super) fn script(delay: u64) -> String {
+    format!(
+        r#"
+[[turns]]
+expert = "coordinator"
+delayMs = {delay}
+toolCalls = [
+  {{ id = "call_a", name = "child-a", args = {{ query = "first" }} }},
+  {{ id = "call_b", name = "child-b", args = {{ query = "second" }} }},
+]
+[[turns]]
+expert = "child-a"
+delayMs = {delay}
+toolCalls = [{{ id = "a1", name = "healthCheck" }}]
+[[turns]]
+expert = "child-a"
+delayMs = {delay}
+text = "A done."
+[[turns]]
+expert = "child-b"
+delayMs = {delay}
+text = "B done."
+[[turns]]
+expert = "coordinator"
+delayMs = {delay}
+toolCalls = [{{ id = "c2", name = "attemptCompletion" }}]
+[[turns]]
+expert = "coordinator"
+delayMs = {delay}
+text = "Summary: A done. B done."
+"#
+    )
+}
+
+/// A `perstack worker` process, killed (SIGKILL) and reaped when dropped.
+pub(super) struct Worker {
+    pub(super) child: Child,
+    log: PathBuf,
+}
+
+impl Worker {
+    pub(super) fn start(
+        server: &NatsServer,
+        project: &Path,
+        work: &Path,
+        n: usize,
+        env: &[(&str, &str)],
+    ) -> Worker {
+        let log = project.join(format!("worker-{n}.log"));
+        let mut cmd = Command::new(common::bin());
+        cmd.args(["worker", "--nats", &server.url(), "--concurrency", "4"])
+            .arg("--config")
+            .arg(project.join("perstack.toml"))
+            .arg("--work-dir")
+            .arg(work)
+            .args(["--lease-ms", LEASE_MS])
+            .current_dir(project)
+            .env("PERSTACK_LOG", "perstack=info")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        Worker {
+            child: cmd.spawn().unwrap(),
+            log,
+        }
+    }
+
+    pub(super) fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub(super) fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal).unwrap();
+    }
+
+    pub(super) fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The project's settings as `perstack run` resolves them, unconfined.
+pub(super) fn settings(project: &Path) -> Settings {
+    let cfg = perstack::config::load(&project.join("perstack.toml")).unwrap();
+    let mut s = Settings::resolve(&cfg, &RunOverrides::default());
+    s.isolation = Isolation::Unconfined;
+    s
+}
+
+/// What a follower saw of one job.
+pub(super) struct Seen {
+    pub(super) events: Vec<Event>,
+    pub(super) end: JobEnd,
+    pub(super) takeovers: usize,
+}
+
+pub(super) async fn follow(client: &Client, job: &str) -> Seen {
+    let mut followed = client.follow(job).await.unwrap();
+    let mut events = Vec::new();
+    while let Some(e) = followed.next_event().await.unwrap() {
+        events.push(e);
+    }
+    Seen {
+        events,
+        end: followed.end().cloned().unwrap(),
+        takeovers: followed.takeovers().len(),
+    }
+}
+
+/// Follow every job to its end, 32 at a time.
+pub(super) async fn follow_all(client: &Client, jobs: &[String]) -> Vec<(String, Seen)> {
+    futures::stream::iter(jobs.iter().cloned())
+        .map(|job| async move {
+            let seen = follow(client, &job).await;
+            (job, seen)
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await
+}
+
+/// The workers' shared store, read from the test.
+pub(super) async fn store(server: &NatsServer) -> JetStreamStorage {
+    let client = async_nats::connect(server.url()).await.unwrap();
+    JetStreamStorage::new(client, JetStreamConfig::default())
+}
+
+/// The job was committed once: each run's steps stored once, each Expert completed once.
+pub(super) async fn assert_committed_once(server: &NatsServer, job: &str) {
+    let cps: Vec<Checkpoint> = store(server).await.checkpoints_by_job(job).await.unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for cp in &cps {
+        assert!(
+            seen.insert((cp.run_id.clone(), cp.step_number, cp.status.as_str())),
+            "job {job}: step {} of run {} stored twice",
+            cp.step_number,
+            cp.run_id
+        );
+    }
+    for expert in ["coordinator", "child-a", "child-b"] {
+        let completed = cps
+            .iter()
+            .filter(|c| c.expert.key == expert && c.status == CheckpointStatus::Completed)
+            .count();
+        assert_eq!(
+            completed, 1,
+            "job {job}: {expert} completed {completed} times"
+        );
+    }
+}
+
+/// Gapless job sequence numbers from 1, and one `completeRun` of the coordinator.
+pub(super) fn assert_gapless(job: &str, seen: &Seen) {
+    let seqs: Vec<u64> = seen.events.iter().map(|e| e.job_seq.unwrap()).collect();
+    let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+    assert_eq!(
+        seqs, expected,
+        "job {job}: events out of order or with gaps"
+    );
+    let completions = seen
+        .events
+        .iter()
+        .filter(|e| e.kind() == "completeRun" && e.expert_key.as_deref() == Some("coordinator"))
+        .count();
+    assert_eq!(completions, 1, "job {job}");
+}
+
+/// Messages still in the work queue (waiting or unacknowledged).
+pub(super) async fn queue_left(server: &NatsServer) -> (u64, usize) {
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_consumer_from_stream("workers", "PERSTACK_JOBS")
+        .await
+        .unwrap();
+    let info = consumer.info().await.unwrap();
+    (info.num_pending, info.num_ack_pending)
+}
+
+/// Every record on job `job`'s output subject: (message id, whether it is the end record).
+pub(super) async fn records(server: &NatsServer, job: &str) -> Vec<(String, bool, bool)> {
+    let nats = async_nats::connect(server.url()).await.unwrap();
+    let js = async_nats::jetstream::new(nats);
+    let mut stream = js.get_stream("PERSTACK_OUTPUT").await.unwrap();
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let subject = format!("perstack.output.{job}");
+    let mut out = Vec::new();
+    for seq in 1..=last {
+        if let Ok(m) = stream.get_raw_message(seq).await
+            && m.subject.as_str() == subject
+        {
+            let id = m
+                .headers
+                .get("Nats-Msg-Id")
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            out.push((
+                id,
+                m.headers.get("Perstack-Takeover").is_some(),
+                m.headers.get("Perstack-End").is_some(),
+            ));
+        }
+    }
+    out
+}
