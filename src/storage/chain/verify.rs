@@ -331,7 +331,7 @@ pub(crate) fn verify(files: &JobFiles, trusted: Option<&str>) -> Report {
     let mut records = Vec::new();
     // Records after the last good head, and whether one of them needed a head right after
     // it (a checkpoint, a `recovered` or `closed` record): only the very last may lack it.
-    let mut unsigned: Vec<usize> = Vec::new();
+    let mut heads: Vec<usize> = Vec::new();
     let mut last = GENESIS.to_owned();
     let mut lines = chain.split(|b| *b == b'\n').peekable();
     let mut n = 0u64;
@@ -359,11 +359,8 @@ pub(crate) fn verify(files: &JobFiles, trusted: Option<&str>) -> Report {
                 why: "does not follow the record before it (records edited, removed, inserted or reordered)".into(),
             });
         }
-        if let Body::Head { key, sig } = &record.body {
-            let message = head_message(&files.job_id, record.n, &record.prev);
-            if !verify_signature(key, &message, sig) {
-                findings.push(Finding::BadSignature { record: n });
-            } else if let Some(trusted) = trusted.or(report.key.as_deref())
+        if let Body::Head { key, .. } = &record.body {
+            if let Some(trusted) = trusted.or(report.key.as_deref())
                 && trusted != key
             {
                 findings.push(Finding::UntrustedKey {
@@ -372,16 +369,39 @@ pub(crate) fn verify(files: &JobFiles, trusted: Option<&str>) -> Report {
                 });
             } else {
                 report.key = Some(key.clone());
-                unsigned.clear();
+                heads.push(records.len());
             }
-        } else {
-            unsigned.push(records.len());
         }
         records.push(record);
         last = hash;
         n += 1;
     }
     report.records = n;
+    // The hash links tie every record to the next, so the last head whose signature holds
+    // vouches for everything before it: only that one is checked (an Ed25519 verification
+    // per head would dominate the time on a long job).
+    let mut signed_upto = None;
+    for &i in heads.iter().rev() {
+        let record = &records[i];
+        let Body::Head { key, sig } = &record.body else {
+            continue;
+        };
+        if verify_signature(
+            key,
+            &head_message(&files.job_id, record.n, &record.prev),
+            sig,
+        ) {
+            signed_upto = Some(i);
+            break;
+        }
+        findings.push(Finding::BadSignature { record: record.n });
+    }
+    if signed_upto.is_none() {
+        report.key = None;
+    }
+    let unsigned: Vec<usize> = (signed_upto.map_or(0, |i| i + 1)..records.len())
+        .filter(|&i| !matches!(records[i].body, Body::Head { .. }))
+        .collect();
     // A head follows every checkpoint, `recovered` and `closed` record at once, under the same
     // lock: in the unsigned tail, only the last record may be one of those.
     let needs_head = |r: &Record| match &r.body {
