@@ -165,6 +165,38 @@ pub struct EventMeta {
     pub kind: String,
 }
 
+impl EventMeta {
+    /// The meta of a stored event (step 0 when it has none).
+    pub(crate) fn of(event: &Event) -> Self {
+        EventMeta {
+            timestamp: event.timestamp,
+            step_number: event.step_number.unwrap_or_default(),
+            kind: event.kind().to_owned(),
+        }
+    }
+}
+
+/// The contract's order of [`Storage::all_jobs`]: newest `startedAt` first, ties by id. Every
+/// store sorts with this.
+pub(crate) fn sort_jobs(jobs: &mut [Job]) {
+    jobs.sort_by(|a, b| {
+        b.started_at
+            .cmp(&a.started_at)
+            .then_with(|| a.id.cmp(&b.id))
+    });
+}
+
+/// The contract's order of [`Storage::all_run_settings`]: newest `updatedAt` first, ties by job
+/// id, then run id. Every store sorts with this.
+pub(crate) fn sort_run_settings(settings: &mut [RunSetting]) {
+    settings.sort_by(|a, b| {
+        b.updated_at
+            .cmp(&a.updated_at)
+            .then_with(|| a.job_id.cmp(&b.job_id))
+            .then_with(|| a.run_id.cmp(&b.run_id))
+    });
+}
+
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -325,11 +325,7 @@ impl Storage for FsStorage {
                     jobs.push(job);
                 }
             }
-            jobs.sort_by(|a, b| {
-                b.started_at
-                    .cmp(&a.started_at)
-                    .then_with(|| a.id.cmp(&b.id))
-            });
+            super::sort_jobs(&mut jobs);
             Ok(jobs)
         })
         .await
@@ -394,12 +390,7 @@ impl Storage for FsStorage {
                     }
                 }
             }
-            settings.sort_by(|a, b| {
-                b.updated_at
-                    .cmp(&a.updated_at)
-                    .then_with(|| a.job_id.cmp(&b.job_id))
-                    .then_with(|| a.run_id.cmp(&b.run_id))
-            });
+            super::sort_run_settings(&mut settings);
             Ok(settings)
         })
         .await

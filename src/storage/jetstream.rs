@@ -415,11 +415,7 @@ impl Storage for JetStreamStorage {
             .event_contents(job_id, run_id, None)
             .await?
             .into_iter()
-            .map(|e| EventMeta {
-                timestamp: e.timestamp,
-                step_number: e.step_number.unwrap_or_default(),
-                kind: e.kind().to_owned(),
-            })
+            .map(|e| EventMeta::of(&e))
             .collect();
         metas.sort_by_key(|m| (m.step_number, m.timestamp));
         Ok(metas)
@@ -500,11 +496,7 @@ impl Storage for JetStreamStorage {
             .filter(|e| !e.is_deletion())
             .map(|e| parse::<Job>(e, "job"))
             .collect::<Result<Vec<_>, _>>()?;
-        jobs.sort_by(|a, b| {
-            b.started_at
-                .cmp(&a.started_at)
-                .then_with(|| a.id.cmp(&b.id))
-        });
+        super::sort_jobs(&mut jobs);
         Ok(jobs)
     }
 
@@ -581,12 +573,7 @@ impl Storage for JetStreamStorage {
             .filter(|e| !e.is_deletion())
             .map(|e| parse::<RunSetting>(e, "run setting"))
             .collect::<Result<Vec<_>, _>>()?;
-        settings.sort_by(|a, b| {
-            b.updated_at
-                .cmp(&a.updated_at)
-                .then_with(|| a.job_id.cmp(&b.job_id))
-                .then_with(|| a.run_id.cmp(&b.run_id))
-        });
+        super::sort_run_settings(&mut settings);
         Ok(settings)
     }
 

@@ -141,11 +141,7 @@ impl Storage for MemoryStorage {
         let mut metas: Vec<EventMeta> = self
             .run_events(job_id, run_id)
             .iter()
-            .map(|e| EventMeta {
-                timestamp: e.timestamp,
-                step_number: e.step_number.unwrap_or_default(),
-                kind: e.kind().to_owned(),
-            })
+            .map(|e| EventMeta::of(e))
             .collect();
         metas.sort_by_key(|m| (m.step_number, m.timestamp));
         Ok(metas)
@@ -186,11 +182,7 @@ impl Storage for MemoryStorage {
             .iter()
             .filter_map(|entry| entry.job.clone())
             .collect();
-        jobs.sort_by(|a, b| {
-            b.started_at
-                .cmp(&a.started_at)
-                .then_with(|| a.id.cmp(&b.id))
-        });
+        super::sort_jobs(&mut jobs);
         Ok(jobs)
     }
 
@@ -217,12 +209,7 @@ impl Storage for MemoryStorage {
                     .collect::<Vec<_>>()
             })
             .collect();
-        settings.sort_by(|a, b| {
-            b.updated_at
-                .cmp(&a.updated_at)
-                .then_with(|| a.job_id.cmp(&b.job_id))
-                .then_with(|| a.run_id.cmp(&b.run_id))
-        });
+        super::sort_run_settings(&mut settings);
         Ok(settings)
     }
 

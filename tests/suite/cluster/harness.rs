@@ -4,12 +4,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use futures::StreamExt;
 use perstack::cluster::{Client, JobEnd};
 use perstack::engine::{RunOverrides, Settings};
 use perstack::sandbox::Isolation;
-use perstack::schema::{Checkpoint, CheckpointStatus, Event};
+use perstack::schema::{Checkpoint, CheckpointStatus, Event, JobStatus};
 use perstack::storage::{JetStreamConfig, JetStreamStorage, Storage};
 
 use crate::suite::common::{self, NatsServer};
@@ -252,4 +253,60 @@ pub(super) async fn records(server: &NatsServer, job: &str) -> Vec<(String, bool
         }
     }
     out
+}
+
+/// Submits `n` coordinator jobs with ids `<prefix>-<i>` and queries `q<i>`.
+pub(super) async fn submit_all(
+    client: &Client,
+    settings: &Settings,
+    prefix: &str,
+    n: usize,
+) -> Vec<String> {
+    let mut jobs = Vec::new();
+    for i in 0..n {
+        let id = format!("{prefix}-{i}");
+        jobs.push(
+            client
+                .submit(settings, "coordinator", &format!("q{i}"), Some(id))
+                .await
+                .unwrap(),
+        );
+    }
+    jobs
+}
+
+/// Waits (at most 30 s) until `worker` holds the leases of at least two of `jobs` that are
+/// running, so that one finishing in between still leaves one to take over.
+pub(super) async fn wait_until_running_two(server: &NatsServer, worker: &Worker, jobs: &[String]) {
+    let victim = format!("pid {} ", worker.pid());
+    let nats = async_nats::connect(server.url()).await.unwrap();
+    let leases = async_nats::jetstream::new(nats);
+    let store = store(server).await;
+    let holding = async {
+        loop {
+            if let Ok(kv) = leases.get_key_value("perstack_leases").await {
+                let mut held = 0;
+                for j in jobs {
+                    if let Ok(Some(v)) = kv.get(j).await
+                        && String::from_utf8_lossy(&v).contains(&victim)
+                        && store
+                            .retrieve_job(j)
+                            .await
+                            .ok()
+                            .flatten()
+                            .is_some_and(|r| r.status == JobStatus::Running)
+                    {
+                        held += 1;
+                    }
+                }
+                if held >= 2 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), holding)
+        .await
+        .expect("the worker never ran two jobs at once");
 }

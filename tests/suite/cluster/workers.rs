@@ -10,11 +10,10 @@ use std::time::Duration;
 use perstack::cluster::{Client, NatsOptions};
 use perstack::sandbox::Isolation;
 use perstack::schema::JobStatus;
-use perstack::storage::Storage;
 
 use super::harness::{
     SERIAL, Worker, assert_committed_once, assert_gapless, follow, follow_all, queue_left, records,
-    script, settings, store, toml,
+    script, settings, submit_all, toml, wait_until_running_two,
 };
 use crate::suite::common::{self, NatsServer};
 
@@ -182,53 +181,9 @@ async fn killing_a_worker_mid_run_loses_no_job_and_commits_no_step_twice() {
             .await
             .unwrap();
         let settings = settings(project.path());
-        let mut jobs = Vec::new();
-        for i in 0..24 {
-            jobs.push(
-                client
-                    .submit(
-                        &settings,
-                        "coordinator",
-                        &format!("q{i}"),
-                        Some(format!("k-{i}")),
-                    )
-                    .await
-                    .unwrap(),
-            );
-        }
-        // Kill worker 0 while it holds running jobs (its pid is in their leases; two, so
-        // that one finishing in between still leaves one to take over).
-        let victim = format!("pid {} ", workers[0].pid());
-        let nats = async_nats::connect(server.url()).await.unwrap();
-        let leases = async_nats::jetstream::new(nats);
-        let store = store(&server).await;
-        let holding = async {
-            loop {
-                if let Ok(kv) = leases.get_key_value("perstack_leases").await {
-                    let mut held = 0;
-                    for j in &jobs {
-                        if let Ok(Some(v)) = kv.get(j).await
-                            && String::from_utf8_lossy(&v).contains(&victim)
-                            && store
-                                .retrieve_job(j)
-                                .await
-                                .ok()
-                                .flatten()
-                                .is_some_and(|r| r.status == JobStatus::Running)
-                        {
-                            held += 1;
-                        }
-                    }
-                    if held >= 2 {
-                        return;
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(30), holding)
-            .await
-            .expect("worker 0 never ran a job");
+        let jobs = submit_all(&client, &settings, "k", 24).await;
+        // Kill worker 0 while it holds running jobs (its pid is in their leases).
+        wait_until_running_two(&server, &workers[0], &jobs).await;
         workers[0].signal(nix::sys::signal::Signal::SIGKILL);
         let seen = follow_all(&client, &jobs).await;
         let mut taken_over = 0;
@@ -470,20 +425,7 @@ async fn a_server_restart_mid_run_loses_no_event_and_no_job() {
             .await
             .unwrap();
         let settings = settings(project.path());
-        let mut jobs = Vec::new();
-        for i in 0..16 {
-            jobs.push(
-                client
-                    .submit(
-                        &settings,
-                        "coordinator",
-                        &format!("q{i}"),
-                        Some(format!("r-{i}")),
-                    )
-                    .await
-                    .unwrap(),
-            );
-        }
+        let jobs = submit_all(&client, &settings, "r", 16).await;
         let mut first = client.follow("r-0").await.unwrap();
         first.next_event().await.unwrap().unwrap();
         server.restart();
@@ -528,51 +470,8 @@ async fn a_worker_paused_past_its_lease_loses_its_jobs_and_writes_nothing_when_r
             .await
             .unwrap();
         let settings = settings(project.path());
-        let mut jobs = Vec::new();
-        for i in 0..6 {
-            jobs.push(
-                client
-                    .submit(
-                        &settings,
-                        "coordinator",
-                        &format!("q{i}"),
-                        Some(format!("p-{i}")),
-                    )
-                    .await
-                    .unwrap(),
-            );
-        }
-        let victim = format!("pid {} ", workers[0].pid());
-        let nats = async_nats::connect(server.url()).await.unwrap();
-        let leases = async_nats::jetstream::new(nats);
-        let store = store(&server).await;
-        let holding = async {
-            loop {
-                if let Ok(kv) = leases.get_key_value("perstack_leases").await {
-                    let mut held = 0;
-                    for j in &jobs {
-                        if let Ok(Some(v)) = kv.get(j).await
-                            && String::from_utf8_lossy(&v).contains(&victim)
-                            && store
-                                .retrieve_job(j)
-                                .await
-                                .ok()
-                                .flatten()
-                                .is_some_and(|r| r.status == JobStatus::Running)
-                        {
-                            held += 1;
-                        }
-                    }
-                    if held >= 2 {
-                        return;
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(30), holding)
-            .await
-            .expect("worker 0 never ran a job");
+        let jobs = submit_all(&client, &settings, "p", 6).await;
+        wait_until_running_two(&server, &workers[0], &jobs).await;
         workers[0].signal(nix::sys::signal::Signal::SIGSTOP);
         // The other worker finishes every job, those of the paused one after its lease.
         let seen = follow_all(&client, &jobs).await;
