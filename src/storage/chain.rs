@@ -237,6 +237,19 @@ impl Chains {
         Arc::clone(jobs.entry(job_id.to_owned()).or_default())
     }
 
+    /// Closes job `job_id`'s chain files and drops its state (the job's claim was released). A
+    /// later write of the job opens the chain again from disk.
+    pub(crate) fn forget(&self, job_id: &str) {
+        let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        jobs.remove(job_id);
+    }
+
+    /// How many jobs' chain state this store holds.
+    #[cfg(test)]
+    pub(crate) fn held(&self) -> usize {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     fn key(&self) -> Option<&key::ChainKey> {
         self.key
             .get_or_init(|| {

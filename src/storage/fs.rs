@@ -404,6 +404,7 @@ impl Storage for FsStorage {
         let dir = self.job_dir(job_id);
         let path = dir.join(WRITER_LOCK);
         let job_id = job_id.to_owned();
+        let chains = Arc::clone(&self.chains);
         blocking(path.clone(), move || {
             let io = |source| StoreError::Io {
                 path: path.clone(),
@@ -440,7 +441,12 @@ impl Storage for FsStorage {
             file.set_len(0).map_err(io)?;
             file.seek(SeekFrom::Start(0)).map_err(io)?;
             file.write_all(record.as_bytes()).map_err(io)?;
-            Ok(Claim::new(job_id, token, file))
+            // Dropped in order: the chain's state (its open files) first, then the lock.
+            let release = ForgetChain {
+                chains,
+                job_id: job_id.clone(),
+            };
+            Ok(Claim::new(job_id, token, (release, file)))
         })
         .await
     }
@@ -453,6 +459,19 @@ fn default_key_dir() -> Option<PathBuf> {
         return Some(std::env::temp_dir().join("perstack-unit-test-chain-key"));
     }
     chain::default_key_dir()
+}
+
+/// Part of a claim: when the claim is released, the job's chain state (two open files) is
+/// dropped, so a long-lived store does not keep every job it ever wrote open.
+struct ForgetChain {
+    chains: Arc<Chains>,
+    job_id: String,
+}
+
+impl Drop for ForgetChain {
+    fn drop(&mut self) {
+        self.chains.forget(&self.job_id);
+    }
 }
 
 /// The lock file of a job's writer (see [`FsStorage::claim`]). Perstack's readers ignore it.

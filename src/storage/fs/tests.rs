@@ -449,3 +449,35 @@ fn event_file_names_parse_as_perstack_splits_them() {
     assert!(lifecycle_rank("startGeneration") < lifecycle_rank("callTools"));
     assert!(lifecycle_rank("completeRun") < lifecycle_rank("somethingNew"));
 }
+
+#[tokio::test]
+async fn releasing_a_claim_closes_the_jobs_chain_and_a_later_write_reopens_it() {
+    let (_dir, store) = store();
+    let claim = store.claim("job1").await.unwrap();
+    store
+        .store_checkpoint(&checkpoint("job1", "run1", "c1", 1))
+        .await
+        .unwrap();
+    assert_eq!(store.chains.held(), 1);
+    drop(claim);
+    assert_eq!(
+        store.chains.held(),
+        0,
+        "the released job's chain stays open"
+    );
+    store
+        .store_checkpoint(&checkpoint("job1", "run1", "c2", 2))
+        .await
+        .unwrap();
+    assert_eq!(store.chains.held(), 1);
+    let chain = fs::read_to_string(
+        store
+            .job_dir("job1")
+            .join(crate::storage::chain::CHAIN_FILE),
+    )
+    .unwrap();
+    assert!(
+        chain.contains("c1.json") && chain.contains("c2.json"),
+        "{chain}"
+    );
+}
