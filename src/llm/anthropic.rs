@@ -66,13 +66,12 @@ impl AnthropicConfig {
         env: &BTreeMap<String, String>,
     ) -> Result<Self, ProviderConfigError> {
         let api_key = http::required_env(env, PROVIDER, "ANTHROPIC_API_KEY")?;
-        let base_url = match http::setting_str(setting, PROVIDER, "baseUrl")? {
-            Some(url) => checked_base(url, "provider.setting.baseUrl")?,
-            None => match http::optional_env(env, "ANTHROPIC_BASE_URL") {
-                Some(url) => checked_base(url, "ANTHROPIC_BASE_URL")?,
+        let base_url =
+            match http::setting_or_env(setting, env, PROVIDER, "baseUrl", &["ANTHROPIC_BASE_URL"])?
+            {
+                Some((url, origin)) => checked_base(url, &origin)?,
                 None => DEFAULT_BASE_URL.into(),
-            },
-        };
+            };
         Ok(AnthropicConfig {
             api_key,
             base_url,

@@ -62,15 +62,10 @@ impl BedrockConfig {
                 var: "AWS_REGION (or provider.setting.region)".into(),
             })?;
         let region = region.trim().to_string();
-        let base_url = match http::setting_str(setting, PROVIDER, "baseUrl")? {
-            Some(url) => checked_base(url, "provider.setting.baseUrl")?,
-            None => match http::optional_env(env, "AWS_ENDPOINT_URL_BEDROCK_RUNTIME") {
-                Some(url) => checked_base(url, "AWS_ENDPOINT_URL_BEDROCK_RUNTIME")?,
-                None => match http::optional_env(env, "AWS_ENDPOINT_URL") {
-                    Some(url) => checked_base(url, "AWS_ENDPOINT_URL")?,
-                    None => checked_base(default_base(&region), "AWS_REGION")?,
-                },
-            },
+        let vars = ["AWS_ENDPOINT_URL_BEDROCK_RUNTIME", "AWS_ENDPOINT_URL"];
+        let base_url = match http::setting_or_env(setting, env, PROVIDER, "baseUrl", &vars)? {
+            Some((url, origin)) => checked_base(url, &origin)?,
+            None => checked_base(default_base(&region), "AWS_REGION")?,
         };
         Ok(BedrockConfig {
             region,

@@ -70,12 +70,15 @@ impl GoogleConfig {
         env: &BTreeMap<String, String>,
     ) -> Result<Self, ProviderConfigError> {
         let api_key = http::required_env(env, PROVIDER, "GOOGLE_GENERATIVE_AI_API_KEY")?;
-        let base_url = match http::setting_str(setting, PROVIDER, "baseUrl")? {
-            Some(url) => checked_base(url, "provider.setting.baseUrl")?,
-            None => match http::optional_env(env, "GOOGLE_GENERATIVE_AI_BASE_URL") {
-                Some(url) => checked_base(url, "GOOGLE_GENERATIVE_AI_BASE_URL")?,
-                None => DEFAULT_BASE_URL.into(),
-            },
+        let base_url = match http::setting_or_env(
+            setting,
+            env,
+            PROVIDER,
+            "baseUrl",
+            &["GOOGLE_GENERATIVE_AI_BASE_URL"],
+        )? {
+            Some((url, origin)) => checked_base(url, &origin)?,
+            None => DEFAULT_BASE_URL.into(),
         };
         Ok(GoogleConfig {
             api_key,

@@ -141,6 +141,25 @@ pub(crate) fn optional_env(env: &BTreeMap<String, String>, var: &str) -> Option<
         .map(str::to_string)
 }
 
+/// A provider option by Perstack's precedence: `key` in `[provider.setting]`, then the first of
+/// `vars` that is set (e.g. `baseUrl`, then `ANTHROPIC_BASE_URL`). Returns the value with where
+/// it came from, for messages and [`ProviderConfigError::with_origin`]; `None` leaves the
+/// provider's default.
+pub(crate) fn setting_or_env(
+    setting: &Map<String, Value>,
+    env: &BTreeMap<String, String>,
+    provider: &str,
+    key: &str,
+    vars: &[&str],
+) -> Result<Option<(String, String)>, ProviderConfigError> {
+    if let Some(value) = setting_str(setting, provider, key)? {
+        return Ok(Some((value, format!("provider.setting.{key}"))));
+    }
+    Ok(vars
+        .iter()
+        .find_map(|var| optional_env(env, var).map(|value| (value, (*var).to_string()))))
+}
+
 /// An optional string key of `[provider.setting]`.
 pub(crate) fn setting_str(
     setting: &Map<String, Value>,

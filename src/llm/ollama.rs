@@ -60,13 +60,11 @@ impl OllamaConfig {
         setting: &Map<String, Value>,
         env: &BTreeMap<String, String>,
     ) -> Result<Self, ProviderConfigError> {
-        let base_url = match http::setting_str(setting, PROVIDER, "baseUrl")? {
-            Some(url) => checked_base(url, "provider.setting.baseUrl")?,
-            None => match http::optional_env(env, "OLLAMA_BASE_URL") {
-                Some(url) => checked_base(url, "OLLAMA_BASE_URL")?,
+        let base_url =
+            match http::setting_or_env(setting, env, PROVIDER, "baseUrl", &["OLLAMA_BASE_URL"])? {
+                Some((url, origin)) => checked_base(url, &origin)?,
                 None => DEFAULT_BASE_URL.into(),
-            },
-        };
+            };
         Ok(OllamaConfig {
             base_url,
             headers: http::setting_headers(setting, PROVIDER)?,

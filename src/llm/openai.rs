@@ -153,13 +153,7 @@ impl OpenAiConfig {
         env: &BTreeMap<String, String>,
     ) -> Result<Self, ProviderConfigError> {
         let p = flavor.as_str();
-        let pick =
-            |key: &str, var: &str| -> Result<Option<(String, String)>, ProviderConfigError> {
-                Ok(match http::setting_str(setting, p, key)? {
-                    Some(v) => Some((v, format!("provider.setting.{key}"))),
-                    None => http::optional_env(env, var).map(|v| (v, var.to_string())),
-                })
-            };
+        let pick = |key: &str, var: &str| http::setting_or_env(setting, env, p, key, &[var]);
         let (key_var, prefix) = match flavor {
             Flavor::OpenAi => ("OPENAI_API_KEY", "OPENAI"),
             Flavor::DeepSeek => ("DEEPSEEK_API_KEY", "DEEPSEEK"),

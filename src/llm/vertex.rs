@@ -68,22 +68,25 @@ impl VertexConfig {
                 .filter(|s| !s.trim().is_empty())
                 .or_else(|| http::optional_env(env, var)))
         };
-        let base_url = match http::setting_str(setting, PROVIDER, "baseUrl")? {
-            Some(url) => checked_base(url, "provider.setting.baseUrl")?,
-            None => match http::optional_env(env, "GOOGLE_VERTEX_BASE_URL") {
-                Some(url) => checked_base(url, "GOOGLE_VERTEX_BASE_URL")?,
-                None => {
-                    let missing = |var: &str| ProviderConfigError::MissingEnv {
-                        provider: PROVIDER.into(),
-                        var: format!("{var} (or provider.setting.{})", setting_key(var)),
-                    };
-                    let project = pick("project", "GOOGLE_VERTEX_PROJECT")?
-                        .ok_or_else(|| missing("GOOGLE_VERTEX_PROJECT"))?;
-                    let location = pick("location", "GOOGLE_VERTEX_LOCATION")?
-                        .ok_or_else(|| missing("GOOGLE_VERTEX_LOCATION"))?;
-                    checked_base(regional_base(&project, &location), "GOOGLE_VERTEX_PROJECT")?
-                }
-            },
+        let base_url = match http::setting_or_env(
+            setting,
+            env,
+            PROVIDER,
+            "baseUrl",
+            &["GOOGLE_VERTEX_BASE_URL"],
+        )? {
+            Some((url, origin)) => checked_base(url, &origin)?,
+            None => {
+                let missing = |var: &str| ProviderConfigError::MissingEnv {
+                    provider: PROVIDER.into(),
+                    var: format!("{var} (or provider.setting.{})", setting_key(var)),
+                };
+                let project = pick("project", "GOOGLE_VERTEX_PROJECT")?
+                    .ok_or_else(|| missing("GOOGLE_VERTEX_PROJECT"))?;
+                let location = pick("location", "GOOGLE_VERTEX_LOCATION")?
+                    .ok_or_else(|| missing("GOOGLE_VERTEX_LOCATION"))?;
+                checked_base(regional_base(&project, &location), "GOOGLE_VERTEX_PROJECT")?
+            }
         };
         let (key_file, origin) =
             token::key_file_path(env).ok_or_else(|| ProviderConfigError::Credentials {
