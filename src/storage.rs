@@ -176,6 +176,44 @@ impl EventMeta {
     }
 }
 
+/// The contract's order of [`Storage::events_by_run`]: ascending step, then timestamp, then
+/// where the type falls within a step ([`lifecycle_rank`]), then the order given (the sort is
+/// stable). Every store sorts with this.
+pub(crate) fn sort_event_metas(metas: &mut [EventMeta]) {
+    metas.sort_by_key(|m| (m.step_number, m.timestamp, lifecycle_rank(&m.kind)));
+}
+
+/// Where an event type falls within one step, for ordering events that share a millisecond and
+/// a step. Unknown types go last.
+pub(crate) fn lifecycle_rank(kind: &str) -> usize {
+    const ORDER: [&str; 23] = [
+        "startRun",
+        "startGeneration",
+        "retry",
+        "startStreamingReasoning",
+        "streamReasoning",
+        "completeStreamingReasoning",
+        "callTools",
+        "callInteractiveTool",
+        "callDelegate",
+        "resumeToolCalls",
+        "resolveToolResults",
+        "attemptCompletion",
+        "finishToolCall",
+        "finishAllToolCalls",
+        "startStreamingRunResult",
+        "streamRunResult",
+        "completeStreamingRunResult",
+        "continueToNextStep",
+        "stopRunByInteractiveTool",
+        "stopRunByDelegate",
+        "stopRunByExceededMaxSteps",
+        "stopRunByError",
+        "completeRun",
+    ];
+    ORDER.iter().position(|k| *k == kind).unwrap_or(ORDER.len())
+}
+
 /// The contract's order of [`Storage::all_jobs`]: newest `startedAt` first, ties by id. Every
 /// store sorts with this.
 pub(crate) fn sort_jobs(jobs: &mut [Job]) {

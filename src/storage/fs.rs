@@ -236,7 +236,7 @@ impl Storage for FsStorage {
                     kind: file.kind,
                 });
             }
-            metas.sort_by_key(|m| (m.step_number, m.timestamp, lifecycle_rank(&m.kind)));
+            super::sort_event_metas(&mut metas);
             Ok(metas)
         })
         .await
@@ -266,7 +266,7 @@ impl Storage for FsStorage {
                     let key = (
                         event.timestamp,
                         event.step_number.unwrap_or(file.step),
-                        lifecycle_rank(event.kind()),
+                        super::lifecycle_rank(event.kind()),
                         file.timestamp,
                     );
                     events.push((key, event));
@@ -614,37 +614,6 @@ fn parse_event_file_name(name: &str) -> Option<(u64, u32, &str)> {
     let step = parts.next()?.parse().ok()?;
     let kind = parts.next().filter(|k| !k.is_empty())?;
     Some((timestamp, step, kind))
-}
-
-/// Where an event type falls within one step, for ordering events that share a millisecond and
-/// a step. Unknown types go last.
-fn lifecycle_rank(kind: &str) -> usize {
-    const ORDER: [&str; 23] = [
-        "startRun",
-        "startGeneration",
-        "retry",
-        "startStreamingReasoning",
-        "streamReasoning",
-        "completeStreamingReasoning",
-        "callTools",
-        "callInteractiveTool",
-        "callDelegate",
-        "resumeToolCalls",
-        "resolveToolResults",
-        "attemptCompletion",
-        "finishToolCall",
-        "finishAllToolCalls",
-        "startStreamingRunResult",
-        "streamRunResult",
-        "completeStreamingRunResult",
-        "continueToNextStep",
-        "stopRunByInteractiveTool",
-        "stopRunByDelegate",
-        "stopRunByExceededMaxSteps",
-        "stopRunByError",
-        "completeRun",
-    ];
-    ORDER.iter().position(|k| *k == kind).unwrap_or(ORDER.len())
 }
 
 #[cfg(test)]

@@ -417,7 +417,7 @@ impl Storage for JetStreamStorage {
             .into_iter()
             .map(|e| EventMeta::of(&e))
             .collect();
-        metas.sort_by_key(|m| (m.step_number, m.timestamp));
+        super::sort_event_metas(&mut metas);
         Ok(metas)
     }
 

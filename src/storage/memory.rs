@@ -143,7 +143,7 @@ impl Storage for MemoryStorage {
             .iter()
             .map(|e| EventMeta::of(e))
             .collect();
-        metas.sort_by_key(|m| (m.step_number, m.timestamp));
+        super::sort_event_metas(&mut metas);
         Ok(metas)
     }
 

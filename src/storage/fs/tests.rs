@@ -446,8 +446,14 @@ fn event_file_names_parse_as_perstack_splits_them() {
     assert_eq!(parse_event_file_name("event-x-2-callTools.json"), None);
     assert_eq!(parse_event_file_name("event-1-2-callTools.txt"), None);
     assert_eq!(parse_event_file_name("run-setting.json"), None);
-    assert!(lifecycle_rank("startGeneration") < lifecycle_rank("callTools"));
-    assert!(lifecycle_rank("completeRun") < lifecycle_rank("somethingNew"));
+    assert!(
+        crate::storage::lifecycle_rank("startGeneration")
+            < crate::storage::lifecycle_rank("callTools")
+    );
+    assert!(
+        crate::storage::lifecycle_rank("completeRun")
+            < crate::storage::lifecycle_rank("somethingNew")
+    );
 }
 
 #[tokio::test]
