@@ -8,6 +8,7 @@ mod base;
 mod diagnostics;
 mod install;
 mod log;
+mod publish;
 mod run;
 mod submit;
 mod worker;
@@ -40,6 +41,14 @@ pub(crate) enum Command {
     Install(install::InstallArgs),
     /// Run jobs from the cluster's queue on NATS JetStream (`perstack run --nats` submits).
     Worker(Box<worker::WorkerArgs>),
+    /// Publish an Expert of perstack.toml to the registry.
+    Publish(publish::PublishArgs),
+    /// Remove an Expert version from the registry.
+    Unpublish(publish::UnpublishArgs),
+    /// Set the tags of an Expert version in the registry.
+    Tag(publish::TagArgs),
+    /// Change the status of an Expert version in the registry.
+    Status(publish::StatusArgs),
 }
 
 /// The `perstack` command line, from the process arguments to its exit code: parses the
@@ -82,5 +91,9 @@ async fn main(cli: Cli) -> u8 {
         Command::Base(args) => base::execute(args).await,
         Command::Install(args) => install::execute(args).await,
         Command::Worker(args) => worker::execute(*args).await,
+        Command::Publish(args) => publish::publish(args).await,
+        Command::Unpublish(args) => publish::unpublish(args).await,
+        Command::Tag(args) => publish::tag(args).await,
+        Command::Status(args) => publish::status(args).await,
     }
 }

@@ -41,7 +41,7 @@ mod doc;
 mod env;
 mod error;
 mod keys;
-mod names;
+pub(crate) mod names;
 mod provider;
 mod raw;
 mod validate;
@@ -64,6 +64,7 @@ pub use env::{
 pub(crate) use error::did_you_mean;
 pub use error::{ConfigError, ExpertProblem, Location};
 pub use provider::{ProviderName, ProviderTable, UnknownName};
+pub(crate) use validate::{MAX_DESCRIPTION, MAX_INPUT_SCHEMA, MAX_INSTRUCTION};
 
 /// A parsed and validated `perstack.toml`. Optional fields are `None` when the file does not
 /// set them; the built-in defaults (model `claude-sonnet-4-5`, maxSteps 100, ...) are the
@@ -147,6 +148,21 @@ impl PerstackConfig {
             }
         }
         Ok(())
+    }
+
+    /// Adds `expert` (resolved outside the file, from the registry) under `key`, and drops
+    /// the "missing delegate" problems it answers: Experts of the file that delegate to `key`
+    /// are runnable again, unless they have other problems. A key already in the file is
+    /// left as it is (local Experts come first).
+    pub fn add_expert(&mut self, key: &str, expert: Expert) {
+        if self.experts.contains_key(key) {
+            return;
+        }
+        self.experts.insert(key.to_owned(), expert);
+        self.problems.retain(|_, problems| {
+            problems.retain(|p| p.delegate_key() != Some(key));
+            !problems.is_empty()
+        });
     }
 
     /// Fails with the recorded problem written first in the file (by line and column), of any

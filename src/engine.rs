@@ -87,6 +87,9 @@ pub enum EngineError {
     /// The run asks for the sandbox and this machine cannot provide it.
     #[error(transparent)]
     Sandbox(#[from] crate::sandbox::SandboxUnavailable),
+    /// A registry Expert could not be resolved (before anything ran).
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
 }
 
 impl EngineError {
@@ -102,6 +105,7 @@ impl EngineError {
             | EngineError::Usage(_) => 2,
             EngineError::Storage(e) => e.exit_code(),
             EngineError::Sandbox(e) => e.exit_code(),
+            EngineError::Registry(e) => e.exit_code(),
             EngineError::Bus(_) | EngineError::Lost => 1,
         }
     }

@@ -17,6 +17,8 @@
 //! - [`schema`]: wire types (messages, checkpoints, events, jobs, run settings). No I/O.
 //! - [`cluster`]: jobs on NATS JetStream: the [`Client`](cluster::Client) that submits,
 //!   follows, cancels and waits (`perstack worker` runs them).
+//! - [`registry`]: registry Experts (`@org/name@version`): resolution through Perstack's
+//!   registry API into ordinary Expert definitions, the on-disk cache, digest pins.
 //! - [`sandbox`]: how skill processes are confined ([`Isolation`](sandbox::Isolation), the
 //!   default being the native Linux sandbox) and why a run can refuse to start without it.
 //! - [`run_cli`]: the `perstack` command line, whole (the binary is this one call).
@@ -39,6 +41,7 @@ pub mod llm;
 #[cfg(feature = "otel")]
 pub mod otel;
 pub mod prelude;
+pub mod registry;
 pub mod sandbox;
 pub mod schema;
 mod skill;

@@ -1,6 +1,8 @@
 //! `perstack install`: start every Expert's MCP skills once, collect their tool definitions
 //! and write `perstack.lock` next to `perstack.toml`. With the lockfile, `perstack run` offers
 //! tools to the model without starting any skill first; each skill starts on its first call.
+//! Registry Experts reachable from the file's are resolved too, and pinned (version and
+//! definition digest) in the lockfile's `registryPins`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -44,8 +46,7 @@ async fn install(args: InstallArgs) -> Result<PathBuf, (u8, String)> {
     let usage = |e: &dyn std::fmt::Display| (2u8, e.to_string());
     let cwd = std::env::current_dir().map_err(|e| usage(&e))?;
     let path = config::discover(args.config.as_deref(), &cwd).map_err(|e| usage(&e))?;
-    let cfg = config::load(&path).map_err(|e| usage(&e))?;
-    cfg.check_all().map_err(|e| usage(&e))?;
+    let mut cfg = config::load(&path).map_err(|e| usage(&e))?;
     println!(
         "Resolving experts: {}",
         cfg.experts.keys().cloned().collect::<Vec<_>>().join(", ")
@@ -58,6 +59,15 @@ async fn install(args: InstallArgs) -> Result<PathBuf, (u8, String)> {
         args.env_path
     };
     let env = config::load_env(&cwd, &env_paths, std::env::vars()).map_err(|e| usage(&e))?;
+    // Every registry Expert reachable from the file's, re-resolved (tags included) and pinned.
+    let roots: Vec<String> = cfg.experts.keys().cloned().collect();
+    let pinned = crate::registry::resolve_into(&mut cfg, &env, &roots, None, false)
+        .await
+        .map_err(|e| (e.exit_code(), e.to_string()))?;
+    for r in &pinned {
+        println!("  {} -> {} ({})", r.requested, r.pin.key, r.pin.digest);
+    }
+    cfg.check_all().map_err(|e| usage(&e))?;
     // Skills start as `perstack run` would start them: confined unless `runtime = "local"`.
     let isolation = crate::sandbox::Isolation::for_runtime(cfg.runtime);
     if isolation == crate::sandbox::Isolation::Sandboxed {
@@ -125,7 +135,8 @@ async fn install(args: InstallArgs) -> Result<PathBuf, (u8, String)> {
         tools.insert(key.clone(), defs);
     }
     let now = crate::actor::context::now_ms();
-    let lock = Lockfile::new(&path, &cfg.experts, tools, now);
+    let mut lock = Lockfile::new(&path, &cfg.experts, tools, now);
+    lock.registry_pins = pinned.into_iter().map(|r| (r.requested, r.pin)).collect();
     let out = path.parent().unwrap_or(&cwd).join(LOCKFILE_NAME);
     lock.write(&out).map_err(|e| (1, e.to_string()))?;
     Ok(out)

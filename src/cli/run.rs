@@ -22,7 +22,8 @@ use crate::storage::FsStorage;
 /// Options of `perstack run` (Perstack's names).
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
-    /// The Expert to run (a key of perstack.toml).
+    /// The Expert to run: a key of perstack.toml, or a registry key (`@org/name`,
+    /// `@org/name@1.2.3`, `@org/name@tag`).
     #[arg(value_name = "expertKey")]
     pub expert_key: String,
     /// The query.
@@ -84,6 +85,9 @@ pub(crate) struct RunArgs {
     /// With --nats: print the job id and return at once.
     #[arg(long, requires = "url")]
     pub detach: bool,
+    /// Run only registry Experts pinned in perstack.lock (`perstack install` pins them).
+    #[arg(long)]
+    pub locked: bool,
 }
 
 /// Run and return the exit code.
@@ -117,10 +121,7 @@ async fn run(args: RunArgs) -> Result<JobStatus, EngineError> {
     let cwd = std::env::current_dir()
         .map_err(|e| EngineError::Usage(format!("cannot read the current directory: {e}")))?;
     let path = config::discover(args.config.as_deref(), &cwd)?;
-    let cfg = config::load(&path)?;
-    if cfg.experts.contains_key(&args.expert_key) {
-        cfg.check_runnable(&args.expert_key)?;
-    }
+    let mut cfg = config::load(&path)?;
     let isolation = isolation(args.runtime.as_deref(), cfg.runtime)?;
     if isolation == Isolation::Sandboxed {
         crate::sandbox::check_available()?;
@@ -136,6 +137,26 @@ async fn run(args: RunArgs) -> Result<JobStatus, EngineError> {
         })
     };
     let env = config::load_env(&cwd, &env_paths, std::env::vars())?;
+    let lockfile = match crate::config::lockfile::Lockfile::find(&path) {
+        Some(lock) => Some(Arc::new(
+            crate::config::lockfile::Lockfile::load(&lock)
+                .map_err(|e| EngineError::Usage(e.to_string()))?,
+        )),
+        None => None,
+    };
+    // Registry Experts become ordinary definitions of the configuration before anything
+    // else looks at it.
+    crate::registry::resolve_into(
+        &mut cfg,
+        &env,
+        std::slice::from_ref(&args.expert_key),
+        lockfile.as_deref(),
+        args.locked,
+    )
+    .await?;
+    if cfg.experts.contains_key(&args.expert_key) {
+        cfg.check_runnable(&args.expert_key)?;
+    }
     let provider = provider_name(&args, &cfg)?;
     let model = build_model(provider, &args, &cfg, &env)?;
 
@@ -146,11 +167,7 @@ async fn run(args: RunArgs) -> Result<JobStatus, EngineError> {
     settings.env = env;
     settings.isolation = isolation;
     settings.config_dir = path.parent().map(std::path::Path::to_path_buf);
-    if let Some(lock) = crate::config::lockfile::Lockfile::find(&path) {
-        let lock = crate::config::lockfile::Lockfile::load(&lock)
-            .map_err(|e| EngineError::Usage(e.to_string()))?;
-        settings.lockfile = Some(Arc::new(lock));
-    }
+    settings.lockfile = lockfile;
 
     let engine = Engine::builder()
         .settings(settings)

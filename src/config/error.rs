@@ -300,6 +300,14 @@ impl ExpertProblem {
         }
     }
 
+    /// The delegate key, when this is a missing delegate.
+    pub(crate) fn delegate_key(&self) -> Option<&str> {
+        match &self.0 {
+            Problem::MissingDelegate { delegate, .. } => Some(delegate),
+            _ => None,
+        }
+    }
+
     /// Where in the file the problem is.
     pub fn location(&self) -> &Location {
         match &self.0 {

@@ -30,6 +30,25 @@ pub struct Lockfile {
     /// Every Expert, by key.
     #[serde(default)]
     pub experts: BTreeMap<String, LockedExpert>,
+    /// Beyond Perstack (whose lockfile reader drops keys it does not know): for every
+    /// registry Expert reachable from the local ones, by the key the configuration wrote, the
+    /// version it resolved to and the digest of that version's definition. Runs use exactly
+    /// these versions and refuse a definition whose digest differs.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub registry_pins: BTreeMap<String, RegistryPin>,
+}
+
+/// One registry Expert pinned by `perstack install`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryPin {
+    /// The resolved key, `@org/name@<version>`.
+    pub key: String,
+    /// The resolved version.
+    pub version: String,
+    /// `sha256:<hex>` of the RFC 8785 canonical JSON of the definition (key, name, version,
+    /// minRuntimeVersion, description, instruction, skills, delegates).
+    pub digest: String,
 }
 
 /// One Expert of the lockfile.
@@ -119,6 +138,7 @@ impl Lockfile {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
             experts,
+            registry_pins: BTreeMap::new(),
         }
     }
 

@@ -7,12 +7,12 @@ pub(super) const MAX_NAME_LEN: usize = 255;
 pub(super) const MAX_KEY_LEN: usize = 511;
 
 /// `^(@[a-z0-9][a-z0-9_-]*\/)?[a-z0-9][a-z0-9_-]*$`: an Expert name, optionally scoped.
-pub(super) fn is_expert_name(s: &str) -> bool {
+pub(crate) fn is_expert_name(s: &str) -> bool {
     s.len() <= MAX_NAME_LEN && is_scoped(s, false)
 }
 
 /// `name(@semver|@tag)?`, Perstack's `expertKeyRegex`, where name and tag may also contain `.`.
-pub(super) fn is_expert_key(s: &str) -> bool {
+pub(crate) fn is_expert_key(s: &str) -> bool {
     if s.len() > MAX_KEY_LEN {
         return false;
     }
@@ -37,12 +37,12 @@ pub(super) fn is_expert_key(s: &str) -> bool {
 }
 
 /// `^[a-z0-9][a-z0-9_-]*$`: a tag.
-pub(super) fn is_tag(s: &str) -> bool {
+pub(crate) fn is_tag(s: &str) -> bool {
     is_word(s, false)
 }
 
 /// `^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[\w.-]+)?(\+[\w.-]+)?$`: a semver version.
-pub(super) fn is_semver(s: &str) -> bool {
+pub(crate) fn is_semver(s: &str) -> bool {
     let (rest, build) = match s.split_once('+') {
         Some((rest, build)) => (rest, Some(build)),
         None => (s, None),
@@ -74,8 +74,39 @@ pub(super) fn is_https_url(s: &str) -> bool {
     host_of(s).is_some_and(|h| !h.is_empty())
 }
 
+/// Why `url` cannot be the registry API's base URL (`perstackApiBaseUrl`,
+/// `PERSTACK_API_BASE_URL`), if it cannot: it must be `https://`, except that plain `http://`
+/// is accepted for a loopback host (`localhost`, `127.0.0.0/8`, `[::1]`), so that a local
+/// registry (a test's, a mirror on this machine) can stand in for the real one. Nothing else
+/// travels in the clear: the API key is sent with every request.
+pub(crate) fn api_base_url_problem(url: &str) -> Option<&'static str> {
+    if is_https_url(url) {
+        return None;
+    }
+    let Some(rest) = url
+        .get(..7)
+        .filter(|p| p.eq_ignore_ascii_case("http://"))
+        .map(|_| &url[7..])
+    else {
+        return Some("the URL must start with https:// (or http:// for a loopback host)");
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.contains('@') {
+        return Some("the URL must not carry credentials");
+    }
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.split(':').next().unwrap_or(""),
+    };
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    (!loopback).then_some("plain http:// is only allowed for a loopback host; use https://")
+}
+
 /// Why an SSE endpoint is not a public https URL (Perstack's `sseEndpointSchema`), if it is not.
-pub(super) fn sse_endpoint_problem(url: &str) -> Option<&'static str> {
+pub(crate) fn sse_endpoint_problem(url: &str) -> Option<&'static str> {
     let Some(host) = host_of(url) else {
         return Some("the endpoint must be an https:// URL");
     };
@@ -199,6 +230,29 @@ mod tests {
                 && !is_semver("v1.0.0")
         );
         assert!(is_tag("stable") && is_tag("v2_x-y") && !is_tag("Stable") && !is_tag("_x"));
+    }
+
+    #[test]
+    fn api_base_urls_are_https_or_loopback_http() {
+        for ok in [
+            "https://api.perstack.ai",
+            "http://127.0.0.1:8080",
+            "http://localhost:1/x",
+            "http://[::1]:9",
+            "http://127.3.4.5",
+        ] {
+            assert_eq!(api_base_url_problem(ok), None, "{ok}");
+        }
+        for bad in [
+            "http://api.perstack.ai",
+            "http://10.0.0.1",
+            "http://127.0.0.1.evil.example",
+            "http://u:p@127.0.0.1",
+            "ftp://127.0.0.1",
+            "api.perstack.ai",
+        ] {
+            assert!(api_base_url_problem(bad).is_some(), "{bad}");
+        }
     }
 
     #[test]

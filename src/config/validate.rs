@@ -21,11 +21,11 @@ use crate::schema::{
 };
 
 /// Longest instruction, in UTF-16 units (`maxExpertInstructionLength`).
-const MAX_INSTRUCTION: usize = 20 * 1024;
+pub(crate) const MAX_INSTRUCTION: usize = 20 * 1024;
 /// Longest Expert or skill description, and skill rule.
-const MAX_DESCRIPTION: usize = 2 * 1024;
+pub(crate) const MAX_DESCRIPTION: usize = 2 * 1024;
 /// Longest interactive tool `inputJsonSchema`.
-const MAX_INPUT_SCHEMA: usize = 20 * 1024;
+pub(crate) const MAX_INPUT_SCHEMA: usize = 20 * 1024;
 
 /// Builds the validated configuration.
 pub(super) fn build(
@@ -50,11 +50,13 @@ pub(super) fn build(
     let max_retries = v.number(&top.field("maxRetries"), raw.max_retries, 0)?;
     let timeout = v.number(&top.field("timeout"), raw.timeout, 0)?;
     if let Some(url) = &raw.perstack_api_base_url
-        && !names::is_https_url(url)
+        && let Some(problem) = names::api_base_url_problem(url)
     {
         return Err(v.invalid(
             &top.field("perstackApiBaseUrl"),
-            format!("perstackApiBaseUrl must use HTTPS, got \"{url}\"; write an https:// URL."),
+            format!(
+                "perstackApiBaseUrl must use HTTPS, got \"{url}\": {problem}; write an https:// URL."
+            ),
         ));
     }
     if let Some(command) = &raw.perstack_base_skill_command

@@ -24,6 +24,7 @@ mod provider_ollama;
 mod provider_openai;
 mod provider_vertex;
 mod recovery;
+mod registry;
 mod retry_policy;
 mod sandbox;
 mod schema_roundtrip;
