@@ -126,34 +126,7 @@ async fn run(args: RunArgs) -> Result<JobStatus, EngineError> {
     if isolation == Isolation::Sandboxed {
         crate::sandbox::check_available()?;
     }
-    let env_paths: Vec<String> = if !args.env_path.is_empty() {
-        args.env_path.clone()
-    } else {
-        cfg.env_path.clone().unwrap_or_else(|| {
-            config::DEFAULT_ENV_PATHS
-                .iter()
-                .map(|s| (*s).to_string())
-                .collect()
-        })
-    };
-    let env = config::load_env(&cwd, &env_paths, std::env::vars())?;
-    let lockfile = match crate::config::lockfile::Lockfile::find(&path) {
-        Some(lock) => Some(Arc::new(
-            crate::config::lockfile::Lockfile::load(&lock)
-                .map_err(|e| EngineError::Usage(e.to_string()))?,
-        )),
-        None => None,
-    };
-    // Registry Experts become ordinary definitions of the configuration before anything
-    // else looks at it.
-    crate::registry::resolve_into(
-        &mut cfg,
-        &env,
-        std::slice::from_ref(&args.expert_key),
-        lockfile.as_deref(),
-        args.locked,
-    )
-    .await?;
+    let (env, lockfile) = resolve_registry(&args, &mut cfg, &path, &cwd).await?;
     if cfg.experts.contains_key(&args.expert_key) {
         cfg.check_runnable(&args.expert_key)?;
     }
@@ -206,6 +179,51 @@ async fn run(args: RunArgs) -> Result<JobStatus, EngineError> {
     let outcome = handle.wait().await;
     engine.shutdown().await;
     Ok(outcome?.job.status)
+}
+
+/// The run's environment (the process's, overlaid with `--env-path` or `envPath` or the
+/// default dotenv files) and lockfile; with them, the registry Experts reachable from the
+/// Expert to run become ordinary definitions of `cfg` (pinned by the lockfile, all pinned with
+/// `--locked`) before anything else looks at it.
+pub(super) async fn resolve_registry(
+    args: &RunArgs,
+    cfg: &mut PerstackConfig,
+    path: &std::path::Path,
+    cwd: &std::path::Path,
+) -> Result<
+    (
+        std::collections::BTreeMap<String, String>,
+        Option<Arc<crate::config::lockfile::Lockfile>>,
+    ),
+    EngineError,
+> {
+    let env_paths: Vec<String> = if !args.env_path.is_empty() {
+        args.env_path.clone()
+    } else {
+        cfg.env_path.clone().unwrap_or_else(|| {
+            config::DEFAULT_ENV_PATHS
+                .iter()
+                .map(|s| (*s).to_string())
+                .collect()
+        })
+    };
+    let env = config::load_env(cwd, &env_paths, std::env::vars())?;
+    let lockfile = match crate::config::lockfile::Lockfile::find(path) {
+        Some(lock) => Some(Arc::new(
+            crate::config::lockfile::Lockfile::load(&lock)
+                .map_err(|e| EngineError::Usage(e.to_string()))?,
+        )),
+        None => None,
+    };
+    crate::registry::resolve_into(
+        cfg,
+        &env,
+        std::slice::from_ref(&args.expert_key),
+        lockfile.as_deref(),
+        args.locked,
+    )
+    .await?;
+    Ok((env, lockfile))
 }
 
 /// The command line's settings over perstack.toml's.

@@ -62,7 +62,10 @@ async fn run(args: RunArgs) -> Result<u8, Failed> {
     let cwd = std::env::current_dir()
         .map_err(|e| EngineError::Usage(format!("cannot read the current directory: {e}")))?;
     let path = config::discover(args.config.as_deref(), &cwd)?;
-    let cfg = config::load(&path)?;
+    let mut cfg = config::load(&path)?;
+    // Registry Experts travel with the job as ordinary definitions, resolved (and checked
+    // against perstack.lock) here; the workers never ask the registry.
+    super::run::resolve_registry(&args, &mut cfg, &path, &cwd).await?;
     if !cfg.experts.contains_key(&args.expert_key) {
         let hint = config::did_you_mean(&args.expert_key, cfg.experts.keys().map(String::as_str))
             .map(|s| format!("; did you mean \"{s}\"?"))

@@ -660,3 +660,26 @@ args = ["server.js"]
         "{stderr}"
     );
 }
+
+#[test]
+fn issue_12_a_cluster_submission_resolves_registry_experts_before_it_connects() {
+    let w = World::new("", HELPER_SCRIPT);
+    // Nothing listens on port 1: a submission that got as far as NATS would fail there.
+    let args = [
+        "run",
+        "--nats",
+        "nats://127.0.0.1:1",
+        "@org/helper@1.0.0",
+        "q",
+    ];
+    let f = w.run_with_registry_down(&args);
+    assert_eq!(f.code, 2, "{}", f.stderr);
+    assert!(
+        f.stderr.contains("cannot reach the registry"),
+        "{}",
+        f.stderr
+    );
+    let f = w.run(&args);
+    assert_eq!(f.code, 2, "{}", f.stderr);
+    assert!(f.stderr.contains("404"), "{}", f.stderr);
+}
