@@ -9,6 +9,7 @@ mod diagnostics;
 mod install;
 mod log;
 mod publish;
+mod replay;
 mod run;
 mod submit;
 mod worker;
@@ -39,6 +40,9 @@ pub(crate) enum Command {
     Base(base::BaseArgs),
     /// Collect every Expert's tool definitions into perstack.lock.
     Install(install::InstallArgs),
+    /// Run a stored job (or a Perstack events.jsonl) again from its recorded model answers and
+    /// tool results, and report the first difference.
+    Replay(Box<replay::ReplayArgs>),
     /// Run jobs from the cluster's queue on NATS JetStream (`perstack run --nats` submits).
     Worker(Box<worker::WorkerArgs>),
     /// Publish an Expert of perstack.toml to the registry.
@@ -95,5 +99,6 @@ async fn main(cli: Cli) -> u8 {
         Command::Unpublish(args) => publish::unpublish(args).await,
         Command::Tag(args) => publish::tag(args).await,
         Command::Status(args) => publish::status(args).await,
+        Command::Replay(args) => replay::execute(*args).await,
     }
 }

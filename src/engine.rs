@@ -128,6 +128,7 @@ pub struct EngineBuilder<M = NoModel> {
     storage: Option<Arc<dyn Storage>>,
     sink: Option<Sink>,
     callbacks: Vec<Callback>,
+    replay: Option<Arc<crate::replay::ToolReplay>>,
 }
 
 /// The state of an [`EngineBuilder`] that has no model yet: it cannot build.
@@ -159,7 +160,14 @@ impl<M> EngineBuilder<M> {
             storage: self.storage,
             sink: self.sink,
             callbacks: self.callbacks,
+            replay: self.replay,
         }
+    }
+
+    /// Answer (or check) every tool call from a recording: `perstack replay`.
+    pub(crate) fn replay(mut self, replay: Arc<crate::replay::ToolReplay>) -> Self {
+        self.replay = Some(replay);
+        self
     }
 
     /// Write every event as a JSON line here (the CLI passes stdout).
@@ -197,6 +205,7 @@ impl EngineBuilder<WithModel> {
             storage,
             model: self.model.0,
             settings: Arc::new(settings),
+            replay: self.replay,
         }
     }
 }
@@ -248,6 +257,8 @@ pub struct Engine {
     storage: Arc<dyn Storage>,
     model: Arc<dyn LanguageModel>,
     settings: Arc<Settings>,
+    /// Tool calls answered from (or checked against) a recording, for `perstack replay`.
+    replay: Option<Arc<crate::replay::ToolReplay>>,
 }
 
 /// A running job.
@@ -290,6 +301,7 @@ impl Engine {
             storage: None,
             sink: None,
             callbacks: Vec::new(),
+            replay: None,
         }
     }
 
@@ -381,6 +393,9 @@ impl Engine {
     /// Checks that need no model call, for the Expert and every Expert it can delegate to:
     /// each stdio skill's `requiredEnv` is set. Fails before anything runs.
     fn preflight(&self, expert_key: &str) -> Result<(), EngineError> {
+        if self.replay.as_ref().is_some_and(|r| r.plays_back()) {
+            return Ok(()); // no skill process starts: nothing needs their environment
+        }
         let mut queue = std::collections::VecDeque::from([expert_key.to_string()]);
         let mut seen = std::collections::HashSet::new();
         while let Some(key) = queue.pop_front() {
@@ -438,6 +453,7 @@ impl Engine {
             cancel: cancel.clone(),
             failure: std::sync::OnceLock::new(),
             storage: self.storage.clone(),
+            replay: self.replay.clone(),
         });
         let (done_tx, done) = oneshot::channel();
         JobActor::spawn_with_mailbox(

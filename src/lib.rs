@@ -29,7 +29,9 @@
 //! - `actor`: the kameo actors: event bus, job, run, skill.
 //! - `skill`: skills as the model sees them: the in-process base skill, MCP connections, the
 //!   process launcher, the tool-call timeout.
-//! - `cli`: the `perstack` commands (`run`, `log`, `install`, `base`).
+//! - `replay`: deterministic replay of a recorded job (`perstack replay`): recorded model
+//!   answers and tool results played back through the real engine, compared run by run.
+//! - `cli`: the `perstack` commands (`run`, `log`, `install`, `base`, `replay`).
 
 mod actor;
 mod agent;
@@ -42,6 +44,7 @@ pub mod llm;
 pub mod otel;
 pub mod prelude;
 pub mod registry;
+mod replay;
 pub mod sandbox;
 pub mod schema;
 mod skill;

@@ -165,6 +165,9 @@ pub(crate) struct JobContext {
     pub failure: std::sync::OnceLock<RunFailure>,
     /// Where run settings go (checkpoints and events go through the bus).
     pub storage: Arc<dyn Storage>,
+    /// `perstack replay`: tool calls answered from the recording (no skill starts), or run
+    /// live and checked against it. `None` for every ordinary job.
+    pub replay: Option<Arc<crate::replay::ToolReplay>>,
 }
 
 impl JobContext {

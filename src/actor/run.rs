@@ -421,6 +421,7 @@ impl RunActor {
                         tasks::spawn_tool_calls(
                             self.ctx.clone(),
                             me.clone(),
+                            &self.machine,
                             self.index.clone(),
                             self.skills.clone(),
                             calls,

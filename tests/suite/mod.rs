@@ -25,6 +25,7 @@ mod provider_openai;
 mod provider_vertex;
 mod recovery;
 mod registry;
+mod replay;
 mod retry_policy;
 mod sandbox;
 mod schema_roundtrip;

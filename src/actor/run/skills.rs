@@ -28,7 +28,16 @@ impl RunActor {
         // Spawn every MCP skill first, then wait for all of them: they connect concurrently.
         let mut started = Vec::new();
         let every_domain = expert_domains(&self.expert.skills);
+        // A replay that plays tools back starts no skill: its tools are the recorded ones.
+        let playback = self.ctx.replay.clone().filter(|r| r.plays_back());
         for (name, skill) in &self.expert.skills {
+            if let Some(replay) = &playback {
+                if !matches!(skill, Skill::InteractiveSkill(_)) {
+                    let tools = replay.tools_of(&self.expert.key, name);
+                    catalog.add_skill(name, &tools).map_err(catalog_error)?;
+                }
+                continue;
+            }
             let (kind, pick, omit, own_domains) = match skill {
                 Skill::McpStdioSkill(s) => (
                     skill_kind(name, s, &self.ctx.settings),

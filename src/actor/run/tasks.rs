@@ -140,6 +140,7 @@ async fn emit(ctx: &JobContext, envelope: &Envelope, run_result: bool, signal: S
 pub(super) fn spawn_tool_calls(
     ctx: Arc<JobContext>,
     me: ActorRef<RunActor>,
+    machine: &Machine,
     index: Arc<ToolIndex>,
     skills: HashMap<String, ActorRef<SkillActor>>,
     calls: Vec<ToolCall>,
@@ -155,19 +156,39 @@ pub(super) fn spawn_tool_calls(
             )
         })
         .collect();
+    let caller = crate::replay::Caller::of(machine);
     tokio::spawn(async move {
-        let work = futures::future::join_all(
-            calls
-                .iter()
-                .zip(spans)
-                .map(|(c, span)| call_one(&index, &skills, c).instrument(span)),
-        );
+        let work = futures::future::join_all(calls.iter().zip(spans).map(|(c, span)| {
+            answer(ctx.replay.as_deref(), &caller, &index, &skills, c).instrument(span)
+        }));
         let results = tokio::select! {
             () = ctx.cancel.cancelled() => Ok(calls.iter().map(|c| error_result(c, "Cancelled", "The job was cancelled during this tool call.")).collect()),
             r = work => r.into_iter().collect(),
         };
         let _ = me.tell(ToolsDone(results)).await;
     });
+}
+
+/// One call's result: from the skill, or from the recording when a replay plays tools back
+/// (a replay with live tools calls the skill and checks the result against the recording).
+async fn answer(
+    replay: Option<&crate::replay::ToolReplay>,
+    caller: &crate::replay::Caller,
+    index: &ToolIndex,
+    skills: &HashMap<String, ActorRef<SkillActor>>,
+    call: &ToolCall,
+) -> Result<ToolResult, RunFailure> {
+    let Some(replay) = replay else {
+        return call_one(index, skills, call).await;
+    };
+    if let Some(recorded) = replay.played(caller, call) {
+        return Ok(recorded);
+    }
+    let live = call_one(index, skills, call).await;
+    if let Ok(result) = &live {
+        replay.observe(caller, call, result);
+    }
+    live
 }
 
 /// One call's result, or the fault that stops the run.
