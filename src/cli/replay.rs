@@ -263,8 +263,16 @@ fn print(rec: &Recording, mode: ToolMode, report: &Report) -> u8 {
                     report.tool_diffs.len()
                 ),
             };
+            let cut = if same.unfinished > 0 {
+                format!(
+                    "; the recording ends mid-run in {} run(s) (a crash, or a job still running): compared up to its end",
+                    same.unfinished
+                )
+            } else {
+                String::new()
+            };
             println!(
-                "replay: job {}: {} runs, {} state events and {} stored checkpoints as recorded ({tools})",
+                "replay: job {}: {} runs, {} state events and {} stored checkpoints as recorded ({tools}){cut}",
                 rec.job_id, same.runs, same.events, same.checkpoints
             );
             u8::from(!report.tool_diffs.is_empty())

@@ -9,7 +9,8 @@
 //! in call-id order). Runs are compared one by one, since
 //! children interleave differently from one execution to the next: a run is known by its Expert,
 //! the delegate call that started it (tool-call ids are the model's, so a replay reproduces
-//! them) and its place among that lineage's segments. Talks to nothing; `replay` calls it.
+//! them) and its place among that lineage's segments. A run the recording leaves unfinished (a
+//! crash) is compared up to its last recorded event. Talks to nothing; `replay` calls it.
 
 use serde_json::{Map, Value, json};
 
@@ -252,6 +253,8 @@ pub(crate) struct Identical {
     pub events: usize,
     /// Stored checkpoints.
     pub checkpoints: usize,
+    /// Recorded runs that end mid-run (compared up to their last recorded event).
+    pub unfinished: usize,
 }
 
 /// Compare per run: the state events one by one, then the stored checkpoints' statuses.
@@ -265,11 +268,19 @@ pub(crate) fn compare(
     let ours = segments(replayed);
     let mut events = 0;
     let mut checkpoints = 0;
+    let mut unfinished = 0;
     for rec in &theirs {
         let rep = ours
             .iter()
             .find(|s| s.expert == rec.expert && s.lineage == rec.lineage && s.index == rec.index);
-        let rep_events: Vec<&Event> = rep.map(|s| s.events.clone()).unwrap_or_default();
+        let mut rep_events: Vec<&Event> = rep.map(|s| s.events.clone()).unwrap_or_default();
+        // A recording cut mid-run (a crash, a job still running) says nothing about what came
+        // after its last event: the replay is compared up to there.
+        let cut = !rec.events.last().is_some_and(|e| ends_segment(e));
+        if cut {
+            unfinished += 1;
+            rep_events.truncate(rec.events.len());
+        }
         for i in 0..rec.events.len().max(rep_events.len()) {
             let a = rec.events.get(i).map(|e| normalise(e));
             let b = rep_events.get(i).map(|e| normalise(e));
@@ -296,7 +307,10 @@ pub(crate) fn compare(
                 .collect()
         };
         let a = statuses(recorded_checkpoints, Some(&rec.run_id));
-        let b = statuses(replayed_checkpoints, rep.map(|s| s.run_id.as_str()));
+        let mut b = statuses(replayed_checkpoints, rep.map(|s| s.run_id.as_str()));
+        if cut {
+            b.truncate(a.len());
+        }
         if a != b {
             return Err(Box::new(Divergence {
                 run: rec.describe(),
@@ -308,7 +322,7 @@ pub(crate) fn compare(
         }
         checkpoints += a.len();
     }
-    if let Some(extra) = ours.iter().find(|s| {
+    if let Some(extra) = ours.iter().filter(|_| unfinished == 0).find(|s| {
         !theirs
             .iter()
             .any(|r| r.expert == s.expert && r.lineage == s.lineage && r.index == s.index)
@@ -325,7 +339,20 @@ pub(crate) fn compare(
         runs: theirs.len(),
         events,
         checkpoints,
+        unfinished,
     })
+}
+
+/// Whether `e` ends its run segment (a stop or the completion).
+fn ends_segment(e: &Event) -> bool {
+    matches!(
+        e.payload,
+        EventPayload::StopRunByInteractiveTool(_)
+            | EventPayload::StopRunByDelegate(_)
+            | EventPayload::StopRunByExceededMaxSteps(_)
+            | EventPayload::StopRunByError(_)
+            | EventPayload::CompleteRun(_)
+    )
 }
 
 #[cfg(test)]

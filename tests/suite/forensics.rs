@@ -1,6 +1,7 @@
 //! Tamper-evident history (issue 15, items 2 and 4): `perstack log --verify` names every kind
 //! of tampering, tells a crash cut from it, reports a job without a chain as unchained, and an
-//! audit export verifies in a fresh directory but not after one byte changes or a re-signing.
+//! audit export verifies in a fresh directory but not after one byte changes or a re-signing; a
+//! job killed with SIGKILL mid-run verifies as cut or intact, never as tampered.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -404,4 +405,99 @@ fn an_export_verifies_in_a_fresh_directory_and_fails_after_one_byte_changes() {
     let (code, out) = verify(&["--key", &key]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("not by the trusted key"), "{out}");
+}
+
+/// Run a job whose second generation takes 10 minutes, `kill -9` it once stdout shows an event
+/// of type `after`, and return the job's directory (the process is gone).
+fn killed_after(after: &str) -> Job {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let script = r#"
+[[turns]]
+expert = "slow"
+toolCalls = [{ id = "call_health", name = "healthCheck" }]
+
+[[turns]]
+expert = "slow"
+delayMs = 600000
+text = "never reached"
+"#;
+    let toml = format!(
+        r#"{}
+[experts."slow"]
+instruction = "Check, then answer slowly."
+
+[experts."slow".skills."@perstack/base"]
+type = "mcpStdioSkill"
+command = "npx"
+packageName = "@perstack/base"
+pick = ["healthCheck", "attemptCompletion"]
+"#,
+        super::common::SCRIPTED
+    );
+    let config = super::common::write_project(dir.path(), &toml, script);
+    let id = format!("killed-after-{after}");
+    let mut child = cmd(dir.path(), &dir.path().join("config"))
+        .args(["run", "--config", config.to_str().unwrap(), "slow", "go"])
+        .args(["--job-id", &id])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let seen = loop {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) if line.contains(&format!("\"type\":\"{after}\"")) => break true,
+            Ok(_) => {}
+            Err(_) => break false,
+        }
+    };
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(seen, "no {after} event within 60 s");
+    Job { dir, id }
+}
+
+#[test]
+fn a_job_killed_with_sigkill_mid_run_verifies_as_cut_or_intact_never_as_tampered() {
+    // At the first event (writes in flight), after a tool step, and while the model call of
+    // the next step is pending.
+    for after in ["startRun", "callTools", "continueToNextStep"] {
+        let job = killed_after(after);
+        assert!(
+            job.path().join("audit/chain.jsonl").exists(),
+            "{after}: the chain was started"
+        );
+        let (code, out) = job.verify(&["--job", &job.id]);
+        assert_eq!(code, 0, "{after}: {out}");
+        assert!(
+            out.contains(&format!("job {}: intact", job.id)),
+            "{after}: a killed job is intact (possibly cut): {out}"
+        );
+        for tampering in ["TAMPERED", "changed:", "removed:", "added:", "reordered"] {
+            assert!(!out.contains(tampering), "{after}: {tampering} in {out}");
+        }
+        // What was recorded before the kill replays identically; the replay says where the
+        // recording ends.
+        let mut replay = cmd(job.dir.path(), &job.config());
+        replay.args(["replay", &job.id]);
+        let (code, out) = output(replay);
+        assert_eq!(code, 0, "{after}: {out}");
+        assert!(
+            out.contains("the recording ends mid-run in 1 run(s)"),
+            "{after}: {out}"
+        );
+    }
 }
