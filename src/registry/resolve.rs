@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use futures::StreamExt;
 use serde_json::{Map, Value};
 
 use super::cache::TagEntry;
@@ -25,6 +26,10 @@ pub struct Resolved {
     pub pin: RegistryPin,
 }
 
+/// Registry requests one resolution wave sends at once: enough to hide round trips for a
+/// coordinator with many registry delegates, few enough not to flood the registry.
+const FETCH_CONCURRENCY: usize = 8;
+
 impl Registry {
     /// Adds to `config` every registry Expert reachable from `roots` (Expert keys: local ones
     /// are followed through their delegates, scoped ones not in the file are resolved), and
@@ -38,54 +43,68 @@ impl Registry {
         pins: &BTreeMap<String, RegistryPin>,
         locked: bool,
     ) -> Result<Vec<Resolved>, RegistryError> {
-        let mut queue: VecDeque<(String, Option<String>)> =
+        // Breadth-first, one wave at a time: the registry keys of a wave are fetched
+        // concurrently (at most FETCH_CONCURRENCY at once), then their delegates form the
+        // next wave. Results are taken in wave order, so the error reported is the same
+        // whatever finished first.
+        let mut wave: Vec<(String, Option<String>)> =
             roots.iter().map(|r| (r.clone(), None)).collect();
         let mut seen = BTreeSet::new();
         let mut resolved = Vec::new();
         let mut graph: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        while let Some((key, parent)) = queue.pop_front() {
-            if !seen.insert(key.clone()) {
-                continue;
+        while !wave.is_empty() {
+            let mut next = Vec::new();
+            let mut remote = Vec::new();
+            let mut queue: VecDeque<_> = std::mem::take(&mut wave).into();
+            while let Some((key, parent)) = queue.pop_front() {
+                if !seen.insert(key.clone()) {
+                    continue;
+                }
+                if let Some(local) = config.experts.get(&key) {
+                    // Local Experts cost nothing: follow them within this wave.
+                    queue.extend(
+                        local
+                            .delegates
+                            .iter()
+                            .map(|d| (d.clone(), Some(key.clone()))),
+                    );
+                } else if RegistryKey::is_registry_key(&key) {
+                    remote.push((key, parent));
+                }
+                // An unscoped key that is not in the file is the configuration's to report
+                // (with "did you mean").
             }
-            if let Some(local) = config.experts.get(&key) {
-                queue.extend(
-                    local
+            let found: Vec<_> = futures::stream::iter(
+                remote
+                    .iter()
+                    .map(|(key, _)| self.resolve_one(key, pins, locked)),
+            )
+            .buffered(FETCH_CONCURRENCY)
+            .collect()
+            .await;
+            for ((key, parent), result) in remote.into_iter().zip(found) {
+                let (expert, pin) = result.map_err(|e| match parent {
+                    Some(expert) => RegistryError::Delegate {
+                        expert,
+                        delegate: key.clone(),
+                        source: Box::new(e),
+                    },
+                    None => e,
+                })?;
+                graph.insert(key.clone(), expert.delegates.clone());
+                next.extend(
+                    expert
                         .delegates
                         .iter()
                         .map(|d| (d.clone(), Some(key.clone()))),
                 );
-                continue;
+                config.add_expert(&key, expert);
+                resolved.push(Resolved {
+                    requested: key,
+                    pin,
+                });
             }
-            if !RegistryKey::is_registry_key(&key) {
-                // An unscoped key that is not in the file: the configuration's own check
-                // reports it (with "did you mean").
-                continue;
-            }
-            let (expert, pin) = match self.resolve_one(&key, pins, locked).await {
-                Ok(found) => found,
-                Err(e) => {
-                    return Err(match parent {
-                        Some(expert) => RegistryError::Delegate {
-                            expert,
-                            delegate: key,
-                            source: Box::new(e),
-                        },
-                        None => e,
-                    });
-                }
-            };
-            graph.insert(key.clone(), expert.delegates.clone());
-            queue.extend(
-                expert
-                    .delegates
-                    .iter()
-                    .map(|d| (d.clone(), Some(key.clone()))),
-            );
-            config.add_expert(&key, expert);
-            resolved.push(Resolved {
-                requested: key,
-                pin,
-            });
+            wave = next;
         }
         if let Some(chain) = find_cycle(&graph) {
             return Err(RegistryError::Cycle { chain });
@@ -232,15 +251,22 @@ impl Registry {
         }
     }
 
-    /// `GET` the definition of `key` from the registry.
+    /// `GET` the definition of `key` from the registry. A version its publisher deprecated
+    /// or disabled still runs (its definition has not changed), with a warning.
     async fn fetch(&self, key: &RegistryKey) -> Result<Map<String, Value>, RegistryError> {
         let body = self.client.get(key).await?;
-        expert_of(&body)
+        let expert = expert_of(&body)
             .cloned()
             .ok_or_else(|| RegistryError::Malformed {
                 key: key.to_string(),
                 message: "no data.expert object in the answer".into(),
-            })
+            })?;
+        if let Some(status @ ("deprecated" | "disabled")) =
+            expert.get("status").and_then(Value::as_str)
+        {
+            tracing::warn!("registry expert {key} is {status} by its publisher");
+        }
+        Ok(expert)
     }
 }
 

@@ -95,6 +95,7 @@ fn issue_12_run_a_registry_expert_by_version_end_to_end_and_from_the_cache() {
         started_version(&f.events, "@org/helper@1.0.0").as_deref(),
         Some("1.0.0")
     );
+    assert!(!f.stderr.contains("deprecated"), "{}", f.stderr);
     let seen = w.registry.seen();
     assert_eq!(seen.len(), 1);
     assert_eq!(
@@ -592,6 +593,13 @@ fn issue_12_publish_tag_status_and_unpublish_talk_to_the_registry_with_the_key_n
         w.registry.get("@org/writer", "1.1.0").unwrap()["status"],
         "deprecated"
     );
+    // Resolving a deprecated version warns.
+    let run = w.run(&["run", "@org/writer@1.1.0", "q"]);
+    assert!(
+        run.stderr.contains("@org/writer@1.1.0 is deprecated"),
+        "{}",
+        run.stderr
+    );
 
     let refused = w.cmd(&["unpublish", "@org/writer@1.1.0"]).output().unwrap();
     assert_eq!(refused.status.code(), Some(2));
@@ -682,4 +690,45 @@ fn issue_12_a_cluster_submission_resolves_registry_experts_before_it_connects() 
     let f = w.run(&args);
     assert_eq!(f.code, 2, "{}", f.stderr);
     assert!(f.stderr.contains("404"), "{}", f.stderr);
+}
+
+#[test]
+fn issue_12_install_pins_every_registry_expert_reachable_transitively() {
+    let w = World::new(
+        r#"[experts."coordinator"]
+instruction = "Delegate."
+delegates = ["@org/a", "@org/b@stable", "@org/c@1.0.0", "local"]
+[experts."local"]
+instruction = "Local."
+delegates = ["@org/e"]
+"#,
+        "",
+    );
+    for (name, delegates) in [
+        ("@org/a", vec!["@org/d@1.0.0"]),
+        ("@org/b", vec![]),
+        ("@org/c", vec![]),
+        ("@org/d", vec![]),
+        ("@org/e", vec![]),
+    ] {
+        w.registry
+            .add(definition(name, "1.0.0", "Work.", &delegates));
+    }
+    w.registry.tag("@org/b", "stable", "1.0.0");
+    install(&w);
+    let lock = std::fs::read_to_string(w.dir.path().join("perstack.lock")).unwrap();
+    let parsed: toml::Table = toml::from_str(&lock).unwrap();
+    let pins = parsed["registryPins"].as_table().unwrap();
+    let mut keys: Vec<&str> = pins.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "@org/a",
+            "@org/b@stable",
+            "@org/c@1.0.0",
+            "@org/d@1.0.0",
+            "@org/e"
+        ]
+    );
 }
