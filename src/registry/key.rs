@@ -17,6 +17,9 @@ pub(crate) struct RegistryKey {
     /// `@org/name`.
     name: String,
     selector: Selector,
+    /// Written without a version or tag: the request names only the Expert, as Perstack's
+    /// client sends it, and the registry answers with `latest`.
+    implicit_latest: bool,
 }
 
 /// What a key selects.
@@ -71,12 +74,14 @@ impl RegistryKey {
             }
             None => (key, Selector::Tag(LATEST.to_owned())),
         };
+        let implicit_latest = name.len() == key.len();
         if !names::is_expert_name(name) {
             return Err(bad("the name must be @org/name without dots"));
         }
         Ok(RegistryKey {
             name: name.to_owned(),
             selector,
+            implicit_latest,
         })
     }
 
@@ -103,11 +108,16 @@ impl RegistryKey {
         }
     }
 
-    /// The key as one URL path segment, as `encodeURIComponent` writes it
-    /// (`%40org%2Fname%401.0.0`).
+    /// The key as written, as one URL path segment, as `encodeURIComponent` writes it
+    /// (`%40org%2Fname%401.0.0`; `%40org%2Fname` for a key without version or tag).
     pub(crate) fn path_segment(&self) -> String {
+        let written = if self.implicit_latest {
+            self.name.clone()
+        } else {
+            self.to_string()
+        };
         let mut out = String::new();
-        for c in self.to_string().chars() {
+        for c in written.chars() {
             match c {
                 '@' => out.push_str("%40"),
                 '/' => out.push_str("%2F"),
@@ -148,6 +158,8 @@ mod tests {
         assert_eq!(t.selector(), &Selector::Tag("stable".into()));
         let l = RegistryKey::parse("@org/x").unwrap();
         assert_eq!(l.to_string(), "@org/x@latest");
+        assert_eq!(l.path_segment(), "%40org%2Fx");
+        assert_eq!(l.file_name(), "@org%2Fx@latest.json");
         assert_eq!(
             RegistryKey::parse("@org/x@1.0.0+b.1")
                 .unwrap()

@@ -138,6 +138,11 @@ text = "done"
         started_version(&f.events, "@org/helper").as_deref(),
         Some("1.2.0")
     );
+    // Asked as written: the name alone, which the registry answers with `latest`.
+    assert_eq!(
+        w.registry.seen()[0].path,
+        "/api/registry/v1/experts/%40org%2Fhelper"
+    );
     assert!(
         f.events
             .iter()
