@@ -38,7 +38,7 @@ pub(crate) enum Command {
     Log(Box<log::LogArgs>),
     /// Serve the built-in @perstack/base skill as an MCP server over stdio.
     Base(base::BaseArgs),
-    /// Collect every Expert's tool definitions into perstack.lock.
+    /// Collect every Expert's tool definitions into perstack.lock and pin its registry Experts.
     Install(install::InstallArgs),
     /// Run a stored job (or a Perstack events.jsonl) again from its recorded model answers and
     /// tool results, and report the first difference.

@@ -31,7 +31,7 @@
 //!   process launcher, the tool-call timeout.
 //! - `replay`: deterministic replay of a recorded job (`perstack replay`): recorded model
 //!   answers and tool results played back through the real engine, compared run by run.
-//! - `cli`: the `perstack` commands (`run`, `log`, `install`, `base`, `replay`).
+//! - `cli`: the `perstack` commands (`run`, `log`, `install`, `base`, `replay`, and the registry's `publish`, `unpublish`, `tag`, `status`).
 
 mod actor;
 mod agent;

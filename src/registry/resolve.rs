@@ -321,6 +321,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_resolved_registry_expert_answers_the_files_missing_delegate() {
+        let mut cfg = crate::config::parse(
+            "[experts.\"coordinator\"]\ninstruction = \"x\"\ndelegates = [\"@org/helper\", \"gone\"]\n",
+            std::path::Path::new("/p/perstack.toml"),
+        )
+        .unwrap();
+        assert!(cfg.check_runnable("coordinator").is_err());
+        let raw = serde_json::json!({"key": "@org/helper@1.0.0", "name": "@org/helper",
+            "version": "1.0.0", "minRuntimeVersion": "v1.0", "instruction": "Help.",
+            "skills": {"@perstack/base": {"type": "mcpStdioSkill", "command": "npx",
+                "packageName": "@perstack/base"}}, "delegates": []});
+        let asked = RegistryKey::parse("@org/helper").unwrap();
+        let expert = to_expert(&asked, "@org/helper", raw.as_object().unwrap()).unwrap();
+        cfg.add_expert("@org/helper", expert);
+        // The registry delegate is answered; the unscoped one is still reported.
+        let err = cfg.check_runnable("coordinator").unwrap_err().to_string();
+        assert!(
+            err.contains("gone") && !err.contains("@org/helper"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn cycles_are_found_with_their_chain() {
         let g = BTreeMap::from([
             ("@o/a".to_string(), vec!["@o/b".to_string()]),
