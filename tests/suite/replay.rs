@@ -10,7 +10,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use super::common::{SCRIPTED, bin, experts, write_project};
+use super::common::{SCRIPTED, bin, experts, fixture_bin, write_project};
 use super::traces::scenario_config;
 
 /// `perstack <args>` in `dir`, with its signing key under `dir/.config` and the default store.
@@ -341,4 +341,64 @@ fn an_unknown_job_or_an_unreadable_recording_is_a_usage_error() {
     let (code, _, stderr) = output(perstack(dir.path(), &["replay", trace.to_str().unwrap()]));
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--config"), "{stderr}");
+}
+
+#[test]
+fn playback_starts_no_skill_process_while_live_tools_run_the_sandboxed_server_again() {
+    // A stdio MCP server that needs FIXTURE_TOKEN: the job runs it (sandboxed, the default).
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        r#"{SCRIPTED}
+[experts."worker"]
+instruction = "Call the fixture."
+
+[experts."worker".skills."@perstack/base"]
+type = "mcpStdioSkill"
+command = "npx"
+packageName = "@perstack/base"
+pick = ["attemptCompletion"]
+
+[experts."worker".skills."fixture"]
+type = "mcpStdioSkill"
+command = "{}"
+args = ["--stdio"]
+requiredEnv = ["FIXTURE_TOKEN"]
+"#,
+        fixture_bin().display()
+    );
+    let script = r#"
+[[turns]]
+expert = "worker"
+toolCalls = [{ id = "c1", name = "echo", args = { text = "same again" } }]
+[[turns]]
+expert = "worker"
+text = "Echoed."
+"#;
+    let config = write_project(dir.path(), &toml, script);
+    let mut run = perstack(
+        dir.path(),
+        &["run", "--config", config.to_str().unwrap(), "worker", "go", "--job-id", "echo"],
+    );
+    run.env("FIXTURE_TOKEN", "t");
+    let (code, stdout, stderr) = output(run);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("same again"), "{stdout}");
+
+    // Playback: no process starts, so the server's variable is not needed.
+    let mut playback = perstack(dir.path(), &["replay", "echo"]);
+    playback.env_remove("FIXTURE_TOKEN");
+    let (code, out, err) = output(playback);
+    assert_identical(code, &out, &err, "echo", state_events(&stdout));
+
+    // Live: the server starts again (and needs its variable), and answers as recorded.
+    let mut live = perstack(dir.path(), &["replay", "echo", "--tools", "live"]);
+    live.env_remove("FIXTURE_TOKEN");
+    let (code, _, err) = output(live);
+    assert_eq!(code, 2, "live tools start the server, which needs FIXTURE_TOKEN: {err}");
+    assert!(err.contains("FIXTURE_TOKEN"), "{err}");
+    let mut live = perstack(dir.path(), &["replay", "echo", "--tools", "live"]);
+    live.env("FIXTURE_TOKEN", "t");
+    let (code, out, err) = output(live);
+    assert_identical(code, &out, &err, "echo", state_events(&stdout));
+    assert!(out.contains("tools re-executed, 0 result(s) differ"), "{out}");
 }
