@@ -182,8 +182,13 @@ async fn load(target: &str, cwd: &Path) -> Result<Recording, ReplayError> {
             events.extend(store.event_contents(target, &run_id, None).await?);
         }
     }
-    // Stable: each run's own order (time, then storage order) is kept.
-    events.sort_by_key(|e| e.timestamp);
+    // This engine numbers a job's events (`jobSeq`): that is their order, also within one
+    // millisecond. Perstack's have no number: by time, each run's storage order kept (stable).
+    if events.iter().all(|e| e.job_seq.is_some()) {
+        events.sort_by_key(|e| e.job_seq);
+    } else {
+        events.sort_by_key(|e| e.timestamp);
+    }
     let checkpoints = store.checkpoints_by_job(target).await?;
     let settings = store
         .all_run_settings()

@@ -2,7 +2,7 @@
 //! recording `events.jsonl`), its stored checkpoints and the settings it ran with.
 //!
 //! Owns reading a stdout recording and choosing, from what was recorded, the coordinator, the
-//! query, the Expert definitions and the limits a replay runs with: the stored run setting
+//! query, the later invocations (continuations), the Expert definitions and the limits a replay runs with: the stored run setting
 //! first, then the recording's `initializeRuntime`, then the configuration (Perstack stores no
 //! run setting, so its jobs need `perstack.toml` for the Expert definitions). Reading the
 //! file-system store is the CLI's (`perstack log` already does it).
@@ -41,6 +41,16 @@ pub(crate) enum RecordingError {
     Unusable(String),
 }
 
+/// How the job was continued after an invocation ended: `--continue-job` with a new query, or
+/// `-i` with the answer to the pending interactive call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Continuation {
+    /// A new query.
+    Query(String),
+    /// The answer's text.
+    Answer(String),
+}
+
 /// A job's recorded history (see the module docs).
 #[derive(Debug, Clone)]
 pub(crate) struct Recording {
@@ -58,6 +68,8 @@ pub(crate) struct Recording {
     pub setting: Option<RunSetting>,
     /// The first `initializeRuntime` (stdout recordings only; it is not stored).
     pub runtime: Option<InitializeRuntime>,
+    /// The job's later invocations, in order.
+    pub continuations: Vec<Continuation>,
 }
 
 impl Recording {
@@ -137,9 +149,12 @@ impl Recording {
                     .min_by_key(|s| s.started_at)
             })
             .cloned();
+        let coordinator = start.expert_key.clone().unwrap_or_default();
+        let continuations = continuations(&events, &coordinator, &start.run_id);
         Ok(Recording {
+            continuations,
             job_id: start.job_id.clone(),
-            coordinator: start.expert_key.clone().unwrap_or_default(),
+            coordinator,
             query,
             events,
             checkpoints,
@@ -192,4 +207,34 @@ impl Recording {
         s.context_window = crate::llm::models::context_window(&s.model);
         Ok(s)
     }
+}
+
+/// The coordinator segments that began a new invocation: a `startRun` with a user message (a
+/// continued job's query) or on a `stoppedByInteractiveTool` checkpoint (an answer), other than
+/// the first run's. A segment resumed after a delegation is part of its invocation.
+fn continuations(events: &[Event], coordinator: &str, first_run: &str) -> Vec<Continuation> {
+    events
+        .iter()
+        .filter(|e| e.run_id != first_run && e.expert_key.as_deref() == Some(coordinator))
+        .filter_map(|e| match &e.payload {
+            EventPayload::StartRun(p) if p.initial_checkpoint.delegated_by.is_none() => {
+                let query = p
+                    .input_messages
+                    .iter()
+                    .find(|m| matches!(m, crate::schema::Message::UserMessage(_)))
+                    .and_then(|m| m.first_text());
+                match (query, p.initial_checkpoint.status) {
+                    (Some(q), _) => Some(Continuation::Query(q.to_owned())),
+                    (None, crate::schema::CheckpointStatus::StoppedByInteractiveTool) => p
+                        .initial_checkpoint
+                        .partial_tool_results
+                        .as_ref()
+                        .and_then(|r| r.last())
+                        .map(|r| Continuation::Answer(r.text())),
+                    _ => None,
+                }
+            }
+            _ => None,
+        })
+        .collect()
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use super::common::{self, Finished};
 
-const EXPERTS: &str = r#"
+pub(super) const EXPERTS: &str = r#"
 [experts."coord"]
 instruction = "Check, ask the user, then answer."
 delegates = ["helper"]
@@ -32,7 +32,7 @@ instruction = "Help."
 
 // One mixed turn: an MCP call, a delegation and an interactive call, sorted by the engine as
 // mcp, delegate, interactive (so the first tool call of the message is NOT the pending one).
-const SCRIPT: &str = r#"
+pub(super) const SCRIPT: &str = r#"
 [[turns]]
 expert = "coord"
 toolCalls = [

@@ -377,7 +377,15 @@ text = "Echoed."
     let config = write_project(dir.path(), &toml, script);
     let mut run = perstack(
         dir.path(),
-        &["run", "--config", config.to_str().unwrap(), "worker", "go", "--job-id", "echo"],
+        &[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "worker",
+            "go",
+            "--job-id",
+            "echo",
+        ],
     );
     run.env("FIXTURE_TOKEN", "t");
     let (code, stdout, stderr) = output(run);
@@ -394,11 +402,74 @@ text = "Echoed."
     let mut live = perstack(dir.path(), &["replay", "echo", "--tools", "live"]);
     live.env_remove("FIXTURE_TOKEN");
     let (code, _, err) = output(live);
-    assert_eq!(code, 2, "live tools start the server, which needs FIXTURE_TOKEN: {err}");
+    assert_eq!(
+        code, 2,
+        "live tools start the server, which needs FIXTURE_TOKEN: {err}"
+    );
     assert!(err.contains("FIXTURE_TOKEN"), "{err}");
     let mut live = perstack(dir.path(), &["replay", "echo", "--tools", "live"]);
     live.env("FIXTURE_TOKEN", "t");
     let (code, out, err) = output(live);
     assert_identical(code, &out, &err, "echo", state_events(&stdout));
-    assert!(out.contains("tools re-executed, 0 result(s) differ"), "{out}");
+    assert!(
+        out.contains("tools re-executed, 0 result(s) differ"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_job_answered_with_i_then_continued_replays_identically_invocation_by_invocation() {
+    // The mixed turn of continue_job.rs: an MCP call, a delegation and an interactive call; the
+    // job stops for the user, is answered with -i, then continued with a new query.
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_project(
+        dir.path(),
+        &super::common::scripted(super::continue_job::EXPERTS),
+        super::continue_job::SCRIPT,
+    );
+    let config = config.to_str().unwrap();
+    let mut stdout = String::new();
+    for args in [
+        vec![
+            "run", "--config", config, "--job-id", "cont", "coord", "start",
+        ],
+        vec![
+            "run",
+            "--config",
+            config,
+            "--continue-job",
+            "cont",
+            "-i",
+            "coord",
+            "yes",
+        ],
+        vec![
+            "run",
+            "--config",
+            config,
+            "--continue-job",
+            "cont",
+            "coord",
+            "more?",
+        ],
+    ] {
+        let (code, out, err) = output(perstack(dir.path(), &args));
+        assert_eq!(code, 0, "{args:?}: {err}");
+        stdout.push_str(&out);
+    }
+    assert!(stdout.contains("stopRunByInteractiveTool") && stdout.contains("Follow-up answered."));
+    let events = state_events(&stdout);
+    let (code, out, err) = output(perstack(dir.path(), &["replay", "cont"]));
+    assert_identical(code, &out, &err, "cont", events);
+    assert!(
+        out.contains(" 5 runs, "),
+        "both continuations were replayed: {out}"
+    );
+
+    fs::write(dir.path().join("all.jsonl"), &stdout).unwrap();
+    let (code, out, err) = output(perstack(
+        dir.path(),
+        &["replay", "all.jsonl", "--config", config],
+    ));
+    assert_identical(code, &out, &err, "cont", events);
 }
