@@ -11,6 +11,7 @@ mod log;
 mod publish;
 mod replay;
 mod run;
+mod start;
 mod submit;
 mod worker;
 
@@ -34,6 +35,13 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Run an Expert headless, printing every event as a JSON line.
     Run(Box<RunArgs>),
+    /// Work interactively in the terminal: pick an Expert or a stored job, watch its runs live,
+    /// answer interactive calls, continue with follow-ups. Takes `run`'s options.
+    #[command(
+        mut_arg("expert_key", |a| a.required(false).default_value("")),
+        mut_arg("query", |a| a.required(false).default_value(""))
+    )]
+    Start(Box<RunArgs>),
     /// View execution history
     Log(Box<log::LogArgs>),
     /// Serve the built-in @perstack/base skill as an MCP server over stdio.
@@ -67,8 +75,18 @@ pub fn run() -> ExitCode {
         return code;
     }
     let cli = Cli::parse();
-    let verbose = matches!(&cli.command, Command::Run(a) if a.verbose);
-    let telemetry = diagnostics::init(verbose);
+    let telemetry = match &cli.command {
+        // The terminal is the screen: diagnostics go to a log file.
+        Command::Start(a) => match start::log_file() {
+            Ok(file) => diagnostics::init_file(a.verbose, file),
+            Err(e) => {
+                eprintln!("perstack: cannot open {}: {e}", start::LOG_FILE);
+                return ExitCode::from(2);
+            }
+        },
+        Command::Run(a) => diagnostics::init(a.verbose),
+        _ => diagnostics::init(false),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -91,6 +109,7 @@ pub fn run() -> ExitCode {
 async fn main(cli: Cli) -> u8 {
     match cli.command {
         Command::Run(args) => run::execute(*args).await,
+        Command::Start(args) => start::execute(*args).await,
         Command::Log(args) => log::execute(*args).await,
         Command::Base(args) => base::execute(args).await,
         Command::Install(args) => install::execute(args).await,

@@ -31,7 +31,10 @@
 //!   process launcher, the tool-call timeout.
 //! - `replay`: deterministic replay of a recorded job (`perstack replay`): recorded model
 //!   answers and tool results played back through the real engine, compared run by run.
-//! - `cli`: the `perstack` commands (`run`, `log`, `install`, `base`, `replay`, and the registry's `publish`, `unpublish`, `tag`, `status`).
+//! - `cli`: the `perstack` commands (`run`, `start`, `log`, `install`, `base`, `replay`, and
+//!   the registry's `publish`, `unpublish`, `tag`, `status`).
+//! - `tui`: `perstack start`'s workbench: the view model fed by a job's events, the screens,
+//!   the keys, the terminal.
 
 mod actor;
 mod agent;
@@ -51,5 +54,6 @@ mod skill;
 pub mod storage;
 #[cfg(test)]
 mod tests;
+mod tui;
 
 pub use cli::run as run_cli;

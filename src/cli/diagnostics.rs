@@ -35,14 +35,7 @@ impl Telemetry {
 /// (default `perstack=warn`, or `perstack=debug` when `verbose`); with the `otel` feature, also
 /// the OTLP export the `OTEL_EXPORTER_OTLP_*` variables describe.
 pub(super) fn init(verbose: bool) -> Telemetry {
-    let default = if verbose {
-        "perstack=debug"
-    } else {
-        "perstack=warn"
-    };
-    let filter = quiet_signer(
-        EnvFilter::try_from_env("PERSTACK_LOG").unwrap_or_else(|_| EnvFilter::new(default)),
-    );
+    let filter = filter(verbose);
     let ansi = use_color(
         std::io::stderr().is_terminal(),
         std::env::var_os("NO_COLOR"),
@@ -74,6 +67,29 @@ pub(super) fn init(verbose: bool) -> Telemetry {
         .with_env_filter(filter)
         .init();
     Telemetry::default()
+}
+
+/// Install the process-wide subscriber writing to `file` instead of stderr, without colour
+/// (`perstack start`, whose terminal is the screen). No span export.
+pub(super) fn init_file(verbose: bool, file: std::fs::File) -> Telemetry {
+    tracing_subscriber::fmt()
+        .with_writer(std::sync::Mutex::new(file))
+        .with_ansi(false)
+        .with_env_filter(filter(verbose))
+        .init();
+    Telemetry::default()
+}
+
+/// `PERSTACK_LOG`, else `perstack=warn` (`perstack=debug` when `verbose`).
+fn filter(verbose: bool) -> EnvFilter {
+    let default = if verbose {
+        "perstack=debug"
+    } else {
+        "perstack=warn"
+    };
+    quiet_signer(
+        EnvFilter::try_from_env("PERSTACK_LOG").unwrap_or_else(|_| EnvFilter::new(default)),
+    )
 }
 
 /// `filter` with `aws-sigv4` silenced whatever `PERSTACK_LOG` asks: at `trace` it logs

@@ -12,7 +12,8 @@ use clap::Args;
 use crate::config::defaults;
 use crate::config::{self, PerstackConfig, ProviderName};
 use crate::engine::{
-    ContinueInput, ContinueRequest, Engine, EngineError, JobRequest, RunOverrides, Settings,
+    ContinueInput, ContinueRequest, Engine, EngineBuilder, EngineError, JobHandle, JobRequest,
+    RunOverrides, Settings, WithModel,
 };
 use crate::llm::LanguageModel;
 use crate::sandbox::Isolation;
@@ -108,6 +109,32 @@ pub(super) async fn execute(args: RunArgs) -> u8 {
 }
 
 async fn run(args: RunArgs) -> Result<JobStatus, EngineError> {
+    let prepared = prepare(&args).await?;
+    let engine = prepared.builder.sink(Box::new(tokio::io::stdout())).build();
+    let handle = launch(&engine, args, None).await?;
+    let cancel = handle.cancel_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::warn!("signal received: cancelling the job");
+        cancel.cancel();
+    });
+    let outcome = handle.wait().await;
+    engine.shutdown().await;
+    Ok(outcome?.job.status)
+}
+
+/// What `run` and `start` build from the options before a job starts.
+pub(super) struct Prepared {
+    /// The engine on the filesystem store of the current directory, without a sink yet.
+    pub builder: EngineBuilder<WithModel>,
+    /// The loaded perstack.toml.
+    pub config: PerstackConfig,
+    /// The provider the runs call.
+    pub provider: ProviderName,
+}
+
+/// Check the options, load the configuration and environment, and build the engine's parts.
+pub(super) async fn prepare(args: &RunArgs) -> Result<Prepared, EngineError> {
     if args.resume_from.is_some() && args.continue_job.is_none() {
         return Err(EngineError::Usage(
             "--resume-from requires --continue-job".into(),
@@ -126,14 +153,14 @@ async fn run(args: RunArgs) -> Result<JobStatus, EngineError> {
     if isolation == Isolation::Sandboxed {
         crate::sandbox::check_available()?;
     }
-    let (env, lockfile) = resolve_registry(&args, &mut cfg, &path, &cwd).await?;
+    let (env, lockfile) = resolve_registry(args, &mut cfg, &path, &cwd).await?;
     if cfg.experts.contains_key(&args.expert_key) {
         cfg.check_runnable(&args.expert_key)?;
     }
-    let provider = provider_name(&args, &cfg)?;
-    let model = build_model(provider, &args, &cfg, &env)?;
+    let provider = provider_name(args, &cfg)?;
+    let model = build_model(provider, args, &cfg, &env)?;
 
-    let mut settings = Settings::resolve(&cfg, &overrides(&args, provider));
+    let mut settings = Settings::resolve(&cfg, &overrides(args, provider));
     settings.workspace = cwd.clone();
     settings.tool_timeout =
         crate::skill::tool_timeout(&env).map_err(|e| EngineError::Usage(e.to_string()))?;
@@ -142,13 +169,25 @@ async fn run(args: RunArgs) -> Result<JobStatus, EngineError> {
     settings.config_dir = path.parent().map(std::path::Path::to_path_buf);
     settings.lockfile = lockfile;
 
-    let engine = Engine::builder()
+    let builder = Engine::builder()
         .settings(settings)
         .model(model)
-        .storage(Arc::new(FsStorage::new(cwd.join("perstack"))))
-        .sink(Box::new(tokio::io::stdout()))
-        .build();
-    let handle = if args.continue_latest || args.continue_job.is_some() {
+        .storage(Arc::new(FsStorage::new(cwd.join("perstack"))));
+    Ok(Prepared {
+        builder,
+        config: cfg,
+        provider,
+    })
+}
+
+/// Start the job the options ask for on `engine`, or continue a stored one (`--continue`,
+/// `--continue-job`, `-i`); `subscribe` delivers its events to the handle.
+pub(super) async fn launch(
+    engine: &Engine,
+    args: RunArgs,
+    subscribe: Option<usize>,
+) -> Result<JobHandle, EngineError> {
+    if args.continue_latest || args.continue_job.is_some() {
         let input = if args.interactive {
             ContinueInput::Answer(args.query)
         } else {
@@ -160,25 +199,20 @@ async fn run(args: RunArgs) -> Result<JobStatus, EngineError> {
                 expert_key: args.expert_key,
                 resume_from: args.resume_from,
                 input,
-                subscribe: None,
+                subscribe,
             })
-            .await?
+            .await
     } else {
         let mut request = JobRequest::new(args.expert_key, args.query);
         if let Some(id) = args.job_id {
             request = request.job_id(id);
         }
-        engine.start(request).await?
-    };
-    let cancel = handle.cancel_token();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::warn!("signal received: cancelling the job");
-        cancel.cancel();
-    });
-    let outcome = handle.wait().await;
-    engine.shutdown().await;
-    Ok(outcome?.job.status)
+        if let Some(buffer) = subscribe {
+            request = request.subscribe();
+            request.buffer = buffer;
+        }
+        engine.start(request).await
+    }
 }
 
 /// The run's environment (the process's, overlaid with `--env-path` or `envPath` or the
@@ -215,10 +249,16 @@ pub(super) async fn resolve_registry(
         )),
         None => None,
     };
+    // `start` without an Expert key resolves none until one is picked.
+    let keys: &[String] = if args.expert_key.is_empty() {
+        &[]
+    } else {
+        std::slice::from_ref(&args.expert_key)
+    };
     crate::registry::resolve_into(
         cfg,
         &env,
-        std::slice::from_ref(&args.expert_key),
+        keys,
         lockfile.as_deref(),
         args.locked,
     )
