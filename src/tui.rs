@@ -17,5 +17,7 @@ pub(crate) mod app;
 pub(crate) mod input;
 pub(crate) mod session;
 pub(crate) mod terminal;
+#[cfg(test)]
+mod testing;
 pub(crate) mod view_model;
 pub(crate) mod views;

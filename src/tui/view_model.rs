@@ -42,11 +42,11 @@ impl RunStatus {
     /// A short label for the tree.
     pub(crate) fn label(&self) -> &'static str {
         match self {
-            RunStatus::Running => "running",
-            RunStatus::Delegating => "delegating",
-            RunStatus::WaitingForUser => "asking",
+            RunStatus::Running => "run",
+            RunStatus::Delegating => "wait",
+            RunStatus::WaitingForUser => "ask",
             RunStatus::Completed => "done",
-            RunStatus::MaxSteps => "max steps",
+            RunStatus::MaxSteps => "max",
             RunStatus::Error(_) => "error",
         }
     }

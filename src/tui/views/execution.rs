@@ -109,7 +109,7 @@ fn draw_tree(
             let run = &vm.runs[i];
             let (mark, style) = mark(theme, &run.status);
             let stats = format!(
-                " {:<8} s{:<3}{:>6} {:>6}",
+                " {:<5} s{:<3}{:>6} {:>6}",
                 run.status.label(),
                 run.step,
                 tokens(run.usage.input_tokens + run.usage.output_tokens),
@@ -195,7 +195,7 @@ fn draw_detail(frame: &mut Frame<'_>, app: &App, vm: &ViewModel, run: Option<usi
             && let Some(pending) = &vm.pending
         {
             add(
-                &format!("asks {} {}", pending.tool_name, pending.args),
+                &format!("? {} waits for your answer", pending.tool_name),
                 theme.title(),
                 &mut lines,
             );
