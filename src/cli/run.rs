@@ -255,14 +255,7 @@ pub(super) async fn resolve_registry(
     } else {
         std::slice::from_ref(&args.expert_key)
     };
-    crate::registry::resolve_into(
-        cfg,
-        &env,
-        keys,
-        lockfile.as_deref(),
-        args.locked,
-    )
-    .await?;
+    crate::registry::resolve_into(cfg, &env, keys, lockfile.as_deref(), args.locked).await?;
     Ok((env, lockfile))
 }
 

@@ -33,5 +33,6 @@ mod skills_e2e;
 mod storage_failure;
 mod telemetry;
 mod traces;
+mod tui;
 mod wire;
 mod writer;
