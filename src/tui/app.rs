@@ -161,8 +161,10 @@ pub(crate) struct App {
     pub checkpoints_of: Option<String>,
     /// Cursor of the Experts, history and checkpoint lists.
     pub cursor: [usize; 3],
-    /// The selected run (a position in [`ViewModel::tree`]).
+    /// The selected run (a position in [`ViewModel::tree`]), when not following.
     pub selected_run: usize,
+    /// Whether the selection follows the most recently started run (until ↑/↓ is pressed).
+    pub follow: bool,
     /// Whether the detail panel lists the selected run's events instead of its activity.
     pub show_events: bool,
     /// The text input, when open, and what it is for.
@@ -187,6 +189,7 @@ impl App {
             checkpoints_of: None,
             cursor: [0; 3],
             selected_run: 0,
+            follow: true,
             show_events: false,
             input: None,
             job: None,
@@ -199,6 +202,7 @@ impl App {
     /// A job of `expert` started: show it.
     pub(crate) fn started(&mut self, job: String, expert: String) {
         self.screen = Screen::Execution;
+        self.follow = true;
         self.job = Some((job, expert));
         self.phase = Phase::Running;
         self.input = None;
@@ -353,6 +357,18 @@ impl App {
         None
     }
 
+    /// The selected run's position in `vm`'s tree: the most recently started run while
+    /// following, else the one chosen with ↑/↓.
+    pub(crate) fn selected(&self, vm: &ViewModel) -> usize {
+        let order = vm.tree();
+        if self.follow {
+            let last = vm.runs.len().saturating_sub(1);
+            order.iter().position(|&(i, _)| i == last).unwrap_or(0)
+        } else {
+            self.selected_run.min(order.len().saturating_sub(1))
+        }
+    }
+
     /// The checkpoints of `job` were loaded: list them.
     pub(crate) fn show_checkpoints(&mut self, job: String, checkpoints: Vec<CheckpointItem>) {
         self.checkpoints = checkpoints;
@@ -363,6 +379,10 @@ impl App {
 
     fn execution_key(&mut self, key: Key, vm: &ViewModel) -> Option<Command> {
         let running = matches!(self.phase, Phase::Running | Phase::Cancelling);
+        if matches!(key, Key::Up | Key::Down) && self.follow {
+            self.selected_run = self.selected(vm);
+            self.follow = false;
+        }
         match key {
             Key::Up => self.selected_run = self.selected_run.saturating_sub(1),
             Key::Down => {

@@ -111,13 +111,20 @@ pub(crate) async fn run(
             }
             _ = tick.tick() => {
                 let now = crate::actor::context::now_ms();
-                let vm = lock(&session.vm);
+                let (events, running) = {
+                    let vm = lock(&session.vm);
+                    (vm.events, vm.running())
+                };
                 // Running runs show their elapsed time: redraw once a second for them.
-                let second = if vm.running() > 0 { now / 1000 } else { drawn_second };
-                if dirty || vm.events != drawn_events || second != drawn_second {
-                    guard.screen.draw(|frame| super::views::draw(frame, &session.app, &vm, now))?;
+                let second = if running > 0 { now / 1000 } else { drawn_second };
+                if dirty || events != drawn_events || second != drawn_second {
+                    // The view model is locked only while the frame is built in memory, not
+                    // while a slow terminal takes the output: the drain task never waits on it.
+                    let app = &session.app;
+                    let vm = &session.vm;
+                    guard.screen.draw(|frame| super::views::draw(frame, app, &lock(vm), now))?;
                     dirty = false;
-                    drawn_events = vm.events;
+                    drawn_events = events;
                     drawn_second = second;
                 }
             }
@@ -207,7 +214,6 @@ impl Session<'_> {
             }
             Command::Start { expert, query } => {
                 *self.vm() = ViewModel::new(&self.provider);
-                self.app.selected_run = 0;
                 let request = JobRequest {
                     buffer: EVENT_BUFFER,
                     ..JobRequest::new(expert.clone(), query).subscribe()
@@ -227,7 +233,6 @@ impl Session<'_> {
                 let other_job = self.vm().job_id.as_deref() != Some(job.as_str());
                 if other_job {
                     *self.vm() = ViewModel::new(&self.provider);
-                    self.app.selected_run = 0;
                 }
                 let input = {
                     let vm = self.vm();

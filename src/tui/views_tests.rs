@@ -168,6 +168,7 @@ async fn fifty_parallel_children_with_long_outputs_fit_80x24_and_follow_the_sele
     let expected: Vec<String> = (0..50).map(|i| format!("part {i:02}")).collect();
     assert_eq!(children, expected, "delegation call order");
     let mut app = finished_app("job-fifty", JobStatus::Completed);
+    app.follow = false;
     app.selected_run = 40;
     let screen = testing::render(&app, &vm, 80, 24, now(&vm));
     assert_eq!(screen.lines().count(), 24);
@@ -237,4 +238,29 @@ fn wrapping_and_short_forms() {
     assert_eq!(elapsed(400), "0.4s");
     assert_eq!(elapsed(125_000), "2m05s");
     assert_eq!(fit("abcdef", 4), "abc…");
+}
+
+#[tokio::test]
+async fn the_selection_follows_the_newest_run_until_an_arrow_key_is_pressed() {
+    let engine = testing::engine("experts/fanout/perstack.toml", None);
+    let events = testing::run(&engine, "job-follow", "coordinator", "hello").await;
+    let mut app = finished_app("job-follow", JobStatus::Completed);
+    let cut = events
+        .iter()
+        .position(|e| e.kind() == "attemptCompletion")
+        .unwrap();
+    let vm = testing::view_model(&events[..cut]);
+    let newest = vm.runs.len() - 1;
+    assert_eq!(
+        vm.tree()[app.selected(&vm)].0,
+        newest,
+        "follows the newest run"
+    );
+    let vm = testing::view_model(&events);
+    assert_eq!(app.selected(&vm), 3, "the coordinator's last run");
+    let up = crossterm::event::KeyEvent::from(crossterm::event::KeyCode::Up);
+    app.key(&up, &vm);
+    assert!(!app.follow);
+    assert_eq!(app.selected(&vm), 2);
+    engine.shutdown().await;
 }

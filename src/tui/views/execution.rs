@@ -36,7 +36,7 @@ pub(super) fn draw(frame: &mut Frame<'_>, app: &App, vm: &ViewModel, now_ms: u64
     let [tree, detail] =
         Layout::horizontal([Constraint::Length(tree_width), Constraint::Min(0)]).areas(main);
     let order = vm.tree();
-    let selected = app.selected_run.min(order.len().saturating_sub(1));
+    let selected = app.selected(vm);
     draw_tree(frame, theme, vm, &order, selected, tree, now_ms);
     draw_detail(frame, app, vm, order.get(selected).map(|&(i, _)| i), detail);
     draw_status(frame, theme, vm, status);
