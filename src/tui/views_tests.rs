@@ -264,3 +264,27 @@ async fn the_selection_follows_the_newest_run_until_an_arrow_key_is_pressed() {
     assert_eq!(app.selected(&vm), 2);
     engine.shutdown().await;
 }
+
+#[tokio::test]
+async fn e_shows_the_selected_runs_event_types() {
+    let engine = testing::engine("experts/fanout/perstack.toml", None);
+    let events = testing::run(&engine, "job-events", "coordinator", "hello").await;
+    let vm = testing::view_model(&events);
+    let mut app = finished_app("job-events", JobStatus::Completed);
+    app.input = None;
+    app.key(
+        &crossterm::event::KeyEvent::from(crossterm::event::KeyCode::Char('e')),
+        &vm,
+    );
+    assert!(app.show_events);
+    let screen = testing::render(&app, &vm, 80, 24, now(&vm));
+    assert!(screen.contains("coordinator · events 4"), "{screen}");
+    for kind in ["startRun", "finishAllToolCalls", "completeRun"] {
+        assert!(screen.contains(kind), "{kind}:\n{screen}");
+    }
+    assert!(
+        !screen.contains("streamRunResult"),
+        "deltas are not listed:\n{screen}"
+    );
+    engine.shutdown().await;
+}

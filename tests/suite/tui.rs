@@ -311,3 +311,40 @@ fn ctrl_c_in_start_cancels_the_job_with_its_checkpoint_stored_and_restores_the_t
         "{stored:?}"
     );
 }
+
+#[test]
+fn sigterm_to_start_cancels_the_job_and_restores_the_terminal() {
+    let dir = common::project(&common::scripted(SLOW), SLOW_SCRIPT);
+    let Some(tmux) = Tmux::start(
+        "start_sigterm",
+        dir.path(),
+        &start_command("--job-id j1 slow think"),
+    ) else {
+        return;
+    };
+    tmux.wait_for("the running job", |s| {
+        s.contains("slow · job j1") && s.contains("running")
+    });
+    // The pane runs `sh -c "env ... perstack start ...; echo ...; sleep 120"`; env execs
+    // perstack, the shell's only child while it runs.
+    let shell = tmux.tmux(&["list-panes", "-F", "#{pane_pid}"]);
+    let out = Command::new("pgrep")
+        .args(["-P", shell.trim()])
+        .output()
+        .unwrap();
+    let pid = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(!pid.is_empty(), "no child of the pane's shell {shell}");
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+    let screen = tmux.wait_for("the exit", |s| s.contains("EXITED:"));
+    assert!(!screen.contains("Ctrl-C cancel"), "{screen}");
+    assert_eq!(
+        common::job_status(dir.path(), "j1").as_deref(),
+        Some("stoppedByError")
+    );
+    assert!(
+        common::stored(dir.path(), "j1")
+            .iter()
+            .any(|cp| cp.status.as_str() == "stoppedByError")
+    );
+}
