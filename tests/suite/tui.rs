@@ -15,9 +15,11 @@ use super::common;
 /// How long any one screen may take to appear.
 const DEADLINE: Duration = Duration::from_secs(30);
 
-/// A tmux server of this test alone, killed (with the pane's processes) when dropped.
+/// A tmux server of this test alone, killed (with the pane's processes) when dropped; its
+/// socket lives in a temporary directory of its own (`TMUX_TMPDIR`), removed with it.
 struct Tmux {
     socket: String,
+    dir: tempfile::TempDir,
 }
 
 impl Tmux {
@@ -37,10 +39,12 @@ impl Tmux {
         }
         let tmux = Tmux {
             socket: format!("perstack-{test}-{}", std::process::id()),
+            dir: tempfile::tempdir().unwrap(),
         };
         // The pane's shell prints the exit code and stays, so the last screen can be read.
         let shell = format!("{command}; echo EXITED:$?; sleep 120");
         let status = Command::new("tmux")
+            .env("TMUX_TMPDIR", tmux.dir.path())
             .args(["-L", &tmux.socket, "-f", "/dev/null", "new-session", "-d"])
             .args(["-x", "80", "-y", "24", "-c"])
             .arg(dir)
@@ -53,6 +57,7 @@ impl Tmux {
 
     fn tmux(&self, args: &[&str]) -> String {
         let out = Command::new("tmux")
+            .env("TMUX_TMPDIR", self.dir.path())
             .args(["-L", &self.socket])
             .args(args)
             .output()
@@ -96,6 +101,7 @@ impl Tmux {
 impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = Command::new("tmux")
+            .env("TMUX_TMPDIR", self.dir.path())
             .args(["-L", &self.socket, "kill-server"])
             .status();
     }
