@@ -238,3 +238,86 @@ fn continuations(events: &[Event], coordinator: &str, first_run: &str) -> Vec<Co
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use super::Recording;
+    use crate::schema::{Event, Expert};
+
+    const S09: &str =
+        include_str!("../../tests/fixtures/perstack-traces/s09-max-steps/events.jsonl");
+
+    fn recording() -> Recording {
+        let events: Vec<Event> = S09
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let checkpoints = events
+            .iter()
+            .filter_map(|e| e.checkpoint().cloned())
+            .collect();
+        let runtime = events.iter().find_map(|e| match &e.payload {
+            crate::schema::EventPayload::InitializeRuntime(i) => Some(i.clone()),
+            _ => None,
+        });
+        Recording::new(events, checkpoints, Vec::new(), runtime).unwrap()
+    }
+
+    fn experts() -> BTreeMap<String, Expert> {
+        crate::config::parse(
+            "[experts.\"coord\"]\ninstruction = \"x\"\n",
+            std::path::Path::new("perstack.toml"),
+        )
+        .unwrap()
+        .experts
+    }
+
+    #[test]
+    fn a_stdout_recording_names_its_job_coordinator_query_and_limits() {
+        let rec = recording();
+        assert_eq!(rec.job_id, "job-s09-max-steps");
+        assert_eq!(rec.coordinator, "coord");
+        assert_eq!(rec.query, "please do the thing");
+        assert!(rec.continuations.is_empty());
+        let s = rec.settings(Some(experts())).unwrap();
+        assert_eq!(
+            (s.max_steps, s.max_retries),
+            (3, 0),
+            "initializeRuntime's limits"
+        );
+        assert_eq!(s.timeout, Duration::from_millis(30_000));
+    }
+
+    #[test]
+    fn without_a_stored_setting_the_experts_must_come_from_the_configuration() {
+        let rec = recording();
+        let e = rec.settings(None).unwrap_err();
+        assert!(e.to_string().contains("--config"), "{e}");
+        let mut other = experts();
+        let coord = other.remove("coord").unwrap();
+        other.insert("someone-else".into(), coord);
+        let e = rec.settings(Some(other)).unwrap_err();
+        assert!(e.to_string().contains("\"coord\""), "{e}");
+    }
+
+    #[test]
+    fn a_stored_setting_wins_over_the_configuration() {
+        let mut rec = recording();
+        let base = crate::engine::Settings::new(experts());
+        let mut stored = base.run_setting(
+            &rec.job_id,
+            "run-1",
+            "coord",
+            crate::schema::RunInput::default(),
+            1,
+        );
+        stored.max_steps = 42;
+        rec.setting = Some(stored);
+        let s = rec.settings(Some(BTreeMap::new())).unwrap();
+        assert_eq!(s.max_steps, 42);
+        assert!(s.experts.contains_key("coord"), "the stored Experts");
+    }
+}
