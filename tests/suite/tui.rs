@@ -215,6 +215,28 @@ fn start_selects_an_expert_watches_the_fan_out_answers_continues_and_matches_a_h
     tmux.wait_for("the input closed", |s| !s.contains("follow-up ›"));
     tmux.keys(&["q"]);
     tmux.wait_for("the exit", |s| s.contains("EXITED:0"));
+    drop(tmux);
+
+    // Started again: the Expert is recent, the job is in the history with its checkpoints.
+    let tmux = Tmux::start(
+        "start_e2e_history",
+        dir.path(),
+        &start_command(&format!("--config {}", config.display())),
+    )
+    .unwrap();
+    tmux.wait_for("the recent Expert first", |s| {
+        s.contains("› coordinator  (recent)")
+    });
+    tmux.keys(&["h"]);
+    tmux.wait_for("the job history", |s| {
+        s.contains("Job history") && s.contains("coordinator completed")
+    });
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("the job's coordinator checkpoints", |s| {
+        s.contains("Checkpoints of") && s.contains("› step   7 completed")
+    });
+    tmux.keys(&["q"]);
+    tmux.wait_for("the exit", |s| s.contains("EXITED:0"));
 
     // The same script headless: the same runs with the same event types, the same checkpoints.
     let headless = tempfile::tempdir().unwrap();
@@ -353,4 +375,25 @@ fn sigterm_to_start_cancels_the_job_and_restores_the_terminal() {
             .iter()
             .any(|cp| cp.status.as_str() == "stoppedByError")
     );
+}
+
+#[test]
+fn start_without_a_terminal_is_a_usage_error_pointing_to_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = fixture().to_string_lossy().into_owned();
+    let out = common::perstack(
+        dir.path(),
+        &["start", "--config", &config, "coordinator", "hi"],
+    )
+    .stdin(std::process::Stdio::null())
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty(), "nothing on stdout");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("needs a terminal") && err.contains("perstack run"),
+        "{err}"
+    );
+    assert!(!dir.path().join("perstack/jobs").exists(), "no job started");
 }
