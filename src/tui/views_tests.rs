@@ -288,3 +288,14 @@ async fn e_shows_the_selected_runs_event_types() {
     );
     engine.shutdown().await;
 }
+
+#[test]
+fn the_readme_shows_the_execution_snapshot() {
+    let readme = std::fs::read_to_string(testing::root("README.md")).unwrap();
+    let snapshot =
+        std::fs::read_to_string(testing::root("tests/fixtures/tui/execution.txt")).unwrap();
+    assert!(
+        readme.contains(&format!("```text\n{snapshot}```")),
+        "README.md's \"perstack start\" capture differs from tests/fixtures/tui/execution.txt"
+    );
+}
