@@ -299,3 +299,17 @@ fn the_readme_shows_the_execution_snapshot() {
         "README.md's \"perstack start\" capture differs from tests/fixtures/tui/execution.txt"
     );
 }
+
+#[tokio::test]
+async fn a_narrow_terminal_keeps_the_expert_names_and_drops_columns() {
+    let engine = testing::engine("experts/fanout/perstack.toml", None);
+    let events = testing::run(&engine, "job-narrow", "coordinator", "hello").await;
+    let vm = testing::view_model(&events);
+    let app = finished_app("job-narrow", JobStatus::Completed);
+    let screen = testing::render(&app, &vm, 50, 14, now(&vm));
+    for name in ["coordinator", "child-a", "child-b"] {
+        assert!(screen.contains(name), "{name}:\n{screen}");
+    }
+    assert!(screen.contains("done  s2"), "{screen}");
+    engine.shutdown().await;
+}

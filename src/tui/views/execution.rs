@@ -108,15 +108,22 @@ fn draw_tree(
         .map(|(pos, &(i, depth))| {
             let run = &vm.runs[i];
             let (mark, style) = mark(theme, &run.status);
-            let stats = format!(
+            let indent = "  ".repeat(depth.min(6));
+            // Columns go from the right when the panel is narrow: the name keeps 10 characters.
+            let full = format!(
                 " {:<5} s{:<3}{:>6} {:>6}",
                 run.status.label(),
                 run.step,
                 tokens(run.usage.input_tokens + run.usage.output_tokens),
                 elapsed(run.elapsed_ms(now_ms)),
             );
-            let indent = "  ".repeat(depth.min(6));
-            let room = width.saturating_sub(stats.chars().count() + indent.len() + 3);
+            let short = format!(" {:<5} s{}", run.status.label(), run.step);
+            let fixed = indent.len() + 3;
+            let stats = [full, short]
+                .into_iter()
+                .find(|s| width >= fixed + s.chars().count() + 10)
+                .unwrap_or_default();
+            let room = width.saturating_sub(stats.chars().count() + fixed);
             let cursor = if pos == selected { '›' } else { ' ' };
             let name = format!(
                 "{cursor}{indent}{mark} {:<room$}",
