@@ -2,7 +2,8 @@
 //! messages, a summary), as a human-readable listing or as JSON.
 //!
 //! Reads the file-system store at `PERSTACK_STORAGE_PATH` (relative paths are taken from the
-//! current directory), or `<cwd>/perstack`. Without `--job`, `--run` or `--checkpoint` it shows
+//! current directory), or `<cwd>/perstack`; with `--nats <url>` (or `PERSTACK_NATS_URL`), the
+//! cluster's JetStream store instead. Without `--job`, `--run` or `--checkpoint` it shows
 //! the latest job. Nothing found prints "No data found" and exits 0, as in Perstack; a stored
 //! file that does not parse is an error naming the file (exit 1), never skipped; a malformed
 //! `--step` or `--filter` expression, or an id that cannot be a path segment, exits 2.
@@ -27,7 +28,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::storage::{FsStorage, StoreError};
+use crate::storage::{FsStorage, JetStreamConfig, JetStreamStorage, StoreError};
 use filter::{
     DELEGATION_TYPES, ERROR_TYPES, ExprError, FieldFilter, Selection, StepFilter, TOOL_TYPES,
 };
@@ -100,6 +101,9 @@ pub(crate) struct LogArgs {
     /// With --verify: the public key (hex) the chain must be signed with.
     #[arg(long, value_name = "hex", requires = "verify")]
     pub key: Option<String>,
+    /// Read the cluster's store on NATS JetStream instead of the local one.
+    #[command(flatten)]
+    pub nats: crate::cluster::NatsOptions,
 }
 
 /// Why `perstack log` failed.
@@ -115,22 +119,33 @@ enum LogError {
     Json(#[from] serde_json::Error),
     #[error("cannot write to stdout: {0}")]
     Stdout(std::io::Error),
+    #[error(transparent)]
+    Connect(#[from] crate::cluster::ConnectError),
 }
 
 impl LogError {
-    /// 2 for what the user typed (options, expressions, ids), 1 for what is on disk.
+    /// 2 for what the user typed (options, expressions, ids, an unreachable --nats server), 1
+    /// for what is stored.
     fn exit_code(&self) -> u8 {
         match self {
             LogError::Expr(_)
             | LogError::Usage(_)
             | LogError::Store(StoreError::InvalidId { .. }) => 2,
             LogError::Store(_) | LogError::Json(_) | LogError::Stdout(_) => 1,
+            LogError::Connect(_) => 2,
         }
     }
 }
 
 /// Run `perstack log` and return the exit code.
 pub(super) async fn execute(args: LogArgs) -> u8 {
+    if args.nats.is_set() && (args.verify.is_some() || args.export.is_some()) {
+        eprintln!(
+            "perstack: --verify and --export read the local store's signed chain; they are not \
+             available with --nats (a cluster job's history is in its worker's JetStream store)"
+        );
+        return 2;
+    }
     if let Some(result) = verify::execute(&args).await {
         return result.unwrap_or_else(|e| {
             eprintln!("perstack: {e}");
@@ -155,16 +170,24 @@ async fn log(args: LogArgs) -> Result<(), LogError> {
         ));
     }
     let json = args.json || args.pretty;
-    let base = storage_path()?;
-    let store = FsStorage::new(base.clone());
     let request = data::Request {
         job: args.job.as_deref(),
         run: args.run.as_deref(),
         checkpoint: args.checkpoint.as_deref(),
         checkpoints: args.job.is_some() && args.run.is_none() && args.checkpoint.is_none(),
     };
-    let storage = base.display().to_string();
-    let Some(loaded) = data::load(&store, request).await? else {
+    let (storage, loaded) = if args.nats.is_set() {
+        let client = args.nats.connect("perstack-log").await?;
+        let store = JetStreamStorage::new(client, JetStreamConfig::default());
+        let loaded = data::load(data::Source::Store(&store), request).await?;
+        (args.nats.server_for_logs(), loaded)
+    } else {
+        let base = storage_path()?;
+        let store = FsStorage::new(base.clone());
+        let loaded = data::load(data::Source::Dir(&store), request).await?;
+        (base.display().to_string(), loaded)
+    };
+    let Some(loaded) = loaded else {
         let mut text = String::from("No data found\n");
         if !json {
             text.push_str(&format!("Storage: {storage}\n"));

@@ -1,10 +1,12 @@
 //! Loading what `perstack log` shows: which job, its record, its runs' events and the asked-for
-//! checkpoint, from the file-system store.
+//! checkpoint, from a [`Source`]: the file-system store or the cluster's JetStream store.
 //!
-//! The store is read through [`Storage`] wherever the trait has a call for it; the job and run
-//! directories are listed directly, because the trait has no "list jobs" that includes jobs
-//! without `job.json` (Perstack's CLI never writes one) and no "list runs". A run is a
-//! directory under `jobs/<jobId>/runs/`, whether or not it holds a `run-setting.json`.
+//! The store is read through [`Storage`] wherever the trait has a call for it. On the file
+//! system the job and run directories are listed directly, because the trait has no "list jobs"
+//! that includes jobs without `job.json` (Perstack's CLI never writes one) and no "list runs":
+//! there a run is a directory under `jobs/<jobId>/runs/`, whether or not it holds a
+//! `run-setting.json`. The JetStream store is written by this engine alone, which always
+//! stores the job record and every run's settings, so the trait's lists are complete there.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -50,9 +52,111 @@ pub(super) struct Loaded {
     pub(super) events: Vec<Event>,
 }
 
+/// Where the history is read from.
+pub(super) enum Source<'a> {
+    /// The file-system store: its directories are listed.
+    Dir(&'a FsStorage),
+    /// A store known through [`Storage`] alone (the cluster's).
+    Store(&'a dyn Storage),
+}
+
+impl Source<'_> {
+    fn store(&self) -> &dyn Storage {
+        match self {
+            Source::Dir(fs) => *fs,
+            Source::Store(store) => *store,
+        }
+    }
+
+    /// The newest job.
+    async fn latest_job(&self) -> Result<Option<String>, StoreError> {
+        match self {
+            Source::Dir(fs) => latest_job(fs, &fs.base().join("jobs")).await,
+            Source::Store(store) => Ok(store.all_jobs().await?.first().map(|j| j.id.clone())),
+        }
+    }
+
+    /// The job holding checkpoint `cp`.
+    async fn job_of_checkpoint(&self, cp: &str) -> Result<Option<String>, StoreError> {
+        match self {
+            Source::Dir(fs) => {
+                job_holding(&fs.base().join("jobs"), |dir| {
+                    dir.join("checkpoints").join(format!("{cp}.json"))
+                })
+                .await
+            }
+            Source::Store(store) => {
+                for job in store.all_jobs().await? {
+                    match store.retrieve_checkpoint(&job.id, cp).await {
+                        Ok(_) => return Ok(Some(job.id)),
+                        Err(StoreError::NotFound { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// The job holding run `run`.
+    async fn job_of_run(&self, run: &str) -> Result<Option<String>, StoreError> {
+        match self {
+            Source::Dir(fs) => {
+                job_holding(&fs.base().join("jobs"), |dir| dir.join("runs").join(run)).await
+            }
+            Source::Store(store) => Ok(store
+                .all_run_settings()
+                .await?
+                .into_iter()
+                .find(|s| s.run_id == run)
+                .map(|s| s.job_id)),
+        }
+    }
+
+    /// Whether job `job` exists.
+    async fn has_job(&self, job: &str) -> Result<bool, StoreError> {
+        match self {
+            Source::Dir(fs) => exists(&fs.base().join("jobs").join(job)).await,
+            Source::Store(store) => Ok(store.retrieve_job(job).await?.is_some()),
+        }
+    }
+
+    /// The runs of job `job`, by id.
+    async fn runs(&self, job: &str) -> Result<Vec<String>, StoreError> {
+        match self {
+            Source::Dir(fs) => Ok(subdirs(&fs.base().join("jobs").join(job).join("runs"))
+                .await?
+                .into_iter()
+                .map(|(name, _)| name)
+                .collect()),
+            Source::Store(store) => {
+                let mut runs: Vec<String> = store
+                    .all_run_settings()
+                    .await?
+                    .into_iter()
+                    .filter(|s| s.job_id == job)
+                    .map(|s| s.run_id)
+                    .collect();
+                runs.sort();
+                runs.dedup();
+                Ok(runs)
+            }
+        }
+    }
+
+    /// When job `job` started, for a job record made from its checkpoints when it has no
+    /// events: its directory's modification time on disk.
+    async fn started_without_events(&self, job: &str) -> Result<u64, StoreError> {
+        match self {
+            Source::Dir(fs) => mtime_ms(&fs.base().join("jobs").join(job)).await,
+            Source::Store(_) => Ok(0),
+        }
+    }
+}
+
 /// Loads what `req` asks for; `None` when the job, run or checkpoint does not exist.
 pub(super) async fn load(
-    store: &FsStorage,
+    source: Source<'_>,
     req: Request<'_>,
 ) -> Result<Option<Loaded>, StoreError> {
     for (what, id) in [
@@ -64,24 +168,18 @@ pub(super) async fn load(
             check(what, id)?;
         }
     }
-    let jobs_dir = store.base().join("jobs");
+    let store = source.store();
     let latest = req.job.is_none() && req.run.is_none() && req.checkpoint.is_none();
     let job_id = match (req.job, req.checkpoint, req.run) {
         (Some(job), _, _) => Some(job.to_owned()),
-        (None, Some(cp), _) => {
-            job_holding(&jobs_dir, |dir| {
-                dir.join("checkpoints").join(format!("{cp}.json"))
-            })
-            .await?
-        }
-        (None, None, Some(run)) => job_holding(&jobs_dir, |dir| dir.join("runs").join(run)).await?,
-        (None, None, None) => latest_job(store, &jobs_dir).await?,
+        (None, Some(cp), _) => source.job_of_checkpoint(cp).await?,
+        (None, None, Some(run)) => source.job_of_run(run).await?,
+        (None, None, None) => source.latest_job().await?,
     };
     let Some(job_id) = job_id else {
         return Ok(None);
     };
-    let job_dir = jobs_dir.join(&job_id);
-    if !exists(&job_dir).await? {
+    if !source.has_job(&job_id).await? {
         return Ok(None);
     }
 
@@ -93,20 +191,17 @@ pub(super) async fn load(
         },
         None => None,
     };
+    let all_runs = source.runs(&job_id).await?;
     let runs = match (&checkpoint, req.run) {
         (Some(c), Some(run)) if c.run_id != run => return Ok(None),
         (Some(c), _) => vec![c.run_id.clone()],
         (None, Some(run)) => {
-            if !exists(&job_dir.join("runs").join(run)).await? {
+            if !all_runs.iter().any(|r| r == run) {
                 return Ok(None);
             }
             vec![run.to_owned()]
         }
-        (None, None) => subdirs(&job_dir.join("runs"))
-            .await?
-            .into_iter()
-            .map(|(name, _)| name)
-            .collect(),
+        (None, None) => all_runs,
     };
     let max_step = checkpoint.as_ref().map(|c| c.step_number);
     let mut events = Vec::new();
@@ -123,7 +218,7 @@ pub(super) async fn load(
             let all = store.checkpoints_by_job(&job_id).await?;
             let started = match events.first() {
                 Some(e) => e.timestamp,
-                None => mtime_ms(&job_dir).await?,
+                None => source.started_without_events(&job_id).await?,
             };
             let job = synthesise(&job_id, &all, started, events.last().map(|e| e.timestamp));
             checkpoints = Some(all);

@@ -163,6 +163,84 @@ async fn a_cli_run_on_the_cluster_prints_what_a_local_run_prints() {
         .expect("the detached job did not end within 60 s")
         .unwrap();
     assert_eq!(end.status, Some(JobStatus::Completed));
+
+    // `perstack log --nats` reads the cluster's store as `perstack log` reads the local one.
+    let log = |dir: &std::path::Path, args: &[&str]| -> serde_json::Value {
+        let out = common::perstack(dir, args)
+            .env_remove("PERSTACK_NATS_URL")
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let types = |log: &serde_json::Value| -> Vec<String> {
+        let mut t: Vec<String> = log["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["type"].as_str().unwrap().to_owned())
+            .collect();
+        t.sort();
+        t
+    };
+    let local_job = local.events[0]["jobId"].as_str().unwrap().to_owned();
+    let url = server.url();
+    let local_log = log(
+        local_dir.path(),
+        &["log", "--job", &local_job, "--json", "--take", "0"],
+    );
+    let cluster_log = log(
+        project.path(),
+        &[
+            "log",
+            "--nats",
+            &url,
+            "--job",
+            "detached-1",
+            "--json",
+            "--take",
+            "0",
+        ],
+    );
+    assert_eq!(cluster_log["job"]["id"], "detached-1");
+    assert_eq!(cluster_log["job"]["status"], "completed");
+    assert!(!types(&cluster_log).is_empty());
+    pretty_assertions::assert_eq!(types(&local_log), types(&cluster_log));
+    // A run and a checkpoint are found without --job, as locally.
+    let some_event = &cluster_log["events"][0];
+    let run = some_event["runId"].as_str().unwrap();
+    let by_run = log(
+        project.path(),
+        &["log", "--nats", &url, "--run", run, "--json"],
+    );
+    assert_eq!(by_run["job"]["id"], "detached-1");
+    let checkpoint = cluster_log["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|e| e["checkpoint"]["id"].as_str())
+        .unwrap();
+    let by_checkpoint = log(
+        project.path(),
+        &["log", "--nats", &url, "--checkpoint", checkpoint, "--json"],
+    );
+    assert_eq!(by_checkpoint["job"]["id"], "detached-1");
+    let unknown = common::perstack(project.path(), &["log", "--nats", &url, "--job", "nope"])
+        .env_remove("PERSTACK_NATS_URL")
+        .output()
+        .unwrap();
+    assert_eq!(unknown.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&unknown.stdout).contains("No data found"));
+    let verify = common::perstack(project.path(), &["log", "--nats", &url, "--verify"])
+        .env_remove("PERSTACK_NATS_URL")
+        .output()
+        .unwrap();
+    assert_eq!(verify.status.code(), Some(2));
 }
 
 #[tokio::test]
