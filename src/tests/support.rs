@@ -232,6 +232,12 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The server process's id while it runs (benches/cluster.rs reads its CPU time).
+    #[allow(dead_code)] // only the cluster bench uses it
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
     /// Kills the server (as `kill -9` would).
     pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
