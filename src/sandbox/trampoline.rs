@@ -10,11 +10,12 @@
 //!    [`super::dispatch`] runs before the tokio runtime exists), maps uid and gid 0 of the
 //!    namespace to the engine's, then forks stage 2 and waits for it, forwarding signals;
 //! 2. **init**, the forked child, PID 1 of the new namespace: sets its own
-//!    parent-death signal, builds the mount view, brings `lo` up, starts the egress forwarder
-//!    when the policy has a proxy socket, applies the limits, Landlock and the capability drop,
-//!    then starts the program, forwards signals to it, reaps orphans, and when the program
-//!    ends reports its status to stage 1 through a pipe and exits, which kills whatever is left
-//!    in the namespace.
+//!    parent-death signal, builds the mount view, brings `lo` up, binds the egress forwarder's
+//!    port when the policy has a proxy socket, applies the limits, Landlock and the capability
+//!    drop, then starts the program, forwards signals to it, reaps orphans, starts the
+//!    forwarder's thread on the first connection to its port, and when the program ends reports
+//!    its status to stage 1 through a pipe and exits, which kills whatever is left in the
+//!    namespace.
 //!
 //! Stage 1 then ends the way the program did: the same exit code, or the same signal. A set-up
 //! failure prints `perstack sandbox-exec: <what>: <why>` on stderr and exits with
@@ -36,7 +37,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{Pid, getgid, getppid, getuid, pipe2};
 
 use super::egress::FORWARDER_PORT;
-use super::egress::forwarder::{self, Forwarder};
+use super::egress::forwarder::{self, Bound, Forwarder};
 use super::policy::Policy;
 
 /// The hidden subcommand.
@@ -174,7 +175,7 @@ fn outer(json: &str) -> Result<End, SetupError> {
         fork::Fork::Parent(pid) => Pid::from_raw(pid),
     };
     drop(status_out);
-    let own = wait_forwarding(&signals, child, None)?;
+    let own = wait_forwarding(&signals, child, None, &mut Egress::Off)?;
     let mut report = String::new();
     let _ = std::fs::File::from(status_in).read_to_string(&mut report);
     Ok(parse_report(&report).unwrap_or(own))
@@ -197,7 +198,7 @@ fn init(policy: &Policy, mut status: std::fs::File) -> Result<End, SetupError> {
     super::mounts::apply(policy)?;
     super::network::loopback_up()?;
     // Kept until the program has ended: dropping it stops the forwarder.
-    let _forwarder = start_egress(policy)?;
+    let mut egress = bind_egress(policy)?;
     super::limits::apply(&policy.limits)?;
     super::landlock::restrict(policy)?;
 
@@ -215,7 +216,7 @@ fn init(policy: &Policy, mut status: std::fs::File) -> Result<End, SetupError> {
         .map_err(|e| SetupError::new("blocking signals", e))?;
     let program = program.map_err(|e| SetupError::io(&format!("starting {}", policy.argv0), e))?;
     let pid = Pid::from_raw(i32::try_from(program.id()).unwrap_or(i32::MAX));
-    let end = wait_forwarding(&signals, pid, Some(&status))?;
+    let end = wait_forwarding(&signals, pid, Some(&status), &mut egress)?;
     let report = match end {
         End::Exited(code) => format!("exit {code}"),
         End::Signaled(signal) => format!("signal {}", signal as i32),
@@ -228,18 +229,58 @@ fn init(policy: &Policy, mut status: std::fs::File) -> Result<End, SetupError> {
     })
 }
 
-/// The hook for egress: when the policy has a proxy socket, the forwarder (a loopback port in
-/// this network namespace, relayed to that socket) starts here, after `lo` is up and before
-/// Landlock. Without one, the namespace simply has no way out.
-fn start_egress(policy: &Policy) -> Result<Option<Forwarder>, SetupError> {
-    policy
-        .proxy_socket
-        .as_ref()
-        .map(|socket| {
-            forwarder::spawn(FORWARDER_PORT, socket.clone())
-                .map_err(|e| SetupError::io("starting the egress forwarder", e))
-        })
-        .transpose()
+/// The egress forwarder of one sandbox: a loopback port in this network namespace relayed to
+/// the proxy's socket, whose thread starts with the first connection (a program that never
+/// uses the proxy costs no thread).
+#[derive(Debug)]
+enum Egress {
+    /// No proxy socket in the policy: the namespace simply has no way out.
+    Off,
+    /// Listening; connections wait in the backlog.
+    Bound(Bound),
+    /// Serving from its own thread; dropping it stops the thread.
+    Serving {
+        /// Held, not read: dropping it stops the thread.
+        _forwarder: Forwarder,
+    },
+}
+
+impl Egress {
+    /// The port to watch for a first connection.
+    fn waiting(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        match self {
+            Egress::Bound(bound) => Some(bound.listener()),
+            Egress::Off | Egress::Serving { .. } => None,
+        }
+    }
+
+    /// Starts serving. A thread that cannot start leaves the program without egress (the
+    /// listener closes, so waiting connections are refused), as a sandbox without a proxy.
+    fn start(&mut self) {
+        if let Egress::Bound(bound) = std::mem::replace(self, Egress::Off) {
+            match bound.start() {
+                Ok(forwarder) => {
+                    *self = Egress::Serving {
+                        _forwarder: forwarder,
+                    }
+                }
+                Err(e) => eprintln!("perstack {SUBCOMMAND}: starting the egress forwarder: {e}"),
+            }
+        }
+    }
+}
+
+/// The hook for egress: when the policy has a proxy socket, the forwarder's port is bound here,
+/// after `lo` is up and before Landlock (a bind error stops the set-up before the program
+/// starts).
+fn bind_egress(policy: &Policy) -> Result<Egress, SetupError> {
+    Ok(match &policy.proxy_socket {
+        None => Egress::Off,
+        Some(socket) => Egress::Bound(
+            forwarder::bind(FORWARDER_PORT, socket.clone())
+                .map_err(|e| SetupError::io("starting the egress forwarder", e))?,
+        ),
+    })
 }
 
 fn forwarded_set() -> SigSet {
@@ -273,11 +314,13 @@ fn parent_gone(status: &std::fs::File, timeout: PollTimeout) -> Result<bool, Set
 /// Waits for `child` to end, forwarding every other signal to it and reaping any other child
 /// (as PID 1, orphans of the namespace are ours). With `parent`, the status pipe to stage 1:
 /// when stage 1 is gone (its parent-death signal, in case ours did not come), ends at once
-/// with `SIGKILL`, which takes the namespace down.
+/// with `SIGKILL`, which takes the namespace down. A bound `egress` forwarder starts serving
+/// when its first connection arrives.
 fn wait_forwarding(
     signals: &SignalFd,
     child: Pid,
     parent: Option<&std::fs::File>,
+    egress: &mut Egress,
 ) -> Result<End, SetupError> {
     loop {
         // Reap first: the child may have ended before the signal descriptor existed.
@@ -293,25 +336,38 @@ fn wait_forwarding(
                 Ok(_) => {}
             }
         }
-        let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
-        if let Some(parent) = parent {
-            fds.push(PollFd::new(parent.as_fd(), PollFlags::empty()));
-        }
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(SetupError::new("waiting", e)),
-        }
-        let gone = fds
-            .get(1)
-            .and_then(PollFd::revents)
-            .is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP));
+        let (gone, connecting, signalled) = {
+            let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+            let parent_at = parent.map(|parent| {
+                fds.push(PollFd::new(parent.as_fd(), PollFlags::empty()));
+                fds.len() - 1
+            });
+            let egress_at = egress.waiting().map(|listener| {
+                fds.push(PollFd::new(listener, PollFlags::POLLIN));
+                fds.len() - 1
+            });
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(SetupError::new("waiting", e)),
+            }
+            let revents = |at: Option<usize>, flags: PollFlags| {
+                at.and_then(|i| fds.get(i))
+                    .and_then(PollFd::revents)
+                    .is_some_and(|r| r.intersects(flags))
+            };
+            (
+                revents(parent_at, PollFlags::POLLERR | PollFlags::POLLHUP),
+                revents(egress_at, PollFlags::POLLIN),
+                revents(Some(0), PollFlags::POLLIN),
+            )
+        };
         if gone {
             return Ok(End::Signaled(Signal::SIGKILL));
         }
-        if !fds[0]
-            .revents()
-            .is_some_and(|r| r.contains(PollFlags::POLLIN))
-        {
+        if connecting {
+            egress.start();
+        }
+        if !signalled {
             continue;
         }
         let info = signals

@@ -2,12 +2,15 @@
 //! it listens on `127.0.0.1:<port>` and carries each TCP connection, byte for byte, to the
 //! engine's [`super::proxy`] Unix socket. Programs see an ordinary `HTTPS_PROXY`.
 //!
-//! It decides nothing (the proxy does) and needs no tokio runtime from its caller: [`spawn`]
-//! binds synchronously, so a bind error is reported before the target program starts, then
-//! serves from its own thread on a current-thread runtime. The sandbox trampoline calls it after
-//! bringing `lo` up and before starting the target, and keeps the returned [`Forwarder`] until
-//! the target is gone: dropping it stops the thread. The socket path must be reachable from the
-//! trampoline's mount view.
+//! It decides nothing (the proxy does) and needs no tokio runtime from its caller: [`bind`]
+//! binds synchronously, so a bind error is reported before the target program starts, and
+//! [`Bound::start`] serves from its own thread on a current-thread runtime. The sandbox
+//! trampoline binds after bringing `lo` up and before starting the target, and starts the
+//! thread only when the first connection waits in the backlog (most programs never use the
+//! proxy: no thread, no runtime for them); by then the trampoline has restricted itself, so the
+//! thread runs under the same Landlock domain and without capabilities. It keeps the returned
+//! [`Forwarder`] until the target is gone: dropping it stops the thread. The socket path must be
+//! reachable from the trampoline's mount view.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener};
@@ -45,38 +48,66 @@ impl Drop for Forwarder {
     }
 }
 
-/// Listens on `127.0.0.1:port` (`0`: any free port, see [`Forwarder::addr`]) and forwards every
-/// connection to the Unix socket at `socket`, from a new thread.
-pub(crate) fn spawn(port: u16, socket: PathBuf) -> io::Result<Forwarder> {
+/// A forwarder's port, bound and listening, with no thread yet: connections wait in the
+/// kernel's backlog until [`Bound::start`].
+#[derive(Debug)]
+pub(crate) struct Bound {
+    listener: StdListener,
+    socket: PathBuf,
+}
+
+/// Listens on `127.0.0.1:port` (`0`: any free port) for a forwarder to the Unix socket at
+/// `socket`, without serving yet.
+pub(crate) fn bind(port: u16, socket: PathBuf) -> io::Result<Bound> {
     let listener = StdListener::bind((Ipv4Addr::LOCALHOST, port))?;
     listener.set_nonblocking(true)?;
-    let addr = listener.local_addr()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()?;
-    let stop = CancellationToken::new();
-    let stopped = stop.clone();
-    let thread = std::thread::Builder::new()
-        .name("egress-forwarder".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                match TcpListener::from_std(listener) {
-                    Ok(listener) => {
-                        tokio::select! {
-                            _ = stopped.cancelled() => {}
-                            _ = serve(listener, Arc::new(socket)) => {}
+    Ok(Bound { listener, socket })
+}
+
+/// Listens on `127.0.0.1:port` (`0`: any free port, see [`Forwarder::addr`]) and forwards every
+/// connection to the Unix socket at `socket`, from a new thread.
+#[cfg(test)]
+pub(crate) fn spawn(port: u16, socket: PathBuf) -> io::Result<Forwarder> {
+    bind(port, socket)?.start()
+}
+
+impl Bound {
+    /// The listening socket: readable when a connection waits.
+    pub(crate) fn listener(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.listener)
+    }
+
+    /// Serves the waiting and every later connection from a new thread.
+    pub(crate) fn start(self) -> io::Result<Forwarder> {
+        let Bound { listener, socket } = self;
+        let addr = listener.local_addr()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()?;
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("egress-forwarder".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => {
+                            tokio::select! {
+                                _ = stopped.cancelled() => {}
+                                _ = serve(listener, Arc::new(socket)) => {}
+                            }
                         }
+                        Err(e) => tracing::warn!("egress forwarder cannot listen: {e}"),
                     }
-                    Err(e) => tracing::warn!("egress forwarder cannot listen: {e}"),
-                }
-            });
-        })?;
-    Ok(Forwarder {
-        addr,
-        stop,
-        thread: Some(thread),
-    })
+                });
+            })?;
+        Ok(Forwarder {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
+    }
 }
 
 async fn serve(listener: TcpListener, socket: Arc<PathBuf>) {
