@@ -20,6 +20,7 @@
 //!                              |  every stdout line of the job, in order (header: jobSeq)
 //!                              v
 //! client <--follow------- perstack.output.<jobId>  (ends with an end record: the job's status)
+//!                          perstack.output.<jobId>.~<invocation>  (a continuation's own)
 //! refused messages -----> perstack.dead (the reason in a header, the message as it came)
 //! Ctrl-C: client -------> perstack.cancel.<jobId> (every worker listens; the holder cancels)
 //! ```
@@ -35,6 +36,6 @@ pub(crate) mod output;
 pub(crate) mod queue;
 pub(crate) mod worker;
 
-pub use client::{Client, ClusterError, Followed, JobEnd};
+pub use client::{Client, ClusterError, Followed, Invocation, JobEnd};
 pub use connect::{ConnectError, NatsOptions, Secret};
 pub use queue::QueueError;

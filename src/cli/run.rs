@@ -135,16 +135,7 @@ pub(super) struct Prepared {
 
 /// Check the options, load the configuration and environment, and build the engine's parts.
 pub(super) async fn prepare(args: &RunArgs) -> Result<Prepared, EngineError> {
-    if args.resume_from.is_some() && args.continue_job.is_none() {
-        return Err(EngineError::Usage(
-            "--resume-from requires --continue-job".into(),
-        ));
-    }
-    if args.interactive && args.continue_job.is_none() && !args.continue_latest {
-        return Err(EngineError::Usage(
-            "-i answers a stopped job: use it with --continue or --continue-job".into(),
-        ));
-    }
+    check_continue_options(args)?;
     let cwd = std::env::current_dir()
         .map_err(|e| EngineError::Usage(format!("cannot read the current directory: {e}")))?;
     let path = config::discover(args.config.as_deref(), &cwd)?;
@@ -178,6 +169,22 @@ pub(super) async fn prepare(args: &RunArgs) -> Result<Prepared, EngineError> {
         config: cfg,
         provider,
     })
+}
+
+/// How `--continue`, `--continue-job`, `--resume-from` and `-i` may be combined (locally and
+/// with `--nats`).
+pub(super) fn check_continue_options(args: &RunArgs) -> Result<(), EngineError> {
+    if args.resume_from.is_some() && args.continue_job.is_none() {
+        return Err(EngineError::Usage(
+            "--resume-from requires --continue-job".into(),
+        ));
+    }
+    if args.interactive && args.continue_job.is_none() && !args.continue_latest {
+        return Err(EngineError::Usage(
+            "-i answers a stopped job: use it with --continue or --continue-job".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Start the job the options ask for on `engine`, or continue a stored one (`--continue`,

@@ -3,16 +3,21 @@
 //! same exit code. `--detach` prints the job id and returns. SIGINT / SIGTERM cancel the job on
 //! whichever worker holds it (its end still arrives and is printed); a second signal leaves.
 //!
+//! `--continue`, `--continue-job <id>` (with `--resume-from <checkpoint>`) and `-i` continue a
+//! job stored in the cluster: the job and checkpoint are looked up in the cluster's store
+//! (unknown: exit 2 before anything is submitted), and what is printed is the continuation's
+//! events and its end only, as a local `run --continue-job` prints.
+//!
 //! The configuration is resolved here, as for a local run (Experts, model, limits, runtime);
 //! the provider's key and the skills' environment are the worker's.
 
 use tokio::io::AsyncWriteExt;
 
 use super::run::{RunArgs, isolation, overrides, provider_name, wait_for_signal};
-use crate::cluster::Client;
 use crate::cluster::output::Record;
+use crate::cluster::{Client, Invocation};
 use crate::config;
-use crate::engine::{EngineError, Settings};
+use crate::engine::{ContinueInput, ContinueRequest, EngineError, Settings};
 
 /// Submit, follow, and return the exit code.
 pub(super) async fn execute(args: RunArgs) -> u8 {
@@ -53,12 +58,7 @@ impl From<config::ConfigError> for Failed {
 }
 
 async fn run(args: RunArgs) -> Result<u8, Failed> {
-    if args.continue_latest || args.continue_job.is_some() || args.interactive {
-        return Err(EngineError::Usage(
-            "--continue, --continue-job and -i are not available with --nats yet".into(),
-        )
-        .into());
-    }
+    super::run::check_continue_options(&args)?;
     let cwd = std::env::current_dir()
         .map_err(|e| EngineError::Usage(format!("cannot read the current directory: {e}")))?;
     let path = config::discover(args.config.as_deref(), &cwd)?;
@@ -82,19 +82,37 @@ async fn run(args: RunArgs) -> Result<u8, Failed> {
     settings.isolation = isolation(args.runtime.as_deref(), cfg.runtime)?;
 
     let client = Client::connect(&args.nats).await?;
-    let job_id = client
-        .submit(
-            &settings,
-            &args.expert_key,
-            &args.query,
-            args.job_id.clone(),
-        )
-        .await?;
+    let invocation = if args.continue_latest || args.continue_job.is_some() {
+        let input = if args.interactive {
+            ContinueInput::Answer(args.query.clone())
+        } else {
+            ContinueInput::Query(args.query.clone())
+        };
+        let request = ContinueRequest {
+            job_id: args.continue_job.clone(),
+            expert_key: args.expert_key.clone(),
+            resume_from: args.resume_from.clone(),
+            input,
+            subscribe: None,
+        };
+        client.continue_job(&settings, request).await?
+    } else {
+        let job_id = client
+            .submit(
+                &settings,
+                &args.expert_key,
+                &args.query,
+                args.job_id.clone(),
+            )
+            .await?;
+        Invocation::from(&job_id)
+    };
+    let job_id = invocation.job_id.clone();
     if args.detach {
         println!("{job_id}");
         return Ok(0);
     }
-    let mut followed = client.follow(&job_id).await?;
+    let mut followed = client.follow(&invocation).await?;
     {
         let (client, job_id) = (client.clone(), job_id.clone());
         tokio::spawn(async move {

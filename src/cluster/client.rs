@@ -15,18 +15,24 @@
 //! println!("exit code {}", followed.end().map_or(1, |e| e.exit_code));
 //! # Ok(()) }
 //! ```
+//!
+//! [`Client::continue_job`] continues a stored job on the cluster (`--continue`,
+//! `--continue-job`, `--resume-from`, `-i`): it checks the job (and the checkpoint) in the
+//! cluster's store before anything is submitted, and returns the [`Invocation`] to follow,
+//! which sees only the continuation's events and its end.
 
 use bytes::Bytes;
 
 use super::connect::{ConnectError, NatsOptions};
-use super::message::{JobMessage, JobOptions};
+use super::message::{Continuation, JobMessage, JobOptions, Output};
 pub use super::output::JobEnd;
 use super::output::{Follower, Record};
 use super::queue::{self, QueueError};
-use crate::engine::Settings;
+use crate::engine::{ContinueInput, ContinueRequest, Settings};
 use crate::sandbox::Isolation;
 use crate::schema::Event;
 use crate::schema::id::{is_safe_id, new_id};
+use crate::storage::{JetStreamConfig, JetStreamStorage, Storage, StoreError};
 
 /// Why a cluster operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +56,12 @@ pub enum ClusterError {
     /// A record of the job's output is not what it should be.
     #[error("job output: {0}")]
     Output(String),
+    /// What to continue is not there (no job, an unknown job or checkpoint).
+    #[error("{0}")]
+    Usage(String),
+    /// The cluster's store could not be read, or holds no such checkpoint.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 impl ClusterError {
@@ -58,7 +70,9 @@ impl ClusterError {
         match self {
             ClusterError::Connect(_)
             | ClusterError::UnknownExpert(_)
-            | ClusterError::InvalidJobId(_) => 2,
+            | ClusterError::InvalidJobId(_)
+            | ClusterError::Usage(_) => 2,
+            ClusterError::Store(e) => e.exit_code(),
             ClusterError::Queue(_) | ClusterError::Nats(_) | ClusterError::Output(_) => 1,
         }
     }
@@ -69,6 +83,46 @@ impl ClusterError {
 pub struct Client {
     client: async_nats::Client,
     js: async_nats::jetstream::Context,
+}
+
+/// One invocation of a job, to follow or wait for: its first submission (made from the job
+/// id: `client.follow("job-1")`) or a continuation ([`Client::continue_job`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    /// The job.
+    pub job_id: String,
+    /// The continuation's id; `None` for the first submission.
+    pub continuation: Option<String>,
+}
+
+impl Invocation {
+    fn output(&self) -> Output {
+        Output {
+            job_id: self.job_id.clone(),
+            invocation: self.continuation.clone(),
+        }
+    }
+}
+
+impl From<&str> for Invocation {
+    fn from(job_id: &str) -> Self {
+        Invocation {
+            job_id: job_id.to_owned(),
+            continuation: None,
+        }
+    }
+}
+
+impl From<&String> for Invocation {
+    fn from(job_id: &String) -> Self {
+        job_id.as_str().into()
+    }
+}
+
+impl From<&Invocation> for Invocation {
+    fn from(invocation: &Invocation) -> Self {
+        invocation.clone()
+    }
 }
 
 /// A job being followed: its events from the first, then its end.
@@ -105,29 +159,77 @@ impl Client {
         if !is_safe_id(&job_id) {
             return Err(ClusterError::InvalidJobId(job_id));
         }
-        let message = JobMessage::new(
-            job_id.clone(),
-            expert_key.to_owned(),
-            query.to_owned(),
-            (*settings.experts).clone(),
-            JobOptions {
-                provider_name: settings.provider_name.clone(),
-                model: settings.model.clone(),
-                reasoning_budget: settings.reasoning_budget,
-                max_steps: settings.max_steps,
-                max_retries: settings.max_retries,
-                timeout_ms: u64::try_from(settings.timeout.as_millis()).unwrap_or(u64::MAX),
-                sandboxed: settings.isolation == Isolation::Sandboxed,
-            },
-        );
+        let message = message(settings, expert_key, query, job_id.clone());
         self.publish_job(&job_id, message.encode().into()).await?;
         Ok(job_id)
     }
 
-    /// Publish raw bytes as a job message (the dedupe id is `job_id`).
-    pub(crate) async fn publish_job(&self, job_id: &str, body: Bytes) -> Result<(), ClusterError> {
+    /// Continue a stored job on the cluster, as `perstack run --continue-job` does locally:
+    /// `request.job_id` (`None`: the job started last in the cluster's store), from its latest
+    /// coordinator checkpoint or `request.resume_from`, with a new query or the answer to its
+    /// pending interactive call (`request.input`; `request.subscribe` is not used). An unknown
+    /// job or checkpoint is an error before anything is submitted; what only the run can tell
+    /// (another coordinator, an answer with nothing pending) ends the invocation as refused.
+    pub async fn continue_job(
+        &self,
+        settings: &Settings,
+        request: ContinueRequest,
+    ) -> Result<Invocation, ClusterError> {
+        if !settings.experts.contains_key(&request.expert_key) {
+            return Err(ClusterError::UnknownExpert(request.expert_key));
+        }
+        let store = JetStreamStorage::new(self.client.clone(), JetStreamConfig::default());
+        let job = match &request.job_id {
+            Some(id) if !is_safe_id(id) => return Err(ClusterError::InvalidJobId(id.clone())),
+            Some(id) => store.retrieve_job(id).await?,
+            None => store.all_jobs().await?.into_iter().next(),
+        };
+        let Some(job) = job else {
+            return Err(ClusterError::Usage(match request.job_id {
+                Some(id) => format!("No job \"{id}\" found in the cluster's store"),
+                None => "No job found to continue in the cluster's store".into(),
+            }));
+        };
+        if let Some(checkpoint) = &request.resume_from {
+            match store.retrieve_checkpoint(&job.id, checkpoint).await {
+                Ok(_) => {}
+                Err(StoreError::NotFound { .. }) => {
+                    return Err(ClusterError::Usage(format!(
+                        "checkpoint \"{checkpoint}\" not found in job \"{}\"",
+                        job.id
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let (text, answer) = match request.input {
+            ContinueInput::Query(q) => (q, false),
+            ContinueInput::Answer(a) => (a, true),
+        };
+        let mut message = message(settings, &request.expert_key, &text, job.id.clone());
+        message.continuation = Some(Continuation {
+            invocation: new_id(),
+            resume_from: request.resume_from,
+            answer,
+            after_job_seq: store.last_job_seq(&job.id).await?,
+        });
+        let output = message.output();
+        self.publish_job(&output.id(), message.encode().into())
+            .await?;
+        Ok(Invocation {
+            job_id: output.job_id,
+            continuation: output.invocation,
+        })
+    }
+
+    /// Publish raw bytes as a job message with dedupe id `message_id`.
+    pub(crate) async fn publish_job(
+        &self,
+        message_id: &str,
+        body: Bytes,
+    ) -> Result<(), ClusterError> {
         let mut headers = async_nats::HeaderMap::new();
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, job_id);
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, message_id);
         self.js
             .publish_with_headers(queue::JOBS_SUBJECT, headers, body)
             .await
@@ -137,9 +239,9 @@ impl Client {
         Ok(())
     }
 
-    /// Follow job `job_id` from its first event.
-    pub async fn follow(&self, job_id: &str) -> Result<Followed, ClusterError> {
-        let follower = Follower::open(&self.js, job_id)
+    /// Follow a job (from its id) or a continuation from its first event.
+    pub async fn follow(&self, job: impl Into<Invocation>) -> Result<Followed, ClusterError> {
+        let follower = Follower::open(&self.js, &job.into().output())
             .await
             .map_err(|e| ClusterError::Output(e.to_string()))?;
         Ok(Followed {
@@ -162,14 +264,35 @@ impl Client {
             .map_err(|e| ClusterError::Nats(e.to_string()))
     }
 
-    /// Wait for job `job_id`'s end (reading its events on the way).
-    pub async fn wait(&self, job_id: &str) -> Result<JobEnd, ClusterError> {
-        let mut followed = self.follow(job_id).await?;
+    /// Wait for the end of a job (from its id) or a continuation (reading its events on the
+    /// way).
+    pub async fn wait(&self, job: impl Into<Invocation>) -> Result<JobEnd, ClusterError> {
+        let mut followed = self.follow(job).await?;
         while followed.next_event().await?.is_some() {}
         followed
             .end
             .ok_or_else(|| ClusterError::Output("no end record".into()))
     }
+}
+
+/// The message of a job of `expert_key` with `query` over the Experts and options of
+/// `settings`.
+fn message(settings: &Settings, expert_key: &str, query: &str, job_id: String) -> JobMessage {
+    JobMessage::new(
+        job_id,
+        expert_key.to_owned(),
+        query.to_owned(),
+        (*settings.experts).clone(),
+        JobOptions {
+            provider_name: settings.provider_name.clone(),
+            model: settings.model.clone(),
+            reasoning_budget: settings.reasoning_budget,
+            max_steps: settings.max_steps,
+            max_retries: settings.max_retries,
+            timeout_ms: u64::try_from(settings.timeout.as_millis()).unwrap_or(u64::MAX),
+            sandboxed: settings.isolation == Isolation::Sandboxed,
+        },
+    )
 }
 
 impl Followed {

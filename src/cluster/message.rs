@@ -7,6 +7,15 @@
 //! skills require (their values come from the worker's environment); the query, the job id and
 //! the run options. [`JobMessage::decode`] is the one place a message is checked; what it
 //! refuses is a [`Rejection`], whose reason goes to the dead-letter subject.
+//!
+//! A message either starts a job or continues a stored one ([`Continuation`]: `--continue-job`,
+//! `--resume-from`, `-i`). A continuation is one more invocation of the job: it has an id of
+//! its own, which makes its dedupe id (`<jobId>:<invocation>`, where a first submission's is the
+//! job id) and its output subject ([`JobMessage::output`]) its own, so it is never dropped as a
+//! duplicate of the first submission and its followers see only its lines and its end.
+//!
+//! Versions: 1 starts jobs only; 2 adds `continuation`. A worker reads both; a version-1 worker
+//! refuses a continuation (an unknown version) instead of running it as a new job.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -17,8 +26,11 @@ use sha2::{Digest, Sha256};
 use crate::schema::id::is_safe_id;
 use crate::schema::{Expert, ReasoningBudget, Skill};
 
-/// The message format's version; a worker refuses others.
-pub(crate) const VERSION: u32 = 1;
+/// The message format's version; a worker refuses others ([`READS`]).
+pub(crate) const VERSION: u32 = 2;
+
+/// The versions a worker reads.
+const READS: std::ops::RangeInclusive<u32> = 1..=VERSION;
 
 /// One job, as submitted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,6 +52,55 @@ pub(crate) struct JobMessage {
     pub env_names: Vec<String>,
     /// Run options.
     pub options: JobOptions,
+    /// Set when the message continues the stored job instead of starting it (version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continuation: Option<Continuation>,
+}
+
+/// What a continuation message continues, and with what (the input text is the message's
+/// `query`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Continuation {
+    /// This invocation's id (a fresh id per continuation).
+    pub invocation: String,
+    /// The coordinator checkpoint to continue from instead of the latest (`--resume-from`).
+    pub resume_from: Option<String>,
+    /// The text is the answer to the pending interactive tool call (`-i`), not a new query.
+    pub answer: bool,
+    /// The job's last stored job sequence number when the continuation was submitted: a
+    /// worker that finds the job past it knows this continuation already ran (a redelivery).
+    pub after_job_seq: u64,
+}
+
+/// Where one invocation of a job prints: the job's output subject for its first submission, a
+/// subject of the invocation's own for a continuation; and the prefix of its records' dedupe
+/// ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Output {
+    /// The job.
+    pub job_id: String,
+    /// The continuation's invocation id; `None` for the first submission.
+    pub invocation: Option<String>,
+}
+
+impl Output {
+    /// The subject the invocation's records go to. A continuation's ends in `~<invocation>`:
+    /// `~` is not allowed in job ids, so it never names another job's subject.
+    pub(crate) fn subject(&self) -> String {
+        match &self.invocation {
+            None => super::queue::output_subject(&self.job_id),
+            Some(i) => format!("{}.~{i}", super::queue::output_subject(&self.job_id)),
+        }
+    }
+
+    /// The prefix of the invocation's dedupe ids (the job message's own dedupe id, too).
+    pub(crate) fn id(&self) -> String {
+        match &self.invocation {
+            None => self.job_id.clone(),
+            Some(i) => format!("{}:{i}", self.job_id),
+        }
+    }
 }
 
 /// The run options a job carries (the submitter's resolved settings).
@@ -78,7 +139,7 @@ pub(crate) enum Rejection {
     #[error("malformed job message: {0}")]
     Malformed(String),
     /// A format this worker does not know.
-    #[error("job message version {0} is not supported (this worker reads version {VERSION})")]
+    #[error("job message version {0} is not supported (this worker reads versions 1 to {VERSION})")]
     Version(u32),
     /// The job id cannot be used.
     #[error("invalid job id {0:?}")]
@@ -160,22 +221,39 @@ impl JobMessage {
             env_names: required_env(&experts),
             experts,
             options,
+            continuation: None,
+        }
+    }
+
+    /// Where this message's invocation prints.
+    pub(crate) fn output(&self) -> Output {
+        Output {
+            job_id: self.job_id.clone(),
+            invocation: self.continuation.as_ref().map(|c| c.invocation.clone()),
         }
     }
 
     /// Parse and check a message: the format, the version, the job id, the digest, the
-    /// coordinator. The job id, when one could be read, comes with the rejection so the
-    /// job's followers can be told.
-    pub(crate) fn decode(bytes: &[u8]) -> Result<JobMessage, (Option<String>, Rejection)> {
+    /// coordinator. Where the invocation prints, when it could be read, comes with the
+    /// rejection so its followers can be told.
+    pub(crate) fn decode(bytes: &[u8]) -> Result<JobMessage, (Option<Output>, Rejection)> {
         let message: JobMessage = serde_json::from_slice(bytes).map_err(|e| {
-            let id = serde_json::from_slice::<serde_json::Value>(bytes)
-                .ok()
-                .and_then(|v| v["jobId"].as_str().map(str::to_owned))
-                .filter(|id| is_safe_id(id));
-            (id, Rejection::Malformed(e.to_string()))
+            let value = serde_json::from_slice::<serde_json::Value>(bytes).ok();
+            let output = value.as_ref().and_then(|v| {
+                let job_id = v["jobId"].as_str().filter(|id| is_safe_id(id))?;
+                let invocation = v["continuation"]["invocation"].as_str();
+                Some(Output {
+                    job_id: job_id.to_owned(),
+                    invocation: invocation.filter(|i| is_safe_id(i)).map(str::to_owned),
+                })
+            });
+            (output, Rejection::Malformed(e.to_string()))
         })?;
-        let id = Some(message.job_id.clone()).filter(|id| is_safe_id(id));
-        if message.version != VERSION {
+        let id = Some(message.output())
+            .filter(|o| is_safe_id(&o.job_id) && o.invocation.as_deref().is_none_or(is_safe_id));
+        if !READS.contains(&message.version)
+            || (message.version < 2 && message.continuation.is_some())
+        {
             return Err((id, Rejection::Version(message.version)));
         }
         if id.is_none() {
@@ -236,8 +314,34 @@ mod tests {
             e.instruction = "Do something else.".into();
         }
         let (id, why) = JobMessage::decode(&m.encode()).unwrap_err();
-        assert_eq!(id.as_deref(), Some("job-1"));
+        assert_eq!(id.map(|o| o.id()), Some("job-1".to_owned()));
         assert!(matches!(why, Rejection::Digest(_)), "{why}");
+    }
+
+    #[test]
+    fn a_continuation_has_its_own_dedupe_id_and_subject_and_version_1_reads_as_before() {
+        let mut m = sample();
+        assert_eq!(m.output().id(), "job-1");
+        assert_eq!(m.output().subject(), "perstack.output.job-1");
+        m.continuation = Some(Continuation {
+            invocation: "inv1".into(),
+            resume_from: Some("cp".into()),
+            answer: true,
+            after_job_seq: 7,
+        });
+        let back = JobMessage::decode(&m.encode()).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(back.output().id(), "job-1:inv1");
+        assert_eq!(back.output().subject(), "perstack.output.job-1.~inv1");
+        // A version-1 message (a submitter from before continuations) starts its job.
+        let mut v1 = sample();
+        v1.version = 1;
+        assert_eq!(JobMessage::decode(&v1.encode()).unwrap().continuation, None);
+        // A continuation claiming version 1 is refused, never run as a new job.
+        m.version = 1;
+        let (id, why) = JobMessage::decode(&m.encode()).unwrap_err();
+        assert_eq!(why, Rejection::Version(1));
+        assert_eq!(id.unwrap().subject(), "perstack.output.job-1.~inv1");
     }
 
     #[test]

@@ -1,13 +1,16 @@
-//! A job's events on its own JetStream subject (`perstack.output.<jobId>`): a worker publishes
-//! every line its job prints, in order; followers read them from the start.
+//! A job's events on its own JetStream subject (`perstack.output.<jobId>`, and one subject per
+//! continuation: [`Output`]): a worker publishes every line its job prints, in order;
+//! followers read them from the start.
 //!
 //! A record is one of three kinds, told apart by headers:
 //!
 //! | record | headers | payload |
 //! | --- | --- | --- |
-//! | an event | `Perstack-Job-Seq: <n>`, `Nats-Msg-Id: <jobId>:<n>:<delivery>` | the exact stdout JSON line (no newline) |
+//! | an event | `Perstack-Job-Seq: <n>`, `Nats-Msg-Id: <id>:<n>:<delivery>` | the exact stdout JSON line (no newline) |
 //! | a takeover | `Perstack-Takeover: <worker>` | why: the step in flight is repeated |
-//! | the end | `Perstack-End: <status>`, `Nats-Msg-Id: <jobId>:end` | [`JobEnd`] as JSON |
+//! | the end | `Perstack-End: <status>`, `Nats-Msg-Id: <id>:end` | [`JobEnd`] as JSON |
+//!
+//! (`<id>` is [`Output::id`]: the job id, or `<jobId>:<invocation>` for a continuation.)
 //!
 //! The dedupe ids make a publish that is sent again (after a lost ack, a server restart)
 //! land once. A worker sends a job's records one at a time, each once the one before is
@@ -25,6 +28,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use super::message::Output;
 use super::queue;
 use crate::schema::JobStatus;
 
@@ -104,6 +108,8 @@ pub(crate) struct Publisher {
     js: jetstream::Context,
     stream: jetstream::stream::Stream,
     subject: String,
+    /// [`Output::id`]: the prefix of the records' dedupe ids.
+    id: String,
     job_id: String,
     token: u64,
     /// The stream sequence of the last record on the subject that this publisher knows of.
@@ -111,11 +117,11 @@ pub(crate) struct Publisher {
 }
 
 impl Publisher {
-    /// A publisher for `job_id` (`token` makes its message ids its own), positioned after the
+    /// A publisher for `output` (`token` makes its message ids its own), positioned after the
     /// subject's last record; also says what that record is.
     pub(crate) async fn open(
         js: jetstream::Context,
-        job_id: &str,
+        output: &Output,
         token: u64,
     ) -> Result<(Self, Published), OutputError> {
         let stream = queue::output_stream(&js)
@@ -124,8 +130,9 @@ impl Publisher {
         let mut publisher = Publisher {
             js,
             stream,
-            subject: queue::output_subject(job_id),
-            job_id: job_id.to_owned(),
+            subject: output.subject(),
+            id: output.id(),
+            job_id: output.job_id.clone(),
             token,
             last: 0,
         };
@@ -175,7 +182,7 @@ impl Publisher {
         let mut headers = HeaderMap::new();
         headers.insert(
             async_nats::header::NATS_MESSAGE_ID,
-            format!("{}:{job_seq}:{}", self.job_id, self.token).as_str(),
+            format!("{}:{job_seq}:{}", self.id, self.token).as_str(),
         );
         headers.insert(JOB_SEQ, job_seq.to_string().as_str());
         self.send(headers, line.into()).await
@@ -188,7 +195,7 @@ impl Publisher {
         let mut headers = HeaderMap::new();
         headers.insert(
             async_nats::header::NATS_MESSAGE_ID,
-            format!("{}:takeover:{}", self.job_id, self.token).as_str(),
+            format!("{}:takeover:{}", self.id, self.token).as_str(),
         );
         headers.insert(TAKEOVER, worker);
         let body = Bytes::from_static(b"the job was taken over; its step in flight is repeated");
@@ -208,7 +215,7 @@ impl Publisher {
         let mut headers = HeaderMap::new();
         headers.insert(
             async_nats::header::NATS_MESSAGE_ID,
-            format!("{}:end", self.job_id).as_str(),
+            format!("{}:end", self.id).as_str(),
         );
         let status = end.status.map_or("refused".to_owned(), |s| {
             serde_json::to_value(s)
@@ -298,13 +305,16 @@ pub(crate) struct Follower {
 }
 
 impl Follower {
-    /// Follow `job_id` from its first record (an ordered consumer: it recreates itself after
+    /// Follow `output` from its first record (an ordered consumer: it recreates itself after
     /// a lost connection and resumes where it was).
-    pub(crate) async fn open(js: &jetstream::Context, job_id: &str) -> Result<Self, OutputError> {
+    pub(crate) async fn open(
+        js: &jetstream::Context,
+        output: &Output,
+    ) -> Result<Self, OutputError> {
         // A server that is restarting answers again within moments: try for a while.
         let deadline = tokio::time::Instant::now() + OPEN_FOR;
         loop {
-            match Self::try_open(js, job_id).await {
+            match Self::try_open(js, output).await {
                 Ok(follower) => return Ok(follower),
                 Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
                 Err(e) => {
@@ -315,13 +325,13 @@ impl Follower {
         }
     }
 
-    async fn try_open(js: &jetstream::Context, job_id: &str) -> Result<Self, OutputError> {
+    async fn try_open(js: &jetstream::Context, output: &Output) -> Result<Self, OutputError> {
         let stream = queue::output_stream(js)
             .await
             .map_err(|e| OutputError::Failed(e.to_string()))?;
         let consumer = stream
             .create_consumer(jetstream::consumer::pull::OrderedConfig {
-                filter_subject: queue::output_subject(job_id),
+                filter_subject: output.subject(),
                 deliver_policy: jetstream::consumer::DeliverPolicy::All,
                 ..Default::default()
             })

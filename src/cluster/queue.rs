@@ -41,6 +41,11 @@ pub(crate) fn cancel_subject(job_id: &str) -> String {
     format!("perstack.cancel.{job_id}")
 }
 
+/// The job a cancel subject names (job ids may hold dots).
+pub(crate) fn cancelled_job(subject: &str) -> Option<&str> {
+    subject.strip_prefix("perstack.cancel.")
+}
+
 /// Every worker's cancel subscription.
 pub(crate) const CANCEL_ALL: &str = "perstack.cancel.*";
 

@@ -8,7 +8,9 @@
 //! | case | what the worker does |
 //! | --- | --- |
 //! | refused by [`JobMessage::decode`], needs a sandbox it cannot give, needs an env var it lacks | dead letter with the reason, end record for followers, ack |
-//! | the job is stored and terminal (it ran before, the ack was lost) | the end record if missing (after its worker had a chance to publish its last lines), ack: it never runs twice |
+//! | its output already ends with the end record | ack |
+//! | the job is stored and terminal (it ran before, the ack was lost); for a continuation, the job's events go past what was stored when it was submitted | the end record (after its worker had a chance to publish its last lines), ack: it never runs twice |
+//! | a continuation of a stored, terminal job that has not run | `continue_job` with its input (and checkpoint) under the job's claim, its lines on its own subject |
 //! | another worker took the job over (its takeover record fences this one's output; the store refuses this one's writes) | the job stops, nothing more is written, the message is left to the new holder |
 //! | the job is stored and running (its worker died) | takeover record, then `continue_job`: the recovery planner repeats only the step in flight |
 //! | someone else holds the job's claim | nak with a delay of one lease (redelivered later) |
@@ -31,7 +33,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::message::{JobMessage, Rejection};
+use super::message::{JobMessage, Output, Rejection};
 use super::output::{JobEnd, OutputError, Publisher};
 use super::queue;
 use crate::config::{PerstackConfig, ProviderName};
@@ -117,6 +119,21 @@ pub(crate) enum WorkerError {
     Subscribe(String),
 }
 
+/// How a delivery goes about its job, from what the store and the invocation's output hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum How {
+    /// A new job: start it.
+    Start,
+    /// A continuation not run yet: continue the stored job with its input.
+    Continue,
+    /// Its worker died mid-run (the job is stored running, past what was submitted): write
+    /// the takeover record and resume it from its checkpoints.
+    TakeOver,
+    /// It ran to its end before (the ack, maybe the end record, was lost): publish the end
+    /// record only; it never runs twice.
+    Ended,
+}
+
 /// What became of one job attempt (besides success).
 enum Failure {
     /// Refused for good.
@@ -162,7 +179,7 @@ pub(crate) async fn serve(
         let worker = worker.clone();
         tokio::spawn(async move {
             while let Some(m) = cancels.next().await {
-                let job = m.subject.as_str().rsplit('.').next().unwrap_or_default();
+                let job = queue::cancelled_job(m.subject.as_str()).unwrap_or_default();
                 if let Some(token) = worker.running.get(job) {
                     tracing::info!(job, "cancel requested");
                     token.cancel();
@@ -256,13 +273,13 @@ impl Worker {
         let delivered = message.info().map_or(1, |i| i.delivered);
         let job = match JobMessage::decode(&message.payload) {
             Ok(job) => job,
-            Err((job_id, why)) => {
-                self.dead_letter(&message, job_id.as_deref(), &why).await;
+            Err((output, why)) => {
+                self.dead_letter(&message, output.as_ref(), &why).await;
                 return;
             }
         };
         if let Some(why) = self.refusal(&job) {
-            self.dead_letter(&message, Some(&job.job_id), &why).await;
+            self.dead_letter(&message, Some(&job.output()), &why).await;
             return;
         }
         let message = Arc::new(message);
@@ -285,11 +302,13 @@ impl Worker {
         let last = delivered >= queue::MAX_DELIVER;
         match result {
             Ok(()) => ack(&message).await,
-            Err(Failure::Refused(why)) => self.dead_letter(&message, Some(&job.job_id), &why).await,
+            Err(Failure::Refused(why)) => {
+                self.dead_letter(&message, Some(&job.output()), &why).await;
+            }
             Err(Failure::Busy(_) | Failure::Transient(_)) if last => {
                 self.dead_letter(
                     &message,
-                    Some(&job.job_id),
+                    Some(&job.output()),
                     &Rejection::Exhausted(delivered),
                 )
                 .await;
@@ -342,20 +361,44 @@ impl Worker {
             .await
             .map_err(|e| Failure::Transient(e.to_string()))?;
         let (mut publisher, published) =
-            Publisher::open(self.js.clone(), &job.job_id, delivered.unsigned_abs())
+            Publisher::open(self.js.clone(), &job.output(), delivered.unsigned_abs())
                 .await
                 .map_err(output_failure)?;
-        if let Some(done) = stored.as_ref().filter(|j| j.status != JobStatus::Running) {
-            // It ran to its end before; only its end record (or the ack) is missing.
-            if published.ended {
-                return Ok(());
+        if published.ended {
+            // It ran to its end before; only the ack is missing.
+            return Ok(());
+        }
+        let how = match (&job.continuation, &stored) {
+            (None, None) => How::Start,
+            (None, Some(j)) if j.status == JobStatus::Running => How::TakeOver,
+            (Some(_), None) => {
+                return Err(Failure::Refused(Rejection::Unrunnable(format!(
+                    "No job \"{}\" found to continue",
+                    job.job_id
+                ))));
             }
-            if published.last_job_seq < done.job_seq.unwrap_or(0) && delivered < GRACE_DELIVERIES {
+            (Some(c), Some(j)) => {
+                let last = storage
+                    .last_job_seq(&job.job_id)
+                    .await
+                    .map_err(|e| Failure::Transient(e.to_string()))?;
+                match (last > c.after_job_seq, j.status == JobStatus::Running) {
+                    (false, _) => How::Continue,
+                    (true, true) => How::TakeOver,
+                    (true, false) => How::Ended,
+                }
+            }
+            (None, Some(_)) => How::Ended,
+        };
+        if how == How::Ended {
+            let done = stored.as_ref().map_or(JobStatus::Completed, |j| j.status);
+            let done_seq = stored.as_ref().and_then(|j| j.job_seq).unwrap_or(0);
+            if published.last_job_seq < done_seq && delivered < GRACE_DELIVERIES {
                 // Its worker may still be publishing the last lines (the ack came back late).
                 return Err(Failure::Busy("the job's worker is still publishing".into()));
             }
             return publisher
-                .end(&JobEnd::finished(done.status))
+                .end(&JobEnd::finished(done))
                 .await
                 .map_err(output_failure);
         }
@@ -373,27 +416,45 @@ impl Worker {
             .model(model)
             .storage(storage)
             .build();
-        let started = if stored.is_some() {
-            let continued = engine
-                .continue_job(ContinueRequest {
-                    job_id: Some(job.job_id.clone()),
-                    expert_key: job.expert_key.clone(),
-                    resume_from: None,
-                    input: ContinueInput::Query(job.query.clone()),
-                    subscribe: Some(256),
-                })
-                .await;
-            match continued {
-                // Its worker died before it stored anything to resume from (not even the
-                // first run's settings): start it over, numbering on from its last event.
-                Err(EngineError::Usage(why)) => {
-                    tracing::info!(job = %job.job_id, %why, "nothing to resume from; starting over");
-                    start_over(&engine, job).await
+        let started = match (&job.continuation, how) {
+            (None, How::Start) => engine.start(request(job)).await,
+            (None, _) => {
+                let continued = engine
+                    .continue_job(ContinueRequest {
+                        job_id: Some(job.job_id.clone()),
+                        expert_key: job.expert_key.clone(),
+                        resume_from: None,
+                        input: ContinueInput::Query(job.query.clone()),
+                        subscribe: Some(256),
+                    })
+                    .await;
+                match continued {
+                    // Its worker died before it stored anything to resume from (not even the
+                    // first run's settings): start it over, numbering on from its last event.
+                    Err(EngineError::Usage(why)) => {
+                        tracing::info!(job = %job.job_id, %why, "nothing to resume from; starting over");
+                        start_over(&engine, job).await
+                    }
+                    other => other,
                 }
-                other => other,
             }
-        } else {
-            engine.start(request(job)).await
+            // A continuation (or one whose worker died: the run cut off goes on, and the
+            // input is used only if it had not been taken in yet).
+            (Some(c), _) => {
+                engine
+                    .continue_job(ContinueRequest {
+                        job_id: Some(job.job_id.clone()),
+                        expert_key: job.expert_key.clone(),
+                        resume_from: c.resume_from.clone(),
+                        input: if c.answer {
+                            ContinueInput::Answer(job.query.clone())
+                        } else {
+                            ContinueInput::Query(job.query.clone())
+                        },
+                        subscribe: Some(256),
+                    })
+                    .await
+            }
         };
         let mut handle = match started {
             Ok(handle) => handle,
@@ -404,9 +465,9 @@ impl Worker {
         };
         let cancel = handle.cancel_token();
         // The claim is ours now: the takeover record comes first and fences the old holder.
-        let mut failed = match stored {
-            Some(_) => publisher.takeover(&self.config.name).await.err(),
-            None => None,
+        let mut failed = match how {
+            How::TakeOver => publisher.takeover(&self.config.name).await.err(),
+            _ => None,
         };
         if failed.is_some() {
             cancel.cancel();
@@ -467,9 +528,10 @@ impl Worker {
     async fn dead_letter(
         &self,
         message: &jetstream::Message,
-        job_id: Option<&str>,
+        output: Option<&Output>,
         why: &Rejection,
     ) {
+        let job_id = output.map(|o| o.job_id.as_str());
         tracing::warn!(job = job_id.unwrap_or("?"), reason = %why, "job refused: dead letter");
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Perstack-Reason", why.to_string().as_str());
@@ -491,8 +553,8 @@ impl Worker {
                 .await;
             return;
         }
-        if let Some(id) = job_id {
-            let told = match Publisher::open(self.js.clone(), id, 0).await {
+        if let Some(output) = output {
+            let told = match Publisher::open(self.js.clone(), output, 0).await {
                 Ok((mut publisher, _)) => publisher.end(&JobEnd::refused(why)).await,
                 Err(e) => Err(e),
             };

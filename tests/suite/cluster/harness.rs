@@ -216,6 +216,23 @@ pub(super) fn assert_gapless(job: &str, seen: &Seen) {
     assert_eq!(completions, 1, "job {job}");
 }
 
+/// What two runs' printed events must share: each event's type, Expert and field names (ids
+/// and times differ).
+pub(super) fn shape(events: &[serde_json::Value]) -> Vec<(String, Option<String>, Vec<String>)> {
+    events
+        .iter()
+        .map(|e| {
+            let mut keys: Vec<String> = e.as_object().unwrap().keys().cloned().collect();
+            keys.sort();
+            (
+                e["type"].as_str().unwrap().to_owned(),
+                e["expertKey"].as_str().map(str::to_owned),
+                keys,
+            )
+        })
+        .collect()
+}
+
 /// Messages still in the work queue (waiting or unacknowledged).
 pub(super) async fn queue_left(server: &NatsServer) -> (u64, usize) {
     let client = async_nats::connect(server.url()).await.unwrap();

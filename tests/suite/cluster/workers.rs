@@ -13,7 +13,7 @@ use perstack::schema::JobStatus;
 
 use super::harness::{
     SERIAL, Worker, assert_committed_once, assert_gapless, follow, follow_all, queue_left, records,
-    script, settings, submit_all, toml, wait_until_running_two,
+    script, settings, shape, submit_all, toml, wait_until_running_two,
 };
 use crate::suite::common::{self, NatsServer};
 
@@ -104,20 +104,6 @@ async fn a_cli_run_on_the_cluster_prints_what_a_local_run_prints() {
     assert_eq!(local.code, 0, "{}", local.stderr);
     assert_eq!(cluster.code, 0, "{}", cluster.stderr);
     // The same events in the same order, with the same payload fields (ids and times differ).
-    let shape = |events: &[serde_json::Value]| -> Vec<(String, Option<String>, Vec<String>)> {
-        events
-            .iter()
-            .map(|e| {
-                let mut keys: Vec<String> = e.as_object().unwrap().keys().cloned().collect();
-                keys.sort();
-                (
-                    e["type"].as_str().unwrap().to_owned(),
-                    e["expertKey"].as_str().map(str::to_owned),
-                    keys,
-                )
-            })
-            .collect()
-    };
     let (mut a, mut b) = (shape(&local.events), shape(&cluster.events));
     // Children run concurrently, so the interleaving differs: compare the events as a set (the
     // order of one job's events is checked through jobSeq by the other tests).
