@@ -1,5 +1,5 @@
-//! Continuing cluster jobs: `perstack run --nats` with `--continue-job`, `-i` and
-//! `--resume-from` prints what the same commands print locally, only the continuation's events
+//! Continuing cluster jobs: `perstack run --nats` with `--continue-job`, `-i`,
+//! `--resume-from` and `--continue` prints what the same commands print locally, only the continuation's events
 //! and its end; an unknown job or checkpoint exits 2 before anything is submitted; a finished
 //! job's or continuation's message delivered again only finds its end, never runs again.
 
@@ -43,6 +43,9 @@ text = "The user said yes."
 [[turns]]
 expert = "asker"
 text = "Follow-up answered."
+[[turns]]
+expert = "asker"
+text = "Again answered."
 "#;
 
 /// `perstack <args>` in `dir`, to its end (at most 60 s).
@@ -313,4 +316,9 @@ async fn continuing_a_cluster_job_prints_what_continuing_it_locally_prints() {
         .expect("the continuation's end is there")
         .unwrap();
     assert_eq!(again.status, Some(JobStatus::Completed));
+
+    // --continue picks the job started last in the cluster's store, as locally in its own.
+    let (latest, _) = same_as_local(dir, local, &url, &["--continue", "asker", "again"], 0).await;
+    assert!(latest.iter().all(|e| e["jobId"] == "c1"));
+    assert!(latest.iter().any(|e| e["type"] == "completeRun"));
 }
