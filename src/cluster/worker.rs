@@ -33,7 +33,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::message::{JobMessage, Output, Rejection};
+use super::message::{Continuation, JobMessage, Output, Rejection};
 use super::output::{JobEnd, OutputError, Publisher};
 use super::queue;
 use crate::config::{PerstackConfig, ProviderName};
@@ -132,6 +132,29 @@ enum How {
     /// It ran to its end before (the ack, maybe the end record, was lost): publish the end
     /// record only; it never runs twice.
     Ended,
+}
+
+impl How {
+    /// From the message's continuation, the stored job's status and (for a continuation) the
+    /// job's last stored job sequence number; `None`: a continuation of a job not stored.
+    fn decide(
+        continuation: Option<&Continuation>,
+        stored: Option<JobStatus>,
+        last_job_seq: u64,
+    ) -> Option<How> {
+        let running = stored == Some(JobStatus::Running);
+        Some(match (continuation, stored) {
+            (None, None) => How::Start,
+            (None, Some(_)) if running => How::TakeOver,
+            (None, Some(_)) => How::Ended,
+            (Some(_), None) => return None,
+            (Some(c), Some(_)) => match (last_job_seq > c.after_job_seq, running) {
+                (false, _) => How::Continue,
+                (true, true) => How::TakeOver,
+                (true, false) => How::Ended,
+            },
+        })
+    }
 }
 
 /// What became of one job attempt (besides success).
@@ -368,28 +391,24 @@ impl Worker {
             // It ran to its end before; only the ack is missing.
             return Ok(());
         }
-        let how = match (&job.continuation, &stored) {
-            (None, None) => How::Start,
-            (None, Some(j)) if j.status == JobStatus::Running => How::TakeOver,
-            (Some(_), None) => {
-                return Err(Failure::Refused(Rejection::Unrunnable(format!(
-                    "No job \"{}\" found to continue",
-                    job.job_id
-                ))));
-            }
-            (Some(c), Some(j)) => {
-                let last = storage
-                    .last_job_seq(&job.job_id)
-                    .await
-                    .map_err(|e| Failure::Transient(e.to_string()))?;
-                match (last > c.after_job_seq, j.status == JobStatus::Running) {
-                    (false, _) => How::Continue,
-                    (true, true) => How::TakeOver,
-                    (true, false) => How::Ended,
-                }
-            }
-            (None, Some(_)) => How::Ended,
+        let last = match (&job.continuation, &stored) {
+            (Some(_), Some(_)) => storage
+                .last_job_seq(&job.job_id)
+                .await
+                .map_err(|e| Failure::Transient(e.to_string()))?,
+            _ => 0,
         };
+        let how = How::decide(
+            job.continuation.as_ref(),
+            stored.as_ref().map(|j| j.status),
+            last,
+        )
+        .ok_or_else(|| {
+            Failure::Refused(Rejection::Unrunnable(format!(
+                "No job \"{}\" found to continue",
+                job.job_id
+            )))
+        })?;
         if how == How::Ended {
             let done = stored.as_ref().map_or(JobStatus::Completed, |j| j.status);
             let done_seq = stored.as_ref().and_then(|j| j.job_seq).unwrap_or(0);
@@ -614,5 +633,34 @@ fn classify(e: EngineError) -> Failure {
         }
         EngineError::Sandbox(e) => Failure::Refused(Rejection::Sandbox(e.to_string())),
         other => Failure::Refused(Rejection::Unrunnable(other.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_continuation_is_told_from_a_redelivery_by_the_jobs_sequence() {
+        let c = Continuation {
+            invocation: "inv".into(),
+            resume_from: None,
+            answer: false,
+            after_job_seq: 10,
+        };
+        let done = Some(JobStatus::Completed);
+        let running = Some(JobStatus::Running);
+        // Plain jobs: as before continuations.
+        assert_eq!(How::decide(None, None, 0), Some(How::Start));
+        assert_eq!(How::decide(None, running, 0), Some(How::TakeOver));
+        assert_eq!(How::decide(None, done, 0), Some(How::Ended));
+        // A continuation not run yet continues the finished job...
+        assert_eq!(How::decide(Some(&c), done, 10), Some(How::Continue));
+        // ...one that ran to its end only finds its end; one whose worker died is taken over.
+        assert_eq!(How::decide(Some(&c), done, 11), Some(How::Ended));
+        assert_eq!(How::decide(Some(&c), running, 11), Some(How::TakeOver));
+        // A job running elsewhere, not past what was submitted: continue (the claim decides).
+        assert_eq!(How::decide(Some(&c), running, 10), Some(How::Continue));
+        assert_eq!(How::decide(Some(&c), None, 0), None);
     }
 }
