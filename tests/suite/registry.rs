@@ -114,22 +114,7 @@ fn issue_12_run_a_registry_expert_by_version_end_to_end_and_from_the_cache() {
 
 #[test]
 fn issue_12_a_local_coordinator_delegates_to_a_registry_expert_by_its_last_segment() {
-    let experts = r#"[experts."coordinator"]
-instruction = "Delegate."
-delegates = ["@org/helper"]
-"#;
-    let script = r#"
-[[turns]]
-expert = "coordinator"
-toolCalls = [{ id = "c1", name = "helper", args = { query = "help me" } }]
-[[turns]]
-expert = "@org/helper"
-text = "helped"
-[[turns]]
-expert = "coordinator"
-text = "done"
-"#;
-    let w = World::new(experts, script);
+    let w = World::new(PINNED, PINNED_SCRIPT);
     w.registry
         .add(definition("@org/helper", "1.2.0", "Help.", &[]));
     let f = w.run(&["run", "coordinator", "go"]);
@@ -369,6 +354,7 @@ fn issue_12_a_registry_experts_required_env_is_checked_before_the_job_starts() {
     w.nothing_ran(&f);
 }
 
+/// A local coordinator delegating to the registry Expert `@org/helper` (tool `helper`).
 const PINNED: &str = r#"[experts."coordinator"]
 instruction = "Delegate."
 delegates = ["@org/helper"]

@@ -306,19 +306,21 @@ delayMs = 60000
 text = "too late"
 "#;
 
-#[test]
-fn ctrl_c_in_start_cancels_the_job_with_its_checkpoint_stored_and_restores_the_terminal() {
+/// `perstack start` on the slow Expert (job `j1`) in a fresh project, once the job runs.
+fn start_slow_job(name: &str) -> Option<(tempfile::TempDir, Tmux)> {
     let dir = common::project(&common::scripted(SLOW), SLOW_SCRIPT);
-    let Some(tmux) = Tmux::start(
-        "start_ctrl_c",
-        dir.path(),
-        &start_command("--job-id j1 slow think"),
-    ) else {
-        return;
-    };
+    let tmux = Tmux::start(name, dir.path(), &start_command("--job-id j1 slow think"))?;
     tmux.wait_for("the running job", |s| {
         s.contains("slow · job j1") && s.contains("running")
     });
+    Some((dir, tmux))
+}
+
+#[test]
+fn ctrl_c_in_start_cancels_the_job_with_its_checkpoint_stored_and_restores_the_terminal() {
+    let Some((dir, tmux)) = start_slow_job("start_ctrl_c") else {
+        return;
+    };
     tmux.keys(&["C-c"]);
     let screen = tmux.wait_for("the exit", |s| s.contains("EXITED:"));
     // The alternate screen is gone: the shell's line is on the normal screen.
@@ -342,17 +344,9 @@ fn ctrl_c_in_start_cancels_the_job_with_its_checkpoint_stored_and_restores_the_t
 
 #[test]
 fn sigterm_to_start_cancels_the_job_and_restores_the_terminal() {
-    let dir = common::project(&common::scripted(SLOW), SLOW_SCRIPT);
-    let Some(tmux) = Tmux::start(
-        "start_sigterm",
-        dir.path(),
-        &start_command("--job-id j1 slow think"),
-    ) else {
+    let Some((dir, tmux)) = start_slow_job("start_sigterm") else {
         return;
     };
-    tmux.wait_for("the running job", |s| {
-        s.contains("slow · job j1") && s.contains("running")
-    });
     // The pane runs `sh -c "env ... perstack start ...; echo ...; sleep 120"`; env execs
     // perstack, the shell's only child while it runs.
     let shell = tmux.tmux(&["list-panes", "-F", "#{pane_pid}"]);
