@@ -40,7 +40,9 @@ pub use crate::actor::job::JobOutcome;
 pub use resume::{ContinueInput, ContinueRequest};
 
 use crate::actor::context::{JobContext, now_ms};
-use crate::actor::event_bus::{BUS_MAILBOX, BusArgs, EventBus, Flush, OpenJob, PublishBatch};
+use crate::actor::event_bus::{
+    BUS_MAILBOX, BusArgs, EventBus, Flush, OpenJob, Publish, PublishBatch,
+};
 use crate::actor::job::{JobActor, JobArgs};
 use crate::agent::Start;
 use crate::agent::{Machine, MachineSetting};
@@ -210,6 +212,25 @@ impl EngineBuilder<WithModel> {
     }
 }
 
+/// The `jobTakenOver` event of a job whose coordinator goes on from `checkpoint` on `worker`.
+fn taken_over(checkpoint: &crate::schema::Checkpoint, worker: &str) -> crate::schema::Event {
+    crate::schema::Envelope::step(
+        checkpoint.job_id.as_str(),
+        checkpoint.run_id.as_str(),
+        checkpoint.expert.key.as_str(),
+        checkpoint.step_number,
+    )
+    .into_event(
+        now_ms(),
+        crate::schema::EventPayload::JobTakenOver(crate::schema::JobTakenOver {
+            worker: worker.to_owned(),
+            message: "the job's previous worker stopped mid-run; the steps it had in flight are repeated here"
+                .into(),
+            extra: Map::new(),
+        }),
+    )
+}
+
 /// What job to start.
 #[derive(Debug, Clone)]
 pub struct JobRequest {
@@ -328,16 +349,18 @@ impl Engine {
             return Err(EngineError::InvalidJobId(job_id));
         }
         let claim = self.storage.claim(&job_id).await?;
-        self.start_claimed(request, claim, 0).await
+        self.start_claimed(request, claim, 0, None).await
     }
 
     /// Start `request` on the job `claim` holds (its id wins over the request's), whose last
-    /// event so far got job sequence number `last_seq` (0 for a new job).
+    /// event so far got job sequence number `last_seq` (0 for a new job). `takeover` names the
+    /// cluster worker that took the job over, when it did (see [`Engine::launch`]).
     pub(crate) async fn start_claimed(
         &self,
         request: JobRequest,
         claim: Claim,
         last_seq: u64,
+        takeover: Option<&str>,
     ) -> Result<JobHandle, EngineError> {
         let expert = self.startable(&request.expert_key)?;
         let job_id = claim.job_id().to_owned();
@@ -370,6 +393,7 @@ impl Engine {
             Start::Query(request.query),
             request.subscribe.then_some(request.buffer),
             claim,
+            takeover,
         )
         .await
     }
@@ -419,7 +443,9 @@ impl Engine {
     }
 
     /// Spawn the job actor for `job`, its coordinator starting from `checkpoint` with `start`.
-    /// The job actor holds `claim` (the right to write the job) until it stops.
+    /// The job actor holds `claim` (the right to write the job) until it stops. With
+    /// `takeover` (a cluster worker that took the job over from one that stopped mid-run), the
+    /// job's first event is a `jobTakenOver` naming it, before anything of the job runs again.
     pub(crate) async fn launch(
         &self,
         job: Job,
@@ -427,6 +453,7 @@ impl Engine {
         start: Start,
         subscribe: Option<usize>,
         claim: Claim,
+        takeover: Option<&str>,
     ) -> Result<JobHandle, EngineError> {
         let job_id = job.id.clone();
         let (tx, events) = match subscribe {
@@ -444,6 +471,12 @@ impl Engine {
             })
             .await
             .map_err(BusError::from_send)?;
+        if let Some(worker) = takeover {
+            let event = taken_over(&checkpoint, worker);
+            if let Err(e) = self.bus.ask(Publish(event)).await {
+                tracing::warn!(job = %job_id, error = %e, "the takeover event was not published");
+            }
+        }
         let cancel = CancellationToken::new();
         let ctx = Arc::new(JobContext {
             job_id: job_id.clone(),

@@ -12,7 +12,7 @@
 //! | the job is stored and terminal (it ran before, the ack was lost); for a continuation, the job's events go past what was stored when it was submitted | the end record (after its worker had a chance to publish its last lines), ack: it never runs twice |
 //! | a continuation of a stored, terminal job that has not run | `continue_job` with its input (and checkpoint) under the job's claim, its lines on its own subject |
 //! | another worker took the job over (its takeover record fences this one's output; the store refuses this one's writes) | the job stops, nothing more is written, the message is left to the new holder |
-//! | the job is stored and running (its worker died) | takeover record, then `continue_job`: the recovery planner repeats only the step in flight |
+//! | the job is stored and running (its worker died) | takeover record, then `continue_job` whose first event is `jobTakenOver`: the recovery planner repeats only the step in flight |
 //! | someone else holds the job's claim | nak with a delay of one lease (redelivered later) |
 //! | delivered [`MAX_DELIVER`](super::queue::MAX_DELIVER) times without an end | dead letter |
 //!
@@ -435,24 +435,29 @@ impl Worker {
             .model(model)
             .storage(storage)
             .build();
+        // After a takeover, the job's first event says so (before the repeated steps).
+        let takeover = (how == How::TakeOver).then_some(self.config.name.as_str());
         let started = match (&job.continuation, how) {
             (None, How::Start) => engine.start(request(job)).await,
             (None, _) => {
                 let continued = engine
-                    .continue_job(ContinueRequest {
-                        job_id: Some(job.job_id.clone()),
-                        expert_key: job.expert_key.clone(),
-                        resume_from: None,
-                        input: ContinueInput::Query(job.query.clone()),
-                        subscribe: Some(256),
-                    })
+                    .resume_job(
+                        ContinueRequest {
+                            job_id: Some(job.job_id.clone()),
+                            expert_key: job.expert_key.clone(),
+                            resume_from: None,
+                            input: ContinueInput::Query(job.query.clone()),
+                            subscribe: Some(256),
+                        },
+                        takeover,
+                    )
                     .await;
                 match continued {
                     // Its worker died before it stored anything to resume from (not even the
                     // first run's settings): start it over, numbering on from its last event.
                     Err(EngineError::Usage(why)) => {
                         tracing::info!(job = %job.job_id, %why, "nothing to resume from; starting over");
-                        start_over(&engine, job).await
+                        start_over(&engine, job, takeover).await
                     }
                     other => other,
                 }
@@ -461,17 +466,20 @@ impl Worker {
             // input is used only if it had not been taken in yet).
             (Some(c), _) => {
                 engine
-                    .continue_job(ContinueRequest {
-                        job_id: Some(job.job_id.clone()),
-                        expert_key: job.expert_key.clone(),
-                        resume_from: c.resume_from.clone(),
-                        input: if c.answer {
-                            ContinueInput::Answer(job.query.clone())
-                        } else {
-                            ContinueInput::Query(job.query.clone())
+                    .resume_job(
+                        ContinueRequest {
+                            job_id: Some(job.job_id.clone()),
+                            expert_key: job.expert_key.clone(),
+                            resume_from: c.resume_from.clone(),
+                            input: if c.answer {
+                                ContinueInput::Answer(job.query.clone())
+                            } else {
+                                ContinueInput::Query(job.query.clone())
+                            },
+                            subscribe: Some(256),
                         },
-                        subscribe: Some(256),
-                    })
+                        takeover,
+                    )
                     .await
             }
         };
@@ -597,10 +605,13 @@ fn request(job: &JobMessage) -> JobRequest {
 async fn start_over(
     engine: &Engine,
     job: &JobMessage,
+    takeover: Option<&str>,
 ) -> Result<crate::engine::JobHandle, EngineError> {
     let claim = engine.storage().claim(&job.job_id).await?;
     let last = engine.storage().last_job_seq(&job.job_id).await?;
-    engine.start_claimed(request(job), claim, last).await
+    engine
+        .start_claimed(request(job), claim, last, takeover)
+        .await
 }
 
 /// Ack (and wait for the server to confirm it), a few times if needed.

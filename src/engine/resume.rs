@@ -42,6 +42,16 @@ pub enum ContinueInput {
 impl Engine {
     /// Continue a stored job.
     pub async fn continue_job(&self, request: ContinueRequest) -> Result<JobHandle, EngineError> {
+        self.resume_job(request, None).await
+    }
+
+    /// [`Engine::continue_job`]; with `takeover`, the cluster worker that takes the job over
+    /// from one that stopped mid-run (its first event says so: see [`Engine::launch`]).
+    pub(crate) async fn resume_job(
+        &self,
+        request: ContinueRequest,
+        takeover: Option<&str>,
+    ) -> Result<JobHandle, EngineError> {
         let storage = self.storage.clone();
         let job_id = match request.job_id.clone() {
             Some(id) => id,
@@ -63,7 +73,7 @@ impl Engine {
             Some(id) => storage.retrieve_checkpoint(&job_id, id).await?,
             None => match latest_coordinator(&all) {
                 Some(cp) => cp.clone(),
-                None => return self.restart(claim, request).await,
+                None => return self.restart(claim, request, takeover).await,
             },
         };
         if base.delegated_by.is_some() {
@@ -96,7 +106,7 @@ impl Engine {
         job.finished_at = None;
         job.job_seq = Some(storage.last_job_seq(&job_id).await?);
         job.max_steps = Some(self.settings.max_steps);
-        self.launch(job, checkpoint, start, request.subscribe, claim)
+        self.launch(job, checkpoint, start, request.subscribe, claim, takeover)
             .await
     }
 
@@ -106,6 +116,7 @@ impl Engine {
         &self,
         claim: Claim,
         request: ContinueRequest,
+        takeover: Option<&str>,
     ) -> Result<JobHandle, EngineError> {
         let job_id = claim.job_id();
         let settings = self.storage.all_run_settings().await?;
@@ -125,7 +136,7 @@ impl Engine {
             start.buffer = buffer;
         }
         let last_seq = self.storage.last_job_seq(claim.job_id()).await?;
-        self.start_claimed(start, claim, last_seq).await
+        self.start_claimed(start, claim, last_seq, takeover).await
     }
 
     fn plan_start(

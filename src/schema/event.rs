@@ -2,7 +2,9 @@
 //!
 //! An [`Event`] is an envelope (`type, id, expertKey?, timestamp, jobId, runId, stepNumber?`)
 //! plus one [`EventPayload`]. The 17 state events and 6 streaming events carry `expertKey` and
-//! `stepNumber`; runtime events (`initializeRuntime`, `skill*`, `proxyAccess`) do not. Serialisation writes
+//! `stepNumber`; runtime events (`initializeRuntime`, `skill*`, `proxyAccess`) do not, except
+//! `jobTakenOver`, which names the coordinator step the job goes on from so that it is stored
+//! in the run's history. Serialisation writes
 //! `type` first, then the envelope, then the payload fields, one compact JSON object per event.
 //! Events are built by [`Envelope`] only.
 
@@ -201,6 +203,9 @@ payloads! {
     SkillDisconnected(SkillDisconnected) = "skillDisconnected",
     /// The egress proxy let a sandboxed process through, or refused it.
     ProxyAccess(ProxyAccess) = "proxyAccess",
+    /// A cluster worker took the job over from a worker that stopped mid-run (an addition:
+    /// Perstack has no cluster); the steps that were in flight are repeated after it.
+    JobTakenOver(JobTakenOver) = "jobTakenOver",
 }
 
 /// The serialised form: `type`, envelope, payload fields.
@@ -501,5 +506,18 @@ payload_struct!(
         port: u16,
         /// Why it was blocked.
         reason: Option<String>,
+    }
+);
+
+payload_struct!(
+    /// `jobTakenOver`: a cluster worker holds the job now, after the worker that ran it stopped
+    /// mid-run (killed, paused or cut off past its lease, or handed the job back on shutdown).
+    /// Emitted before anything the new holder runs; its envelope carries the coordinator's
+    /// `expertKey` and the `stepNumber` the job goes on from, so it is stored with that run.
+    JobTakenOver {
+        /// The worker that holds the job now (`pid <pid> on <host>`).
+        worker: String,
+        /// What it means for the job's history.
+        message: String,
     }
 );

@@ -133,6 +133,7 @@ pub(super) fn detail(e: &Event) -> String {
         EventPayload::SkillConnected(p) => p.skill_name.clone(),
         EventPayload::SkillStderr(p) => format!("{}: {}", p.skill_name, snippet(&p.message, 60)),
         EventPayload::SkillDisconnected(p) => p.skill_name.clone(),
+        EventPayload::JobTakenOver(p) => format!("by {}", p.worker),
         EventPayload::ProxyAccess(p) => {
             let verdict = match p.action {
                 ProxyAction::Allowed => "allowed",

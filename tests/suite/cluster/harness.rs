@@ -143,18 +143,66 @@ pub(super) struct Seen {
     pub(super) events: Vec<Event>,
     pub(super) end: JobEnd,
     pub(super) takeovers: usize,
+    /// The index in `events` of the first event after each takeover record.
+    pub(super) after_takeover: Vec<usize>,
 }
 
 pub(super) async fn follow(client: &Client, job: &str) -> Seen {
     let mut followed = client.follow(job).await.unwrap();
     let mut events = Vec::new();
+    let mut after_takeover = Vec::new();
+    let mut takeovers = 0;
     while let Some(e) = followed.next_event().await.unwrap() {
+        if followed.takeovers().len() > takeovers {
+            takeovers = followed.takeovers().len();
+            after_takeover.push(events.len());
+        }
         events.push(e);
     }
     Seen {
         events,
         end: followed.end().cloned().unwrap(),
         takeovers: followed.takeovers().len(),
+        after_takeover,
+    }
+}
+
+/// After each takeover, the first event the follower sees is the `jobTakenOver` runtime event
+/// naming the worker that took the job over, numbered after everything before it; the job's
+/// stored history holds it too.
+pub(super) async fn assert_takeovers_announced(server: &NatsServer, job: &str, seen: &Seen) {
+    let announced: Vec<&Event> = seen
+        .events
+        .iter()
+        .filter(|e| e.kind() == "jobTakenOver")
+        .collect();
+    assert_eq!(
+        announced.len(),
+        seen.takeovers,
+        "job {job}: one jobTakenOver per takeover"
+    );
+    for &at in &seen.after_takeover {
+        let event = &seen.events[at];
+        assert_eq!(event.kind(), "jobTakenOver", "job {job}: event {at}");
+        let perstack::schema::EventPayload::JobTakenOver(p) = &event.payload else {
+            unreachable!()
+        };
+        assert!(p.worker.starts_with("pid "), "{p:?}");
+        assert_eq!(event.expert_key.as_deref(), Some("coordinator"));
+        let seq = event.job_seq.unwrap();
+        assert!(
+            seen.events[..at].iter().all(|e| e.job_seq.unwrap() < seq),
+            "job {job}: jobTakenOver is numbered after the events before it"
+        );
+        let stored = store(server)
+            .await
+            .event_contents(job, &event.run_id, None)
+            .await
+            .unwrap();
+        assert!(
+            stored.iter().any(|e| e.id == event.id),
+            "job {job}: jobTakenOver is stored with its run"
+        );
     }
 }
 

@@ -12,8 +12,9 @@ use perstack::sandbox::Isolation;
 use perstack::schema::JobStatus;
 
 use super::harness::{
-    SERIAL, Worker, assert_committed_once, assert_gapless, follow, follow_all, queue_left, records,
-    script, settings, shape, submit_all, toml, wait_until_running_two,
+    SERIAL, Worker, assert_committed_once, assert_gapless, assert_takeovers_announced, follow,
+    follow_all, queue_left, records, script, settings, shape, submit_all, toml,
+    wait_until_running_two,
 };
 use crate::suite::common::{self, NatsServer};
 
@@ -260,10 +261,23 @@ async fn killing_a_worker_mid_run_loses_no_job_and_commits_no_step_twice() {
             );
             taken_over += seen.takeovers;
             assert_committed_once(&server, job).await;
+            assert_takeovers_announced(&server, job, seen).await;
         }
         assert!(
             taken_over >= 1,
             "no job was taken over from the killed worker"
+        );
+        // `perstack log --nats` shows the takeover in the job's history.
+        let (job, _) = seen.iter().find(|(_, s)| s.takeovers > 0).unwrap();
+        let log = common::perstack(project.path(), &["log", "--nats", &server.url()])
+            .args(["--job", job, "--type", "jobTakenOver", "--json"])
+            .env_remove("PERSTACK_NATS_URL")
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&log.stdout);
+        assert!(
+            log.contains("\"jobTakenOver\"") && log.contains("pid "),
+            "{log}"
         );
         assert_eq!(queue_left(&server).await, (0, 0), "the work queue is empty");
     };
