@@ -114,11 +114,14 @@ async fn run(args: RunArgs) -> Result<u8, Failed> {
     }
     let mut followed = client.follow(&invocation).await?;
     {
-        let (client, job_id) = (client.clone(), job_id.clone());
+        let (client, invocation) = (client.clone(), invocation.clone());
         tokio::spawn(async move {
             wait_for_signal().await;
-            eprintln!("perstack: cancelling job {job_id}");
-            if let Err(e) = client.cancel(&job_id).await {
+            eprintln!(
+                "perstack: cancelling job {} (if it is still queued, it ends when a worker takes it, without running)",
+                invocation.job_id
+            );
+            if let Err(e) = client.cancel(&invocation).await {
                 eprintln!("perstack: {e}");
             }
             wait_for_signal().await;
@@ -134,7 +137,7 @@ async fn run(args: RunArgs) -> Result<u8, Failed> {
                 buf.push(b'\n');
                 if stdout.write_all(&buf).await.is_err() || stdout.flush().await.is_err() {
                     // The reader went away (`| head`): cancel, as a local run does.
-                    let _ = client.cancel(&job_id).await;
+                    let _ = client.cancel(&invocation).await;
                     return Ok(1);
                 }
             }

@@ -251,17 +251,19 @@ impl Client {
         })
     }
 
-    /// Ask whichever worker runs `job_id` to cancel it: its runs end with `stopRunByError`
-    /// and followers see the job end.
-    pub async fn cancel(&self, job_id: &str) -> Result<(), ClusterError> {
-        self.client
-            .publish(queue::cancel_subject(job_id), Bytes::new())
+    /// Cancel a job (from its id) or a continuation: the worker running it cancels it at once
+    /// (its runs end with `stopRunByError`, `Cancelled`); one still in the queue ends the same
+    /// way, without running, as soon as a worker takes it. Followers see its end either way.
+    /// The cancel is stored (acknowledged by the server) before this returns.
+    pub async fn cancel(&self, job: impl Into<Invocation>) -> Result<(), ClusterError> {
+        let subject = job.into().output().cancel_subject();
+        self.js
+            .publish(subject, Bytes::new())
+            .await
+            .map_err(|e| ClusterError::Nats(e.to_string()))?
             .await
             .map_err(|e| ClusterError::Nats(e.to_string()))?;
-        self.client
-            .flush()
-            .await
-            .map_err(|e| ClusterError::Nats(e.to_string()))
+        Ok(())
     }
 
     /// Wait for the end of a job (from its id) or a continuation (reading its events on the

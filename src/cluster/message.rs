@@ -94,6 +94,17 @@ impl Output {
         }
     }
 
+    /// The subject that cancels the invocation (`perstack.cancel.<jobId>`, with the same
+    /// `.~<invocation>` suffix as [`Output::subject`] for a continuation). Kept in a stream,
+    /// so a cancel sent while the invocation waits in the queue is found when a worker takes
+    /// it.
+    pub(crate) fn cancel_subject(&self) -> String {
+        match &self.invocation {
+            None => super::queue::cancel_subject(&self.job_id),
+            Some(i) => format!("{}.~{i}", super::queue::cancel_subject(&self.job_id)),
+        }
+    }
+
     /// The prefix of the invocation's dedupe ids (the job message's own dedupe id, too).
     pub(crate) fn id(&self) -> String {
         match &self.invocation {

@@ -6,13 +6,16 @@
 //! | `PERSTACK_JOBS` | `perstack.jobs` | work queue (a message leaves when a worker acks it) | 2 min dedupe window on the job id |
 //! | `PERSTACK_OUTPUT` | `perstack.output.<jobId>` | limits | 7 days, 2 min dedupe window |
 //! | `PERSTACK_DEAD` | `perstack.dead` | limits | 30 days |
+//! | `PERSTACK_CANCEL` | `perstack.cancel.<jobId>` (`.~<invocation>` for a continuation) | limits, the last message per subject | 7 days |
 //!
 //! The durable consumer `workers` on `PERSTACK_JOBS` is shared by every worker: explicit ack,
 //! an ack wait of one lease (a worker sends progress every third of it while a job runs, so a
 //! paused or dead worker's job comes back after one lease), at most [`MAX_DELIVER`]
 //! deliveries. All streams have one replica; on a clustered server, raise `num_replicas` with
 //! `nats stream edit` (the settings here are only used to create what is missing).
-//! Cancellation is core NATS (`perstack.cancel.<jobId>`): only a worker running the job acts.
+//! A cancel (`perstack.cancel.<jobId>`) reaches the worker running the invocation at once (it
+//! subscribes), and stays in `PERSTACK_CANCEL` for an invocation still in the queue: the
+//! worker that takes it looks there first, and ends it cancelled without running it.
 
 use std::time::Duration;
 
@@ -25,6 +28,7 @@ pub(crate) const DEAD_SUBJECT: &str = "perstack.dead";
 const JOBS_STREAM: &str = "PERSTACK_JOBS";
 const OUTPUT_STREAM: &str = "PERSTACK_OUTPUT";
 const DEAD_STREAM: &str = "PERSTACK_DEAD";
+const CANCEL_STREAM: &str = "PERSTACK_CANCEL";
 const CONSUMER: &str = "workers";
 
 /// How often one job message is delivered before the worker that gets it the last time
@@ -41,13 +45,9 @@ pub(crate) fn cancel_subject(job_id: &str) -> String {
     format!("perstack.cancel.{job_id}")
 }
 
-/// The job a cancel subject names (job ids may hold dots).
-pub(crate) fn cancelled_job(subject: &str) -> Option<&str> {
-    subject.strip_prefix("perstack.cancel.")
-}
-
-/// Every worker's cancel subscription.
-pub(crate) const CANCEL_ALL: &str = "perstack.cancel.*";
+/// Every worker's cancel subscription (job ids may hold dots; a continuation's subject has one
+/// more token).
+pub(crate) const CANCEL_ALL: &str = "perstack.cancel.>";
 
 /// Why the streams or the consumer could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -74,8 +74,35 @@ pub(crate) async fn output_stream(js: &jetstream::Context) -> Result<stream::Str
     .map_err(|e| err("output stream")(e.to_string()))
 }
 
+/// The cancel stream (created when missing): the last cancel of each invocation.
+pub(crate) async fn cancel_stream(js: &jetstream::Context) -> Result<stream::Stream, QueueError> {
+    js.get_or_create_stream(stream::Config {
+        name: CANCEL_STREAM.into(),
+        subjects: vec![CANCEL_ALL.into()],
+        max_age: Duration::from_secs(7 * 24 * 3600),
+        max_messages_per_subject: 1,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| err("cancel stream")(e.to_string()))
+}
+
+/// Whether a cancel of the invocation whose cancel subject is `subject` is stored.
+pub(crate) async fn cancel_requested(
+    js: &jetstream::Context,
+    subject: &str,
+) -> Result<bool, QueueError> {
+    let stream = cancel_stream(js).await?;
+    match stream.get_last_raw_message_by_subject(subject).await {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(false),
+        Err(e) => Err(err("cancel stream")(e.to_string())),
+    }
+}
+
 /// Every stream (created when missing), for a submitter.
 pub(crate) async fn ensure_streams(js: &jetstream::Context) -> Result<stream::Stream, QueueError> {
+    cancel_stream(js).await?;
     js.get_or_create_stream(stream::Config {
         name: DEAD_STREAM.into(),
         subjects: vec![DEAD_SUBJECT.into()],

@@ -14,6 +14,7 @@
 //! | another worker took the job over (its takeover record fences this one's output; the store refuses this one's writes) | the job stops, nothing more is written, the message is left to the new holder |
 //! | the job is stored and running (its worker died) | takeover record, then `continue_job` whose first event is `jobTakenOver`: the recovery planner repeats only the step in flight |
 //! | someone else holds the job's claim | nak with a delay of one lease (redelivered later) |
+//! | a cancel of the invocation is stored (sent while it was queued) | started and cancelled at once: it ends as a local job cancelled before its first step |
 //! | delivered [`MAX_DELIVER`](super::queue::MAX_DELIVER) times without an end | dead letter |
 //!
 //! While a job runs, the worker sends a progress ack every third of the lease, so a paused or
@@ -173,8 +174,8 @@ enum Failure {
 struct Worker {
     config: WorkerConfig,
     js: jetstream::Context,
-    /// The cancel token of each job running here, by job id (the cancel subscription looks
-    /// jobs up here; a job not here is not ours).
+    /// The cancel token of each invocation running here, by its cancel subject (the cancel
+    /// subscription looks invocations up here; one not here is not ours).
     running: DashMap<String, CancellationToken>,
 }
 
@@ -202,9 +203,8 @@ pub(crate) async fn serve(
         let worker = worker.clone();
         tokio::spawn(async move {
             while let Some(m) = cancels.next().await {
-                let job = queue::cancelled_job(m.subject.as_str()).unwrap_or_default();
-                if let Some(token) = worker.running.get(job) {
-                    tracing::info!(job, "cancel requested");
+                if let Some(token) = worker.running.get(m.subject.as_str()) {
+                    tracing::info!(subject = %m.subject, "cancel requested");
                     token.cancel();
                 }
             }
@@ -499,7 +499,21 @@ impl Worker {
         if failed.is_some() {
             cancel.cancel();
         }
-        self.running.insert(job.job_id.clone(), cancel.clone());
+        // A cancel from now on reaches the job through the subscription; one sent before (while
+        // it waited in the queue, or while its worker was dead) is in the cancel stream: the
+        // job then ends cancelled before its first step, as a local job cancelled at once.
+        let cancel_subject = job.output().cancel_subject();
+        self.running.insert(cancel_subject.clone(), cancel.clone());
+        match queue::cancel_requested(&self.js, &cancel_subject).await {
+            Ok(true) => {
+                tracing::info!(job = %job.job_id, "cancelled while it waited; ending it");
+                cancel.cancel();
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(job = %job.job_id, error = %e, "cannot read the cancel stream")
+            }
+        }
         if let Some(mut events) = handle.take_events() {
             while let Some(event) = events.recv().await {
                 if failed.is_some() {
@@ -515,7 +529,7 @@ impl Worker {
         }
         let outcome = handle.wait().await;
         engine.shutdown().await;
-        self.running.remove(&job.job_id);
+        self.running.remove(&cancel_subject);
         if let Some(e) = failed {
             return Err(output_failure(e));
         }

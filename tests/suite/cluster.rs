@@ -13,6 +13,7 @@ use super::common::{self, NatsServer};
 
 mod continuation;
 mod harness;
+mod operations;
 mod workers;
 
 /// The harness itself: a JetStream key-value entry written before a server restart is read back

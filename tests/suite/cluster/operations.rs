@@ -1,0 +1,204 @@
+//! Operating the cluster: cancelling a job that waits in the queue, handing jobs back when a
+//! worker is stopped, and continuations of one job submitted at once.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use perstack::cluster::{Client, NatsOptions};
+use perstack::schema::JobStatus;
+use perstack::storage::Storage;
+use serde_json::Value;
+
+use super::harness::{SERIAL, Worker, queue_left, script, settings, store, toml};
+use crate::suite::common::{self, NatsServer};
+
+/// `perstack run <args>` in `dir` with stdout piped, `PERSTACK_NATS_URL` unset.
+fn spawn_run(dir: &Path, args: &[&str]) -> Child {
+    Command::new(common::bin())
+        .arg("run")
+        .args(args)
+        .current_dir(dir)
+        .env_remove("PERSTACK_NATS_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn interrupt(child: &Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+}
+
+/// Waits for `child` to exit (at most 60 s): its exit code, stdout events and stderr.
+async fn finish(mut child: Child) -> (Option<i32>, Vec<Value>, String) {
+    let done = tokio::task::spawn_blocking(move || {
+        let mut stdout = String::new();
+        if let Some(mut out) = child.stdout.take() {
+            out.read_to_string(&mut stdout).unwrap();
+        }
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        (child.wait().unwrap().code(), stdout, stderr)
+    });
+    let (code, stdout, stderr) = tokio::time::timeout(Duration::from_secs(60), done)
+        .await
+        .expect("the command did not end within 60 s")
+        .unwrap();
+    (code, common::events(stdout.as_bytes()), stderr)
+}
+
+/// The coordinator's last event: its type and, for `stopRunByError`, the error's name.
+fn coordinator_end(events: &[Value]) -> (String, String) {
+    let last = events
+        .iter()
+        .rev()
+        .find(|e| e["expertKey"] == "coordinator")
+        .expect("no coordinator event");
+    (
+        last["type"].as_str().unwrap().to_owned(),
+        last["error"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    )
+}
+
+/// Nothing of the job ran: no model answer was acted on, no Expert was delegated to.
+fn assert_not_run(events: &[Value]) {
+    for e in events {
+        let kind = e["type"].as_str().unwrap();
+        assert!(
+            ![
+                "callTools",
+                "callDelegate",
+                "completeRun",
+                "continueToNextStep"
+            ]
+            .contains(&kind),
+            "the cancelled job ran: {kind}"
+        );
+        assert_eq!(
+            e["expertKey"].as_str().unwrap_or("coordinator"),
+            "coordinator"
+        );
+    }
+}
+
+/// Waits (at most 20 s) until stream `stream` holds `n` messages; `false` if it never did.
+async fn holds(server: &NatsServer, stream: &str, n: u64) -> bool {
+    let nats = async_nats::connect(server.url()).await.unwrap();
+    let js = async_nats::jetstream::new(nats);
+    let stored = async {
+        loop {
+            if let Ok(mut s) = js.get_stream(stream).await
+                && s.info().await.unwrap().state.messages >= n
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), stored)
+        .await
+        .is_ok()
+}
+
+#[tokio::test]
+async fn a_job_cancelled_while_queued_never_runs_and_ends_as_a_cancelled_local_job() {
+    let _serial = SERIAL.lock().await;
+    let Some(server) = NatsServer::start("a_job_cancelled_while_queued") else {
+        return;
+    };
+    let project = common::project(&toml(), &script(1500));
+    let work = project.path().join("work");
+    let run = async {
+        // A local job, Ctrl-C after its first line.
+        let mut local = spawn_run(project.path(), &["--job-id", "local-1", "coordinator", "q"]);
+        let mut first = String::new();
+        let mut stdout = BufReader::new(local.stdout.take().unwrap());
+        let (stdout, local) = tokio::task::spawn_blocking(move || {
+            stdout.read_line(&mut first).unwrap();
+            interrupt(&local);
+            let mut rest = String::new();
+            stdout.read_to_string(&mut rest).unwrap();
+            (first + &rest, local)
+        })
+        .await
+        .unwrap();
+        let local_code = finish(local).await.0;
+        let local_events = common::events(stdout.as_bytes());
+        assert_eq!(local_code, Some(1), "{stdout}");
+        assert_eq!(
+            common::job_status(project.path(), "local-1").as_deref(),
+            Some("stoppedByError")
+        );
+
+        // No worker: `perstack run --nats` waits with its job in the queue; Ctrl-C.
+        let url = server.url();
+        let cli = spawn_run(
+            project.path(),
+            &["--nats", &url, "--job-id", "queued-1", "coordinator", "q"],
+        );
+        assert!(
+            holds(&server, "PERSTACK_JOBS", 1).await,
+            "the job was not queued"
+        );
+        interrupt(&cli);
+        // The embedding client cancels a queued job the same way.
+        let client = Client::connect(&NatsOptions::url(server.url()))
+            .await
+            .unwrap();
+        client
+            .submit(
+                &settings(project.path()),
+                "coordinator",
+                "q",
+                Some("queued-2".into()),
+            )
+            .await
+            .unwrap();
+        client.cancel("queued-2").await.unwrap();
+        assert!(
+            holds(&server, "PERSTACK_CANCEL", 2).await,
+            "the cancels were not stored"
+        );
+        assert!(holds(&server, "PERSTACK_JOBS", 2).await, "both jobs queued");
+
+        // A worker comes: it takes both, runs neither, and ends each as cancelled.
+        let worker = Worker::start(&server, project.path(), &work, 0, &[]);
+        let (code, events, stderr) = finish(cli).await;
+        assert_eq!(code, local_code, "exit code as a local Ctrl-C: {stderr}");
+        assert_eq!(
+            coordinator_end(&events),
+            coordinator_end(&local_events),
+            "the same end as the local job"
+        );
+        assert_eq!(coordinator_end(&events).1, "Cancelled");
+        assert_not_run(&events);
+        let second = client.wait("queued-2").await.unwrap();
+        assert_eq!(second.status, Some(JobStatus::StoppedByError));
+        assert_eq!(second.exit_code, 1);
+        let store = store(&server).await;
+        for job in ["queued-1", "queued-2"] {
+            let stored = store.retrieve_job(job).await.unwrap().unwrap();
+            assert_eq!(stored.status, JobStatus::StoppedByError, "{job}");
+            assert_eq!(stored.total_steps, 1, "{job}");
+        }
+        assert_eq!(queue_left(&server).await, (0, 0), "the work queue is empty");
+        drop(worker);
+    };
+    tokio::time::timeout(Duration::from_secs(90), run)
+        .await
+        .expect("not done within 90 s");
+}
