@@ -68,8 +68,9 @@ pub(crate) struct Continuation {
     pub resume_from: Option<String>,
     /// The text is the answer to the pending interactive tool call (`-i`), not a new query.
     pub answer: bool,
-    /// The job's last stored job sequence number when the continuation was submitted: a
-    /// worker that finds the job past it knows this continuation already ran (a redelivery).
+    /// The job's last stored job sequence number when the continuation was submitted (for
+    /// diagnostics: workers tell a redelivery by the continuation's own output subject, since
+    /// continuations submitted at once all find the job past it).
     pub after_job_seq: u64,
 }
 

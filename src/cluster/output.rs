@@ -98,6 +98,8 @@ pub(crate) struct Published {
     pub last_job_seq: u64,
     /// Whether the last record is the end record.
     pub ended: bool,
+    /// Whether the subject holds any record (an event, a takeover record, the end).
+    pub any: bool,
 }
 
 /// The worker side: one job's records, in order, fenced. Each publish expects the subject's
@@ -160,6 +162,7 @@ impl Publisher {
                     return Ok(Published {
                         last_job_seq,
                         ended,
+                        any: true,
                     });
                 }
                 Err(e)

@@ -9,8 +9,8 @@
 //! | --- | --- |
 //! | refused by [`JobMessage::decode`], needs a sandbox it cannot give, needs an env var it lacks | dead letter with the reason, end record for followers, ack |
 //! | its output already ends with the end record | ack |
-//! | the job is stored and terminal (it ran before, the ack was lost); for a continuation, the job's events go past what was stored when it was submitted | the end record (after its worker had a chance to publish its last lines), ack: it never runs twice |
-//! | a continuation of a stored, terminal job that has not run | `continue_job` with its input (and checkpoint) under the job's claim, its lines on its own subject |
+//! | the job is stored and terminal (it ran before, the ack was lost); for a continuation, its own output subject holds its lines | the end record (after its worker had a chance to publish its last lines), ack: it never runs twice |
+//! | a continuation whose output subject is empty (it has not run) | `continue_job` with its input (and checkpoint) under the job's claim, its lines on its own subject; while another invocation of the job holds the claim, it waits (next row) |
 //! | another worker took the job over (its takeover record fences this one's output; the store refuses this one's writes) | the job stops, nothing more is written, the message is left to the new holder |
 //! | the job is stored and running (its worker died) | takeover record, then `continue_job` whose first event is `jobTakenOver`: the recovery planner repeats only the step in flight |
 //! | someone else holds the job's claim | nak with a delay of one lease (redelivered later) |
@@ -34,7 +34,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::message::{Continuation, JobMessage, Output, Rejection};
+use super::message::{JobMessage, Output, Rejection};
 use super::output::{JobEnd, OutputError, Publisher};
 use super::queue;
 use crate::config::{PerstackConfig, ProviderName};
@@ -125,10 +125,11 @@ pub(crate) enum WorkerError {
 enum How {
     /// A new job: start it.
     Start,
-    /// A continuation not run yet: continue the stored job with its input.
+    /// A continuation not run yet: continue the stored job with its input (under the job's
+    /// claim: while another invocation of the job runs, it waits).
     Continue,
-    /// Its worker died mid-run (the job is stored running, past what was submitted): write
-    /// the takeover record and resume it from its checkpoints.
+    /// Its worker died mid-run (the job is stored running, and this invocation had printed
+    /// something): write the takeover record and resume it from its checkpoints.
     TakeOver,
     /// It ran to its end before (the ack, maybe the end record, was lost): publish the end
     /// record only; it never runs twice.
@@ -136,20 +137,19 @@ enum How {
 }
 
 impl How {
-    /// From the message's continuation, the stored job's status and (for a continuation) the
-    /// job's last stored job sequence number; `None`: a continuation of a job not stored.
-    fn decide(
-        continuation: Option<&Continuation>,
-        stored: Option<JobStatus>,
-        last_job_seq: u64,
-    ) -> Option<How> {
+    /// From whether the message is a continuation, the stored job's status and whether the
+    /// invocation's own output subject holds anything; `None`: a continuation of a job not
+    /// stored. A continuation is told from a redelivery by its own output, not by the job's:
+    /// continuations submitted at once each find the job changed by the others, yet each
+    /// runs once.
+    fn decide(continuation: bool, stored: Option<JobStatus>, printed: bool) -> Option<How> {
         let running = stored == Some(JobStatus::Running);
         Some(match (continuation, stored) {
-            (None, None) => How::Start,
-            (None, Some(_)) if running => How::TakeOver,
-            (None, Some(_)) => How::Ended,
-            (Some(_), None) => return None,
-            (Some(c), Some(_)) => match (last_job_seq > c.after_job_seq, running) {
+            (false, None) => How::Start,
+            (false, Some(_)) if running => How::TakeOver,
+            (false, Some(_)) => How::Ended,
+            (true, None) => return None,
+            (true, Some(_)) => match (printed, running) {
                 (false, _) => How::Continue,
                 (true, true) => How::TakeOver,
                 (true, false) => How::Ended,
@@ -391,17 +391,10 @@ impl Worker {
             // It ran to its end before; only the ack is missing.
             return Ok(());
         }
-        let last = match (&job.continuation, &stored) {
-            (Some(_), Some(_)) => storage
-                .last_job_seq(&job.job_id)
-                .await
-                .map_err(|e| Failure::Transient(e.to_string()))?,
-            _ => 0,
-        };
         let how = How::decide(
-            job.continuation.as_ref(),
+            job.continuation.is_some(),
             stored.as_ref().map(|j| j.status),
-            last,
+            published.any,
         )
         .ok_or_else(|| {
             Failure::Refused(Rejection::Unrunnable(format!(
@@ -666,26 +659,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_continuation_is_told_from_a_redelivery_by_the_jobs_sequence() {
-        let c = Continuation {
-            invocation: "inv".into(),
-            resume_from: None,
-            answer: false,
-            after_job_seq: 10,
-        };
+    fn a_continuation_is_told_from_a_redelivery_by_its_own_output() {
         let done = Some(JobStatus::Completed);
         let running = Some(JobStatus::Running);
         // Plain jobs: as before continuations.
-        assert_eq!(How::decide(None, None, 0), Some(How::Start));
-        assert_eq!(How::decide(None, running, 0), Some(How::TakeOver));
-        assert_eq!(How::decide(None, done, 0), Some(How::Ended));
-        // A continuation not run yet continues the finished job...
-        assert_eq!(How::decide(Some(&c), done, 10), Some(How::Continue));
-        // ...one that ran to its end only finds its end; one whose worker died is taken over.
-        assert_eq!(How::decide(Some(&c), done, 11), Some(How::Ended));
-        assert_eq!(How::decide(Some(&c), running, 11), Some(How::TakeOver));
-        // A job running elsewhere, not past what was submitted: continue (the claim decides).
-        assert_eq!(How::decide(Some(&c), running, 10), Some(How::Continue));
-        assert_eq!(How::decide(Some(&c), None, 0), None);
+        assert_eq!(How::decide(false, None, false), Some(How::Start));
+        assert_eq!(How::decide(false, running, true), Some(How::TakeOver));
+        assert_eq!(How::decide(false, done, true), Some(How::Ended));
+        // A continuation that printed nothing has not run: it continues the job, finished or
+        // running (another continuation holds it: the claim makes this one wait)...
+        assert_eq!(How::decide(true, done, false), Some(How::Continue));
+        assert_eq!(How::decide(true, running, false), Some(How::Continue));
+        // ...one that printed and ended only finds its end; one whose worker died is taken over.
+        assert_eq!(How::decide(true, done, true), Some(How::Ended));
+        assert_eq!(How::decide(true, running, true), Some(How::TakeOver));
+        assert_eq!(How::decide(true, None, false), None);
     }
 }

@@ -175,12 +175,20 @@ pub(crate) struct NatsServer {
     bin: PathBuf,
     port: u16,
     store: PathBuf,
+    /// Extra command-line options (authentication, TLS).
+    options: Vec<std::ffi::OsString>,
     child: Option<std::process::Child>,
 }
 
 impl NatsServer {
     /// Starts a server for `test` and waits (at most 10 s) until it accepts connections.
     pub(crate) fn start(test: &str) -> Option<Self> {
+        Self::start_with_options(test, Vec::new())
+    }
+
+    /// [`NatsServer::start`] with extra `nats-server` options (`--user`/`--pass`, `--auth`,
+    /// `--tls`...).
+    pub(crate) fn start_with_options(test: &str, options: Vec<std::ffi::OsString>) -> Option<Self> {
         let bin = match std::env::var_os("NATS_SERVER_BIN") {
             Some(bin) => PathBuf::from(bin),
             None => std::env::var_os("PATH").and_then(|path| {
@@ -189,10 +197,10 @@ impl NatsServer {
                     .find(|candidate| candidate.is_file())
             })?,
         };
-        Self::start_with(test, bin)
+        Self::start_with(test, bin, options)
     }
 
-    fn start_with(test: &str, bin: PathBuf) -> Option<Self> {
+    fn start_with(test: &str, bin: PathBuf, options: Vec<std::ffi::OsString>) -> Option<Self> {
         if !bin.is_file() {
             assert!(
                 std::env::var_os("CI").is_none(),
@@ -221,6 +229,7 @@ impl NatsServer {
             bin,
             port,
             store,
+            options,
             child: None,
         };
         server.spawn();
@@ -263,6 +272,7 @@ impl NatsServer {
                 "-sd",
             ])
             .arg(&self.store)
+            .args(&self.options)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

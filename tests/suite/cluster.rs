@@ -11,6 +11,7 @@ use perstack::storage::{JetStreamConfig, JetStreamStorage, Storage, StoreError};
 
 use super::common::{self, NatsServer};
 
+mod connect;
 mod continuation;
 mod harness;
 mod operations;

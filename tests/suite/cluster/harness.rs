@@ -91,19 +91,35 @@ impl Worker {
         n: usize,
         env: &[(&str, &str)],
     ) -> Worker {
+        Worker::start_with(&server.url(), project, work, n, env, &[])
+    }
+
+    /// A worker of the server at `url`, with extra options (connection, drain).
+    pub(super) fn start_with(
+        url: &str,
+        project: &Path,
+        work: &Path,
+        n: usize,
+        env: &[(&str, &str)],
+        options: &[&str],
+    ) -> Worker {
         let log = project.join(format!("worker-{n}.log"));
         let mut cmd = Command::new(common::bin());
-        cmd.args(["worker", "--nats", &server.url(), "--concurrency", "4"])
+        cmd.args(["worker", "--nats", url, "--concurrency", "4"])
             .arg("--config")
             .arg(project.join("perstack.toml"))
             .arg("--work-dir")
             .arg(work)
-            .args(["--lease-ms", LEASE_MS])
+            .args(options)
             .current_dir(project)
             .env("PERSTACK_LOG", "perstack=info")
+            .env_remove("PERSTACK_NATS_URL")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
+        if !options.contains(&"--lease-ms") {
+            cmd.args(["--lease-ms", LEASE_MS]);
+        }
         Worker {
             child: cmd.spawn().unwrap(),
             log,

@@ -202,3 +202,130 @@ async fn a_job_cancelled_while_queued_never_runs_and_ends_as_a_cancelled_local_j
         .await
         .expect("not done within 90 s");
 }
+
+const SOLO: &str = r#"
+[experts."solo"]
+instruction = "Answer."
+"#;
+
+/// Four answers of `solo`, each taking `delay` ms: a continued job takes the turn after the
+/// model turns already in its history.
+fn solo_script(delay: u64) -> String {
+    (1..=4)
+        .map(|n| {
+            format!("[[turns]]\nexpert = \"solo\"\ndelayMs = {delay}\ntext = \"answer {n}\"\n")
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn continuations_of_one_job_submitted_at_once_run_one_after_the_other() {
+    let _serial = SERIAL.lock().await;
+    let Some(server) = NatsServer::start("continuations_submitted_at_once") else {
+        return;
+    };
+    let toml = format!("runtime = \"local\"\n{}", common::scripted(SOLO));
+    let project = common::project(&toml, &solo_script(300));
+    let work = project.path().join("work");
+    let workers: Vec<Worker> = (0..2)
+        .map(|n| Worker::start(&server, project.path(), &work, n, &[]))
+        .collect();
+    let run = async {
+        let client = Client::connect(&NatsOptions::url(server.url()))
+            .await
+            .unwrap();
+        let settings = settings(project.path());
+        client
+            .submit(&settings, "solo", "first", Some("c-1".into()))
+            .await
+            .unwrap();
+        assert_eq!(
+            client.wait("c-1").await.unwrap().status,
+            Some(JobStatus::Completed)
+        );
+        // Three continuations at once, on two workers.
+        let mut invocations = Vec::new();
+        for q in ["q2", "q3", "q4"] {
+            let request = perstack::engine::ContinueRequest {
+                job_id: Some("c-1".into()),
+                expert_key: "solo".into(),
+                resume_from: None,
+                input: perstack::engine::ContinueInput::Query(q.into()),
+                subscribe: None,
+            };
+            invocations.push((q, client.continue_job(&settings, request).await.unwrap()));
+        }
+        let seen = futures::future::join_all(invocations.iter().map(|(q, inv)| {
+            let client = client.clone();
+            async move {
+                let mut followed = client.follow(inv).await.unwrap();
+                let mut events = Vec::new();
+                while let Some(e) = followed.next_event().await.unwrap() {
+                    events.push(e);
+                }
+                (*q, events, followed.end().cloned().unwrap())
+            }
+        }))
+        .await;
+        let mut blocks = Vec::new();
+        let mut answers = Vec::new();
+        for (q, events, end) in &seen {
+            assert_eq!(end.status, Some(JobStatus::Completed), "{q}: {end:?}");
+            // Only its own lines: its query, one completion, job sequence numbers in one
+            // unbroken block.
+            let queries: Vec<String> = events
+                .iter()
+                .filter_map(|e| match &e.payload {
+                    perstack::schema::EventPayload::InitializeRuntime(p) => p.query.clone(),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(queries, vec![q.to_string()], "{q}: its own run only");
+            let completions: Vec<String> = events
+                .iter()
+                .filter_map(|e| match &e.payload {
+                    perstack::schema::EventPayload::CompleteRun(c) => Some(c.text.clone()),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(completions.len(), 1, "{q}: {completions:?}");
+            answers.push(completions[0].clone());
+            let seqs: Vec<u64> = events.iter().map(|e| e.job_seq.unwrap()).collect();
+            let first = seqs[0];
+            assert_eq!(
+                seqs,
+                (first..first + seqs.len() as u64).collect::<Vec<_>>(),
+                "{q}: its events are one unbroken block of the job's history"
+            );
+            blocks.push((first, first + seqs.len() as u64 - 1));
+        }
+        // Never interleaved: the blocks follow one another.
+        blocks.sort();
+        for pair in blocks.windows(2) {
+            assert!(pair[0].1 < pair[1].0, "interleaved: {blocks:?}");
+        }
+        answers.sort();
+        assert_eq!(answers, ["answer 2", "answer 3", "answer 4"]);
+        let stored = store(&server)
+            .await
+            .retrieve_job("c-1")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.status, JobStatus::Completed);
+        assert_eq!(
+            stored.job_seq,
+            Some(blocks[2].1),
+            "the job ends with the last one"
+        );
+        assert_eq!(queue_left(&server).await, (0, 0), "the work queue is empty");
+    };
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .unwrap_or_else(|_| {
+            for w in &workers {
+                eprintln!("{}", w.stderr());
+            }
+            panic!("not done within 60 s");
+        });
+}

@@ -1,0 +1,241 @@
+//! Connecting to a `nats-server` that asks for credentials: user and password, a token, and
+//! TLS with a CA and server certificate made here (the `openssl` command). A job runs through
+//! each, submitter and worker alike; wrong credentials exit 2 with a clear message that never
+//! holds the secret.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use super::harness::{SERIAL, Worker, script, toml};
+use crate::suite::common::{self, Finished, NatsServer};
+
+/// `perstack <args>` in `dir`, to its end (at most 60 s).
+async fn cli(dir: &Path, args: Vec<String>) -> Finished {
+    let dir = dir.to_path_buf();
+    let run = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Finished::of(common::perstack(&dir, &args).env_remove("PERSTACK_NATS_URL"))
+    });
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("perstack did not end within 60 s")
+        .unwrap()
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| (*a).to_owned()).collect()
+}
+
+/// A job submitted with `options` runs on a worker started with the same `options`.
+async fn a_job_runs_through(url: &str, project: &Path, n: usize, options: &[&str], secret: &str) {
+    let work = project.join("work");
+    let worker = Worker::start_with(url, project, &work, n, &[], options);
+    let mut args = strings(&["run", "--nats", url]);
+    args.extend(strings(options));
+    args.extend(strings(&[
+        "--job-id",
+        &format!("through-{n}"),
+        "coordinator",
+        "q",
+    ]));
+    let run = cli(project, args).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stderr, worker.stderr());
+    assert!(
+        run.events
+            .iter()
+            .any(|e| e["type"] == "completeRun" && e["expertKey"] == "coordinator"),
+        "{:?}",
+        run.events
+    );
+    assert!(!run.stderr.contains(secret) && !worker.stderr().contains(secret));
+}
+
+/// With `options` (wrong credentials), `perstack run --nats` and `perstack worker` both exit 2
+/// naming the server, never printing `secret`.
+async fn refused(url: &str, project: &Path, options: &[&str], secret: &str) {
+    let mut args = strings(&["run", "--nats", url]);
+    args.extend(strings(options));
+    args.extend(strings(&["coordinator", "q"]));
+    let run = cli(project, args).await;
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("cannot connect to NATS at nats://127.0.0.1:"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains(secret), "{}", run.stderr);
+    assert!(run.events.is_empty());
+    let mut args = strings(&["worker", "--nats", url, "--work-dir", "work"]);
+    args.extend(strings(options));
+    let worker = cli(project, args).await;
+    assert_eq!(worker.code, 2, "{}", worker.stderr);
+    assert!(
+        worker.stderr.contains("cannot connect to NATS"),
+        "{}",
+        worker.stderr
+    );
+    assert!(!worker.stderr.contains(secret), "{}", worker.stderr);
+}
+
+#[tokio::test]
+async fn user_and_password_and_token_authenticate_and_wrong_ones_exit_2_without_the_secret() {
+    let _serial = SERIAL.lock().await;
+    let project = common::project(&toml(), &script(0));
+    let Some(server) = NatsServer::start_with_options(
+        "user_and_password",
+        ["--user", "alice", "--pass", "pw-hunter2"]
+            .map(Into::into)
+            .to_vec(),
+    ) else {
+        return;
+    };
+    let url = server.url();
+    let run = async {
+        let user = ["--nats-user", "alice", "--nats-password", "pw-hunter2"];
+        a_job_runs_through(&url, project.path(), 0, &user, "pw-hunter2").await;
+        let wrong = ["--nats-user", "alice", "--nats-password", "pw-wrong-42"];
+        refused(&url, project.path(), &wrong, "pw-wrong-42").await;
+        // A password in the URL is never printed either.
+        let in_url = url.replace("nats://", "nats://alice:pw-in-url-7@");
+        refused(&in_url, project.path(), &[], "pw-in-url-7").await;
+    };
+    tokio::time::timeout(Duration::from_secs(90), run)
+        .await
+        .expect("not done within 90 s");
+    drop(server);
+
+    let Some(server) = NatsServer::start_with_options(
+        "token",
+        ["--auth", "tok-s3cret-9"].map(Into::into).to_vec(),
+    ) else {
+        return;
+    };
+    let url = server.url();
+    let run = async {
+        let token = ["--nats-token", "tok-s3cret-9"];
+        a_job_runs_through(&url, project.path(), 1, &token, "tok-s3cret-9").await;
+        refused(
+            &url,
+            project.path(),
+            &["--nats-token", "tok-wrong-1"],
+            "tok-wrong-1",
+        )
+        .await;
+    };
+    tokio::time::timeout(Duration::from_secs(90), run)
+        .await
+        .expect("not done within 90 s");
+}
+
+/// `openssl <args>` in `dir`; panics when it fails.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA (`ca.pem`) and a certificate for 127.0.0.1 it signed (`server.pem`, `server.key`), in
+/// `dir`; `false` (after a SKIP note, or a failure under CI) without the `openssl` command.
+fn certificates(dir: &Path) -> bool {
+    if Command::new("openssl").arg("version").output().is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the openssl command is not installed"
+        );
+        println!("SKIP tls: the openssl command is not installed");
+        return false;
+    }
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec![
+        "req",
+        "-x509",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=perstack test CA",
+    ];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+    openssl(dir, &ca);
+    let mut csr = vec!["req", "-new", "-subj", "/CN=127.0.0.1"];
+    csr.extend(ec);
+    csr.extend(["-keyout", "server.key", "-out", "server.csr"]);
+    openssl(dir, &csr);
+    std::fs::write(dir.join("san.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "san.cnf",
+            "-out",
+            "server.pem",
+        ],
+    );
+    true
+}
+
+#[tokio::test]
+async fn tls_with_the_servers_ca_runs_a_job_and_an_unknown_ca_exits_2() {
+    let _serial = SERIAL.lock().await;
+    let project = common::project(&toml(), &script(0));
+    let certs = tempfile::tempdir().unwrap();
+    if !certificates(certs.path()) {
+        return;
+    }
+    let file = |name: &str| certs.path().join(name).to_str().unwrap().to_owned();
+    let Some(server) = NatsServer::start_with_options(
+        "tls",
+        vec![
+            "--tls".into(),
+            "--tlscert".into(),
+            file("server.pem").into(),
+            "--tlskey".into(),
+            file("server.key").into(),
+        ],
+    ) else {
+        return;
+    };
+    let url = server.url();
+    let run = async {
+        let ca = file("ca.pem");
+        a_job_runs_through(
+            &url,
+            project.path(),
+            0,
+            &["--nats-tls-ca", &ca],
+            "-----BEGIN",
+        )
+        .await;
+        // Without the CA, the server's certificate is not trusted.
+        refused(&url, project.path(), &["--nats-tls"], "-----BEGIN").await;
+    };
+    tokio::time::timeout(Duration::from_secs(90), run)
+        .await
+        .expect("not done within 90 s");
+}
