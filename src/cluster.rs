@@ -8,6 +8,7 @@
 //! | `queue` | the subjects, streams and the durable consumer, created on first use; the dead-letter subject |
 //! | `output` | a job's events on its own subject: publishing them (worker) and following them (client) |
 //! | `worker` | the worker loop: pull, run, heartbeat, ack; drain on SIGTERM; cancel |
+//! | `delegate` | `--placement cluster`: children as messages, results and the join in key-value entries, the parent resumed by whoever stores the last result |
 //! | `client` | [`Client`]: the embedding API to submit, follow, cancel and wait |
 //!
 //! What flows where:
@@ -22,6 +23,7 @@
 //! client <--follow------- perstack.output.<jobId>  (ends with an end record: the job's status)
 //!                          perstack.output.<jobId>.~<invocation>  (a continuation's own)
 //! refused messages -----> perstack.dead (the reason in a header, the message as it came)
+//! --placement cluster:    perstack.delegations (one per child) -> perstack.joins (see delegate)
 //! Ctrl-C: client -------> perstack.cancel.<jobId> (every worker listens; the holder cancels)
 //! ```
 //!
@@ -31,6 +33,7 @@
 
 mod client;
 pub(crate) mod connect;
+pub(crate) mod delegate;
 pub(crate) mod message;
 pub(crate) mod output;
 pub(crate) mod queue;
@@ -38,4 +41,5 @@ pub(crate) mod worker;
 
 pub use client::{Client, ClusterError, Followed, Invocation, JobEnd};
 pub use connect::{ConnectError, NatsOptions, Secret};
+pub use message::Placement;
 pub use queue::QueueError;

@@ -398,6 +398,36 @@ impl Engine {
         .await
     }
 
+    /// Run one delegated run as the top run of a job of its own on this engine: a cluster
+    /// worker's child run (see `cluster::delegate`). `checkpoint` is the child's start, its
+    /// `delegatedBy` naming the parent; the job id is the parent's (this engine's store is
+    /// the attempt's own, never the job's shared one). `query`: its delegate call's query;
+    /// `None` resumes `checkpoint`.
+    pub(crate) async fn start_delegated(
+        &self,
+        checkpoint: crate::schema::Checkpoint,
+        query: Option<String>,
+        buffer: usize,
+    ) -> Result<JobHandle, EngineError> {
+        self.startable(&checkpoint.expert.key)?;
+        let claim = self.storage.claim(&checkpoint.job_id).await?;
+        let job = Job {
+            id: checkpoint.job_id.clone(),
+            status: JobStatus::Running,
+            coordinator_expert_key: checkpoint.expert.key.clone(),
+            total_steps: 0,
+            max_steps: Some(self.settings.max_steps),
+            usage: Default::default(),
+            started_at: now_ms(),
+            finished_at: None,
+            job_seq: None,
+            extra: Map::new(),
+        };
+        let start = query.map_or(Start::Resume, Start::Query);
+        self.launch(job, checkpoint, start, Some(buffer), claim, None)
+            .await
+    }
+
     /// The Expert `key`, when it exists and passes [`Engine::preflight`].
     fn startable(&self, key: &str) -> Result<&crate::schema::Expert, EngineError> {
         let Some(expert) = self.settings.experts.get(key) else {

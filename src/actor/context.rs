@@ -56,6 +56,10 @@ pub struct Settings {
     pub isolation: crate::sandbox::Isolation,
     /// The directory of `perstack.toml`, readable inside the sandbox.
     pub config_dir: Option<PathBuf>,
+    /// The coordinator stops at `stopRunByDelegate` instead of running its children, and
+    /// the job stays `running` (a cluster worker with `--placement cluster` places them on the
+    /// cluster; see `cluster::delegate`). Off everywhere else.
+    pub(crate) stop_at_delegation: bool,
 }
 
 impl Settings {
@@ -78,6 +82,7 @@ impl Settings {
             lockfile: None,
             isolation: crate::sandbox::Isolation::default(),
             config_dir: None,
+            stop_at_delegation: false,
         }
     }
 }

@@ -173,12 +173,16 @@ impl Message<RunFinished> for JobActor {
 impl JobActor {
     async fn finish(&mut self, checkpoint: Checkpoint, text: Option<String>) {
         self.job.status = JobStatus::from_checkpoint(checkpoint.status);
-        if self.job.status == JobStatus::Running {
+        // A coordinator that stopped to have its children run elsewhere leaves the job
+        // running: it waits for them (see `cluster::delegate`).
+        let waits = self.ctx.settings.stop_at_delegation
+            && checkpoint.status == CheckpointStatus::StoppedByDelegate;
+        if self.job.status == JobStatus::Running && !waits {
             self.job.status = JobStatus::StoppedByError;
         }
         self.job.total_steps = checkpoint.step_number;
         self.job.usage = checkpoint.usage;
-        self.job.finished_at = Some(now_ms());
+        self.job.finished_at = (!waits).then(now_ms);
         // Every event of the job is out (the coordinator reports after its children and its
         // skills): the record keeps the last number for a continuation.
         match self.ctx.bus.ask(CloseJob(self.job.id.clone())).await {

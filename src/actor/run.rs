@@ -434,6 +434,14 @@ impl RunActor {
                         out = self.resume(*d).await;
                         continue;
                     }
+                    if self.ctx.settings.stop_at_delegation
+                        && matches!(self.parent, Some(Parent::Job(_)))
+                    {
+                        // Its children run elsewhere (`cluster::delegate`): the coordinator
+                        // ends here, at its stored `stoppedByDelegate` checkpoint.
+                        self.close_and_report(Some(me.clone())).await;
+                        return;
+                    }
                     let mut children = Box::new(Children::new(*d));
                     children
                         .start_more(&self.ctx, me, self.machine.setting(), &self.span)

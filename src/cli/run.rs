@@ -86,6 +86,11 @@ pub(crate) struct RunArgs {
     /// With --nats: print the job id and return at once.
     #[arg(long, requires = "url")]
     pub detach: bool,
+    /// With --nats: where the job's delegated runs go: `local` (its parent's worker) or
+    /// `cluster` (any worker; the parent resumes wherever the last child's result lands).
+    /// Without it, the worker's `--placement` decides.
+    #[arg(long, value_enum, requires = "url")]
+    pub placement: Option<crate::cluster::Placement>,
     /// Run only registry Experts pinned in perstack.lock (`perstack install` pins them).
     #[arg(long)]
     pub locked: bool,

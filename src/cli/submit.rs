@@ -81,7 +81,10 @@ async fn run(args: RunArgs) -> Result<u8, Failed> {
     let mut settings = Settings::resolve(&cfg, &overrides(&args, provider));
     settings.isolation = isolation(args.runtime.as_deref(), cfg.runtime)?;
 
-    let client = Client::connect(&args.nats).await?;
+    let mut client = Client::connect(&args.nats).await?;
+    if let Some(placement) = args.placement {
+        client = client.with_placement(placement);
+    }
     let invocation = if args.continue_latest || args.continue_job.is_some() {
         let input = if args.interactive {
             ContinueInput::Answer(args.query.clone())

@@ -38,6 +38,10 @@ pub(crate) struct WorkerArgs {
     /// Script file for the scripted provider.
     #[arg(long)]
     pub script: Option<PathBuf>,
+    /// Where delegated runs go for jobs submitted without `--placement`: `local` (the
+    /// parent's worker) or `cluster` (any worker). The submitter's choice wins.
+    #[arg(long, value_enum, default_value = "local")]
+    pub placement: crate::cluster::Placement,
     /// dotenv files to load (repeatable; default .env and .env.local).
     #[arg(long = "env-path")]
     pub env_path: Vec<String>,
@@ -111,6 +115,7 @@ async fn run(args: WorkerArgs) -> Result<(), (u8, String)> {
         storage: Arc::new(storage),
         work_dir,
         sandbox,
+        placement: args.placement,
     };
     let drain = CancellationToken::new();
     let leave = CancellationToken::new();

@@ -24,7 +24,7 @@
 use bytes::Bytes;
 
 use super::connect::{ConnectError, NatsOptions};
-use super::message::{Continuation, JobMessage, JobOptions, Output};
+use super::message::{Continuation, JobMessage, JobOptions, Output, Placement};
 pub use super::output::JobEnd;
 use super::output::{Follower, Record};
 use super::queue::{self, QueueError};
@@ -83,6 +83,8 @@ impl ClusterError {
 pub struct Client {
     client: async_nats::Client,
     js: async_nats::jetstream::Context,
+    /// Where the jobs it submits place their delegated runs; `None`: the worker's default.
+    placement: Option<Placement>,
 }
 
 /// One invocation of a job, to follow or wait for: its first submission (made from the job
@@ -138,7 +140,18 @@ impl Client {
         let client = options.connect("perstack").await?;
         let js = async_nats::jetstream::new(client.clone());
         queue::ensure_streams(&js).await?;
-        Ok(Client { client, js })
+        Ok(Client {
+            client,
+            js,
+            placement: None,
+        })
+    }
+
+    /// Jobs submitted (and continued) through this client place their delegated runs as
+    /// `placement` says (`--placement`); without it, as the worker's default (`local`).
+    pub fn with_placement(mut self, placement: Placement) -> Self {
+        self.placement = Some(placement);
+        self
     }
 
     /// Submit a job of `expert_key` with `query`, running the Experts and options of
@@ -159,7 +172,7 @@ impl Client {
         if !is_safe_id(&job_id) {
             return Err(ClusterError::InvalidJobId(job_id));
         }
-        let message = message(settings, expert_key, query, job_id.clone());
+        let message = message(settings, expert_key, query, job_id.clone(), self.placement);
         self.publish_job(&job_id, message.encode().into()).await?;
         Ok(job_id)
     }
@@ -206,7 +219,13 @@ impl Client {
             ContinueInput::Query(q) => (q, false),
             ContinueInput::Answer(a) => (a, true),
         };
-        let mut message = message(settings, &request.expert_key, &text, job.id.clone());
+        let mut message = message(
+            settings,
+            &request.expert_key,
+            &text,
+            job.id.clone(),
+            self.placement,
+        );
         message.continuation = Some(Continuation {
             invocation: new_id(),
             resume_from: request.resume_from,
@@ -279,7 +298,13 @@ impl Client {
 
 /// The message of a job of `expert_key` with `query` over the Experts and options of
 /// `settings`.
-fn message(settings: &Settings, expert_key: &str, query: &str, job_id: String) -> JobMessage {
+fn message(
+    settings: &Settings,
+    expert_key: &str,
+    query: &str,
+    job_id: String,
+    placement: Option<Placement>,
+) -> JobMessage {
     JobMessage::new(
         job_id,
         expert_key.to_owned(),
@@ -293,6 +318,7 @@ fn message(settings: &Settings, expert_key: &str, query: &str, job_id: String) -
             max_retries: settings.max_retries,
             timeout_ms: u64::try_from(settings.timeout.as_millis()).unwrap_or(u64::MAX),
             sandboxed: settings.isolation == Isolation::Sandboxed,
+            placement,
         },
     )
 }

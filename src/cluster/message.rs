@@ -134,6 +134,23 @@ pub(crate) struct JobOptions {
     /// Whether skill processes must be confined (no `runtime` or `docker`); a worker that
     /// cannot sandbox refuses such a job.
     pub sandboxed: bool,
+    /// Where the job's delegated runs go (`--placement`); absent: the worker's default.
+    /// Absent for the default, so a message stays what it was before placements existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
+}
+
+/// Where a job's delegated runs run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "camelCase")]
+pub enum Placement {
+    /// On the parent's worker, as in one process (the default).
+    #[default]
+    Local,
+    /// On any worker of the cluster: the parent stops at `stopRunByDelegate`, each child is a
+    /// message of its own, and the last child's result resumes the parent wherever it lands
+    /// (see `cluster::delegate`).
+    Cluster,
 }
 
 impl JobOptions {
@@ -309,6 +326,7 @@ mod tests {
                 max_retries: 1,
                 timeout_ms: 1000,
                 sandboxed: false,
+                placement: None,
             },
         )
     }

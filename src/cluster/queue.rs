@@ -3,7 +3,7 @@
 //!
 //! | stream | subjects | retention | limits |
 //! | --- | --- | --- | --- |
-//! | `PERSTACK_JOBS` | `perstack.jobs` | work queue (a message leaves when a worker acks it) | 2 min dedupe window on the job id |
+//! | `PERSTACK_JOBS` | `perstack.jobs`, `perstack.delegations`, `perstack.joins` | work queue (a message leaves when a worker acks it) | 2 min dedupe window (job id; delegation and join ids, see `delegate`) |
 //! | `PERSTACK_OUTPUT` | `perstack.output.<jobId>` | limits | 7 days, 2 min dedupe window |
 //! | `PERSTACK_DEAD` | `perstack.dead` | limits | 30 days |
 //! | `PERSTACK_CANCEL` | `perstack.cancel.<jobId>` (`.~<invocation>` for a continuation) | limits, the last message per subject | 7 days |
@@ -16,6 +16,9 @@
 //! A cancel (`perstack.cancel.<jobId>`) reaches the worker running the invocation at once (it
 //! subscribes), and stays in `PERSTACK_CANCEL` for an invocation still in the queue: the
 //! worker that takes it looks there first, and ends it cancelled without running it.
+//! Delegations placed on the cluster (`delegate`) keep their join state in the key-value
+//! bucket `perstack_delegations` and each child's result (its printed lines, checkpoints and
+//! run settings) in the object store `perstack_delegation_results`, both kept until deleted.
 
 use std::time::Duration;
 
@@ -23,6 +26,14 @@ use async_nats::jetstream::{self, consumer, stream};
 
 /// The work-queue subject.
 pub(crate) const JOBS_SUBJECT: &str = "perstack.jobs";
+/// The work-queue subject of delegated runs placed on the cluster (`delegate`).
+pub(crate) const DELEGATION_SUBJECT: &str = "perstack.delegations";
+/// The work-queue subject of joins: a parent whose children all reported, to resume.
+pub(crate) const JOIN_SUBJECT: &str = "perstack.joins";
+/// The key-value bucket of delegation results and join records.
+pub(crate) const DELEGATION_BUCKET: &str = "perstack_delegations";
+/// The object store of the children's results.
+pub(crate) const RESULT_OBJECTS: &str = "perstack_delegation_results";
 /// The dead-letter subject.
 pub(crate) const DEAD_SUBJECT: &str = "perstack.dead";
 const JOBS_STREAM: &str = "PERSTACK_JOBS";
@@ -112,15 +123,36 @@ pub(crate) async fn ensure_streams(js: &jetstream::Context) -> Result<stream::St
     .await
     .map_err(|e| err("dead-letter stream")(e.to_string()))?;
     output_stream(js).await?;
-    js.get_or_create_stream(stream::Config {
-        name: JOBS_STREAM.into(),
-        subjects: vec![JOBS_SUBJECT.into()],
-        retention: stream::RetentionPolicy::WorkQueue,
-        duplicate_window: Duration::from_secs(120),
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| err("job stream")(e.to_string()))
+    let subjects = [JOBS_SUBJECT, DELEGATION_SUBJECT, JOIN_SUBJECT];
+    let mut jobs = js
+        .get_or_create_stream(stream::Config {
+            name: JOBS_STREAM.into(),
+            subjects: subjects.iter().map(|s| (*s).to_owned()).collect(),
+            retention: stream::RetentionPolicy::WorkQueue,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| err("job stream")(e.to_string()))?;
+    // A stream made by a version before delegations were placed on the cluster lacks their
+    // subjects: add them (nothing else of an existing stream is changed).
+    let mut config = jobs.cached_info().config.clone();
+    let missing: Vec<String> = subjects
+        .iter()
+        .filter(|s| !config.subjects.iter().any(|c| c == *s))
+        .map(|s| (*s).to_owned())
+        .collect();
+    if !missing.is_empty() {
+        config.subjects.extend(missing);
+        js.update_stream(&config)
+            .await
+            .map_err(|e| err("job stream")(e.to_string()))?;
+        jobs = js
+            .get_stream(JOBS_STREAM)
+            .await
+            .map_err(|e| err("job stream")(e.to_string()))?;
+    }
+    Ok(jobs)
 }
 
 /// The shared durable consumer, its ack wait one `lease`.
@@ -141,4 +173,32 @@ pub(crate) async fn consumer(
     )
     .await
     .map_err(|e| err("consumer")(e.to_string()))
+}
+
+/// The delegation bucket and the result object store (created when missing).
+pub(crate) async fn delegation_stores(
+    js: &jetstream::Context,
+) -> Result<(jetstream::kv::Store, jetstream::object_store::ObjectStore), QueueError> {
+    let kv = match js.get_key_value(DELEGATION_BUCKET).await {
+        Ok(kv) => kv,
+        Err(_) => js
+            .create_key_value(jetstream::kv::Config {
+                bucket: DELEGATION_BUCKET.into(),
+                history: 1,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| err("delegation bucket")(e.to_string()))?,
+    };
+    let objects = match js.get_object_store(RESULT_OBJECTS).await {
+        Ok(o) => o,
+        Err(_) => js
+            .create_object_store(jetstream::object_store::Config {
+                bucket: RESULT_OBJECTS.into(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| err("delegation result store")(e.to_string()))?,
+    };
+    Ok((kv, objects))
 }

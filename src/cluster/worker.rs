@@ -34,7 +34,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::message::{JobMessage, Output, Rejection};
+use super::delegate::{self, ChildMessage, JoinMessage};
+use super::message::{JobMessage, Output, Placement, Rejection};
 use super::output::{JobEnd, OutputError, Publisher};
 use super::queue;
 use crate::config::{PerstackConfig, ProviderName};
@@ -43,6 +44,8 @@ use crate::llm::LanguageModel;
 use crate::sandbox::Isolation;
 use crate::schema::JobStatus;
 use crate::storage::{Storage, StoreError};
+
+mod delegated;
 
 /// Deliveries of a finished job's message during which a worker waits for the job's own
 /// worker to publish its last lines before it writes the end record itself.
@@ -107,6 +110,8 @@ pub(crate) struct WorkerConfig {
     pub storage: Arc<dyn Storage>,
     /// Whether this machine can sandbox, and why not.
     pub sandbox: Result<(), String>,
+    /// Where delegated runs go for jobs whose message does not say (`--placement`).
+    pub placement: Placement,
 }
 
 /// Why the worker stopped before draining.
@@ -203,9 +208,15 @@ pub(crate) async fn serve(
         let worker = worker.clone();
         tokio::spawn(async move {
             while let Some(m) = cancels.next().await {
-                if let Some(token) = worker.running.get(m.subject.as_str()) {
-                    tracing::info!(subject = %m.subject, "cancel requested");
-                    token.cancel();
+                // The invocation itself, and the delegated runs of it running here
+                // (`<subject>#<child>`, see `delegated`).
+                let subject = m.subject.as_str();
+                let children = format!("{subject}#");
+                for entry in worker.running.iter() {
+                    if entry.key() == subject || entry.key().starts_with(&children) {
+                        tracing::info!(run = %entry.key(), "cancel requested");
+                        entry.value().cancel();
+                    }
                 }
             }
         })
@@ -291,18 +302,28 @@ async fn pull(
 }
 
 impl Worker {
-    /// One delivery of one job message, to its ack, nak or dead letter.
+    /// One delivery of one job, delegation or join message, to its ack, nak or dead letter.
     async fn handle(self: Arc<Self>, message: jetstream::Message) {
         let delivered = message.info().map_or(1, |i| i.delivered);
-        let job = match JobMessage::decode(&message.payload) {
-            Ok(job) => job,
+        let work = match Work::decode(message.subject.as_str(), &message.payload) {
+            Ok(work) => work,
             Err((output, why)) => {
                 self.dead_letter(&message, output.as_ref(), &why).await;
                 return;
             }
         };
+        let job = work.job().clone();
         if let Some(why) = self.refusal(&job) {
             self.dead_letter(&message, Some(&job.output()), &why).await;
+            return;
+        }
+        if let Work::Child(child) = &work
+            && child.placed_by == self.config.name
+            && delivered <= 2
+        {
+            // Its parent's worker leaves it to the others first (they may be idle); it
+            // runs it itself when it comes back again.
+            let _ = message.ack_with(AckKind::Nak(None)).await;
             return;
         }
         let message = Arc::new(message);
@@ -320,7 +341,11 @@ impl Worker {
                 }
             })
         };
-        let result = self.run(&job, delivered).await;
+        let result = match &work {
+            Work::Job(job) => self.run(job, delivered).await,
+            Work::Child(child) => self.run_child(child, delivered).await,
+            Work::Join(join) => self.join(join, delivered).await,
+        };
         heartbeat.abort();
         let last = delivered >= queue::MAX_DELIVER;
         match result {
@@ -476,6 +501,21 @@ impl Worker {
                     .await
             }
         };
+        self.drive(job, how, &mut publisher, engine, started).await
+    }
+
+    /// Follow a started job (or continuation) on `engine` to its end: every line to
+    /// `publisher` (after a takeover record for [`How::TakeOver`]), then the end record, or,
+    /// when the coordinator stopped to have its children placed on the cluster, their
+    /// placement (the end comes after the join).
+    async fn drive(
+        &self,
+        job: &JobMessage,
+        how: How,
+        publisher: &mut Publisher,
+        engine: Engine,
+        started: Result<crate::engine::JobHandle, EngineError>,
+    ) -> Result<(), Failure> {
         let mut handle = match started {
             Ok(handle) => handle,
             Err(e) => {
@@ -530,6 +570,12 @@ impl Worker {
         if outcome.claim_lost {
             return Err(Failure::Fenced);
         }
+        if outcome.job.status == JobStatus::Running
+            && outcome.checkpoint.status == crate::schema::CheckpointStatus::StoppedByDelegate
+            && self.placement(job) == Placement::Cluster
+        {
+            return self.place(job).await;
+        }
         publisher
             .end(&JobEnd::finished(outcome.job.status))
             .await
@@ -555,7 +601,13 @@ impl Worker {
         } else {
             Isolation::Unconfined
         };
+        s.stop_at_delegation = self.placement(job) == Placement::Cluster;
         s
+    }
+
+    /// Where `job`'s delegated runs go: as its message says, else this worker's default.
+    fn placement(&self, job: &JobMessage) -> Placement {
+        job.options.placement.unwrap_or(self.config.placement)
     }
 
     /// Send `message` to the dead-letter subject with `why`, tell the job's followers, ack.
@@ -597,6 +649,35 @@ impl Worker {
             }
         }
         ack(message).await;
+    }
+}
+
+/// A message of the work queue, by its subject.
+enum Work {
+    /// A job or a continuation (`perstack.jobs`).
+    Job(JobMessage),
+    /// A delegated run placed on the cluster (`perstack.delegations`).
+    Child(Box<ChildMessage>),
+    /// A parent to resume (`perstack.joins`).
+    Join(Box<JoinMessage>),
+}
+
+impl Work {
+    fn decode(subject: &str, payload: &[u8]) -> Result<Work, (Option<Output>, Rejection)> {
+        Ok(match subject {
+            queue::DELEGATION_SUBJECT => Work::Child(Box::new(delegate::decode(payload)?)),
+            queue::JOIN_SUBJECT => Work::Join(Box::new(delegate::decode(payload)?)),
+            _ => Work::Job(JobMessage::decode(payload)?),
+        })
+    }
+
+    /// The job message it carries.
+    fn job(&self) -> &JobMessage {
+        match self {
+            Work::Job(job) => job,
+            Work::Child(child) => &child.job,
+            Work::Join(join) => &join.job,
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use super::common::{self, NatsServer};
 
 mod connect;
 mod continuation;
+mod delegation;
 mod harness;
 mod operations;
 mod workers;
