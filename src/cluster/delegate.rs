@@ -238,3 +238,6 @@ pub(crate) fn join_key(job_id: &str, parent_checkpoint_id: &str) -> String {
 pub(crate) fn result_key(job_id: &str, parent_checkpoint_id: &str, slot: usize) -> String {
     format!("{}.{slot}", prefix(job_id, parent_checkpoint_id))
 }
+
+#[cfg(test)]
+mod tests;

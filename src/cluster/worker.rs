@@ -16,6 +16,10 @@
 //! | someone else holds the job's claim | nak with a delay of one lease (redelivered later) |
 //! | a cancel of the invocation is stored (sent while it was queued) | started and cancelled at once: it ends as a local job cancelled before its first step |
 //! | delivered [`MAX_DELIVER`](super::queue::MAX_DELIVER) times without an end | dead letter |
+//! | the job places its children on the cluster and its coordinator stopped at `stopRunByDelegate` | the children's messages instead of the end record, ack (`delegated`, [`crate::cluster::delegate`]) |
+//! | a child message (`perstack.delegations`) this worker placed, first two deliveries | nak: left to the other workers first |
+//! | a child message | run it on an engine of its own unless its result is committed; commit; add it to the join; ack |
+//! | a join message (`perstack.joins`) | import the results under the job's claim, print them, `continue_job`, then the end record (or the next placement) |
 //!
 //! While a job runs, the worker sends a progress ack every third of the lease, so a paused or
 //! dead worker's job is redelivered one lease after its last heartbeat. SIGTERM drains: no new
@@ -655,7 +659,7 @@ impl Worker {
 /// A message of the work queue, by its subject.
 enum Work {
     /// A job or a continuation (`perstack.jobs`).
-    Job(JobMessage),
+    Job(Box<JobMessage>),
     /// A delegated run placed on the cluster (`perstack.delegations`).
     Child(Box<ChildMessage>),
     /// A parent to resume (`perstack.joins`).
@@ -667,7 +671,7 @@ impl Work {
         Ok(match subject {
             queue::DELEGATION_SUBJECT => Work::Child(Box::new(delegate::decode(payload)?)),
             queue::JOIN_SUBJECT => Work::Join(Box::new(delegate::decode(payload)?)),
-            _ => Work::Job(JobMessage::decode(payload)?),
+            _ => Work::Job(Box::new(JobMessage::decode(payload)?)),
         })
     }
 
