@@ -42,6 +42,10 @@
 //! to lose); a child's worker death redelivers the child message; a joiner's death redelivers
 //! the join (the import is idempotent, a continuation cut off is recovered as any other).
 //!
+//! A cancel of the invocation (heard by every worker, and stored) stops its children wherever
+//! they run (a child that starts later finds it stored); they commit their stops, and the
+//! parent, resumed with them, finds the stored cancel and ends cancelled, as a local job does.
+//!
 //! What differs from a local run: followers see each child's lines at the join, child after
 //! child in call order (order per run is kept; a local run interleaves children as they go), and
 //! a child whose worker died starts over instead of repeating only its step in flight. Nested
