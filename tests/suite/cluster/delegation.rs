@@ -434,3 +434,84 @@ fn assert_gapless_ends_stopped(seen: &super::harness::Seen) {
     assert_eq!(last_state.kind(), "stopRunByError");
     assert_eq!(last_state.expert_key.as_deref(), Some("coordinator"));
 }
+
+#[tokio::test]
+async fn a_child_worker_paused_past_its_lease_commits_nothing_when_it_wakes_up() {
+    let _serial = SERIAL.lock().await;
+    let Some(server) = NatsServer::start("a_child_worker_paused_past_its_lease") else {
+        return;
+    };
+    let project = common::project(&toml(), &script(1500));
+    let workers: Vec<Worker> = (0..3)
+        .map(|n| {
+            let work = project.path().join(format!("work-{n}"));
+            Worker::start(&server, project.path(), &work, n, &[])
+        })
+        .collect();
+    let run = async {
+        let client = submit(&server, project.path(), "pause-child").await;
+        let paused = wait_for("a child starting on a worker", || {
+            let workers = &workers;
+            let server = &server;
+            async move {
+                let placed = placements_placer(server, "pause-child").await?;
+                workers.iter().position(|w| {
+                    w.pid() != placed && w.stderr().contains("running a delegated run")
+                })
+            }
+        })
+        .await;
+        workers[paused].signal(nix::sys::signal::Signal::SIGSTOP);
+        let seen = follow(&client, "pause-child").await;
+        assert_eq!(
+            seen.end.status,
+            Some(JobStatus::Completed),
+            "{:?}",
+            seen.end
+        );
+        assert_gapless("pause-child", &seen);
+        let before = store(&server)
+            .await
+            .checkpoints_by_job("pause-child")
+            .await
+            .unwrap()
+            .len();
+
+        // Woken up, it finishes its copy of the child and finds the result committed.
+        workers[paused].signal(nix::sys::signal::Signal::SIGCONT);
+        wait_for("the woken worker finishing its copy", || {
+            let w = &workers[paused];
+            async move {
+                w.stderr()
+                    .contains("another attempt of this delegated run committed first")
+                    .then_some(0)
+            }
+        })
+        .await;
+        let pid = workers[paused].pid();
+        let placed = placements(&server, "pause-child").await;
+        for (_, children) in &placed {
+            assert!(
+                children.iter().all(|c| pid_of(c) != pid),
+                "the paused worker's result was committed: {placed:?}"
+            );
+        }
+        let after = store(&server)
+            .await
+            .checkpoints_by_job("pause-child")
+            .await
+            .unwrap()
+            .len();
+        assert_eq!(before, after, "the woken worker wrote to the job");
+        assert_committed_once(&server, "pause-child").await;
+    };
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .unwrap_or_else(|_| {
+            for w in &workers {
+                w.signal(nix::sys::signal::Signal::SIGCONT);
+                eprintln!("{}", w.stderr());
+            }
+            panic!("the job did not finish within 60 s");
+        });
+}
