@@ -212,6 +212,17 @@ impl EngineBuilder<WithModel> {
     }
 }
 
+/// A cluster worker taking a job over from one that stopped mid-run (see [`Engine::launch`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Takeover<'a> {
+    /// The worker that takes it over (`pid <pid> on <host>`).
+    pub worker: &'a str,
+    /// The last job sequence number the job's followers have seen: the old holder's printed
+    /// events can go past the store's (runtime events are not stored there), and the job
+    /// numbers on from the larger of the two.
+    pub printed: u64,
+}
+
 /// The `jobTakenOver` event of a job whose coordinator goes on from `checkpoint` on `worker`.
 fn taken_over(checkpoint: &crate::schema::Checkpoint, worker: &str) -> crate::schema::Event {
     crate::schema::Envelope::step(
@@ -289,6 +300,32 @@ pub struct JobHandle {
     events: Option<mpsc::Receiver<Sequenced>>,
     done: oneshot::Receiver<JobOutcome>,
     cancel: CancellationToken,
+    hand_back: HandBack,
+}
+
+/// Hands a running job back (a cluster worker shutting down): its runs stop without writing
+/// anything more, the job stays `running` in the store, and [`JobOutcome::handed_back`] says
+/// so; another worker carries it on from its stored checkpoints. Holds the job weakly: once
+/// the job has ended, it does nothing.
+#[derive(Clone)]
+pub(crate) struct HandBack(std::sync::Weak<JobContext>);
+
+impl HandBack {
+    /// At the runs' next step boundaries: no run starts another step; the job stops once no
+    /// model or tool call is under way.
+    pub(crate) fn at_step_boundary(&self) {
+        if let Some(ctx) = self.0.upgrade() {
+            ctx.request_hand_back();
+        }
+    }
+
+    /// Now: calls under way are cancelled, and the steps they belong to are repeated by the
+    /// job's next holder.
+    pub(crate) fn now(&self) {
+        if let Some(ctx) = self.0.upgrade() {
+            ctx.fail(crate::agent::RunFailure::HandedBack);
+        }
+    }
 }
 
 impl JobHandle {
@@ -300,6 +337,11 @@ impl JobHandle {
     /// Stop the job: every run ends with `stopRunByError` ("Cancelled") and its checkpoint.
     pub fn cancel(&self) {
         self.cancel.cancel();
+    }
+
+    /// Hands this job back (see [`HandBack`]).
+    pub(crate) fn hand_back(&self) -> HandBack {
+        self.hand_back.clone()
     }
 
     /// A token that cancels this job (for signal handlers).
@@ -360,7 +402,7 @@ impl Engine {
         request: JobRequest,
         claim: Claim,
         last_seq: u64,
-        takeover: Option<&str>,
+        takeover: Option<Takeover<'_>>,
     ) -> Result<JobHandle, EngineError> {
         let expert = self.startable(&request.expert_key)?;
         let job_id = claim.job_id().to_owned();
@@ -483,8 +525,13 @@ impl Engine {
         start: Start,
         subscribe: Option<usize>,
         claim: Claim,
-        takeover: Option<&str>,
+        takeover: Option<Takeover<'_>>,
     ) -> Result<JobHandle, EngineError> {
+        let mut job = job;
+        if let Some(t) = takeover {
+            // Followers saw the old holder's events up to `printed`: number on from there.
+            job.job_seq = Some(job.job_seq.unwrap_or(0).max(t.printed));
+        }
         let job_id = job.id.clone();
         let (tx, events) = match subscribe {
             Some(buffer) => {
@@ -501,8 +548,8 @@ impl Engine {
             })
             .await
             .map_err(BusError::from_send)?;
-        if let Some(worker) = takeover {
-            let event = taken_over(&checkpoint, worker);
+        if let Some(t) = takeover {
+            let event = taken_over(&checkpoint, t.worker);
             if let Err(e) = self.bus.ask(Publish(event)).await {
                 tracing::warn!(job = %job_id, error = %e, "the takeover event was not published");
             }
@@ -517,7 +564,10 @@ impl Engine {
             failure: std::sync::OnceLock::new(),
             storage: self.storage.clone(),
             replay: self.replay.clone(),
+            hand_back: CancellationToken::new(),
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
         });
+        let hand_back = HandBack(Arc::downgrade(&ctx));
         let (done_tx, done) = oneshot::channel();
         JobActor::spawn_with_mailbox(
             JobArgs {
@@ -542,6 +592,7 @@ impl Engine {
             events,
             done,
             cancel,
+            hand_back,
         })
     }
 

@@ -149,6 +149,13 @@ pub trait Storage: Send + Sync + 'static {
     /// someone else has it. Held until the returned [`Claim`] is dropped; a holder that dies
     /// releases it (a new claimant takes it over). Reading never needs a claim.
     async fn claim(&self, job_id: &str) -> Result<Claim, StoreError>;
+
+    /// Wait (bounded) until a claim of job `job_id` that this store handed out and that was
+    /// dropped has let go of the job for other processes too, so that another one can claim it
+    /// at once. A store whose claims are let go when dropped (the default) returns at once.
+    async fn settle_release(&self, job_id: &str) {
+        let _ = job_id;
+    }
 }
 
 /// A stored event without its contents: what Perstack's `getEventsByRun` returns.

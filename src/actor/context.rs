@@ -173,9 +173,48 @@ pub(crate) struct JobContext {
     /// `perstack replay`: tool calls answered from the recording (no skill starts), or run
     /// live and checked against it. `None` for every ordinary job.
     pub replay: Option<Arc<crate::replay::ToolReplay>>,
+    /// Cancelled when the job is to be handed back (a cluster worker shutting down): no run
+    /// starts another step (each parks at its next step boundary), and once nothing is
+    /// [`in flight`](JobContext::in_flight) the job stops with [`RunFailure::HandedBack`],
+    /// writing nothing more.
+    pub hand_back: CancellationToken,
+    /// Work of the job that may still write: model and tool calls under way, runs told to
+    /// begin, reports on their way to a parent run. The hand-back waits until it is 0; a
+    /// count that never gets there only delays the hand-back until the worker forces it.
+    pub in_flight: std::sync::atomic::AtomicUsize,
 }
 
 impl JobContext {
+    /// One more piece of work in flight (before it is spawned or sent).
+    pub(crate) fn enter(&self) {
+        self.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// A piece of work is done (at the end of the handler that took its result): the job is
+    /// handed back now if that was asked for and nothing else is in flight.
+    pub(crate) fn leave(&self) {
+        let before = self
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        if before == 1 && self.hand_back.is_cancelled() {
+            self.fail(RunFailure::HandedBack);
+        }
+    }
+
+    /// Hand the job back at its runs' next step boundaries (see [`JobContext::hand_back`]).
+    pub(crate) fn request_hand_back(&self) {
+        self.hand_back.cancel();
+        if self.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            self.fail(RunFailure::HandedBack);
+        }
+    }
+
+    /// Whether a hand-back was asked for: runs start no new step.
+    pub(crate) fn handing_back(&self) -> bool {
+        self.hand_back.is_cancelled()
+    }
+
     /// Publish an event and wait until it is visible. An error means the bus could not store
     /// a checkpoint or write the output; [`BusError::run_failure`] says what that means for
     /// the job.

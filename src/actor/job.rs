@@ -34,6 +34,10 @@ pub struct JobOutcome {
     /// finished; its new holder carries it on. `job` is then this engine's last view, not
     /// what the store holds.
     pub claim_lost: bool,
+    /// Whether the job was handed back (a cluster worker shutting down): its runs stopped at
+    /// a step boundary without writing anything more, and the job is left `running` in the
+    /// store for another worker to carry on.
+    pub handed_back: bool,
 }
 
 /// What a job actor starts with.
@@ -118,7 +122,9 @@ impl Actor for JobActor {
             let begin = Begin {
                 parent: Parent::Job(me.clone()),
             };
+            args.ctx.enter();
             if let Err(e) = coordinator.tell(begin).await {
+                args.ctx.leave();
                 tracing::warn!(job = %args.job.id, "the coordinator run did not start: {e}");
             }
             Ok(JobActor {
@@ -190,8 +196,15 @@ impl JobActor {
             Err(e) => tracing::warn!(job = %self.job.id, "could not close the job on the bus: {e}"),
         }
         let claim_lost = self.claim.as_ref().is_some_and(|c| c.is_lost());
+        let handed_back = self
+            .ctx
+            .failure
+            .get()
+            .is_some_and(crate::agent::RunFailure::is_silent);
         if claim_lost {
             tracing::warn!(job = %self.job.id, "the claim on the job was lost; job.json is left to its new holder");
+        } else if handed_back {
+            tracing::info!(job = %self.job.id, "the job was handed back; job.json stays running for its next holder");
         } else if let Err(e) = self.storage.store_job(&self.job).await {
             tracing::warn!(job = %self.job.id, "could not store job.json: {e}");
         }
@@ -202,6 +215,7 @@ impl JobActor {
                 checkpoint,
                 text,
                 claim_lost,
+                handed_back,
             });
         }
     }

@@ -18,6 +18,16 @@
 //! after, with the [`Parent`] to report to. Everything of a job is freed when its job actor
 //! stops (`tests/suite/lifecycle.rs`).
 //!
+//! # Handing back
+//!
+//! A cluster worker that shuts down hands its jobs back ([`JobContext::request_hand_back`]):
+//! a run reaching a step boundary (its next model call) shows and stores what committed the
+//! step, drops the next step's opening events and parks; model and tool calls under way, runs
+//! told to begin and reports to a parent are counted in [`JobContext::in_flight`], and when
+//! that count reaches 0 the job fails with [`RunFailure::HandedBack`]: parked runs end
+//! without any event or write, parents do not resume, and the job record stays `running`
+//! for the next holder.
+//!
 //! # Layout
 //!
 //! This file holds the actor, its messages and the loop that drives the machine's effects; the
@@ -283,6 +293,7 @@ impl Message<Begin> for RunActor {
             instruction_text(&self.expert, &delegates, now, &self.ctx.settings.workspace)
         };
         let Some(start) = self.start.take() else {
+            self.ctx.leave();
             return;
         };
         // Every start goes through here, crash recovery included: a run whose skills did not
@@ -297,6 +308,24 @@ impl Message<Begin> for RunActor {
             out.effect = Effect::Stop;
         }
         self.drive(out, ctx.actor_ref()).await;
+        // Told to begin by whoever spawned it (counted in flight until now).
+        self.ctx.leave();
+        if self.is_done() {
+            ctx.stop();
+        }
+    }
+}
+
+/// The job a parked run waits in stopped (handed back, or cancelled meanwhile): end the run
+/// with the job's stop reason.
+struct Unpark;
+
+impl Message<Unpark> for RunActor {
+    type Reply = ();
+
+    async fn handle(&mut self, _: Unpark, ctx: &mut Context<Self, Self::Reply>) {
+        let reason = self.ctx.stop_reason().unwrap_or(RunFailure::Cancelled);
+        self.end_with(reason, ctx.actor_ref()).await;
         if self.is_done() {
             ctx.stop();
         }
@@ -321,6 +350,8 @@ impl Message<Generated> for RunActor {
                 self.drive(out, ctx.actor_ref()).await;
             }
         }
+        // The model call is done (whatever came next is counted on its own).
+        self.ctx.leave();
         if self.is_done() {
             ctx.stop();
         }
@@ -346,6 +377,7 @@ impl Message<ToolsDone> for RunActor {
                 self.drive(out, ctx.actor_ref()).await;
             }
         }
+        self.ctx.leave();
         if self.is_done() {
             ctx.stop();
         }
@@ -360,6 +392,8 @@ impl Message<RunFinished> for RunActor {
             children.child_finished(report);
         }
         self.after_child(ctx.actor_ref()).await;
+        // The child's report was counted in flight until here.
+        self.ctx.leave();
         if self.is_done() {
             ctx.stop();
         }
@@ -371,6 +405,17 @@ impl RunActor {
     /// effect completes at once.
     async fn drive(&mut self, mut out: Output, me: &ActorRef<Self>) {
         loop {
+            if self.ctx.handing_back() && matches!(out.effect, Effect::Generate { .. }) {
+                // A step boundary while the job is handed back: what commits the step before
+                // is shown and stored; the next step's opening (its `startGeneration`, a run's
+                // `startRun`) is left to the job's next holder, which runs that step.
+                let keep = out
+                    .events
+                    .iter()
+                    .rposition(|e| e.checkpoint().is_some())
+                    .map_or(0, |i| i + 1);
+                out.events.truncate(keep);
+            }
             if let Err(failure) = self.publish_events(std::mem::take(&mut out.events)).await {
                 // Nothing more of this run can be shown or stored: end it with the failure.
                 self.stop_unstored(failure).await;
@@ -382,6 +427,10 @@ impl RunActor {
             if let Some(reason) = self.ctx.stop_reason()
                 && !matches!(out.effect, Effect::Stop | Effect::Delegate(_))
             {
+                if reason.is_silent() {
+                    self.close_and_report(Some(me.clone())).await;
+                    return;
+                }
                 if reason.is_visible_unstored() {
                     self.stop_unstored(reason).await;
                     self.close_and_report(Some(me.clone())).await;
@@ -391,12 +440,17 @@ impl RunActor {
                 continue;
             }
             match out.effect {
+                Effect::Generate { .. } if self.ctx.handing_back() => {
+                    self.park(me);
+                    return;
+                }
                 Effect::Generate {
                     messages,
                     with_tools,
                     retry_count,
                     retry_after,
                 } => {
+                    self.ctx.enter();
                     let tools = if with_tools {
                         self.tools.clone()
                     } else {
@@ -417,6 +471,7 @@ impl RunActor {
                     return;
                 }
                 Effect::CallTools(calls) => {
+                    self.ctx.enter();
                     self.span.in_scope(|| {
                         tasks::spawn_tool_calls(
                             self.ctx.clone(),
@@ -461,7 +516,10 @@ impl RunActor {
     /// unstored (storage) never tries to store it: the last durable step is where
     /// `--continue-job` goes on from.
     async fn end_with(&mut self, failure: RunFailure, me: &ActorRef<Self>) {
-        if failure.is_visible_unstored() {
+        if failure.is_silent() {
+            // Handed back: nothing more of this run is shown or stored here.
+            self.close_and_report(Some(me.clone())).await;
+        } else if failure.is_visible_unstored() {
             self.stop_unstored(failure).await;
             self.close_and_report(Some(me.clone())).await;
         } else {
@@ -474,6 +532,12 @@ impl RunActor {
         let Some(mut children) = self.delegation.take() else {
             return;
         };
+        if self.ctx.failure.get().is_some_and(RunFailure::is_silent) {
+            // Handed back: the delegation goes on with the job's next holder (the children
+            // that finished are stored); this run writes nothing more.
+            self.close_and_report(Some(me.clone())).await;
+            return;
+        }
         if children.delegation.is_done() {
             let out = self.resume(children.delegation).await;
             self.drive(out, me).await;
@@ -590,6 +654,16 @@ impl RunActor {
                 tracing::error!(run = %self.machine.setting().run_id, "{e}");
             }
         }
+    }
+
+    /// Wait at a step boundary while the job is handed back: once it stops (or is cancelled),
+    /// [`Unpark`] ends the run with the job's stop reason.
+    fn park(&self, me: &ActorRef<Self>) {
+        let (cancel, me) = (self.ctx.cancel.clone(), me.clone());
+        tokio::spawn(async move {
+            cancel.cancelled().await;
+            let _ = me.tell(Unpark).await;
+        });
     }
 
     fn runtime_event(&self, now: u64, payload: EventPayload) -> Event {

@@ -78,6 +78,11 @@ pub enum RunFailure {
     /// anything more; the stop is shown here only.
     #[error("{0}; the job goes on wherever its new claim is held, nothing more is written here")]
     ClaimLost(String),
+    /// The job is handed back to the cluster's queue (its worker is shutting down): every run
+    /// stops at a step boundary without showing or storing anything more, and another worker
+    /// carries the job on from its stored checkpoints.
+    #[error("the job was handed back to be carried on by another worker")]
+    HandedBack,
     /// A bug in the engine: an input the state cannot take, a run actor that panicked, a
     /// coordinator that stopped without reporting, an event bus that is gone.
     #[error("{0}")]
@@ -116,6 +121,7 @@ impl RunFailure {
             RunFailure::OutputClosed(_) => ("OutputClosed", None),
             RunFailure::Storage(_) => ("StorageError", None),
             RunFailure::ClaimLost(_) => ("ClaimLost", None),
+            RunFailure::HandedBack => ("HandedBack", None),
             RunFailure::Engine(_) => ("EngineError", None),
         };
         RunError {
@@ -138,7 +144,14 @@ impl RunFailure {
                 | RunFailure::OutputClosed(_)
                 | RunFailure::Storage(_)
                 | RunFailure::ClaimLost(_)
+                | RunFailure::HandedBack
         )
+    }
+
+    /// Whether the run ends without any event or write at all: the job was handed back, and
+    /// its new holder carries the run on from its last stored step.
+    pub fn is_silent(&self) -> bool {
+        matches!(self, RunFailure::HandedBack)
     }
 
     /// Whether the terminal event reporting this failure is shown even though its checkpoint

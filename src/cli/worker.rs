@@ -1,6 +1,8 @@
 //! `perstack worker --nats <url>`: run jobs from the cluster's queue (see `crate::cluster`)
-//! until SIGTERM or SIGINT, which drains it: no new jobs, running ones finish. A second signal
-//! leaves at once; the jobs still running come back to other workers after one lease.
+//! until SIGTERM or SIGINT, which drains it: no new jobs, running ones finish; those still
+//! running after `--drain-timeout-ms` are handed back at their next step boundary and taken
+//! over by another worker at once. A second signal leaves at once; the jobs still running come
+//! back to other workers after one lease.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -35,6 +37,11 @@ pub(crate) struct WorkerArgs {
     /// goes to another worker: the job's lease in the store and the queue's ack wait.
     #[arg(long, env = "PERSTACK_LEASE_MS", default_value_t = 30_000)]
     pub lease_ms: u64,
+    /// On SIGTERM, how long (ms) running jobs may go on before they are handed back to the
+    /// queue at their next step boundary (another worker takes them over at once); after as
+    /// long again, at once (their steps in flight are then repeated).
+    #[arg(long, env = "PERSTACK_DRAIN_TIMEOUT_MS", default_value_t = 20_000)]
+    pub drain_timeout_ms: u64,
     /// Script file for the scripted provider.
     #[arg(long)]
     pub script: Option<PathBuf>,
@@ -106,6 +113,7 @@ async fn run(args: WorkerArgs) -> Result<(), (u8, String)> {
         name: crate::storage::holder_description(),
         concurrency: args.concurrency,
         lease,
+        drain_timeout: Duration::from_millis(args.drain_timeout_ms),
         models: Models {
             config,
             script: args.script.clone(),
@@ -123,7 +131,9 @@ async fn run(args: WorkerArgs) -> Result<(), (u8, String)> {
         let (drain, leave) = (drain.clone(), leave.clone());
         tokio::spawn(async move {
             super::run::wait_for_signal().await;
-            eprintln!("perstack: draining (no new jobs; running ones finish)");
+            eprintln!(
+                "perstack: draining (no new jobs; running ones finish, or are handed back after the drain timeout)"
+            );
             drain.cancel();
             super::run::wait_for_signal().await;
             leave.cancel();

@@ -23,7 +23,11 @@
 //!
 //! While a job runs, the worker sends a progress ack every third of the lease, so a paused or
 //! dead worker's job is redelivered one lease after its last heartbeat. SIGTERM drains: no new
-//! message is pulled, running jobs finish; a second signal leaves at once (the running jobs'
+//! message is pulled, running jobs finish. Those still running after the drain timeout are
+//! handed back: each run stops at its next step boundary (after a second drain timeout, at
+//! once, its step in flight then repeated), writing nothing more; the job stays `running` in
+//! the store, its claim is released and its message nak'ed without delay, so another worker
+//! takes it over now, not after a lease. A second signal leaves at once (the running jobs'
 //! messages come back to other workers after one lease).
 
 use std::collections::BTreeMap;
@@ -43,7 +47,9 @@ use super::message::{JobMessage, Output, Placement, Rejection};
 use super::output::{JobEnd, OutputError, Publisher};
 use super::queue;
 use crate::config::{PerstackConfig, ProviderName};
-use crate::engine::{ContinueInput, ContinueRequest, Engine, EngineError, JobRequest, Settings};
+use crate::engine::{
+    ContinueInput, ContinueRequest, Engine, EngineError, HandBack, JobRequest, Settings, Takeover,
+};
 use crate::llm::LanguageModel;
 use crate::sandbox::Isolation;
 use crate::schema::JobStatus;
@@ -104,6 +110,9 @@ pub(crate) struct WorkerConfig {
     /// The consumer's ack wait: a job whose worker sends no heartbeat for this long is
     /// redelivered. Heartbeats go every third of it.
     pub lease: Duration,
+    /// How long a draining worker lets its running jobs go on before it hands them back at
+    /// their next step boundary; once more that long and it hands them back at once.
+    pub drain_timeout: Duration,
     /// The models.
     pub models: Models,
     /// The worker's environment (skills see what their `requiredEnv` names).
@@ -178,14 +187,26 @@ enum Failure {
     /// Another worker took the job over: this delivery is stale; nothing more is written
     /// and the message is left to the new holder.
     Fenced,
+    /// This worker is shutting down and handed the job back (its claim released): the
+    /// message goes back to the queue at once, for another worker to take the job over.
+    HandedBack,
 }
 
 struct Worker {
     config: WorkerConfig,
     js: jetstream::Context,
-    /// The cancel token of each invocation running here, by its cancel subject (the cancel
-    /// subscription looks invocations up here; one not here is not ours).
-    running: DashMap<String, CancellationToken>,
+    /// Each invocation running here, by its cancel subject (the cancel subscription looks
+    /// invocations up here; one not here is not ours; a drain past its timeout hands each
+    /// back).
+    running: DashMap<String, Running>,
+    /// Set once the drain timeout passed: a job that starts after that is handed back at once.
+    handing_back: std::sync::atomic::AtomicBool,
+}
+
+/// What the worker can do to a job it runs.
+struct Running {
+    cancel: CancellationToken,
+    hand_back: HandBack,
 }
 
 /// Run the worker on `client` until `drain` is cancelled and every running job has ended, or
@@ -207,6 +228,7 @@ pub(crate) async fn serve(
         config,
         js,
         running: DashMap::new(),
+        handing_back: std::sync::atomic::AtomicBool::new(false),
     });
     let listener = {
         let worker = worker.clone();
@@ -219,7 +241,7 @@ pub(crate) async fn serve(
                 for entry in worker.running.iter() {
                     if entry.key() == subject || entry.key().starts_with(&children) {
                         tracing::info!(run = %entry.key(), "cancel requested");
-                        entry.value().cancel();
+                        entry.value().cancel.cancel();
                     }
                 }
             }
@@ -237,10 +259,7 @@ pub(crate) async fn serve(
     }
     if !leave.is_cancelled() {
         tracing::info!(running = tasks.len(), "draining: no new jobs");
-        tokio::select! {
-            () = async { while tasks.join_next().await.is_some() {} } => {}
-            () = leave.cancelled() => {}
-        }
+        drain_running(&worker, &mut tasks, &leave).await;
     }
     if !tasks.is_empty() {
         tracing::warn!(
@@ -252,6 +271,55 @@ pub(crate) async fn serve(
     listener.abort();
     let _ = client.flush().await;
     Ok(())
+}
+
+/// Let the running jobs finish, for one drain timeout; then hand them back at their next step
+/// boundary, and once more that long later at once. Returns when every job has ended here, or
+/// on `leave`.
+async fn drain_running(worker: &Worker, tasks: &mut JoinSet<()>, leave: &CancellationToken) {
+    let limit = worker.config.drain_timeout;
+    for stage in 0..3 {
+        if stage > 0 && !tasks.is_empty() {
+            worker
+                .handing_back
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            for job in worker.running.iter() {
+                if stage == 1 {
+                    job.hand_back.at_step_boundary();
+                } else {
+                    job.hand_back.now();
+                }
+            }
+            if stage == 1 {
+                tracing::warn!(
+                    running = tasks.len(),
+                    "drain timeout: handing the running jobs back at their next step boundary"
+                );
+            } else {
+                tracing::warn!(
+                    running = tasks.len(),
+                    "steps still under way after another drain timeout: handing the jobs back now (those steps are repeated elsewhere)"
+                );
+            }
+        }
+        let wait = async {
+            if stage < 2 {
+                let _ = tokio::time::timeout(limit, async {
+                    while tasks.join_next().await.is_some() {}
+                })
+                .await;
+            } else {
+                while tasks.join_next().await.is_some() {}
+            }
+        };
+        tokio::select! {
+            () = wait => {}
+            () = leave.cancelled() => return,
+        }
+        if tasks.is_empty() {
+            return;
+        }
+    }
 }
 
 /// Pull and start jobs until `drain`.
@@ -371,6 +439,11 @@ impl Worker {
                     .ack_with(AckKind::Nak(Some(self.config.lease)))
                     .await;
             }
+            Err(Failure::HandedBack) => {
+                tracing::info!(job = %job.job_id, "the job was handed back; another worker takes it over now");
+                self.config.storage.settle_release(&job.job_id).await;
+                let _ = message.ack_with(AckKind::Nak(None)).await;
+            }
             Err(Failure::Fenced) => {
                 tracing::warn!(job = %job.job_id, "the job was taken over by another worker; this one stopped it, writing nothing more");
             }
@@ -458,7 +531,10 @@ impl Worker {
             .storage(storage)
             .build();
         // After a takeover, the job's first event says so (before the repeated steps).
-        let takeover = (how == How::TakeOver).then_some(self.config.name.as_str());
+        let takeover = (how == How::TakeOver).then_some(Takeover {
+            worker: &self.config.name,
+            printed: published.last_job_seq,
+        });
         let started = match (&job.continuation, how) {
             (None, How::Start) => engine.start(request(job)).await,
             (None, _) => {
@@ -540,7 +616,17 @@ impl Worker {
         // it waited in the queue, or while its worker was dead) is in the cancel stream: the
         // job then ends cancelled before its first step, as a local job cancelled at once.
         let cancel_subject = job.output().cancel_subject();
-        self.running.insert(cancel_subject.clone(), cancel.clone());
+        let hand_back = handle.hand_back();
+        self.running.insert(
+            cancel_subject.clone(),
+            Running {
+                cancel: cancel.clone(),
+                hand_back: hand_back.clone(),
+            },
+        );
+        if self.handing_back.load(std::sync::atomic::Ordering::SeqCst) {
+            hand_back.at_step_boundary();
+        }
         match queue::cancel_requested(&self.js, &cancel_subject).await {
             Ok(true) => {
                 tracing::info!(job = %job.job_id, "cancelled while it waited; ending it");
@@ -573,6 +659,9 @@ impl Worker {
         let outcome = outcome.map_err(|e| Failure::Transient(e.to_string()))?;
         if outcome.claim_lost {
             return Err(Failure::Fenced);
+        }
+        if outcome.handed_back {
+            return Err(Failure::HandedBack);
         }
         if outcome.job.status == JobStatus::Running
             && outcome.checkpoint.status == crate::schema::CheckpointStatus::StoppedByDelegate
@@ -697,7 +786,7 @@ fn request(job: &JobMessage) -> JobRequest {
 async fn start_over(
     engine: &Engine,
     job: &JobMessage,
-    takeover: Option<&str>,
+    takeover: Option<Takeover<'_>>,
 ) -> Result<crate::engine::JobHandle, EngineError> {
     let claim = engine.storage().claim(&job.job_id).await?;
     let last = engine.storage().last_job_seq(&job.job_id).await?;

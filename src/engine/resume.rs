@@ -50,7 +50,7 @@ impl Engine {
     pub(crate) async fn resume_job(
         &self,
         request: ContinueRequest,
-        takeover: Option<&str>,
+        takeover: Option<super::Takeover<'_>>,
     ) -> Result<JobHandle, EngineError> {
         let storage = self.storage.clone();
         let job_id = match request.job_id.clone() {
@@ -116,7 +116,7 @@ impl Engine {
         &self,
         claim: Claim,
         request: ContinueRequest,
-        takeover: Option<&str>,
+        takeover: Option<super::Takeover<'_>>,
     ) -> Result<JobHandle, EngineError> {
         let job_id = claim.job_id();
         let settings = self.storage.all_run_settings().await?;

@@ -618,4 +618,13 @@ impl Storage for JetStreamStorage {
         .claim(job_id)
         .await
     }
+
+    /// Waits (at most one write timeout) for the heartbeat of the dropped claim to delete its
+    /// lease.
+    async fn settle_release(&self, job_id: &str) {
+        let Some(fence) = self.inner.fences.get(job_id).map(|f| Arc::clone(&f)) else {
+            return;
+        };
+        fence.settle_release(self.inner.config.write_timeout).await;
+    }
 }

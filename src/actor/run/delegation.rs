@@ -56,7 +56,10 @@ impl Children {
             let begin = Begin {
                 parent: Parent::Run(me.clone(), run.slot),
             };
+            // In flight until the child has handled it (its start may write).
+            ctx.enter();
             if let Err(e) = child.tell(begin).await {
+                ctx.leave();
                 tracing::warn!(job = %ctx.job_id, slot = run.slot, "delegated run did not start: {e}");
             }
         }

@@ -47,12 +47,17 @@ impl RunActor {
                 let _ = job.tell(report).await;
             }
             Some(Parent::Run(parent, slot)) => {
-                let _ = parent
+                // In flight until the parent has handled it (it may resume and write).
+                self.ctx.enter();
+                let sent = parent
                     .tell(RunFinished {
                         slot: *slot,
                         ..report
                     })
                     .await;
+                if sent.is_err() {
+                    self.ctx.leave();
+                }
             }
         }
     }

@@ -144,7 +144,13 @@ impl Worker {
             delegate::result_key(&job.job_id, &child.parent_checkpoint_id, child.slot)
         );
         let cancel = handle.cancel_token();
-        self.running.insert(running.clone(), cancel.clone());
+        self.running.insert(
+            running.clone(),
+            super::Running {
+                cancel: cancel.clone(),
+                hand_back: handle.hand_back(),
+            },
+        );
         if queue::cancel_requested(&self.js, &cancel_subject)
             .await
             .unwrap_or(false)
@@ -164,6 +170,10 @@ impl Worker {
         engine.shutdown().await;
         self.running.remove(&running);
         let outcome = outcome.map_err(transient)?;
+        if outcome.handed_back {
+            // This worker is shutting down: the child runs again elsewhere from its start.
+            return Err(Failure::HandedBack);
+        }
         let checkpoints = store
             .checkpoints_by_job(&job.job_id)
             .await
@@ -326,7 +336,10 @@ impl Worker {
         }
         let engine = self.engine(job, storage, false)?;
         // A cancel sent while the children ran is stored: `drive` ends the parent cancelled.
-        let takeover = (how == How::TakeOver).then_some(self.config.name.as_str());
+        let takeover = (how == How::TakeOver).then_some(crate::engine::Takeover {
+            worker: &self.config.name,
+            printed: published.last_job_seq,
+        });
         let started = engine
             .resume_job(
                 ContinueRequest {

@@ -87,6 +87,15 @@ impl Fence {
         format!("{}:{}:{what}:{n}", self.job_id, self.token)
     }
 
+    /// Once the claim is dropped, wait (at most `limit`) until its lease is released.
+    pub(crate) async fn settle_release(&self, limit: Duration) {
+        if !self.dropped.load(Ordering::Acquire) {
+            return;
+        }
+        let mut released = self.released.subscribe();
+        let _ = tokio::time::timeout(limit, released.wait_for(|done| *done)).await;
+    }
+
     pub(crate) fn lost_error(&self) -> StoreError {
         StoreError::ClaimLost {
             job_id: self.job_id.clone(),

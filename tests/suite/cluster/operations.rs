@@ -11,7 +11,10 @@ use perstack::schema::JobStatus;
 use perstack::storage::Storage;
 use serde_json::Value;
 
-use super::harness::{SERIAL, Worker, queue_left, script, settings, store, toml};
+use super::harness::{
+    SERIAL, Worker, assert_committed_once, assert_takeovers_announced, follow, queue_left, script,
+    settings, store, toml,
+};
 use crate::suite::common::{self, NatsServer};
 
 /// `perstack run <args>` in `dir` with stdout piped, `PERSTACK_NATS_URL` unset.
@@ -328,4 +331,79 @@ async fn continuations_of_one_job_submitted_at_once_run_one_after_the_other() {
             }
             panic!("not done within 60 s");
         });
+}
+
+#[tokio::test]
+async fn a_stopped_worker_hands_its_job_back_at_a_step_boundary_and_another_takes_it_over_at_once()
+{
+    let _serial = SERIAL.lock().await;
+    let Some(server) = NatsServer::start("a_stopped_worker_hands_its_job_back") else {
+        return;
+    };
+    let project = common::project(&toml(), &script(700));
+    let work = project.path().join("work");
+    // A 60 s lease: had the job waited for it to expire, the deadline below would pass first.
+    let options = ["--lease-ms", "60000", "--drain-timeout-ms", "300"];
+    let url = server.url();
+    let mut first = Worker::start_with(&url, project.path(), &work, 0, &[], &options);
+    let run = async {
+        let client = Client::connect(&NatsOptions::url(server.url()))
+            .await
+            .unwrap();
+        client
+            .submit(
+                &settings(project.path()),
+                "coordinator",
+                "q",
+                Some("handed-1".into()),
+            )
+            .await
+            .unwrap();
+        let mut followed = client.follow("handed-1").await.unwrap();
+        followed.next_event().await.unwrap().unwrap();
+        // Running on the first worker (its model takes 700 ms a turn): a second one comes,
+        // then the first is told to stop.
+        let second = Worker::start_with(&url, project.path(), &work, 1, &[], &options);
+        first.signal(nix::sys::signal::Signal::SIGTERM);
+        let seen = follow(&client, "handed-1").await;
+        assert_eq!(
+            seen.end.status,
+            Some(JobStatus::Completed),
+            "{:?}",
+            seen.end
+        );
+        assert_eq!(seen.takeovers, 1, "taken over once, by the second worker");
+        assert_takeovers_announced(&server, "handed-1", &seen).await;
+        assert_committed_once(&server, "handed-1").await;
+        // Stopped at a step boundary: no step was begun twice.
+        let mut begun = std::collections::HashSet::new();
+        for e in seen.events.iter().filter(|e| e.kind() == "startGeneration") {
+            assert!(
+                begun.insert((e.run_id.clone(), e.step_number)),
+                "step {:?} of run {} begun twice",
+                e.step_number,
+                e.run_id
+            );
+        }
+        let status = tokio::task::spawn_blocking(move || {
+            let status = first.child.wait().unwrap();
+            (status, first.stderr())
+        })
+        .await
+        .unwrap();
+        assert!(status.0.success(), "{status:?}");
+        assert!(status.1.contains("handed back"), "{}", status.1);
+        let taken = &seen.events[seen.after_takeover[0]];
+        let perstack::schema::EventPayload::JobTakenOver(p) = &taken.payload else {
+            unreachable!()
+        };
+        assert!(
+            p.worker.starts_with(&format!("pid {} ", second.pid())),
+            "{p:?}"
+        );
+        assert_eq!(queue_left(&server).await, (0, 0), "the work queue is empty");
+    };
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("not done within 30 s: the job waited for its lease");
 }
