@@ -48,7 +48,7 @@ use super::output::{JobEnd, OutputError, Publisher};
 use super::queue;
 use crate::config::{PerstackConfig, ProviderName};
 use crate::engine::{
-    ContinueInput, ContinueRequest, Engine, EngineError, HandBack, JobRequest, Settings, Takeover,
+    ContinueInput, ContinueRequest, Engine, EngineError, JobRequest, Settings, Takeover,
 };
 use crate::llm::LanguageModel;
 use crate::sandbox::Isolation;
@@ -56,6 +56,11 @@ use crate::schema::JobStatus;
 use crate::storage::{Storage, StoreError};
 
 mod delegated;
+mod drain;
+mod how;
+
+use drain::{Running, drain_running};
+use how::How;
 
 /// Deliveries of a finished job's message during which a worker waits for the job's own
 /// worker to publish its last lines before it writes the end record itself.
@@ -138,44 +143,6 @@ pub(crate) enum WorkerError {
     Subscribe(String),
 }
 
-/// How a delivery goes about its job, from what the store and the invocation's output hold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum How {
-    /// A new job: start it.
-    Start,
-    /// A continuation not run yet: continue the stored job with its input (under the job's
-    /// claim: while another invocation of the job runs, it waits).
-    Continue,
-    /// Its worker died mid-run (the job is stored running, and this invocation had printed
-    /// something): write the takeover record and resume it from its checkpoints.
-    TakeOver,
-    /// It ran to its end before (the ack, maybe the end record, was lost): publish the end
-    /// record only; it never runs twice.
-    Ended,
-}
-
-impl How {
-    /// From whether the message is a continuation, the stored job's status and whether the
-    /// invocation's own output subject holds anything; `None`: a continuation of a job not
-    /// stored. A continuation is told from a redelivery by its own output, not by the job's:
-    /// continuations submitted at once each find the job changed by the others, yet each
-    /// runs once.
-    fn decide(continuation: bool, stored: Option<JobStatus>, printed: bool) -> Option<How> {
-        let running = stored == Some(JobStatus::Running);
-        Some(match (continuation, stored) {
-            (false, None) => How::Start,
-            (false, Some(_)) if running => How::TakeOver,
-            (false, Some(_)) => How::Ended,
-            (true, None) => return None,
-            (true, Some(_)) => match (printed, running) {
-                (false, _) => How::Continue,
-                (true, true) => How::TakeOver,
-                (true, false) => How::Ended,
-            },
-        })
-    }
-}
-
 /// What became of one job attempt (besides success).
 enum Failure {
     /// Refused for good.
@@ -201,12 +168,6 @@ struct Worker {
     running: DashMap<String, Running>,
     /// Set once the drain timeout passed: a job that starts after that is handed back at once.
     handing_back: std::sync::atomic::AtomicBool,
-}
-
-/// What the worker can do to a job it runs.
-struct Running {
-    cancel: CancellationToken,
-    hand_back: HandBack,
 }
 
 /// Run the worker on `client` until `drain` is cancelled and every running job has ended, or
@@ -271,55 +232,6 @@ pub(crate) async fn serve(
     listener.abort();
     let _ = client.flush().await;
     Ok(())
-}
-
-/// Let the running jobs finish, for one drain timeout; then hand them back at their next step
-/// boundary, and once more that long later at once. Returns when every job has ended here, or
-/// on `leave`.
-async fn drain_running(worker: &Worker, tasks: &mut JoinSet<()>, leave: &CancellationToken) {
-    let limit = worker.config.drain_timeout;
-    for stage in 0..3 {
-        if stage > 0 && !tasks.is_empty() {
-            worker
-                .handing_back
-                .store(true, std::sync::atomic::Ordering::SeqCst);
-            for job in worker.running.iter() {
-                if stage == 1 {
-                    job.hand_back.at_step_boundary();
-                } else {
-                    job.hand_back.now();
-                }
-            }
-            if stage == 1 {
-                tracing::warn!(
-                    running = tasks.len(),
-                    "drain timeout: handing the running jobs back at their next step boundary"
-                );
-            } else {
-                tracing::warn!(
-                    running = tasks.len(),
-                    "steps still under way after another drain timeout: handing the jobs back now (those steps are repeated elsewhere)"
-                );
-            }
-        }
-        let wait = async {
-            if stage < 2 {
-                let _ = tokio::time::timeout(limit, async {
-                    while tasks.join_next().await.is_some() {}
-                })
-                .await;
-            } else {
-                while tasks.join_next().await.is_some() {}
-            }
-        };
-        tokio::select! {
-            () = wait => {}
-            () = leave.cancelled() => return,
-        }
-        if tasks.is_empty() {
-            return;
-        }
-    }
 }
 
 /// Pull and start jobs until `drain`.
@@ -825,28 +737,5 @@ fn classify(e: EngineError) -> Failure {
         }
         EngineError::Sandbox(e) => Failure::Refused(Rejection::Sandbox(e.to_string())),
         other => Failure::Refused(Rejection::Unrunnable(other.to_string())),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_continuation_is_told_from_a_redelivery_by_its_own_output() {
-        let done = Some(JobStatus::Completed);
-        let running = Some(JobStatus::Running);
-        // Plain jobs: as before continuations.
-        assert_eq!(How::decide(false, None, false), Some(How::Start));
-        assert_eq!(How::decide(false, running, true), Some(How::TakeOver));
-        assert_eq!(How::decide(false, done, true), Some(How::Ended));
-        // A continuation that printed nothing has not run: it continues the job, finished or
-        // running (another continuation holds it: the claim makes this one wait)...
-        assert_eq!(How::decide(true, done, false), Some(How::Continue));
-        assert_eq!(How::decide(true, running, false), Some(How::Continue));
-        // ...one that printed and ended only finds its end; one whose worker died is taken over.
-        assert_eq!(How::decide(true, done, true), Some(How::Ended));
-        assert_eq!(How::decide(true, running, true), Some(How::TakeOver));
-        assert_eq!(How::decide(true, None, false), None);
     }
 }
