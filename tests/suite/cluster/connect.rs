@@ -1,5 +1,6 @@
-//! Connecting to a `nats-server` that asks for credentials: user and password, a token, and
-//! TLS with a CA and server certificate made here (the `openssl` command). A job runs through
+//! Connecting to a `nats-server` that asks for credentials: user and password, a token, TLS
+//! with a CA and server certificate made here (the `openssl` command), and a credentials file
+//! (JWT and NKey seed) on a server in operator mode whose JWTs are made here. A job runs through
 //! each, submitter and worker alike; wrong credentials exit 2 with a clear message that never
 //! holds the secret.
 
@@ -234,6 +235,132 @@ async fn tls_with_the_servers_ca_runs_a_job_and_an_unknown_ca_exits_2() {
         .await;
         // Without the CA, the server's certificate is not trusted.
         refused(&url, project.path(), &["--nats-tls"], "-----BEGIN").await;
+    };
+    tokio::time::timeout(Duration::from_secs(90), run)
+        .await
+        .expect("not done within 90 s");
+}
+
+/// A NATS JWT (`ed25519-nkey`) with `claims`, signed by `issuer`.
+fn jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Value) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = b64.encode(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let claims = serde_json::json!({
+        "jti": format!("{subject}-{name}"),
+        "iat": 1_700_000_000u64,
+        "iss": issuer.public_key(),
+        "name": name,
+        "sub": subject,
+        "nats": nats,
+    });
+    let claims = b64.encode(serde_json::to_vec(&claims).unwrap());
+    let signing_input = format!("{header}.{claims}");
+    let signature = issuer.sign(signing_input.as_bytes()).unwrap();
+    format!("{signing_input}.{}", b64.encode(signature))
+}
+
+/// An account's claims with JetStream enabled.
+fn account_claims() -> serde_json::Value {
+    serde_json::json!({
+        "limits": {
+            "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+            "wildcards": true, "conn": -1, "leaf": -1,
+            "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1
+        },
+        "default_permissions": {"pub": {}, "sub": {}},
+        "type": "account",
+        "version": 2
+    })
+}
+
+/// An operator-mode server configuration (an operator, a system account, an account with
+/// JetStream, all preloaded) and a credentials file for a user of that account, in `dir`.
+/// Returns (configuration file, credentials file, the user's seed).
+fn operator_mode(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, String) {
+    let operator = nkeys::KeyPair::new_operator();
+    let system = nkeys::KeyPair::new_account();
+    let account = nkeys::KeyPair::new_account();
+    let user = nkeys::KeyPair::new_user();
+    let operator_jwt = jwt(
+        &operator,
+        &operator.public_key(),
+        "op",
+        serde_json::json!({"type": "operator", "version": 2}),
+    );
+    let mut system_claims = account_claims();
+    system_claims["limits"]["mem_storage"] = 0.into();
+    system_claims["limits"]["disk_storage"] = 0.into();
+    system_claims["limits"]["streams"] = 0.into();
+    system_claims["limits"]["consumer"] = 0.into();
+    let system_jwt = jwt(&operator, &system.public_key(), "SYS", system_claims);
+    let account_jwt = jwt(&operator, &account.public_key(), "app", account_claims());
+    let user_jwt = jwt(
+        &account,
+        &user.public_key(),
+        "worker",
+        serde_json::json!({
+            "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1,
+            "type": "user", "version": 2
+        }),
+    );
+    let config = dir.join("operator.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "operator: \"{operator_jwt}\"\nsystem_account: {sys}\nresolver: MEMORY\nresolver_preload: {{\n  {sys}: \"{system_jwt}\"\n  {acc}: \"{account_jwt}\"\n}}\n",
+            sys = system.public_key(),
+            acc = account.public_key(),
+        ),
+    )
+    .unwrap();
+    let seed = user.seed().unwrap();
+    let creds = dir.join("worker.creds");
+    std::fs::write(
+        &creds,
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n-----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+        ),
+    )
+    .unwrap();
+    (config, creds, seed)
+}
+
+#[tokio::test]
+async fn a_credentials_file_authenticates_on_an_operator_mode_server_and_a_missing_one_exits_2() {
+    let _serial = SERIAL.lock().await;
+    let project = common::project(&toml(), &script(0));
+    let keys = tempfile::tempdir().unwrap();
+    let (config, creds, seed) = operator_mode(keys.path());
+    let Some(server) =
+        NatsServer::start_with_options("creds", vec!["-c".into(), config.into_os_string()])
+    else {
+        return;
+    };
+    let url = server.url();
+    let creds = creds.to_str().unwrap().to_owned();
+    let run = async {
+        a_job_runs_through(&url, project.path(), 0, &["--nats-creds", &creds], &seed).await;
+        // No credentials: refused by the server.
+        refused(&url, project.path(), &[], &seed).await;
+        // A credentials file that is not there: a clear error naming it.
+        let missing = keys.path().join("missing.creds");
+        let missing = missing.to_str().unwrap();
+        let run = cli(
+            project.path(),
+            strings(&[
+                "run",
+                "--nats",
+                &url,
+                "--nats-creds",
+                missing,
+                "coordinator",
+                "q",
+            ]),
+        )
+        .await;
+        assert_eq!(run.code, 2, "{}", run.stderr);
+        assert!(run.stderr.contains("missing.creds"), "{}", run.stderr);
     };
     tokio::time::timeout(Duration::from_secs(90), run)
         .await
