@@ -9,8 +9,11 @@
 //!
 //! Producers `ask` and wait for the reply, so a slow sink or listener slows the producers
 //! down (backpressure); nothing is dropped. A run publishes a machine output's events in one
-//! [`PublishBatch`] (one mailbox slot and one reply for all of them, in order); streaming and
-//! runtime events come one [`Publish`] at a time. The bus never calls back into a run.
+//! [`PublishBatch`] (one mailbox slot and one reply for all of them, in order), and a model
+//! call the streaming events of each burst of its stream; runtime events come one
+//! [`Publish`] at a time. The bus never calls back into a run. The sink is written by a
+//! writer task of the output's, so the bus numbers, stores and serialises the next events
+//! while the last burst is being written (see [`output`]).
 //!
 //! Two failures are reported to the producer as a [`BusError`], whose
 //! [`BusError::run_failure`] decides what the run does: a checkpoint the store refuses (the
@@ -23,7 +26,7 @@
 //! | --- | --- |
 //! | this one | the actor, its messages, the order of the steps for one event |
 //! | `error` | [`BusError`] and its policy |
-//! | `output` | the sink behind one reusable buffer, written when full or idle |
+//! | `output` | the sink: the bus's buffer, handed to a writer task when full or idle |
 //! | `jobs` | per job: its sequence number and its subscribers |
 
 mod error;
@@ -112,7 +115,7 @@ impl Actor for EventBus {
 pub(crate) struct Publish(pub Event);
 
 impl Message<Publish> for EventBus {
-    type Reply = Result<u64, BusError>;
+    type Reply = DelegatedReply<Result<u64, BusError>>;
 
     async fn handle(
         &mut self,
@@ -120,7 +123,7 @@ impl Message<Publish> for EventBus {
         ctx: &mut Context<Self, Self::Reply>,
     ) -> Self::Reply {
         let result = self.publish(event, true).await;
-        self.finish(result, ctx.actor_ref()).await
+        self.finish(result, ctx).await
     }
 }
 
@@ -132,7 +135,7 @@ impl Message<Publish> for EventBus {
 pub(crate) struct PublishBatch(pub Vec<Event>);
 
 impl Message<PublishBatch> for EventBus {
-    type Reply = Result<u64, BusError>;
+    type Reply = DelegatedReply<Result<u64, BusError>>;
 
     async fn handle(
         &mut self,
@@ -154,7 +157,7 @@ impl Message<PublishBatch> for EventBus {
                 }
             }
         }
-        self.finish(result, ctx.actor_ref()).await
+        self.finish(result, ctx).await
     }
 }
 
@@ -165,7 +168,7 @@ impl Message<PublishBatch> for EventBus {
 pub(crate) struct PublishUnstored(pub Event);
 
 impl Message<PublishUnstored> for EventBus {
-    type Reply = Result<u64, BusError>;
+    type Reply = DelegatedReply<Result<u64, BusError>>;
 
     async fn handle(
         &mut self,
@@ -173,7 +176,7 @@ impl Message<PublishUnstored> for EventBus {
         ctx: &mut Context<Self, Self::Reply>,
     ) -> Self::Reply {
         let result = self.publish(event, false).await;
-        self.finish(result, ctx.actor_ref()).await
+        self.finish(result, ctx).await
     }
 }
 
@@ -194,7 +197,7 @@ impl Message<OpenJob> for EventBus {
 
     async fn handle(&mut self, open: OpenJob, ctx: &mut Context<Self, Self::Reply>) {
         self.jobs.open(open.job_id, open.last_seq, open.events);
-        let _ = self.finish(Ok(0), ctx.actor_ref()).await;
+        self.write_out_if_idle(ctx.actor_ref()).await;
     }
 }
 
@@ -207,7 +210,7 @@ impl Message<CloseJob> for EventBus {
 
     async fn handle(&mut self, CloseJob(job): CloseJob, ctx: &mut Context<Self, u64>) -> u64 {
         let last = self.jobs.close(&job);
-        let _ = self.finish(Ok(0), ctx.actor_ref()).await;
+        self.write_out_if_idle(ctx.actor_ref()).await;
         last
     }
 }
@@ -220,7 +223,7 @@ impl Message<Flush> for EventBus {
     type Reply = ();
 
     async fn handle(&mut self, _: Flush, _: &mut Context<Self, Self::Reply>) {
-        let _ = self.output.write_out(true).await;
+        self.output.flush().await;
     }
 }
 
@@ -292,20 +295,30 @@ impl EventBus {
         Ok(*seq)
     }
 
-    /// Every handler ends here: lines written by a burst of messages leave once the bus has
-    /// nothing else to do, whatever message ended the burst. A failure to do so is the
-    /// message's own (its events were stored and delivered).
+    /// Every publishing handler ends here: lines written by a burst of messages leave once
+    /// the bus has nothing else to do, whatever message ended the burst. The reply of the
+    /// message that ended it goes with its lines and is sent once they are written (a sink
+    /// that failed then is that message's failure: its events were stored and delivered);
+    /// the others are answered at once.
     async fn finish(
         &mut self,
         result: Result<u64, BusError>,
-        bus: &ActorRef<EventBus>,
-    ) -> Result<u64, BusError> {
-        if !is_idle(bus) {
-            return result;
+        ctx: &mut Context<Self, DelegatedReply<Result<u64, BusError>>>,
+    ) -> DelegatedReply<Result<u64, BusError>> {
+        let idle = is_idle(ctx.actor_ref());
+        let (delegated, reply) = ctx.reply_sender();
+        if idle {
+            self.output.write_out(reply, result).await;
+        } else if let Some(reply) = reply {
+            reply.send(result);
         }
-        match (self.output.write_out(true).await, result) {
-            (Err(e), Ok(_)) => Err(BusError::Sink(e)),
-            (_, result) => result,
+        delegated
+    }
+
+    /// The end of the other handlers: hand what is buffered to the writer when idle.
+    async fn write_out_if_idle(&mut self, bus: &ActorRef<EventBus>) {
+        if is_idle(bus) {
+            self.output.write_out(None, Ok(0)).await;
         }
     }
 }

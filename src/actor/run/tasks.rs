@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use kameo::prelude::*;
 use serde_json::{Map, json};
 use tracing::Instrument;
@@ -92,20 +92,62 @@ async fn generate(
 ) -> Result<Generation, GenerationError> {
     let mut stream = ctx.model.stream(request).await?;
     let mut asm = Assembler::new();
-    while let Some(item) = stream.next().await {
-        for signal in asm.push(item?) {
-            emit(ctx, envelope, run_result, signal).await;
+    let mut events = Vec::new();
+    let mut ended = false;
+    while !ended {
+        // Wait for the next part, then take every part that is already there: their events
+        // go to the bus in one message, in order (one ask per burst of the stream, not one per
+        // event). A part that fails still publishes what came before it.
+        let Some(item) = stream.next().await else {
+            break;
+        };
+        let mut failed = None;
+        let mut next = Some(item);
+        while let Some(item) = next.take() {
+            match item {
+                Ok(part) => {
+                    for signal in asm.push(part) {
+                        events.extend(stream_event(envelope, run_result, signal));
+                    }
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            match stream.next().now_or_never() {
+                Some(Some(item)) => next = Some(item),
+                Some(None) => ended = true,
+                None => {}
+            }
+        }
+        publish_stream(ctx, &mut events).await;
+        if let Some(e) = failed {
+            return Err(e);
         }
     }
     let (signals, generation) = asm.finish();
     for signal in signals {
-        emit(ctx, envelope, run_result, signal).await;
+        events.extend(stream_event(envelope, run_result, signal));
     }
+    publish_stream(ctx, &mut events).await;
     generation
 }
 
+/// Publish a burst of streaming events in one message. Their failures are not the model
+/// call's: a failed bus or sink stops the job through the next state event.
+async fn publish_stream(ctx: &JobContext, events: &mut Vec<crate::schema::Event>) {
+    if !events.is_empty() {
+        let _ = ctx.publish_batch(std::mem::take(events)).await;
+    }
+}
+
 /// Reasoning events may come in either generation; result events only for the run result.
-async fn emit(ctx: &JobContext, envelope: &Envelope, run_result: bool, signal: Signal) {
+fn stream_event(
+    envelope: &Envelope,
+    run_result: bool,
+    signal: Signal,
+) -> Option<crate::schema::Event> {
     let payload = match signal {
         Signal::ReasoningStart => {
             EventPayload::StartStreamingReasoning(Empty { extra: Map::new() })
@@ -131,9 +173,9 @@ async fn emit(ctx: &JobContext, envelope: &Envelope, run_result: bool, signal: S
                 extra: Map::new(),
             })
         }
-        _ => return,
+        _ => return None,
     };
-    let _ = ctx.publish(envelope.event(now_ms(), payload)).await;
+    Some(envelope.event(now_ms(), payload))
 }
 
 /// Run skill calls concurrently; results come back in call order.
