@@ -3,8 +3,9 @@
 //! configuration says `runtime = "local"`.
 //!
 //! The launcher (`skill::launcher`) is the only caller: for a confined request it builds
-//! a `policy::Policy` from the request and the run's `SandboxScope`, and starts the hidden
-//! `perstack sandbox-exec` trampoline (`trampoline`) instead of the program. The trampoline,
+//! a `policy::Policy` from the request and the run's `SandboxScope`, and starts the trampoline
+//! (`trampoline`: the small `perstack-sandbox` binary, or the `perstack` binary's hidden
+//! `sandbox-exec` subcommand; `probe` decides which) instead of the program. The trampoline,
 //! before any thread exists, enters new user, mount, network, IPC and PID namespaces, then, as
 //! PID 1 of the new PID namespace:
 //!
@@ -130,8 +131,26 @@ impl SandboxUnavailable {
     }
 }
 
-/// Runs the hidden `perstack sandbox-exec` trampoline when this process was started as one
-/// (its first argument is `sandbox-exec`), and returns its exit code; `None` otherwise.
+/// The whole program of the `perstack-sandbox` binary: the trampoline, started by the engine as
+/// `perstack-sandbox sandbox-exec <policy>`; any other use prints what it is and exits 2.
+///
+/// Public only so that the second binary of this package can call it; it is not part of the
+/// embedding API (an embedding program ships the binary, see [`TRAMPOLINE_ENV`]).
+#[doc(hidden)]
+pub fn trampoline_main() -> ExitCode {
+    dispatch().unwrap_or_else(|| {
+        eprintln!(
+            "perstack-sandbox: the sandbox trampoline of the perstack engine, started by the \
+             engine only (usage: perstack-sandbox {} <policy>)",
+            trampoline::SUBCOMMAND
+        );
+        ExitCode::from(2)
+    })
+}
+
+/// Runs the sandbox trampoline when this process was started as one (its first argument is
+/// `sandbox-exec`, in `perstack-sandbox` or in the `perstack` binary, where it is a hidden
+/// subcommand), and returns its exit code; `None` otherwise.
 ///
 /// Must be called first thing in `main`, before any thread (the tokio runtime) exists: entering
 /// a user namespace fails in a multithreaded process.

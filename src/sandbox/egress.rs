@@ -13,6 +13,7 @@
 //! | [`rules`] | the allow-list: exact and `*.` patterns, punycode and IP refusal, port 443, registries |
 //! | [`proxy`] | the `CONNECT` proxy on a Unix socket, its bounds, and its decisions as events |
 //! | [`forwarder`] | the loopback-to-Unix-socket forwarder the sandbox trampoline runs |
+//! | [`socket_dir`] | the proxy socket's private directory, its lock, and the sweep of dead engines' directories |
 //!
 //! This module owns the proxy variables a sandboxed process gets ([`apply_proxy_env`]): the
 //! launcher calls it, and the user's own proxy settings never reach the process.
@@ -20,6 +21,7 @@
 pub(crate) mod forwarder;
 pub(crate) mod proxy;
 pub(crate) mod rules;
+pub(crate) mod socket_dir;
 
 #[cfg(test)]
 mod tests;

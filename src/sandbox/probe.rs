@@ -1,5 +1,5 @@
-//! Whether this machine can sandbox, asked once per engine process, and where the trampoline
-//! binary is.
+//! Whether this machine can sandbox, asked once per engine process, and which trampoline
+//! binary confines processes (`perstack-sandbox`, else the `perstack` binary itself).
 //!
 //! The probe is cheap (a Landlock ruleset created and closed, a few `/proc/sys` reads, no
 //! process started), so the CLI asks it before a confined run starts and fails with exit 2
@@ -13,10 +13,14 @@ use super::SandboxUnavailable;
 
 /// Set to `unavailable` to make the probe fail (tests of the refusal path).
 pub const PROBE_OVERRIDE_ENV: &str = "PERSTACK_SANDBOX_PROBE";
-/// The `perstack` binary to use as the trampoline, when the engine is embedded in another
-/// program (default: this program when it is `perstack`, else a `perstack` next to it or one
-/// directory up, as cargo lays out tests, examples and benches).
+/// The trampoline binary to use (`perstack-sandbox`, or a `perstack` binary, which has the same
+/// trampoline as a hidden subcommand), for an application embedding the engine whose binaries
+/// are not installed side by side. Default: see [`trampoline`].
 pub const TRAMPOLINE_ENV: &str = "PERSTACK_SANDBOX_EXEC";
+
+/// The binaries that carry the trampoline, preferred first: the dedicated one (small, so cheap
+/// to execute for every process), then the whole CLI (its hidden `sandbox-exec` subcommand).
+const TRAMPOLINES: [&str; 2] = ["perstack-sandbox", "perstack"];
 
 /// The kernel that has every piece: Landlock scopes (6.12) and a per-namespace `pid_max`
 /// (6.14).
@@ -39,15 +43,28 @@ pub fn check_available() -> Result<(), SandboxUnavailable> {
     trampoline().map(drop)
 }
 
-/// The trampoline binary.
+/// The trampoline binary, found once per engine process (the one place that decides which
+/// binary confines processes): [`TRAMPOLINE_ENV`] when set; otherwise `perstack-sandbox`, then
+/// `perstack`, next to this program or one directory up (as cargo lays out tests, examples
+/// and benches).
 pub(crate) fn trampoline() -> Result<PathBuf, SandboxUnavailable> {
     static FOUND: OnceLock<Result<PathBuf, SandboxUnavailable>> = OnceLock::new();
-    FOUND.get_or_init(find_trampoline).clone()
+    FOUND
+        .get_or_init(|| {
+            let exe = std::env::current_exe().map_err(|e| {
+                unavailable(
+                    format!("cannot find this program: {e}"),
+                    format!("set {TRAMPOLINE_ENV} to the perstack-sandbox binary"),
+                )
+            })?;
+            locate_trampoline(std::env::var_os(TRAMPOLINE_ENV).map(PathBuf::from), &exe)
+        })
+        .clone()
 }
 
-fn find_trampoline() -> Result<PathBuf, SandboxUnavailable> {
-    if let Some(path) = std::env::var_os(TRAMPOLINE_ENV) {
-        let path = PathBuf::from(path);
+/// The trampoline for a program at `exe`, or the one `named` by [`TRAMPOLINE_ENV`].
+fn locate_trampoline(named: Option<PathBuf>, exe: &Path) -> Result<PathBuf, SandboxUnavailable> {
+    if let Some(path) = named {
         return if path.is_file() {
             Ok(path)
         } else {
@@ -56,30 +73,25 @@ fn find_trampoline() -> Result<PathBuf, SandboxUnavailable> {
                     "{TRAMPOLINE_ENV} names {}, which is not a file",
                     path.display()
                 ),
-                format!("point {TRAMPOLINE_ENV} at the perstack binary"),
+                format!("point {TRAMPOLINE_ENV} at the perstack-sandbox binary"),
             ))
         };
     }
-    let exe = std::env::current_exe().map_err(|e| {
-        unavailable(
-            format!("cannot find this program: {e}"),
-            format!("set {TRAMPOLINE_ENV} to the perstack binary"),
-        )
-    })?;
-    if exe.file_name().is_some_and(|n| n == "perstack") {
-        return Ok(exe);
-    }
     let dir = exe.parent().unwrap_or(Path::new("/"));
-    [dir.join("perstack"), dir.join("../perstack")]
-        .into_iter()
+    TRAMPOLINES
+        .iter()
+        .flat_map(|name| [dir.join(name), dir.join("..").join(name)])
         .find(|p| p.is_file())
         .ok_or_else(|| {
             unavailable(
                 format!(
-                    "no perstack binary to confine processes with next to {}",
+                    "no perstack-sandbox (or perstack) binary to confine processes with next to \
+                     {}",
                     exe.display()
                 ),
-                format!("set {TRAMPOLINE_ENV} to the perstack binary"),
+                format!(
+                    "install perstack-sandbox next to the program, or set {TRAMPOLINE_ENV} to it"
+                ),
             )
         })
 }
@@ -160,6 +172,58 @@ mod tests {
         assert_eq!(parse_release("6.18.0-1-amd64"), Some((6, 18)));
         assert_eq!(parse_release("5.15"), Some((5, 15)));
         assert_eq!(parse_release("weird"), None);
+    }
+
+    /// `cargo`'s layout: binaries in `target/<profile>/`, tests and benches in `deps/` below.
+    fn layout(binaries: &[&str]) -> (tempfile::TempDir, PathBuf) {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("deps")).unwrap();
+        for name in binaries {
+            std::fs::write(root.path().join(name), "").unwrap();
+        }
+        let dir = root.path().to_path_buf();
+        (root, dir)
+    }
+
+    #[test]
+    fn the_dedicated_trampoline_is_preferred_next_to_the_program_and_one_directory_up() {
+        let (_root, dir) = layout(&["perstack", "perstack-sandbox"]);
+        assert_eq!(
+            locate_trampoline(None, &dir.join("perstack")).unwrap(),
+            dir.join("perstack-sandbox")
+        );
+        assert_eq!(
+            locate_trampoline(None, &dir.join("deps/all-0123")).unwrap(),
+            dir.join("deps/../perstack-sandbox")
+        );
+    }
+
+    #[test]
+    fn without_the_dedicated_trampoline_the_perstack_binary_serves() {
+        let (_root, dir) = layout(&["perstack"]);
+        assert_eq!(
+            locate_trampoline(None, &dir.join("perstack")).unwrap(),
+            dir.join("perstack")
+        );
+        assert_eq!(
+            locate_trampoline(None, &dir.join("deps/bench-0123")).unwrap(),
+            dir.join("deps/../perstack")
+        );
+        let (_root, empty) = layout(&[]);
+        let e = locate_trampoline(None, &empty.join("app")).unwrap_err();
+        assert!(e.to_string().contains(TRAMPOLINE_ENV), "{e}");
+    }
+
+    #[test]
+    fn the_variable_wins_and_must_name_a_file() {
+        let (_root, dir) = layout(&["perstack", "perstack-sandbox"]);
+        let named = dir.join("perstack");
+        assert_eq!(
+            locate_trampoline(Some(named.clone()), &dir.join("perstack")).unwrap(),
+            named
+        );
+        let e = locate_trampoline(Some(dir.join("missing")), &dir.join("perstack")).unwrap_err();
+        assert!(e.to_string().contains("not a file"), "{e}");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The hidden `perstack sandbox-exec` trampoline: restricts itself, then starts the program.
+//! The sandbox trampoline (`perstack-sandbox sandbox-exec <policy>`, or the same arguments to
+//! the `perstack` binary): restricts itself, then starts the program.
 //!
 //! Two stages, one process forked from the other (`unshare(CLONE_NEWPID)` only moves the
 //! caller's *children* into the new PID namespace; the process is single-threaded, so the
@@ -17,22 +18,33 @@
 //!    its status to stage 1 through a pipe and exits, which kills whatever is left in the
 //!    namespace.
 //!
+//! **Signals are never lost on the way** (issue 11): the forwarded signals are blocked first
+//! thing in stage 1, stay blocked in stage 2 (a forked child inherits the mask) for its whole
+//! life, and are read from a signal descriptor. The program gets an empty mask and default
+//! actions from `posix_spawn`'s attributes, applied in the child right before `exec`, so there
+//! is no moment where stage 2 has them unblocked: a signal that arrives during the set-up or
+//! the spawn waits on the descriptor and is forwarded to the program as soon as it exists. (A
+//! signal delivered to a PID 1 with the default action is discarded by the kernel; unblocking
+//! around the spawn, as a `Command` would need, dropped every signal that arrived meanwhile.)
+//!
 //! Stage 1 then ends the way the program did: the same exit code, or the same signal. A set-up
 //! failure prints `perstack sandbox-exec: <what>: <why>` on stderr and exits with
 //! [`SETUP_FAILED`].
 
+use std::ffi::{CString, OsStr};
 use std::fmt;
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
-use std::os::unix::process::CommandExt;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sched::{CloneFlags, unshare};
+use nix::spawn::{PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags, posix_spawn};
 use nix::sys::signal::{SigSet, Signal, kill};
-use nix::sys::signalfd::SignalFd;
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{Pid, getgid, getppid, getuid, pipe2};
 
@@ -129,13 +141,14 @@ fn parse(policy: &str) -> Result<Policy, SetupError> {
 
 /// Stage 1, outside the namespaces.
 fn outer(json: &str) -> Result<End, SetupError> {
+    // First: from here on a forwarded signal waits for the program instead of ending us.
+    let signals = blocked_signals()?;
     let policy = parse(json)?;
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
         .map_err(|e| SetupError::new("parent-death signal", e))?;
     if u32::try_from(getppid().as_raw()).ok() != Some(policy.engine_pid) {
         return Err(SetupError::new("start", "the engine is gone"));
     }
-    let signals = blocked_signals()?;
     let (uid, gid) = (getuid(), getgid());
     unshare(
         CloneFlags::CLONE_NEWUSER
@@ -202,20 +215,9 @@ fn init(policy: &Policy, mut status: std::fs::File) -> Result<End, SetupError> {
     super::limits::apply(&policy.limits)?;
     super::landlock::restrict(policy)?;
 
-    // The program starts with no signal blocked (a child inherits the mask). A signal to
-    // forward that arrives in this short window is lost; a child's exit is not (the loop reaps
-    // before it waits).
-    let mask = forwarded_set();
-    mask.thread_unblock()
-        .map_err(|e| SetupError::new("unblocking signals", e))?;
-    let program = Command::new(&policy.program)
-        .arg0(&policy.argv0)
-        .args(&policy.args)
-        .spawn();
-    mask.thread_block()
-        .map_err(|e| SetupError::new("blocking signals", e))?;
-    let program = program.map_err(|e| SetupError::io(&format!("starting {}", policy.argv0), e))?;
-    let pid = Pid::from_raw(i32::try_from(program.id()).unwrap_or(i32::MAX));
+    // The forwarded signals stay blocked here: whatever arrived since stage 1 started waits on
+    // `signals` and goes to the program in the loop below.
+    let pid = spawn_program(policy)?;
     let end = wait_forwarding(&signals, pid, Some(&status), &mut egress)?;
     let report = match end {
         End::Exited(code) => format!("exit {code}"),
@@ -283,6 +285,38 @@ fn bind_egress(policy: &Policy) -> Result<Egress, SetupError> {
     })
 }
 
+/// Starts the program with the environment this process got, no signal blocked and every
+/// signal at its default action (also `SIGPIPE`, which the Rust runtime ignores), the mask and
+/// actions being set by `posix_spawn` in the child right before `exec`: this process never
+/// unblocks a forwarded signal (see the module doc).
+fn spawn_program(policy: &Policy) -> Result<Pid, SetupError> {
+    let what = format!("starting {}", policy.argv0);
+    let fail = |e: nix::errno::Errno| SetupError::io(&what, std::io::Error::from(e));
+    let c_string = |s: &OsStr| {
+        CString::new(s.as_bytes()).map_err(|_| SetupError::new(&what, "a NUL byte in an argument"))
+    };
+    let mut argv = vec![c_string(OsStr::new(&policy.argv0))?];
+    for arg in &policy.args {
+        argv.push(c_string(OsStr::new(arg))?);
+    }
+    let mut env = Vec::new();
+    for (name, value) in std::env::vars_os() {
+        let mut entry = name;
+        entry.push("=");
+        entry.push(value);
+        env.push(c_string(&entry)?);
+    }
+    let mut attr = PosixSpawnAttr::init().map_err(fail)?;
+    attr.set_flags(
+        PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF,
+    )
+    .map_err(fail)?;
+    attr.set_sigmask(&SigSet::empty()).map_err(fail)?;
+    attr.set_sigdefault(&SigSet::all()).map_err(fail)?;
+    let actions = PosixSpawnFileActions::init().map_err(fail)?;
+    posix_spawn(policy.program.as_path(), &actions, &attr, &argv, &env).map_err(fail)
+}
+
 fn forwarded_set() -> SigSet {
     let mut set = SigSet::empty();
     for signal in FORWARDED {
@@ -291,12 +325,14 @@ fn forwarded_set() -> SigSet {
     set
 }
 
-/// Blocks the forwarded signals and returns a descriptor that reads them.
+/// Blocks the forwarded signals and returns a descriptor that reads them (not inherited by the
+/// program, and never blocking a read: the loop polls it).
 fn blocked_signals() -> Result<SignalFd, SetupError> {
     let set = forwarded_set();
     set.thread_block()
         .map_err(|e| SetupError::new("blocking signals", e))?;
-    SignalFd::new(&set).map_err(|e| SetupError::new("signalfd", e))
+    SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .map_err(|e| SetupError::new("signalfd", e))
 }
 
 /// Whether the reader of the status pipe (stage 1) is gone, waiting up to `timeout`.

@@ -11,7 +11,8 @@
 //!
 //! Confined (the request carries a [`SandboxScope`]), it builds the process's
 //! [`Policy`](crate::sandbox::policy::Policy) here, prints it at debug level (`--verbose`), and
-//! starts the `perstack sandbox-exec` trampoline ([`crate::sandbox`]) with the same
+//! starts the sandbox trampoline (`perstack-sandbox sandbox-exec <policy>`, the binary
+//! [`probe::trampoline`] picks; [`crate::sandbox`]) with the same
 //! environment, directory, pipes and process group, from one long-lived spawner thread: the
 //! trampoline's parent-death signal follows the thread that spawned it, so that thread must
 //! live as long as the engine.

@@ -28,6 +28,7 @@ mod registry;
 mod replay;
 mod retry_policy;
 mod sandbox;
+mod sandbox_trampoline;
 mod schema_roundtrip;
 mod skills_e2e;
 mod storage_failure;

@@ -20,20 +20,20 @@ const OTHER: &str = "the other workspace's secret";
 const CHECKPOINT: &str = "a stored checkpoint's secret";
 
 /// Everything an attack aims at, in one temporary directory.
-struct Scene {
-    root: tempfile::TempDir,
+pub(super) struct Scene {
+    pub(super) root: tempfile::TempDir,
     home: PathBuf,
-    key: PathBuf,
+    pub(super) key: PathBuf,
     other: PathBuf,
     outside: PathBuf,
-    ws: PathBuf,
+    pub(super) ws: PathBuf,
     checkpoint: PathBuf,
     /// A listener on the host's loopback: nothing from the sandbox may reach it.
     listener: TcpListener,
 }
 
 impl Scene {
-    fn new() -> Scene {
+    pub(super) fn new() -> Scene {
         let root = tempfile::tempdir().unwrap();
         let base = std::fs::canonicalize(root.path()).unwrap();
         let home = base.join("home");
@@ -67,12 +67,12 @@ impl Scene {
         self.listener.local_addr().unwrap().port()
     }
 
-    fn write_project(&self, experts: &str, script: &str) {
+    pub(super) fn write_project(&self, experts: &str, script: &str) {
         common::write_project(&self.ws, &common::scripted(experts), script);
     }
 
     /// `perstack <args>` in the workspace with the fake `HOME`.
-    fn perstack(&self, args: &[&str]) -> Command {
+    pub(super) fn perstack(&self, args: &[&str]) -> Command {
         let mut cmd = common::perstack(&self.ws, args);
         cmd.env("HOME", &self.home);
         cmd
@@ -92,7 +92,7 @@ impl Scene {
 }
 
 /// The text of the result of tool call `id`.
-fn result(events: &[Value], id: &str) -> String {
+pub(super) fn result(events: &[Value], id: &str) -> String {
     common::tool_results(events)
         .into_iter()
         .find(|(i, _)| i == id)
@@ -101,7 +101,7 @@ fn result(events: &[Value], id: &str) -> String {
 }
 
 /// Processes on the host whose command line contains `marker`.
-fn processes_with(marker: &str) -> Vec<u32> {
+pub(super) fn processes_with(marker: &str) -> Vec<u32> {
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
@@ -113,7 +113,7 @@ fn processes_with(marker: &str) -> Vec<u32> {
 }
 
 /// Processes running `marker` themselves (not a trampoline whose policy names it).
-fn programs_with(marker: &str) -> Vec<u32> {
+pub(super) fn programs_with(marker: &str) -> Vec<u32> {
     processes_with(marker)
         .into_iter()
         .filter(|pid| {
@@ -124,7 +124,7 @@ fn programs_with(marker: &str) -> Vec<u32> {
 }
 
 /// Waits (bounded) until no process carries `marker`; on failure prints what is left.
-fn gone(marker: &str) -> bool {
+pub(super) fn gone(marker: &str) -> bool {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if processes_with(marker).is_empty() {
@@ -154,7 +154,7 @@ fn gone(marker: &str) -> bool {
 }
 
 /// A unique `sleep` argument, so that the test finds its own processes only.
-fn marker() -> String {
+pub(super) fn marker() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -162,7 +162,7 @@ fn marker() -> String {
     format!("{}.{:09}", 300 + std::process::id() % 100, nanos)
 }
 
-fn exec_call(id: &str, command: &str, args: &[&str]) -> String {
+pub(super) fn exec_call(id: &str, command: &str, args: &[&str]) -> String {
     let args = args
         .iter()
         .map(|a| format!("'{a}'"))
@@ -174,7 +174,7 @@ fn exec_call(id: &str, command: &str, args: &[&str]) -> String {
     )
 }
 
-const WORKER: &str = r#"
+pub(super) const WORKER: &str = r#"
 [experts."w"]
 instruction = "Try everything."
 "#;

@@ -38,6 +38,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::rules::{AllowList, Blocked};
+use super::socket_dir::SocketDir;
 use crate::schema::{ProxyAccess, ProxyAction};
 use crate::skill::mcp::endpoint::blocked_range;
 
@@ -129,25 +130,21 @@ pub(crate) type ProxyEvents = mpsc::Receiver<ProxyAccess>;
 /// A running proxy. Dropping it stops accepting, ends every tunnel and removes the socket.
 #[derive(Debug)]
 pub(crate) struct EgressProxy {
-    dir: PathBuf,
+    /// The socket's private directory, locked while the proxy runs (removed on drop).
+    _dir: SocketDir,
     socket: PathBuf,
     cancel: CancellationToken,
     task: JoinHandle<()>,
 }
 
 impl EgressProxy {
-    /// Binds a socket in a fresh private directory (mode 0700) under the temp directory and
-    /// starts serving on the current tokio runtime.
+    /// Binds a socket in a fresh private directory under the temp directory (sweeping the
+    /// directories of dead engines first, see [`SocketDir`]) and starts serving on the current
+    /// tokio runtime.
     pub(crate) fn start(settings: ProxySettings) -> io::Result<(EgressProxy, ProxyEvents)> {
-        let dir = private_dir()?;
-        let socket = dir.join("proxy.sock");
-        let listener = match UnixListener::bind(&socket) {
-            Ok(l) => l,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(e);
-            }
-        };
+        let dir = SocketDir::create(&std::env::temp_dir())?;
+        let socket = dir.path().join("proxy.sock");
+        let listener = UnixListener::bind(&socket)?;
         let (tx, rx) = mpsc::channel(EVENTS_CAPACITY);
         let cancel = CancellationToken::new();
         let shared = Arc::new(Shared {
@@ -157,7 +154,7 @@ impl EgressProxy {
         let task = tokio::spawn(accept_loop(listener, shared, cancel.clone()));
         Ok((
             EgressProxy {
-                dir,
+                _dir: dir,
                 socket,
                 cancel,
                 task,
@@ -176,7 +173,6 @@ impl Drop for EgressProxy {
     fn drop(&mut self) {
         self.cancel.cancel();
         self.task.abort();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -202,51 +198,6 @@ impl Shared {
                 extra: Map::new(),
             })
             .await;
-    }
-}
-
-/// The prefix of the proxies' directories: `perstack-egress-<engine pid>-<random>`.
-const DIR_PREFIX: &str = "perstack-egress-";
-
-fn private_dir() -> io::Result<PathBuf> {
-    use std::os::unix::fs::DirBuilderExt;
-    let base = std::env::temp_dir();
-    sweep_stale_dirs(&base);
-    let mut last = None;
-    for _ in 0..8 {
-        let dir = base.join(format!(
-            "{DIR_PREFIX}{}-{:08x}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-            Ok(()) => return Ok(dir),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.unwrap_or_else(|| io::Error::other("no private directory")))
-}
-
-/// Removes the directories of engines that are gone (killed before their proxies' `Drop` ran):
-/// a directory whose pid has no `/proc` entry. Directories of live engines are never touched
-/// (unless an engine in another PID namespace shares this temp directory).
-fn sweep_stale_dirs(base: &Path) {
-    let Ok(entries) = std::fs::read_dir(base) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(DIR_PREFIX))
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if !Path::new("/proc").join(pid.to_string()).exists() {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
     }
 }
 

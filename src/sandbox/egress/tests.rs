@@ -376,23 +376,6 @@ async fn dropping_the_proxy_removes_its_socket() {
     assert!(!path.parent().unwrap().exists());
 }
 
-#[tokio::test]
-async fn starting_a_proxy_removes_the_directories_of_dead_engines_only() {
-    // A pid no process has (above the kernel's maximum) and this process's own.
-    let base = std::env::temp_dir();
-    let dead = base.join("perstack-egress-4294967295-deadbeef");
-    let alive = base.join(format!("perstack-egress-{}-0a11ve00", std::process::id()));
-    for dir in [&dead, &alive] {
-        std::fs::create_dir_all(dir).unwrap();
-        std::fs::write(dir.join("proxy.sock"), "").unwrap();
-    }
-    let (proxy, _events) = EgressProxy::start(ProxySettings::default()).unwrap();
-    assert!(!dead.exists());
-    assert!(alive.exists());
-    std::fs::remove_dir_all(&alive).unwrap();
-    drop(proxy);
-}
-
 #[test]
 fn a_proxy_access_event_has_perstacks_wire_shape() {
     let event = Event {
