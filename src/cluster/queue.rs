@@ -18,7 +18,9 @@
 //! worker that takes it looks there first, and ends it cancelled without running it.
 //! Delegations placed on the cluster (`delegate`) keep their join state in the key-value
 //! bucket `perstack_delegations` and each child's result (its printed lines, checkpoints and
-//! run settings) in the object store `perstack_delegation_results`, both kept until deleted.
+//! run settings) in the object store `perstack_delegation_results`, both kept [`KEPT_FOR`]
+//! (7 days, as the output) and then dropped by the server: a job still waiting for its children
+//! after that can no longer be joined.
 
 use std::time::Duration;
 
@@ -34,6 +36,8 @@ pub(crate) const JOIN_SUBJECT: &str = "perstack.joins";
 pub(crate) const DELEGATION_BUCKET: &str = "perstack_delegations";
 /// The object store of the children's results.
 pub(crate) const RESULT_OBJECTS: &str = "perstack_delegation_results";
+/// How long the server keeps a job's printed lines, cancels and delegation records.
+pub(crate) const KEPT_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
 /// The dead-letter subject.
 pub(crate) const DEAD_SUBJECT: &str = "perstack.dead";
 const JOBS_STREAM: &str = "PERSTACK_JOBS";
@@ -77,7 +81,7 @@ pub(crate) async fn output_stream(js: &jetstream::Context) -> Result<stream::Str
     js.get_or_create_stream(stream::Config {
         name: OUTPUT_STREAM.into(),
         subjects: vec!["perstack.output.>".into()],
-        max_age: Duration::from_secs(7 * 24 * 3600),
+        max_age: KEPT_FOR,
         duplicate_window: Duration::from_secs(120),
         ..Default::default()
     })
@@ -90,7 +94,7 @@ pub(crate) async fn cancel_stream(js: &jetstream::Context) -> Result<stream::Str
     js.get_or_create_stream(stream::Config {
         name: CANCEL_STREAM.into(),
         subjects: vec![CANCEL_ALL.into()],
-        max_age: Duration::from_secs(7 * 24 * 3600),
+        max_age: KEPT_FOR,
         max_messages_per_subject: 1,
         ..Default::default()
     })
@@ -185,6 +189,7 @@ pub(crate) async fn delegation_stores(
             .create_key_value(jetstream::kv::Config {
                 bucket: DELEGATION_BUCKET.into(),
                 history: 1,
+                max_age: KEPT_FOR,
                 ..Default::default()
             })
             .await
@@ -195,6 +200,7 @@ pub(crate) async fn delegation_stores(
         Err(_) => js
             .create_object_store(jetstream::object_store::Config {
                 bucket: RESULT_OBJECTS.into(),
+                max_age: KEPT_FOR,
                 ..Default::default()
             })
             .await

@@ -57,6 +57,15 @@ async fn stored_per_expert(
 async fn placements(server: &NatsServer, job: &str) -> Vec<(String, Vec<String>)> {
     let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
     let kv = js.get_key_value("perstack_delegations").await.unwrap();
+    // Delegation records are dropped by the server after a week (as a job's output), never
+    // kept forever.
+    let week = std::time::Duration::from_secs(7 * 24 * 3600);
+    assert_eq!(kv.status().await.unwrap().max_age(), week);
+    let mut results = js
+        .get_stream("OBJ_perstack_delegation_results")
+        .await
+        .unwrap();
+    assert_eq!(results.info().await.unwrap().config.max_age, week);
     let mut keys: Vec<String> = futures::TryStreamExt::try_collect(kv.keys().await.unwrap())
         .await
         .unwrap();
