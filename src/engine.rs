@@ -32,6 +32,8 @@ use serde_json::Map;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+#[cfg(test)]
+mod open_jobs_tests;
 mod resume;
 
 pub use crate::actor::context::{RunOverrides, Settings};

@@ -215,6 +215,20 @@ impl Message<CloseJob> for EventBus {
     }
 }
 
+/// How many jobs the bus has open (tests: a finished job must leave none behind).
+#[cfg(test)]
+#[derive(Debug)]
+pub(crate) struct OpenJobs;
+
+#[cfg(test)]
+impl Message<OpenJobs> for EventBus {
+    type Reply = usize;
+
+    async fn handle(&mut self, _: OpenJobs, _: &mut Context<Self, usize>) -> usize {
+        self.jobs.len()
+    }
+}
+
 /// Flush the sink (at shutdown).
 #[derive(Debug)]
 pub(crate) struct Flush;

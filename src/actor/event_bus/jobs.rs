@@ -46,6 +46,12 @@ impl Jobs {
         self.map.remove(job_id).map_or(0, |j| j.last)
     }
 
+    /// How many jobs are open.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.map.len()
+    }
+
     /// An open job. Events of a job that is not open (a skill's last stderr line after its
     /// job ended, events published from outside any job) get no job sequence number.
     pub(super) fn get(&mut self, job_id: &str) -> Option<&mut JobLog> {
