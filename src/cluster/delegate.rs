@@ -54,6 +54,7 @@
 mod import;
 mod place;
 
+use async_nats::jetstream::kv;
 use serde::{Deserialize, Serialize};
 
 use super::message::JobMessage;
@@ -187,6 +188,42 @@ pub(crate) struct JoinRecord {
     /// The job's last sequence number when the import began (set once, so that a repeated
     /// import numbers the lines the same way).
     pub base_seq: Option<u64>,
+}
+
+/// How often a compare-and-set of a join record is tried before giving up.
+pub(crate) const CAS_TRIES: usize = 32;
+
+impl JoinRecord {
+    /// The stored record under `key` and its revision; `None` when there is none yet.
+    pub(crate) async fn read(kv: &kv::Store, key: &str) -> Result<Option<(Self, u64)>, String> {
+        match kv.entry(key).await.map_err(|e| e.to_string())? {
+            Some(e) if e.operation == kv::Operation::Put => {
+                let record = serde_json::from_slice(&e.value).map_err(|e| e.to_string())?;
+                Ok(Some((record, e.revision)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Store this record over `revision` (0: create it); `false` when another writer came
+    /// between (read again and retry).
+    pub(crate) async fn write(
+        &self,
+        kv: &kv::Store,
+        key: &str,
+        revision: u64,
+    ) -> Result<bool, String> {
+        let body = serde_json::to_vec(self).map_err(|e| e.to_string())?;
+        let written = if revision == 0 {
+            kv.create(key, body.into()).await.map(drop).map_err(drop)
+        } else {
+            kv.update(key, body.into(), revision)
+                .await
+                .map(drop)
+                .map_err(drop)
+        };
+        Ok(written.is_ok())
+    }
 }
 
 /// A committed child result (`<job>.<parentCheckpoint>.<slot>`).

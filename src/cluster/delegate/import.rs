@@ -12,7 +12,7 @@ use async_nats::jetstream::kv;
 use async_nats::jetstream::object_store::ObjectStore;
 use tokio::io::AsyncReadExt;
 
-use super::{ChildResult, JoinRecord, ResultRecord, join_key, result_key};
+use super::{CAS_TRIES, ChildResult, JoinRecord, ResultRecord, join_key, result_key};
 use crate::schema::{Checkpoint, Event};
 use crate::storage::{Storage, StoreError};
 
@@ -109,33 +109,21 @@ async fn base_seq(
 ) -> Result<u64, ImportError> {
     let results = |e: &dyn std::fmt::Display| ImportError::Results(e.to_string());
     let key = join_key(job_id, parent_checkpoint_id);
-    for _ in 0..16 {
-        let entry = kv.entry(&key).await.map_err(|e| results(&e))?;
-        let (mut record, revision) = match entry {
-            Some(e) if e.operation == kv::Operation::Put => (
-                serde_json::from_slice::<JoinRecord>(&e.value).map_err(|e| results(&e))?,
-                e.revision,
-            ),
-            _ => (JoinRecord::default(), 0),
-        };
+    for _ in 0..CAS_TRIES {
+        let (mut record, revision) = JoinRecord::read(kv, &key)
+            .await
+            .map_err(|e| results(&e))?
+            .unwrap_or_default();
         if let Some(base) = record.base_seq {
             return Ok(base);
         }
         let base = storage.last_job_seq(job_id).await?;
         record.base_seq = Some(base);
-        let body = serde_json::to_vec(&record).map_err(|e| results(&e))?;
-        let written = if revision == 0 {
-            kv.create(&key, body.into())
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string())
-        } else {
-            kv.update(&key, body.into(), revision)
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string())
-        };
-        if written.is_ok() {
+        if record
+            .write(kv, &key, revision)
+            .await
+            .map_err(|e| results(&e))?
+        {
             return Ok(base);
         }
     }

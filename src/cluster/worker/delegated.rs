@@ -8,7 +8,7 @@ use async_nats::jetstream::kv;
 
 use super::{Failure, How, Worker, classify, output_failure};
 use crate::cluster::delegate::{
-    self, ChildMessage, ChildResult, JoinMessage, JoinRecord, Line, ResultRecord,
+    self, CAS_TRIES, ChildMessage, ChildResult, JoinMessage, JoinRecord, Line, ResultRecord,
 };
 use crate::cluster::message::{JobMessage, Rejection};
 use crate::cluster::output::{JobEnd, Publisher};
@@ -17,9 +17,6 @@ use crate::engine::{ContinueInput, ContinueRequest, Engine, EngineError};
 use crate::schema::JobStatus;
 use crate::schema::id::new_id;
 use crate::storage::{MemoryStorage, Storage};
-
-/// How often a compare-and-set on a join record is tried before the delivery is given back.
-const CAS_TRIES: usize = 32;
 
 fn transient(e: impl std::fmt::Display) -> Failure {
     Failure::Transient(e.to_string())
@@ -203,37 +200,21 @@ impl Worker {
     async fn report(&self, child: &ChildMessage, kv: &kv::Store) -> Result<(), Failure> {
         let key = delegate::join_key(&child.job.job_id, &child.parent_checkpoint_id);
         for _ in 0..CAS_TRIES {
-            let entry = kv.entry(&key).await.map_err(transient)?;
-            let (mut record, revision) = match entry {
-                Some(e) if e.operation == kv::Operation::Put => (
-                    serde_json::from_slice::<JoinRecord>(&e.value).map_err(transient)?,
-                    e.revision,
-                ),
-                _ => (
-                    JoinRecord {
+            let (mut record, revision) = JoinRecord::read(kv, &key)
+                .await
+                .map_err(transient)?
+                .unwrap_or_else(|| {
+                    let fresh = JoinRecord {
                         calls: child.calls,
                         placed_by: child.placed_by.clone(),
                         ..JoinRecord::default()
-                    },
-                    0,
-                ),
-            };
+                    };
+                    (fresh, 0)
+                });
             if !record.done.contains(&child.slot) {
                 record.done.push(child.slot);
                 record.done.sort_unstable();
-                let body = serde_json::to_vec(&record).map_err(transient)?;
-                let written = if revision == 0 {
-                    kv.create(&key, body.into())
-                        .await
-                        .map(drop)
-                        .map_err(|e| e.to_string())
-                } else {
-                    kv.update(&key, body.into(), revision)
-                        .await
-                        .map(drop)
-                        .map_err(|e| e.to_string())
-                };
-                if written.is_err() {
+                if !record.write(kv, &key, revision).await.map_err(transient)? {
                     continue; // someone else came between: read again
                 }
             }
