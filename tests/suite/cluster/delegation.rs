@@ -13,8 +13,8 @@ use perstack::schema::JobStatus;
 use perstack::storage::{FsStorage, Storage};
 
 use super::harness::{
-    SERIAL, Worker, assert_committed_once, assert_gapless, follow, queue_left, script, settings,
-    shape, store, toml,
+    SERIAL, Worker, assert_committed_once, assert_gapless, follow, missed_deadline, queue_left,
+    script, settings, shape, store, toml,
 };
 use crate::suite::common::{self, NatsServer};
 
@@ -195,12 +195,7 @@ async fn with_cluster_placement_children_run_on_other_workers_and_the_job_is_sto
     };
     tokio::time::timeout(Duration::from_secs(60), run)
         .await
-        .unwrap_or_else(|_| {
-            for w in &workers {
-                eprintln!("{}", w.stderr());
-            }
-            panic!("the job did not finish within 60 s");
-        });
+        .unwrap_or_else(|_| missed_deadline("the job did not finish within 60 s", &workers));
 }
 
 /// Submits one fan-out job placed on the cluster.
@@ -290,10 +285,10 @@ async fn a_child_whose_worker_is_killed_runs_again_elsewhere_and_completes_once(
     tokio::time::timeout(Duration::from_secs(60), run)
         .await
         .unwrap_or_else(|_| {
-            for w in workers.iter().flatten() {
-                eprintln!("{}", w.stderr());
-            }
-            panic!("the job did not finish within 60 s");
+            missed_deadline(
+                "the job did not finish within 60 s",
+                workers.iter().flatten(),
+            )
         });
 }
 
@@ -348,10 +343,10 @@ async fn a_parent_whose_worker_is_killed_after_delegating_is_resumed_elsewhere()
     tokio::time::timeout(Duration::from_secs(60), run)
         .await
         .unwrap_or_else(|_| {
-            for w in workers.iter().flatten() {
-                eprintln!("{}", w.stderr());
-            }
-            panic!("the job did not finish within 60 s");
+            missed_deadline(
+                "the job did not finish within 60 s",
+                workers.iter().flatten(),
+            )
         });
 }
 
@@ -421,12 +416,7 @@ async fn a_cancel_while_the_children_run_elsewhere_stops_them_and_the_job() {
     };
     tokio::time::timeout(Duration::from_secs(60), run)
         .await
-        .unwrap_or_else(|_| {
-            for w in &workers {
-                eprintln!("{}", w.stderr());
-            }
-            panic!("the job did not end within 60 s");
-        });
+        .unwrap_or_else(|_| missed_deadline("the job did not end within 60 s", &workers));
 }
 
 /// Gapless job sequence numbers from 1, ending with the coordinator's `stopRunByError`.

@@ -146,6 +146,15 @@ impl Drop for Worker {
     }
 }
 
+/// Fails a test that missed its deadline, printing every worker's stderr first (the only clue
+/// to what the workers were doing).
+pub(super) fn missed_deadline<'a>(what: &str, workers: impl IntoIterator<Item = &'a Worker>) -> ! {
+    for w in workers {
+        eprintln!("{}", w.stderr());
+    }
+    panic!("{what}");
+}
+
 /// The project's settings as `perstack run` resolves them, unconfined.
 pub(super) fn settings(project: &Path) -> Settings {
     let cfg = perstack::config::load(&project.join("perstack.toml")).unwrap();

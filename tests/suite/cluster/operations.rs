@@ -12,8 +12,8 @@ use perstack::storage::Storage;
 use serde_json::Value;
 
 use super::harness::{
-    SERIAL, Worker, assert_committed_once, assert_takeovers_announced, follow, queue_left, script,
-    settings, store, toml,
+    SERIAL, Worker, assert_committed_once, assert_takeovers_announced, follow, missed_deadline,
+    queue_left, script, settings, store, toml,
 };
 use crate::suite::common::{self, NatsServer};
 
@@ -325,12 +325,7 @@ async fn continuations_of_one_job_submitted_at_once_run_one_after_the_other() {
     };
     tokio::time::timeout(Duration::from_secs(60), run)
         .await
-        .unwrap_or_else(|_| {
-            for w in &workers {
-                eprintln!("{}", w.stderr());
-            }
-            panic!("not done within 60 s");
-        });
+        .unwrap_or_else(|_| missed_deadline("not done within 60 s", &workers));
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@ use perstack::schema::JobStatus;
 
 use super::harness::{
     SERIAL, Worker, assert_committed_once, assert_gapless, assert_takeovers_announced, follow,
-    follow_all, queue_left, records, script, settings, shape, submit_all, toml,
+    follow_all, missed_deadline, queue_left, records, script, settings, shape, submit_all, toml,
     wait_until_running_two,
 };
 use crate::suite::common::{self, NatsServer};
@@ -65,12 +65,7 @@ async fn three_workers_run_300_jobs_each_exactly_once_with_gapless_events() {
     };
     tokio::time::timeout(Duration::from_secs(150), run)
         .await
-        .unwrap_or_else(|_| {
-            for w in &workers {
-                eprintln!("{}", w.stderr());
-            }
-            panic!("300 jobs did not finish within 150 s");
-        });
+        .unwrap_or_else(|_| missed_deadline("300 jobs did not finish within 150 s", &workers));
 }
 
 #[tokio::test]
@@ -284,10 +279,7 @@ async fn killing_a_worker_mid_run_loses_no_job_and_commits_no_step_twice() {
     tokio::time::timeout(Duration::from_secs(90), run)
         .await
         .unwrap_or_else(|_| {
-            for w in &workers {
-                eprintln!("{}", w.stderr());
-            }
-            panic!("the jobs did not finish within 90 s of the kill");
+            missed_deadline("the jobs did not finish within 90 s of the kill", &workers)
         });
 }
 
@@ -524,12 +516,7 @@ async fn a_server_restart_mid_run_loses_no_event_and_no_job() {
     };
     tokio::time::timeout(Duration::from_secs(120), run)
         .await
-        .unwrap_or_else(|_| {
-            for w in &workers {
-                eprintln!("{}", w.stderr());
-            }
-            panic!("not done within 120 s of the restart");
-        });
+        .unwrap_or_else(|_| missed_deadline("not done within 120 s of the restart", &workers));
 }
 
 #[tokio::test]
@@ -602,10 +589,5 @@ async fn a_worker_paused_past_its_lease_loses_its_jobs_and_writes_nothing_when_r
     };
     tokio::time::timeout(Duration::from_secs(90), run)
         .await
-        .unwrap_or_else(|_| {
-            for w in &workers {
-                eprintln!("{}", w.stderr());
-            }
-            panic!("not done within 90 s");
-        });
+        .unwrap_or_else(|_| missed_deadline("not done within 90 s", &workers));
 }
