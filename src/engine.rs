@@ -42,9 +42,7 @@ pub use crate::actor::job::JobOutcome;
 pub use resume::{ContinueInput, ContinueRequest};
 
 use crate::actor::context::{JobContext, now_ms};
-use crate::actor::event_bus::{
-    BUS_MAILBOX, BusArgs, EventBus, Flush, OpenJob, Publish, PublishBatch,
-};
+use crate::actor::event_bus::{Bus, BusArgs, Flush, OpenJob};
 use crate::actor::job::{JobActor, JobArgs};
 use crate::agent::Start;
 use crate::agent::{Machine, MachineSetting};
@@ -193,14 +191,11 @@ impl EngineBuilder<WithModel> {
         let storage: Arc<dyn Storage> = self
             .storage
             .unwrap_or_else(|| Arc::new(MemoryStorage::new()));
-        let bus = EventBus::spawn_with_mailbox(
-            BusArgs {
-                sink: self.sink,
-                storage: storage.clone(),
-                callbacks: self.callbacks,
-            },
-            kameo::mailbox::bounded(BUS_MAILBOX),
-        );
+        let bus = Bus::spawn(BusArgs {
+            sink: self.sink,
+            storage: storage.clone(),
+            callbacks: self.callbacks,
+        });
         let settings = self
             .settings
             .unwrap_or_else(|| Settings::new(Default::default()));
@@ -287,7 +282,7 @@ impl JobRequest {
 
 /// The engine: one event bus, one storage, one provider, many jobs.
 pub struct Engine {
-    bus: ActorRef<EventBus>,
+    bus: Bus,
     storage: Arc<dyn Storage>,
     model: Arc<dyn LanguageModel>,
     settings: Arc<Settings>,
@@ -543,6 +538,7 @@ impl Engine {
             None => (None, None),
         };
         self.bus
+            .actor()
             .ask(OpenJob {
                 job_id: job_id.clone(),
                 last_seq: job.job_seq.unwrap_or(0),
@@ -552,7 +548,7 @@ impl Engine {
             .map_err(BusError::from_send)?;
         if let Some(t) = takeover {
             let event = taken_over(&checkpoint, t.worker);
-            if let Err(e) = self.bus.ask(Publish(event)).await {
+            if let Err(e) = self.bus.publish(event).await {
                 tracing::warn!(job = %job_id, error = %e, "the takeover event was not published");
             }
         }
@@ -606,16 +602,14 @@ impl Engine {
     /// last event's sequence number once all are visible, or the first failure: a refused
     /// checkpoint stops the batch there, a failed sink does not (see [`BusError`]).
     pub async fn publish(&self, events: Vec<crate::schema::Event>) -> Result<u64, BusError> {
-        self.bus
-            .ask(PublishBatch(events))
-            .await
-            .map_err(BusError::from_send)
+        self.bus.publish_batch(events).await
     }
 
     /// Flush the sink and stop the bus. Jobs still running lose their output.
     pub async fn shutdown(self) {
-        let _ = self.bus.ask(Flush).await;
-        let _ = self.bus.stop_gracefully().await;
-        self.bus.wait_for_shutdown().await;
+        let bus = self.bus.actor();
+        let _ = bus.ask(Flush).await;
+        let _ = bus.stop_gracefully().await;
+        bus.wait_for_shutdown().await;
     }
 }

@@ -5,10 +5,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use kameo::actor::ActorRef;
 use tokio_util::sync::CancellationToken;
 
-use super::event_bus::{BusError, EventBus, Publish, PublishBatch, PublishUnstored};
+use super::event_bus::{Bus, BusError};
 use crate::agent::RunFailure;
 use crate::config::{PerstackConfig, ProviderName, defaults};
 use crate::llm::LanguageModel;
@@ -161,7 +160,7 @@ pub(crate) struct JobContext {
     /// The provider.
     pub model: Arc<dyn LanguageModel>,
     /// The event bus.
-    pub bus: ActorRef<EventBus>,
+    pub bus: Bus,
     /// Cancelled on SIGINT/SIGTERM, by the embedding API, or by [`JobContext::fail`]; every
     /// run watches it.
     pub cancel: CancellationToken,
@@ -219,29 +218,20 @@ impl JobContext {
     /// a checkpoint or write the output; [`BusError::run_failure`] says what that means for
     /// the job.
     pub(crate) async fn publish(&self, event: Event) -> Result<u64, BusError> {
-        self.bus
-            .ask(Publish(event))
-            .await
-            .map_err(BusError::from_send)
+        self.bus.publish(event).await
     }
 
     /// Publish events in order in one message (a machine output's) and wait until all are
-    /// visible. The error is the first failure; see [`PublishBatch`] for which events it
+    /// visible. The error is the first failure; see [`Bus::publish_batch`] for which events it
     /// leaves unshown.
     pub(crate) async fn publish_batch(&self, events: Vec<Event>) -> Result<u64, BusError> {
-        self.bus
-            .ask(PublishBatch(events))
-            .await
-            .map_err(BusError::from_send)
+        self.bus.publish_batch(events).await
     }
 
     /// Publish the terminal event of a run that stops because storage failed: shown although
     /// its checkpoint is not stored (the one exception to "durable before visible").
     pub(crate) async fn publish_unstored(&self, event: Event) -> Result<u64, BusError> {
-        self.bus
-            .ask(PublishUnstored(event))
-            .await
-            .map_err(BusError::from_send)
+        self.bus.publish_unstored(event).await
     }
 
     /// Stop every run of the job with `failure` (the first cause wins), as a cancellation

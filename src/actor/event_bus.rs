@@ -7,30 +7,34 @@
 //! Because one actor does all of it, stdout lines are never interleaved and a checkpoint is
 //! always durable before its event is visible.
 //!
-//! Producers `ask` and wait for the reply, so a slow sink or listener slows the producers
-//! down (backpressure); nothing is dropped. A run publishes a machine output's events in one
-//! [`PublishBatch`] (one mailbox slot and one reply for all of them, in order), and a model
-//! call the streaming events of each burst of its stream; runtime events come one
-//! [`Publish`] at a time. The bus never calls back into a run. The sink is written by a
-//! writer task of the output's, so the bus numbers, stores and serialises the next events
-//! while the last burst is being written (see [`output`]).
+//! Producers publish through [`Bus`]: it serialises the events' lines on the producer's task
+//! (the line depends on nothing the bus gives, see [`lines`]), then `ask`s the bus and waits
+//! for the reply, so a slow sink or listener slows the producers down (backpressure);
+//! nothing is dropped. A run publishes a machine output's events in one [`Publish`] (one
+//! mailbox slot and one reply for all of them, in order), and a model call the streaming
+//! events of each burst of its stream; runtime events come one at a time. The bus never
+//! calls back into a run. The sink is written by a writer task of the output's, so the bus
+//! numbers, stores and buffers the next events while the last burst is being written (see
+//! [`output`]).
 //!
 //! Two failures are reported to the producer as a [`BusError`], whose
 //! [`BusError::run_failure`] decides what the run does: a checkpoint the store refuses (the
 //! event is not shown, nor are the rest of its batch; a storage failure stops the job, whose
-//! runs then end with a `stopRunByError` shown through [`PublishUnstored`]), and a sink that
+//! runs then end with a `stopRunByError` shown through [`Bus::publish_unstored`]), and a sink that
 //! fails (a reader that closed stdout: the event is still stored and delivered, and the job
 //! is cancelled).
 //!
 //! | file | owns |
 //! | --- | --- |
-//! | this one | the actor, its messages, the order of the steps for one event |
+//! | this one | the actor, its messages, the producers' handle, the order of the steps for one event |
 //! | `error` | [`BusError`] and its policy |
+//! | `lines` | the lines of a publish, serialised by the producer |
 //! | `output` | the sink: the bus's buffer, handed to a writer task when full or idle |
 //! | `jobs` | per job: its sequence number and its subscribers |
 
 mod error;
 mod jobs;
+mod lines;
 mod output;
 
 use std::sync::Arc;
@@ -41,6 +45,7 @@ use tokio::sync::mpsc;
 
 pub use self::error::BusError;
 use self::jobs::Jobs;
+use self::lines::Lines;
 use self::output::Output;
 use crate::schema::{Event, EventPayload};
 use crate::storage::Storage;
@@ -110,41 +115,90 @@ impl Actor for EventBus {
     }
 }
 
-/// Publish one event; replies with its sequence number once it is visible.
+/// The producers' way to the bus (the engine's and every job's): each publish serialises its
+/// events' lines on the caller's task (see [`lines`]), then asks the bus once.
+#[derive(Clone)]
+pub(crate) struct Bus {
+    actor: ActorRef<EventBus>,
+    /// Whether the bus has a sink: without one nothing is serialised.
+    prints: bool,
+}
+
+impl Bus {
+    /// Start a bus (call inside the runtime).
+    pub(crate) fn spawn(args: BusArgs) -> Bus {
+        let prints = args.sink.is_some();
+        let actor = EventBus::spawn_with_mailbox(args, kameo::mailbox::bounded(BUS_MAILBOX));
+        Bus { actor, prints }
+    }
+
+    /// The actor, for the messages other than the publishes.
+    pub(crate) fn actor(&self) -> &ActorRef<EventBus> {
+        &self.actor
+    }
+
+    /// Publish one event; its sequence number once it is visible.
+    pub(crate) async fn publish(&self, event: Event) -> Result<u64, BusError> {
+        self.send(vec![event], true).await
+    }
+
+    /// Publish events in order, in one message (a machine output's); the last one's sequence
+    /// number once all are visible. A checkpoint the store refuses stops the batch there
+    /// (that event and the rest are not shown); a failed sink does not (every event is still
+    /// stored and delivered). The error is the first failure.
+    pub(crate) async fn publish_batch(&self, events: Vec<Event>) -> Result<u64, BusError> {
+        self.send(events, true).await
+    }
+
+    /// Publish the terminal event of a run stopped by a storage failure without storing
+    /// anything (its checkpoint could not be stored; see `RunFailure::is_visible_unstored`);
+    /// its sequence number once it is visible.
+    pub(crate) async fn publish_unstored(&self, event: Event) -> Result<u64, BusError> {
+        self.send(vec![event], false).await
+    }
+
+    async fn send(&self, events: Vec<Event>, store: bool) -> Result<u64, BusError> {
+        let lines = match self.prints {
+            true => Lines::of(&events),
+            false => Lines::none(),
+        };
+        self.actor
+            .ask(Publish {
+                events,
+                lines,
+                store,
+            })
+            .await
+            .map_err(BusError::from_send)
+    }
+}
+
+/// Publish events in order, with their lines when the producer serialised them (see
+/// [`Bus::publish_batch`] and [`Bus::publish_unstored`] for what `store` and a failure
+/// mean); replies with the last one's sequence number once all are visible.
 #[derive(Debug)]
-pub(crate) struct Publish(pub Event);
+pub(crate) struct Publish {
+    events: Vec<Event>,
+    lines: Lines,
+    /// Whether checkpoints and events are stored (all but `Bus::publish_unstored`).
+    store: bool,
+}
 
 impl Message<Publish> for EventBus {
     type Reply = DelegatedReply<Result<u64, BusError>>;
 
     async fn handle(
         &mut self,
-        Publish(event): Publish,
-        ctx: &mut Context<Self, Self::Reply>,
-    ) -> Self::Reply {
-        let result = self.publish(event, true).await;
-        self.finish(result, ctx).await
-    }
-}
-
-/// Publish events in order (a machine output's); replies with the last one's sequence number
-/// once all are visible. A checkpoint the store refuses stops the batch there (that event and
-/// the rest are not shown); a failed sink does not (every event is still stored and
-/// delivered). The reply is the first failure.
-#[derive(Debug)]
-pub(crate) struct PublishBatch(pub Vec<Event>);
-
-impl Message<PublishBatch> for EventBus {
-    type Reply = DelegatedReply<Result<u64, BusError>>;
-
-    async fn handle(
-        &mut self,
-        PublishBatch(events): PublishBatch,
+        Publish {
+            events,
+            lines,
+            store,
+        }: Publish,
         ctx: &mut Context<Self, Self::Reply>,
     ) -> Self::Reply {
         let mut result = Ok(self.seq);
-        for event in events {
-            match self.publish(event, true).await {
+        for (i, event) in events.into_iter().enumerate() {
+            match self.publish(event, lines.get(i), store).await {
                 Ok(seq) => result = result.map(|_| seq),
                 Err(e) => {
                     let stop = !e.event_was_stored();
@@ -157,25 +211,6 @@ impl Message<PublishBatch> for EventBus {
                 }
             }
         }
-        self.finish(result, ctx).await
-    }
-}
-
-/// Publish the terminal event of a run stopped by a storage failure without storing anything
-/// (its checkpoint could not be stored; see `RunFailure::is_visible_unstored`). Replies
-/// with its sequence number once it is visible.
-#[derive(Debug)]
-pub(crate) struct PublishUnstored(pub Event);
-
-impl Message<PublishUnstored> for EventBus {
-    type Reply = DelegatedReply<Result<u64, BusError>>;
-
-    async fn handle(
-        &mut self,
-        PublishUnstored(event): PublishUnstored,
-        ctx: &mut Context<Self, Self::Reply>,
-    ) -> Self::Reply {
-        let result = self.publish(event, false).await;
         self.finish(result, ctx).await
     }
 }
@@ -262,11 +297,17 @@ async fn store_checkpoint(
 }
 
 impl EventBus {
-    /// Number, store (a carried checkpoint first; the event itself when `store`), print and
-    /// hand out one event. A checkpoint the store refuses stops here: the event gets no number
-    /// and is not shown. A failed sink does not stop the rest: the event is still stored and
-    /// delivered, and the error is reported after.
-    async fn publish(&mut self, mut event: Event, store: bool) -> Result<u64, BusError> {
+    /// Number, store (a carried checkpoint first; the event itself when `store`), print
+    /// (`line`, or the event serialised here when the producer did not) and hand out one
+    /// event. A checkpoint the store refuses stops here: the event gets no number and is not
+    /// shown. A failed sink does not stop the rest: the event is still stored and delivered,
+    /// and the error is reported after.
+    async fn publish(
+        &mut self,
+        mut event: Event,
+        line: Option<&[u8]>,
+        store: bool,
+    ) -> Result<u64, BusError> {
         let EventBus {
             output,
             storage,
@@ -286,7 +327,7 @@ impl EventBus {
             job.last = n;
         }
         *seq += 1;
-        let mut written = output.push(&event);
+        let mut written = output.push(&event, line);
         let stored = store && !is_unstored(&event);
         let subscribed = job.as_ref().is_some_and(|j| j.has_subscribers());
         if stored || subscribed || !callbacks.is_empty() {

@@ -191,7 +191,13 @@ impl JobActor {
         self.job.finished_at = (!waits).then(now_ms);
         // Every event of the job is out (the coordinator reports after its children and its
         // skills): the record keeps the last number for a continuation.
-        match self.ctx.bus.ask(CloseJob(self.job.id.clone())).await {
+        match self
+            .ctx
+            .bus
+            .actor()
+            .ask(CloseJob(self.job.id.clone()))
+            .await
+        {
             Ok(last) => self.job.job_seq = Some(last),
             Err(e) => tracing::warn!(job = %self.job.id, "could not close the job on the bus: {e}"),
         }

@@ -113,7 +113,7 @@ async fn the_bus_forgets_every_job_once_it_ends() {
     }
     // The job actor closes its job on the bus before it sends the outcome.
     assert_eq!(
-        engine.bus.ask(OpenJobs).await.unwrap(),
+        engine.bus.actor().ask(OpenJobs).await.unwrap(),
         0,
         "the bus still holds entries of finished jobs"
     );

@@ -83,8 +83,8 @@ pub(super) fn run_events() -> Vec<Event> {
     events
 }
 
-pub(super) fn bus(sink: Option<Sink>, storage: Arc<dyn Storage>) -> ActorRef<EventBus> {
-    EventBus::spawn(BusArgs {
+pub(super) fn bus(sink: Option<Sink>, storage: Arc<dyn Storage>) -> Bus {
+    Bus::spawn(BusArgs {
         sink,
         storage,
         callbacks: Vec::new(),
@@ -96,21 +96,18 @@ async fn a_closed_output_still_stores_and_delivers_and_is_reported_on_every_publ
     let storage = flaky(0, std::io::ErrorKind::Other);
     let bus = bus(Some(Box::new(ClosedPipe)), storage.clone());
     let (tx, mut rx) = mpsc::channel(16);
-    bus.ask(OpenJob {
-        job_id: "job".into(),
-        last_seq: 0,
-        events: Some(tx),
-    })
-    .await
-    .unwrap();
+    bus.actor()
+        .ask(OpenJob {
+            job_id: "job".into(),
+            last_seq: 0,
+            events: Some(tx),
+        })
+        .await
+        .unwrap();
     let events = run_events();
     let stop = events.last().unwrap().clone();
     for event in events {
-        let err = bus
-            .ask(Publish(event))
-            .await
-            .map_err(BusError::from_send)
-            .unwrap_err();
+        let err = bus.publish(event).await.unwrap_err();
         assert!(matches!(err, BusError::Sink(_)), "{err}");
         assert!(err.event_was_stored());
         assert!(matches!(err.run_failure(), RunFailure::OutputClosed(_)));
@@ -133,15 +130,11 @@ async fn a_transient_store_error_is_tried_again_and_a_full_disk_is_not() {
     let stop = run_events().pop().unwrap();
     let storage = flaky(STORE_ATTEMPTS - 1, std::io::ErrorKind::Interrupted);
     let b = bus(None, storage.clone());
-    assert_eq!(b.ask(Publish(stop.clone())).await.unwrap(), 1);
+    assert_eq!(b.publish(stop.clone()).await.unwrap(), 1);
 
     let storage = flaky(1, std::io::ErrorKind::StorageFull);
     let b = bus(None, storage.clone());
-    let err = b
-        .ask(Publish(stop.clone()))
-        .await
-        .map_err(BusError::from_send)
-        .unwrap_err();
+    let err = b.publish(stop.clone()).await.unwrap_err();
     assert!(matches!(err, BusError::Checkpoint { .. }), "{err}");
     assert!(!err.event_was_stored());
     let failure = err.run_failure();
@@ -150,7 +143,7 @@ async fn a_transient_store_error_is_tried_again_and_a_full_disk_is_not() {
     // Nothing was stored, and the failed event was not shown: the next one is number 1.
     let cp = stop.checkpoint().unwrap();
     assert!(storage.retrieve_checkpoint("job", &cp.id).await.is_err());
-    assert_eq!(b.ask(PublishUnstored(stop.clone())).await.unwrap(), 1);
+    assert_eq!(b.publish_unstored(stop.clone()).await.unwrap(), 1);
     assert!(storage.retrieve_checkpoint("job", &cp.id).await.is_err());
     assert!(
         storage
@@ -164,13 +157,9 @@ async fn a_transient_store_error_is_tried_again_and_a_full_disk_is_not() {
 #[tokio::test]
 async fn a_bus_that_is_gone_is_an_engine_fault() {
     let b = bus(None, flaky(0, std::io::ErrorKind::Other));
-    b.stop_gracefully().await.unwrap();
-    b.wait_for_shutdown().await;
-    let err = b
-        .ask(Publish(run_events().remove(0)))
-        .await
-        .map_err(BusError::from_send)
-        .unwrap_err();
+    b.actor().stop_gracefully().await.unwrap();
+    b.actor().wait_for_shutdown().await;
+    let err = b.publish(run_events().remove(0)).await.unwrap_err();
     assert!(matches!(err, BusError::Unavailable(_)), "{err}");
     assert_eq!(err.run_failure().to_run_error().name, "EngineError");
     assert_eq!(crate::engine::EngineError::from(err).exit_code(), 1);

@@ -1,9 +1,9 @@
 //! [`Output`]: the bus's sink (stdout for the CLI), written by a task of its own.
 //!
-//! Each event is serialised once, straight into the bus's buffer. The buffer goes to the
-//! writer task whenever the bus has nothing else to do, or when it passes [`WRITE_AT`]
-//! bytes; the writer writes it in one `write_all` and flushes, while the bus goes on
-//! numbering, storing and serialising the next events into a spare buffer. So a burst of
+//! Each event's line (serialised by its producer, see `lines`) is copied into the bus's
+//! buffer. The buffer goes to the writer task whenever the bus has nothing else to do, or
+//! when it passes [`WRITE_AT`] bytes; the writer writes it in one `write_all` and flushes,
+//! while the bus goes on numbering, storing and buffering the next events in a spare buffer. So a burst of
 //! events costs one write and one flush, no line waits for a later event, and the time a
 //! write takes (a hand-off to tokio's blocking pool for stdout or a file) is no longer time
 //! the bus stands still.
@@ -27,6 +27,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{BusError, Sink};
+use crate::schema::Event;
 
 /// Buffered bytes past which the buffer goes to the writer without waiting for the bus to be
 /// idle. Bounds the memory a burst holds; larger writes cost fewer system calls.
@@ -96,21 +97,27 @@ impl Output {
         Some(io::Error::new(*kind, message.clone()))
     }
 
-    /// Append `event`'s JSON line (Perstack's form), or the earlier failure of the sink.
-    pub(super) fn push(&mut self, event: &crate::schema::Event) -> io::Result<()> {
+    /// Append `event`'s JSON line (Perstack's form): `line`, as its producer serialised it,
+    /// or serialised here when it did not; or the earlier failure of the sink.
+    pub(super) fn push(&mut self, event: &Event, line: Option<&[u8]>) -> io::Result<()> {
         if let Some(e) = self.failed() {
             return Err(e);
         }
         if self.writer.is_none() {
             return Ok(());
         }
-        let start = self.buf.len();
-        match serde_json::to_writer(&mut self.buf, event) {
-            Ok(()) => self.buf.push(b'\n'),
-            // Never for the engine's types (no maps with non-string keys); no half line.
-            Err(e) => {
-                self.buf.truncate(start);
-                tracing::warn!(error = %e, kind = event.kind(), "could not serialise event");
+        match line {
+            Some(line) => self.buf.extend_from_slice(line),
+            None => {
+                let start = self.buf.len();
+                match serde_json::to_writer(&mut self.buf, event) {
+                    Ok(()) => self.buf.push(b'\n'),
+                    // Never for the engine's types (no maps with non-string keys); no half line.
+                    Err(e) => {
+                        self.buf.truncate(start);
+                        tracing::warn!(error = %e, kind = event.kind(), "could not serialise event");
+                    }
+                }
             }
         }
         Ok(())
