@@ -13,8 +13,11 @@
 //!   and whether every event arrives once the reader resumes (bounded waits: it reports rather
 //!   than hangs).
 //!
-//! Producers clone the event for every publish (a run builds each event anew), so the rates
-//! include making the events, on the same cores as the bus.
+//! Producers clone the event for every publish (a run builds each event anew) and serialise
+//! its line (`Engine::publish` does, as a run's publish does), so the rates include making
+//! the events, on the same cores as the bus. The pipe row also gives the process's CPU time
+//! per event (all threads: producers, bus, writer, reader), which a shared machine's load
+//! does not change as much as the rate.
 
 use std::io::Read;
 use std::os::fd::OwnedFd;
@@ -30,7 +33,7 @@ use perstack::schema::Event;
 use perstack::storage::Storage;
 
 use crate::GIVE_UP;
-use crate::support::{DiscardStorage, FanoutModel, status_kib};
+use crate::support::{DiscardStorage, FanoutModel, process_cpu, status_kib};
 
 /// How long the pipe reader stalls in the T4 back-pressure check.
 const STALL: Duration = Duration::from_secs(1);
@@ -218,16 +221,22 @@ pub(crate) fn bench_bus(c: &mut Criterion, rt: &Runtime, report: &mut Vec<String
         let _guard = rt.enter();
         engine(sink)
     };
+    let cpu = |d: Duration| d.as_secs_f64() * 1e6 / BUS_EVENTS as f64;
+    let cpu0 = process_cpu();
     let piped = rt.block_on(publish_all(&bus, &event, 16, 1, BUS_EVENTS));
     let delivered = rt.block_on(drain.wait_for(BUS_EVENTS));
+    let cpu1 = process_cpu();
     let piped_batched = rt.block_on(publish_all(&bus, &event, 16, BATCH, BUS_EVENTS));
     let delivered = delivered && rt.block_on(drain.wait_for(2 * BUS_EVENTS));
+    let cpu2 = process_cpu();
     let line = format!(
-        "T4 event bus -> OS pipe via tokio::fs::File, reader draining, 16 producers: {:.2} M events/s publishing single events ({:.0} MB/s), {:.2} M events/s publishing {BATCH}-event batches ({:.0} MB/s){}",
+        "T4 event bus -> OS pipe via tokio::fs::File, reader draining, 16 producers: {:.2} M events/s publishing single events ({:.0} MB/s, {:.2} us process CPU per event), {:.2} M events/s publishing {BATCH}-event batches ({:.0} MB/s, {:.2} us CPU per event){}",
         rate(piped, BUS_EVENTS),
         rate(piped, BUS_EVENTS) * line_len as f64,
+        cpu(cpu1.saturating_sub(cpu0)),
         rate(piped_batched, BUS_EVENTS),
         rate(piped_batched, BUS_EVENTS) * line_len as f64,
+        cpu(cpu2.saturating_sub(cpu1)),
         if delivered {
             ""
         } else {
