@@ -87,10 +87,7 @@ pub fn run() -> ExitCode {
         Command::Run(a) => diagnostics::init(a.verbose),
         _ => diagnostics::init(false),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime_for(&cli.command) {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("perstack: cannot start the async runtime: {e}");
@@ -103,6 +100,19 @@ pub fn run() -> ExitCode {
     drop(runtime);
     telemetry.finish();
     ExitCode::from(code)
+}
+
+/// The tokio runtime a command runs on. `perstack run` runs one job on a current-thread
+/// runtime: its actors take turns on the main thread (file work still goes to tokio's blocking
+/// pool), which saves the worker threads' stacks, allocator heaps and wake-ups (target T1,
+/// README Performance) and is no slower for one job. The other commands (`start`, `worker`,
+/// ...) keep a worker thread per core.
+fn runtime_for(command: &Command) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match command {
+        Command::Run(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    builder.enable_all().build()
 }
 
 /// Run the parsed command; returns the process exit code.
@@ -119,5 +129,30 @@ async fn main(cli: Cli) -> u8 {
         Command::Tag(args) => publish::tag(args).await,
         Command::Status(args) => publish::status(args).await,
         Command::Replay(args) => replay::execute(*args).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A plain `perstack run` is one job: one runtime thread (target T1); a worker that
+    /// runs many jobs keeps a thread per core.
+    #[test]
+    fn run_gets_a_current_thread_runtime_and_worker_a_multi_thread_one() {
+        let run = Cli::parse_from(["perstack", "run", "coordinator", "hello"]);
+        let runtime = runtime_for(&run.command).unwrap();
+        assert_eq!(
+            runtime.handle().runtime_flavor(),
+            tokio::runtime::RuntimeFlavor::CurrentThread
+        );
+        assert_eq!(runtime.metrics().num_workers(), 1);
+
+        let worker = Cli::parse_from(["perstack", "worker", "--nats", "nats://127.0.0.1:4222"]);
+        let runtime = runtime_for(&worker.command).unwrap();
+        assert_eq!(
+            runtime.handle().runtime_flavor(),
+            tokio::runtime::RuntimeFlavor::MultiThread
+        );
     }
 }
