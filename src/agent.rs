@@ -16,7 +16,7 @@ mod machine;
 mod recovery;
 mod tools;
 
-pub(crate) use catalog::{CatalogError, ToolCatalog};
+pub(crate) use catalog::{CatalogError, ToolCatalog, ToolLists};
 #[cfg(test)]
 use delegation::Resumed;
 pub(crate) use delegation::{Delegation, next_segment};

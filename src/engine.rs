@@ -41,7 +41,7 @@ pub use crate::actor::event_bus::{BusError, Callback, Sequenced, Sink};
 pub use crate::actor::job::JobOutcome;
 pub use resume::{ContinueInput, ContinueRequest};
 
-use crate::actor::context::{JobContext, now_ms};
+use crate::actor::context::{JobContext, SharedExperts, now_ms};
 use crate::actor::event_bus::{Bus, BusArgs, Flush, OpenJob};
 use crate::actor::job::{JobActor, JobArgs};
 use crate::agent::Start;
@@ -199,11 +199,20 @@ impl EngineBuilder<WithModel> {
         let settings = self
             .settings
             .unwrap_or_else(|| Settings::new(Default::default()));
+        let experts = Arc::new(
+            settings
+                .experts
+                .iter()
+                .map(|(key, expert)| (key.clone(), Arc::new(expert.clone())))
+                .collect(),
+        );
         Engine {
             bus,
             storage,
             model: self.model.0,
             settings: Arc::new(settings),
+            experts,
+            tool_lists: Arc::default(),
             replay: self.replay,
         }
     }
@@ -286,6 +295,11 @@ pub struct Engine {
     storage: Arc<dyn Storage>,
     model: Arc<dyn LanguageModel>,
     settings: Arc<Settings>,
+    /// The settings' Experts, each behind its own `Arc`: every run of every job shares its
+    /// Expert's definition instead of cloning it (skills, instruction, delegates: about 3 KB).
+    experts: Arc<SharedExperts>,
+    /// The tool lists of its runs, shared between runs of an Expert.
+    tool_lists: Arc<crate::agent::ToolLists>,
     /// Tool calls answered from (or checked against) a recording, for `perstack replay`.
     replay: Option<Arc<crate::replay::ToolReplay>>,
 }
@@ -556,6 +570,8 @@ impl Engine {
         let ctx = Arc::new(JobContext {
             job_id: job_id.clone(),
             settings: self.settings.clone(),
+            experts: self.experts.clone(),
+            tool_lists: self.tool_lists.clone(),
             model: self.model.clone(),
             bus: self.bus.clone(),
             cancel: cancel.clone(),

@@ -151,12 +151,19 @@ pub struct RunOverrides {
     pub timeout: Option<Duration>,
 }
 
+/// Every Expert of a [`Settings`], by key, each behind an `Arc` (built once per engine).
+pub(crate) type SharedExperts = BTreeMap<String, Arc<Expert>>;
+
 /// Shared by every actor of one job.
 pub(crate) struct JobContext {
     /// The job id.
     pub job_id: String,
     /// Settings.
     pub settings: Arc<Settings>,
+    /// The settings' Experts, shared: a run holds its own without cloning it.
+    pub experts: Arc<SharedExperts>,
+    /// The tool lists of the engine's runs, shared between runs of an Expert.
+    pub tool_lists: Arc<crate::agent::ToolLists>,
     /// The provider.
     pub model: Arc<dyn LanguageModel>,
     /// The event bus.

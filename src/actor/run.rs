@@ -109,7 +109,8 @@ pub(crate) struct RunFinished {
 /// One run.
 pub(crate) struct RunActor {
     ctx: Arc<JobContext>,
-    expert: Expert,
+    /// Shared with the engine's other runs of this Expert ([`JobContext::experts`]).
+    expert: Arc<Expert>,
     /// The run's `tracing` span (`jobId`, `runId` of its first segment, `expertKey`): the
     /// parent of its generation, tool-call and delegated runs' spans, carried explicitly
     /// because they run in other tasks and actors.
@@ -159,22 +160,24 @@ impl Actor for RunActor {
         Box::pin(async move {
             let ctx = args.ctx;
             let settings = ctx.settings.clone();
-            let expert = settings
+            let expert = ctx
                 .experts
                 .get(&args.expert_key)
                 .cloned()
-                .unwrap_or_else(|| Expert {
-                    key: args.expert_key.clone(),
-                    name: args.expert_key.clone(),
-                    version: "1.0.0".into(),
-                    description: None,
-                    instruction: String::new(),
-                    skills: Default::default(),
-                    delegates: Vec::new(),
-                    tags: Vec::new(),
-                    provider_tools: None,
-                    provider_skills: None,
-                    provider_tool_options: None,
+                .unwrap_or_else(|| {
+                    Arc::new(Expert {
+                        key: args.expert_key.clone(),
+                        name: args.expert_key.clone(),
+                        version: "1.0.0".into(),
+                        description: None,
+                        instruction: String::new(),
+                        skills: Default::default(),
+                        delegates: Vec::new(),
+                        tags: Vec::new(),
+                        provider_tools: None,
+                        provider_skills: None,
+                        provider_tool_options: None,
+                    })
                 });
             let setting = MachineSetting {
                 job_id: ctx.job_id.clone(),
@@ -595,7 +598,7 @@ impl RunActor {
         }
         let event = self.runtime_event(
             now,
-            EventPayload::InitializeRuntime(InitializeRuntime {
+            EventPayload::InitializeRuntime(Box::new(InitializeRuntime {
                 runtime_version: env!("CARGO_PKG_VERSION").into(),
                 runtime: Some("local".into()),
                 expert_name: self.expert.name.clone(),
@@ -607,7 +610,7 @@ impl RunActor {
                 query,
                 interactive_tool_call: answer,
                 extra: Map::new(),
-            }),
+            })),
         );
         let _ = self.ctx.publish(event).await;
     }

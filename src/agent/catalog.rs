@@ -18,6 +18,7 @@
 //! module never starts a skill, never awaits and never reads a file.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use serde_json::json;
 
@@ -180,6 +181,45 @@ impl ToolCatalog {
     }
 }
 
+/// The tool lists of an engine's runs, shared: a run whose catalog came out the same as the
+/// last one of its Expert (the usual case: the same skills describe the same tools) holds that
+/// one's index and specs instead of its own copy, so N live runs of an Expert keep one tool
+/// list, not N (a delegate's input schema alone is about 2 KB). A catalog that differs (an MCP
+/// server whose tools changed) is kept as it is and becomes the one shared from then on.
+/// One entry per Expert key, so it never grows past the configuration.
+#[derive(Debug, Default)]
+pub(crate) struct ToolLists {
+    by_expert: Mutex<HashMap<String, SharedTools>>,
+}
+
+/// A run's tool index and the tool list the model sees, shareable between runs.
+pub(crate) type SharedTools = (Arc<ToolIndex>, Arc<Vec<ToolSpec>>);
+
+impl ToolLists {
+    /// The shared form of `expert`'s freshly built catalog parts: the kept ones when they are
+    /// equal, else these (kept from now on).
+    pub(crate) fn share(
+        &self,
+        expert: &str,
+        index: ToolIndex,
+        specs: Vec<ToolSpec>,
+    ) -> SharedTools {
+        let mut by_expert = self
+            .by_expert
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((kept_index, kept_specs)) = by_expert.get(expert)
+            && **kept_index == index
+            && **kept_specs == specs
+        {
+            return (kept_index.clone(), kept_specs.clone());
+        }
+        let shared = (Arc::new(index), Arc::new(specs));
+        by_expert.insert(expert.to_owned(), shared.clone());
+        shared
+    }
+}
+
 /// `tools` with `omit` removed, then restricted to `pick` when it is non-empty (Perstack's
 /// order). Names in `pick` that are not among `tools` are ignored.
 pub(crate) fn select(
@@ -222,6 +262,35 @@ mod tests {
             description: None,
             input_schema: json!({"type": "object"}),
         }
+    }
+
+    #[test]
+    fn runs_of_an_expert_with_the_same_tools_share_one_tool_list() {
+        let lists = ToolLists::default();
+        let built = || {
+            let mut c = ToolCatalog::new("e");
+            c.add_skill("s", &[def("a"), def("b")]).unwrap();
+            c.into_parts()
+        };
+        let (i1, s1) = built();
+        let first = lists.share("e", i1, s1);
+        let (i2, s2) = built();
+        let second = lists.share("e", i2, s2);
+        assert!(Arc::ptr_eq(&first.0, &second.0) && Arc::ptr_eq(&first.1, &second.1));
+        // A catalog that differs is kept as built, and shared from then on.
+        let mut c = ToolCatalog::new("e");
+        c.add_skill("s", &[def("a")]).unwrap();
+        let (i3, s3) = c.into_parts();
+        let third = lists.share("e", i3, s3);
+        assert!(!Arc::ptr_eq(&first.1, &third.1));
+        assert_eq!(third.1.len(), 1);
+        let mut c = ToolCatalog::new("e");
+        c.add_skill("s", &[def("a")]).unwrap();
+        let (i4, s4) = c.into_parts();
+        assert!(Arc::ptr_eq(&lists.share("e", i4, s4).1, &third.1));
+        // Another Expert never gets these.
+        let (i5, s5) = built();
+        assert!(!Arc::ptr_eq(&lists.share("f", i5, s5).1, &first.1));
     }
 
     fn names(tools: &[ToolDefinition]) -> Vec<&str> {

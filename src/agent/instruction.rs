@@ -56,6 +56,8 @@ pub(crate) fn instruction_text(
             );
         }
     }
+    // It stays in the run's history for the run's life: no spare capacity.
+    s.shrink_to_fit();
     s
 }
 

@@ -24,6 +24,7 @@
 //!   ResolvingToolResult.
 //! - `stop`: the ends reachable from any state, `completeRun` and `stopRunByError`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Map;
@@ -141,7 +142,9 @@ enum Phase {
 #[derive(Debug, Clone)]
 pub(crate) struct Machine {
     setting: MachineSetting,
-    tools: ToolIndex,
+    /// Shared with the run actor (and, through [`ToolLists`](super::ToolLists), with the
+    /// engine's other runs of the Expert).
+    tools: Arc<ToolIndex>,
     checkpoint: Checkpoint,
     step: Step,
     phase: Phase,
@@ -151,11 +154,15 @@ pub(crate) struct Machine {
 
 impl Machine {
     /// A machine positioned at `Init` on `checkpoint` (fresh, continued or delegated).
-    pub(crate) fn new(setting: MachineSetting, tools: ToolIndex, checkpoint: Checkpoint) -> Self {
+    pub(crate) fn new(
+        setting: MachineSetting,
+        tools: impl Into<Arc<ToolIndex>>,
+        checkpoint: Checkpoint,
+    ) -> Self {
         let step = Step::new(checkpoint.step_number, 0);
         Machine {
             setting,
-            tools,
+            tools: tools.into(),
             checkpoint,
             step,
             phase: Phase::Init,
@@ -189,7 +196,7 @@ impl Machine {
     }
 
     /// Replace the tool index (the run actor builds it once its skills are up).
-    pub(crate) fn set_tools(&mut self, tools: ToolIndex) {
+    pub(crate) fn set_tools(&mut self, tools: Arc<ToolIndex>) {
         self.tools = tools;
     }
 
@@ -301,11 +308,11 @@ impl Machine {
     ) -> Output {
         let events = vec![self.event(
             now,
-            EventPayload::StartRun(StartRun {
+            EventPayload::StartRun(Box::new(StartRun {
                 initial_checkpoint: cp.clone(),
                 input_messages: input_messages.clone(),
                 extra: Map::new(),
-            }),
+            })),
         )];
         cp.status = CheckpointStatus::Proceeding;
         cp.messages.extend(input_messages.iter().cloned());

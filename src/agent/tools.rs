@@ -23,7 +23,7 @@ pub(crate) enum ToolOwner {
 }
 
 /// Tool name -> owner, for one run.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct ToolIndex {
     owners: HashMap<String, ToolOwner>,
 }

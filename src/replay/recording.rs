@@ -97,7 +97,7 @@ impl Recording {
             .filter_map(|e| e.checkpoint().cloned())
             .collect();
         let runtime = events.iter().find_map(|e| match &e.payload {
-            EventPayload::InitializeRuntime(i) => Some(i.clone()),
+            EventPayload::InitializeRuntime(i) => Some((**i).clone()),
             _ => None,
         });
         Self::new(events, checkpoints, Vec::new(), runtime)
@@ -260,7 +260,7 @@ mod tests {
             .filter_map(|e| e.checkpoint().cloned())
             .collect();
         let runtime = events.iter().find_map(|e| match &e.payload {
-            crate::schema::EventPayload::InitializeRuntime(i) => Some(i.clone()),
+            crate::schema::EventPayload::InitializeRuntime(i) => Some((**i).clone()),
             _ => None,
         });
         Recording::new(events, checkpoints, Vec::new(), runtime).unwrap()

@@ -111,9 +111,12 @@ impl Serialize for StoredEvent<'_> {
 macro_rules! payloads {
     ($( $(#[$doc:meta])* $variant:ident($ty:ty) = $name:literal, )*) => {
         /// The payload of an event, one variant per Perstack event type.
-        // Checkpoint-carrying variants are large; events are built once and moved, never
-        // copied in bulk, so boxing them would only add an allocation per event.
-        #[allow(clippy::large_enum_variant)]
+        ///
+        /// The variants that carry a checkpoint (and `initializeRuntime`) are boxed: an
+        /// event is held inline wherever it waits (a batch on its way to the bus, the bus's
+        /// mailbox, a subscriber's buffer, a store's `Arc`), and unboxed every event, a
+        /// streaming delta too, took the size of the largest payload (1.6 KB for two
+        /// checkpoints). Boxed, an event is a few hundred bytes (`events_stay_small`).
         #[derive(Debug, Clone, PartialEq, Deserialize)]
         #[serde(tag = "type", rename_all = "camelCase")]
         pub enum EventPayload {
@@ -146,7 +149,7 @@ macro_rules! payloads {
 
 payloads! {
     /// A run segment starts.
-    StartRun(StartRun) = "startRun",
+    StartRun(Box<StartRun>) = "startRun",
     /// A generation with tools starts.
     StartGeneration(StartGeneration) = "startGeneration",
     /// A generation failed or was empty and will be retried in the next step.
@@ -168,17 +171,17 @@ payloads! {
     /// All partial results become one tool message.
     FinishAllToolCalls(NewMessages) = "finishAllToolCalls",
     /// A step ends and the next begins.
-    ContinueToNextStep(ContinueToNextStep) = "continueToNextStep",
+    ContinueToNextStep(Box<ContinueToNextStep>) = "continueToNextStep",
     /// The run stopped for an interactive tool.
-    StopRunByInteractiveTool(StopRun) = "stopRunByInteractiveTool",
+    StopRunByInteractiveTool(Box<StopRun>) = "stopRunByInteractiveTool",
     /// The run stopped to delegate.
-    StopRunByDelegate(StopRun) = "stopRunByDelegate",
+    StopRunByDelegate(Box<StopRun>) = "stopRunByDelegate",
     /// The job-wide step limit stopped the run.
-    StopRunByExceededMaxSteps(StopRun) = "stopRunByExceededMaxSteps",
+    StopRunByExceededMaxSteps(Box<StopRun>) = "stopRunByExceededMaxSteps",
     /// An error stopped the run.
-    StopRunByError(StopRunByError) = "stopRunByError",
+    StopRunByError(Box<StopRunByError>) = "stopRunByError",
     /// The run completed.
-    CompleteRun(CompleteRun) = "completeRun",
+    CompleteRun(Box<CompleteRun>) = "completeRun",
     /// Reasoning starts streaming.
     StartStreamingReasoning(Empty) = "startStreamingReasoning",
     /// A reasoning delta.
@@ -192,7 +195,7 @@ payloads! {
     /// The run result finished streaming.
     CompleteStreamingRunResult(Text) = "completeStreamingRunResult",
     /// A run segment's runtime is set up.
-    InitializeRuntime(InitializeRuntime) = "initializeRuntime",
+    InitializeRuntime(Box<InitializeRuntime>) = "initializeRuntime",
     /// A stdio skill is being spawned.
     SkillStarting(SkillStarting) = "skillStarting",
     /// A skill connected.
@@ -521,3 +524,19 @@ payload_struct!(
         message: String,
     }
 );
+
+#[cfg(test)]
+mod tests {
+    use super::{Event, EventPayload};
+
+    /// Every event, a streaming delta too, is as large as the largest payload wherever it
+    /// waits (a batch for the bus, the bus's mailbox, a subscriber's buffer, a store): the
+    /// checkpoint-carrying payloads are boxed so that this stays small. Unboxed, an event was
+    /// 1,640 bytes (`continueToNextStep` holds two checkpoints).
+    #[test]
+    fn an_event_is_small_whatever_its_payload_carries() {
+        let (event, payload) = (size_of::<Event>(), size_of::<EventPayload>());
+        eprintln!("Event {event} bytes, EventPayload {payload} bytes");
+        assert!(event <= 384, "Event: {event} bytes");
+    }
+}

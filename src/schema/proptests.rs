@@ -215,13 +215,13 @@ proptest! {
             expert_key: Some(cp.expert.key.clone()),
             step_number: Some(cp.step_number),
             job_seq: None,
-            payload: EventPayload::CompleteRun(CompleteRun {
+            payload: EventPayload::CompleteRun(Box::new(CompleteRun {
                 step: Step::new(cp.step_number, ts),
                 checkpoint: cp,
                 text: t,
                 usage: Usage::default(),
                 extra: Map::new(),
-            }),
+            })),
         };
         prop_assert_eq!(&round_trip(&event), &event);
         let mut value = serde_json::to_value(&event).expect("value");

@@ -10,8 +10,6 @@
 //! ([`crate::actor::skill`]) and to the run's [`Machine`](crate::agent::Machine), which gets the
 //! index.
 
-use std::sync::Arc;
-
 use kameo::prelude::*;
 
 use super::RunActor;
@@ -125,9 +123,10 @@ impl RunActor {
                 .map_err(catalog_error)?;
         }
         let (index, specs) = catalog.into_parts();
-        self.index = Arc::new(index.clone());
-        self.tools = Arc::new(specs);
-        self.machine.set_tools(index);
+        let (index, specs) = self.ctx.tool_lists.share(&self.expert.key, index, specs);
+        self.machine.set_tools(index.clone());
+        self.index = index;
+        self.tools = specs;
         Ok(())
     }
 }

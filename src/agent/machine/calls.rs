@@ -232,11 +232,11 @@ impl Machine {
             self.step.finished_at = Some(now);
             events.push(self.event(
                 now,
-                EventPayload::StopRunByDelegate(StopRun {
+                EventPayload::StopRunByDelegate(Box::new(StopRun {
                     checkpoint: self.checkpoint.clone(),
                     step: self.step.clone(),
                     extra: Map::new(),
-                }),
+                })),
             ));
             // Every delegate call may have been malformed: then the delegation is done at once
             // and the run resumes without children.
@@ -278,11 +278,11 @@ impl Machine {
             self.step.finished_at = Some(now);
             events.push(self.event(
                 now,
-                EventPayload::StopRunByInteractiveTool(StopRun {
+                EventPayload::StopRunByInteractiveTool(Box::new(StopRun {
                     checkpoint: self.checkpoint.clone(),
                     step: self.step.clone(),
                     extra: Map::new(),
-                }),
+                })),
             ));
             self.phase = Phase::Stopped;
             return Output {

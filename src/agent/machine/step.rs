@@ -83,11 +83,11 @@ impl Machine {
             self.checkpoint.status = CheckpointStatus::StoppedByExceededMaxSteps;
             events.push(self.event(
                 now,
-                EventPayload::StopRunByExceededMaxSteps(StopRun {
+                EventPayload::StopRunByExceededMaxSteps(Box::new(StopRun {
                     checkpoint: self.checkpoint.clone(),
                     step: self.step.clone(),
                     extra: Map::new(),
-                }),
+                })),
             ));
             self.phase = Phase::Stopped;
             return Output {
@@ -101,12 +101,12 @@ impl Machine {
         next.step_number += 1;
         events.push(self.event(
             now,
-            EventPayload::ContinueToNextStep(ContinueToNextStep {
+            EventPayload::ContinueToNextStep(Box::new(ContinueToNextStep {
                 checkpoint: self.checkpoint.clone(),
                 step: self.step.clone(),
                 next_checkpoint: next.clone(),
                 extra: Map::new(),
-            }),
+            })),
         ));
         self.checkpoint = next;
         self.step = Step::new(self.checkpoint.step_number, now);

@@ -36,13 +36,13 @@ impl Machine {
         self.step.finished_at = Some(now);
         let events = vec![self.event(
             now,
-            EventPayload::CompleteRun(CompleteRun {
+            EventPayload::CompleteRun(Box::new(CompleteRun {
                 checkpoint: self.checkpoint.clone(),
                 step: self.step.clone(),
                 text,
                 usage,
                 extra: Map::new(),
-            }),
+            })),
         )];
         self.phase = Phase::Stopped;
         Output {
@@ -64,12 +64,12 @@ impl Machine {
         self.step.finished_at = Some(now);
         events.push(self.event(
             now,
-            EventPayload::StopRunByError(StopRunByError {
+            EventPayload::StopRunByError(Box::new(StopRunByError {
                 checkpoint: self.checkpoint.clone(),
                 step: self.step.clone(),
                 error,
                 extra: Map::new(),
-            }),
+            })),
         ));
         self.phase = Phase::Stopped;
         Output {
