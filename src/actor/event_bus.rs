@@ -395,4 +395,6 @@ fn is_idle(bus: &ActorRef<EventBus>) -> bool {
 #[cfg(test)]
 mod failure_tests;
 #[cfg(test)]
+mod output_tests;
+#[cfg(test)]
 mod sequence_tests;
