@@ -309,7 +309,8 @@ pub struct JobHandle {
     /// The job id.
     pub job_id: String,
     events: Option<mpsc::Receiver<Sequenced>>,
-    done: oneshot::Receiver<JobOutcome>,
+    /// Boxed: the channel holds a slot for the value from the start, for the job's whole life.
+    done: oneshot::Receiver<Box<JobOutcome>>,
     cancel: CancellationToken,
     hand_back: HandBack,
 }
@@ -362,7 +363,7 @@ impl JobHandle {
 
     /// Wait for the job's terminal state.
     pub async fn wait(self) -> Result<JobOutcome, EngineError> {
-        self.done.await.map_err(|_| EngineError::Lost)
+        self.done.await.map(|o| *o).map_err(|_| EngineError::Lost)
     }
 }
 
@@ -584,7 +585,7 @@ impl Engine {
         let hand_back = HandBack(Arc::downgrade(&ctx));
         let (done_tx, done) = oneshot::channel();
         JobActor::spawn_with_mailbox(
-            JobArgs {
+            Box::new(JobArgs {
                 span: tracing::info_span!(
                     "job",
                     jobId = %job_id,
@@ -598,7 +599,7 @@ impl Engine {
                 job,
                 done: done_tx,
                 claim,
-            },
+            }),
             kameo::mailbox::bounded(crate::actor::run::RUN_MAILBOX),
         );
         Ok(JobHandle {

@@ -54,8 +54,8 @@ pub(crate) struct JobArgs {
     pub start: Start,
     /// The job record at start.
     pub job: Job,
-    /// Resolved when the job ends.
-    pub done: oneshot::Sender<JobOutcome>,
+    /// Resolved when the job ends (boxed: the channel holds a slot for it while the job runs).
+    pub done: oneshot::Sender<Box<JobOutcome>>,
     /// The job's `tracing` span (fields `jobId`, `expertKey`), the parent of its coordinator
     /// run's span. A child of the span current where the job was started.
     pub span: tracing::Span,
@@ -76,7 +76,7 @@ pub(crate) struct JobActor {
     /// Boxed: kameo's task future holds the actor several times over.
     job: Box<Job>,
     last: Box<Checkpoint>,
-    done: Option<oneshot::Sender<JobOutcome>>,
+    done: Option<oneshot::Sender<Box<JobOutcome>>>,
     /// The right to write the job: no other process or engine can run or continue it while
     /// the job runs. Released right after the job's last write, before the outcome is handed
     /// out, so that whoever waits for the outcome can continue the job at once.
@@ -84,13 +84,15 @@ pub(crate) struct JobActor {
 }
 
 impl Actor for JobActor {
-    type Args = JobArgs;
+    /// Boxed, as the actor's state: kameo's task future holds its arguments until it starts.
+    type Args = Box<JobArgs>;
     type Error = std::convert::Infallible;
 
-    async fn on_start(args: JobArgs, me: ActorRef<Self>) -> Result<Self, Self::Error> {
+    async fn on_start(args: Box<JobArgs>, me: ActorRef<Self>) -> Result<Self, Self::Error> {
         // Boxed: this hook is inlined into the actor's task, which would otherwise be as
         // large as its largest await for the actor's whole life.
         Box::pin(async move {
+            let args = *args;
             // A claim that can be lost (a lease) stops the job when it is: every run ends, and
             // the store refuses whatever they would still write. The task ends with the claim.
             let lost = args.claim.lost();
@@ -106,13 +108,13 @@ impl Actor for JobActor {
             if let Err(e) = args.storage.store_job(&args.job).await {
                 tracing::warn!(job = %args.job.id, "could not store job.json: {e}");
             }
-            let run = RunArgs {
+            let run = Box::new(RunArgs {
                 parent_span: args.span.clone(),
                 ctx: args.ctx.clone(),
                 expert_key: args.expert_key,
                 checkpoint: args.checkpoint.clone(),
                 start: args.start,
-            };
+            });
             let coordinator = RunActor::supervise(&me, run)
                 .restart_policy(kameo::supervision::RestartPolicy::Never)
                 .spawn_with_mailbox(kameo::mailbox::bounded(super::run::RUN_MAILBOX))
@@ -216,13 +218,13 @@ impl JobActor {
         }
         self.claim = None;
         if let Some(done) = self.done.take() {
-            let _ = done.send(JobOutcome {
+            let _ = done.send(Box::new(JobOutcome {
                 job: (*self.job).clone(),
                 checkpoint,
                 text,
                 claim_lost,
                 handed_back,
-            });
+            }));
         }
     }
 }

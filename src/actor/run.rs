@@ -35,7 +35,7 @@
 //!
 //! | module | owns |
 //! | --- | --- |
-//! | `skills` | set-up: the run's SkillActors, its tool index and the tools the model sees |
+//! | `skills` | set-up: the run's skills (SkillActors, or the inline base skill), its tool index and the tools the model sees |
 //! | `tasks` | the model call and the tool calls, run off the mailbox |
 //! | `delegation` | one turn's child actors, spawned and forwarded into [`Delegation`] |
 //! | `report` | the end: close the skills, then report to the parent once |
@@ -54,7 +54,7 @@ use serde_json::Map;
 use self::delegation::Children;
 use super::context::{JobContext, now_ms};
 use super::job::JobActor;
-use super::skill::SkillActor;
+use super::skill::SkillRef;
 use crate::agent::RunFailure;
 use crate::agent::{
     Delegation, Effect, Machine, MachineSetting, Output, Start, ToolIndex, instruction_text,
@@ -106,8 +106,26 @@ pub(crate) struct RunFinished {
     pub text: Option<String>,
 }
 
-/// One run.
-pub(crate) struct RunActor {
+/// One run. Its state is boxed: kameo's task future holds the actor several times over, and
+/// a waiting run should cost a pointer there, not its whole state each time.
+pub(crate) struct RunActor(Box<RunState>);
+
+impl std::ops::Deref for RunActor {
+    type Target = RunState;
+
+    fn deref(&self) -> &RunState {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for RunActor {
+    fn deref_mut(&mut self) -> &mut RunState {
+        &mut self.0
+    }
+}
+
+/// What a [`RunActor`] holds.
+pub(crate) struct RunState {
     ctx: Arc<JobContext>,
     /// Shared with the engine's other runs of this Expert ([`JobContext::experts`]).
     expert: Arc<Expert>,
@@ -125,7 +143,7 @@ pub(crate) struct RunActor {
     /// crashed without reporting would then leave this run waiting forever). Dropped with the
     /// actor's state when it stops, so it keeps nothing alive afterwards.
     me: ActorRef<RunActor>,
-    skills: HashMap<String, ActorRef<SkillActor>>,
+    skills: HashMap<String, SkillRef>,
     tools: Arc<Vec<ToolSpec>>,
     index: Arc<ToolIndex>,
     /// The children of the turn in flight, while the run waits for them.
@@ -151,13 +169,16 @@ pub(crate) struct Begin {
 }
 
 impl Actor for RunActor {
-    type Args = RunArgs;
+    /// Boxed, as the actor's state: kameo's task future holds its arguments until it starts,
+    /// and the supervisor keeps a copy for as long as the run lives.
+    type Args = Box<RunArgs>;
     type Error = std::convert::Infallible;
 
-    async fn on_start(args: RunArgs, me: ActorRef<Self>) -> Result<Self, Self::Error> {
+    async fn on_start(args: Box<RunArgs>, me: ActorRef<Self>) -> Result<Self, Self::Error> {
         // Boxed: this hook is inlined into the actor's task, which would otherwise be as
         // large as its largest await for the actor's whole life.
         Box::pin(async move {
+            let args = *args;
             let ctx = args.ctx;
             let settings = ctx.settings.clone();
             let expert = ctx
@@ -194,7 +215,7 @@ impl Actor for RunActor {
                 runId = %args.checkpoint.run_id,
                 expertKey = %args.expert_key,
             );
-            let mut actor = RunActor {
+            let mut actor = RunActor(Box::new(RunState {
                 span,
                 machine: Box::new(Machine::new(setting, ToolIndex::new(), args.checkpoint)),
                 ctx,
@@ -211,7 +232,7 @@ impl Actor for RunActor {
                 finished: false,
                 closing: Default::default(),
                 pending_report: None,
-            };
+            }));
             actor.announce_segment(now_ms()).await;
             if let Err(e) = actor.set_up_tools(&me).await {
                 actor.startup_error = Some(e);

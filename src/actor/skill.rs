@@ -12,6 +12,16 @@
 //! purpose: its supervisor (the run) restarts it, which reconnects, within a bounded budget
 //! (`SKILL_RESTARTS` in `SKILL_RESTART_WINDOW`); past it the skill stays down and calls get an
 //! error result naming it.
+//!
+//! The in-process base skill needs none of that when it starts no process through an egress
+//! proxy and is not started lazily: its connection cannot die and its calls need no mailbox.
+//! The run then holds it as an [`InlineSkill`] (`inline`), with the same events and the same
+//! results, and without an actor's task, mailbox (a block of 32 slots, 3 KiB) and kept spawn
+//! arguments. A run's skills are [`SkillRef`]s, either kind.
+
+mod inline;
+
+pub(crate) use inline::{InlineSkill, SkillRef};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -136,25 +146,28 @@ impl Conn {
 
 /// A connected skill.
 pub(crate) struct SkillActor {
-    args: SkillArgs,
+    /// Boxed: kameo's task future holds the actor's state (and its arguments) several times
+    /// over.
+    args: Box<SkillArgs>,
     conn: Option<Arc<Conn>>,
     /// The egress proxy of the connection's sandboxed processes; dropped with the actor (or
     /// on close), which ends their tunnels and removes its socket.
     egress: Option<EgressProxy>,
-    tools: Vec<ToolDefinition>,
+    /// Shared with the run's [`Described`] reply rather than copied into it.
+    tools: Arc<[ToolDefinition]>,
 }
 
 impl Actor for SkillActor {
-    type Args = SkillArgs;
+    type Args = Box<SkillArgs>;
     type Error = SkillError;
 
-    async fn on_start(args: SkillArgs, _: ActorRef<Self>) -> Result<Self, SkillError> {
+    async fn on_start(args: Box<SkillArgs>, _: ActorRef<Self>) -> Result<Self, SkillError> {
         // Boxed: this hook is inlined into the actor's task, which would otherwise be as
         // large as its largest await for the actor's whole life.
         Box::pin(async move {
             if let Some(locked) = &args.locked_tools {
                 // Lazy: the lockfile says what the tools are; connect on the first call.
-                let tools = filter(locked, &args);
+                let tools = filter(locked, &args).into();
                 return Ok(SkillActor {
                     args,
                     conn: None,
@@ -163,7 +176,7 @@ impl Actor for SkillActor {
                 });
             }
             let (conn, egress) = connect(&args).await?;
-            let tools = filter(conn.tools(), &args);
+            let tools = filter(conn.tools(), &args).into();
             Ok(SkillActor {
                 args,
                 conn: Some(Arc::new(conn)),
@@ -213,14 +226,7 @@ impl Message<Close> for SkillActor {
             conn.close().await;
         }
         self.egress = None;
-        publish(
-            &self.args,
-            EventPayload::SkillDisconnected(SkillDisconnected {
-                skill_name: self.args.name.clone(),
-                extra: Map::new(),
-            }),
-        )
-        .await;
+        publish(&self.args, disconnected(&self.args.name)).await;
         ctx.stop();
     }
 }
@@ -314,9 +320,21 @@ async fn connect(args: &SkillArgs) -> Result<(Conn, Option<EgressProxy>), SkillE
 }
 
 async fn publish(args: &SkillArgs, payload: EventPayload) {
-    let event = Envelope::runtime(args.ctx.job_id.as_str(), args.run_id.as_str())
-        .into_event(now_ms(), payload);
-    let _ = args.ctx.publish(event).await;
+    publish_for(&args.ctx, &args.run_id, payload).await;
+}
+
+/// Publish a skill event of run `run_id`.
+async fn publish_for(ctx: &JobContext, run_id: &str, payload: EventPayload) {
+    let event = Envelope::runtime(ctx.job_id.as_str(), run_id).into_event(now_ms(), payload);
+    let _ = ctx.publish(event).await;
+}
+
+/// `skillDisconnected` of skill `name`.
+fn disconnected(name: &str) -> EventPayload {
+    EventPayload::SkillDisconnected(SkillDisconnected {
+        skill_name: name.to_owned(),
+        extra: Map::new(),
+    })
 }
 
 /// The egress proxy's decisions become `proxyAccess` events, in order; the task ends when the
@@ -350,7 +368,7 @@ fn forward_stderr(args: SkillArgs, mut stderr: crate::skill::mcp::StderrStream) 
 #[derive(Debug, Clone, Reply)]
 pub(crate) struct Described {
     /// Tools after pick/omit.
-    pub tools: Vec<ToolDefinition>,
+    pub tools: Arc<[ToolDefinition]>,
 }
 
 /// Ask for the tool list.
@@ -464,10 +482,7 @@ impl Message<CallTool> for SkillActor {
         let timeout = self.args.ctx.settings.tool_timeout;
         ctx.spawn(async move {
             if !known {
-                return ToolOutcome::error(format!(
-                    "Tool {} not found in skill {skill}",
-                    call.name
-                ));
+                return unknown_tool(&call, &skill);
             }
             let Some(conn) = conn else {
                 return ToolOutcome::error(format!(
@@ -475,31 +490,50 @@ impl Message<CallTool> for SkillActor {
                     call.name
                 ));
             };
-            let result = crate::skill::timeout::bounded(
-                timeout,
-                &skill,
-                &call.name,
-                conn.call(&call.name, call.args.clone()),
-            )
-            .await;
-            match result {
-                Ok(r) => {
-                    let c = conn.message_parts(&call.name, &call.args, &r).await;
-                    ToolOutcome {
-                        parts: c.parts,
-                        is_error: c.is_error,
-                        fault: None,
-                    }
-                }
-                Err(e) => {
+            match call_on(&conn, &skill, &call, timeout).await {
+                Ok(outcome) => outcome,
+                Err(outcome) => {
                     if conn.is_closed() {
                         // Restart through the supervisor; the next call reconnects.
                         let _ = me.tell(ConnectionLost).try_send();
                     }
-                    ToolOutcome::failed(&call.name, &skill, &e)
+                    outcome
                 }
             }
         })
+    }
+}
+
+/// The answer to a call of a tool the skill does not offer.
+fn unknown_tool(call: &CallTool, skill: &str) -> ToolOutcome {
+    ToolOutcome::error(format!("Tool {} not found in skill {skill}", call.name))
+}
+
+/// Call `call` on `conn` within `timeout`: the result's parts, or (`Err`) the outcome of the
+/// failure.
+async fn call_on(
+    conn: &Conn,
+    skill: &str,
+    call: &CallTool,
+    timeout: Duration,
+) -> Result<ToolOutcome, ToolOutcome> {
+    let result = crate::skill::timeout::bounded(
+        timeout,
+        skill,
+        &call.name,
+        conn.call(&call.name, call.args.clone()),
+    )
+    .await;
+    match result {
+        Ok(r) => {
+            let c = conn.message_parts(&call.name, &call.args, &r).await;
+            Ok(ToolOutcome {
+                parts: c.parts,
+                is_error: c.is_error,
+                fault: None,
+            })
+        }
+        Err(e) => Err(ToolOutcome::failed(&call.name, skill, &e)),
     }
 }
 

@@ -39,13 +39,13 @@ impl Children {
     ) {
         let max = ctx.settings.max_parallel_delegates;
         while let Some(run) = self.delegation.next_child(parent, max) {
-            let args = RunArgs {
+            let args = Box::new(RunArgs {
                 parent_span: span.clone(),
                 ctx: ctx.clone(),
                 expert_key: run.expert_key,
                 checkpoint: run.checkpoint,
                 start: run.start,
-            };
+            });
             let child = RunActor::supervise(me, args)
                 .restart_policy(kameo::supervision::RestartPolicy::Never)
                 .spawn_with_mailbox(kameo::mailbox::bounded(super::RUN_MAILBOX))

@@ -7,6 +7,7 @@
 use kameo::prelude::*;
 
 use super::{Parent, RunActor, RunFinished};
+use crate::actor::skill::SkillRef;
 
 impl RunActor {
     /// Close skills, then report to the parent (once every skill is down) and stop.
@@ -24,8 +25,14 @@ impl RunActor {
         // Their link notices arrive in this mailbox, so waiting for them here would deadlock:
         // `on_link_died` sends the report when the last one is down.
         for (_, skill) in std::mem::take(&mut self.skills) {
-            if skill.is_alive() && skill.tell(crate::actor::skill::Close).await.is_ok() {
-                self.closing.insert(skill.id());
+            match skill {
+                SkillRef::Actor(skill) => {
+                    if skill.is_alive() && skill.tell(crate::actor::skill::Close).await.is_ok() {
+                        self.closing.insert(skill.id());
+                    }
+                }
+                // Closed here: its `skillDisconnected` is out before the report.
+                SkillRef::Inline(skill) => skill.close().await,
             }
         }
         if self.closing.is_empty() || me.is_none() {

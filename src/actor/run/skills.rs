@@ -2,18 +2,21 @@
 //! describe into the tool index and the tool list the model sees.
 //!
 //! Every MCP skill of the Expert starts at once as a SkillActor supervised by the run, and the
-//! run waits for all of them to connect and describe their tools; interactive skills (never for
-//! a delegated run) and delegates add their own tools. The name rules live in the catalog; this
-//! file only feeds it. A tool name claimed twice, a skill that
-//! fails to start or a delegate that does not exist is a configuration error: the run then
-//! publishes `startRun` and stops (see `Begin`). Talks to the skill actor
+//! run waits for all of them to connect and describe their tools; the in-process base skill,
+//! when it needs no actor ([`InlineSkill::fits`]), connects in place instead. Interactive skills
+//! (never for a delegated run) and delegates add their own tools. The name rules live in the
+//! catalog; this file only feeds it. A tool name claimed twice, a skill that fails to start or
+//! a delegate that does not exist is a configuration error: the run then publishes `startRun`
+//! and stops (see `Begin`). Talks to the skill actor
 //! ([`crate::actor::skill`]) and to the run's [`Machine`](crate::agent::Machine), which gets the
 //! index.
+
+use std::sync::Arc;
 
 use kameo::prelude::*;
 
 use super::RunActor;
-use crate::actor::skill::{Describe, SkillActor, SkillArgs, SkillKind};
+use crate::actor::skill::{Describe, InlineSkill, SkillActor, SkillArgs, SkillKind, SkillRef};
 use crate::agent::RunFailure;
 use crate::agent::{BASE_SKILL, CatalogError, ToolCatalog};
 use crate::schema::Skill;
@@ -21,17 +24,19 @@ use crate::schema::Skill;
 impl RunActor {
     /// Start the skills (all at once), build the tool index and the tool list the model sees.
     pub(super) async fn set_up_tools(&mut self, me: &ActorRef<Self>) -> Result<(), RunFailure> {
-        let mut catalog = ToolCatalog::new(self.expert.key.clone());
+        // A handle of its own on the Expert: the loops below change `self`.
+        let expert = self.expert.clone();
+        let mut catalog = ToolCatalog::new(expert.key.clone());
         let delegated = self.machine.checkpoint().delegated_by.is_some();
         // Spawn every MCP skill first, then wait for all of them: they connect concurrently.
         let mut started = Vec::new();
-        let every_domain = expert_domains(&self.expert.skills);
+        let every_domain = expert_domains(&expert.skills);
         // A replay that plays tools back starts no skill: its tools are the recorded ones.
         let playback = self.ctx.replay.clone().filter(|r| r.plays_back());
-        for (name, skill) in &self.expert.skills {
+        for (name, skill) in &expert.skills {
             if let Some(replay) = &playback {
                 if !matches!(skill, Skill::InteractiveSkill(_)) {
-                    let tools = replay.tools_of(&self.expert.key, name);
+                    let tools = replay.tools_of(&expert.key, name);
                     catalog.add_skill(name, &tools).map_err(catalog_error)?;
                 }
                 continue;
@@ -57,7 +62,7 @@ impl RunActor {
                 SkillKind::Base => every_domain.clone(),
                 _ => own_domains,
             };
-            let args = SkillArgs {
+            let args = Box::new(SkillArgs {
                 ctx: self.ctx.clone(),
                 run_id: self.machine.setting().run_id.clone(),
                 name: name.clone(),
@@ -69,9 +74,17 @@ impl RunActor {
                     .settings
                     .lockfile
                     .as_ref()
-                    .and_then(|l| l.tools_of(&self.expert.key, name)),
+                    .and_then(|l| l.tools_of(&expert.key, name)),
                 allowed_domains,
-            };
+            });
+            if InlineSkill::fits(&args) {
+                let skill = InlineSkill::connect(*args)
+                    .await
+                    .map(Arc::new)
+                    .map_err(|e| config_error(format!("skill \"{name}\" failed to start: {e}")));
+                started.push((name.clone(), Pending::Inline(skill)));
+                continue;
+            }
             let actor = SkillActor::supervise(me, args)
                 .restart_policy(kameo::supervision::RestartPolicy::Transient)
                 .restart_limit(
@@ -80,25 +93,38 @@ impl RunActor {
                 )
                 .spawn_with_mailbox(kameo::mailbox::bounded(crate::actor::skill::SKILL_MAILBOX))
                 .await;
-            started.push((name.clone(), actor));
+            started.push((name.clone(), Pending::Actor(actor)));
         }
-        let described = futures::future::join_all(started.iter().map(|(name, actor)| async move {
-            actor
-                .wait_for_startup_with_result(|r| r.map_err(|e| e.to_string()))
-                .await
-                .map_err(|e| config_error(format!("skill \"{name}\" failed to start: {e}")))?;
-            actor
-                .ask(Describe)
-                .await
-                .map_err(|e| config_error(format!("skill \"{name}\" failed to start: {e}")))
-        }))
-        .await;
+        let described =
+            futures::future::join_all(started.into_iter().map(|(name, skill)| async move {
+                let actor = match skill {
+                    Pending::Inline(skill) => {
+                        return skill.map(|s| {
+                            let tools = s.tools().clone();
+                            (name, SkillRef::Inline(s), tools)
+                        });
+                    }
+                    Pending::Actor(actor) => actor,
+                };
+                let failed =
+                    |e: String| config_error(format!("skill \"{name}\" failed to start: {e}"));
+                actor
+                    .wait_for_startup_with_result(|r| r.map_err(|e| e.to_string()))
+                    .await
+                    .map_err(failed)?;
+                let d = actor
+                    .ask(Describe)
+                    .await
+                    .map_err(|e| failed(e.to_string()))?;
+                Ok((name, SkillRef::Actor(actor), d.tools))
+            }))
+            .await;
         let mut first_error = None;
-        for ((name, actor), d) in started.into_iter().zip(described) {
+        for d in described {
             match d {
-                Ok(d) => {
-                    catalog.add_skill(&name, &d.tools).map_err(catalog_error)?;
-                    self.skills.insert(name, actor);
+                Ok((name, skill, tools)) => {
+                    catalog.add_skill(&name, &tools).map_err(catalog_error)?;
+                    self.skills.insert(name, skill);
                 }
                 Err(e) => {
                     first_error.get_or_insert(e);
@@ -108,7 +134,7 @@ impl RunActor {
         if let Some(e) = first_error {
             return Err(e);
         }
-        for (name, skill) in &self.expert.skills {
+        for (name, skill) in &expert.skills {
             let Skill::InteractiveSkill(s) = skill else {
                 continue;
             };
@@ -117,13 +143,13 @@ impl RunActor {
             }
             catalog.add_interactive(name, s).map_err(catalog_error)?;
         }
-        for key in &self.expert.delegates {
+        for key in &expert.delegates {
             catalog
                 .add_delegate(key, self.ctx.settings.experts.get(key))
                 .map_err(catalog_error)?;
         }
         let (index, specs) = catalog.into_parts();
-        let (index, specs) = self.ctx.tool_lists.share(&self.expert.key, index, specs);
+        let (index, specs) = self.ctx.tool_lists.share(&expert.key, index, specs);
         self.machine.set_tools(index.clone());
         self.index = index;
         self.tools = specs;
@@ -172,6 +198,12 @@ fn skill_kind(
     } else {
         SkillKind::Base
     }
+}
+
+/// A skill being set up: an actor starting, or the inline base skill, connected.
+enum Pending {
+    Actor(ActorRef<SkillActor>),
+    Inline(Result<Arc<InlineSkill>, RunFailure>),
 }
 
 fn catalog_error(e: CatalogError) -> RunFailure {

@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use super::{Generated, RunActor, ToolsDone};
 use crate::actor::context::{JobContext, now_ms};
-use crate::actor::skill::{CallTool, SkillActor};
+use crate::actor::skill::{CallTool, SkillRef};
 use crate::agent::{Machine, RunFailure, ToolIndex, ToolOwner};
 use crate::llm::{
     Assembler, Generation, GenerationError, GenerationRequest, Signal, ToolSpec, retry,
@@ -184,7 +184,7 @@ pub(super) fn spawn_tool_calls(
     me: ActorRef<RunActor>,
     machine: &Machine,
     index: Arc<ToolIndex>,
-    skills: HashMap<String, ActorRef<SkillActor>>,
+    skills: HashMap<String, SkillRef>,
     calls: Vec<ToolCall>,
 ) {
     let spans: Vec<tracing::Span> = calls
@@ -217,7 +217,7 @@ async fn answer(
     replay: Option<&crate::replay::ToolReplay>,
     caller: &crate::replay::Caller,
     index: &ToolIndex,
-    skills: &HashMap<String, ActorRef<SkillActor>>,
+    skills: &HashMap<String, SkillRef>,
     call: &ToolCall,
 ) -> Result<ToolResult, RunFailure> {
     let Some(replay) = replay else {
@@ -236,7 +236,7 @@ async fn answer(
 /// One call's result, or the fault that stops the run.
 async fn call_one(
     index: &ToolIndex,
-    skills: &HashMap<String, ActorRef<SkillActor>>,
+    skills: &HashMap<String, SkillRef>,
     call: &ToolCall,
 ) -> Result<ToolResult, RunFailure> {
     let skill = match index.owner(&call.tool_name) {
@@ -251,7 +251,7 @@ async fn call_one(
         ));
     };
     match skill
-        .ask(CallTool {
+        .call(CallTool {
             name: call.tool_name.clone(),
             args: call.args.clone(),
         })

@@ -200,7 +200,7 @@ impl InProcessBase {
     }
 
     /// Ends the connection: later calls fail with `TransportClosed`.
-    pub(crate) async fn close(self) {
+    pub(crate) async fn close(&self) {
         self.closed.store(true, Ordering::Release);
     }
 }
