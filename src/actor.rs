@@ -3,14 +3,16 @@
 //! | actor | one per | owns | mailbox |
 //! | --- | --- | --- | --- |
 //! | `EventBus` (`event_bus`) | engine | stdout, event storage, listeners, the sequence | 1024, producers wait |
-//! | `JobActor` (`job`) | job | `job.json`, the terminal state | 64 |
 //! | `RunActor` (`run`) | Expert run | checkpoint, history, children | 64 |
 //! | `SkillActor` (`skill`) | skill per run | the MCP connection | 64 |
 //!
-//! Supervision mirrors the Expert tree: the job supervises the coordinator run, a run supervises
-//! its delegated children and its skills, all with `RestartPolicy::Never` (a run's state lives in
-//! its checkpoint; a crashed run is reported, not restarted). Messages flow down as spawn
-//! arguments and up as tells; nothing asks an ancestor.
+//! A job is a task, not an actor (`job`): it starts the coordinator run, which reports to it
+//! through a oneshot, and owns `job.json` and the terminal state. The actor tree mirrors the
+//! Expert tree: a run links its delegated children (a parent learns of a child that died
+//! without reporting, a child stops with a parent that died) and supervises its skills, which
+//! restart within a budget; a run is never restarted (its state lives in its checkpoint; a
+//! crashed run is reported). Messages flow down as spawn arguments and up as tells; nothing
+//! asks an ancestor.
 
 pub(crate) mod context;
 pub(crate) mod event_bus;

@@ -27,13 +27,14 @@
 
 use std::sync::Arc;
 
-use kameo::prelude::*;
 use serde_json::Map;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 #[cfg(test)]
 mod open_jobs_tests;
+#[cfg(test)]
+mod release_tests;
 mod resume;
 
 pub use crate::actor::context::{RunOverrides, Settings};
@@ -43,7 +44,7 @@ pub use resume::{ContinueInput, ContinueRequest};
 
 use crate::actor::context::{JobContext, SharedExperts, now_ms};
 use crate::actor::event_bus::{Bus, BusArgs, Flush, OpenJob};
-use crate::actor::job::{JobActor, JobArgs};
+use crate::actor::job::JobArgs;
 use crate::agent::Start;
 use crate::agent::{Machine, MachineSetting};
 use crate::llm::LanguageModel;
@@ -584,24 +585,21 @@ impl Engine {
         });
         let hand_back = HandBack(Arc::downgrade(&ctx));
         let (done_tx, done) = oneshot::channel();
-        JobActor::spawn_with_mailbox(
-            Box::new(JobArgs {
-                span: tracing::info_span!(
-                    "job",
-                    jobId = %job_id,
-                    expertKey = %job.coordinator_expert_key,
-                ),
-                ctx,
-                storage: self.storage.clone(),
-                expert_key: job.coordinator_expert_key.clone(),
-                checkpoint,
-                start,
-                job,
-                done: done_tx,
-                claim,
-            }),
-            kameo::mailbox::bounded(crate::actor::run::RUN_MAILBOX),
-        );
+        tokio::spawn(crate::actor::job::run(Box::new(JobArgs {
+            span: tracing::info_span!(
+                "job",
+                jobId = %job_id,
+                expertKey = %job.coordinator_expert_key,
+            ),
+            ctx,
+            storage: self.storage.clone(),
+            expert_key: job.coordinator_expert_key.clone(),
+            checkpoint,
+            start,
+            job,
+            done: done_tx,
+            claim,
+        })));
         Ok(JobHandle {
             job_id,
             events,

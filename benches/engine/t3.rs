@@ -3,14 +3,17 @@
 //! ([`DiscardStorage`](crate::support::DiscardStorage)). Every model call first waits until all jobs have started, so all are live
 //! at once. Checks that all complete, that every job receives exactly the events of a reference
 //! job and that the engine-wide sequence has no gap; reports RSS per session once every
-//! coordinator waits on its first model call, and at the peak.
+//! coordinator waits on its first model call, and at the peak, with where the workload was at
+//! the peak (a thread samples the RSS every 2 ms with the model calls under way, the run
+//! segments the subscribers saw start and not end, and the jobs done;
+//! `PERSTACK_BENCH_T3_TIMELINE=1` prints a sample every 100 ms).
 //!
 //! The scripted provider's own `delayMs` cannot serve it: its turns are counted per Expert across
 //! jobs, so concurrent jobs would take each other's turns; the bench uses the stateless instant
 //! model of `examples/support/fanout.rs` behind a 50 ms `tokio::time::sleep`, which is what
 //! `delayMs` does.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,6 +42,8 @@ struct Delayed {
     gate: watch::Receiver<bool>,
     /// Calls that reached the gate (while it is closed, only each coordinator's first).
     arrived: Arc<AtomicU64>,
+    /// Where the workload is, for [`Probe`].
+    probe: Arc<Probe>,
 }
 
 #[async_trait::async_trait]
@@ -49,9 +54,11 @@ impl LanguageModel for Delayed {
 
     async fn stream(&self, request: GenerationRequest) -> Result<PartStream, GenerationError> {
         self.arrived.fetch_add(1, Ordering::AcqRel);
+        self.probe.calling.fetch_add(1, Ordering::AcqRel);
         let mut gate = self.gate.clone();
         let _ = gate.wait_for(|open| *open).await;
         tokio::time::sleep(self.delay).await;
+        self.probe.calling.fetch_sub(1, Ordering::AcqRel);
         self.inner.stream(request).await
     }
 }
@@ -61,6 +68,75 @@ impl LanguageModel for Delayed {
 struct SeqCheck {
     last: u64,
     gaps: u64,
+}
+
+/// Where the workload is, sampled with the RSS by [`sample`] to say what was live at the peak.
+#[derive(Default)]
+struct Probe {
+    /// Model calls under way (at the gate or in the latency): runs waiting on the model.
+    calling: AtomicU64,
+    /// Run segments started and not ended (`startRun` less `completeRun` and `stopRunBy*`), as
+    /// the subscribers received them.
+    segments: AtomicI64,
+    /// Jobs whose event stream ended.
+    done: AtomicU64,
+}
+
+/// One sample of [`Probe`] with the RSS.
+#[derive(Clone, Copy, Default)]
+struct Snapshot {
+    at: Duration,
+    rss_kib: u64,
+    calling: u64,
+    segments: i64,
+    done: u64,
+}
+
+impl std::fmt::Display for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ms: RSS {:.1} MiB, {} model calls waiting, {} run segments live, {} jobs done",
+            self.at.as_millis(),
+            self.rss_kib as f64 / 1024.0,
+            self.calling,
+            self.segments,
+            self.done
+        )
+    }
+}
+
+/// Sample the RSS and `probe` every 2 ms on a thread of its own until `stop`: the sample with
+/// the highest RSS, and one every 100 ms.
+fn sample(
+    probe: Arc<Probe>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<(Snapshot, Vec<Snapshot>)> {
+    std::thread::spawn(move || {
+        let t0 = Instant::now();
+        let mut peak = Snapshot::default();
+        let mut timeline: Vec<Snapshot> = Vec::new();
+        while !stop.load(Ordering::Acquire) {
+            let now = Snapshot {
+                at: t0.elapsed(),
+                rss_kib: status_kib("VmRSS").unwrap_or(0),
+                calling: probe.calling.load(Ordering::Acquire),
+                segments: probe.segments.load(Ordering::Acquire),
+                done: probe.done.load(Ordering::Acquire),
+            };
+            if now.rss_kib > peak.rss_kib {
+                peak = now;
+            }
+            if timeline
+                .last()
+                .is_none_or(|l| now.at >= l.at + Duration::from_millis(100))
+            {
+                timeline.push(now);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        (peak, timeline)
+    })
 }
 
 /// What one T3 round saw.
@@ -81,9 +157,11 @@ pub(crate) fn t3_sessions(rt: &Runtime) -> String {
     let seq = Arc::new(Mutex::new(SeqCheck::default()));
     let (gate_tx, gate_rx) = watch::channel(true);
     let arrived = Arc::new(AtomicU64::new(0));
+    let probe = Arc::new(Probe::default());
     let gate = Gate {
         open: gate_tx,
         arrived: arrived.clone(),
+        probe: probe.clone(),
     };
     let engine = {
         let _guard = rt.enter();
@@ -95,6 +173,7 @@ pub(crate) fn t3_sessions(rt: &Runtime) -> String {
                 delay: T3_LATENCY,
                 gate: gate_rx,
                 arrived,
+                probe: probe.clone(),
             }))
             // Nothing stored: the memory measured is the live sessions', not the store's copy
             // of their checkpoints and events.
@@ -115,16 +194,25 @@ pub(crate) fn t3_sessions(rt: &Runtime) -> String {
     let reset = reset_peak_rss();
     let rss0 = status_kib("VmRSS").unwrap_or(0);
     let cpu0 = process_cpu();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = sample(probe, stop.clone());
     let round = rt.block_on(subscribed_jobs(&engine, &gate, n));
     let cpu = process_cpu().saturating_sub(cpu0);
     let peak = status_kib("VmHWM").unwrap_or(0);
+    stop.store(true, Ordering::Release);
+    let (at_peak, timeline) = sampler.join().expect("the sampler thread");
+    if std::env::var_os("PERSTACK_BENCH_T3_TIMELINE").is_some() {
+        for s in &timeline {
+            println!("  T3 timeline {s}");
+        }
+    }
     rt.block_on(engine.shutdown());
 
     let short = round.counts.iter().filter(|&&c| c != expected).count();
     let s = lock(&seq);
     let kib_per = |kib: u64| kib as f64 / n as f64;
     let line = format!(
-        "T3 {n} concurrent fan-out sessions, {} ms per model call: all completed in {:.2} s wall, {:.2} ms CPU/job; {short} of {n} jobs with other than {expected} events, {} sequence gaps in {} events; RSS {:.1} KiB per session once every coordinator waited on its first model call, peak {:.1} KiB per session (peak RSS {}, {:.1} MiB before){}",
+        "T3 {n} concurrent fan-out sessions, {} ms per model call: all completed in {:.2} s wall, {:.2} ms CPU/job; {short} of {n} jobs with other than {expected} events, {} sequence gaps in {} events; RSS {:.1} KiB per session once every coordinator waited on its first model call, peak {:.1} KiB per session (peak RSS {}, {:.1} MiB before{}; sampled peak at {at_peak})",
         T3_LATENCY.as_millis(),
         round.wall.as_secs_f64(),
         cpu.as_secs_f64() * 1e3 / n as f64,
@@ -137,7 +225,7 @@ pub(crate) fn t3_sessions(rt: &Runtime) -> String {
         if reset {
             ""
         } else {
-            " (process peak, not reset)"
+            ", process peak, not reset"
         },
     );
     println!("{line}");
@@ -148,6 +236,7 @@ pub(crate) fn t3_sessions(rt: &Runtime) -> String {
 struct Gate {
     open: watch::Sender<bool>,
     arrived: Arc<AtomicU64>,
+    probe: Arc<Probe>,
 }
 
 /// Start `n` subscribed fan-out jobs with the gate closed, wait until each one's coordinator
@@ -156,6 +245,7 @@ struct Gate {
 async fn subscribed_jobs(engine: &Engine, gate: &Gate, n: usize) -> Round {
     gate.open.send_replace(false);
     gate.arrived.store(0, Ordering::Release);
+    gate.probe.done.store(0, Ordering::Release);
     let t0 = Instant::now();
     let mut jobs = Vec::with_capacity(n);
     let mut readers = Vec::with_capacity(n);
@@ -165,11 +255,19 @@ async fn subscribed_jobs(engine: &Engine, gate: &Gate, n: usize) -> Round {
             .await
             .expect("the engine starts the job");
         let mut events = handle.take_events().expect("subscribed");
+        let probe = gate.probe.clone();
         readers.push(tokio::spawn(async move {
             let mut count = 0;
-            while events.recv().await.is_some() {
+            while let Some(e) = events.recv().await {
                 count += 1;
+                let kind = e.event.kind();
+                if kind == "startRun" {
+                    probe.segments.fetch_add(1, Ordering::AcqRel);
+                } else if kind == "completeRun" || kind.starts_with("stopRunBy") {
+                    probe.segments.fetch_sub(1, Ordering::AcqRel);
+                }
             }
+            probe.done.fetch_add(1, Ordering::AcqRel);
             count
         }));
         jobs.push(handle.wait());

@@ -297,6 +297,13 @@ impl Settings {
     }
 }
 
+/// The value out of `boxed`, whose allocation is freed now (a `*boxed` in an async block keeps
+/// it until the block ends).
+#[allow(clippy::boxed_local)] // taking the box is the point: it is freed on return
+pub(crate) fn unbox<T>(boxed: Box<T>) -> T {
+    *boxed
+}
+
 /// Milliseconds since the epoch.
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()

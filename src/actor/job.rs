@@ -1,20 +1,21 @@
-//! The job actor: one per job. It starts the coordinator run (supervised by itself), keeps
-//! `job.json` current, and ends the job with exactly one terminal state, handed to the
+//! A job: one task per job, not an actor (it receives one message, its coordinator's report,
+//! and an actor's mailbox costs 3 KiB a job). It starts the coordinator run, keeps `job.json`
+//! current, and ends the job with exactly one terminal state, handed to the
 //! [`JobHandle`](crate::engine::JobHandle) through a oneshot.
 //!
-//! The job actor is the root of the job's actor tree and the only actor of a job that is not
-//! supervised: when it stops, kameo frees its links, and with them every run's and skill's
-//! spawn arguments. Nothing of the job may hold it in a cycle (see `run`'s module docs), and it
-//! must always stop: after the coordinator's report, or after the coordinator's death notice.
+//! The coordinator is the root of the job's actor tree: when it stops, kameo frees its links,
+//! and with them its skills' spawn arguments. It reports through a oneshot ([`Parent::Job`]);
+//! a coordinator that stops without reporting drops the sender, and the job then ends with an
+//! error naming how it stopped. The task always ends: after the report, or after that.
 
 use std::sync::Arc;
 
 use kameo::prelude::*;
 use tokio::sync::oneshot;
 
-use super::context::{JobContext, now_ms};
+use super::context::{JobContext, now_ms, unbox};
 use super::event_bus::CloseJob;
-use super::run::{Begin, Parent, RunActor, RunArgs, RunFinished};
+use super::run::{Begin, Parent, RUN_MAILBOX, RunActor, RunArgs};
 use crate::agent::{RunFailure, Start};
 use crate::schema::{Checkpoint, CheckpointStatus, Job, JobStatus};
 use crate::storage::StoreError;
@@ -40,7 +41,7 @@ pub struct JobOutcome {
     pub handed_back: bool,
 }
 
-/// What a job actor starts with.
+/// What a job starts with.
 pub(crate) struct JobArgs {
     /// Shared context.
     pub ctx: Arc<JobContext>,
@@ -59,127 +60,113 @@ pub(crate) struct JobArgs {
     /// The job's `tracing` span (fields `jobId`, `expertKey`), the parent of its coordinator
     /// run's span. A child of the span current where the job was started.
     pub span: tracing::Span,
-    /// The right to write the job, held for the actor's life.
+    /// The right to write the job, held until the job's last write.
     pub claim: Claim,
 }
 
-/// One job.
-pub(crate) struct JobActor {
-    /// This actor, held while it runs. The engine keeps no reference to a job actor; without
-    /// this one, only the coordinator's state would, and kameo delivers the coordinator's death
-    /// notice through a weak reference to this mailbox, which fails once the coordinator's
-    /// state is gone: a coordinator dying without a report would then leave the job without an
-    /// outcome. Dropped with the state when the actor stops, so it keeps nothing alive after.
-    _me: ActorRef<JobActor>,
+/// Run one job to its end: start the coordinator run, wait for its report (or for it to stop
+/// without one), then close the job. Spawned as a task of its own by the engine.
+pub(crate) async fn run(args: Box<JobArgs>) {
+    // Out of the box at once (it is freed here, not when the task ends): what the task keeps
+    // across its awaits goes into boxes of its own below, so that the task stays small for the
+    // job's life.
+    let JobArgs {
+        ctx,
+        storage,
+        expert_key,
+        checkpoint,
+        start,
+        job,
+        done,
+        span,
+        claim,
+    } = unbox(args);
+    // A claim that can be lost (a lease) stops the job when it is: every run ends, and the
+    // store refuses whatever they would still write. The task ends with the claim.
+    let lost = claim.lost();
+    let watched = ctx.clone();
+    tokio::spawn(async move {
+        if lost.await {
+            let e = StoreError::ClaimLost {
+                job_id: watched.job_id.clone(),
+            };
+            watched.fail(RunFailure::ClaimLost(e.to_string()));
+        }
+    });
+    // The coordinator's start, for a coordinator that stops without reporting.
+    let started = Box::new(checkpoint.clone());
+    let run = Box::new(RunArgs {
+        parent_span: span,
+        ctx: ctx.clone(),
+        expert_key,
+        checkpoint,
+        start,
+    });
+    let end = JobEnd {
+        ctx,
+        storage,
+        job: Box::new(job),
+        done,
+        claim: Some(claim),
+    };
+    if let Err(e) = end.storage.store_job(&end.job).await {
+        tracing::warn!(job = %end.job.id, "could not store job.json: {e}");
+    }
+    // Not supervised: nothing restarts a run, and a supervisor would keep its arguments (the
+    // starting checkpoint) and its mailbox for as long as the supervisor lives.
+    let coordinator = RunActor::spawn_with_mailbox(run, kameo::mailbox::bounded(RUN_MAILBOX));
+    let (report_tx, report) = oneshot::channel();
+    // A new mailbox nobody else knows: this never waits. A coordinator that failed to start
+    // refuses it, and the report's sender goes with the refused message.
+    end.ctx.enter();
+    if let Err(e) = coordinator
+        .tell(Begin {
+            parent: Parent::Job(Some(report_tx)),
+        })
+        .await
+    {
+        end.ctx.leave();
+        tracing::warn!(job = %end.job.id, "the coordinator run did not start: {e}");
+    }
+    match report.await {
+        // Boxed, as below: the task holds its future while the job runs.
+        Ok(r) => Box::pin(end.finish(r.checkpoint, r.text)).await,
+        Err(_) => {
+            // The coordinator stopped and dropped its report's sender without sending: it
+            // died without reporting (an engine fault, whatever the reason). End the job
+            // with an error instead of waiting forever.
+            let reason = coordinator
+                .wait_for_shutdown_with_result(|r| match r {
+                    Ok(reason) => reason.to_string(),
+                    Err(e) => e.to_string(),
+                })
+                .await;
+            let mut cp = *started;
+            cp.status = CheckpointStatus::StoppedByError;
+            let failure = RunFailure::Engine(format!(
+                "the coordinator run stopped without reporting: {reason}"
+            ));
+            cp.error = Some(failure.to_run_error());
+            Box::pin(end.finish(cp, None)).await;
+        }
+    }
+}
+
+/// What a job needs at its end.
+struct JobEnd {
     ctx: Arc<JobContext>,
     storage: Arc<dyn Storage>,
-    /// Boxed: kameo's task future holds the actor several times over.
+    /// Boxed: the job's task holds it while the job runs.
     job: Box<Job>,
-    last: Box<Checkpoint>,
-    done: Option<oneshot::Sender<Box<JobOutcome>>>,
+    done: oneshot::Sender<Box<JobOutcome>>,
     /// The right to write the job: no other process or engine can run or continue it while
     /// the job runs. Released right after the job's last write, before the outcome is handed
     /// out, so that whoever waits for the outcome can continue the job at once.
     claim: Option<Claim>,
 }
 
-impl Actor for JobActor {
-    /// Boxed, as the actor's state: kameo's task future holds its arguments until it starts.
-    type Args = Box<JobArgs>;
-    type Error = std::convert::Infallible;
-
-    async fn on_start(args: Box<JobArgs>, me: ActorRef<Self>) -> Result<Self, Self::Error> {
-        // Boxed: this hook is inlined into the actor's task, which would otherwise be as
-        // large as its largest await for the actor's whole life.
-        Box::pin(async move {
-            let args = *args;
-            // A claim that can be lost (a lease) stops the job when it is: every run ends, and
-            // the store refuses whatever they would still write. The task ends with the claim.
-            let lost = args.claim.lost();
-            let watched = args.ctx.clone();
-            tokio::spawn(async move {
-                if lost.await {
-                    let e = StoreError::ClaimLost {
-                        job_id: watched.job_id.clone(),
-                    };
-                    watched.fail(RunFailure::ClaimLost(e.to_string()));
-                }
-            });
-            if let Err(e) = args.storage.store_job(&args.job).await {
-                tracing::warn!(job = %args.job.id, "could not store job.json: {e}");
-            }
-            let run = Box::new(RunArgs {
-                parent_span: args.span.clone(),
-                ctx: args.ctx.clone(),
-                expert_key: args.expert_key,
-                checkpoint: args.checkpoint.clone(),
-                start: args.start,
-            });
-            let coordinator = RunActor::supervise(&me, run)
-                .restart_policy(kameo::supervision::RestartPolicy::Never)
-                .spawn_with_mailbox(kameo::mailbox::bounded(super::run::RUN_MAILBOX))
-                .await;
-            // A new mailbox nobody else knows: this never waits. A coordinator that failed to start
-            // refuses it, and its death notice ends the job.
-            let begin = Begin {
-                parent: Parent::Job(me.clone()),
-            };
-            args.ctx.enter();
-            if let Err(e) = coordinator.tell(begin).await {
-                args.ctx.leave();
-                tracing::warn!(job = %args.job.id, "the coordinator run did not start: {e}");
-            }
-            Ok(JobActor {
-                _me: me,
-                ctx: args.ctx,
-                storage: args.storage,
-                job: Box::new(args.job),
-                last: Box::new(args.checkpoint),
-                done: Some(args.done),
-                claim: Some(args.claim),
-            })
-        })
-        .await
-    }
-
-    async fn on_link_died(
-        &mut self,
-        _: WeakActorRef<Self>,
-        _: ActorId,
-        reason: ActorStopReason,
-    ) -> Result<std::ops::ControlFlow<ActorStopReason>, Self::Error> {
-        // Boxed: this hook is inlined into the actor's task, which would otherwise be as
-        // large as its largest await for the actor's whole life.
-        Box::pin(async move {
-            // The coordinator is the only child. Its report is queued before its death notice, so
-            // a notice while the job is still open means it died without reporting (an engine
-            // fault, whatever the reason): end the job with an error instead of waiting forever.
-            if self.done.is_some() {
-                let mut cp = (*self.last).clone();
-                cp.status = CheckpointStatus::StoppedByError;
-                let failure = RunFailure::Engine(format!(
-                    "the coordinator run stopped without reporting: {reason}"
-                ));
-                cp.error = Some(failure.to_run_error());
-                self.finish(cp, None).await;
-            }
-            Ok(std::ops::ControlFlow::Break(ActorStopReason::Normal))
-        })
-        .await
-    }
-}
-
-impl Message<RunFinished> for JobActor {
-    type Reply = ();
-
-    async fn handle(&mut self, r: RunFinished, ctx: &mut Context<Self, Self::Reply>) {
-        self.finish(r.checkpoint, r.text).await;
-        ctx.stop();
-    }
-}
-
-impl JobActor {
-    async fn finish(&mut self, checkpoint: Checkpoint, text: Option<String>) {
+impl JobEnd {
+    async fn finish(mut self, checkpoint: Checkpoint, text: Option<String>) {
         self.job.status = JobStatus::from_checkpoint(checkpoint.status);
         // A coordinator that stopped to have its children run elsewhere leaves the job
         // running: it waits for them (see `cluster::delegate`).
@@ -217,14 +204,12 @@ impl JobActor {
             tracing::warn!(job = %self.job.id, "could not store job.json: {e}");
         }
         self.claim = None;
-        if let Some(done) = self.done.take() {
-            let _ = done.send(Box::new(JobOutcome {
-                job: (*self.job).clone(),
-                checkpoint,
-                text,
-                claim_lost,
-                handed_back,
-            }));
-        }
+        let _ = self.done.send(Box::new(JobOutcome {
+            job: *self.job,
+            checkpoint,
+            text,
+            claim_lost,
+            handed_back,
+        }));
     }
 }

@@ -2,21 +2,25 @@
 //!
 //! It owns the run's [`Machine`] (checkpoint and history) and executes its effects: model calls
 //! and tool calls run in spawned tasks that report back with a tell, so the actor stays
-//! responsive; delegations spawn child run actors **supervised by this one** (the actor tree
+//! responsive; delegations spawn child run actors **linked to this one** (the actor tree
 //! mirrors the Expert tree), at most `max_parallel_delegates` at a time. A child's outcome,
 //! success or failure, becomes that delegate call's tool result; a child failure never stops
-//! the parent or its siblings. Children report upward with a tell, never an ask.
+//! the parent or its siblings, and a parent that stops before its children (a panic) stops
+//! them. Children report upward with a tell, never an ask.
 //!
 //! # Lifetime
 //!
-//! kameo keeps a supervised child's spawn arguments in its supervisor's links for as long as
-//! the supervisor exists (to rebuild the child on a restart), and an `ActorRef` (weak or
-//! strong) owns the links of the actor it points to. A reference to the parent inside
-//! [`RunArgs`] would therefore make the parent's links own themselves: the whole job (every
-//! run's arguments, checkpoints and the [`JobContext`]) would never be freed. So [`RunArgs`]
-//! carry nothing that points back up the tree; whoever spawns a run sends it [`Begin`] right
-//! after, with the [`Parent`] to report to. Everything of a job is freed when its job actor
-//! stops (`tests/suite/lifecycle.rs`).
+//! The coordinator is supervised by its job actor. kameo keeps a supervised child's spawn
+//! arguments and mailbox in its supervisor's links for as long as the supervisor exists (to
+//! rebuild the child on a restart), and an `ActorRef` (weak or strong) owns the links of the
+//! actor it points to. A reference to the parent inside [`RunArgs`] would therefore make the
+//! parent's links own themselves: the whole job (every run's arguments, checkpoints and the
+//! [`JobContext`]) would never be freed. So [`RunArgs`] carry nothing that points back up the
+//! tree; whoever spawns a run sends it [`Begin`] right after, with the [`Parent`] to report
+//! to. Delegated runs are linked to their parent instead of supervised (`delegation`): a
+//! supervisor would hold each finished child's arguments and mailbox (3 KiB) until its own
+//! end, and nothing restarts a run anyway. A finished child is freed when it stops.
+//! Everything of a job is freed when its job actor stops (`tests/suite/lifecycle.rs`).
 //!
 //! # Handing back
 //!
@@ -52,8 +56,7 @@ use kameo::prelude::*;
 use serde_json::Map;
 
 use self::delegation::Children;
-use super::context::{JobContext, now_ms};
-use super::job::JobActor;
+use super::context::{JobContext, now_ms, unbox};
 use super::skill::SkillRef;
 use crate::agent::RunFailure;
 use crate::agent::{
@@ -69,17 +72,17 @@ use crate::schema::{
 pub(crate) const RUN_MAILBOX: usize = 64;
 
 /// Who receives a run's final report.
-#[derive(Clone)]
 pub(crate) enum Parent {
-    /// The job (this is the coordinator).
-    Job(ActorRef<JobActor>),
+    /// The job (this is the coordinator): the report goes to the job's task, once (`None`
+    /// once sent). Boxed: the channel holds a slot for it from the start.
+    Job(Option<tokio::sync::oneshot::Sender<Box<RunFinished>>>),
     /// A parent run; `slot` is the delegate call's position in its turn.
     Run(ActorRef<RunActor>, usize),
 }
 
-/// What a run actor starts with. Kept by the supervisor for the run's lifetime (see the module
-/// docs), so it must never hold a reference to an actor of the job: the parent comes with
-/// [`Begin`].
+/// What a run actor starts with. The coordinator's are kept by its supervisor (the job actor)
+/// for the run's lifetime (see the module docs), so they must never hold a reference to an
+/// actor of the job: the parent comes with [`Begin`].
 #[derive(Clone)]
 pub(crate) struct RunArgs {
     /// The job's shared context.
@@ -170,7 +173,7 @@ pub(crate) struct Begin {
 
 impl Actor for RunActor {
     /// Boxed, as the actor's state: kameo's task future holds its arguments until it starts,
-    /// and the supervisor keeps a copy for as long as the run lives.
+    /// and the coordinator's supervisor keeps a copy for as long as the run lives.
     type Args = Box<RunArgs>;
     type Error = std::convert::Infallible;
 
@@ -178,7 +181,9 @@ impl Actor for RunActor {
         // Boxed: this hook is inlined into the actor's task, which would otherwise be as
         // large as its largest await for the actor's whole life.
         Box::pin(async move {
-            let args = *args;
+            // Out of the box at once (it is freed here, not when this hook ends): a run may
+            // wait in here long, on a busy bus.
+            let args = unbox(args);
             let ctx = args.ctx;
             let settings = ctx.settings.clone();
             let expert = ctx
@@ -275,6 +280,16 @@ impl Actor for RunActor {
         // Boxed: this hook is inlined into the actor's task, which would otherwise be as
         // large as its largest await for the actor's whole life.
         Box::pin(async move {
+            // The parent run stopped before this run finished (it panicked, or it was handed
+            // back and does not wait): stop too, as a supervised child would be stopped.
+            if !self.finished
+                && matches!(&self.parent, Some(Parent::Run(parent, _)) if parent.id() == id)
+            {
+                return Ok(std::ops::ControlFlow::Break(ActorStopReason::LinkDied {
+                    id,
+                    reason: Box::new(reason),
+                }));
+            }
             // A child that died without reporting becomes a failed delegation; skills are ignored.
             if !matches!(
                 reason,
@@ -427,6 +442,11 @@ impl Message<RunFinished> for RunActor {
 impl RunActor {
     /// Publish events in order, then execute the effect. Loops instead of recursing when an
     /// effect completes at once.
+    ///
+    /// A run spends most of its life in here, waiting for the bus to take its events (the
+    /// handler's future is allocated for as long as it runs): the rarer and larger steps
+    /// (spawning children, resuming, ending) are boxed, so that the wait costs what
+    /// publishing needs, not what the largest of them would.
     async fn drive(&mut self, mut out: Output, me: &ActorRef<Self>) {
         loop {
             if self.ctx.handing_back() && matches!(out.effect, Effect::Generate { .. }) {
@@ -442,8 +462,8 @@ impl RunActor {
             }
             if let Err(failure) = self.publish_events(std::mem::take(&mut out.events)).await {
                 // Nothing more of this run can be shown or stored: end it with the failure.
-                self.stop_unstored(failure).await;
-                self.close_and_report(Some(me.clone())).await;
+                Box::pin(self.stop_unstored(failure)).await;
+                Box::pin(self.close_and_report(Some(me.clone()))).await;
                 return;
             }
             // A run that just stopped by delegation has ended its segment: its children start,
@@ -452,12 +472,12 @@ impl RunActor {
                 && !matches!(out.effect, Effect::Stop | Effect::Delegate(_))
             {
                 if reason.is_silent() {
-                    self.close_and_report(Some(me.clone())).await;
+                    Box::pin(self.close_and_report(Some(me.clone()))).await;
                     return;
                 }
                 if reason.is_visible_unstored() {
-                    self.stop_unstored(reason).await;
-                    self.close_and_report(Some(me.clone())).await;
+                    Box::pin(self.stop_unstored(reason)).await;
+                    Box::pin(self.close_and_report(Some(me.clone()))).await;
                     return;
                 }
                 out = self.machine.abort(now_ms(), reason);
@@ -510,7 +530,7 @@ impl RunActor {
                 }
                 Effect::Delegate(d) => {
                     if d.is_done() {
-                        out = self.resume(*d).await;
+                        out = Box::pin(self.resume(*d)).await;
                         continue;
                     }
                     if self.ctx.settings.stop_at_delegation
@@ -518,18 +538,22 @@ impl RunActor {
                     {
                         // Its children run elsewhere (`cluster::delegate`): the coordinator
                         // ends here, at its stored `stoppedByDelegate` checkpoint.
-                        self.close_and_report(Some(me.clone())).await;
+                        Box::pin(self.close_and_report(Some(me.clone()))).await;
                         return;
                     }
                     let mut children = Box::new(Children::new(*d));
-                    children
-                        .start_more(&self.ctx, me, self.machine.setting(), &self.span)
-                        .await;
+                    Box::pin(children.start_more(
+                        &self.ctx,
+                        me,
+                        self.machine.setting(),
+                        &self.span,
+                    ))
+                    .await;
                     self.delegation = Some(children);
                     return;
                 }
                 Effect::Stop => {
-                    self.close_and_report(Some(me.clone())).await;
+                    Box::pin(self.close_and_report(Some(me.clone()))).await;
                     return;
                 }
             }
@@ -542,10 +566,10 @@ impl RunActor {
     async fn end_with(&mut self, failure: RunFailure, me: &ActorRef<Self>) {
         if failure.is_silent() {
             // Handed back: nothing more of this run is shown or stored here.
-            self.close_and_report(Some(me.clone())).await;
+            Box::pin(self.close_and_report(Some(me.clone()))).await;
         } else if failure.is_visible_unstored() {
-            self.stop_unstored(failure).await;
-            self.close_and_report(Some(me.clone())).await;
+            Box::pin(self.stop_unstored(failure)).await;
+            Box::pin(self.close_and_report(Some(me.clone()))).await;
         } else {
             let out = self.machine.abort(now_ms(), failure);
             self.drive(out, me).await;
@@ -559,16 +583,14 @@ impl RunActor {
         if self.ctx.failure.get().is_some_and(RunFailure::is_silent) {
             // Handed back: the delegation goes on with the job's next holder (the children
             // that finished are stored); this run writes nothing more.
-            self.close_and_report(Some(me.clone())).await;
+            Box::pin(self.close_and_report(Some(me.clone()))).await;
             return;
         }
         if children.delegation.is_done() {
-            let out = self.resume(children.delegation).await;
+            let out = Box::pin(self.resume(children.delegation)).await;
             self.drive(out, me).await;
         } else {
-            children
-                .start_more(&self.ctx, me, self.machine.setting(), &self.span)
-                .await;
+            Box::pin(children.start_more(&self.ctx, me, self.machine.setting(), &self.span)).await;
             self.delegation = Some(children);
         }
     }
@@ -607,15 +629,19 @@ impl RunActor {
             text: query.clone(),
             interactive_tool_call_result: answer.clone(),
         };
-        let setting = s.run_setting(
-            &self.ctx.job_id,
-            &self.machine.setting().run_id,
-            &self.expert.key,
-            input,
-            now,
-        );
-        if let Err(e) = self.ctx.storage.store_run_setting(&setting).await {
-            tracing::warn!(run = %setting.run_id, "could not store run-setting.json: {e}");
+        {
+            // Dropped before the publish below: a run may wait there long (the bus is busy),
+            // and its future would hold the setting all that time.
+            let setting = s.run_setting(
+                &self.ctx.job_id,
+                &self.machine.setting().run_id,
+                &self.expert.key,
+                input,
+                now,
+            );
+            if let Err(e) = self.ctx.storage.store_run_setting(&setting).await {
+                tracing::warn!(run = %setting.run_id, "could not store run-setting.json: {e}");
+            }
         }
         let event = self.runtime_event(
             now,
@@ -640,10 +666,12 @@ impl RunActor {
     /// job (the events are still stored). A storage failure fails the job and stops the
     /// batch: the event and those after it are not shown, and the run must end with
     /// [`RunActor::stop_unstored`].
-    async fn publish_events(&mut self, events: Vec<Event>) -> Result<(), RunFailure> {
+    async fn publish_events(&mut self, mut events: Vec<Event>) -> Result<(), RunFailure> {
         if events.is_empty() {
             return Ok(());
         }
+        // Held until the bus has taken them, which can be long on a busy bus: no spare slots.
+        events.shrink_to_fit();
         for event in &events {
             if let EventPayload::CompleteRun(c) = &event.payload {
                 self.result_text = Some(c.text.clone());

@@ -90,12 +90,6 @@ enum Conn {
 }
 
 impl Conn {
-    fn tools(&self) -> &[ToolDefinition] {
-        match self {
-            Conn::Base(c) => c.tools(),
-            Conn::Mcp(c) => c.tools(),
-        }
-    }
     fn identity(&self) -> &ServerIdentity {
         match self {
             Conn::Base(c) => c.server_identity(),
@@ -176,7 +170,7 @@ impl Actor for SkillActor {
                 });
             }
             let (conn, egress) = connect(&args).await?;
-            let tools = filter(conn.tools(), &args).into();
+            let tools = connected_tools(&conn, &args);
             Ok(SkillActor {
                 args,
                 conn: Some(Arc::new(conn)),
@@ -249,6 +243,15 @@ fn filter(tools: &[ToolDefinition], args: &SkillArgs) -> Vec<ToolDefinition> {
     crate::agent::catalog::select(tools, &args.pick, &args.omit)
 }
 
+/// [`filter`] of a connected skill's tools. The in-process base skill's are the same for every
+/// run with the same `pick`/`omit`: shared ([`crate::skill::base::selected_tools`]).
+fn connected_tools(conn: &Conn, args: &SkillArgs) -> Arc<[ToolDefinition]> {
+    match conn {
+        Conn::Base(_) => crate::skill::base::selected_tools(&args.pick, &args.omit),
+        Conn::Mcp(c) => filter(c.tools(), args).into(),
+    }
+}
+
 /// Connect the skill, publishing `skillStarting` (stdio) and `skillConnected`; a sandboxed
 /// skill that starts processes (a stdio server; the base skill only when its `exec` tool is
 /// selected) gets its egress proxy, whose decisions become `proxyAccess` events.
@@ -294,11 +297,14 @@ async fn connect(args: &SkillArgs) -> Result<(Conn, Option<EgressProxy>), SkillE
                 }),
             )
             .await;
-            let (conn, stderr) = connect_stdio(skill, &settings.env, &opts).await?;
+            // Boxed, as the HTTP connection below: a connection's handshake is a large future,
+            // and inline it would make every skill's `connect` (the in-process base skill's
+            // too, which a waiting run holds) that large.
+            let (conn, stderr) = Box::pin(connect_stdio(skill, &settings.env, &opts)).await?;
             forward_stderr(args.clone(), stderr);
             Conn::Mcp(conn)
         }
-        SkillKind::Http(skill) => Conn::Mcp(connect_http(skill, &opts).await?),
+        SkillKind::Http(skill) => Conn::Mcp(Box::pin(connect_http(skill, &opts)).await?),
     };
     let t = conn.timings();
     let id = conn.identity();

@@ -46,7 +46,9 @@ use std::time::Instant;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::{ServerHandler, tool_handler};
 
-pub(crate) use in_process::{ConnectTimings, InProcessBase, ServerIdentity, connect_in_process};
+pub(crate) use in_process::{
+    ConnectTimings, InProcessBase, ServerIdentity, connect_in_process, selected_tools,
+};
 pub(crate) use media::inline_media;
 
 /// The base skill's only tool that starts processes (`exec`): a sandboxed base skill needs an

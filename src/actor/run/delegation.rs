@@ -1,5 +1,5 @@
-//! One turn's children as actors: spawns the children the pure [`Delegation`] names, supervised
-//! by the run, and forwards their reports (or death notices) into it.
+//! One turn's children as actors: spawns the children the pure [`Delegation`] names, linked to
+//! the run, and forwards their reports (or death notices) into it.
 //!
 //! The bookkeeping (slots, queue, results in call order, usage, what the parent resumes with)
 //! lives in [`crate::agent::Delegation`]; this module only maps child actors to slots. It never
@@ -46,10 +46,16 @@ impl Children {
                 checkpoint: run.checkpoint,
                 start: run.start,
             });
-            let child = RunActor::supervise(me, args)
-                .restart_policy(kameo::supervision::RestartPolicy::Never)
-                .spawn_with_mailbox(kameo::mailbox::bounded(super::RUN_MAILBOX))
-                .await;
+            // Linked, not supervised: a supervisor keeps each child's spawn arguments and
+            // mailbox (a block of 32 slots, 3 KiB) until it stops itself, so a parent would
+            // hold every finished child's until its own end. A link only carries the death
+            // notices, both ways (see `RunActor::on_link_died`); it is made before the child
+            // runs, so that no notice can be missed.
+            let prepared =
+                RunActor::prepare_with_mailbox(kameo::mailbox::bounded(super::RUN_MAILBOX));
+            let child = prepared.actor_ref().clone();
+            me.link(&child).await;
+            prepared.spawn(args);
             self.slots.insert(child.id(), run.slot);
             // The child's mailbox is new and only we know it, so this never waits for space. A
             // child that failed to start refuses it; its death notice then fails the slot.

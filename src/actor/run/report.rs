@@ -45,23 +45,21 @@ impl RunActor {
         let Some(report) = self.pending_report.take().map(|r| *r) else {
             return;
         };
-        match &self.parent {
+        match &mut self.parent {
             None => {
                 // Unreachable: the report is only made after `Begin`.
                 tracing::error!(run = %self.machine.setting().run_id, "run finished before it began; no parent to report to");
             }
             Some(Parent::Job(job)) => {
-                let _ = job.tell(report).await;
+                if let Some(job) = job.take() {
+                    let _ = job.send(Box::new(report));
+                }
             }
             Some(Parent::Run(parent, slot)) => {
+                let (parent, slot) = (parent.clone(), *slot);
                 // In flight until the parent has handled it (it may resume and write).
                 self.ctx.enter();
-                let sent = parent
-                    .tell(RunFinished {
-                        slot: *slot,
-                        ..report
-                    })
-                    .await;
+                let sent = parent.tell(RunFinished { slot, ..report }).await;
                 if sent.is_err() {
                     self.ctx.leave();
                 }

@@ -138,7 +138,10 @@ async fn generate(
 /// call's: a failed bus or sink stops the job through the next state event.
 async fn publish_stream(ctx: &JobContext, events: &mut Vec<crate::schema::Event>) {
     if !events.is_empty() {
-        let _ = ctx.publish_batch(std::mem::take(events)).await;
+        let mut batch = std::mem::take(events);
+        // Held until the bus has taken it, which can be long on a busy bus: no spare slots.
+        batch.shrink_to_fit();
+        let _ = ctx.publish_batch(batch).await;
     }
 }
 

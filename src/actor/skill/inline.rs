@@ -15,8 +15,8 @@ use futures::FutureExt;
 use kameo::prelude::*;
 
 use super::{
-    CallTool, Conn, SkillActor, SkillArgs, SkillKind, ToolOutcome, call_on, connect, disconnected,
-    filter, publish_for, starts_processes, unknown_tool,
+    CallTool, Conn, SkillActor, SkillArgs, SkillKind, ToolOutcome, call_on, connect,
+    connected_tools, disconnected, publish_for, starts_processes, unknown_tool,
 };
 use crate::actor::context::JobContext;
 use crate::skill::{SkillError, ToolDefinition};
@@ -45,7 +45,7 @@ impl InlineSkill {
     pub(crate) async fn connect(args: SkillArgs) -> Result<Self, SkillError> {
         // No proxy: `fits` rules out a skill that would get one.
         let (conn, _) = connect(&args).await?;
-        let tools = filter(conn.tools(), &args).into();
+        let tools = connected_tools(&conn, &args);
         Ok(InlineSkill {
             ctx: args.ctx,
             run_id: args.run_id,

@@ -245,18 +245,18 @@ impl Machine {
 
 /// Thinking parts, then the text part (when non-empty), then tool-call parts.
 fn expert_parts(g: &Generation, with_calls: bool) -> Vec<MessagePart> {
-    let mut parts: Vec<MessagePart> = g
-        .thinking
-        .iter()
-        .map(|t| {
-            MessagePart::ThinkingPart(ThinkingPart {
-                id: new_id(),
-                thinking: t.text.clone(),
-                signature: t.signature.clone(),
-                extra: Map::new(),
-            })
+    // Exactly as many as there are: the message stays in the run's history for its life.
+    let calls = if with_calls { g.tool_calls.len() } else { 0 };
+    let mut parts: Vec<MessagePart> =
+        Vec::with_capacity(g.thinking.len() + usize::from(!g.text.is_empty()) + calls);
+    parts.extend(g.thinking.iter().map(|t| {
+        MessagePart::ThinkingPart(ThinkingPart {
+            id: new_id(),
+            thinking: t.text.clone(),
+            signature: t.signature.clone(),
+            extra: Map::new(),
         })
-        .collect();
+    }));
     if !g.text.is_empty() {
         parts.push(MessagePart::text(g.text.clone()));
     }

@@ -8,7 +8,7 @@
 //! `perstack base` for `perstackBaseSkillCommand` and for other MCP clients.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures::channel::mpsc;
@@ -74,6 +74,26 @@ fn tools() -> Arc<[ToolDefinition]> {
                 .collect()
         })
         .clone()
+}
+
+/// The base skill's tools after `pick`/`omit` ([`select`](crate::agent::catalog::select)),
+/// shared: the tools are the same for every instance, so every run with the same selection
+/// holds the same list instead of a copy of its own (input schemas included). One entry per
+/// distinct selection the process has seen, which the configurations bound.
+pub(crate) fn selected_tools(pick: &[String], omit: &[String]) -> Arc<[ToolDefinition]> {
+    type Selections = Vec<(Vec<String>, Vec<String>, Arc<[ToolDefinition]>)>;
+    static SELECTED: OnceLock<Mutex<Selections>> = OnceLock::new();
+    let mut kept = SELECTED
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if let Some((_, _, tools)) = kept.iter().find(|(p, o, _)| p == pick && o == omit) {
+        return tools.clone();
+    }
+    let selected: Arc<[ToolDefinition]> =
+        crate::agent::catalog::select(&tools(), pick, omit).into();
+    kept.push((pick.to_vec(), omit.to_vec(), selected.clone()));
+    selected
 }
 
 /// The peer handed to tools in their request context. The base tools never talk back to the
