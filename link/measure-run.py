@@ -10,7 +10,8 @@ N more runs through /usr/bin/time (a fork of this Python process would report Py
 resident set: the kernel keeps the larger high-water mark across exec). With --smaps, first
 one run stopped at its exit (ptrace, PTRACE_O_TRACEEXIT) prints the resident set by mapping
 (the binary's code, read-only data, libraries, anonymous memory); with T1_PAGEMAP=1 also the
-resident runs of pages in the binary's mappings. Linux only.
+resident runs of pages in the binary's mappings. First it says how much of
+link/perstack-run.order the binary still has (a stale list costs the T1 memory). Linux only.
 """
 import ctypes, os, sys, time, shutil, statistics, tempfile, signal
 
@@ -174,8 +175,23 @@ def smaps_run(bin_):
         print(f"    {m['range']} {m['perms']} size={m.get('Size')} rss={m['Rss']}")
 
 
+def order_freshness(bin_):
+    """How much of link/perstack-run.order names functions the binary has: symbol names carry
+    hashes of their crates' metadata, so a dependency or feature change renames them and the
+    list goes stale (the run's code spreads over `.text` again) without any build error."""
+    import subprocess
+    listed = [l.strip() for l in open(os.path.join(REPO, "link/perstack-run.order")) if l.strip()]
+    out = subprocess.run(["nm", "--defined-only", bin_], capture_output=True, text=True).stdout
+    have = {p[2] for p in (l.split() for l in out.splitlines()) if len(p) >= 3}
+    found = sum(1 for s in listed if s in have)
+    verdict = "" if found >= 0.9 * len(listed) else (
+        " STALE: record it again (python3 link/record-order.py BIN link/perstack-run.order) and rebuild")
+    print(f"order list: {found} of {len(listed)} functions found in the binary{verdict}")
+
+
 def main():
     bin_ = os.path.abspath(sys.argv[1])
+    order_freshness(bin_)
     n = int(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[2].isdigit() else 15
     if "--smaps" in sys.argv:
         smaps_run(bin_)

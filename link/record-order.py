@@ -9,8 +9,12 @@ hit is recorded, the original byte put back and the thread resumed. Writes the m
 first-call order, one a line; build.rs hands the file to the linker (--symbol-ordering-file),
 which places those functions first and together. Linux x86_64 only; needs ptrace (root or
 kernel.yama.ptrace_scope 0 for a child, which is the default) and binutils (nm, readelf).
-Re-record after changes that move the run's code (new crates on its path, a new runtime);
-a stale file only costs layout.
+Record it on the binary `cargo build --release --locked` builds (the binaries alone): symbol
+names carry a hash of their crate's metadata, which covers the crate's dependencies and their
+features, so the same source built together with the examples or benches (dev-dependencies
+unify other features) has other names. Re-record after dependency or feature changes and after
+changes that move the run's code; a stale file only costs layout (`link/measure-run.py` says
+how much of the list the binary has).
 """
 import ctypes, os, sys, re, subprocess, shutil, tempfile, struct, signal
 

@@ -7,7 +7,7 @@
 //!   the base skill), without and with a `perstack.lock` (the base skill then starts on its first
 //!   call);
 //! - T5 tool step: end of a generation asking for `todo` → the next generation (the whole step:
-//!   `callTools`, the call through the skill actor, `resolveToolResults`, checkpoints);
+//!   `callTools`, the call to the in-process base skill, `resolveToolResults`, checkpoints);
 //! - T5 (b) delegate spawn: end of the coordinator's delegating generation in `experts/fanout` →
 //!   the first and the second child's first generation; and the way back, the last child's final
 //!   generation → the coordinator's next one.

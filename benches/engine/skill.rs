@@ -2,8 +2,9 @@
 //! `experts/single`'s `assistant` makes [`CALLS`] calls of one base tool (`todo` with one item,
 //! or `healthCheck`), each in its own step; the [`Probe`] model marks the end of each
 //! generation asking for the tool and the start of the next one. Each sample is that gap: the
-//! `callTools` event, the call through the run's skill actor to the in-process base skill, the
-//! `resolveToolResults` event and the step's checkpoint. Criterion times whole jobs.
+//! `callTools` event, the call to the in-process base skill (called in place: without a
+//! `perstack.lock` or an egress proxy it has no actor of its own), the `resolveToolResults` event
+//! and the step's checkpoint. Criterion times whole jobs.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
