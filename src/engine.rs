@@ -527,8 +527,8 @@ impl Engine {
         Ok(())
     }
 
-    /// Spawn the job actor for `job`, its coordinator starting from `checkpoint` with `start`.
-    /// The job actor holds `claim` (the right to write the job) until it stops. With
+    /// Spawn the job task for `job`, its coordinator starting from `checkpoint` with `start`.
+    /// The job task holds `claim` (the right to write the job) until it stops. With
     /// `takeover` (a cluster worker that took the job over from one that stopped mid-run), the
     /// job's first event is a `jobTakenOver` naming it, before anything of the job runs again.
     pub(crate) async fn launch(

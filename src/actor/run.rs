@@ -10,17 +10,15 @@
 //!
 //! # Lifetime
 //!
-//! The coordinator is supervised by its job actor. kameo keeps a supervised child's spawn
-//! arguments and mailbox in its supervisor's links for as long as the supervisor exists (to
-//! rebuild the child on a restart), and an `ActorRef` (weak or strong) owns the links of the
-//! actor it points to. A reference to the parent inside [`RunArgs`] would therefore make the
-//! parent's links own themselves: the whole job (every run's arguments, checkpoints and the
-//! [`JobContext`]) would never be freed. So [`RunArgs`] carry nothing that points back up the
-//! tree; whoever spawns a run sends it [`Begin`] right after, with the [`Parent`] to report
-//! to. Delegated runs are linked to their parent instead of supervised (`delegation`): a
-//! supervisor would hold each finished child's arguments and mailbox (3 KiB) until its own
-//! end, and nothing restarts a run anyway. A finished child is freed when it stops.
-//! Everything of a job is freed when its job actor stops (`tests/suite/lifecycle.rs`).
+//! No run is supervised: nothing restarts a run in place, and kameo keeps a supervised child's
+//! spawn arguments and mailbox in its supervisor's links for as long as the supervisor exists
+//! (to rebuild the child on a restart), so a parent would hold every finished child's (3 KiB of
+//! mailbox each) until its own end. The coordinator is spawned by its job's task; delegated runs
+//! are linked to their parent (`delegation`), which carries the death notices both ways. A
+//! finished child is freed when it stops. An `ActorRef` (weak or strong) owns the links of the
+//! actor it points to, so [`RunArgs`] still carry nothing that points back up the tree;
+//! whoever spawns a run sends it [`Begin`] right after, with the [`Parent`] to report to.
+//! Everything of a job is freed when its coordinator stops (`tests/suite/lifecycle.rs`).
 //!
 //! # Handing back
 //!
@@ -80,9 +78,8 @@ pub(crate) enum Parent {
     Run(ActorRef<RunActor>, usize),
 }
 
-/// What a run actor starts with. The coordinator's are kept by its supervisor (the job actor)
-/// for the run's lifetime (see the module docs), so they must never hold a reference to an
-/// actor of the job: the parent comes with [`Begin`].
+/// What a run actor starts with. They never hold a reference to an actor of the job (see the
+/// module docs): the parent comes with [`Begin`].
 #[derive(Clone)]
 pub(crate) struct RunArgs {
     /// The job's shared context.
@@ -163,7 +160,7 @@ pub(crate) struct RunState {
 }
 
 /// Start the run's loop, reporting to `parent` when it ends. Sent by whoever spawned the run
-/// (the job actor or the parent run) right after spawning it; it is the first message a run
+/// (the job task or the parent run) right after spawning it; it is the first message a run
 /// handles. The parent travels here rather than in [`RunArgs`] so that no spawn argument points
 /// back up the actor tree (see the module docs).
 pub(crate) struct Begin {
@@ -172,8 +169,7 @@ pub(crate) struct Begin {
 }
 
 impl Actor for RunActor {
-    /// Boxed, as the actor's state: kameo's task future holds its arguments until it starts,
-    /// and the coordinator's supervisor keeps a copy for as long as the run lives.
+    /// Boxed, as the actor's state: kameo's task future holds its arguments until it starts.
     type Args = Box<RunArgs>;
     type Error = std::convert::Infallible;
 

@@ -111,7 +111,7 @@ async fn the_bus_forgets_every_job_once_it_ends() {
                 .unwrap();
         }
     }
-    // The job actor closes its job on the bus before it sends the outcome.
+    // The job task closes its job on the bus before it sends the outcome.
     assert_eq!(
         engine.bus.actor().ask(OpenJobs).await.unwrap(),
         0,

@@ -6,7 +6,7 @@
 //! `flock` on `jobs/<jobId>/writer.lock` (the kernel drops it when the holder dies, so a lock
 //! left by a `kill -9` needs no clean-up and the next claimant simply takes it);
 //! [`MemoryStorage`](super::MemoryStorage) keeps a set of claimed job ids. The claim is
-//! released when the value is dropped: the job actor holds it for the job's whole life.
+//! released when the value is dropped: the job task holds it for the job's whole life.
 //!
 //! [`JetStreamStorage`](super::JetStreamStorage) holds a lease that can be lost while the
 //! claim lives (a paused or cut-off holder whose lease expired): [`Claim::lost`] resolves then,

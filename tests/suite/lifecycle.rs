@@ -1,5 +1,5 @@
-//! What a finished job leaves behind: nothing. Every actor of a job (the job actor, its run
-//! actors, their skill actors) holds the job's `JobContext`, and every `JobContext` holds one
+//! What a finished job leaves behind: nothing. Every part of a job (the job task, its run
+//! actors, their skills) holds the job's `JobContext`, and every `JobContext` holds one
 //! reference to the engine's model and one to its storage. Counting those references is
 //! therefore a probe for "some part of a finished job is still alive": once the job's outcome
 //! is in, the counts must drop back to what the engine itself holds, while the engine is still
@@ -22,7 +22,7 @@ use perstack::storage::{MemoryStorage, Storage};
 const RELEASE_WITHIN: Duration = Duration::from_secs(10);
 
 /// A coordinator delegating to two children in one turn; every Expert has the base skill, so
-/// the job has a job actor, three run actors and three skill actors.
+/// the job has a job task, three run actors and three base skills (called in place).
 const CONFIG: &str = r#"
 [experts."coordinator"]
 instruction = "Delegate."

@@ -19,7 +19,7 @@ fn actor_tasks_stay_small() {
     // Measured in a debug build: 1.5, 1.8 and 1.7 KiB (5.2, 5.2 and 4.0 KiB with the spawn
     // arguments and the run's state inline; 13.9 KiB for a run before its machine was boxed).
     assert!(run <= 2 * 1024, "run actor task: {run} bytes");
-    assert!(job <= 5 * 512, "job actor task: {job} bytes");
+    assert!(job <= 5 * 512, "job task: {job} bytes");
     assert!(skill <= 5 * 512, "skill actor task: {skill} bytes");
     assert_eq!(
         std::mem::size_of::<RunActor>(),
