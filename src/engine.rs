@@ -43,7 +43,7 @@ pub use crate::actor::job::JobOutcome;
 pub use resume::{ContinueInput, ContinueRequest};
 
 use crate::actor::context::{JobContext, SharedExperts, now_ms};
-use crate::actor::event_bus::{Bus, BusArgs, Flush, OpenJob};
+use crate::actor::event_bus::{Bus, BusArgs, Destination, Flush, OpenJob};
 use crate::actor::job::JobArgs;
 use crate::agent::Start;
 use crate::agent::{Machine, MachineSetting};
@@ -129,7 +129,7 @@ pub struct EngineBuilder<M = NoModel> {
     model: M,
     settings: Option<Settings>,
     storage: Option<Arc<dyn Storage>>,
-    sink: Option<Sink>,
+    sink: Option<Destination>,
     callbacks: Vec<Callback>,
     replay: Option<Arc<crate::replay::ToolReplay>>,
 }
@@ -173,9 +173,20 @@ impl<M> EngineBuilder<M> {
         self
     }
 
-    /// Write every event as a JSON line here (the CLI passes stdout).
+    /// Write every event as a JSON line here, from a tokio task (replaces a sink given
+    /// before).
     pub fn sink(mut self, sink: Sink) -> Self {
-        self.sink = Some(sink);
+        self.sink = Some(Destination::Async(sink));
+        self
+    }
+
+    /// Write every event as a JSON line here with blocking writes, from a thread of the
+    /// engine's own that sleeps while there is nothing to write (replaces a sink given
+    /// before). For stdout, a pipe or a file (the CLI passes `std::io::stdout()`): unlike
+    /// `tokio::io::stdout()` or `tokio::fs::File` given to [`EngineBuilder::sink`], a write
+    /// is one system call, not a hand-off to tokio's blocking pool and back.
+    pub fn blocking_sink(mut self, sink: impl std::io::Write + Send + 'static) -> Self {
+        self.sink = Some(Destination::Blocking(Box::new(sink)));
         self
     }
 

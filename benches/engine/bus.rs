@@ -7,8 +7,11 @@
 //! - `bus/publish_one`: one producer, one single-event batch at a time, sink `tokio::io::sink()`;
 //! - then, without criterion: 1 and 16 producers into `tokio::io::sink()`, with single-event
 //!   batches (as streaming events come) and [`BATCH`]-event batches; 16 producers into an OS
-//!   pipe (`std::io::pipe`, written through `tokio::fs::File` like the CLI's stdout, read by a
-//!   thread that counts lines) in events/s; and the same pipe with the reader stalled for
+//!   pipe (`std::io::pipe`, read by a thread that counts lines) in events/s, written two ways:
+//!   as a blocking [`std::fs::File`] through `EngineBuilder::blocking_sink`, from the bus's
+//!   writer thread, as the CLI writes its stdout (`std::io::stdout()`), and, as the CLI did
+//!   before, through `tokio::fs::File` as an async sink (each write a hand-off to tokio's
+//!   blocking pool, as `tokio::io::stdout()` does); and each pipe with the reader stalled for
 //!   [`STALL`] while 64 producers publish: how many events the bus still takes, how RSS moves,
 //!   and whether every event arrives once the reader resumes (bounded waits: it reports rather
 //!   than hangs).
@@ -81,15 +84,26 @@ async fn publish_all(
     t0.elapsed()
 }
 
-/// An engine whose bus writes to `sink` (call inside the runtime).
-fn engine(sink: Sink) -> Arc<Engine> {
+/// Where a bench engine writes.
+enum Out {
+    /// `EngineBuilder::sink`: written by a tokio task.
+    Async(Sink),
+    /// `EngineBuilder::blocking_sink`: written by the bus's writer thread.
+    Blocking(Box<dyn std::io::Write + Send>),
+}
+
+/// An engine whose bus writes to `out` (call inside the runtime).
+fn engine(out: Out) -> Arc<Engine> {
     let storage: Arc<dyn Storage> = Arc::new(DiscardStorage);
+    let builder = Engine::builder()
+        .model(Arc::new(FanoutModel))
+        .storage(storage);
     Arc::new(
-        Engine::builder()
-            .model(Arc::new(FanoutModel))
-            .storage(storage)
-            .sink(sink)
-            .build(),
+        match out {
+            Out::Async(sink) => builder.sink(sink),
+            Out::Blocking(sink) => builder.blocking_sink(sink),
+        }
+        .build(),
     )
 }
 
@@ -109,9 +123,10 @@ struct PipeDrain {
 }
 
 impl PipeDrain {
-    /// A pipe whose writing end is returned as a bus sink (through `tokio::fs::File`, which
-    /// writes on the blocking pool as `tokio::io::stdout()` does).
-    fn new() -> (Self, Sink) {
+    /// A pipe whose writing end is returned as a bus sink: a blocking `std::fs::File` (as the
+    /// CLI's `std::io::stdout()`), or with `blocking_pool` through `tokio::fs::File`, which
+    /// writes on tokio's blocking pool as `tokio::io::stdout()` does.
+    fn new(blocking_pool: bool) -> (Self, Out) {
         let (mut reader, writer) = std::io::pipe().expect("an OS pipe");
         let paused = Arc::new(AtomicBool::new(false));
         let lines = Arc::new(AtomicU64::new(0));
@@ -127,8 +142,7 @@ impl PipeDrain {
                     match reader.read(&mut buf) {
                         Ok(0) => break,
                         Ok(n) => {
-                            let count = buf[..n].iter().filter(|&&b| b == b'\n').count();
-                            lines.fetch_add(count as u64, Ordering::Release);
+                            lines.fetch_add(newlines(&buf[..n]), Ordering::Release);
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                         Err(_) => break,
@@ -137,7 +151,10 @@ impl PipeDrain {
             })
         };
         let file = std::fs::File::from(OwnedFd::from(writer));
-        let sink: Sink = Box::new(tokio::fs::File::from_std(file));
+        let sink = match blocking_pool {
+            true => Out::Async(Box::new(tokio::fs::File::from_std(file))),
+            false => Out::Blocking(Box::new(file)),
+        };
         (
             PipeDrain {
                 paused,
@@ -165,12 +182,27 @@ impl PipeDrain {
     }
 }
 
+/// The newlines in `bytes`, counted in byte lanes 255 bytes at a time, which the compiler
+/// vectorises (a plain `filter(..).count()` sums into 64-bit lanes, a few bytes per step: at
+/// 0.5 GB/s the reader thread took a tenth of the process's CPU time).
+fn newlines(bytes: &[u8]) -> u64 {
+    bytes
+        .chunks(255)
+        .map(|chunk| {
+            let n = chunk
+                .iter()
+                .fold(0u8, |n, &b| n.wrapping_add(u8::from(b == b'\n')));
+            u64::from(n)
+        })
+        .sum()
+}
+
 pub(crate) fn bench_bus(c: &mut Criterion, rt: &Runtime, report: &mut Vec<String>) {
     let event: Event = serde_json::from_str(CALL_TOOLS).expect("a valid callTools event");
     let line_len = serde_json::to_vec(&event).expect("serialisable").len() + 1;
     let bus = {
         let _guard = rt.enter();
-        engine(Box::new(tokio::io::sink()))
+        engine(Out::Async(Box::new(tokio::io::sink())))
     };
 
     let mut ran = false;
@@ -215,22 +247,71 @@ pub(crate) fn bench_bus(c: &mut Criterion, rt: &Runtime, report: &mut Vec<String
     println!("{line}");
     report.push(line);
 
-    // The same bus writing to an OS pipe.
-    let (drain, sink) = PipeDrain::new();
+    // The bus writing to a discarding blocking writer, from its writer thread.
     let bus = {
         let _guard = rt.enter();
-        engine(sink)
+        engine(Out::Blocking(Box::new(std::io::sink())))
     };
+    let many = rt.block_on(publish_all(&bus, &event, 16, 1, BUS_EVENTS));
+    let batched = rt.block_on(publish_all(&bus, &event, 16, BATCH, BUS_EVENTS));
+    rt.block_on(stop(bus));
+    let line = format!(
+        "T4 event bus -> std::io::sink() (blocking_sink, writer thread): {:.2} M events/s with 16 producers, {:.2} M events/s with 16 publishing {BATCH}-event batches",
+        rate(many, BUS_EVENTS),
+        rate(batched, BUS_EVENTS),
+    );
+    println!("{line}");
+    report.push(line);
+
+    pipes(rt, &event, line_len, report);
+}
+
+fn pipes(rt: &Runtime, event: &Event, line_len: usize, report: &mut Vec<String>) {
+    // The same bus writing to an OS pipe: as the CLI writes stdout now (a blocking file
+    // written by the bus's thread), then as it did before (tokio's blocking pool).
+    for (blocking_pool, how) in [
+        (false, "std::fs::File (blocking_sink, writer thread)"),
+        (true, "tokio::fs::File (async sink, tokio's blocking pool)"),
+    ] {
+        let (drain, sink) = PipeDrain::new(blocking_pool);
+        let bus = {
+            let _guard = rt.enter();
+            engine(sink)
+        };
+        let line = piped(rt, &bus, event, &drain, how, line_len);
+        println!("{line}");
+        report.push(line);
+        let line = rt.block_on(stalled_reader(&bus, event, &drain, how, 2 * BUS_EVENTS));
+        println!("{line}");
+        report.push(line);
+        rt.block_on(stop(bus));
+        let PipeDrain { thread, .. } = drain;
+        // The bus dropped the pipe's writing end, so the reader sees end of file.
+        let _ = thread.join();
+    }
+}
+
+/// 16 producers into the pipe of `drain`, one event at a time, then in batches: the rates and
+/// the process's CPU time per event (all threads).
+fn piped(
+    rt: &Runtime,
+    bus: &Arc<Engine>,
+    event: &Event,
+    drain: &PipeDrain,
+    how: &str,
+    line_len: usize,
+) -> String {
+    let rate = |d: Duration, n: u64| n as f64 / d.as_secs_f64() / 1e6;
     let cpu = |d: Duration| d.as_secs_f64() * 1e6 / BUS_EVENTS as f64;
     let cpu0 = process_cpu();
-    let piped = rt.block_on(publish_all(&bus, &event, 16, 1, BUS_EVENTS));
+    let piped = rt.block_on(publish_all(bus, event, 16, 1, BUS_EVENTS));
     let delivered = rt.block_on(drain.wait_for(BUS_EVENTS));
     let cpu1 = process_cpu();
-    let piped_batched = rt.block_on(publish_all(&bus, &event, 16, BATCH, BUS_EVENTS));
+    let piped_batched = rt.block_on(publish_all(bus, event, 16, BATCH, BUS_EVENTS));
     let delivered = delivered && rt.block_on(drain.wait_for(2 * BUS_EVENTS));
     let cpu2 = process_cpu();
-    let line = format!(
-        "T4 event bus -> OS pipe via tokio::fs::File, reader draining, 16 producers: {:.2} M events/s publishing single events ({:.0} MB/s, {:.2} us process CPU per event), {:.2} M events/s publishing {BATCH}-event batches ({:.0} MB/s, {:.2} us CPU per event){}",
+    format!(
+        "T4 event bus -> OS pipe via {how}, reader draining, 16 producers: {:.2} M events/s publishing single events ({:.0} MB/s, {:.2} us process CPU per event), {:.2} M events/s publishing {BATCH}-event batches ({:.0} MB/s, {:.2} us CPU per event){}",
         rate(piped, BUS_EVENTS),
         rate(piped, BUS_EVENTS) * line_len as f64,
         cpu(cpu1.saturating_sub(cpu0)),
@@ -242,17 +323,7 @@ pub(crate) fn bench_bus(c: &mut Criterion, rt: &Runtime, report: &mut Vec<String
         } else {
             " -- NOT ALL LINES ARRIVED"
         },
-    );
-    println!("{line}");
-    report.push(line);
-
-    let line = rt.block_on(stalled_reader(&bus, &event, &drain, 2 * BUS_EVENTS));
-    println!("{line}");
-    report.push(line);
-    rt.block_on(stop(bus));
-    let PipeDrain { thread, .. } = drain;
-    // The bus dropped the pipe's writing end, so the reader sees end of file.
-    let _ = thread.join();
+    )
 }
 
 /// Stall the pipe reader for [`STALL`] while 64 producers keep publishing and waiting for each
@@ -262,6 +333,7 @@ async fn stalled_reader(
     bus: &Arc<Engine>,
     event: &Event,
     drain: &PipeDrain,
+    how: &str,
     already: u64,
 ) -> String {
     const PRODUCERS: usize = 64;
@@ -299,7 +371,7 @@ async fn stalled_reader(
     let total = taken();
     let delivered = joined && drain.wait_for(already + total).await;
     format!(
-        "T4 stalled pipe reader, 64 publishing producers: the bus answered {filled} events, then +{} over the next {:.1} s (the rest wait in their producers); RSS {:+} KiB while filling, {:+} KiB over the stall; after resuming, {}",
+        "T4 stalled pipe reader ({how}), 64 publishing producers: the bus answered {filled} events, then +{} over the next {:.1} s (the rest wait in their producers); RSS {:+} KiB while filling, {:+} KiB over the stall; after resuming, {}",
         later - filled,
         STALL.as_secs_f64(),
         i128::from(rss1) - i128::from(rss0),

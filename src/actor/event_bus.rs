@@ -13,9 +13,9 @@
 //! nothing is dropped. A run publishes a machine output's events in one [`Publish`] (one
 //! mailbox slot and one reply for all of them, in order), and a model call the streaming
 //! events of each burst of its stream; runtime events come one at a time. The bus never
-//! calls back into a run. The sink is written by a writer task of the output's, so the bus
-//! numbers, stores and buffers the next events while the last burst is being written (see
-//! [`output`]).
+//! calls back into a run. The sink is written by a writer of the output's (a task, or a thread
+//! of its own for a blocking sink such as the CLI's stdout), so the bus numbers, stores and
+//! buffers the next events while the last burst is being written (see [`output`]).
 //!
 //! Two failures are reported to the producer as a [`BusError`], whose
 //! [`BusError::run_failure`] decides what the run does: a checkpoint the store refuses (the
@@ -29,7 +29,7 @@
 //! | this one | the actor, its messages, the producers' handle, the order of the steps for one event |
 //! | `error` | [`BusError`] and its policy |
 //! | `lines` | the lines of a publish, serialised by the producer |
-//! | `output` | the sink: the bus's buffer, handed to a writer task when full or idle |
+//! | `output` | the sink: the bus's buffer, handed to a writer (task or thread) when full or idle |
 //! | `jobs` | per job: its sequence number and its subscribers |
 
 mod error;
@@ -46,6 +46,7 @@ use tokio::sync::mpsc;
 pub use self::error::BusError;
 use self::jobs::Jobs;
 use self::lines::Lines;
+pub(crate) use self::output::Destination;
 use self::output::Output;
 use crate::schema::{Event, EventPayload};
 use crate::storage::Storage;
@@ -73,8 +74,12 @@ impl Sequenced {
 /// A synchronous listener, called on the bus task for every event; keep it cheap.
 pub type Callback = Arc<dyn Fn(&Sequenced) + Send + Sync>;
 
-/// Where serialised events go (stdout for the CLI).
+/// Where serialised events go, written from a tokio task.
 pub type Sink = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// Where serialised events go, written with blocking writes from a thread of the bus's own
+/// (stdout for the CLI).
+pub(crate) type BlockingSink = Box<dyn std::io::Write + Send>;
 
 /// How many times a store the error of which [`StoreError::is_retryable`] is tried in all.
 ///
@@ -93,7 +98,7 @@ pub(crate) struct EventBus {
 /// What the bus starts with.
 pub(crate) struct BusArgs {
     /// Where JSON lines go, if anywhere.
-    pub sink: Option<Sink>,
+    pub sink: Option<Destination>,
     /// Checkpoints and run events are stored here.
     pub storage: Arc<dyn Storage>,
     /// Listeners for every event of every job.
@@ -354,7 +359,8 @@ impl EventBus {
     /// the bus has nothing else to do, whatever message ended the burst. The reply of the
     /// message that ended it goes with its lines and is sent once they are written (a sink
     /// that failed then is that message's failure: its events were stored and delivered);
-    /// the others are answered at once.
+    /// the others are answered at once. A burst that ends before the writer took the one
+    /// before joins it (see [`output`]): the reply of that one goes then.
     async fn finish(
         &mut self,
         result: Result<u64, BusError>,

@@ -115,7 +115,7 @@ pub(super) async fn execute(args: RunArgs) -> u8 {
 
 async fn run(args: RunArgs) -> Result<JobStatus, EngineError> {
     let prepared = prepare(&args).await?;
-    let engine = prepared.builder.sink(Box::new(tokio::io::stdout())).build();
+    let engine = prepared.builder.blocking_sink(std::io::stdout()).build();
     let handle = launch(&engine, args, None).await?;
     let cancel = handle.cancel_token();
     tokio::spawn(async move {

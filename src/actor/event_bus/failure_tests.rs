@@ -85,7 +85,7 @@ pub(super) fn run_events() -> Vec<Event> {
 
 pub(super) fn bus(sink: Option<Sink>, storage: Arc<dyn Storage>) -> Bus {
     Bus::spawn(BusArgs {
-        sink,
+        sink: sink.map(Destination::Async),
         storage,
         callbacks: Vec::new(),
     })

@@ -1,4 +1,4 @@
-//! [`Output`]: the bus's sink (stdout for the CLI), written by a task of its own.
+//! [`Output`]: the bus's sink (stdout for the CLI), written by a writer of its own.
 //!
 //! Each event's line (serialised by its producer, see `lines`) is copied into the bus's
 //! buffer. The buffer is handed over whenever the bus has nothing else to do, or when it
@@ -6,14 +6,21 @@
 //! takes everything handed over since its last write in one `write_all` and one flush, while
 //! the bus goes on numbering, storing and buffering the next events. So a burst of events
 //! costs one write and one flush, no line waits for a later event, the time a write takes
-//! (a hand-off to tokio's blocking pool for stdout or a file) is no longer time the bus
-//! stands still, and while a write is under way the bursts that end meanwhile wait for the
-//! next write instead of each costing a write (and a wake-up of the writer) of its own.
+//! is no longer time the bus stands still, and while a write is under way the bursts that end
+//! meanwhile wait for the next write instead of each costing a write (and a wake-up of the
+//! writer) of its own. The writer is a tokio task for an async [`Sink`], or an OS thread of its
+//! own writing with blocking system calls for a [`BlockingSink`] (the CLI's stdout), which
+//! spares every write the two wake-ups of a hand-off to tokio's blocking pool (see `writer`).
 //!
 //! The reply to the message that ended a burst travels with its lines and is sent by the
 //! writer once they are written: as before, a producer that waits for the last reply of a
 //! burst knows its lines are out (or that the sink failed). Replies to the earlier messages
-//! of a burst go at once, as they always did.
+//! of a burst go at once, as they always did. A burst that ends while the writer has not
+//! taken the one before yet joins it: the earlier burst's reply goes at once (its lines are
+//! ahead of these, and the new reply waits for both), as if the bus had not been idle in
+//! between. So at most one reply waits to be taken, and one more for the write under way,
+//! instead of one producer per burst stalled until a write is done (many producers publishing
+//! single events each end a burst: the bench's `T4` rows).
 //!
 //! Lines handed over and not taken by the writer are bounded: once they pass [`WRITE_AT`]
 //! the bus waits for the writer to take them (a stalled reader stalls the bus, and with it
@@ -23,14 +30,15 @@
 //! records the error, answers every reply it carries with it, and every later event reports
 //! the same error; nothing is written again.
 
+mod writer;
+
 use std::io;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use kameo::reply::ReplySender;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::{Notify, oneshot};
 
-use super::{BusError, Sink};
+use super::{BlockingSink, BusError, Sink};
 use crate::schema::Event;
 
 /// Buffered bytes past which the buffer is handed over without waiting for the bus to be
@@ -41,17 +49,27 @@ pub(super) const WRITE_AT: usize = 256 * 1024;
 /// The reply of the message that ended a burst, sent once the burst's lines are written.
 pub(super) type Reply = ReplySender<Result<u64, BusError>>;
 
+/// Where the bus writes its lines, and so what kind of writer it gets.
+pub(crate) enum Destination {
+    /// Written by a tokio task.
+    Async(Sink),
+    /// Written by an OS thread of its own, with blocking writes.
+    Blocking(BlockingSink),
+}
+
 /// The bus's side: the buffer being filled and the way to the writer.
 pub(super) struct Output {
     /// Lines not handed over yet.
     buf: Vec<u8>,
     /// `None` when there is no sink.
-    writer: Option<Writer>,
+    writer: Option<ToWriter>,
+    /// Replies taken back from [`Handed::replies`] to be sent at once (kept for its capacity).
+    released: Vec<(Reply, Result<u64, BusError>)>,
 }
 
-/// The way to the writer task. Dropped with the bus: the writer then writes what it was
-/// handed and drops the sink.
-struct Writer {
+/// The way to the writer. Dropped with the bus: the writer then writes what it was handed
+/// and drops the sink.
+struct ToWriter {
     shared: Arc<Shared>,
 }
 
@@ -59,12 +77,20 @@ struct Writer {
 struct Shared {
     handed: Mutex<Handed>,
     /// Wakes the writer: something was handed over, or the bus is gone.
-    work: Notify,
+    wake: Wake,
     /// Wakes the bus: the writer took what was handed over.
     room: Notify,
     /// The sink's failure, recorded once by the writer (kind and message: `io::Error` is not
     /// `Clone`).
     failure: OnceLock<(io::ErrorKind, String)>,
+}
+
+/// How the writer is woken.
+enum Wake {
+    /// The writer task waits on it.
+    Task(Notify),
+    /// The writer thread waits on it, with [`Handed::thread_waits`] set (and `Handed` locked).
+    Thread(Condvar),
 }
 
 /// Handed over by the bus and not taken by the writer yet.
@@ -81,6 +107,9 @@ struct Handed {
     closed: bool,
     /// The writer ended (its task was dropped with the runtime): nothing is written any more.
     writer_gone: bool,
+    /// The writer thread sleeps on [`Wake::Thread`] until woken: a hand-over that finds it
+    /// writing needs no system call to wake it.
+    thread_waits: bool,
 }
 
 impl Shared {
@@ -101,34 +130,66 @@ impl Shared {
             (_, result) => result,
         }
     }
+
+    /// Wake the writer after a change to `handed`, which is unlocked here. A sleeping thread
+    /// is marked awake at once, so that the next hand-over does not wake it again.
+    fn wake_writer(&self, mut handed: MutexGuard<'_, Handed>) {
+        let thread_waits = std::mem::take(&mut handed.thread_waits);
+        drop(handed);
+        match &self.wake {
+            Wake::Task(work) => work.notify_one(),
+            Wake::Thread(work) if thread_waits => work.notify_one(),
+            Wake::Thread(_) => {}
+        }
+    }
 }
 
-impl Drop for Writer {
+impl Drop for ToWriter {
     fn drop(&mut self) {
-        self.shared.handed().closed = true;
-        self.shared.work.notify_one();
+        let mut handed = self.shared.handed();
+        handed.closed = true;
+        self.shared.wake_writer(handed);
     }
 }
 
 impl Output {
-    /// The output for `sink`; spawns the writer task (call inside the runtime).
-    pub(super) fn new(sink: Option<Sink>) -> Self {
+    /// The output for `sink`; spawns the writer task or thread (call inside the runtime). A
+    /// thread that cannot be started is the sink's failure.
+    pub(super) fn new(sink: Option<Destination>) -> Self {
         let writer = sink.map(|sink| {
             let shared = Arc::new(Shared {
                 handed: Mutex::new(Handed {
                     bytes: Vec::with_capacity(buffer_size()),
                     ..Handed::default()
                 }),
-                work: Notify::new(),
+                wake: match &sink {
+                    Destination::Async(_) => Wake::Task(Notify::new()),
+                    Destination::Blocking(_) => Wake::Thread(Condvar::new()),
+                },
                 room: Notify::new(),
                 failure: OnceLock::new(),
             });
-            tokio::spawn(write_loop(sink, shared.clone()));
-            Writer { shared }
+            match sink {
+                Destination::Async(sink) => {
+                    tokio::spawn(writer::write_task(sink, shared.clone()));
+                }
+                Destination::Blocking(sink) => {
+                    let thread = shared.clone();
+                    let started = std::thread::Builder::new()
+                        .name("perstack-output".into())
+                        .spawn(move || writer::write_thread(sink, thread));
+                    if let Err(e) = started {
+                        let _ = shared.failure.set((e.kind(), e.to_string()));
+                        shared.handed().writer_gone = true;
+                    }
+                }
+            }
+            ToWriter { shared }
         });
         Output {
             buf: Vec::with_capacity(if writer.is_some() { buffer_size() } else { 0 }),
             writer,
+            released: Vec::new(),
         }
     }
 
@@ -237,10 +298,17 @@ impl Output {
                         handed.bytes.extend_from_slice(&self.buf);
                         self.buf.clear();
                     }
-                    handed.replies.extend(reply);
+                    if let Some(reply) = reply {
+                        // The replies of earlier bursts that the writer has not taken yet go
+                        // now: these lines follow theirs, and this reply waits for them.
+                        std::mem::swap(&mut handed.replies, &mut self.released);
+                        handed.replies.push(reply);
+                    }
                     handed.flushed.extend(flushed);
-                    drop(handed);
-                    shared.work.notify_one();
+                    shared.wake_writer(handed);
+                    for (reply, result) in self.released.drain(..) {
+                        reply.send(shared.with_failure(result));
+                    }
                     return true;
                 }
             }
@@ -252,75 +320,4 @@ impl Output {
 /// A buffer's capacity: [`WRITE_AT`] and room for the event that passes it.
 fn buffer_size() -> usize {
     WRITE_AT + 4096
-}
-
-/// The writer task: everything handed over since its last write, in one write and one
-/// flush, then the replies that came with it. After a failure it only answers (with the
-/// failure) until the bus is gone.
-async fn write_loop(sink: Sink, shared: Arc<Shared>) {
-    let gone = WriterGone(shared.clone());
-    let mut sink = Some(sink);
-    let mut bytes = Vec::with_capacity(buffer_size());
-    loop {
-        // Made before looking, so that a `notify_one` in between is not missed.
-        let work = shared.work.notified();
-        let taken = {
-            let mut handed = shared.handed();
-            if !handed.bytes.is_empty() || !handed.replies.is_empty() || !handed.flushed.is_empty()
-            {
-                std::mem::swap(&mut handed.bytes, &mut bytes);
-                Some((
-                    std::mem::take(&mut handed.replies),
-                    std::mem::take(&mut handed.flushed),
-                ))
-            } else if handed.closed {
-                break;
-            } else {
-                None
-            }
-        };
-        let Some((replies, flushed)) = taken else {
-            work.await;
-            continue;
-        };
-        shared.room.notify_one();
-        if let Some(s) = sink.as_mut() {
-            let mut written = Ok(());
-            if !bytes.is_empty() {
-                written = s.write_all(&bytes).await;
-            }
-            if written.is_ok() {
-                written = s.flush().await;
-            }
-            if let Err(e) = written {
-                tracing::warn!(error = %e, "the event output failed; no more events are written to it");
-                let _ = shared.failure.set((e.kind(), e.to_string()));
-                sink = None;
-            }
-        }
-        bytes.clear();
-        for (reply, result) in replies {
-            reply.send(shared.with_failure(result));
-        }
-        for tx in flushed {
-            let _ = tx.send(());
-        }
-    }
-    drop(gone);
-}
-
-/// Marks the writer gone when its task ends, however it ends (also when it is dropped with
-/// the runtime): the bus then answers replies itself and no longer waits for the writer.
-struct WriterGone(Arc<Shared>);
-
-impl Drop for WriterGone {
-    fn drop(&mut self) {
-        let mut handed = self.0.handed();
-        handed.writer_gone = true;
-        // Dropped unanswered: their producers see the bus gone, as with a stopped actor.
-        handed.replies.clear();
-        handed.flushed.clear();
-        drop(handed);
-        self.0.room.notify_one();
-    }
 }

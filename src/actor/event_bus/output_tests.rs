@@ -1,10 +1,13 @@
 //! How the output holds back: a reply that ends a burst waits until its lines are written, a
 //! stalled reader stalls the bus after a bounded amount of lines (memory stays flat), and
-//! once the reader goes on every line arrives, in order, none twice.
+//! once the reader goes on every line arrives, in order, none twice; for an async sink written
+//! by a task and for a blocking one written by a thread. The writer thread sleeps when idle
+//! and is woken by the next hand-over, reports a failed sink, and ends with the bus.
 
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
 use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::Duration;
 
@@ -57,6 +60,97 @@ impl AsyncWrite for Valve {
     }
 }
 
+/// The writer is stuck writing the first burst; the second waits to be taken with its reply;
+/// a third burst takes its place: the second's reply goes at once, the third's waits until
+/// its line is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_that_ends_before_the_writer_took_the_last_answers_it_and_waits_itself() {
+    let valve = Valve::default();
+    let b = bus(
+        Some(Box::new(valve.clone())),
+        flaky(0, std::io::ErrorKind::Other),
+    );
+    let event = run_events().remove(0);
+    let publish = || {
+        let (b, event) = (b.clone(), event.clone());
+        tokio::spawn(async move { b.publish(event).await })
+    };
+    let settle = || tokio::time::sleep(Duration::from_millis(50));
+    let first = publish();
+    settle().await;
+    let second = publish();
+    settle().await;
+    assert!(!first.is_finished() && !second.is_finished());
+    let third = publish();
+    settle().await;
+    assert!(
+        second.is_finished(),
+        "a reply that lost its place still waits"
+    );
+    assert!(!third.is_finished(), "answered before its line was written");
+    assert!(
+        !first.is_finished(),
+        "answered while its line is being written"
+    );
+    assert!(valve.written().is_empty());
+
+    valve.open();
+    let done = async { (first.await, second.await, third.await) };
+    let (first, second, third) = tokio::time::timeout(Duration::from_secs(10), done)
+        .await
+        .expect("answered once the reader went on");
+    assert_eq!(first.unwrap().unwrap(), 1);
+    assert_eq!(second.unwrap().unwrap(), 2);
+    assert_eq!(third.unwrap().unwrap(), 3);
+    let line = serde_json::to_vec(&event).unwrap().len() + 1;
+    assert_eq!(valve.written().len(), 3 * line, "every line once");
+}
+
+/// A blocking sink whose reader can be stalled: writes block while it is shut. Records
+/// whether it was dropped.
+#[derive(Clone, Default)]
+struct BlockingValve(Arc<(Mutex<ValveState>, Condvar)>, Arc<AtomicBool>);
+
+impl BlockingValve {
+    fn open(&self) {
+        self.0.0.lock().unwrap().open = true;
+        self.0.1.notify_all();
+    }
+    fn written(&self) -> Vec<u8> {
+        self.0.0.lock().unwrap().written.clone()
+    }
+}
+
+impl std::io::Write for BlockingValve {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut s = self.0.0.lock().unwrap();
+        while !s.open {
+            s = self.0.1.wait(s).unwrap();
+        }
+        s.written.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for BlockingValve {
+    fn drop(&mut self) {
+        if Arc::strong_count(&self.0) == 1 {
+            self.1.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+fn blocking_bus(sink: BlockingValve) -> Bus {
+    Bus::spawn(BusArgs {
+        sink: Some(Destination::Blocking(Box::new(sink))),
+        storage: flaky(0, std::io::ErrorKind::Other),
+        callbacks: Vec::new(),
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_reader_stalls_the_bus_within_bounds_and_loses_nothing() {
     let valve = Valve::default();
@@ -64,6 +158,21 @@ async fn a_stalled_reader_stalls_the_bus_within_bounds_and_loses_nothing() {
         Some(Box::new(valve.clone())),
         flaky(0, std::io::ErrorKind::Other),
     );
+    let open = valve.clone();
+    stall_and_resume(b, move || open.open(), move || valve.written()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_reader_of_a_blocking_sink_stalls_the_bus_within_bounds_and_loses_nothing() {
+    let valve = BlockingValve::default();
+    let b = blocking_bus(valve.clone());
+    let open = valve.clone();
+    stall_and_resume(b, move || open.open(), move || valve.written()).await;
+}
+
+/// With the reader of `b`'s sink stalled, the reply that ends a burst waits, then the bus
+/// stops taking events within bounds; after `open`, every line arrives once, in order.
+async fn stall_and_resume(b: Bus, open: impl FnOnce(), written: impl FnOnce() -> Vec<u8>) {
     let event = run_events().remove(0);
     let line = serde_json::to_vec(&event).unwrap().len() as u64 + 1;
 
@@ -108,13 +217,19 @@ async fn a_stalled_reader_stalls_the_bus_within_bounds_and_loses_nothing() {
         "{filled} events taken with the reader stalled"
     );
 
-    valve.open();
-    first.await.unwrap().unwrap();
-    for p in producers {
-        p.await.unwrap();
-    }
-    b.actor().ask(Flush).await.unwrap();
-    let written = valve.written();
+    open();
+    // Bounded: a writer that is never woken again fails the test instead of hanging it.
+    let resumed = async {
+        first.await.unwrap().unwrap();
+        for p in producers {
+            p.await.unwrap();
+        }
+        b.actor().ask(Flush).await.unwrap();
+    };
+    tokio::time::timeout(Duration::from_secs(60), resumed)
+        .await
+        .expect("every producer was answered once the reader went on");
+    let written = written();
     let expected: Vec<u8> = std::iter::repeat_n(serde_json::to_vec(&event).unwrap(), 64 * 200 + 1)
         .flat_map(|mut l| {
             l.push(b'\n');
@@ -123,4 +238,68 @@ async fn a_stalled_reader_stalls_the_bus_within_bounds_and_loses_nothing() {
         .collect();
     assert_eq!(written.len(), expected.len(), "every line once");
     assert!(written == expected);
+}
+
+/// Between bursts the writer thread sleeps; every hand-over after that must wake it (a lost
+/// wake-up leaves the reply unanswered: the test fails on its bound instead of hanging).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_thread_wakes_for_every_burst_after_sleeping() {
+    let valve = BlockingValve::default();
+    valve.open();
+    let b = blocking_bus(valve.clone());
+    let event = run_events().remove(0);
+    let mut line = serde_json::to_vec(&event).unwrap();
+    line.push(b'\n');
+    for n in 1..=200u64 {
+        let published = tokio::time::timeout(Duration::from_secs(10), b.publish(event.clone()));
+        assert_eq!(published.await.expect("the reply came").unwrap(), n);
+        // The reply of a lone event comes once its line is written.
+        assert_eq!(valve.written().len(), line.len() * n as usize);
+        if n % 50 == 0 {
+            // Long enough for the thread to go to sleep.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A blocking sink whose reader is gone.
+struct BrokenPipe;
+
+impl std::io::Write for BrokenPipe {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        Err(std::io::ErrorKind::BrokenPipe.into())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_failed_blocking_sink_is_reported_and_the_writer_thread_ends_with_the_bus() {
+    let b = Bus::spawn(BusArgs {
+        sink: Some(Destination::Blocking(Box::new(BrokenPipe))),
+        storage: flaky(0, std::io::ErrorKind::Other),
+        callbacks: Vec::new(),
+    });
+    for event in run_events() {
+        let err = b.publish(event).await.unwrap_err();
+        assert!(matches!(err, BusError::Sink(_)), "{err}");
+    }
+
+    let valve = BlockingValve::default();
+    valve.open();
+    let dropped = valve.1.clone();
+    let b = blocking_bus(valve);
+    b.publish(run_events().remove(0)).await.unwrap();
+    b.actor().stop_gracefully().await.unwrap();
+    b.actor().wait_for_shutdown().await;
+    drop(b);
+    // The thread drops the sink as it ends.
+    for _ in 0..1000 {
+        if dropped.load(Ordering::SeqCst) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the writer thread still holds the sink");
 }
