@@ -32,6 +32,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 #[cfg(test)]
+mod fanout_config_tests;
+#[cfg(test)]
 mod open_jobs_tests;
 #[cfg(test)]
 mod release_tests;

@@ -9,35 +9,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::fanout_config_tests::FANOUT as CONFIG;
 use super::{Engine, JobRequest, Settings};
 use crate::actor::event_bus::OpenJobs;
 use crate::llm::scripted::ScriptedModel;
 use crate::schema::JobStatus;
 use crate::storage::MemoryStorage;
-
-const CONFIG: &str = r#"
-[experts."coordinator"]
-instruction = "Delegate."
-delegates = ["child-a", "child-b"]
-[experts."coordinator".skills."@perstack/base"]
-type = "mcpStdioSkill"
-command = "npx"
-packageName = "@perstack/base"
-pick = ["attemptCompletion"]
-
-[experts."child-a"]
-description = "a"
-instruction = "a"
-[experts."child-a".skills."@perstack/base"]
-type = "mcpStdioSkill"
-command = "npx"
-packageName = "@perstack/base"
-pick = ["attemptCompletion"]
-
-[experts."child-b"]
-description = "b"
-instruction = "b"
-"#;
 
 /// Job `i`: the coordinator delegates to both children; child-a answers, child-b's model
 /// call fails; the coordinator completes.

@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
+use super::fanout_config_tests::FANOUT as CONFIG;
 use super::{Engine, JobRequest, Settings};
 use crate::actor::context::JobContext;
 use crate::llm::{
@@ -24,35 +25,6 @@ use crate::llm::{
 };
 use crate::schema::{JobStatus, Message, Usage};
 use crate::storage::MemoryStorage;
-
-const CONFIG: &str = r#"
-[experts."coordinator"]
-instruction = "Delegate."
-delegates = ["child-a", "child-b"]
-[experts."coordinator".skills."@perstack/base"]
-type = "mcpStdioSkill"
-command = "npx"
-packageName = "@perstack/base"
-pick = ["attemptCompletion"]
-
-[experts."child-a"]
-description = "a"
-instruction = "a"
-[experts."child-a".skills."@perstack/base"]
-type = "mcpStdioSkill"
-command = "npx"
-packageName = "@perstack/base"
-pick = ["attemptCompletion"]
-
-[experts."child-b"]
-description = "b"
-instruction = "b"
-[experts."child-b".skills."@perstack/base"]
-type = "mcpStdioSkill"
-command = "npx"
-packageName = "@perstack/base"
-pick = ["attemptCompletion"]
-"#;
 
 /// The fan-out workload's turns, answered from the request: the coordinator delegates to both
 /// children, each child completes, then the coordinator completes. Each of the coordinator's
