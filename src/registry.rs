@@ -10,13 +10,13 @@
 //!
 //! | module | owns |
 //! | --- | --- |
-//! | [`key`] | the one name check every key passes before it reaches a URL or a file name |
-//! | [`client`] | the HTTP API: paths, bearer auth, error shapes, body limits |
-//! | [`definition`] | the checks that refuse hostile definitions; conversion to [`Expert`](crate::schema::Expert) |
-//! | [`digest`] | RFC 8785 canonical JSON and the SHA-256 a pin records |
-//! | [`cache`] | write-once versions and expiring tags on disk |
-//! | [`resolve`] | pins, tags, fallbacks, transitive delegates, cycles |
-//! | [`publish`] | the payloads and rules of `perstack publish`, `tag`, `status`, `unpublish` |
+//! | `key` | the one name check every key passes before it reaches a URL or a file name |
+//! | `client` | the HTTP API: paths, bearer auth, error shapes, body limits |
+//! | `definition` | the checks that refuse hostile definitions; conversion to [`Expert`](crate::schema::Expert) |
+//! | `digest` | RFC 8785 canonical JSON and the SHA-256 a pin records |
+//! | `cache` | write-once versions and expiring tags on disk |
+//! | `resolve` | pins, tags, fallbacks, transitive delegates, cycles |
+//! | `publish` | the payloads and rules of `perstack publish`, `tag`, `status`, `unpublish` |
 //!
 //! Every failure is a [`RegistryError`] and stops before anything runs (exit 2).
 

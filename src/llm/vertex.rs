@@ -1,6 +1,6 @@
 //! The Google Vertex AI provider (`google-vertex`): Gemini models through the Gemini wire
-//! format of [`google`](super::google), and `claude-*` models through the Anthropic Messages
-//! wire format of [`anthropic`](super::anthropic), both with an OAuth bearer token.
+//! format of [`google`], and `claude-*` models through the Anthropic Messages
+//! wire format of [`anthropic`], both with an OAuth bearer token.
 //!
 //! | model | URL under the publisher base | wire |
 //! | --- | --- | --- |
@@ -10,8 +10,8 @@
 //! The publisher base is `https://{location}-aiplatform.googleapis.com/v1/projects/{project}/locations/{location}/publishers/google`
 //! (the host has no region for location `global`), or `baseUrl` / `GOOGLE_VERTEX_BASE_URL`
 //! as given; Claude's base is the same with `publishers/anthropic`. The token comes from a key
-//! file ([`token`]), is shared by both endpoints and is fetched again [`TOKEN_MARGIN`] before it
-//! expires. Sending, classification and secret scrubbing are the provider shell's.
+//! file (the `token` module), is shared by both endpoints and is fetched again five minutes
+//! (`TOKEN_MARGIN`) before it expires. Sending, classification and secret scrubbing are the provider shell's.
 
 mod token;
 

@@ -3,7 +3,7 @@
 //! `minRuntimeVersion: "v1.0"`, `description`, `instruction`, `skills`, `delegates` and
 //! `tags: ["latest"]`; stdio skills must run `npx` or `uvx` and lose `args`, `allowedDomains`
 //! and `lazyInit`; `packageName` defaults to the skill's name; a skill's `description`
-//! defaults to "<name> skill". On top of what Perstack's CLI checks, the rules its registry
+//! defaults to "`<name>` skill". On top of what Perstack's CLI checks, the rules its registry
 //! enforces are checked before sending: an `@perstack/base` skill, valid delegate keys, at
 //! most 8 tags matching `^[a-z0-9][a-z0-9_-]*$`, and no hand-set `latest`.
 

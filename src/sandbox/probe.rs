@@ -15,7 +15,8 @@ use super::SandboxUnavailable;
 pub const PROBE_OVERRIDE_ENV: &str = "PERSTACK_SANDBOX_PROBE";
 /// The trampoline binary to use (`perstack-sandbox`, or a `perstack` binary, which has the same
 /// trampoline as a hidden subcommand), for an application embedding the engine whose binaries
-/// are not installed side by side. Default: see [`trampoline`].
+/// are not installed side by side. Default: `perstack-sandbox`, then `perstack`, next to the
+/// running program or one directory up.
 pub const TRAMPOLINE_ENV: &str = "PERSTACK_SANDBOX_EXEC";
 
 /// The binaries that carry the trampoline, preferred first: the dedicated one (small, so cheap

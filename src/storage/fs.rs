@@ -20,7 +20,7 @@ use crate::schema::{Checkpoint, Event, Job, JobStatus, RunSetting};
 /// The file-system store, rooted at a `perstack` directory (usually `<cwd>/perstack`).
 ///
 /// Cheap to clone; clones share the lock that serialises run-setting updates and the jobs'
-/// chains. Every write is recorded in its job's chain (see [`chain`]), signed with the key in
+/// chains. Every write is recorded in its job's chain (a hash chain, see `perstack log --verify`), signed with the key in
 /// the user's configuration directory.
 #[derive(Debug, Clone)]
 pub struct FsStorage {

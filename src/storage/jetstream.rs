@@ -602,7 +602,7 @@ impl Storage for JetStreamStorage {
         Ok(seq(&job).max(seq(&checkpoint)).max(seq(&event)))
     }
 
-    /// A lease with fencing (see [`lease`]): [`StoreError::Claimed`] while another holder's
+    /// A lease with fencing (the `lease` module's): [`StoreError::Claimed`] while another holder's
     /// lease lives; the returned claim's [`Claim::lost`] resolves if the lease is lost.
     async fn claim(&self, job_id: &str) -> Result<Claim, StoreError> {
         check_id("job", job_id)?;

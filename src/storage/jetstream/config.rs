@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-/// Limits and timings of a [`JetStreamStorage`].
+/// Limits and timings of a [`JetStreamStorage`](super::JetStreamStorage).
 #[derive(Debug, Clone)]
 pub struct JetStreamConfig {
     /// Replicas of every stream and bucket this store creates: 1 for a single server, 3 (or
@@ -18,7 +18,7 @@ pub struct JetStreamConfig {
     /// TTL, whatever is set here.
     pub heartbeat: Duration,
     /// How long one operation keeps trying while the server does not answer (a restart, a
-    /// partition) before it fails with [`StoreError::Unavailable`].
+    /// partition) before it fails with [`StoreError::Unavailable`](crate::storage::StoreError::Unavailable).
     pub write_timeout: Duration,
     /// How long stored events are kept; zero keeps them until deleted. Ignored for an existing
     /// stream.
