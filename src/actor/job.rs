@@ -67,9 +67,46 @@ pub(crate) struct JobArgs {
 /// Run one job to its end: start the coordinator run, wait for its report (or for it to stop
 /// without one), then close the job. Spawned as a task of its own by the engine.
 pub(crate) async fn run(args: Box<JobArgs>) {
-    // Out of the box at once (it is freed here, not when the task ends): what the task keeps
-    // across its awaits goes into boxes of its own below, so that the task stays small for the
-    // job's life.
+    // What the task keeps across its awaits is small and boxed (see `begin`), so that the task
+    // stays small for the job's life: it spends that life waiting for the report.
+    let (end, run, started) = begin(args);
+    if let Err(e) = end.storage.store_job(&end.job).await {
+        tracing::warn!(job = %end.job.id, "could not store job.json: {e}");
+    }
+    // Not supervised: nothing restarts a run, and a supervisor would keep its arguments (the
+    // starting checkpoint) and its mailbox for as long as the supervisor lives.
+    let coordinator = RunActor::spawn_with_mailbox(run, kameo::mailbox::bounded(RUN_MAILBOX));
+    let (report_tx, report) = oneshot::channel();
+    // A new mailbox nobody else knows: this never waits. A coordinator that failed to start
+    // refuses it, and the report's sender goes with the refused message. Boxed, as the steps
+    // below: the task would otherwise be as large as its largest await.
+    end.ctx.enter();
+    let begin = Box::pin(
+        coordinator
+            .tell(Begin {
+                parent: Parent::Job(Some(report_tx)),
+            })
+            .into_future(),
+    );
+    if let Err(e) = begin.await {
+        end.ctx.leave();
+        tracing::warn!(job = %end.job.id, "the coordinator run did not start: {e}");
+    }
+    let finish: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = match report.await {
+        Ok(r) => Box::pin(end.finish(r.checkpoint, r.text)),
+        // The coordinator stopped and dropped its report's sender without sending: it died
+        // without reporting (an engine fault, whatever the reason). End the job with an error
+        // instead of waiting forever.
+        Err(_) => Box::pin(end.unreported(coordinator, started)),
+    };
+    finish.await;
+}
+
+/// Take the job's arguments apart, out of an async frame (whatever a task's future holds
+/// even once, it holds for the job's life): watch the claim, and box what the coordinator
+/// starts with and what the job's end needs. Also the coordinator's start, for a coordinator
+/// that stops without reporting.
+fn begin(args: Box<JobArgs>) -> (JobEnd, Box<RunArgs>, Box<Checkpoint>) {
     let JobArgs {
         ctx,
         storage,
@@ -93,7 +130,6 @@ pub(crate) async fn run(args: Box<JobArgs>) {
             watched.fail(RunFailure::ClaimLost(e.to_string()));
         }
     });
-    // The coordinator's start, for a coordinator that stops without reporting.
     let started = Box::new(checkpoint.clone());
     let run = Box::new(RunArgs {
         parent_span: span,
@@ -109,47 +145,7 @@ pub(crate) async fn run(args: Box<JobArgs>) {
         done,
         claim: Some(claim),
     };
-    if let Err(e) = end.storage.store_job(&end.job).await {
-        tracing::warn!(job = %end.job.id, "could not store job.json: {e}");
-    }
-    // Not supervised: nothing restarts a run, and a supervisor would keep its arguments (the
-    // starting checkpoint) and its mailbox for as long as the supervisor lives.
-    let coordinator = RunActor::spawn_with_mailbox(run, kameo::mailbox::bounded(RUN_MAILBOX));
-    let (report_tx, report) = oneshot::channel();
-    // A new mailbox nobody else knows: this never waits. A coordinator that failed to start
-    // refuses it, and the report's sender goes with the refused message.
-    end.ctx.enter();
-    if let Err(e) = coordinator
-        .tell(Begin {
-            parent: Parent::Job(Some(report_tx)),
-        })
-        .await
-    {
-        end.ctx.leave();
-        tracing::warn!(job = %end.job.id, "the coordinator run did not start: {e}");
-    }
-    match report.await {
-        // Boxed, as below: the task holds its future while the job runs.
-        Ok(r) => Box::pin(end.finish(r.checkpoint, r.text)).await,
-        Err(_) => {
-            // The coordinator stopped and dropped its report's sender without sending: it
-            // died without reporting (an engine fault, whatever the reason). End the job
-            // with an error instead of waiting forever.
-            let reason = coordinator
-                .wait_for_shutdown_with_result(|r| match r {
-                    Ok(reason) => reason.to_string(),
-                    Err(e) => e.to_string(),
-                })
-                .await;
-            let mut cp = *started;
-            cp.status = CheckpointStatus::StoppedByError;
-            let failure = RunFailure::Engine(format!(
-                "the coordinator run stopped without reporting: {reason}"
-            ));
-            cp.error = Some(failure.to_run_error());
-            Box::pin(end.finish(cp, None)).await;
-        }
-    }
+    (end, run, started)
 }
 
 /// What a job needs at its end.
@@ -166,6 +162,24 @@ struct JobEnd {
 }
 
 impl JobEnd {
+    /// End the job after its coordinator stopped without reporting, at the coordinator's
+    /// start with an error.
+    async fn unreported(self, coordinator: ActorRef<RunActor>, started: Box<Checkpoint>) {
+        let reason = coordinator
+            .wait_for_shutdown_with_result(|r| match r {
+                Ok(reason) => reason.to_string(),
+                Err(e) => e.to_string(),
+            })
+            .await;
+        let mut cp = *started;
+        cp.status = CheckpointStatus::StoppedByError;
+        let failure = RunFailure::Engine(format!(
+            "the coordinator run stopped without reporting: {reason}"
+        ));
+        cp.error = Some(failure.to_run_error());
+        self.finish(cp, None).await;
+    }
+
     async fn finish(mut self, checkpoint: Checkpoint, text: Option<String>) {
         self.job.status = JobStatus::from_checkpoint(checkpoint.status);
         // A coordinator that stopped to have its children run elsewhere leaves the job

@@ -174,73 +174,18 @@ impl Actor for RunActor {
     type Error = std::convert::Infallible;
 
     async fn on_start(args: Box<RunArgs>, me: ActorRef<Self>) -> Result<Self, Self::Error> {
-        // Boxed: this hook is inlined into the actor's task, which would otherwise be as
-        // large as its largest await for the actor's whole life.
-        Box::pin(async move {
-            // Out of the box at once (it is freed here, not when this hook ends): a run may
-            // wait in here long, on a busy bus.
-            let args = unbox(args);
-            let ctx = args.ctx;
-            let settings = ctx.settings.clone();
-            let expert = ctx
-                .experts
-                .get(&args.expert_key)
-                .cloned()
-                .unwrap_or_else(|| {
-                    Arc::new(Expert {
-                        key: args.expert_key.clone(),
-                        name: args.expert_key.clone(),
-                        version: "1.0.0".into(),
-                        description: None,
-                        instruction: String::new(),
-                        skills: Default::default(),
-                        delegates: Vec::new(),
-                        tags: Vec::new(),
-                        provider_tools: None,
-                        provider_skills: None,
-                        provider_tool_options: None,
-                    })
-                });
-            let setting = MachineSetting {
-                job_id: ctx.job_id.clone(),
-                run_id: args.checkpoint.run_id.clone(),
-                expert: expert.reference(),
-                max_steps: settings.max_steps,
-                max_retries: settings.max_retries,
-                context_window: settings.context_window,
-            };
-            let span = tracing::info_span!(
-                parent: &args.parent_span,
-                "run",
-                jobId = %ctx.job_id,
-                runId = %args.checkpoint.run_id,
-                expertKey = %args.expert_key,
-            );
-            let mut actor = RunActor(Box::new(RunState {
-                span,
-                machine: Box::new(Machine::new(setting, ToolIndex::new(), args.checkpoint)),
-                ctx,
-                expert,
-                start: Some(args.start),
-                parent: None,
-                me: me.clone(),
-                skills: HashMap::new(),
-                tools: Arc::new(Vec::new()),
-                index: Arc::new(ToolIndex::new()),
-                delegation: None,
-                startup_error: None,
-                result_text: None,
-                finished: false,
-                closing: Default::default(),
-                pending_report: None,
-            }));
-            actor.announce_segment(now_ms()).await;
-            if let Err(e) = actor.set_up_tools(&me).await {
-                actor.startup_error = Some(e);
-            }
-            Ok(actor)
-        })
-        .await
+        // This hook is inlined into the actor's task, which is as large as its largest await
+        // for the actor's whole life, and a run can wait in each step long (on a busy bus):
+        // the state is built outside any async frame, and each step is boxed, holding only
+        // what it needs.
+        let mut actor = RunActor::new(args, &me);
+        let announcing = Box::pin(actor.announce_segment(now_ms()));
+        announcing.await;
+        let setting_up = Box::pin(actor.set_up_tools(&me));
+        if let Err(e) = setting_up.await {
+            actor.startup_error = Some(e);
+        }
+        Ok(actor)
     }
 
     async fn on_panic(
@@ -436,6 +381,65 @@ impl Message<RunFinished> for RunActor {
 }
 
 impl RunActor {
+    /// A run's state from its spawn arguments (freed here, not kept in the task).
+    fn new(args: Box<RunArgs>, me: &ActorRef<Self>) -> Self {
+        let args = unbox(args);
+        let ctx = args.ctx;
+        let settings = ctx.settings.clone();
+        let expert = ctx
+            .experts
+            .get(&args.expert_key)
+            .cloned()
+            .unwrap_or_else(|| {
+                Arc::new(Expert {
+                    key: args.expert_key.clone(),
+                    name: args.expert_key.clone(),
+                    version: "1.0.0".into(),
+                    description: None,
+                    instruction: String::new(),
+                    skills: Default::default(),
+                    delegates: Vec::new(),
+                    tags: Vec::new(),
+                    provider_tools: None,
+                    provider_skills: None,
+                    provider_tool_options: None,
+                })
+            });
+        let setting = MachineSetting {
+            job_id: ctx.job_id.clone(),
+            run_id: args.checkpoint.run_id.clone(),
+            expert: expert.reference(),
+            max_steps: settings.max_steps,
+            max_retries: settings.max_retries,
+            context_window: settings.context_window,
+        };
+        let span = tracing::info_span!(
+            parent: &args.parent_span,
+            "run",
+            jobId = %ctx.job_id,
+            runId = %args.checkpoint.run_id,
+            expertKey = %args.expert_key,
+        );
+        RunActor(Box::new(RunState {
+            span,
+            machine: Box::new(Machine::new(setting, ToolIndex::new(), args.checkpoint)),
+            ctx,
+            expert,
+            start: Some(args.start),
+            parent: None,
+            me: me.clone(),
+            skills: HashMap::new(),
+            tools: Arc::new(Vec::new()),
+            index: Arc::new(ToolIndex::new()),
+            delegation: None,
+            startup_error: None,
+            result_text: None,
+            finished: false,
+            closing: Default::default(),
+            pending_report: None,
+        }))
+    }
+
     /// Publish events in order, then execute the effect. Loops instead of recursing when an
     /// effect completes at once.
     ///
@@ -620,25 +624,35 @@ impl RunActor {
         query: Option<String>,
         answer: Option<crate::schema::InteractiveToolCallResult>,
     ) {
+        // Both built outside this frame and boxed: a run may wait long in the publish below
+        // (the bus is busy), and its future would hold them all that time.
+        let (setting, event) = self.segment_records(now, query, answer);
+        if let Err(e) = self.ctx.storage.store_run_setting(&setting).await {
+            tracing::warn!(run = %setting.run_id, "could not store run-setting.json: {e}");
+        }
+        drop(setting);
+        let _ = self.ctx.publish(*event).await;
+    }
+
+    /// The run setting to store and the `initializeRuntime` event of a segment.
+    fn segment_records(
+        &self,
+        now: u64,
+        query: Option<String>,
+        answer: Option<crate::schema::InteractiveToolCallResult>,
+    ) -> (Box<crate::schema::RunSetting>, Box<Event>) {
         let s = &self.ctx.settings;
         let input = crate::schema::RunInput {
             text: query.clone(),
             interactive_tool_call_result: answer.clone(),
         };
-        {
-            // Dropped before the publish below: a run may wait there long (the bus is busy),
-            // and its future would hold the setting all that time.
-            let setting = s.run_setting(
-                &self.ctx.job_id,
-                &self.machine.setting().run_id,
-                &self.expert.key,
-                input,
-                now,
-            );
-            if let Err(e) = self.ctx.storage.store_run_setting(&setting).await {
-                tracing::warn!(run = %setting.run_id, "could not store run-setting.json: {e}");
-            }
-        }
+        let setting = Box::new(s.run_setting(
+            &self.ctx.job_id,
+            &self.machine.setting().run_id,
+            &self.expert.key,
+            input,
+            now,
+        ));
         let event = self.runtime_event(
             now,
             EventPayload::InitializeRuntime(Box::new(InitializeRuntime {
@@ -655,7 +669,7 @@ impl RunActor {
                 extra: Map::new(),
             })),
         );
-        let _ = self.ctx.publish(event).await;
+        (setting, Box::new(event))
     }
 
     /// Publish a machine output's events in order, in one message. A closed output fails the

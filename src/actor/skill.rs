@@ -257,6 +257,32 @@ fn connected_tools(conn: &Conn, args: &SkillArgs) -> Arc<[ToolDefinition]> {
 /// selected) gets its egress proxy, whose decisions become `proxyAccess` events.
 async fn connect(args: &SkillArgs) -> Result<(Conn, Option<EgressProxy>), SkillError> {
     let started = now_ms();
+    // Boxed: opening the connection needs large futures and options, and a run holds this
+    // future while `skillConnected` waits for a busy bus; it should hold only the connection
+    // then.
+    let (conn, egress) = Box::pin(open(args)).await?;
+    let t = conn.timings();
+    let id = conn.identity();
+    publish(
+        args,
+        EventPayload::SkillConnected(SkillConnected {
+            skill_name: args.name.clone(),
+            server_info: Some(json!({"name": id.name, "version": id.version})),
+            spawn_duration_ms: Some(t.spawn_duration_ms),
+            handshake_duration_ms: Some(t.handshake_duration_ms),
+            tool_discovery_duration_ms: Some(t.tool_discovery_duration_ms),
+            connect_duration_ms: Some(t.connect_duration_ms),
+            total_duration_ms: Some(now_ms().saturating_sub(started)),
+            extra: Map::new(),
+        }),
+    )
+    .await;
+    Ok((conn, egress))
+}
+
+/// Open the connection of [`connect`]: the egress proxy when one is needed, `skillStarting`
+/// (stdio), the handshake.
+async fn open(args: &SkillArgs) -> Result<(Conn, Option<EgressProxy>), SkillError> {
     let settings = args.ctx.settings.clone();
     let mut sandbox = settings.sandbox_scope();
     let egress = match &mut sandbox {
@@ -306,22 +332,6 @@ async fn connect(args: &SkillArgs) -> Result<(Conn, Option<EgressProxy>), SkillE
         }
         SkillKind::Http(skill) => Conn::Mcp(Box::pin(connect_http(skill, &opts)).await?),
     };
-    let t = conn.timings();
-    let id = conn.identity();
-    publish(
-        args,
-        EventPayload::SkillConnected(SkillConnected {
-            skill_name: args.name.clone(),
-            server_info: Some(json!({"name": id.name, "version": id.version})),
-            spawn_duration_ms: Some(t.spawn_duration_ms),
-            handshake_duration_ms: Some(t.handshake_duration_ms),
-            tool_discovery_duration_ms: Some(t.tool_discovery_duration_ms),
-            connect_duration_ms: Some(t.connect_duration_ms),
-            total_duration_ms: Some(now_ms().saturating_sub(started)),
-            extra: Map::new(),
-        }),
-    )
-    .await;
     Ok((conn, egress))
 }
 

@@ -492,3 +492,73 @@ fn an_unexpected_input_with_multi_byte_text_stops_the_run_without_a_panic() {
         );
     }
 }
+
+/// A call's arguments are one allocation however many times the call is copied: into the step
+/// (`toolCalls`, `pendingToolCalls`), the events and their checkpoints, and the expert
+/// message's `toolCallPart`. A delegating run holds all of these while its children run (at
+/// the peak of T3, every coordinator does); a one-key `serde_json` map is ~600 bytes.
+#[test]
+fn a_delegating_turn_keeps_one_copy_of_each_call_s_arguments() {
+    use std::sync::Arc;
+
+    use crate::schema::{EventPayload, Message};
+
+    let mut d = Driver::new(100, 0);
+    let Effect::Generate { .. } = start(&mut d).effect else {
+        panic!("expected a generation")
+    };
+    let out = d.m.handle(
+        1,
+        Input::Generated(Ok(calls(&[
+            ("helper-a", json!({"query":"do A"})),
+            ("helper-b", json!({"query":"do B"})),
+        ]))),
+    );
+    assert!(matches!(out.effect, Effect::Delegate(_)));
+    let in_message: Vec<&Arc<serde_json::Value>> =
+        d.m.checkpoint()
+            .messages
+            .iter()
+            .filter_map(|m| match m {
+                Message::ExpertMessage(b) => Some(b),
+                _ => None,
+            })
+            .flat_map(|b| &b.contents)
+            .filter_map(|p| match p {
+                MessagePart::ToolCallPart(c) => Some(&c.args),
+                _ => None,
+            })
+            .collect();
+    assert_eq!(in_message.len(), 2);
+    let mut copies = 0;
+    for e in &out.events {
+        let calls: Vec<&ToolCall> = match &e.payload {
+            EventPayload::CallTools(c) => c.tool_calls.iter().collect(),
+            EventPayload::CallDelegate(c) => c.tool_calls.iter().collect(),
+            EventPayload::StopRunByDelegate(s) => s
+                .step
+                .tool_calls
+                .iter()
+                .chain(&s.step.pending_tool_calls)
+                .flatten()
+                .collect(),
+            _ => Vec::new(),
+        };
+        for (i, c) in calls.iter().enumerate() {
+            assert!(
+                Arc::ptr_eq(&c.args, in_message[i % 2]),
+                "{} copied the arguments of {}",
+                e.kind(),
+                c.id
+            );
+            copies += 1;
+        }
+    }
+    assert_eq!(
+        copies, 8,
+        "callTools, callDelegate, the step's calls and pending calls"
+    );
+    // Shared, and serialised as the object itself.
+    let call = serde_json::to_value(&d.m.checkpoint().messages[2]).unwrap();
+    assert_eq!(call["contents"][0]["args"], json!({"query":"do A"}));
+}

@@ -266,7 +266,7 @@ fn from_message(m: &Message, finish: FinishReason, usage: Usage) -> Played {
             MessagePart::ToolCallPart(c) => tool_calls.push(GeneratedToolCall {
                 id: c.tool_call_id.clone(),
                 name: c.tool_name.clone(),
-                args: c.args.clone(),
+                args: Value::clone(&c.args),
             }),
             _ => {}
         }

@@ -103,8 +103,9 @@ pub struct ToolCallPart {
     pub tool_call_id: String,
     /// Tool name.
     pub tool_name: String,
-    /// Arguments.
-    pub args: Value,
+    /// Arguments, shared with the [`ToolCall`](super::ToolCall) of the same call (serialised as
+    /// the object itself).
+    pub args: Arc<Value>,
     /// Unknown fields.
     #[serde(flatten)]
     pub extra: Map<String, Value>,

@@ -45,7 +45,7 @@ fn part() -> impl Strategy<Value = MessagePart> {
                 id,
                 tool_call_id,
                 tool_name,
-                args,
+                args: args.into(),
                 extra: extra(),
             })
         }),

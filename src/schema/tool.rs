@@ -1,5 +1,7 @@
 //! Tool calls and tool results as they travel in steps, events and checkpoints.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -19,8 +21,10 @@ pub struct ToolCall {
     pub skill_name: String,
     /// The tool's name as the model saw it.
     pub tool_name: String,
-    /// The arguments object.
-    pub args: Value,
+    /// The arguments object. Shared: a call is copied into the step, the events and the
+    /// checkpoint, and its `toolCallPart` in the expert message holds the same arguments;
+    /// serialised as the object itself.
+    pub args: Arc<Value>,
     /// Fields this engine does not know, kept for round trips.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -58,13 +62,13 @@ impl ToolCall {
         id: impl Into<String>,
         skill_name: impl Into<String>,
         tool_name: impl Into<String>,
-        args: Value,
+        args: impl Into<Arc<Value>>,
     ) -> Self {
         ToolCall {
             id: id.into(),
             skill_name: skill_name.into(),
             tool_name: tool_name.into(),
-            args,
+            args: args.into(),
             extra: Map::new(),
         }
     }

@@ -193,7 +193,7 @@ pub(crate) fn read_call(id: &str, path: &str) -> MessagePart {
         id: "p".into(),
         tool_call_id: id.into(),
         tool_name: "readTextFile".into(),
-        args: json!({"path": path}),
+        args: json!({"path": path}).into(),
         extra: Map::new(),
     })
 }

@@ -306,7 +306,7 @@ async fn a_perstack_history_becomes_the_request_the_ai_sdk_sends() {
                 "readTextFile"
             }
             .into(),
-            args: json!({"path": path}),
+            args: json!({"path": path}).into(),
             extra: Map::new(),
         })
     };

@@ -78,7 +78,10 @@ impl RunActor {
                 allowed_domains,
             });
             if InlineSkill::fits(&args) {
-                let skill = InlineSkill::connect(*args)
+                // Boxed: a run waits in here while `skillConnected` waits for a busy bus,
+                // and this future holds the loop's state besides.
+                let connecting = Box::pin(InlineSkill::connect(args));
+                let skill = connecting
                     .await
                     .map(Arc::new)
                     .map_err(|e| config_error(format!("skill \"{name}\" failed to start: {e}")));

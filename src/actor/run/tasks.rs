@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use kameo::prelude::*;
-use serde_json::{Map, json};
+use serde_json::{Map, Value, json};
 use tracing::Instrument;
 
 use super::{Generated, RunActor, ToolsDone};
@@ -256,7 +256,7 @@ async fn call_one(
     match skill
         .call(CallTool {
             name: call.tool_name.clone(),
-            args: call.args.clone(),
+            args: Value::clone(&call.args),
         })
         .await
     {

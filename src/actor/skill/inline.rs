@@ -41,15 +41,19 @@ impl InlineSkill {
                 || !starts_processes(&args.kind, &args.pick, &args.omit))
     }
 
-    /// Connect it (publishing `skillConnected`, as the actor does when it starts).
-    pub(crate) async fn connect(args: SkillArgs) -> Result<Self, SkillError> {
+    /// Connect it (publishing `skillConnected`, as the actor does when it starts). The
+    /// arguments stay boxed: a run holds this future while the bus is busy.
+    pub(crate) async fn connect(args: Box<SkillArgs>) -> Result<Self, SkillError> {
         // No proxy: `fits` rules out a skill that would get one.
         let (conn, _) = connect(&args).await?;
         let tools = connected_tools(&conn, &args);
+        let SkillArgs {
+            ctx, run_id, name, ..
+        } = *args;
         Ok(InlineSkill {
-            ctx: args.ctx,
-            run_id: args.run_id,
-            name: args.name,
+            ctx,
+            run_id,
+            name,
             conn,
             tools,
         })

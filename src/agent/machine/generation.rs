@@ -7,7 +7,9 @@
 //! model itself: the run actor does, and hands back an [`Input::Generated`](super::Input).
 //! Tool calls go on to `calls`; a retry ends the step through `step`.
 
-use serde_json::{Map, json};
+use std::sync::Arc;
+
+use serde_json::{Map, Value, json};
 
 use super::{Machine, Output};
 use crate::agent::failure::RunFailure;
@@ -25,13 +27,13 @@ impl Machine {
         now: u64,
         r: Result<Generation, GenerationError>,
     ) -> Output {
-        let g = match r {
+        let mut g = match r {
             Ok(g) => g,
             Err(e) => return self.generation_failed(now, e, Vec::new()),
         };
         if g.tool_calls.is_empty() {
             if !g.text.trim().is_empty() {
-                let msg = Message::expert(expert_parts(&g, false));
+                let msg = Message::expert(expert_parts(&g, &[], &[]));
                 return self.complete(now, vec![msg], g.text.clone(), g.usage);
             }
             return self.retry_or_stop(
@@ -56,11 +58,8 @@ impl Machine {
                     first.name.clone(),
                     first.args.clone(),
                 );
-                let partial = Generation {
-                    tool_calls: vec![first.clone()],
-                    ..g.clone()
-                };
-                let expert = Message::expert(expert_parts(&partial, true));
+                let expert =
+                    Message::expert(expert_parts(&g, &[0], std::slice::from_ref(&call.args)));
                 let failed = ToolResult::new(
                     &call,
                     call.skill_name.clone(),
@@ -88,11 +87,19 @@ impl Machine {
                 );
             }
         }
+        // Each call's arguments once, shared by its `ToolCall` (in the step, the events and the
+        // plan) and its part in the expert message: the generation's own are not needed again.
+        let args: Vec<Arc<Value>> = g
+            .tool_calls
+            .iter_mut()
+            .map(|c| Arc::new(std::mem::take(&mut c.args)))
+            .collect();
         // Sort mcp -> delegate -> interactive, as Perstack does.
         let mut calls: Vec<ToolCall> = g
             .tool_calls
             .iter()
-            .map(|c| {
+            .zip(&args)
+            .map(|(c, args)| {
                 ToolCall::new(
                     c.id.clone(),
                     self.tools
@@ -100,7 +107,7 @@ impl Machine {
                         .unwrap_or("unknown")
                         .to_string(),
                     c.name.clone(),
-                    c.args.clone(),
+                    Arc::clone(args),
                 )
             })
             .collect();
@@ -109,14 +116,13 @@ impl Machine {
             Some(ToolOwner::Delegate(_)) => 1,
             Some(ToolOwner::Interactive(_)) => 2,
         });
-        let sorted = Generation {
-            tool_calls: calls
-                .iter()
-                .filter_map(|c| g.tool_calls.iter().find(|x| x.id == c.id).cloned())
-                .collect(),
-            ..g.clone()
-        };
-        let msg = Message::expert(expert_parts(&sorted, true));
+        // The message's tool-call parts in the sorted order: for each call, the first
+        // generated call with its id.
+        let order: Vec<usize> = calls
+            .iter()
+            .filter_map(|c| g.tool_calls.iter().position(|x| x.id == c.id))
+            .collect();
+        let msg = Message::expert(expert_parts(&g, &order, &args));
         self.checkpoint.messages.push(msg.clone());
         self.checkpoint.usage += g.usage;
         self.checkpoint.retry_count = Some(0);
@@ -150,7 +156,7 @@ impl Machine {
         let tool = Message::tool(&all);
         match r {
             Ok(g) if !g.text.trim().is_empty() => {
-                let expert = Message::expert(expert_parts(&g, false));
+                let expert = Message::expert(expert_parts(&g, &[], &[]));
                 self.complete(now, vec![tool, expert], g.text.clone(), g.usage)
             }
             Ok(g) => self.retry_or_stop(
@@ -243,12 +249,13 @@ impl Machine {
     }
 }
 
-/// Thinking parts, then the text part (when non-empty), then tool-call parts.
-fn expert_parts(g: &Generation, with_calls: bool) -> Vec<MessagePart> {
+/// Thinking parts, then the text part (when non-empty), then a tool-call part for each of
+/// `g`'s calls at the positions `calls`, with `args[i]` the arguments of `g.tool_calls[i]`.
+fn expert_parts(g: &Generation, calls: &[usize], args: &[Arc<Value>]) -> Vec<MessagePart> {
     // Exactly as many as there are: the message stays in the run's history for its life.
-    let calls = if with_calls { g.tool_calls.len() } else { 0 };
+    let n = calls.len();
     let mut parts: Vec<MessagePart> =
-        Vec::with_capacity(g.thinking.len() + usize::from(!g.text.is_empty()) + calls);
+        Vec::with_capacity(g.thinking.len() + usize::from(!g.text.is_empty()) + n);
     parts.extend(g.thinking.iter().map(|t| {
         MessagePart::ThinkingPart(ThinkingPart {
             id: new_id(),
@@ -260,16 +267,15 @@ fn expert_parts(g: &Generation, with_calls: bool) -> Vec<MessagePart> {
     if !g.text.is_empty() {
         parts.push(MessagePart::text(g.text.clone()));
     }
-    if with_calls {
-        parts.extend(g.tool_calls.iter().map(|c| {
-            MessagePart::ToolCallPart(ToolCallPart {
-                id: new_id(),
-                tool_call_id: c.id.clone(),
-                tool_name: c.name.clone(),
-                args: c.args.clone(),
-                extra: Map::new(),
-            })
-        }));
-    }
+    parts.extend(calls.iter().filter_map(|&i| {
+        let c = g.tool_calls.get(i)?;
+        Some(MessagePart::ToolCallPart(ToolCallPart {
+            id: new_id(),
+            tool_call_id: c.id.clone(),
+            tool_name: c.name.clone(),
+            args: Arc::clone(args.get(i)?),
+            extra: Map::new(),
+        }))
+    }));
     parts
 }

@@ -123,7 +123,7 @@ fn convert_part(part: &MessagePart, role: &str) -> Result<Option<Value>, Generat
             _ => None,
         },
         MessagePart::ToolCallPart(c) if role == "assistant" => {
-            let input = match &c.args {
+            let input = match c.args.as_ref() {
                 Value::Null => json!({}),
                 v => v.clone(),
             };
@@ -270,7 +270,7 @@ mod tests {
             id: "p".into(),
             tool_call_id: "toolu_1".into(),
             tool_name: "t".into(),
-            args: Value::Null,
+            args: Value::Null.into(),
             extra: Map::new(),
         });
         let msgs = vec![

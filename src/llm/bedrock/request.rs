@@ -113,7 +113,7 @@ fn convert_part(part: &MessagePart, role: &str) -> Result<Option<Value>, Generat
             _ => None,
         },
         MessagePart::ToolCallPart(c) if role == "assistant" => {
-            let input = match &c.args {
+            let input = match c.args.as_ref() {
                 Value::Null => json!({}),
                 v => v.clone(),
             };
@@ -262,7 +262,7 @@ mod tests {
             id: "c".into(),
             tool_call_id: "tooluse_1".into(),
             tool_name: "readTextFile".into(),
-            args: json!({"path": "a"}),
+            args: json!({"path": "a"}).into(),
             extra: Default::default(),
         });
         let result = MessagePart::ToolResultPart(ToolResultPart {

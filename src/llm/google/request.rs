@@ -145,7 +145,7 @@ fn model_parts(contents: &[MessagePart], placeholder: bool) -> Vec<Value> {
                 parts.push(json!({"text": t.text}));
             }
             MessagePart::ToolCallPart(c) => {
-                let args = match &c.args {
+                let args = match c.args.as_ref() {
                     Value::Null => json!({}),
                     v => v.clone(),
                 };
@@ -293,7 +293,7 @@ mod tests {
             id: "c".into(),
             tool_call_id: id.into(),
             tool_name: name.into(),
-            args: Value::Null,
+            args: Value::Null.into(),
             extra: Map::new(),
         })
     }

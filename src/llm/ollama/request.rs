@@ -150,7 +150,7 @@ fn assistant(contents: &[MessagePart]) -> Option<Value> {
         .iter()
         .filter_map(|p| match p {
             MessagePart::ToolCallPart(c) => {
-                let arguments = match &c.args {
+                let arguments = match c.args.as_ref() {
                     Value::Null => json!({}),
                     v => v.clone(),
                 };
@@ -293,7 +293,7 @@ mod tests {
             id: "p".into(),
             tool_call_id: "call_0_t".into(),
             tool_name: "t".into(),
-            args: Value::Null,
+            args: Value::Null.into(),
             extra: Map::new(),
         });
         let msgs = vec![Message::expert(vec![]), Message::expert(vec![call])];

@@ -103,7 +103,7 @@ fn assistant(contents: &[MessagePart]) -> Option<Value> {
         .iter()
         .filter_map(|p| match p {
             MessagePart::ToolCallPart(c) => {
-                let arguments = match &c.args {
+                let arguments = match c.args.as_ref() {
                     Value::Null => "{}".to_string(),
                     v => v.to_string(),
                 };
