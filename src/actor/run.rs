@@ -135,7 +135,9 @@ pub(crate) struct RunState {
     span: tracing::Span,
     /// Boxed, like the pending report: kameo's task future holds the actor several times over.
     machine: Box<Machine>,
-    start: Option<Start>,
+    /// The input, until [`Begin`] starts the machine with it. Boxed, as the start-up error:
+    /// the state lives as long as the run, these only until it begins.
+    start: Option<Box<Start>>,
     /// Who receives the final report; set by [`Begin`], the first message a run handles.
     parent: Option<Parent>,
     /// This actor, held strongly while it runs: `on_link_died` only gets a weak reference,
@@ -149,7 +151,7 @@ pub(crate) struct RunState {
     /// The children of the turn in flight, while the run waits for them.
     /// Boxed, like the machine: it is only there while the run waits.
     delegation: Option<Box<Children>>,
-    startup_error: Option<RunFailure>,
+    startup_error: Option<Box<RunFailure>>,
     result_text: Option<String>,
     finished: bool,
     /// Skills still shutting down after the run finished; the report waits for them (their
@@ -183,7 +185,7 @@ impl Actor for RunActor {
         announcing.await;
         let setting_up = Box::pin(actor.set_up_tools(&me));
         if let Err(e) = setting_up.await {
-            actor.startup_error = Some(e);
+            actor.startup_error = Some(Box::new(e));
         }
         Ok(actor)
     }
@@ -278,12 +280,12 @@ impl Message<Begin> for RunActor {
         };
         // Every start goes through here, crash recovery included: a run whose skills did not
         // start stops before anything else runs.
-        let mut out = self.machine.start(now, start, instruction);
+        let mut out = self.machine.start(now, *start, instruction);
         if let Some(err) = self.startup_error.take() {
             // Publish startRun (if this start has one) only, then stop: nothing else may run
             // without the tools.
             out.events.truncate(1);
-            let stop = self.machine.abort(now, err);
+            let stop = self.machine.abort(now, *err);
             out.events.extend(stop.events);
             out.effect = Effect::Stop;
         }
@@ -425,7 +427,7 @@ impl RunActor {
             machine: Box::new(Machine::new(setting, ToolIndex::new(), args.checkpoint)),
             ctx,
             expert,
-            start: Some(args.start),
+            start: Some(Box::new(args.start)),
             parent: None,
             me: me.clone(),
             skills: HashMap::new(),
@@ -607,11 +609,11 @@ impl RunActor {
 
     /// `initializeRuntime` for this segment.
     async fn announce_segment(&mut self, now: u64) {
-        let query = match &self.start {
+        let query = match self.start.as_deref() {
             Some(Start::Query(q)) => Some(q.clone()),
             _ => None,
         };
-        let answer = match &self.start {
+        let answer = match self.start.as_deref() {
             Some(Start::Answer(a)) => Some(a.clone()),
             _ => None,
         };

@@ -164,6 +164,11 @@ impl Delegation {
             return None;
         }
         let (slot, resumption) = self.queue.pop_front()?;
+        if self.queue.is_empty() {
+            // Nothing is queued again: free the buffer (an entry is the size of a checkpoint)
+            // rather than hold it while the parent waits for its children.
+            self.queue = VecDeque::new();
+        }
         let call = &self.calls[slot];
         let (checkpoint, start) = match resumption.into_start() {
             Ok(started) => started,

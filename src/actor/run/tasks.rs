@@ -45,52 +45,76 @@ pub(super) fn spawn_generation(
     );
     let envelope = machine.envelope();
     let run_result = machine.is_generating_run_result();
-    let request = GenerationRequest {
+    // Boxed: the task holds it in its arguments and again in the model call's.
+    let request = Box::new(GenerationRequest {
         expert_key: setting.expert.key.clone(),
         model: ctx.settings.model.clone(),
         messages,
         tools,
         reasoning_budget: ctx.settings.reasoning_budget,
+    });
+    tokio::spawn(
+        generation(
+            ctx,
+            me,
+            request,
+            envelope,
+            run_result,
+            retry_count,
+            retry_after,
+        )
+        .instrument(span),
+    );
+}
+
+/// The task of [`spawn_generation`]: wait out the retry delay, call the model within the
+/// timeout unless the job is cancelled, tell the run.
+pub(super) async fn generation(
+    ctx: Arc<JobContext>,
+    me: ActorRef<RunActor>,
+    request: Box<GenerationRequest>,
+    envelope: Envelope,
+    run_result: bool,
+    retry_count: u32,
+    retry_after: Option<Duration>,
+) {
+    let timeout = ctx.settings.timeout;
+    let wait = retry::wait(retry_count, retry_after);
+    let result = tokio::select! {
+        () = ctx.cancel.cancelled() => Err(GenerationError {
+            name: "Cancelled".into(),
+            message: "The job was cancelled during a model call.".into(),
+            status_code: None,
+            retryable: false,
+            retry_after: None,
+        }),
+        r = async {
+            // Not `sleep(ZERO)`: tokio rounds every deadline up to its next 1 ms tick.
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            match tokio::time::timeout(timeout, generate(&ctx, request, &envelope, run_result)).await {
+                Ok(r) => r,
+                Err(_) => Err(GenerationError {
+                    name: "TimeoutError".into(),
+                    message: format!("The model call did not finish within {} ms.", timeout.as_millis()),
+                    status_code: None,
+                    retryable: true,
+                    retry_after: None,
+                }),
+            }
+        } => r,
     };
-    tokio::spawn(async move {
-        let timeout = ctx.settings.timeout;
-        let wait = retry::wait(retry_count, retry_after);
-        let result = tokio::select! {
-            () = ctx.cancel.cancelled() => Err(GenerationError {
-                name: "Cancelled".into(),
-                message: "The job was cancelled during a model call.".into(),
-                status_code: None,
-                retryable: false,
-                retry_after: None,
-            }),
-            r = async {
-                // Not `sleep(ZERO)`: tokio rounds every deadline up to its next 1 ms tick.
-                if !wait.is_zero() {
-                    tokio::time::sleep(wait).await;
-                }
-                match tokio::time::timeout(timeout, generate(&ctx, request, &envelope, run_result)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(GenerationError {
-                        name: "TimeoutError".into(),
-                        message: format!("The model call did not finish within {} ms.", timeout.as_millis()),
-                        status_code: None,
-                        retryable: true,
-                        retry_after: None,
-                    }),
-                }
-            } => r,
-        };
-        let _ = me.tell(Generated(result)).await;
-    }.instrument(span));
+    let _ = me.tell(Generated(result)).await;
 }
 
 async fn generate(
     ctx: &JobContext,
-    request: GenerationRequest,
+    request: Box<GenerationRequest>,
     envelope: &Envelope,
     run_result: bool,
 ) -> Result<Generation, GenerationError> {
-    let mut stream = ctx.model.stream(request).await?;
+    let mut stream = ctx.model.stream(*request).await?;
     let mut asm = Assembler::new();
     let mut events = Vec::new();
     let mut ended = false;

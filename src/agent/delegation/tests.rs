@@ -285,3 +285,17 @@ fn the_final_text_is_the_first_text_of_a_completed_runs_last_expert_message() {
     stopped.status = CheckpointStatus::StoppedByError;
     assert_eq!(final_text(&stopped), None);
 }
+
+/// A queued child is the size of a checkpoint (a `Resumption`): once every child started, the
+/// parent, which waits for them, holds no queue.
+#[test]
+fn the_queue_is_freed_once_every_child_started() {
+    let calls = [call("ca", "a"), call("cb", "b")];
+    let mut d = Delegation::new(calls.to_vec(), &parent(3, &calls));
+    assert!(d.queue.capacity() >= 2);
+    assert_eq!(d.next_child(&parent_setting(), 2).map(|c| c.slot), Some(0));
+    assert!(d.queue.capacity() >= 1, "one child still waits");
+    assert_eq!(d.next_child(&parent_setting(), 2).map(|c| c.slot), Some(1));
+    assert_eq!(d.queue.capacity(), 0);
+    assert!(d.next_child(&parent_setting(), 2).is_none());
+}
