@@ -24,6 +24,13 @@
 //! One engine runs any number of concurrent jobs over one event bus, one storage and one
 //! provider. Events reach the optional sink (stdout for the CLI), callbacks, and each job's
 //! subscribers, in one global order.
+//!
+//! | file | owns |
+//! | --- | --- |
+//! | this one | [`Engine`]: starting, launching and handing out jobs; [`JobRequest`], [`JobHandle`] |
+//! | `builder` | [`EngineBuilder`]: what an engine is built from |
+//! | `error` | [`EngineError`] and the exit code of each |
+//! | `resume` | continuing a stored job ([`ContinueRequest`]) |
 
 use std::sync::Arc;
 
@@ -31,6 +38,8 @@ use serde_json::Map;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+mod builder;
+mod error;
 #[cfg(test)]
 mod fanout_config_tests;
 #[cfg(test)]
@@ -42,195 +51,18 @@ mod resume;
 pub use crate::actor::context::{RunOverrides, Settings};
 pub use crate::actor::event_bus::{BusError, Callback, Sequenced, Sink};
 pub use crate::actor::job::JobOutcome;
+pub use builder::{EngineBuilder, NoModel, WithModel};
+pub use error::EngineError;
 pub use resume::{ContinueInput, ContinueRequest};
 
 use crate::actor::context::{JobContext, SharedExperts, now_ms};
-use crate::actor::event_bus::{Bus, BusArgs, Destination, Flush, OpenJob};
+use crate::actor::event_bus::{Bus, Flush, OpenJob};
 use crate::actor::job::JobArgs;
 use crate::agent::Start;
 use crate::agent::{Machine, MachineSetting};
 use crate::llm::LanguageModel;
 use crate::schema::{Job, JobStatus, id::is_safe_id, id::new_id};
-use crate::storage::{Claim, MemoryStorage, Storage};
-
-/// Why a job could not start or finish.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum EngineError {
-    /// The configuration is invalid.
-    #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
-    /// The script file of the scripted provider is invalid.
-    #[error(transparent)]
-    Script(#[from] crate::llm::scripted::ScriptError),
-    /// The provider could not be built (missing key, bad URL, unsupported provider).
-    #[error(transparent)]
-    Provider(#[from] crate::llm::select::SelectError),
-    /// No Expert has this key.
-    #[error("expert \"{key}\" is not defined in the configuration{hint}")]
-    UnknownExpert {
-        /// The key asked for.
-        key: String,
-        /// A "did you mean" hint, possibly empty.
-        hint: String,
-    },
-    /// The job id cannot be used.
-    #[error("invalid job id {0:?}: use 1-255 characters of letters, digits, '_', '-' or '.'")]
-    InvalidJobId(String),
-    /// Storage failed before the job started.
-    #[error(transparent)]
-    Storage(#[from] crate::storage::StoreError),
-    /// The event bus could not take the job (it is not running).
-    #[error(transparent)]
-    Bus(#[from] crate::actor::event_bus::BusError),
-    /// The job's actor stopped without reporting an outcome (an engine bug).
-    #[error("the job ended without an outcome")]
-    Lost,
-    /// Anything else about usage (unsupported provider, bad option).
-    #[error("{0}")]
-    Usage(String),
-    /// The run asks for the sandbox and this machine cannot provide it.
-    #[error(transparent)]
-    Sandbox(#[from] crate::sandbox::SandboxUnavailable),
-    /// A registry Expert could not be resolved (before anything ran).
-    #[error(transparent)]
-    Registry(#[from] crate::registry::RegistryError),
-}
-
-impl EngineError {
-    /// Process exit code: 2 for usage and configuration errors, 1 for engine faults (a failed
-    /// store or event bus, a lost job).
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            EngineError::Config(e) => e.exit_code(),
-            EngineError::Script(_)
-            | EngineError::Provider(_)
-            | EngineError::UnknownExpert { .. }
-            | EngineError::InvalidJobId(_)
-            | EngineError::Usage(_) => 2,
-            EngineError::Storage(e) => e.exit_code(),
-            EngineError::Sandbox(e) => e.exit_code(),
-            EngineError::Registry(e) => e.exit_code(),
-            EngineError::Bus(_) | EngineError::Lost => 1,
-        }
-    }
-}
-
-/// Builds an [`Engine`]. A builder starts without a model ([`NoModel`]); only after
-/// [`model`](EngineBuilder::model) (a [`WithModel`] builder) does it have
-/// [`build`](EngineBuilder::build), so an engine without a provider cannot be built:
-///
-/// ```compile_fail,E0599
-/// # async fn demo() {
-/// let engine = perstack::engine::Engine::builder().build(); // no model: no `build`
-/// # }
-/// ```
-///
-/// The other settings can come before or after the model; each has a default.
-pub struct EngineBuilder<M = NoModel> {
-    model: M,
-    settings: Option<Settings>,
-    storage: Option<Arc<dyn Storage>>,
-    sink: Option<Destination>,
-    callbacks: Vec<Callback>,
-    replay: Option<Arc<crate::replay::ToolReplay>>,
-}
-
-/// The state of an [`EngineBuilder`] that has no model yet: it cannot build.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NoModel;
-
-/// The state of an [`EngineBuilder`] that has its model: it can build.
-#[derive(Clone)]
-pub struct WithModel(Arc<dyn LanguageModel>);
-
-impl<M> EngineBuilder<M> {
-    /// Experts and limits (default: no Experts, Perstack's default limits).
-    pub fn settings(mut self, settings: Settings) -> Self {
-        self.settings = Some(settings);
-        self
-    }
-
-    /// Where checkpoints, events and job records go (default: in memory).
-    pub fn storage(mut self, storage: Arc<dyn Storage>) -> Self {
-        self.storage = Some(storage);
-        self
-    }
-
-    /// The provider every run calls (required; a second call replaces the first).
-    pub fn model(self, model: Arc<dyn LanguageModel>) -> EngineBuilder<WithModel> {
-        EngineBuilder {
-            model: WithModel(model),
-            settings: self.settings,
-            storage: self.storage,
-            sink: self.sink,
-            callbacks: self.callbacks,
-            replay: self.replay,
-        }
-    }
-
-    /// Answer (or check) every tool call from a recording: `perstack replay`.
-    pub(crate) fn replay(mut self, replay: Arc<crate::replay::ToolReplay>) -> Self {
-        self.replay = Some(replay);
-        self
-    }
-
-    /// Write every event as a JSON line here, from a tokio task (replaces a sink given
-    /// before).
-    pub fn sink(mut self, sink: Sink) -> Self {
-        self.sink = Some(Destination::Async(sink));
-        self
-    }
-
-    /// Write every event as a JSON line here with blocking writes, from a thread of the
-    /// engine's own that sleeps while there is nothing to write (replaces a sink given
-    /// before). For stdout, a pipe or a file (the CLI passes `std::io::stdout()`): unlike
-    /// `tokio::io::stdout()` or `tokio::fs::File` given to [`EngineBuilder::sink`], a write
-    /// is one system call, not a hand-off to tokio's blocking pool and back.
-    pub fn blocking_sink(mut self, sink: impl std::io::Write + Send + 'static) -> Self {
-        self.sink = Some(Destination::Blocking(Box::new(sink)));
-        self
-    }
-
-    /// Call this for every event of every job, on the bus task (keep it cheap).
-    pub fn on_event(mut self, callback: impl Fn(&Sequenced) + Send + Sync + 'static) -> Self {
-        self.callbacks.push(Arc::new(callback));
-        self
-    }
-}
-
-impl EngineBuilder<WithModel> {
-    /// Start the engine's event bus. Must be called inside a tokio runtime.
-    pub fn build(self) -> Engine {
-        let storage: Arc<dyn Storage> = self
-            .storage
-            .unwrap_or_else(|| Arc::new(MemoryStorage::new()));
-        let bus = Bus::spawn(BusArgs {
-            sink: self.sink,
-            storage: storage.clone(),
-            callbacks: self.callbacks,
-        });
-        let settings = self
-            .settings
-            .unwrap_or_else(|| Settings::new(Default::default()));
-        let experts = Arc::new(
-            settings
-                .experts
-                .iter()
-                .map(|(key, expert)| (key.clone(), Arc::new(expert.clone())))
-                .collect(),
-        );
-        Engine {
-            bus,
-            storage,
-            model: self.model.0,
-            settings: Arc::new(settings),
-            experts,
-            tool_lists: Arc::default(),
-            replay: self.replay,
-        }
-    }
-}
+use crate::storage::{Claim, Storage};
 
 /// A cluster worker taking a job over from one that stopped mid-run (see [`Engine::launch`]).
 #[derive(Debug, Clone, Copy)]
@@ -384,14 +216,7 @@ impl JobHandle {
 impl Engine {
     /// A builder; it can build once it has a model (see [`EngineBuilder`]).
     pub fn builder() -> EngineBuilder<NoModel> {
-        EngineBuilder {
-            model: NoModel,
-            settings: None,
-            storage: None,
-            sink: None,
-            callbacks: Vec::new(),
-            replay: None,
-        }
+        EngineBuilder::new()
     }
 
     /// The settings jobs run with.

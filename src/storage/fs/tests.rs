@@ -3,6 +3,7 @@
 use std::fs;
 use std::path::Path;
 
+use super::layout::parse_event_file_name;
 use super::*;
 use crate::storage::tests::{checkpoint, delta, job, run_event, run_setting, runtime_event};
 
