@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
-use super::super::StoreError;
-use super::super::atomic::{self, io_error};
+use crate::storage::StoreError;
+use crate::storage::atomic::{self, io_error};
 
 pub(super) fn checkpoint_path(job_dir: &Path, checkpoint_id: &str) -> PathBuf {
     job_dir
