@@ -111,6 +111,17 @@ pub struct ToolCallPart {
     pub extra: Map<String, Value>,
 }
 
+impl ToolCallPart {
+    /// The arguments as a provider's request carries them: an object, `{}` for a call
+    /// recorded without arguments (`null`).
+    pub fn args_object(&self) -> Value {
+        match self.args.as_ref() {
+            Value::Null => Value::Object(Map::new()),
+            v => v.clone(),
+        }
+    }
+}
+
 /// `thinkingPart`.
 #[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

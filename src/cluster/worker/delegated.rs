@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use async_nats::jetstream::kv;
 
+use super::job::continuation;
 use super::{Failure, How, Worker, classify, output_failure};
 use crate::cluster::delegate::{
     self, CAS_TRIES, ChildMessage, ChildResult, JoinMessage, JoinRecord, Line, ResultRecord,
@@ -13,7 +14,7 @@ use crate::cluster::delegate::{
 use crate::cluster::message::{JobMessage, Rejection};
 use crate::cluster::output::{JobEnd, Publisher};
 use crate::cluster::queue;
-use crate::engine::{ContinueInput, ContinueRequest, Engine, EngineError};
+use crate::engine::EngineError;
 use crate::schema::JobStatus;
 use crate::schema::id::new_id;
 use crate::storage::{MemoryStorage, Storage};
@@ -322,43 +323,9 @@ impl Worker {
             printed: published.last_job_seq,
         });
         let started = engine
-            .resume_job(
-                ContinueRequest {
-                    job_id: Some(job.job_id.clone()),
-                    expert_key: job.expert_key.clone(),
-                    resume_from: None,
-                    input: ContinueInput::Query(job.query.clone()),
-                    subscribe: Some(256),
-                },
-                takeover,
-            )
+            .resume_job(continuation(job, None, false), takeover)
             .await;
         self.drive(job, how, &mut publisher, engine, started).await
-    }
-
-    /// An engine for `job` on `storage`, in the job's workspace on this worker; for a
-    /// `child`, its own delegations run on this worker.
-    fn engine(
-        &self,
-        job: &JobMessage,
-        storage: Arc<dyn Storage>,
-        child: bool,
-    ) -> Result<Engine, Failure> {
-        let workspace = self.config.work_dir.join("jobs").join(&job.job_id);
-        std::fs::create_dir_all(&workspace)
-            .map_err(|e| transient(format!("cannot create {}: {e}", workspace.display())))?;
-        let model = self
-            .config
-            .models
-            .build(&job.options.provider_name, &self.config.env)
-            .map_err(|e| Failure::Refused(Rejection::Unrunnable(e)))?;
-        let mut settings = self.settings(job, workspace);
-        settings.stop_at_delegation &= !child;
-        Ok(Engine::builder()
-            .settings(settings)
-            .model(model)
-            .storage(storage)
-            .build())
     }
 
     /// Publish `body` on `subject` (work queue) with dedupe id `id`, acknowledged.

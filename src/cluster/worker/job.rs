@@ -4,6 +4,7 @@
 //! the end record (or, for a job whose children go to the cluster, their placement).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use super::{Failure, GRACE_DELIVERIES, How, Running, Worker, classify, output_failure};
 use crate::cluster::message::{JobMessage, Placement, Rejection};
@@ -14,6 +15,7 @@ use crate::engine::{
 };
 use crate::sandbox::Isolation;
 use crate::schema::JobStatus;
+use crate::storage::Storage;
 
 impl Worker {
     /// Run (or finish) `job`, publishing its lines and its end record.
@@ -54,20 +56,7 @@ impl Worker {
                 .await
                 .map_err(output_failure);
         }
-        let workspace = self.config.work_dir.join("jobs").join(&job.job_id);
-        std::fs::create_dir_all(&workspace).map_err(|e| {
-            Failure::Transient(format!("cannot create {}: {e}", workspace.display()))
-        })?;
-        let model = self
-            .config
-            .models
-            .build(&job.options.provider_name, &self.config.env)
-            .map_err(|e| Failure::Refused(Rejection::Unrunnable(e)))?;
-        let engine = Engine::builder()
-            .settings(self.settings(job, workspace))
-            .model(model)
-            .storage(storage)
-            .build();
+        let engine = self.engine(job, storage, false)?;
         // After a takeover, the job's first event says so (before the repeated steps).
         let takeover = (how == How::TakeOver).then_some(Takeover {
             worker: &self.config.name,
@@ -77,16 +66,7 @@ impl Worker {
             (None, How::Start) => engine.start(request(job)).await,
             (None, _) => {
                 let continued = engine
-                    .resume_job(
-                        ContinueRequest {
-                            job_id: Some(job.job_id.clone()),
-                            expert_key: job.expert_key.clone(),
-                            resume_from: None,
-                            input: ContinueInput::Query(job.query.clone()),
-                            subscribe: Some(256),
-                        },
-                        takeover,
-                    )
+                    .resume_job(continuation(job, None, false), takeover)
                     .await;
                 match continued {
                     // Its worker died before it stored anything to resume from (not even the
@@ -102,20 +82,7 @@ impl Worker {
             // input is used only if it had not been taken in yet).
             (Some(c), _) => {
                 engine
-                    .resume_job(
-                        ContinueRequest {
-                            job_id: Some(job.job_id.clone()),
-                            expert_key: job.expert_key.clone(),
-                            resume_from: c.resume_from.clone(),
-                            input: if c.answer {
-                                ContinueInput::Answer(job.query.clone())
-                            } else {
-                                ContinueInput::Query(job.query.clone())
-                            },
-                            subscribe: Some(256),
-                        },
-                        takeover,
-                    )
+                    .resume_job(continuation(job, c.resume_from.clone(), c.answer), takeover)
                     .await
             }
         };
@@ -213,8 +180,34 @@ impl Worker {
             .map_err(output_failure)
     }
 
+    /// An engine for `job` on `storage`, in the job's workspace on this worker; for a
+    /// `child`, its own delegations run on this worker.
+    pub(super) fn engine(
+        &self,
+        job: &JobMessage,
+        storage: Arc<dyn Storage>,
+        child: bool,
+    ) -> Result<Engine, Failure> {
+        let workspace = self.config.work_dir.join("jobs").join(&job.job_id);
+        std::fs::create_dir_all(&workspace).map_err(|e| {
+            Failure::Transient(format!("cannot create {}: {e}", workspace.display()))
+        })?;
+        let model = self
+            .config
+            .models
+            .build(&job.options.provider_name, &self.config.env)
+            .map_err(|e| Failure::Refused(Rejection::Unrunnable(e)))?;
+        let mut settings = self.settings(job, workspace);
+        settings.stop_at_delegation &= !child;
+        Ok(Engine::builder()
+            .settings(settings)
+            .model(model)
+            .storage(storage)
+            .build())
+    }
+
     /// The engine settings of `job`: its Experts and options, this worker's environment.
-    pub(super) fn settings(&self, job: &JobMessage, workspace: PathBuf) -> Settings {
+    fn settings(&self, job: &JobMessage, workspace: PathBuf) -> Settings {
         let o = &job.options;
         let mut s = Settings::new(job.experts.clone());
         s.model = o.model.clone();
@@ -242,6 +235,30 @@ fn request(job: &JobMessage) -> JobRequest {
     JobRequest::new(job.expert_key.clone(), job.query.clone())
         .job_id(job.job_id.clone())
         .subscribe()
+}
+
+/// Events a job's subscription holds for the publisher.
+const EVENTS_BUFFER: usize = 256;
+
+/// The request that continues `job`, subscribed to its events: from `resume_from` (else its
+/// latest checkpoint), with its query as the answer to a pending interactive call when
+/// `answer`.
+pub(super) fn continuation(
+    job: &JobMessage,
+    resume_from: Option<String>,
+    answer: bool,
+) -> ContinueRequest {
+    let query = job.query.clone();
+    ContinueRequest {
+        job_id: Some(job.job_id.clone()),
+        expert_key: job.expert_key.clone(),
+        resume_from,
+        input: match answer {
+            true => ContinueInput::Answer(query),
+            false => ContinueInput::Query(query),
+        },
+        subscribe: Some(EVENTS_BUFFER),
+    }
 }
 
 /// Start `job` again from its query, on a claim of its own, its events numbered after the

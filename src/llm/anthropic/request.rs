@@ -123,10 +123,7 @@ fn convert_part(part: &MessagePart, role: &str) -> Result<Option<Value>, Generat
             _ => None,
         },
         MessagePart::ToolCallPart(c) if role == "assistant" => {
-            let input = match c.args.as_ref() {
-                Value::Null => json!({}),
-                v => v.clone(),
-            };
+            let input = c.args_object();
             Some(
                 json!({"type": "tool_use", "id": c.tool_call_id, "name": c.tool_name, "input": input}),
             )

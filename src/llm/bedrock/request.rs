@@ -113,10 +113,7 @@ fn convert_part(part: &MessagePart, role: &str) -> Result<Option<Value>, Generat
             _ => None,
         },
         MessagePart::ToolCallPart(c) if role == "assistant" => {
-            let input = match c.args.as_ref() {
-                Value::Null => json!({}),
-                v => v.clone(),
-            };
+            let input = c.args_object();
             Some(
                 json!({"toolUse": {"toolUseId": c.tool_call_id, "name": c.tool_name,
                 "input": input}}),

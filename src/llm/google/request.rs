@@ -145,10 +145,7 @@ fn model_parts(contents: &[MessagePart], placeholder: bool) -> Vec<Value> {
                 parts.push(json!({"text": t.text}));
             }
             MessagePart::ToolCallPart(c) => {
-                let args = match c.args.as_ref() {
-                    Value::Null => json!({}),
-                    v => v.clone(),
-                };
+                let args = c.args_object();
                 parts.push(json!({"functionCall": {"name": c.tool_name, "args": args}}));
             }
             _ => {}

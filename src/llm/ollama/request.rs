@@ -150,10 +150,7 @@ fn assistant(contents: &[MessagePart]) -> Option<Value> {
         .iter()
         .filter_map(|p| match p {
             MessagePart::ToolCallPart(c) => {
-                let arguments = match c.args.as_ref() {
-                    Value::Null => json!({}),
-                    v => v.clone(),
-                };
+                let arguments = c.args_object();
                 Some(json!({"function": {"name": c.tool_name, "arguments": arguments}}))
             }
             _ => None,

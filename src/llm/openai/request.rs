@@ -103,10 +103,7 @@ fn assistant(contents: &[MessagePart]) -> Option<Value> {
         .iter()
         .filter_map(|p| match p {
             MessagePart::ToolCallPart(c) => {
-                let arguments = match c.args.as_ref() {
-                    Value::Null => "{}".to_string(),
-                    v => v.to_string(),
-                };
+                let arguments = c.args_object().to_string();
                 Some(json!({"id": c.tool_call_id, "type": "function",
                     "function": {"name": c.tool_name, "arguments": arguments}}))
             }
