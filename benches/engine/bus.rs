@@ -20,9 +20,12 @@
 //! its line (`Engine::publish` does, as a run's publish does), so the rates include making
 //! the events, on the same cores as the bus. The pipe row also gives the process's CPU time
 //! per event (all threads: producers, bus, writer, reader), which a shared machine's load
-//! does not change as much as the rate.
+//! does not change as much as the rate, and its context switches per 1,000 events. Last, the
+//! floor: the same making and moving of an event with no bus at all (see [`floor`]), which
+//! says how much of a pipe row's CPU time is the bus's and bounds the rate any bus could
+//! reach on this machine.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -264,6 +267,78 @@ pub(crate) fn bench_bus(c: &mut Criterion, rt: &Runtime, report: &mut Vec<String
     report.push(line);
 
     pipes(rt, &event, line_len, report);
+    let line = floor(&event);
+    println!("{line}");
+    report.push(line);
+}
+
+/// The process's context switches so far, of all its threads, ended ones included
+/// (`getrusage`): voluntary ones (a thread waits: for a lock, a wake-up, the pipe) and
+/// involuntary ones. Each costs the waker a system call and often another core an interrupt,
+/// which in a virtual machine is a trip through the hypervisor.
+fn context_switches() -> u64 {
+    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).map_or(0, |u| {
+        let n = u.voluntary_context_switches() + u.involuntary_context_switches();
+        u64::try_from(n).unwrap_or(0)
+    })
+}
+
+/// Events per repetition of the [`floor`] measurements.
+const FLOOR_EVENTS: u32 = 400_000;
+
+/// What making and moving one event costs without the bus, in CPU time on this machine: the
+/// producer's share (cloning the event, as a run builds it, and serialising its line, as
+/// `Engine::publish` does) and the pipe's (writing the lines in 128 KiB writes, as the writer
+/// thread writes a hand-over, and reading them as [`PipeDrain`] does). Their sum bounds the
+/// pipe rows above: with every core busy and a bus that cost nothing, the rate could not pass
+/// cores / sum. The least of three repetitions of each, as the process's CPU time is counted
+/// in 10 ms ticks and other load only adds.
+fn floor(event: &Event) -> String {
+    let per_event = |d: Duration| d.as_secs_f64() * 1e9 / f64::from(FLOOR_EVENTS);
+    let least = |f: &dyn Fn() -> Duration| (0..3).map(|_| per_event(f())).fold(f64::MAX, f64::min);
+    let serialise = least(&|| {
+        let mut buf = Vec::with_capacity(4096);
+        let cpu0 = process_cpu();
+        for _ in 0..FLOOR_EVENTS {
+            buf.clear();
+            serde_json::to_writer(&mut buf, std::hint::black_box(event)).expect("serialisable");
+            buf.push(b'\n');
+        }
+        process_cpu().saturating_sub(cpu0)
+    });
+    let clone = least(&|| {
+        let cpu0 = process_cpu();
+        for _ in 0..FLOOR_EVENTS {
+            drop(std::hint::black_box(event.clone()));
+        }
+        process_cpu().saturating_sub(cpu0)
+    });
+    let mut line = serde_json::to_vec(event).expect("serialisable");
+    line.push(b'\n');
+    let chunk: Vec<u8> = line.iter().copied().cycle().take(128 * 1024).collect();
+    let pipe = least(&|| {
+        let (drain, out) = PipeDrain::new(false);
+        let Out::Blocking(mut sink) = out else {
+            unreachable!("a blocking pipe")
+        };
+        let bytes = u64::from(FLOOR_EVENTS) * line.len() as u64;
+        let cpu0 = process_cpu();
+        let mut written = 0;
+        while written < bytes {
+            sink.write_all(&chunk).expect("the pipe takes the lines");
+            written += chunk.len() as u64;
+        }
+        drop(sink);
+        let _ = drain.thread.join();
+        process_cpu().saturating_sub(cpu0)
+    });
+    let sum = serialise + clone + pipe;
+    format!(
+        "T4 floor, no bus (CPU per {}-byte event, least of 3): serialising its line {serialise:.0} ns, cloning and dropping it {clone:.0} ns, through the pipe (written in 128 KiB, read) {pipe:.0} ns; {sum:.0} ns in all: at most {:.2} M events/s on {} cores with a bus that cost nothing",
+        line.len(),
+        crate::cores() as f64 * 1e3 / sum,
+        crate::cores(),
+    )
 }
 
 fn pipes(rt: &Runtime, event: &Event, line_len: usize, report: &mut Vec<String>) {
@@ -303,21 +378,24 @@ fn piped(
 ) -> String {
     let rate = |d: Duration, n: u64| n as f64 / d.as_secs_f64() / 1e6;
     let cpu = |d: Duration| d.as_secs_f64() * 1e6 / BUS_EVENTS as f64;
-    let cpu0 = process_cpu();
+    let switches = |a: u64, b: u64| b.saturating_sub(a) as f64 * 1000.0 / BUS_EVENTS as f64;
+    let (cpu0, cs0) = (process_cpu(), context_switches());
     let piped = rt.block_on(publish_all(bus, event, 16, 1, BUS_EVENTS));
     let delivered = rt.block_on(drain.wait_for(BUS_EVENTS));
-    let cpu1 = process_cpu();
+    let (cpu1, cs1) = (process_cpu(), context_switches());
     let piped_batched = rt.block_on(publish_all(bus, event, 16, BATCH, BUS_EVENTS));
     let delivered = delivered && rt.block_on(drain.wait_for(2 * BUS_EVENTS));
-    let cpu2 = process_cpu();
+    let (cpu2, cs2) = (process_cpu(), context_switches());
     format!(
-        "T4 event bus -> OS pipe via {how}, reader draining, 16 producers: {:.2} M events/s publishing single events ({:.0} MB/s, {:.2} us process CPU per event), {:.2} M events/s publishing {BATCH}-event batches ({:.0} MB/s, {:.2} us CPU per event){}",
+        "T4 event bus -> OS pipe via {how}, reader draining, 16 producers: {:.2} M events/s publishing single events ({:.0} MB/s, {:.2} us process CPU and {:.0} thread switches per 1,000 events), {:.2} M events/s publishing {BATCH}-event batches ({:.0} MB/s, {:.2} us CPU and {:.0} switches per 1,000){}",
         rate(piped, BUS_EVENTS),
         rate(piped, BUS_EVENTS) * line_len as f64,
         cpu(cpu1.saturating_sub(cpu0)),
+        switches(cs0, cs1),
         rate(piped_batched, BUS_EVENTS),
         rate(piped_batched, BUS_EVENTS) * line_len as f64,
         cpu(cpu2.saturating_sub(cpu1)),
+        switches(cs1, cs2),
         if delivered {
             ""
         } else {
