@@ -54,6 +54,7 @@
 //! ```
 
 mod config;
+mod events;
 mod lease;
 mod names;
 mod objects;
@@ -345,64 +346,10 @@ impl Storage for JetStreamStorage {
         Ok(found.into_iter().map(|(c, _)| c).collect())
     }
 
-    /// Publishes on `perstack.events.<jobId>` with `Nats-Msg-Id = <jobId>:<jobSeq>`.
+    /// Publishes on `perstack.events.<jobId>` with `Nats-Msg-Id = <jobId>:<jobSeq>` (see
+    /// `events`).
     async fn store_event(&self, event: &Event) -> Result<(), StoreError> {
-        if !event.is_run_event() {
-            return Ok(());
-        }
-        check_id("job", &event.job_id)?;
-        check_id("run", &event.run_id)?;
-        let handles = self.handles().await?;
-        let body = to_json("event", &event.stored())?;
-        let mut headers = HeaderMap::new();
-        let msg_id = match event.job_seq {
-            Some(seq) => {
-                headers.insert(names::JOB_SEQ, seq.to_string().as_str());
-                format!("{}:{seq}", event.job_id)
-            }
-            None => format!("{}:{}", event.job_id, nonce()),
-        };
-        headers.insert("Nats-Msg-Id", msg_id.as_str());
-        let subject = names::events_subject(&event.job_id);
-        let Some(fence) = self.fence(&event.job_id)? else {
-            return self
-                .inner
-                .wire
-                .publish("store event", &subject, headers, body, None)
-                .await
-                .map(drop)
-                .map_err(into_store_error);
-        };
-        let mut last = fence.events.lock().await;
-        if fence.is_lost() {
-            return Err(fence.lost_error());
-        }
-        headers.insert(
-            "Nats-Expected-Last-Subject-Sequence",
-            last.to_string().as_str(),
-        );
-        match self
-            .inner
-            .wire
-            .publish(
-                "store event",
-                &subject,
-                headers,
-                body,
-                Some((&handles.events, &subject)),
-            )
-            .await
-        {
-            Ok(sequence) => {
-                *last = sequence;
-                Ok(())
-            }
-            Err(PublishFailure::WrongLastSequence) => {
-                fence.mark_lost();
-                Err(fence.lost_error())
-            }
-            Err(PublishFailure::Store(e)) => Err(e),
-        }
+        self.append_event(event).await
     }
 
     /// By step, then timestamp, then the order stored.
@@ -428,28 +375,7 @@ impl Storage for JetStreamStorage {
         run_id: &str,
         max_step: Option<u32>,
     ) -> Result<Vec<Event>, StoreError> {
-        check_id("job", job_id)?;
-        check_id("run", run_id)?;
-        let handles = self.handles().await?;
-        let messages = self
-            .inner
-            .wire
-            .scan(&handles.events, &names::events_subject(job_id), false)
-            .await?;
-        let mut events = Vec::new();
-        for message in messages
-            .iter()
-            .filter(|m| m.header(names::RECORD).is_none())
-        {
-            let event: Event = parse(message, "event")?;
-            if event.run_id == run_id
-                && max_step.is_none_or(|max| event.step_number.is_some_and(|s| s <= max))
-            {
-                events.push(event);
-            }
-        }
-        events.sort_by_key(|e| e.timestamp);
-        Ok(events)
+        self.run_events(job_id, run_id, max_step).await
     }
 
     async fn store_job(&self, job: &Job) -> Result<(), StoreError> {
