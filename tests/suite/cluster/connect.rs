@@ -8,20 +8,13 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use super::harness::{SERIAL, Worker, script, toml};
+use super::harness::{self, SERIAL, Worker, script, toml};
 use crate::suite::common::{self, Finished, NatsServer};
 
-/// `perstack <args>` in `dir`, to its end (at most 60 s).
+/// `perstack <args>` in `dir`, to its end (see [`harness::cli`]).
 async fn cli(dir: &Path, args: Vec<String>) -> Finished {
-    let dir = dir.to_path_buf();
-    let run = tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Finished::of(common::perstack(&dir, &args).env_remove("PERSTACK_NATS_URL"))
-    });
-    tokio::time::timeout(Duration::from_secs(60), run)
-        .await
-        .expect("perstack did not end within 60 s")
-        .unwrap()
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    harness::cli(dir, &args).await
 }
 
 fn strings(args: &[&str]) -> Vec<String> {
@@ -40,7 +33,10 @@ async fn a_job_runs_through(url: &str, project: &Path, n: usize, options: &[&str
         "coordinator",
         "q",
     ]));
-    let run = cli(project, args).await;
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let Some(run) = harness::cli_within(project, &args).await else {
+        harness::missed_deadline(&format!("perstack {args:?} did not end"), [&worker]);
+    };
     assert_eq!(run.code, 0, "{}\n{}", run.stderr, worker.stderr());
     assert!(
         run.events

@@ -12,8 +12,8 @@ use perstack::schema::{CheckpointStatus, JobStatus};
 use perstack::storage::Storage;
 use serde_json::Value;
 
-use super::harness::{SERIAL, Worker, records, settings, shape, store};
-use crate::suite::common::{self, Finished, NatsServer};
+use super::harness::{SERIAL, Worker, cli, records, settings, shape, store};
+use crate::suite::common::{self, NatsServer};
 
 const EXPERTS: &str = r#"
 [experts."asker"]
@@ -47,20 +47,6 @@ text = "Follow-up answered."
 expert = "asker"
 text = "Again answered."
 "#;
-
-/// `perstack <args>` in `dir`, to its end (at most 60 s).
-async fn cli(dir: &Path, args: &[&str]) -> Finished {
-    let dir = dir.to_path_buf();
-    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    let run = tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Finished::of(common::perstack(&dir, &args).env_remove("PERSTACK_NATS_URL"))
-    });
-    tokio::time::timeout(Duration::from_secs(60), run)
-        .await
-        .expect("perstack did not end within 60 s")
-        .unwrap()
-}
 
 /// The same command on the cluster (`--nats <url>` inserted after `run`) and locally: both
 /// exit `code`, with the same events (type, Expert, fields) in the same order.

@@ -13,7 +13,7 @@ use perstack::sandbox::Isolation;
 use perstack::schema::{Checkpoint, CheckpointStatus, Event, JobStatus};
 use perstack::storage::{JetStreamConfig, JetStreamStorage, Storage};
 
-use crate::suite::common::{self, NatsServer};
+use crate::suite::common::{self, Finished, NatsServer};
 
 /// One cluster test at a time.
 pub(super) static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -144,6 +144,24 @@ impl Drop for Worker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// How long a `perstack` command of the cluster tests may take before the test fails.
+pub(super) const CLI_LIMIT: Duration = Duration::from_secs(60);
+
+/// `perstack <args>` in `dir` without `PERSTACK_NATS_URL`, to its end within [`CLI_LIMIT`];
+/// `None` when it did not end in time (it is killed then).
+pub(super) async fn cli_within(dir: &Path, args: &[&str]) -> Option<Finished> {
+    let mut cmd = common::perstack(dir, args);
+    cmd.env_remove("PERSTACK_NATS_URL");
+    Finished::within(cmd, CLI_LIMIT).await
+}
+
+/// [`cli_within`], failing the test when the command did not end in time.
+pub(super) async fn cli(dir: &Path, args: &[&str]) -> Finished {
+    cli_within(dir, args)
+        .await
+        .unwrap_or_else(|| panic!("perstack {args:?} did not end within {CLI_LIMIT:?}"))
 }
 
 /// Fails a test that missed its deadline, printing every worker's stderr first (the only clue
