@@ -192,15 +192,39 @@ impl JetStreamStorage {
                 .map_err(into_store_error);
         };
         let mut last = fence.kv.lock().await;
-        if fence.is_lost() {
-            return Err(fence.lost_error());
-        }
         let filter = names::job_filter(job_id);
         headers.insert("Nats-Msg-Id", fence.next_msg_id("kv").as_str());
         headers.insert(
             names::EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
             filter.as_str(),
         );
+        self.publish_fenced(
+            operation,
+            subject,
+            headers,
+            payload,
+            (&fence, &mut last),
+            (&handles.data, &filter),
+        )
+        .await
+    }
+
+    /// Publishes a write of a job claimed here, expecting `last` (held locked by the caller)
+    /// to be the last sequence under `verify`'s subject filter, and moves `last` on. A write
+    /// that finds another holder's after `last` marks the claim lost; a lost claim writes
+    /// nothing.
+    async fn publish_fenced(
+        &self,
+        operation: &'static str,
+        subject: &str,
+        mut headers: HeaderMap,
+        payload: Bytes,
+        (fence, last): (&Fence, &mut u64),
+        verify: (&jetstream::stream::Stream, &str),
+    ) -> Result<u64, StoreError> {
+        if fence.is_lost() {
+            return Err(fence.lost_error());
+        }
         headers.insert(
             "Nats-Expected-Last-Subject-Sequence",
             last.to_string().as_str(),
@@ -208,13 +232,7 @@ impl JetStreamStorage {
         match self
             .inner
             .wire
-            .publish(
-                operation,
-                subject,
-                headers,
-                payload,
-                Some((&handles.data, &filter)),
-            )
+            .publish(operation, subject, headers, payload, Some(verify))
             .await
         {
             Ok(sequence) => {

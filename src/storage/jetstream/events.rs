@@ -8,7 +8,6 @@
 use async_nats::HeaderMap;
 
 use super::lease::{into_store_error, nonce};
-use super::wire::PublishFailure;
 use super::{JetStreamStorage, names, parse, to_json};
 use crate::schema::Event;
 use crate::storage::{StoreError, check_id};
@@ -44,35 +43,16 @@ impl JetStreamStorage {
                 .map_err(into_store_error);
         };
         let mut last = fence.events.lock().await;
-        if fence.is_lost() {
-            return Err(fence.lost_error());
-        }
-        headers.insert(
-            "Nats-Expected-Last-Subject-Sequence",
-            last.to_string().as_str(),
-        );
-        match self
-            .inner
-            .wire
-            .publish(
-                "store event",
-                &subject,
-                headers,
-                body,
-                Some((&handles.events, &subject)),
-            )
-            .await
-        {
-            Ok(sequence) => {
-                *last = sequence;
-                Ok(())
-            }
-            Err(PublishFailure::WrongLastSequence) => {
-                fence.mark_lost();
-                Err(fence.lost_error())
-            }
-            Err(PublishFailure::Store(e)) => Err(e),
-        }
+        self.publish_fenced(
+            "store event",
+            &subject,
+            headers,
+            body,
+            (&fence, &mut last),
+            (&handles.events, &subject),
+        )
+        .await
+        .map(drop)
     }
 
     /// The events of run `run_id` of job `job_id`, up to step `max_step`, by timestamp, then

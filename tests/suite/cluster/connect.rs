@@ -8,32 +8,17 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use super::harness::{self, SERIAL, Worker, script, toml};
-use crate::suite::common::{self, Finished, NatsServer};
-
-/// `perstack <args>` in `dir`, to its end (see [`harness::cli`]).
-async fn cli(dir: &Path, args: Vec<String>) -> Finished {
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    harness::cli(dir, &args).await
-}
-
-fn strings(args: &[&str]) -> Vec<String> {
-    args.iter().map(|a| (*a).to_owned()).collect()
-}
+use super::harness::{self, SERIAL, Worker, cli, script, toml};
+use crate::suite::common::{self, NatsServer};
 
 /// A job submitted with `options` runs on a worker started with the same `options`.
 async fn a_job_runs_through(url: &str, project: &Path, n: usize, options: &[&str], secret: &str) {
     let work = project.join("work");
     let worker = Worker::start_with(url, project, &work, n, &[], options);
-    let mut args = strings(&["run", "--nats", url]);
-    args.extend(strings(options));
-    args.extend(strings(&[
-        "--job-id",
-        &format!("through-{n}"),
-        "coordinator",
-        "q",
-    ]));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let job_id = format!("through-{n}");
+    let mut args = vec!["run", "--nats", url];
+    args.extend(options);
+    args.extend(["--job-id", &job_id, "coordinator", "q"]);
     let Some(run) = harness::cli_within(project, &args).await else {
         harness::missed_deadline(&format!("perstack {args:?} did not end"), [&worker]);
     };
@@ -51,10 +36,10 @@ async fn a_job_runs_through(url: &str, project: &Path, n: usize, options: &[&str
 /// With `options` (wrong credentials), `perstack run --nats` and `perstack worker` both exit 2
 /// naming the server, never printing `secret`.
 async fn refused(url: &str, project: &Path, options: &[&str], secret: &str) {
-    let mut args = strings(&["run", "--nats", url]);
-    args.extend(strings(options));
-    args.extend(strings(&["coordinator", "q"]));
-    let run = cli(project, args).await;
+    let mut args = vec!["run", "--nats", url];
+    args.extend(options);
+    args.extend(["coordinator", "q"]);
+    let run = cli(project, &args).await;
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(
         run.stderr
@@ -64,9 +49,9 @@ async fn refused(url: &str, project: &Path, options: &[&str], secret: &str) {
     );
     assert!(!run.stderr.contains(secret), "{}", run.stderr);
     assert!(run.events.is_empty());
-    let mut args = strings(&["worker", "--nats", url, "--work-dir", "work"]);
-    args.extend(strings(options));
-    let worker = cli(project, args).await;
+    let mut args = vec!["worker", "--nats", url, "--work-dir", "work"];
+    args.extend(options);
+    let worker = cli(project, &args).await;
     assert_eq!(worker.code, 2, "{}", worker.stderr);
     assert!(
         worker.stderr.contains("cannot connect to NATS"),
@@ -344,7 +329,7 @@ async fn a_credentials_file_authenticates_on_an_operator_mode_server_and_a_missi
         let missing = missing.to_str().unwrap();
         let run = cli(
             project.path(),
-            strings(&[
+            &[
                 "run",
                 "--nats",
                 &url,
@@ -352,7 +337,7 @@ async fn a_credentials_file_authenticates_on_an_operator_mode_server_and_a_missi
                 missing,
                 "coordinator",
                 "q",
-            ]),
+            ],
         )
         .await;
         assert_eq!(run.code, 2, "{}", run.stderr);

@@ -13,8 +13,8 @@ use perstack::schema::JobStatus;
 use perstack::storage::{FsStorage, Storage};
 
 use super::harness::{
-    SERIAL, Worker, assert_committed_once, assert_gapless, follow, missed_deadline, queue_left,
-    script, settings, shape, store, toml,
+    SERIAL, Worker, assert_committed_once, assert_gapless, cli, follow, missed_deadline,
+    queue_left, script, settings, shape, store, toml,
 };
 use crate::suite::common::{self, NatsServer};
 
@@ -113,28 +113,21 @@ async fn with_cluster_placement_children_run_on_other_workers_and_the_job_is_sto
     common::write_project(local_dir.path(), &toml(), &script(0));
     let run = async {
         let url = server.url();
-        let dir = project.path().to_path_buf();
-        let cluster = tokio::task::spawn_blocking(move || {
-            common::Finished::of(
-                common::perstack(
-                    &dir,
-                    &[
-                        "run",
-                        "--nats",
-                        &url,
-                        "--placement",
-                        "cluster",
-                        "--job-id",
-                        "fan-1",
-                        "coordinator",
-                        "q",
-                    ],
-                )
-                .env_remove("PERSTACK_NATS_URL"),
-            )
-        })
-        .await
-        .unwrap();
+        let cluster = cli(
+            project.path(),
+            &[
+                "run",
+                "--nats",
+                &url,
+                "--placement",
+                "cluster",
+                "--job-id",
+                "fan-1",
+                "coordinator",
+                "q",
+            ],
+        )
+        .await;
         let local = common::Finished::of(&mut common::perstack(
             local_dir.path(),
             &["run", "--job-id", "fan-1", "coordinator", "q"],

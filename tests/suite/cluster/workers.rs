@@ -12,7 +12,7 @@ use perstack::sandbox::Isolation;
 use perstack::schema::JobStatus;
 
 use super::harness::{
-    SERIAL, Worker, assert_committed_once, assert_gapless, assert_takeovers_announced, follow,
+    SERIAL, Worker, assert_committed_once, assert_gapless, assert_takeovers_announced, cli, follow,
     follow_all, missed_deadline, queue_left, records, script, settings, shape, submit_all, toml,
     wait_until_running_two,
 };
@@ -80,23 +80,11 @@ async fn a_cli_run_on_the_cluster_prints_what_a_local_run_prints() {
     let local_dir = tempfile::tempdir().unwrap();
     common::write_project(local_dir.path(), &toml(), &script(0));
     let url = server.url();
-    let cluster = tokio::task::spawn_blocking({
-        let dir = project.path().to_path_buf();
-        move || {
-            common::Finished::of(
-                common::perstack(&dir, &["run", "--nats", &url, "coordinator", "q"])
-                    .env_remove("PERSTACK_NATS_URL"),
-            )
-        }
-    });
     let local = common::Finished::of(&mut common::perstack(
         local_dir.path(),
         &["run", "coordinator", "q"],
     ));
-    let cluster = tokio::time::timeout(Duration::from_secs(60), cluster)
-        .await
-        .expect("the cluster run did not end within 60 s")
-        .unwrap();
+    let cluster = cli(project.path(), &["run", "--nats", &url, "coordinator", "q"]).await;
     assert_eq!(local.code, 0, "{}", local.stderr);
     assert_eq!(cluster.code, 0, "{}", cluster.stderr);
     // The same events in the same order, with the same payload fields (ids and times differ).
