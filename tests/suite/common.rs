@@ -93,7 +93,7 @@ impl Finished {
         Some(Finished::from_output(out.expect("spawn perstack")))
     }
 
-    fn from_output(out: Output) -> Finished {
+    pub(crate) fn from_output(out: Output) -> Finished {
         Finished {
             code: out.status.code().unwrap_or(-1),
             events: events(&out.stdout),

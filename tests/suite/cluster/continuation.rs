@@ -12,7 +12,7 @@ use perstack::schema::{CheckpointStatus, JobStatus};
 use perstack::storage::Storage;
 use serde_json::Value;
 
-use super::harness::{SERIAL, Worker, cli, records, settings, shape, store};
+use super::harness::{SERIAL, Worker, cli, output, records, settings, shape, store};
 use crate::suite::common::{self, NatsServer};
 
 const EXPERTS: &str = r#"
@@ -120,15 +120,13 @@ async fn continuing_a_cluster_job_prints_what_continuing_it_locally_prints() {
     let (dir, local, url) = (project.path(), local_dir.path(), server.url());
 
     // The first submission, queued while no worker runs, so its message can be read back.
-    let detached = common::perstack(
+    let detached = output(
         dir,
         &[
             "run", "--nats", &url, "--detach", "--job-id", "c1", "asker", "start",
         ],
     )
-    .env_remove("PERSTACK_NATS_URL")
-    .output()
-    .unwrap();
+    .await;
     assert_eq!(String::from_utf8_lossy(&detached.stdout).trim(), "c1");
     let first_message = last_queued(&server).await;
     let worker = Worker::start(&server, dir, &work, 0, &[]);

@@ -137,6 +137,18 @@ impl Worker {
     pub(super) fn stderr(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Waits for the worker to exit, on the test's runtime (a blocking `wait` would keep the
+    /// runtime from shutting down after a missed deadline); the test's own deadline bounds
+    /// it, and a worker still running when dropped is killed.
+    pub(super) async fn exit(&mut self) -> std::process::ExitStatus {
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 impl Drop for Worker {
@@ -155,6 +167,55 @@ pub(super) async fn cli_within(dir: &Path, args: &[&str]) -> Option<Finished> {
     let mut cmd = common::perstack(dir, args);
     cmd.env_remove("PERSTACK_NATS_URL");
     Finished::within(cmd, CLI_LIMIT).await
+}
+
+/// `perstack run <args>` in `dir` without `PERSTACK_NATS_URL`, its stdout and stderr piped,
+/// killed when dropped (a test that misses its deadline leaves nothing running).
+pub(super) fn spawn_run(dir: &Path, args: &[&str]) -> tokio::process::Child {
+    let mut cmd = common::perstack(dir, &["run"]);
+    cmd.args(args)
+        .env_remove("PERSTACK_NATS_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    tokio::process::Command::from(cmd)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// `perstack <args>` in `dir` without `PERSTACK_NATS_URL`: its raw output (for commands
+/// whose stdout is not events), failing the test when it did not end within [`CLI_LIMIT`]
+/// (it is killed then).
+pub(super) async fn output(dir: &Path, args: &[&str]) -> std::process::Output {
+    let mut cmd = common::perstack(dir, args);
+    cmd.env_remove("PERSTACK_NATS_URL");
+    let out = tokio::process::Command::from(cmd)
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(CLI_LIMIT, out)
+        .await
+        .unwrap_or_else(|_| panic!("perstack {args:?} did not end within {CLI_LIMIT:?}"))
+        .unwrap()
+}
+
+/// Ctrl-C to a [`spawn_run`] command still running.
+pub(super) fn interrupt(child: &tokio::process::Child) {
+    let pid = child.id().expect("the command is still running");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+}
+
+/// Waits for a [`spawn_run`] command to end, at most [`CLI_LIMIT`] (it is killed then and the
+/// test fails).
+pub(super) async fn finish(child: tokio::process::Child) -> Finished {
+    tokio::time::timeout(CLI_LIMIT, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("perstack run did not end within {CLI_LIMIT:?}"))
+        .map(Finished::from_output)
+        .unwrap()
 }
 
 /// [`cli_within`], failing the test when the command did not end in time.

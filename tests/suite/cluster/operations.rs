@@ -1,9 +1,6 @@
 //! Operating the cluster: cancelling a job that waits in the queue, handing jobs back when a
 //! worker is stopped, and continuations of one job submitted at once.
 
-use std::io::{BufRead, BufReader, Read};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use perstack::cluster::{Client, NatsOptions};
@@ -11,55 +8,13 @@ use perstack::schema::JobStatus;
 use perstack::storage::Storage;
 use serde_json::Value;
 
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+
 use super::harness::{
-    SERIAL, Worker, assert_committed_once, assert_takeovers_announced, follow, missed_deadline,
-    queue_left, script, settings, store, toml,
+    SERIAL, Worker, assert_committed_once, assert_takeovers_announced, finish, follow, interrupt,
+    missed_deadline, queue_left, script, settings, spawn_run, store, toml,
 };
 use crate::suite::common::{self, NatsServer};
-
-/// `perstack run <args>` in `dir` with stdout piped, `PERSTACK_NATS_URL` unset.
-fn spawn_run(dir: &Path, args: &[&str]) -> Child {
-    Command::new(common::bin())
-        .arg("run")
-        .args(args)
-        .current_dir(dir)
-        .env_remove("PERSTACK_NATS_URL")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn interrupt(child: &Child) {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-}
-
-/// Waits for `child` to exit (at most 60 s): its exit code, stdout events and stderr.
-async fn finish(mut child: Child) -> (Option<i32>, Vec<Value>, String) {
-    let done = tokio::task::spawn_blocking(move || {
-        let mut stdout = String::new();
-        if let Some(mut out) = child.stdout.take() {
-            out.read_to_string(&mut stdout).unwrap();
-        }
-        let mut stderr = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
-        (child.wait().unwrap().code(), stdout, stderr)
-    });
-    let (code, stdout, stderr) = tokio::time::timeout(Duration::from_secs(60), done)
-        .await
-        .expect("the command did not end within 60 s")
-        .unwrap();
-    (code, common::events(stdout.as_bytes()), stderr)
-}
 
 /// The coordinator's last event: its type and, for `stopRunByError`, the error's name.
 fn coordinator_end(events: &[Value]) -> (String, String) {
@@ -128,20 +83,14 @@ async fn a_job_cancelled_while_queued_never_runs_and_ends_as_a_cancelled_local_j
     let run = async {
         // A local job, Ctrl-C after its first line.
         let mut local = spawn_run(project.path(), &["--job-id", "local-1", "coordinator", "q"]);
-        let mut first = String::new();
-        let mut stdout = BufReader::new(local.stdout.take().unwrap());
-        let (stdout, local) = tokio::task::spawn_blocking(move || {
-            stdout.read_line(&mut first).unwrap();
-            interrupt(&local);
-            let mut rest = String::new();
-            stdout.read_to_string(&mut rest).unwrap();
-            (first + &rest, local)
-        })
-        .await
-        .unwrap();
-        let local_code = finish(local).await.0;
+        let mut stdout = String::new();
+        let mut lines = BufReader::new(local.stdout.take().unwrap());
+        lines.read_line(&mut stdout).await.unwrap();
+        interrupt(&local);
+        lines.read_to_string(&mut stdout).await.unwrap();
+        let local_code = finish(local).await.code;
         let local_events = common::events(stdout.as_bytes());
-        assert_eq!(local_code, Some(1), "{stdout}");
+        assert_eq!(local_code, 1, "{stdout}");
         assert_eq!(
             common::job_status(project.path(), "local-1").as_deref(),
             Some("stoppedByError")
@@ -180,7 +129,7 @@ async fn a_job_cancelled_while_queued_never_runs_and_ends_as_a_cancelled_local_j
 
         // A worker comes: it takes both, runs neither, and ends each as cancelled.
         let worker = Worker::start(&server, project.path(), &work, 0, &[]);
-        let (code, events, stderr) = finish(cli).await;
+        let (code, events, stderr) = finish(cli).await.parts();
         assert_eq!(code, local_code, "exit code as a local Ctrl-C: {stderr}");
         assert_eq!(
             coordinator_end(&events),
@@ -380,12 +329,7 @@ async fn a_stopped_worker_hands_its_job_back_at_a_step_boundary_and_another_take
                 e.run_id
             );
         }
-        let status = tokio::task::spawn_blocking(move || {
-            let status = first.child.wait().unwrap();
-            (status, first.stderr())
-        })
-        .await
-        .unwrap();
+        let status = (first.exit().await, first.stderr());
         assert!(status.0.success(), "{status:?}");
         assert!(status.1.contains("handed back"), "{}", status.1);
         let taken = &seen.events[seen.after_takeover[0]];

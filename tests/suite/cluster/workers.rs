@@ -4,7 +4,6 @@
 //! The tests run one at a time (`harness::SERIAL`): each starts several processes and a server on a
 //! 2-core machine. Each has a deadline; every process is killed when its guard drops.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use perstack::cluster::{Client, NatsOptions};
@@ -12,9 +11,9 @@ use perstack::sandbox::Isolation;
 use perstack::schema::JobStatus;
 
 use super::harness::{
-    SERIAL, Worker, assert_committed_once, assert_gapless, assert_takeovers_announced, cli, follow,
-    follow_all, missed_deadline, queue_left, records, script, settings, shape, submit_all, toml,
-    wait_until_running_two,
+    SERIAL, Worker, assert_committed_once, assert_gapless, assert_takeovers_announced, cli, finish,
+    follow, follow_all, interrupt, missed_deadline, output, queue_left, records, script, settings,
+    shape, spawn_run, submit_all, toml, wait_until_running_two,
 };
 use crate::suite::common::{self, NatsServer};
 
@@ -108,19 +107,21 @@ async fn a_cli_run_on_the_cluster_prints_what_a_local_run_prints() {
     );
 
     // --detach prints the job id and returns; the job still runs to its end.
-    let detached = Command::new(common::bin())
-        .args([
+    let url = server.url();
+    let detached = output(
+        project.path(),
+        &[
             "run",
             "--nats",
-            &server.url(),
+            &url,
             "--detach",
             "--job-id",
             "detached-1",
-        ])
-        .args(["coordinator", "q"])
-        .current_dir(project.path())
-        .output()
-        .unwrap();
+            "coordinator",
+            "q",
+        ],
+    )
+    .await;
     assert_eq!(
         String::from_utf8_lossy(&detached.stdout).trim(),
         "detached-1"
@@ -135,11 +136,8 @@ async fn a_cli_run_on_the_cluster_prints_what_a_local_run_prints() {
     assert_eq!(end.status, Some(JobStatus::Completed));
 
     // `perstack log --nats` reads the cluster's store as `perstack log` reads the local one.
-    let log = |dir: &std::path::Path, args: &[&str]| -> serde_json::Value {
-        let out = common::perstack(dir, args)
-            .env_remove("PERSTACK_NATS_URL")
-            .output()
-            .unwrap();
+    async fn log(dir: &std::path::Path, args: &[&str]) -> serde_json::Value {
+        let out = output(dir, args).await;
         assert_eq!(
             out.status.code(),
             Some(0),
@@ -147,7 +145,7 @@ async fn a_cli_run_on_the_cluster_prints_what_a_local_run_prints() {
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).unwrap()
-    };
+    }
     let types = |log: &serde_json::Value| -> Vec<String> {
         let mut t: Vec<String> = log["events"]
             .as_array()
@@ -159,11 +157,11 @@ async fn a_cli_run_on_the_cluster_prints_what_a_local_run_prints() {
         t
     };
     let local_job = local.events[0]["jobId"].as_str().unwrap().to_owned();
-    let url = server.url();
     let local_log = log(
         local_dir.path(),
         &["log", "--job", &local_job, "--json", "--take", "0"],
-    );
+    )
+    .await;
     let cluster_log = log(
         project.path(),
         &[
@@ -176,7 +174,8 @@ async fn a_cli_run_on_the_cluster_prints_what_a_local_run_prints() {
             "--take",
             "0",
         ],
-    );
+    )
+    .await;
     assert_eq!(cluster_log["job"]["id"], "detached-1");
     assert_eq!(cluster_log["job"]["status"], "completed");
     assert!(!types(&cluster_log).is_empty());
@@ -187,7 +186,8 @@ async fn a_cli_run_on_the_cluster_prints_what_a_local_run_prints() {
     let by_run = log(
         project.path(),
         &["log", "--nats", &url, "--run", run, "--json"],
-    );
+    )
+    .await;
     assert_eq!(by_run["job"]["id"], "detached-1");
     let checkpoint = cluster_log["events"]
         .as_array()
@@ -198,18 +198,13 @@ async fn a_cli_run_on_the_cluster_prints_what_a_local_run_prints() {
     let by_checkpoint = log(
         project.path(),
         &["log", "--nats", &url, "--checkpoint", checkpoint, "--json"],
-    );
+    )
+    .await;
     assert_eq!(by_checkpoint["job"]["id"], "detached-1");
-    let unknown = common::perstack(project.path(), &["log", "--nats", &url, "--job", "nope"])
-        .env_remove("PERSTACK_NATS_URL")
-        .output()
-        .unwrap();
+    let unknown = output(project.path(), &["log", "--nats", &url, "--job", "nope"]).await;
     assert_eq!(unknown.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&unknown.stdout).contains("No data found"));
-    let verify = common::perstack(project.path(), &["log", "--nats", &url, "--verify"])
-        .env_remove("PERSTACK_NATS_URL")
-        .output()
-        .unwrap();
+    let verify = output(project.path(), &["log", "--nats", &url, "--verify"]).await;
     assert_eq!(verify.status.code(), Some(2));
 }
 
@@ -252,11 +247,21 @@ async fn killing_a_worker_mid_run_loses_no_job_and_commits_no_step_twice() {
         );
         // `perstack log --nats` shows the takeover in the job's history.
         let (job, _) = seen.iter().find(|(_, s)| s.takeovers > 0).unwrap();
-        let log = common::perstack(project.path(), &["log", "--nats", &server.url()])
-            .args(["--job", job, "--type", "jobTakenOver", "--json"])
-            .env_remove("PERSTACK_NATS_URL")
-            .output()
-            .unwrap();
+        let url = server.url();
+        let log = output(
+            project.path(),
+            &[
+                "log",
+                "--nats",
+                &url,
+                "--job",
+                job,
+                "--type",
+                "jobTakenOver",
+                "--json",
+            ],
+        )
+        .await;
         let log = String::from_utf8_lossy(&log.stdout);
         assert!(
             log.contains("\"jobTakenOver\"") && log.contains("pid "),
@@ -401,13 +406,7 @@ async fn sigterm_drains_a_worker_and_ctrl_c_cancels_a_job_on_its_worker() {
         first.signal(nix::sys::signal::Signal::SIGTERM);
         while followed.next_event().await.unwrap().is_some() {}
         assert_eq!(followed.end().unwrap().status, Some(JobStatus::Completed));
-        let status = tokio::task::spawn_blocking(move || {
-            let status = first.child.wait().unwrap();
-            (first, status)
-        })
-        .await
-        .unwrap()
-        .1;
+        let status = first.exit().await;
         assert!(status.success(), "{status:?}");
         client
             .submit(&settings, "coordinator", "q", Some("later-1".into()))
@@ -425,36 +424,29 @@ async fn sigterm_drains_a_worker_and_ctrl_c_cancels_a_job_on_its_worker() {
             client.wait("later-1").await.unwrap().status,
             Some(JobStatus::Completed)
         );
-        let mut cli = Command::new(common::bin())
-            .args(["run", "--nats", &server.url(), "--job-id", "cancelled-1"])
-            .args(["coordinator", "q"])
-            .current_dir(project.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let url = server.url();
+        let cli = spawn_run(
+            project.path(),
+            &[
+                "--nats",
+                &url,
+                "--job-id",
+                "cancelled-1",
+                "coordinator",
+                "q",
+            ],
+        );
         let mut followed = client.follow("cancelled-1").await.unwrap();
         followed.next_event().await.unwrap().unwrap();
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(cli.id() as i32),
-            nix::sys::signal::Signal::SIGINT,
-        )
-        .unwrap();
-        let out = tokio::task::spawn_blocking(move || {
-            let status = cli.wait().unwrap();
-            let mut stdout = String::new();
-            std::io::Read::read_to_string(cli.stdout.as_mut().unwrap(), &mut stdout).unwrap();
-            (status, stdout)
-        })
-        .await
-        .unwrap();
-        assert_eq!(out.0.code(), Some(1), "a cancelled job exits 1, as locally");
-        let last = common::events(out.1.as_bytes());
+        interrupt(&cli);
+        let out = finish(cli).await;
+        assert_eq!(out.code, 1, "a cancelled job exits 1, as locally");
         assert!(
-            last.iter()
+            out.events
+                .iter()
                 .any(|e| e["type"] == "stopRunByError" && e["expertKey"] == "coordinator"),
-            "{}",
-            out.1
+            "{:?}",
+            out.events
         );
         while followed.next_event().await.unwrap().is_some() {}
         assert_eq!(
