@@ -3,6 +3,10 @@
 //! running after `--drain-timeout-ms` are handed back at their next step boundary and taken
 //! over by another worker at once. A second signal leaves at once; the jobs still running come
 //! back to other workers after one lease.
+//!
+//! A worker may start before the cluster's JetStream is ready (a server still starting or
+//! restarting, a cluster electing its leader): it tries again for up to `--ready-timeout-ms`
+//! before it gives up with exit code 1.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cluster::NatsOptions;
 use crate::cluster::worker::{Models, WorkerConfig, serve};
 use crate::config;
-use crate::storage::{JetStreamConfig, JetStreamStorage};
+use crate::storage::{JetStreamConfig, JetStreamStorage, StoreError};
 
 /// Options of `perstack worker`.
 #[derive(Debug, Args)]
@@ -42,6 +46,10 @@ pub(crate) struct WorkerArgs {
     /// long again, at once (their steps in flight are then repeated).
     #[arg(long, env = "PERSTACK_DRAIN_TIMEOUT_MS", default_value_t = 20_000)]
     pub drain_timeout_ms: u64,
+    /// At start, how long (ms) to keep trying to set up the cluster's streams and buckets
+    /// while JetStream is not ready (unreachable, disabled, no leader yet) before giving up.
+    #[arg(long, env = "PERSTACK_READY_TIMEOUT_MS", default_value_t = 30_000)]
+    pub ready_timeout_ms: u64,
     /// Script file for the scripted provider.
     #[arg(long)]
     pub script: Option<PathBuf>,
@@ -61,6 +69,24 @@ pub(super) async fn execute(args: WorkerArgs) -> u8 {
         Err((code, message)) => {
             eprintln!("perstack: {message}");
             code
+        }
+    }
+}
+
+/// Sets up the cluster's streams and buckets, trying again while the failure is one that
+/// passes ([`StoreError::is_retryable`]: JetStream not ready yet) for up to `within`; waits
+/// double from 100 ms to 2 s, each announced on stderr.
+async fn wait_until_ready(storage: &JetStreamStorage, within: Duration) -> Result<(), StoreError> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match storage.ensure_ready().await {
+            Err(e) if e.is_retryable() && tokio::time::Instant::now() + wait < deadline => {
+                tracing::warn!(error = %e, "JetStream is not ready; trying again in {wait:?}");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+            done => return done,
         }
     }
 }
@@ -105,8 +131,7 @@ async fn run(args: WorkerArgs) -> Result<(), (u8, String)> {
         client.clone(),
         JetStreamConfig::default().lease(lease, lease / 3),
     );
-    storage
-        .ensure_ready()
+    wait_until_ready(&storage, Duration::from_millis(args.ready_timeout_ms))
         .await
         .map_err(|e| (1, e.to_string()))?;
     let config = WorkerConfig {

@@ -261,6 +261,14 @@ impl NatsServer {
         self.spawn();
     }
 
+    /// Kills the server and starts it again on the same port and store directory with other
+    /// extra options (in place of those it was started with).
+    #[allow(dead_code)] // only the cluster suite uses it
+    pub(crate) fn restart_with_options(&mut self, options: Vec<std::ffi::OsString>) {
+        self.options = options;
+        self.restart();
+    }
+
     /// Starts the server: on a port of its own choosing the first time (read back from its
     /// ports file), on the same port after that; waits (at most 10 s) until it accepts
     /// connections, and fails the test if it ends first.

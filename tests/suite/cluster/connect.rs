@@ -2,7 +2,8 @@
 //! with a CA and server certificate made here (the `openssl` command), and a credentials file
 //! (JWT and NKey seed) on a server in operator mode whose JWTs are made here. A job runs through
 //! each, submitter and worker alike; wrong credentials exit 2 with a clear message that never
-//! holds the secret.
+//! holds the secret. And a worker started while the server's JetStream is not ready: it
+//! waits for it, and gives up after `--ready-timeout-ms`.
 
 use std::path::Path;
 use std::process::Command;
@@ -342,6 +343,67 @@ async fn a_credentials_file_authenticates_on_an_operator_mode_server_and_a_missi
         .await;
         assert_eq!(run.code, 2, "{}", run.stderr);
         assert!(run.stderr.contains("missing.creds"), "{}", run.stderr);
+    };
+    tokio::time::timeout(Duration::from_secs(90), run)
+        .await
+        .expect("not done within 90 s");
+}
+
+#[tokio::test]
+async fn a_worker_started_before_jetstream_is_ready_waits_for_it_or_gives_up_after_its_timeout() {
+    let _serial = SERIAL.lock().await;
+    let Some(mut server) =
+        NatsServer::start_with_options("worker_waits_for_jetstream", vec!["-js=false".into()])
+    else {
+        return;
+    };
+    let project = common::project(&toml(), &script(0));
+    let work = project.path().join("work");
+    let url = server.url();
+    let run = async {
+        // JetStream stays off: the worker gives up after its 500 ms, exit code 1.
+        let mut gives_up = Worker::start_with(
+            &url,
+            project.path(),
+            &work,
+            0,
+            &[],
+            &["--ready-timeout-ms", "500"],
+        );
+        let status = gives_up.exit().await;
+        assert_eq!(status.code(), Some(1), "{}", gives_up.stderr());
+        assert!(
+            gives_up.stderr().contains("JetStream is not ready"),
+            "{}",
+            gives_up.stderr()
+        );
+
+        // JetStream comes on while a worker waits: it sets up, then runs a job.
+        let waits = Worker::start_with(&url, project.path(), &work, 1, &[], &[]);
+        while !waits.stderr().contains("JetStream is not ready") {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        server.restart_with_options(Vec::new());
+        let args = [
+            "run",
+            "--nats",
+            &url,
+            "--job-id",
+            "ready-1",
+            "coordinator",
+            "q",
+        ];
+        let Some(run) = harness::cli_within(project.path(), &args).await else {
+            harness::missed_deadline("the job did not end", [&waits]);
+        };
+        assert_eq!(run.code, 0, "{}\n{}", run.stderr, waits.stderr());
+        assert!(
+            run.events
+                .iter()
+                .any(|e| e["type"] == "completeRun" && e["expertKey"] == "coordinator"),
+            "{:?}",
+            run.events
+        );
     };
     tokio::time::timeout(Duration::from_secs(90), run)
         .await
