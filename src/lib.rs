@@ -42,6 +42,7 @@ mod cli;
 pub mod cluster;
 pub mod config;
 pub mod engine;
+mod json;
 pub mod llm;
 #[cfg(feature = "otel")]
 pub mod otel;

@@ -11,6 +11,7 @@
 //! A bus without a sink prints nothing: its producers serialise nothing
 //! ([`Lines::none`]).
 
+use crate::json;
 use crate::schema::Event;
 
 /// The lines of a publish's events, one after the other, each ending in `\n`.
@@ -19,6 +20,20 @@ pub(crate) struct Lines {
     bytes: Vec<u8>,
     /// Where each event's line ends in `bytes`; empty when the producer serialised nothing.
     ends: Vec<usize>,
+}
+
+/// Append `event`'s line (Perstack's form, see `impl Serialize for Event`, written by
+/// [`json::to_vec`]) and its `\n`. An event that cannot be serialised (never for the engine's
+/// types: no maps with non-string keys) leaves no half line, only a warning.
+pub(super) fn append_line(bytes: &mut Vec<u8>, event: &Event) {
+    let start = bytes.len();
+    match json::to_vec(bytes, event) {
+        Ok(()) => bytes.push(b'\n'),
+        Err(e) => {
+            bytes.truncate(start);
+            tracing::warn!(error = %e, kind = event.kind(), "could not serialise event");
+        }
+    }
 }
 
 /// The capacity a line starts with; a `callTools` line of the reference workload is ~1 KB.
@@ -30,21 +45,13 @@ impl Lines {
         Lines::default()
     }
 
-    /// Every event's line (Perstack's form, see `impl Serialize for Event`). An event that
-    /// cannot be serialised (never for the engine's types: no maps with non-string keys)
-    /// gets an empty line, that is none, and a warning.
+    /// Every event's line ([`append_line`]); an event that cannot be serialised gets an
+    /// empty line, that is none.
     pub(crate) fn of(events: &[Event]) -> Self {
         let mut bytes = Vec::with_capacity(events.len() * LINE_CAPACITY);
         let mut ends = Vec::with_capacity(events.len());
         for event in events {
-            let start = bytes.len();
-            match serde_json::to_writer(&mut bytes, event) {
-                Ok(()) => bytes.push(b'\n'),
-                Err(e) => {
-                    bytes.truncate(start);
-                    tracing::warn!(error = %e, kind = event.kind(), "could not serialise event");
-                }
-            }
+            append_line(&mut bytes, event);
             ends.push(bytes.len());
         }
         Lines { bytes, ends }

@@ -209,17 +209,7 @@ impl Output {
         }
         match line {
             Some(line) => self.buf.extend_from_slice(line),
-            None => {
-                let start = self.buf.len();
-                match serde_json::to_writer(&mut self.buf, event) {
-                    Ok(()) => self.buf.push(b'\n'),
-                    // Never for the engine's types (no maps with non-string keys); no half line.
-                    Err(e) => {
-                        self.buf.truncate(start);
-                        tracing::warn!(error = %e, kind = event.kind(), "could not serialise event");
-                    }
-                }
-            }
+            None => super::lines::append_line(&mut self.buf, event),
         }
         Ok(())
     }
