@@ -8,10 +8,11 @@
 //! - then, without criterion: 1 and 16 producers into `tokio::io::sink()`, with single-event
 //!   batches (as streaming events come) and [`BATCH`]-event batches; 16 producers into an OS
 //!   pipe (`std::io::pipe`, read by a thread that counts lines) in events/s, written two ways:
-//!   as a blocking [`std::fs::File`] through `EngineBuilder::blocking_sink`, from the bus's
-//!   writer thread, as the CLI writes its stdout (`std::io::stdout()`), and, as the CLI did
-//!   before, through `tokio::fs::File` as an async sink (each write a hand-off to tokio's
-//!   blocking pool, as `tokio::io::stdout()` does); and each pipe with the reader stalled for
+//!   as the pipe's writing end given to `EngineBuilder::fd_sink`, which raises the pipe's
+//!   kernel buffer to 1 MiB and writes from the bus's writer thread, as the CLI writes its
+//!   stdout, and, as the CLI did before, through `tokio::fs::File` as an async sink (each
+//!   write a hand-off to tokio's blocking pool, as `tokio::io::stdout()` does, on a pipe of
+//!   the default 64 KiB); and each pipe with the reader stalled for
 //!   [`STALL`] while 64 producers publish: how many events the bus still takes, how RSS moves,
 //!   and whether every event arrives once the reader resumes (bounded waits: it reports rather
 //!   than hangs).
@@ -93,6 +94,18 @@ enum Out {
     Async(Sink),
     /// `EngineBuilder::blocking_sink`: written by the bus's writer thread.
     Blocking(Box<dyn std::io::Write + Send>),
+    /// `EngineBuilder::fd_sink`: the same, a pipe's buffer widened first (as the CLI's stdout).
+    Fd(OwnedFd),
+}
+
+/// How the bus writes into a [`PipeDrain`]'s pipe.
+#[derive(Clone, Copy)]
+enum PipeSink {
+    /// [`Out::Fd`], as the CLI writes its stdout.
+    Fd,
+    /// [`Out::Async`] through `tokio::fs::File`: each write on tokio's blocking pool, as
+    /// `tokio::io::stdout()` writes.
+    AsyncFile,
 }
 
 /// An engine whose bus writes to `out` (call inside the runtime).
@@ -105,6 +118,7 @@ fn engine(out: Out) -> Arc<Engine> {
         match out {
             Out::Async(sink) => builder.sink(sink),
             Out::Blocking(sink) => builder.blocking_sink(sink),
+            Out::Fd(fd) => builder.fd_sink(fd),
         }
         .build(),
     )
@@ -120,17 +134,18 @@ async fn stop(engine: Arc<Engine>) {
 
 /// The reading end of an OS pipe, drained by a thread that counts lines and can be paused.
 struct PipeDrain {
+    /// Another descriptor of the reading end, to ask the pipe its buffer.
+    probe: std::io::PipeReader,
     paused: Arc<AtomicBool>,
     lines: Arc<AtomicU64>,
     thread: std::thread::JoinHandle<()>,
 }
 
 impl PipeDrain {
-    /// A pipe whose writing end is returned as a bus sink: a blocking `std::fs::File` (as the
-    /// CLI's `std::io::stdout()`), or with `blocking_pool` through `tokio::fs::File`, which
-    /// writes on tokio's blocking pool as `tokio::io::stdout()` does.
-    fn new(blocking_pool: bool) -> (Self, Out) {
+    /// A pipe whose writing end is returned as a bus sink of kind `sink`.
+    fn new(sink: PipeSink) -> (Self, Out) {
         let (mut reader, writer) = std::io::pipe().expect("an OS pipe");
+        let probe = reader.try_clone().expect("a second reading descriptor");
         let paused = Arc::new(AtomicBool::new(false));
         let lines = Arc::new(AtomicU64::new(0));
         let thread = {
@@ -153,19 +168,27 @@ impl PipeDrain {
                 }
             })
         };
-        let file = std::fs::File::from(OwnedFd::from(writer));
-        let sink = match blocking_pool {
-            true => Out::Async(Box::new(tokio::fs::File::from_std(file))),
-            false => Out::Blocking(Box::new(file)),
+        let writer = OwnedFd::from(writer);
+        let sink = match sink {
+            PipeSink::Fd => Out::Fd(writer),
+            PipeSink::AsyncFile => Out::Async(Box::new(tokio::fs::File::from_std(
+                std::fs::File::from(writer),
+            ))),
         };
         (
             PipeDrain {
+                probe,
                 paused,
                 lines,
                 thread,
             },
             sink,
         )
+    }
+
+    /// The pipe's kernel buffer, in bytes.
+    fn buffer(&self) -> i32 {
+        nix::fcntl::fcntl(&self.probe, nix::fcntl::FcntlArg::F_GETPIPE_SZ).expect("a pipe")
     }
 
     fn lines(&self) -> u64 {
@@ -266,8 +289,8 @@ pub(crate) fn bench_bus(c: &mut Criterion, rt: &Runtime, report: &mut Vec<String
     println!("{line}");
     report.push(line);
 
-    pipes(rt, &event, line_len, report);
-    let line = floor(&event);
+    let widened = pipes(rt, &event, line_len, report);
+    let line = floor(&event, widened);
     println!("{line}");
     report.push(line);
 }
@@ -288,12 +311,12 @@ const FLOOR_EVENTS: u32 = 400_000;
 
 /// What making and moving one event costs without the bus, in CPU time on this machine: the
 /// producer's share (cloning the event, as a run builds it, and serialising its line, as
-/// `Engine::publish` does) and the pipe's (writing the lines in 128 KiB writes, as the writer
+/// `Engine::publish` does, with [`Event::write_line`]) and the pipe's (writing the lines in 128 KiB writes, as the writer
 /// thread writes a hand-over, and reading them as [`PipeDrain`] does). Their sum bounds the
 /// pipe rows above: with every core busy and a bus that cost nothing, the rate could not pass
 /// cores / sum. The least of three repetitions of each, as the process's CPU time is counted
 /// in 10 ms ticks and other load only adds.
-fn floor(event: &Event) -> String {
+fn floor(event: &Event, buffer: i32) -> String {
     let per_event = |d: Duration| d.as_secs_f64() * 1e9 / f64::from(FLOOR_EVENTS);
     let least = |f: &dyn Fn() -> Duration| (0..3).map(|_| per_event(f())).fold(f64::MAX, f64::min);
     let serialise = least(&|| {
@@ -301,8 +324,9 @@ fn floor(event: &Event) -> String {
         let cpu0 = process_cpu();
         for _ in 0..FLOOR_EVENTS {
             buf.clear();
-            serde_json::to_writer(&mut buf, std::hint::black_box(event)).expect("serialisable");
-            buf.push(b'\n');
+            std::hint::black_box(event)
+                .write_line(&mut buf)
+                .expect("serialisable");
         }
         process_cpu().saturating_sub(cpu0)
     });
@@ -317,10 +341,13 @@ fn floor(event: &Event) -> String {
     line.push(b'\n');
     let chunk: Vec<u8> = line.iter().copied().cycle().take(128 * 1024).collect();
     let pipe = least(&|| {
-        let (drain, out) = PipeDrain::new(false);
-        let Out::Blocking(mut sink) = out else {
-            unreachable!("a blocking pipe")
+        let (drain, out) = PipeDrain::new(PipeSink::Fd);
+        let Out::Fd(fd) = out else {
+            unreachable!("a pipe's writing end")
         };
+        nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(buffer))
+            .expect("the bus row's buffer");
+        let mut sink = std::fs::File::from(fd);
         let bytes = u64::from(FLOOR_EVENTS) * line.len() as u64;
         let cpu0 = process_cpu();
         let mut written = 0;
@@ -334,25 +361,37 @@ fn floor(event: &Event) -> String {
     });
     let sum = serialise + clone + pipe;
     format!(
-        "T4 floor, no bus (CPU per {}-byte event, least of 3): serialising its line {serialise:.0} ns, cloning and dropping it {clone:.0} ns, through the pipe (written in 128 KiB, read) {pipe:.0} ns; {sum:.0} ns in all: at most {:.2} M events/s on {} cores with a bus that cost nothing",
+        "T4 floor, no bus (CPU per {}-byte event, least of 3): serialising its line {serialise:.0} ns, cloning and dropping it {clone:.0} ns, through the pipe ({} KiB buffer as the fd_sink row's, written in 128 KiB, read) {pipe:.0} ns; {sum:.0} ns in all: at most {:.2} M events/s on {} cores with a bus that cost nothing",
         line.len(),
+        buffer / 1024,
         crate::cores() as f64 * 1e3 / sum,
         crate::cores(),
     )
 }
 
-fn pipes(rt: &Runtime, event: &Event, line_len: usize, report: &mut Vec<String>) {
-    // The same bus writing to an OS pipe: as the CLI writes stdout now (a blocking file
-    // written by the bus's thread), then as it did before (tokio's blocking pool).
-    for (blocking_pool, how) in [
-        (false, "std::fs::File (blocking_sink, writer thread)"),
-        (true, "tokio::fs::File (async sink, tokio's blocking pool)"),
+/// The pipe rows; returns the kernel buffer the engine gave the `fd_sink` row's pipe.
+fn pipes(rt: &Runtime, event: &Event, line_len: usize, report: &mut Vec<String>) -> i32 {
+    // The same bus writing to an OS pipe: as the CLI writes stdout now (a descriptor written
+    // by the bus's thread, its pipe widened), then as it did before (tokio's blocking pool).
+    let mut widened = 0;
+    for (kind, how) in [
+        (PipeSink::Fd, "fd_sink (writer thread)"),
+        (
+            PipeSink::AsyncFile,
+            "tokio::fs::File (async sink, tokio's blocking pool)",
+        ),
     ] {
-        let (drain, sink) = PipeDrain::new(blocking_pool);
+        let (drain, sink) = PipeDrain::new(kind);
         let bus = {
             let _guard = rt.enter();
             engine(sink)
         };
+        let buffer = drain.buffer();
+        if let PipeSink::Fd = kind {
+            widened = buffer;
+        }
+        let how = format!("{how}, {} KiB pipe buffer", buffer / 1024);
+        let how = how.as_str();
         let line = piped(rt, &bus, event, &drain, how, line_len);
         println!("{line}");
         report.push(line);
@@ -364,6 +403,7 @@ fn pipes(rt: &Runtime, event: &Event, line_len: usize, report: &mut Vec<String>)
         // The bus dropped the pipe's writing end, so the reader sees end of file.
         let _ = thread.join();
     }
+    widened
 }
 
 /// 16 producers into the pipe of `drain`, one event at a time, then in batches: the rates and

@@ -46,8 +46,8 @@ use tokio::sync::mpsc;
 pub use self::error::BusError;
 use self::jobs::Jobs;
 use self::lines::Lines;
-pub(crate) use self::output::Destination;
 use self::output::Output;
+pub(crate) use self::output::{Destination, widen_pipe};
 use crate::schema::{Event, EventPayload};
 use crate::storage::Storage;
 

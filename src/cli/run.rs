@@ -115,7 +115,13 @@ pub(super) async fn execute(args: RunArgs) -> u8 {
 
 async fn run(args: RunArgs) -> Result<JobStatus, EngineError> {
     let prepared = prepare(&args).await?;
-    let engine = prepared.builder.blocking_sink(std::io::stdout()).build();
+    // Stdout through a descriptor of its own, so that a pipe gets the engine's wider buffer;
+    // a stdout that cannot be duplicated (closed) is written as before.
+    let builder = match std::os::fd::AsFd::as_fd(&std::io::stdout()).try_clone_to_owned() {
+        Ok(stdout) => prepared.builder.fd_sink(stdout),
+        Err(_) => prepared.builder.blocking_sink(std::io::stdout()),
+    };
+    let engine = builder.build();
     let handle = launch(&engine, args, None).await?;
     let cancel = handle.cancel_token();
     tokio::spawn(async move {

@@ -98,6 +98,17 @@ impl<M> EngineBuilder<M> {
         self
     }
 
+    /// Write every event as a JSON line to this file descriptor (stdout, a pipe, a file), as
+    /// [`EngineBuilder::blocking_sink`] does (the CLI passes its stdout). A pipe's kernel
+    /// buffer is first raised to 1 MiB when the system allows (Linux), so that the engine's
+    /// writes of 128 KiB wake the reader, and are woken by it, less often.
+    pub fn fd_sink(mut self, fd: impl Into<std::os::fd::OwnedFd>) -> Self {
+        let fd = fd.into();
+        crate::actor::event_bus::widen_pipe(std::os::fd::AsFd::as_fd(&fd));
+        self.sink = Some(Destination::Blocking(Box::new(std::fs::File::from(fd))));
+        self
+    }
+
     /// Call this for every event of every job, on the bus task (keep it cheap).
     pub fn on_event(mut self, callback: impl Fn(&Sequenced) + Send + Sync + 'static) -> Self {
         self.callbacks.push(Arc::new(callback));

@@ -444,3 +444,63 @@ text = "too late"
             .any(|c| c.status == perstack::schema::CheckpointStatus::StoppedByError)
     );
 }
+
+/// Stdout that is a pipe gets a 1 MiB kernel buffer (or the most the system allows an
+/// unprivileged process), so that the bus's 128 KiB writes wake the reader less often; the
+/// lines are the same.
+#[test]
+fn stdout_as_a_pipe_is_widened_to_1_mib_and_carries_every_line() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let script = r#"
+[[turns]]
+expert = "solo"
+toolCalls = [{ id = "c1", name = "healthCheck" }]
+[[turns]]
+expert = "solo"
+delayMs = 300
+text = "done"
+"#;
+    write_config(dir.path(), &one_expert(), script);
+    let mut child = perstack(dir.path(), &["run", "solo", "q"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let probe = std::os::fd::AsFd::as_fd(&stdout)
+        .try_clone_to_owned()
+        .unwrap();
+    let (lines, received) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let limit = Duration::from_secs(30);
+    let first = received.recv_timeout(limit).expect("no first line");
+    let size = nix::fcntl::fcntl(&probe, nix::fcntl::FcntlArg::F_GETPIPE_SZ).unwrap();
+    let max: i32 = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        size,
+        max.min(1 << 20),
+        "the pipe's buffer while the job runs"
+    );
+    let mut all = vec![first];
+    while let Ok(line) = received.recv_timeout(limit) {
+        all.push(line);
+    }
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let events: Vec<Value> = all
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(events.iter().any(|e| e["type"] == "completeRun"), "{all:?}");
+}

@@ -11,7 +11,6 @@
 //! A bus without a sink prints nothing: its producers serialise nothing
 //! ([`Lines::none`]).
 
-use crate::json;
 use crate::schema::Event;
 
 /// The lines of a publish's events, one after the other, each ending in `\n`.
@@ -22,17 +21,11 @@ pub(crate) struct Lines {
     ends: Vec<usize>,
 }
 
-/// Append `event`'s line (Perstack's form, see `impl Serialize for Event`, written by
-/// [`json::to_vec`]) and its `\n`. An event that cannot be serialised (never for the engine's
-/// types: no maps with non-string keys) leaves no half line, only a warning.
+/// Append `event`'s line ([`Event::write_line`]). An event that cannot be serialised (never
+/// for the engine's types: no maps with non-string keys) leaves no half line, only a warning.
 pub(super) fn append_line(bytes: &mut Vec<u8>, event: &Event) {
-    let start = bytes.len();
-    match json::to_vec(bytes, event) {
-        Ok(()) => bytes.push(b'\n'),
-        Err(e) => {
-            bytes.truncate(start);
-            tracing::warn!(error = %e, kind = event.kind(), "could not serialise event");
-        }
+    if let Err(e) = event.write_line(bytes) {
+        tracing::warn!(error = %e, kind = event.kind(), "could not serialise event");
     }
 }
 

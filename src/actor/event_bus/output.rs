@@ -29,6 +29,11 @@
 //! at most for the one handed over). A failed write or flush drops the sink: the writer
 //! records the error, answers every reply it carries with it, and every later event reports
 //! the same error; nothing is written again.
+//!
+//! A sink given as a file descriptor that is a pipe (the CLI's stdout under `| jq`, a
+//! supervisor's pipe) gets a kernel buffer of [`PIPE_BUFFER`] first ([`widen_pipe`]), so
+//! that a write hands the reader several buffers' worth at once and writer and reader wake
+//! each other less often.
 
 mod writer;
 
@@ -48,6 +53,32 @@ pub(super) const WRITE_AT: usize = 256 * 1024;
 
 /// The reply of the message that ended a burst, sent once the burst's lines are written.
 pub(super) type Reply = ReplySender<Result<u64, BusError>>;
+
+/// The kernel buffer a pipe sink is given: 1 MiB, Linux's limit for an unprivileged process
+/// (`/proc/sys/fs/pipe-max-size`), against the default 64 KiB, which a hand-over of
+/// [`WRITE_AT`] already passes.
+pub(crate) const PIPE_BUFFER: usize = 1 << 20;
+
+/// Raises the kernel buffer of `fd` to [`PIPE_BUFFER`] when it is a pipe with a smaller one.
+/// Anything else (a file, a terminal, a pipe the system will not let grow) is left as it is:
+/// the buffer only changes how often writer and reader wake each other.
+pub(crate) fn widen_pipe(fd: std::os::fd::BorrowedFd<'_>) {
+    #[cfg(target_os = "linux")]
+    {
+        use nix::fcntl::{FcntlArg, fcntl};
+        let Ok(size) = fcntl(fd, FcntlArg::F_GETPIPE_SZ) else {
+            return; // not a pipe
+        };
+        let wanted = i32::try_from(PIPE_BUFFER).unwrap_or(i32::MAX);
+        if size < wanted
+            && let Err(e) = fcntl(fd, FcntlArg::F_SETPIPE_SZ(wanted))
+        {
+            tracing::debug!(error = %e, size, "the sink's pipe keeps its buffer");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = fd;
+}
 
 /// Where the bus writes its lines, and so what kind of writer it gets.
 pub(crate) enum Destination {

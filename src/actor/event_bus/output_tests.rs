@@ -303,3 +303,28 @@ async fn a_failed_blocking_sink_is_reported_and_the_writer_thread_ends_with_the_
     }
     panic!("the writer thread still holds the sink");
 }
+
+#[test]
+fn a_pipe_sink_gets_the_wider_buffer_and_anything_else_is_left_as_it_is() {
+    use std::os::fd::AsFd;
+    let max: usize = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    let size = |fd: &std::io::PipeReader| {
+        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETPIPE_SZ).unwrap() as usize
+    };
+    output::widen_pipe(writer.as_fd());
+    assert_eq!(size(&reader), output::PIPE_BUFFER.min(max));
+    // Never narrowed: a pipe already wider keeps its buffer (when the system lets it be).
+    let (reader, writer) = std::io::pipe().unwrap();
+    if nix::fcntl::fcntl(&writer, nix::fcntl::FcntlArg::F_SETPIPE_SZ(2 << 20)).is_ok() {
+        let wide = size(&reader);
+        output::widen_pipe(writer.as_fd());
+        assert_eq!(size(&reader), wide);
+    }
+    // A file is not a pipe: nothing to do, nothing fails.
+    output::widen_pipe(tempfile::tempfile().unwrap().as_fd());
+}
