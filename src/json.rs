@@ -61,11 +61,13 @@ struct Writer<'a> {
     out: &'a mut Vec<u8>,
 }
 
+/// An integer, as `serde_json` writes it (`itoa`).
 #[inline]
 pub(super) fn write_int(out: &mut Vec<u8>, n: impl itoa::Integer) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
+/// A float, as `serde_json` writes it: `zmij`'s shortest form when `finite`, else `null`.
 #[inline]
 pub(super) fn write_float(out: &mut Vec<u8>, f: impl zmij::Float, finite: bool) {
     match finite {
