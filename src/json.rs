@@ -67,14 +67,52 @@ pub(super) fn write_int(out: &mut Vec<u8>, n: impl itoa::Integer) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
-/// A float, as `serde_json` writes it: `zmij`'s shortest form when `finite`, else `null`.
+/// `f32` and `f64`: what `zmij` formats, and whether it may (finite values only).
+pub(super) trait Float: zmij::Float + Copy {
+    fn finite(self) -> bool;
+}
+
+impl Float for f32 {
+    fn finite(self) -> bool {
+        self.is_finite()
+    }
+}
+
+impl Float for f64 {
+    fn finite(self) -> bool {
+        self.is_finite()
+    }
+}
+
+/// A float, as `serde_json` writes it: `zmij`'s shortest form when finite, else `null`.
 #[inline]
-pub(super) fn write_float(out: &mut Vec<u8>, f: impl zmij::Float, finite: bool) {
-    match finite {
+pub(super) fn write_float(out: &mut Vec<u8>, f: impl Float) {
+    match f.finite() {
         true => out.extend_from_slice(zmij::Buffer::new().format_finite(f).as_bytes()),
         false => out.extend_from_slice(b"null"),
     }
 }
+
+/// The twelve integer methods of a `Serializer`, each `fn serialize_<int>($self, $v) ->
+/// Result<(), Error> { $body }` (the value serializer and the map-key serializer write
+/// integers the same way, a key quoted).
+macro_rules! integer_methods {
+    ($self:ident, $v:ident => $body:expr) => {
+        integer_methods!(@ $self, $v, $body;
+            serialize_i8: i8, serialize_i16: i16, serialize_i32: i32, serialize_i64: i64,
+            serialize_i128: i128, serialize_u8: u8, serialize_u16: u16, serialize_u32: u32,
+            serialize_u64: u64, serialize_u128: u128);
+    };
+    (@ $self:ident, $v:ident, $body:expr; $($method:ident: $ty:ty),*) => {
+        $(
+            #[inline]
+            fn $method($self, $v: $ty) -> Result<(), Error> {
+                $body
+            }
+        )*
+    };
+}
+use integer_methods;
 
 /// An array or object being written: whether an element came before.
 struct Compound<'w, 'a> {
@@ -144,70 +182,23 @@ impl<'w, 'a> ser::Serializer for &'w mut Writer<'a> {
             .extend_from_slice(if v { b"true" } else { b"false" });
         Ok(())
     }
-    #[inline]
-    fn serialize_i8(self, v: i8) -> Result<(), Error> {
+    integer_methods!(self, v => {
         write_int(self.out, v);
         Ok(())
-    }
-    #[inline]
-    fn serialize_i16(self, v: i16) -> Result<(), Error> {
-        write_int(self.out, v);
-        Ok(())
-    }
-    #[inline]
-    fn serialize_i32(self, v: i32) -> Result<(), Error> {
-        write_int(self.out, v);
-        Ok(())
-    }
-    #[inline]
-    fn serialize_i64(self, v: i64) -> Result<(), Error> {
-        write_int(self.out, v);
-        Ok(())
-    }
-    #[inline]
-    fn serialize_i128(self, v: i128) -> Result<(), Error> {
-        write_int(self.out, v);
-        Ok(())
-    }
-    #[inline]
-    fn serialize_u8(self, v: u8) -> Result<(), Error> {
-        write_int(self.out, v);
-        Ok(())
-    }
-    #[inline]
-    fn serialize_u16(self, v: u16) -> Result<(), Error> {
-        write_int(self.out, v);
-        Ok(())
-    }
-    #[inline]
-    fn serialize_u32(self, v: u32) -> Result<(), Error> {
-        write_int(self.out, v);
-        Ok(())
-    }
-    #[inline]
-    fn serialize_u64(self, v: u64) -> Result<(), Error> {
-        write_int(self.out, v);
-        Ok(())
-    }
-    #[inline]
-    fn serialize_u128(self, v: u128) -> Result<(), Error> {
-        write_int(self.out, v);
-        Ok(())
-    }
+    });
     #[inline]
     fn serialize_f32(self, v: f32) -> Result<(), Error> {
-        write_float(self.out, v, v.is_finite());
+        write_float(self.out, v);
         Ok(())
     }
     #[inline]
     fn serialize_f64(self, v: f64) -> Result<(), Error> {
-        write_float(self.out, v, v.is_finite());
+        write_float(self.out, v);
         Ok(())
     }
     #[inline]
     fn serialize_char(self, v: char) -> Result<(), Error> {
-        write_str(self.out, v.encode_utf8(&mut [0; 4]));
-        Ok(())
+        self.serialize_str(v.encode_utf8(&mut [0; 4]))
     }
     #[inline]
     fn serialize_str(self, v: &str) -> Result<(), Error> {
@@ -321,57 +312,32 @@ impl<'w, 'a> ser::Serializer for &'w mut Writer<'a> {
     }
 }
 
-impl ser::SerializeSeq for Compound<'_, '_> {
-    type Ok = ();
-    type Error = Error;
-    #[inline]
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        self.element(value)
-    }
-    #[inline]
-    fn end(self) -> Result<(), Error> {
-        self.close(b']')
-    }
+/// The compounds written as arrays: each takes its elements in order, then `]`.
+macro_rules! array_compounds {
+    ($($trait:ident :: $method:ident),*) => {
+        $(
+            impl ser::$trait for Compound<'_, '_> {
+                type Ok = ();
+                type Error = Error;
+                #[inline]
+                fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+                    self.element(value)
+                }
+                #[inline]
+                fn end(self) -> Result<(), Error> {
+                    self.close(b']')
+                }
+            }
+        )*
+    };
 }
 
-impl ser::SerializeTuple for Compound<'_, '_> {
-    type Ok = ();
-    type Error = Error;
-    #[inline]
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        self.element(value)
-    }
-    #[inline]
-    fn end(self) -> Result<(), Error> {
-        self.close(b']')
-    }
-}
-
-impl ser::SerializeTupleStruct for Compound<'_, '_> {
-    type Ok = ();
-    type Error = Error;
-    #[inline]
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        self.element(value)
-    }
-    #[inline]
-    fn end(self) -> Result<(), Error> {
-        self.close(b']')
-    }
-}
-
-impl ser::SerializeTupleVariant for Compound<'_, '_> {
-    type Ok = ();
-    type Error = Error;
-    #[inline]
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        self.element(value)
-    }
-    #[inline]
-    fn end(self) -> Result<(), Error> {
-        self.close(b']')
-    }
-}
+array_compounds!(
+    SerializeSeq::serialize_element,
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field,
+    SerializeTupleVariant::serialize_field
+);
 
 impl ser::SerializeMap for Compound<'_, '_> {
     type Ok = ();
@@ -393,39 +359,31 @@ impl ser::SerializeMap for Compound<'_, '_> {
     }
 }
 
-impl ser::SerializeStruct for Compound<'_, '_> {
-    type Ok = ();
-    type Error = Error;
-    #[inline]
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        key: &'static str,
-        value: &T,
-    ) -> Result<(), Error> {
-        self.field(key, value)
-    }
-    #[inline]
-    fn end(self) -> Result<(), Error> {
-        self.close(b'}')
-    }
+/// The compounds written as objects of named fields, then `}`.
+macro_rules! struct_compounds {
+    ($($trait:ident),*) => {
+        $(
+            impl ser::$trait for Compound<'_, '_> {
+                type Ok = ();
+                type Error = Error;
+                #[inline]
+                fn serialize_field<T: Serialize + ?Sized>(
+                    &mut self,
+                    key: &'static str,
+                    value: &T,
+                ) -> Result<(), Error> {
+                    self.field(key, value)
+                }
+                #[inline]
+                fn end(self) -> Result<(), Error> {
+                    self.close(b'}')
+                }
+            }
+        )*
+    };
 }
 
-impl ser::SerializeStructVariant for Compound<'_, '_> {
-    type Ok = ();
-    type Error = Error;
-    #[inline]
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        key: &'static str,
-        value: &T,
-    ) -> Result<(), Error> {
-        self.field(key, value)
-    }
-    #[inline]
-    fn end(self) -> Result<(), Error> {
-        self.close(b'}')
-    }
-}
+struct_compounds!(SerializeStruct, SerializeStructVariant);
 
 #[cfg(test)]
 mod tests;

@@ -311,8 +311,9 @@ const FLOOR_EVENTS: u32 = 400_000;
 
 /// What making and moving one event costs without the bus, in CPU time on this machine: the
 /// producer's share (cloning the event, as a run builds it, and serialising its line, as
-/// `Engine::publish` does, with [`Event::write_line`]) and the pipe's (writing the lines in 128 KiB writes, as the writer
-/// thread writes a hand-over, and reading them as [`PipeDrain`] does). Their sum bounds the
+/// `Engine::publish` does, with [`Event::write_line`]) and the pipe's (writing the lines in
+/// 128 KiB writes into a pipe of the `fd_sink` row's buffer, and reading them as
+/// [`PipeDrain`] does). Their sum bounds the
 /// pipe rows above: with every core busy and a bus that cost nothing, the rate could not pass
 /// cores / sum. The least of three repetitions of each, as the process's CPU time is counted
 /// in 10 ms ticks and other load only adds.
@@ -337,8 +338,8 @@ fn floor(event: &Event, buffer: i32) -> String {
         }
         process_cpu().saturating_sub(cpu0)
     });
-    let mut line = serde_json::to_vec(event).expect("serialisable");
-    line.push(b'\n');
+    let mut line = Vec::new();
+    event.write_line(&mut line).expect("serialisable");
     let chunk: Vec<u8> = line.iter().copied().cycle().take(128 * 1024).collect();
     let pipe = least(&|| {
         let (drain, out) = PipeDrain::new(PipeSink::Fd);

@@ -101,7 +101,7 @@ impl<M> EngineBuilder<M> {
     /// Write every event as a JSON line to this file descriptor (stdout, a pipe, a file), as
     /// [`EngineBuilder::blocking_sink`] does (the CLI passes its stdout). A pipe's kernel
     /// buffer is first raised to 1 MiB when the system allows (Linux), so that the engine's
-    /// writes of 128 KiB wake the reader, and are woken by it, less often.
+    /// large writes wake the reader, and are woken by it, less often.
     pub fn fd_sink(mut self, fd: impl Into<std::os::fd::OwnedFd>) -> Self {
         let fd = fd.into();
         crate::actor::event_bus::widen_pipe(std::os::fd::AsFd::as_fd(&fd));

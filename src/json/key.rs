@@ -4,7 +4,7 @@
 use serde::ser::{self, Impossible, Serialize};
 
 use super::string::write_str;
-use super::{Error, write_float, write_int};
+use super::{Error, Float, integer_methods, write_float, write_int};
 
 /// A map key: strings as they are; integers, booleans, characters and finite floats quoted,
 /// as `serde_json` writes them; anything else refused.
@@ -22,6 +22,16 @@ impl MapKey<'_> {
         write(self.out);
         self.out.push(b'"');
         Ok(())
+    }
+
+    /// A finite float quoted; the others refused, as by `serde_json`.
+    fn float(self, v: impl Float) -> Result<(), Error> {
+        match v.finite() {
+            true => self.quoted(|out| write_float(out, v)),
+            false => Err(Error(
+                "float key must be finite (got NaN or +/-inf)".to_owned(),
+            )),
+        }
     }
 }
 
@@ -43,70 +53,20 @@ impl ser::Serializer for MapKey<'_> {
     }
     #[inline]
     fn serialize_char(self, v: char) -> Result<(), Error> {
-        write_str(self.out, v.encode_utf8(&mut [0; 4]));
-        Ok(())
+        self.serialize_str(v.encode_utf8(&mut [0; 4]))
     }
     #[inline]
     fn serialize_bool(self, v: bool) -> Result<(), Error> {
         self.quoted(|out| out.extend_from_slice(if v { b"true" } else { b"false" }))
     }
-    #[inline]
-    fn serialize_i8(self, v: i8) -> Result<(), Error> {
-        self.quoted(|out| write_int(out, v))
-    }
-    #[inline]
-    fn serialize_i16(self, v: i16) -> Result<(), Error> {
-        self.quoted(|out| write_int(out, v))
-    }
-    #[inline]
-    fn serialize_i32(self, v: i32) -> Result<(), Error> {
-        self.quoted(|out| write_int(out, v))
-    }
-    #[inline]
-    fn serialize_i64(self, v: i64) -> Result<(), Error> {
-        self.quoted(|out| write_int(out, v))
-    }
-    #[inline]
-    fn serialize_i128(self, v: i128) -> Result<(), Error> {
-        self.quoted(|out| write_int(out, v))
-    }
-    #[inline]
-    fn serialize_u8(self, v: u8) -> Result<(), Error> {
-        self.quoted(|out| write_int(out, v))
-    }
-    #[inline]
-    fn serialize_u16(self, v: u16) -> Result<(), Error> {
-        self.quoted(|out| write_int(out, v))
-    }
-    #[inline]
-    fn serialize_u32(self, v: u32) -> Result<(), Error> {
-        self.quoted(|out| write_int(out, v))
-    }
-    #[inline]
-    fn serialize_u64(self, v: u64) -> Result<(), Error> {
-        self.quoted(|out| write_int(out, v))
-    }
-    #[inline]
-    fn serialize_u128(self, v: u128) -> Result<(), Error> {
-        self.quoted(|out| write_int(out, v))
-    }
+    integer_methods!(self, v => self.quoted(|out| write_int(out, v)));
     #[inline]
     fn serialize_f32(self, v: f32) -> Result<(), Error> {
-        match v.is_finite() {
-            true => self.quoted(|out| write_float(out, v, true)),
-            false => Err(Error(
-                "float key must be finite (got NaN or +/-inf)".to_owned(),
-            )),
-        }
+        self.float(v)
     }
     #[inline]
     fn serialize_f64(self, v: f64) -> Result<(), Error> {
-        match v.is_finite() {
-            true => self.quoted(|out| write_float(out, v, true)),
-            false => Err(Error(
-                "float key must be finite (got NaN or +/-inf)".to_owned(),
-            )),
-        }
+        self.float(v)
     }
     #[inline]
     fn serialize_unit_variant(

@@ -348,6 +348,27 @@ fn help_and_version_work() {
 }
 
 #[cfg(unix)]
+/// The lines of a child's stdout (each with its `\n`) as they come, read by a thread of their
+/// own; the channel ends with the stream.
+fn lines_as_they_come(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<Vec<u8>> {
+    let (lines, received) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut stdout = std::io::BufReader::new(stdout);
+        loop {
+            let mut line = Vec::new();
+            match std::io::BufRead::read_until(&mut stdout, b'\n', &mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {
+                    if lines.send(line).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    received
+}
+
 #[test]
 fn sigterm_cancels_every_run_and_ends_with_a_terminal_event_and_a_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
@@ -368,24 +389,9 @@ text = "too late"
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Stdout, line by line as it comes, from a reader thread: the test waits on lines (real
-    // signals), each wait bounded.
-    let stdout = child.stdout.take().unwrap();
-    let (lines, received) = std::sync::mpsc::channel::<Vec<u8>>();
-    std::thread::spawn(move || {
-        let mut stdout = std::io::BufReader::new(stdout);
-        loop {
-            let mut line = Vec::new();
-            match std::io::BufRead::read_until(&mut stdout, b'\n', &mut line) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {
-                    if lines.send(line).is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-    });
+    // Stdout, line by line as it comes: the test waits on lines (real signals), each wait
+    // bounded.
+    let received = lines_as_they_come(child.stdout.take().unwrap());
     let limit = Duration::from_secs(30);
     let mut seen: Vec<u8> = Vec::new();
     // The first step's end is announced after its checkpoint is stored; then signal.
@@ -450,7 +456,6 @@ text = "too late"
 /// lines are the same.
 #[test]
 fn stdout_as_a_pipe_is_widened_to_1_mib_and_carries_every_line() {
-    use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let script = r#"
 [[turns]]
@@ -471,15 +476,7 @@ text = "done"
     let probe = std::os::fd::AsFd::as_fd(&stdout)
         .try_clone_to_owned()
         .unwrap();
-    let (lines, received) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { return };
-            if lines.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let received = lines_as_they_come(stdout);
     let limit = Duration::from_secs(30);
     let first = received.recv_timeout(limit).expect("no first line");
     let size = nix::fcntl::fcntl(&probe, nix::fcntl::FcntlArg::F_GETPIPE_SZ).unwrap();
@@ -500,7 +497,7 @@ text = "done"
     assert_eq!(child.wait().unwrap().code(), Some(0));
     let events: Vec<Value> = all
         .iter()
-        .map(|l| serde_json::from_str(l).unwrap())
+        .map(|l| serde_json::from_slice(l).unwrap())
         .collect();
     assert!(events.iter().any(|e| e["type"] == "completeRun"), "{all:?}");
 }

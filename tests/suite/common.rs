@@ -78,19 +78,25 @@ pub(crate) struct Finished {
     pub(crate) stderr: String,
 }
 
+/// Run `cmd` to its end within `limit`, without blocking the test's runtime: its output, or
+/// `None` when it did not end in time, and then it is killed (a test that gives up must not
+/// wait for it).
+pub(crate) async fn output_within(cmd: Command, limit: Duration) -> Option<Output> {
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.kill_on_drop(true);
+    let out = tokio::time::timeout(limit, cmd.output()).await.ok()?;
+    Some(out.expect("spawn perstack"))
+}
+
 impl Finished {
     /// Run `cmd` to its end.
     pub(crate) fn of(cmd: &mut Command) -> Finished {
         Finished::from_output(cmd.output().expect("spawn perstack"))
     }
 
-    /// Run `cmd` to its end within `limit`, without blocking the test's runtime; `None` when it
-    /// did not end in time, and then it is killed (a test that gives up must not wait for it).
+    /// [`output_within`], as a [`Finished`].
     pub(crate) async fn within(cmd: Command, limit: Duration) -> Option<Finished> {
-        let mut cmd = tokio::process::Command::from(cmd);
-        cmd.kill_on_drop(true);
-        let out = tokio::time::timeout(limit, cmd.output()).await.ok()?;
-        Some(Finished::from_output(out.expect("spawn perstack")))
+        output_within(cmd, limit).await.map(Finished::from_output)
     }
 
     pub(crate) fn from_output(out: Output) -> Finished {

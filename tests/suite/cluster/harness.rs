@@ -189,13 +189,9 @@ pub(super) fn spawn_run(dir: &Path, args: &[&str]) -> tokio::process::Child {
 pub(super) async fn output(dir: &Path, args: &[&str]) -> std::process::Output {
     let mut cmd = common::perstack(dir, args);
     cmd.env_remove("PERSTACK_NATS_URL");
-    let out = tokio::process::Command::from(cmd)
-        .kill_on_drop(true)
-        .output();
-    tokio::time::timeout(CLI_LIMIT, out)
+    common::output_within(cmd, CLI_LIMIT)
         .await
-        .unwrap_or_else(|_| panic!("perstack {args:?} did not end within {CLI_LIMIT:?}"))
-        .unwrap()
+        .unwrap_or_else(|| panic!("perstack {args:?} did not end within {CLI_LIMIT:?}"))
 }
 
 /// Ctrl-C to a [`spawn_run`] command still running.
