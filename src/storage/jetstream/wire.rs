@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
-use async_nats::jetstream::context::{Context, PublishErrorKind};
+use async_nats::jetstream::context::{Context, PublishError, PublishErrorKind};
 use async_nats::jetstream::message::{PublishMessage, StreamMessage};
 use async_nats::jetstream::stream::{DirectGetErrorKind, Stream};
 use bytes::Bytes;
@@ -125,25 +125,13 @@ impl Wire {
                     }
                     return Err(PublishFailure::WrongLastSequence);
                 }
-                PublishErrorKind::TimedOut
-                | PublishErrorKind::BrokenPipe
-                | PublishErrorKind::StreamNotFound
-                | PublishErrorKind::MaxAckPending
-                    if started.elapsed() < self.deadline =>
-                {
+                _ if is_unanswered(&kind) && started.elapsed() < self.deadline => {
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }
-                PublishErrorKind::TimedOut
-                | PublishErrorKind::BrokenPipe
-                | PublishErrorKind::StreamNotFound
-                | PublishErrorKind::MaxAckPending => {
+                _ if is_unanswered(&kind) => {
                     return Err(PublishFailure::Store(unavailable(operation, &kind)));
                 }
-                PublishErrorKind::MaxPayloadExceeded
-                | PublishErrorKind::WrongLastMessageId
-                | PublishErrorKind::Other => {
-                    return Err(PublishFailure::Store(rejected(operation, &kind)));
-                }
+                _ => return Err(PublishFailure::Store(rejected(operation, &kind))),
             }
         }
     }
@@ -243,6 +231,30 @@ impl Wire {
     }
 }
 
+/// Whether a publish failed for want of a working server rather than by a refusal: no
+/// answer (a disconnect, a timeout, no responders while the stream is not back yet), or
+/// JetStream's answer that it cannot take writes for now: an API error with status 503, such
+/// as err 10008 ("JetStream system temporarily unavailable") from a server that restarted and
+/// is still recovering its streams. `async-nats` reports those as `Other`, as it does a
+/// refusal.
+fn is_unanswered(e: &PublishError) -> bool {
+    match e.kind() {
+        PublishErrorKind::TimedOut
+        | PublishErrorKind::BrokenPipe
+        | PublishErrorKind::StreamNotFound
+        | PublishErrorKind::MaxAckPending => true,
+        PublishErrorKind::Other => std::error::Error::source(e)
+            .and_then(|source| source.downcast_ref::<async_nats::jetstream::Error>())
+            .is_some_and(|api| api.code() == UNAVAILABLE),
+        PublishErrorKind::WrongLastSequence
+        | PublishErrorKind::WrongLastMessageId
+        | PublishErrorKind::MaxPayloadExceeded => false,
+    }
+}
+
+/// The status of a JetStream API error that says "not now" rather than "no".
+const UNAVAILABLE: usize = 503;
+
 /// Whether a direct get failed for want of an answer rather than by a refusal.
 fn is_transient(kind: &DirectGetErrorKind) -> bool {
     match kind {
@@ -299,7 +311,43 @@ pub(crate) fn redact(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+
+    use super::{is_unanswered, redact};
+
+    /// A publish that JetStream answered with an API error of `code` (status) and `err_code`.
+    fn answered(code: u16, err_code: u64, description: &str) -> PublishError {
+        let api: async_nats::jetstream::Error = serde_json::from_value(serde_json::json!({
+            "code": code,
+            "err_code": err_code,
+            "description": description,
+        }))
+        .expect("an API error");
+        PublishError::with_source(PublishErrorKind::Other, api)
+    }
+
+    #[test]
+    fn a_server_that_cannot_take_writes_yet_is_retried_and_a_refusal_is_not() {
+        // What a restarted server answers while it recovers its streams.
+        let recovering = answered(503, 10008, "JetStream system temporarily unavailable");
+        assert!(is_unanswered(&recovering), "{recovering}");
+        assert!(is_unanswered(&PublishError::new(
+            PublishErrorKind::TimedOut
+        )));
+        assert!(is_unanswered(&PublishError::new(
+            PublishErrorKind::StreamNotFound
+        )));
+        // Refusals: repeating them changes nothing.
+        let full = answered(400, 10047, "insufficient resources");
+        assert!(!is_unanswered(&full), "{full}");
+        assert!(!is_unanswered(&PublishError::new(PublishErrorKind::Other)));
+        assert!(!is_unanswered(&PublishError::new(
+            PublishErrorKind::WrongLastMessageId
+        )));
+        assert!(!is_unanswered(&PublishError::new(
+            PublishErrorKind::MaxPayloadExceeded
+        )));
+    }
 
     #[test]
     fn credentials_in_urls_are_redacted() {
