@@ -452,13 +452,16 @@ impl Engine {
     /// runs on this engine), a checkpoint it carries is stored before the event is visible,
     /// then it goes to the sink, the store and the listeners. For events made outside the
     /// engine: a replay, another process's job relayed, a load test of the bus. Returns the
-    /// last event's sequence number once all are visible, or the first failure: a refused
-    /// checkpoint stops the batch there, a failed sink does not (see [`BusError`]).
+    /// last event's sequence number once all are visible (stored, delivered, and queued for
+    /// the sink in order; [`Engine::shutdown`] waits until the sink has them), or the first
+    /// failure: a refused checkpoint stops the batch there, a failed sink does not (see
+    /// [`BusError`]).
     pub async fn publish(&self, events: Vec<crate::schema::Event>) -> Result<u64, BusError> {
         self.bus.publish_batch(events).await
     }
 
-    /// Flush the sink and stop the bus. Jobs still running lose their output.
+    /// Flush the sink and stop the bus: every event published before is in the sink when it
+    /// returns. Jobs still running lose their output.
     pub async fn shutdown(self) {
         let bus = self.bus.actor();
         let _ = bus.ask(Flush).await;

@@ -14,15 +14,18 @@
 //! mailbox slot and one reply for all of them, in order), and a model call the streaming
 //! events of each burst of its stream; runtime events come one at a time. The bus never
 //! calls back into a run. The sink is written by a writer of the output's (a task, or a thread
-//! of its own for a blocking sink such as the CLI's stdout), so the bus numbers, stores and
-//! buffers the next events while the last burst is being written (see [`output`]).
+//! of its own for a blocking sink such as the CLI's stdout), fed in the bus's order: an event
+//! is visible once it is stored, delivered to the listeners and subscribers, and its line is
+//! queued for the sink, so the bus numbers, stores and buffers the next events while the last
+//! burst is being written, and a producer waits for a write only when the queue is full (see
+//! [`output`]; the engine's shutdown waits for the last write).
 //!
 //! Two failures are reported to the producer as a [`BusError`], whose
 //! [`BusError::run_failure`] decides what the run does: a checkpoint the store refuses (the
 //! event is not shown, nor are the rest of its batch; a storage failure stops the job, whose
 //! runs then end with a `stopRunByError` shown through [`Bus::publish_unstored`]), and a sink that
-//! fails (a reader that closed stdout: the event is still stored and delivered, and the job
-//! is cancelled).
+//! failed (a reader that closed stdout: reported by every publish after the write that found
+//! it; the events are still stored and delivered, and the job is cancelled).
 //!
 //! | file | owns |
 //! | --- | --- |
@@ -190,7 +193,7 @@ pub(crate) struct Publish {
 }
 
 impl Message<Publish> for EventBus {
-    type Reply = DelegatedReply<Result<u64, BusError>>;
+    type Reply = Result<u64, BusError>;
 
     async fn handle(
         &mut self,
@@ -216,7 +219,8 @@ impl Message<Publish> for EventBus {
                 }
             }
         }
-        self.finish(result, ctx).await
+        self.write_out_if_idle(ctx.actor_ref()).await;
+        result
     }
 }
 
@@ -355,31 +359,11 @@ impl EventBus {
         Ok(*seq)
     }
 
-    /// Every publishing handler ends here: lines written by a burst of messages leave once
-    /// the bus has nothing else to do, whatever message ended the burst. The reply of the
-    /// message that ended it goes with its lines and is sent once they are written (a sink
-    /// that failed then is that message's failure: its events were stored and delivered);
-    /// the others are answered at once. A burst that ends before the writer took the one
-    /// before joins it (see [`output`]): the reply of that one goes then.
-    async fn finish(
-        &mut self,
-        result: Result<u64, BusError>,
-        ctx: &mut Context<Self, DelegatedReply<Result<u64, BusError>>>,
-    ) -> DelegatedReply<Result<u64, BusError>> {
-        let idle = is_idle(ctx.actor_ref());
-        let (delegated, reply) = ctx.reply_sender();
-        if idle {
-            self.output.write_out(reply, result).await;
-        } else if let Some(reply) = reply {
-            reply.send(result);
-        }
-        delegated
-    }
-
-    /// The end of the other handlers: hand what is buffered to the writer when idle.
+    /// Every handler ends here: lines buffered by a burst of messages are handed to the
+    /// writer once the bus has nothing else to do, whatever message ended the burst.
     async fn write_out_if_idle(&mut self, bus: &ActorRef<EventBus>) {
         if is_idle(bus) {
-            self.output.write_out(None, Ok(0)).await;
+            self.output.write_out().await;
         }
     }
 }

@@ -122,7 +122,14 @@ async fn run(args: RunArgs) -> Result<JobStatus, EngineError> {
         Err(_) => prepared.builder.blocking_sink(std::io::stdout()),
     };
     let engine = builder.build();
-    let handle = launch(&engine, args, None).await?;
+    let handle = match launch(&engine, args, None).await {
+        Ok(handle) => handle,
+        Err(e) => {
+            // What the failed start published reaches stdout before the process ends.
+            engine.shutdown().await;
+            return Err(e);
+        }
+    };
     let cancel = handle.cancel_token();
     tokio::spawn(async move {
         wait_for_signal().await;

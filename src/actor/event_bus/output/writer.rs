@@ -1,7 +1,7 @@
 //! The writer: takes everything the bus handed over since its last write, writes it in one
-//! `write_all` and one flush, then answers the replies that came with it.
+//! `write_all` and one flush, then tells the flushes that waited for it.
 //!
-//! Two kinds, which share what they hold and how they take and answer ([`Writer`]):
+//! Two kinds, which share what they hold and how they take and tell ([`Writer`]):
 //! - [`write_task`], a tokio task for an [`AsyncWrite`](tokio::io::AsyncWrite) sink (an
 //!   embedder's; `tokio::io::stdout()` and `tokio::fs::File` hand every write and flush to
 //!   tokio's blocking pool: a thread wake-up and a task wake-up per write);
@@ -9,22 +9,20 @@
 //!   stdout, a pipe, a file): it sleeps on a condition variable, the bus wakes it only when it
 //!   waits (`Handed::thread_waits`), and it writes with plain system calls.
 //!
-//! Either way, after a failed write or flush the sink is dropped: the failure is recorded once,
-//! every reply it carries and every later one is answered with it, nothing is written again.
-//! When the writer ends (the bus is gone, or the task was dropped with the runtime), `Gone`
-//! marks it so: the bus then answers replies itself and no longer waits for it.
+//! Either way, after a failed write or flush the sink is dropped: the failure is recorded once
+//! (every later event the bus takes reports it), nothing is written again. When the writer
+//! ends (the bus is gone, or the task was dropped with the runtime), `Gone` marks it so: the
+//! bus then no longer hands anything over nor waits for it.
 
 use std::io::{self, Write as _};
 use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
 
-use super::{BlockingSink, Handed, Reply, Shared, Sink, Wake, buffer_size};
-use crate::actor::event_bus::BusError;
+use super::{BlockingSink, Handed, Shared, Sink, Wake, buffer_size};
 
-/// What one write takes from [`Handed`]: the replies and flush waiters that go with the bytes.
+/// What one write takes from [`Handed`] besides the bytes: the flushes that wait for them.
 struct Taken {
-    replies: Vec<(Reply, Result<u64, BusError>)>,
     flushed: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -45,27 +43,24 @@ impl Writer {
 
     /// Swap the handed-over bytes in, when there is anything to do.
     fn take(&mut self, handed: &mut Handed) -> Option<Taken> {
-        if handed.bytes.is_empty() && handed.replies.is_empty() && handed.flushed.is_empty() {
+        if handed.bytes.is_empty() && handed.flushed.is_empty() {
             return None;
         }
         std::mem::swap(&mut handed.bytes, &mut self.bytes);
         Some(Taken {
-            replies: std::mem::take(&mut handed.replies),
             flushed: std::mem::take(&mut handed.flushed),
         })
     }
 
-    /// After a write: record its failure, answer what came with it.
-    fn answer(&mut self, written: io::Result<()>, taken: Taken) -> bool {
+    /// After a write: record its failure, tell the flushes that waited for it; whether it
+    /// succeeded.
+    fn written(&mut self, written: io::Result<()>, taken: Taken) -> bool {
         let ok = written.is_ok();
         if let Err(e) = written {
             tracing::warn!(error = %e, "the event output failed; no more events are written to it");
             let _ = self.shared.failure.set((e.kind(), e.to_string()));
         }
         self.bytes.clear();
-        for (reply, result) in taken.replies {
-            reply.send(self.shared.with_failure(result));
-        }
         for tx in taken.flushed {
             let _ = tx.send(());
         }
@@ -73,8 +68,8 @@ impl Writer {
     }
 }
 
-/// The writer task of an async sink. After a failure it only answers (with the failure) until
-/// the bus is gone.
+/// The writer task of an async sink. After a failure it only tells flushes until the bus is
+/// gone.
 pub(super) async fn write_task(sink: Sink, shared: Arc<Shared>) {
     let _gone = Gone(shared.clone());
     let Wake::Task(work) = &shared.wake else {
@@ -107,7 +102,7 @@ pub(super) async fn write_task(sink: Sink, shared: Arc<Shared>) {
                 written = s.flush().await;
             }
         }
-        if !writer.answer(written, taken) {
+        if !writer.written(written, taken) {
             sink = None;
         }
     }
@@ -149,22 +144,21 @@ pub(super) fn write_thread(sink: BlockingSink, shared: Arc<Shared>) {
                 written = s.flush();
             }
         }
-        if !writer.answer(written, taken) {
+        if !writer.written(written, taken) {
             sink = None;
         }
     }
 }
 
 /// Marks the writer gone when it ends, however it ends (also when its task is dropped with
-/// the runtime): the bus then answers replies itself and no longer waits for it.
+/// the runtime): the bus then no longer hands anything over nor waits for it.
 struct Gone(Arc<Shared>);
 
 impl Drop for Gone {
     fn drop(&mut self) {
         let mut handed = self.0.handed();
         handed.writer_gone = true;
-        // Dropped unanswered: their producers see the bus gone, as with a stopped actor.
-        handed.replies.clear();
+        // Dropped untold: their flushes end without waiting.
         handed.flushed.clear();
         drop(handed);
         self.0.room.notify_one();
