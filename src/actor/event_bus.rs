@@ -193,7 +193,7 @@ pub(crate) struct Publish {
 }
 
 impl Message<Publish> for EventBus {
-    type Reply = Result<u64, BusError>;
+    type Reply = DelegatedReply<Result<u64, BusError>>;
 
     async fn handle(
         &mut self,
@@ -219,8 +219,14 @@ impl Message<Publish> for EventBus {
                 }
             }
         }
+        // Answered before the hand-over, so that the producer can go on while the bus waits
+        // for it (see `write_out_if_idle`).
+        let (delegated, reply) = ctx.reply_sender();
+        if let Some(reply) = reply {
+            reply.send(result);
+        }
         self.write_out_if_idle(ctx.actor_ref()).await;
-        result
+        delegated
     }
 }
 
@@ -360,8 +366,17 @@ impl EventBus {
     }
 
     /// Every handler ends here: lines buffered by a burst of messages are handed to the
-    /// writer once the bus has nothing else to do, whatever message ended the burst.
+    /// writer once the bus has nothing else to do, whatever message ended the burst. Once its
+    /// mailbox is empty, the bus first lets the tasks that are ready run ([`after_ready_tasks`];
+    /// the producers it just answered among them) and looks again: a producer that publishes
+    /// again at once (its next batch, the next burst of a stream) joins this hand-over instead
+    /// of waking the writer for one of its own. A line waits for no timer, only for the tasks
+    /// that were ready.
     async fn write_out_if_idle(&mut self, bus: &ActorRef<EventBus>) {
+        if !is_idle(bus) || !self.output.holds_lines() {
+            return;
+        }
+        after_ready_tasks().await;
         if is_idle(bus) {
             self.output.write_out().await;
         }
@@ -374,6 +389,22 @@ impl EventBus {
 /// side log.
 fn is_unstored(e: &Event) -> bool {
     matches!(e.payload, EventPayload::StreamRunResult(_))
+}
+
+/// Returns once the tasks that were ready to run on this worker have run: the task wakes
+/// itself and goes back to the end of the run queue. Unlike `tokio::task::yield_now`, which
+/// defers the task until the runtime has polled its I/O driver (a system call per yield),
+/// this costs one poll of the task.
+async fn after_ready_tasks() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if std::mem::replace(&mut yielded, true) {
+            return std::task::Poll::Ready(());
+        }
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await;
 }
 
 /// Whether no message is waiting in the bus's (bounded) mailbox.

@@ -231,6 +231,11 @@ impl Output {
         self.failed().map_or(Ok(()), Err)
     }
 
+    /// Whether lines wait in the bus's buffer.
+    pub(super) fn holds_lines(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
     /// The bus is idle: hand what is buffered to the writer.
     pub(super) async fn write_out(&mut self) {
         if self.buf.is_empty() || self.failed().is_some() {
