@@ -185,7 +185,10 @@ def order_freshness(bin_):
     have = {p[2] for p in (l.split() for l in out.splitlines()) if len(p) >= 3}
     found = sum(1 for s in listed if s in have)
     verdict = "" if found >= 0.9 * len(listed) else (
-        " STALE: record it again (python3 link/record-order.py BIN link/perstack-run.order) and rebuild")
+        " STALE, or the binary is not from `cargo build --release --locked` alone (a bench or"
+        " example build writes its own, with other symbol hashes, to the same path): build it"
+        " alone and measure again; if still stale, record it again (python3 link/record-order.py"
+        " BIN link/perstack-run.order) and rebuild")
     print(f"order list: {found} of {len(listed)} functions found in the binary{verdict}")
 
 
