@@ -219,8 +219,8 @@ impl Message<Publish> for EventBus {
                 }
             }
         }
-        // Answered before the hand-over, so that the producer can go on while the bus waits
-        // for it (see `write_out_if_idle`).
+        // Answered before the hand-over: the producer can publish again while the bus lets
+        // the ready tasks run, and join it (see `write_out_if_idle`).
         let (delegated, reply) = ctx.reply_sender();
         if let Some(reply) = reply {
             reply.send(result);
@@ -391,10 +391,10 @@ fn is_unstored(e: &Event) -> bool {
     matches!(e.payload, EventPayload::StreamRunResult(_))
 }
 
-/// Returns once the tasks that were ready to run on this worker have run: the task wakes
-/// itself and goes back to the end of the run queue. Unlike `tokio::task::yield_now`, which
-/// defers the task until the runtime has polled its I/O driver (a system call per yield),
-/// this costs one poll of the task.
+/// Lets the tasks that are ready on this worker run first: the task wakes itself, which puts
+/// it back at the end of the worker's run queue (tokio's scheduling of a task woken while it
+/// runs). Unlike `tokio::task::yield_now`, which defers the task until the runtime has polled
+/// its I/O driver (a system call per yield), this costs one more poll of the task.
 async fn after_ready_tasks() {
     let mut yielded = false;
     std::future::poll_fn(|cx| {
