@@ -124,12 +124,24 @@ struct Compound<'w, 'a> {
 
 impl<'w, 'a> Compound<'w, 'a> {
     #[inline]
-    fn open(w: &'w mut Writer<'a>, bracket: u8, variant: bool) -> Self {
+    fn open(w: &'w mut Writer<'a>, bracket: u8) -> Self {
         w.out.push(bracket);
         Compound {
             w,
             first: true,
-            variant,
+            variant: false,
+        }
+    }
+
+    /// `{"variant":` and the compound inside it, which [`Compound::close`] closes with it.
+    #[inline]
+    fn open_variant(w: &'w mut Writer<'a>, variant: &str, bracket: u8) -> Self {
+        w.out.push(b'{');
+        write_str(w.out, variant);
+        w.out.push(b':');
+        Compound {
+            variant: true,
+            ..Compound::open(w, bracket)
         }
     }
 
@@ -207,7 +219,7 @@ impl<'w, 'a> ser::Serializer for &'w mut Writer<'a> {
     }
     #[inline]
     fn serialize_bytes(self, v: &[u8]) -> Result<(), Error> {
-        let mut seq = Compound::open(self, b'[', false);
+        let mut seq = Compound::open(self, b'[');
         for b in v {
             seq.element(b)?;
         }
@@ -256,13 +268,13 @@ impl<'w, 'a> ser::Serializer for &'w mut Writer<'a> {
         variant: &'static str,
         value: &T,
     ) -> Result<(), Error> {
-        let mut map = Compound::open(self, b'{', false);
+        let mut map = Compound::open(self, b'{');
         map.field(variant, value)?;
         map.close(b'}')
     }
     #[inline]
     fn serialize_seq(self, _: Option<usize>) -> Result<Compound<'w, 'a>, Error> {
-        Ok(Compound::open(self, b'[', false))
+        Ok(Compound::open(self, b'['))
     }
     #[inline]
     fn serialize_tuple(self, len: usize) -> Result<Compound<'w, 'a>, Error> {
@@ -284,18 +296,15 @@ impl<'w, 'a> ser::Serializer for &'w mut Writer<'a> {
         variant: &'static str,
         _: usize,
     ) -> Result<Compound<'w, 'a>, Error> {
-        self.out.push(b'{');
-        write_str(self.out, variant);
-        self.out.push(b':');
-        Ok(Compound::open(self, b'[', true))
+        Ok(Compound::open_variant(self, variant, b'['))
     }
     #[inline]
     fn serialize_map(self, _: Option<usize>) -> Result<Compound<'w, 'a>, Error> {
-        Ok(Compound::open(self, b'{', false))
+        Ok(Compound::open(self, b'{'))
     }
     #[inline]
     fn serialize_struct(self, _: &'static str, _: usize) -> Result<Compound<'w, 'a>, Error> {
-        Ok(Compound::open(self, b'{', false))
+        Ok(Compound::open(self, b'{'))
     }
     #[inline]
     fn serialize_struct_variant(
@@ -305,10 +314,7 @@ impl<'w, 'a> ser::Serializer for &'w mut Writer<'a> {
         variant: &'static str,
         _: usize,
     ) -> Result<Compound<'w, 'a>, Error> {
-        self.out.push(b'{');
-        write_str(self.out, variant);
-        self.out.push(b':');
-        Ok(Compound::open(self, b'{', true))
+        Ok(Compound::open_variant(self, variant, b'{'))
     }
 }
 

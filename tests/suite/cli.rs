@@ -369,19 +369,30 @@ fn lines_as_they_come(stdout: std::process::ChildStdout) -> std::sync::mpsc::Rec
     received
 }
 
+/// A script for `one_expert`: a `healthCheck` tool step (its checkpoint stored, then
+/// `continueToNextStep`), then the answer `text` after `delay_ms`.
+fn a_tool_step_then(delay_ms: u64, text: &str) -> String {
+    format!(
+        r#"
+[[turns]]
+expert = "solo"
+toolCalls = [{{ id = "c1", name = "healthCheck" }}]
+[[turns]]
+expert = "solo"
+delayMs = {delay_ms}
+text = "{text}"
+"#
+    )
+}
+
 #[test]
 fn sigterm_cancels_every_run_and_ends_with_a_terminal_event_and_a_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    let script = r#"
-[[turns]]
-expert = "solo"
-toolCalls = [{ id = "c1", name = "healthCheck" }]
-[[turns]]
-expert = "solo"
-delayMs = 60000
-text = "too late"
-"#;
-    write_config(dir.path(), &one_expert(), script);
+    write_config(
+        dir.path(),
+        &one_expert(),
+        &a_tool_step_then(60000, "too late"),
+    );
     let mut child = Command::new(bin())
         .args(["run", "solo", "q"])
         .current_dir(dir.path())
@@ -452,21 +463,12 @@ text = "too late"
 }
 
 /// Stdout that is a pipe gets a 1 MiB kernel buffer (or the most the system allows an
-/// unprivileged process), so that the bus's 128 KiB writes wake the reader less often; the
-/// lines are the same.
+/// unprivileged process), so that the bus's writes of up to a few hundred KiB wake the reader
+/// less often; the lines are the same.
 #[test]
 fn stdout_as_a_pipe_is_widened_to_1_mib_and_carries_every_line() {
     let dir = tempfile::tempdir().unwrap();
-    let script = r#"
-[[turns]]
-expert = "solo"
-toolCalls = [{ id = "c1", name = "healthCheck" }]
-[[turns]]
-expert = "solo"
-delayMs = 300
-text = "done"
-"#;
-    write_config(dir.path(), &one_expert(), script);
+    write_config(dir.path(), &one_expert(), &a_tool_step_then(300, "done"));
     let mut child = perstack(dir.path(), &["run", "solo", "q"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -10,18 +10,30 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::harness::{self, SERIAL, Worker, cli, script, toml};
-use crate::suite::common::{self, NatsServer};
+use crate::suite::common::{self, Finished, NatsServer};
 
 /// A job submitted with `options` runs on a worker started with the same `options`.
 async fn a_job_runs_through(url: &str, project: &Path, n: usize, options: &[&str], secret: &str) {
     let work = project.join("work");
     let worker = Worker::start_with(url, project, &work, n, &[], options);
-    let job_id = format!("through-{n}");
+    let run = completes_on(url, project, options, &format!("through-{n}"), &worker).await;
+    assert!(!run.stderr.contains(secret) && !worker.stderr().contains(secret));
+}
+
+/// `perstack run --nats url <options> --job-id <job_id> coordinator q`, which must exit 0 with
+/// the coordinator's `completeRun` (run by `worker`, whose log a failure shows).
+async fn completes_on(
+    url: &str,
+    project: &Path,
+    options: &[&str],
+    job_id: &str,
+    worker: &Worker,
+) -> Finished {
     let mut args = vec!["run", "--nats", url];
     args.extend(options);
-    args.extend(["--job-id", &job_id, "coordinator", "q"]);
+    args.extend(["--job-id", job_id, "coordinator", "q"]);
     let Some(run) = harness::cli_within(project, &args).await else {
-        harness::missed_deadline(&format!("perstack {args:?} did not end"), [&worker]);
+        harness::missed_deadline(&format!("perstack {args:?} did not end"), [worker]);
     };
     assert_eq!(run.code, 0, "{}\n{}", run.stderr, worker.stderr());
     assert!(
@@ -31,7 +43,7 @@ async fn a_job_runs_through(url: &str, project: &Path, n: usize, options: &[&str
         "{:?}",
         run.events
     );
-    assert!(!run.stderr.contains(secret) && !worker.stderr().contains(secret));
+    run
 }
 
 /// With `options` (wrong credentials), `perstack run --nats` and `perstack worker` both exit 2
@@ -384,26 +396,7 @@ async fn a_worker_started_before_jetstream_is_ready_waits_for_it_or_gives_up_aft
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         server.restart_with_options(Vec::new());
-        let args = [
-            "run",
-            "--nats",
-            &url,
-            "--job-id",
-            "ready-1",
-            "coordinator",
-            "q",
-        ];
-        let Some(run) = harness::cli_within(project.path(), &args).await else {
-            harness::missed_deadline("the job did not end", [&waits]);
-        };
-        assert_eq!(run.code, 0, "{}\n{}", run.stderr, waits.stderr());
-        assert!(
-            run.events
-                .iter()
-                .any(|e| e["type"] == "completeRun" && e["expertKey"] == "coordinator"),
-            "{:?}",
-            run.events
-        );
+        completes_on(&url, project.path(), &[], "ready-1", &waits).await;
     };
     tokio::time::timeout(Duration::from_secs(90), run)
         .await
