@@ -1,12 +1,15 @@
 //! Compact JSON for the event lines: byte for byte what `serde_json::to_writer` writes, in
-//! about a quarter less time on the engine's string-heavy events.
+//! less time on the engine's string-heavy events.
 //!
 //! Serialising a line is the largest cost per event on the way to stdout (the bus's
 //! throughput, target T4), and `serde_json` spends about half of it deciding, one byte at a
 //! time, whether a string needs escaping. [`to_vec`] scans eight bytes at a time instead and
 //! copies a string that needs no escape (nearly all of them) in one piece, straight into the
 //! line's `Vec`: 650-660 ns against serde_json's 860-880 ns for the reference 998-byte
-//! `callTools` line (same build, same machine). Everything else follows `serde_json`'s
+//! `callTools` line when measured (a later build: 724-741 against 759-762 ns in a loop, where
+//! the branch predictor learns the one line's strings by heart; in the T4 bench, where it
+//! does not, keys checked in whole words (`string`) took the CPU per event from 1.76-1.90 to
+//! 1.66-1.76 us, the whole process). Everything else follows `serde_json`'s
 //! compact output exactly: integers through `itoa`, finite floats through `zmij` (as
 //! serde_json 1.0.154 does) and the others as `null`, `\u00xx` for the control characters
 //! without a short escape, the same map keys, and the same shapes for enum variants.
@@ -30,7 +33,7 @@ use std::fmt::Display;
 use serde::ser::{self, Serialize};
 
 use self::key::MapKey;
-use self::string::write_str;
+use self::string::{write_key, write_str};
 
 /// Why a value could not be written (never for the engine's types): a map key that is not a
 /// string, a number, a boolean or a character, or an error of the value's own `Serialize`.
@@ -162,7 +165,7 @@ impl<'w, 'a> Compound<'w, 'a> {
     #[inline]
     fn field<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<(), Error> {
         self.comma();
-        write_str(self.w.out, key);
+        write_key(self.w.out, key);
         self.w.out.push(b':');
         value.serialize(&mut *self.w)
     }
@@ -348,12 +351,23 @@ array_compounds!(
 impl ser::SerializeMap for Compound<'_, '_> {
     type Ok = ();
     type Error = Error;
-    #[inline]
+    #[inline(always)]
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), Error> {
         self.comma();
         key.serialize(MapKey { out: self.w.out })?;
         self.w.out.push(b':');
         Ok(())
+    }
+    /// Key and value (serde's derive writes the fields of a struct with a flattened member,
+    /// as every event's, through this), inlined with the key.
+    #[inline(always)]
+    fn serialize_entry<K: Serialize + ?Sized, V: Serialize + ?Sized>(
+        &mut self,
+        key: &K,
+        value: &V,
+    ) -> Result<(), Error> {
+        self.serialize_key(key)?;
+        value.serialize(&mut *self.w)
     }
     #[inline]
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {

@@ -3,7 +3,7 @@
 
 use serde::ser::{self, Impossible, Serialize};
 
-use super::string::write_str;
+use super::string::write_key;
 use super::{Error, Float, integer_methods, write_float, write_int};
 
 /// A map key: strings as they are; integers, booleans, characters and finite floats quoted,
@@ -46,9 +46,9 @@ impl ser::Serializer for MapKey<'_> {
     type SerializeStruct = Impossible<(), Error>;
     type SerializeStructVariant = Impossible<(), Error>;
 
-    #[inline]
+    #[inline(always)]
     fn serialize_str(self, v: &str) -> Result<(), Error> {
-        write_str(self.out, v);
+        write_key(self.out, v);
         Ok(())
     }
     #[inline]

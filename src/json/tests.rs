@@ -48,15 +48,22 @@ fn every_recorded_event_is_written_as_serde_json_writes_it() {
 }
 
 #[test]
-fn every_byte_below_0x80_and_the_escapes_around_the_word_boundaries() {
+fn every_byte_below_0x80_and_the_escapes_around_the_word_boundaries_in_values_and_keys() {
     let all: String = (0u8..0x80).map(char::from).collect();
     same(&all);
+    same(&BTreeMap::from([(all, 0)]));
     for len in 0..20 {
+        let plain = "a".repeat(len);
+        same(&BTreeMap::from([(plain.clone(), 0)]));
         for at in 0..len {
-            for special in ['"', '\\', '\n', '\u{1}', '\u{1f}', '\u{7f}', 'é', '€', '😀'] {
-                let mut s: String = "a".repeat(len);
+            for special in [
+                '"', '\\', '\n', '\u{1}', '\u{1f}', ' ', '\u{7f}', 'é', '€', '😀',
+            ] {
+                let mut s = plain.clone();
                 s.replace_range(at..=at, special.encode_utf8(&mut [0; 4]));
                 same(&s);
+                // Keys are checked another way (whole words, see `string::write_key`).
+                same(&BTreeMap::from([(s, 0)]));
             }
         }
     }
