@@ -22,7 +22,12 @@
 //! its line (`Engine::publish` does, as a run's publish does), so the rates include making
 //! the events, on the same cores as the bus. The pipe row also gives the process's CPU time
 //! per event (all threads: producers, bus, writer, reader), which a shared machine's load
-//! does not change as much as the rate, and its context switches per 1,000 events. Last, the
+//! does not change as much as the rate, and its context switches per 1,000 events; each
+//! batched run comes with the time a cache line took to cross between the two cores and back
+//! just before it ([`core_round_trip`]): the host sometimes puts this machine's two cores far
+//! apart (the round trip goes from about 65 to about 340 ns), and every multi-threaded row
+//! then runs at about half its rate, so the row also gives the median of the runs with the
+//! cores near. Last, the
 //! floor: the same making and moving of an event with no bus at all (see [`floor`]), which
 //! says how much of a pipe row's CPU time is the bus's and bounds the rate any bus could
 //! reach on this machine.
@@ -409,9 +414,42 @@ fn pipes(rt: &Runtime, event: &Event, line_len: usize, report: &mut Vec<String>)
 }
 
 /// How many times the batched pipe row runs: the machine's rate for it swings by up to two
-/// times from one second to the next (other guests on the same host), so the row gives each
-/// run, the median and the best.
+/// times from one minute to the next, so the row gives each run, the median and the best, and
+/// each run's [`core_round_trip`].
 const PIPE_RUNS: u64 = 5;
+
+/// A [`core_round_trip`] at or under which the machine's two cores count as near: measured
+/// 60-110 ns when they are, 320-365 ns when the host has put them far apart (every
+/// multi-threaded row then runs at about half its rate, and the rows of one thread do not move).
+const NEAR_CORES_NS: u64 = 150;
+
+/// How long a cache line takes to go from one core to the other and back, in ns: two
+/// threads hand a counter to each other 200,000 times (about 15 ms when near, 70 ms when
+/// far). Says which of the machine's two modes a pipe run ran in: every event crosses cores
+/// several times (producers, bus, writer thread, reader), so the row's rate follows it.
+fn core_round_trip() -> u64 {
+    const TRIPS: u64 = 200_000;
+    let turn = Arc::new(AtomicU64::new(0));
+    // Each side waits for its turn (even: this thread, odd: the other) and passes it on.
+    let pass = |turn: &AtomicU64, mine: u64| {
+        let mut i = mine;
+        while i < 2 * TRIPS {
+            while turn.load(Ordering::Acquire) != i {
+                std::hint::spin_loop();
+            }
+            turn.store(i + 1, Ordering::Release);
+            i += 2;
+        }
+    };
+    let t0 = Instant::now();
+    let other = {
+        let turn = turn.clone();
+        std::thread::spawn(move || pass(&turn, 1))
+    };
+    pass(&turn, 0);
+    other.join().expect("the other side of the round trips");
+    u64::try_from(t0.elapsed().as_nanos() / u128::from(TRIPS)).unwrap_or(u64::MAX)
+}
 
 /// 16 producers into the pipe of `drain`, one event at a time, then in batches
 /// ([`PIPE_RUNS`] times): the rates and the process's CPU time per event (all threads).
@@ -427,10 +465,12 @@ fn piped(
     let rate = |d: Duration| BUS_EVENTS as f64 / d.as_secs_f64() / 1e6;
     let cpu = |d: Duration| d.as_secs_f64() * 1e6 / BUS_EVENTS as f64;
     let switches = |a: u64, b: u64| b.saturating_sub(a) as f64 * 1000.0 / BUS_EVENTS as f64;
-    // One measurement: (M events/s, us CPU per event, switches per 1,000 events).
+    // One measurement: (M events/s, us CPU per event, switches per 1,000 events, the core
+    // round trip just before it in ns).
     let mut written = 0;
     let mut delivered = true;
     let mut measure = |batch: u64| {
+        let trip = core_round_trip();
         let (cpu0, cs0) = (process_cpu(), context_switches());
         let took = rt.block_on(publish_all(bus, event, 16, batch, BUS_EVENTS));
         written += BUS_EVENTS;
@@ -440,19 +480,33 @@ fn piped(
             rate(took),
             cpu(cpu1.saturating_sub(cpu0)),
             switches(cs0, cs1),
+            trip,
         )
     };
     let single = measure(1);
     let mut batched: Vec<_> = (0..PIPE_RUNS).map(|_| measure(BATCH)).collect();
     let runs = batched
         .iter()
-        .map(|(r, _, _)| format!("{r:.2}"))
+        .map(|(r, _, _, trip)| format!("{r:.2} ({trip} ns)"))
         .collect::<Vec<_>>()
         .join(" / ");
     batched.sort_by(|a, b| a.0.total_cmp(&b.0));
     let (median, best) = (batched[batched.len() / 2], batched[batched.len() - 1]);
+    let near: Vec<_> = batched
+        .iter()
+        .filter(|run| run.3 <= NEAR_CORES_NS)
+        .collect();
+    let near = match near.get(near.len() / 2) {
+        Some(run) => format!(
+            "; the {} runs with the cores near (round trip <= {NEAR_CORES_NS} ns): median {:.2} at {:.2} us CPU",
+            near.len(),
+            run.0,
+            run.1
+        ),
+        None => format!("; no run with the cores near (round trip <= {NEAR_CORES_NS} ns)"),
+    };
     let line = format!(
-        "T4 event bus -> OS pipe via {how}, reader draining, 16 producers: {:.2} M events/s publishing single events ({:.0} MB/s, {:.2} us process CPU and {:.0} thread switches per 1,000 events); publishing {BATCH}-event batches, {PIPE_RUNS} runs: {runs} M events/s, median {:.2} ({:.0} MB/s, {:.2} us CPU and {:.0} switches per 1,000), best {:.2} ({:.2} us CPU){}",
+        "T4 event bus -> OS pipe via {how}, reader draining, 16 producers: {:.2} M events/s publishing single events ({:.0} MB/s, {:.2} us process CPU and {:.0} thread switches per 1,000 events); publishing {BATCH}-event batches, {PIPE_RUNS} runs (each with the core round trip before it): {runs} M events/s, median {:.2} ({:.0} MB/s, {:.2} us CPU and {:.0} switches per 1,000), best {:.2} ({:.2} us CPU){near}{}",
         single.0,
         single.0 * line_len as f64,
         single.1,
