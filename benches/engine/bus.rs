@@ -419,8 +419,9 @@ fn pipes(rt: &Runtime, event: &Event, line_len: usize, report: &mut Vec<String>)
 const PIPE_RUNS: u64 = 5;
 
 /// A [`core_round_trip`] at or under which the machine's two cores count as near: measured
-/// 60-110 ns when they are, 320-365 ns when the host has put them far apart (every
-/// multi-threaded row then runs at about half its rate, and the rows of one thread do not move).
+/// 60-110 ns when they are, 310-380 ns when the host has put them far apart (every
+/// multi-threaded row then runs at about half its rate; single-threaded code was seen
+/// running up to 1.8 times slower in the same spells).
 const NEAR_CORES_NS: u64 = 150;
 
 /// How long a cache line takes to go from one core to the other and back, in ns: two
