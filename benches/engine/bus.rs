@@ -507,11 +507,12 @@ fn piped(
         None => format!("; no run with the cores near (round trip <= {NEAR_CORES_NS} ns)"),
     };
     let line = format!(
-        "T4 event bus -> OS pipe via {how}, reader draining, 16 producers: {:.2} M events/s publishing single events ({:.0} MB/s, {:.2} us process CPU and {:.0} thread switches per 1,000 events); publishing {BATCH}-event batches, {PIPE_RUNS} runs (each with the core round trip before it): {runs} M events/s, median {:.2} ({:.0} MB/s, {:.2} us CPU and {:.0} switches per 1,000), best {:.2} ({:.2} us CPU){near}{}",
+        "T4 event bus -> OS pipe via {how}, reader draining, 16 producers: {:.2} M events/s publishing single events ({:.0} MB/s, {:.2} us process CPU and {:.0} thread switches per 1,000 events; core round trip {} ns); publishing {BATCH}-event batches, {PIPE_RUNS} runs (each with the core round trip before it): {runs} M events/s, median {:.2} ({:.0} MB/s, {:.2} us CPU and {:.0} switches per 1,000), best {:.2} ({:.2} us CPU){near}{}",
         single.0,
         single.0 * line_len as f64,
         single.1,
         single.2,
+        single.3,
         median.0,
         median.0 * line_len as f64,
         median.1,

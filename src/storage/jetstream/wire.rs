@@ -110,11 +110,11 @@ impl Wire {
                 Ok(ack) => ack.await,
                 Err(e) => Err(e),
             };
-            let kind = match result {
+            let error = match result {
                 Ok(ack) => return Ok(ack.sequence),
                 Err(e) => e,
             };
-            match kind.kind() {
+            match error.kind() {
                 PublishErrorKind::WrongLastSequence => {
                     if attempt > 1
                         && let (Some((stream, filter)), Some(id)) = (verify, msg_id.as_deref())
@@ -125,13 +125,11 @@ impl Wire {
                     }
                     return Err(PublishFailure::WrongLastSequence);
                 }
-                _ if is_unanswered(&kind) && started.elapsed() < self.deadline => {
-                    tokio::time::sleep(RETRY_PAUSE).await;
+                _ if !is_unanswered(&error) => {
+                    return Err(PublishFailure::Store(rejected(operation, &error)));
                 }
-                _ if is_unanswered(&kind) => {
-                    return Err(PublishFailure::Store(unavailable(operation, &kind)));
-                }
-                _ => return Err(PublishFailure::Store(rejected(operation, &kind))),
+                _ if started.elapsed() < self.deadline => tokio::time::sleep(RETRY_PAUSE).await,
+                _ => return Err(PublishFailure::Store(unavailable(operation, &error))),
             }
         }
     }
